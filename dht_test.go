@@ -1,0 +1,442 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"crypto/ed25519"
+	"encoding/hex"
+	"errors"
+	"net"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"testing"
+	"time"
+)
+
+// newTestDHT starts a Node on 127.0.0.1 with a DHT on it. drop is the
+// fraction of datagrams the Node loses in each direction.
+func newTestDHT(t testing.TB, cfg dhtConfig, drop float64) *dht {
+	t.Helper()
+	n, err := listenNode("127.0.0.1:0", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	n.drop = drop // before run: the read goroutine reads it
+	d, err := newDHT(n, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() {
+		n.run(ctx)
+		close(done)
+	}()
+	t.Cleanup(func() {
+		cancel()
+		<-done
+	})
+	return d
+}
+
+func (d *dht) addr() netip.AddrPort { return d.node.LocalAddr() }
+
+// newSwarm starts size nodes; each bootstraps from the first one.
+func newSwarm(t testing.TB, size int, drop float64) []*dht {
+	t.Helper()
+	ds := []*dht{newTestDHT(t, dhtConfig{}, drop)}
+	boot := []string{ds[0].addr().String()}
+	for i := 1; i < size; i++ {
+		d := newTestDHT(t, dhtConfig{Bootstrap: boot}, drop)
+		var err error
+		for try := 0; try < 3 && (try == 0 || err != nil); try++ { // a lossy swarm may need another go
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			err = d.bootstrap(ctx)
+			cancel()
+		}
+		if err != nil {
+			t.Fatalf("node %d: bootstrap: %v", i, err)
+		}
+		ds = append(ds, d)
+	}
+	return ds
+}
+
+func testCtx(t testing.TB) context.Context {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	t.Cleanup(cancel)
+	return ctx
+}
+
+// rawPeer is a bare UDP socket that speaks KRPC by hand.
+type rawPeer struct {
+	t    testing.TB
+	conn *net.UDPConn
+}
+
+func newRawPeer(t testing.TB) *rawPeer {
+	t.Helper()
+	c, err := net.ListenUDP("udp", net.UDPAddrFromAddrPort(netip.MustParseAddrPort("127.0.0.1:0")))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return &rawPeer{t: t, conn: c}
+}
+
+func (p *rawPeer) addr() netip.AddrPort { return p.conn.LocalAddr().(*net.UDPAddr).AddrPort() }
+
+func (p *rawPeer) send(to netip.AddrPort, b []byte) {
+	p.t.Helper()
+	if _, err := p.conn.WriteToUDPAddrPort(b, to); err != nil {
+		p.t.Fatal(err)
+	}
+}
+
+// recv returns the next datagram, or nil after wait.
+func (p *rawPeer) recv(wait time.Duration) ([]byte, netip.AddrPort) {
+	p.conn.SetReadDeadline(time.Now().Add(wait))
+	buf := make([]byte, maxDatagram)
+	n, from, err := p.conn.ReadFromUDPAddrPort(buf)
+	if err != nil {
+		return nil, netip.AddrPort{}
+	}
+	return buf[:n], from
+}
+
+// exchange sends b to d and parses the answer.
+func (p *rawPeer) exchange(d *dht, b []byte) krpcMsg {
+	p.t.Helper()
+	p.send(d.addr(), b)
+	r, _ := p.recv(2 * time.Second)
+	if r == nil {
+		p.t.Fatalf("no answer to %q", b)
+	}
+	m, err := parseKRPC(r)
+	if err != nil {
+		p.t.Fatalf("parseKRPC(%q): %v", r, err)
+	}
+	return m
+}
+
+var rawID = bytes.Repeat([]byte{0xab}, idLen)
+
+func rawPing(extra string) []byte {
+	return []byte("d1:ad2:id20:" + string(rawID) + "e1:q4:ping" + extra + "1:t2:aa1:y1:qe")
+}
+
+func TestPingBothWays(t *testing.T) {
+	a := newTestDHT(t, dhtConfig{}, 0)
+	b := newTestDHT(t, dhtConfig{}, 0)
+	ctx := testCtx(t)
+	for _, c := range []struct{ from, to *dht }{{a, b}, {b, a}} {
+		id, err := c.from.ping(ctx, c.to.addr())
+		if err != nil {
+			t.Fatalf("ping %v: %v", c.to.addr(), err)
+		}
+		if id != c.to.id() {
+			t.Errorf("ping %v = %v, want %v", c.to.addr(), id, c.to.id())
+		}
+	}
+	if a.size() != 1 || b.size() != 1 {
+		t.Errorf("table sizes %d and %d, want 1 and 1", a.size(), b.size())
+	}
+}
+
+func TestReplyCarriesVersionAndIP(t *testing.T) {
+	d := newTestDHT(t, dhtConfig{}, 0)
+	p := newRawPeer(t)
+	m := p.exchange(d, rawPing(""))
+	if m.Type != 'r' || string(m.TID) != "aa" || m.Reply.ID != d.id() {
+		t.Fatalf("reply %+v, want an 'r' with tid aa and id %v", m, d.id())
+	}
+	if string(m.Version) != krpcVersion || m.IP != p.addr() {
+		t.Errorf("v=%q ip=%v, want %q and %v", m.Version, m.IP, krpcVersion, p.addr())
+	}
+	if d.size() != 1 {
+		t.Errorf("size %d after a query, want 1", d.size())
+	}
+}
+
+func TestReadOnlyQuerierNotAdded(t *testing.T) {
+	d := newTestDHT(t, dhtConfig{}, 0)
+	m := newRawPeer(t).exchange(d, rawPing("2:roi1e"))
+	if m.Type != 'r' {
+		t.Fatalf("reply type %q, want 'r'", m.Type)
+	}
+	if d.size() != 0 {
+		t.Errorf("size %d after a read-only query, want 0 (BEP 43)", d.size())
+	}
+}
+
+func TestQueryErrors(t *testing.T) {
+	d := newTestDHT(t, dhtConfig{}, 0)
+	id := string(rawID)
+	tests := []struct {
+		name string
+		in   string
+		code int
+	}{
+		{"unknown method", "d1:ad2:id20:" + id + "e1:q4:fooo1:t2:aa1:y1:qe", krpcErrMethodUnknown},
+		{"ping without id", "d1:ade1:q4:ping1:t2:aa1:y1:qe", krpcErrProtocol},
+		{"find_node without target", "d1:ad2:id20:" + id + "e1:q9:find_node1:t2:aa1:y1:qe", krpcErrProtocol},
+		{"announce with a bad token", "d1:ad2:id20:" + id + "9:info_hash20:" + id +
+			"4:porti80e5:token3:xyze1:q13:announce_peer1:t2:aa1:y1:qe", krpcErrProtocol},
+		{"put with a bad token", "d1:ad2:id20:" + id + "5:token3:xyz1:v2:hie1:q3:put1:t2:aa1:y1:qe", krpcErrProtocol},
+	}
+	p := newRawPeer(t)
+	for _, tc := range tests {
+		m := p.exchange(d, []byte(tc.in))
+		if m.Type != 'e' || m.ErrCode != tc.code || string(m.TID) != "aa" {
+			t.Errorf("%s: got type %q code %d tid %q, want 'e' %d \"aa\"", tc.name, m.Type, m.ErrCode, m.TID, tc.code)
+		}
+		if string(m.Version) != krpcVersion || m.IP != p.addr() {
+			t.Errorf("%s: v=%q ip=%v, want %q %v", tc.name, m.Version, m.IP, krpcVersion, p.addr())
+		}
+	}
+}
+
+func TestGarbageGetsNoAnswer(t *testing.T) {
+	d := newTestDHT(t, dhtConfig{}, 0)
+	p := newRawPeer(t)
+	for _, g := range []string{"d", "dxyz", "de", "d1:y1:qe", "d1:t2:aa1:y1:re", "li1ee", "\x05hello"} {
+		p.send(d.addr(), []byte(g))
+	}
+	if r, _ := p.recv(200 * time.Millisecond); r != nil {
+		t.Fatalf("answer %q to garbage", r)
+	}
+	if m := p.exchange(d, rawPing("")); m.Type != 'r' {
+		t.Fatalf("node stopped answering after garbage: %+v", m)
+	}
+}
+
+func TestTransactionIDsRandom(t *testing.T) {
+	d := newTestDHT(t, dhtConfig{}, 0)
+	d.timing.rtoInitial, d.timing.rtoMax = 5*time.Second, 5*time.Second // no retransmission here
+	p := newRawPeer(t)
+	seen := map[string]bool{}
+	for range 4 {
+		go d.ping(testCtx(t), p.addr())
+		b, _ := p.recv(2 * time.Second)
+		m, err := parseKRPC(b)
+		if err != nil || m.Type != 'q' || m.Method != methodPing {
+			t.Fatalf("query %q: %+v %v", b, m, err)
+		}
+		if len(m.TID) != tidLen || seen[string(m.TID)] {
+			t.Fatalf("tid %x: want %d bytes, fresh", m.TID, tidLen)
+		}
+		seen[string(m.TID)] = true
+	}
+}
+
+// A response counts only if it comes from the address we queried.
+func TestResponseFromOtherAddressIgnored(t *testing.T) {
+	d := newTestDHT(t, dhtConfig{}, 0)
+	d.timing.rtoInitial = 50 * time.Millisecond
+	p, other := newRawPeer(t), newRawPeer(t)
+	errc := make(chan error, 1)
+	go func() {
+		_, err := d.ping(testCtx(t), p.addr())
+		errc <- err
+	}()
+	b, _ := p.recv(2 * time.Second)
+	q, err := parseKRPC(b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	reply := []byte("d1:rd2:id20:" + string(rawID) + "e1:t4:" + string(q.TID) + "1:y1:re")
+	other.send(d.addr(), reply)
+	if err := <-errc; err == nil {
+		t.Fatal("ping succeeded with a reply from another address")
+	}
+	if d.size() != 0 {
+		t.Errorf("size %d, want 0", d.size())
+	}
+}
+
+func TestRetransmissionUnderLoss(t *testing.T) {
+	a := newTestDHT(t, dhtConfig{}, 0.3)
+	b := newTestDHT(t, dhtConfig{}, 0)
+	ctx := testCtx(t)
+	ok, retried := 0, 0
+	const tries = 40
+	for range tries {
+		q := krpcMsg{Method: methodPing}
+		r := a.query(ctx, b.addr(), &q, nil)
+		if r.Err == nil {
+			ok++
+			if r.Attempts > 1 {
+				retried++
+			}
+		}
+	}
+	// each attempt gets through with p = 0.7*0.7; three attempts fail with p ~ 0.13
+	if ok < tries*2/3 || retried == 0 {
+		t.Errorf("%d/%d pings answered, %d after a retransmission", ok, tries, retried)
+	}
+}
+
+func TestRTOEstimator(t *testing.T) {
+	tm := defaultTiming()
+	ms := time.Millisecond
+	tests := []struct {
+		name    string
+		samples []time.Duration
+		want    time.Duration
+	}{
+		{"no sample", nil, rtoInitial},
+		{"one sample", []time.Duration{100 * ms}, 300 * ms}, // 100 + 4*50
+		{"floor", []time.Duration{ms, ms, ms, ms, ms, ms, ms, ms, ms, ms}, rtoMin},
+		{"cap", []time.Duration{3 * time.Second}, rtoMax},
+	}
+	for _, tc := range tests {
+		var e rttEstimator
+		for _, s := range tc.samples {
+			e.sample(s)
+		}
+		if got := e.rto(&tm); got != tc.want {
+			t.Errorf("%s: rto = %v, want %v", tc.name, got, tc.want)
+		}
+	}
+	if got := backoff(100*ms, 3, &tm); got != 400*ms {
+		t.Errorf("backoff(100ms, 3) = %v, want 400ms", got)
+	}
+	if got := backoff(600*ms, 2, &tm); got != rtoMax {
+		t.Errorf("backoff(600ms, 2) = %v, want %v", got, rtoMax)
+	}
+}
+
+func TestSaveAndRejoinFromSavedTable(t *testing.T) {
+	ds := newSwarm(t, 8, 0)
+	dir := t.TempDir()
+	n, err := listenNode("127.0.0.1:0", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	d, err := newDHT(n, dhtConfig{Dir: dir, Bootstrap: []string{ds[0].addr().String()}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	nodeDone, runErr := make(chan struct{}), make(chan error, 1)
+	go func() { n.run(ctx); close(nodeDone) }()
+	go func() { runErr <- d.run(ctx) }()
+	waitFor(t, func() bool { return d.size() >= 4 })
+	id := d.id()
+	cancel()
+	if err := <-runErr; err != nil {
+		t.Fatalf("run: %v", err)
+	}
+	<-nodeDone
+	if _, err := os.Stat(filepath.Join(dir, routingFile)); err != nil {
+		t.Fatalf("table not saved on exit: %v", err)
+	}
+	// restart on another port, without bootstrap nodes
+	d2 := newTestDHT(t, dhtConfig{Dir: dir}, 0)
+	if d2.id() != id {
+		t.Errorf("restarted id %v, want the saved %v", d2.id(), id)
+	}
+	if err := d2.bootstrap(testCtx(t)); err != nil {
+		t.Fatalf("rejoin: %v", err)
+	}
+	if d2.size() < 4 {
+		t.Errorf("rejoined with %d nodes, want >= 4", d2.size())
+	}
+}
+
+func waitFor(t testing.TB, cond func() bool) {
+	t.Helper()
+	for deadline := time.Now().Add(3 * time.Second); !cond(); time.Sleep(5 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("condition not met in 3 s")
+		}
+	}
+}
+
+func TestUnreachableBootstrapFailsFast(t *testing.T) {
+	d := newTestDHT(t, dhtConfig{Bootstrap: []string{"127.0.0.1:1", "127.0.0.1", "127.0.0.1:0"}}, 0)
+	d.timing.rtoInitial = 50 * time.Millisecond
+	start := time.Now()
+	err := d.run(testCtx(t))
+	if err == nil || !errors.Is(err, errNoneAnswered) {
+		t.Fatalf("run = %v, want %v", err, errNoneAnswered)
+	}
+	for _, want := range []string{"127.0.0.1:1", `"127.0.0.1"`, `"127.0.0.1:0"`} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("error %q does not name %s", err, want)
+		}
+	}
+	if el := time.Since(start); el > 2*time.Second {
+		t.Errorf("took %v", el)
+	}
+}
+
+func TestValueText(t *testing.T) {
+	tests := []struct{ in, want string }{
+		{"5:hello", "hello"},
+		{"0:", ""},
+		{"i42e", "i42e"},
+		{"05:hello", "05:hello"},
+		{"3:hello", "3:hello"},
+		{"l1:ae", "l1:ae"},
+	}
+	for _, tc := range tests {
+		if got := valueText([]byte(tc.in)); got != tc.want {
+			t.Errorf("valueText(%q) = %q, want %q", tc.in, got, tc.want)
+		}
+	}
+}
+
+func TestCommands(t *testing.T) {
+	ds := newSwarm(t, 10, 0)
+	d, other := ds[3], ds[7]
+	seed := strings.Repeat("07", 32)
+	pub := hex.EncodeToString(ed25519.NewKeyFromSeed(bytes.Repeat([]byte{7}, 32)).Public().(ed25519.PublicKey))
+	ih := strings.Repeat("5a", 20)
+	hexID := `[0-9a-f]{40}`
+	tests := []struct {
+		on   *dht
+		args string
+		want string // regexp for the whole output
+	}{
+		{d, "status", `^node ` + hexID + ` (unknown|127\.0\.0\.1:\d+) \d+ nodes\n$`},
+		{d, "ping " + other.addr().String(), `^pong ` + other.id().String() + `\n$`},
+		{d, "find_node " + other.id().String(), `^(node ` + hexID + ` 127\.0\.0\.1:\d+\n){8}done 8 nodes\n$`},
+		{d, "get_peers " + ih, `^done 0 peers\n$`},
+		{d, "announce " + ih + " 4242", `^announced [1-8] nodes\n$`},
+		{other, "get_peers " + ih, `^peer 127\.0\.0\.1:4242\ndone 1 peers\n$`},
+		{d, "put hello dht", `^stored ` + hexID + ` [1-8] nodes\n$`},
+		{d, "mput " + seed + " 3 mutable text", `^stored ` + hexID + ` [1-8] nodes\n$`},
+		{other, "mget " + pub, `^value 3 mutable text\n$`},
+		{other, "get " + strings.Repeat("00", 20), `^error not found\n$`},
+		{d, "", `^error usage`},
+		{d, "frobnicate", `^error unknown command`},
+		{d, "ping", `^error usage`},
+		{d, "find_node 12", `^error `},
+		{d, "announce " + ih + " 0", `^error bad port`},
+		{d, "mput 00 1 x", `^error bad seed`},
+		{d, "mget zz", `^error bad public key`},
+	}
+	for _, tc := range tests {
+		var out bytes.Buffer
+		tc.on.command(context.Background(), strings.Fields(tc.args), &out)
+		if !regexp.MustCompile(tc.want).MatchString(out.String()) {
+			t.Errorf("/dht %s:\n%s\nwant %s", tc.args, out.String(), tc.want)
+		}
+	}
+	// the immutable round trip, through the printed target
+	var out bytes.Buffer
+	d.command(context.Background(), []string{"put", "round", "trip"}, &out)
+	f := strings.Fields(out.String())
+	if len(f) < 2 {
+		t.Fatalf("put: %q", out.String())
+	}
+	out.Reset()
+	other.command(context.Background(), []string{"get", f[1]}, &out)
+	if out.String() != "value round trip\n" {
+		t.Errorf("get %s = %q, want \"value round trip\\n\"", f[1], out.String())
+	}
+}
