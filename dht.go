@@ -363,7 +363,7 @@ func (d *dht) sendRaw(to netip.AddrPort, b []byte) {
 // heard records a node in the routing table and pings the questionable
 // nodes the table wants checked before it evicts one of them.
 func (d *dht) heard(n nodeInfo, responded bool) {
-	if !usableAddr(n.Addr) {
+	if !queryableAddr(n.Addr) {
 		return
 	}
 	d.mu.Lock()
@@ -396,8 +396,8 @@ func (d *dht) evicted(addr netip.AddrPort) {
 	d.mu.Unlock()
 }
 
-// usableAddr rejects addresses no node can answer from.
-func usableAddr(a netip.AddrPort) bool {
+// queryableAddr rejects addresses no node can answer from.
+func queryableAddr(a netip.AddrPort) bool {
 	ip := a.Addr()
 	return a.IsValid() && a.Port() != 0 && !ip.IsUnspecified() && !ip.IsMulticast()
 }
@@ -792,7 +792,7 @@ func (d *dht) askRouters(ctx context.Context) ([]nodeInfo, []string) {
 			problems = append(problems, fmt.Sprintf("%s (%v): %v", names[i], routers[i].Addr, r.Err))
 			continue
 		}
-		seeds = append(seeds, replyNodes(&r.Msg.Reply)...)
+		seeds = append(seeds, nodesOfReply(&r.Msg.Reply)...)
 	}
 	return seeds, problems
 }
@@ -822,9 +822,9 @@ func resolveUDP(ctx context.Context, hostport string) (netip.AddrPort, error) {
 	return netip.AddrPortFrom(best, uint16(port)), nil
 }
 
-// replyNodes returns the valid nodes of a reply; a malformed list is
+// nodesOfReply returns the valid nodes of a reply; a malformed list is
 // ignored whole rather than half used.
-func replyNodes(r *krpcReply) []nodeInfo {
+func nodesOfReply(r *krpcReply) []nodeInfo {
 	var out []nodeInfo
 	if r.Nodes != nil {
 		if ns, err := parseCompactNodes(r.Nodes); err == nil {

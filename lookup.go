@@ -193,7 +193,7 @@ func (l *lookup) absorb(c *candidate, m *krpcMsg) {
 		l.sort()
 	}
 	c.token = m.Reply.Token
-	l.add(replyNodes(&m.Reply), c.round+1)
+	l.add(nodesOfReply(&m.Reply), c.round+1)
 	switch l.opts.method {
 	case methodGetPeers:
 		l.addPeers(m.Reply.Values)
@@ -248,7 +248,7 @@ func (l *lookup) considerItem(r *krpcReply) {
 func (l *lookup) add(ns []nodeInfo, round int) {
 	changed := false
 	for _, n := range ns {
-		if !usableAddr(n.Addr) || n.ID == l.self {
+		if !queryableAddr(n.Addr) || n.ID == l.self {
 			continue
 		}
 		if _, dup := l.seen[n.Addr]; dup {
