@@ -158,6 +158,9 @@ func newDHT(n *Node, cfg dhtConfig) (*dht, error) {
 		sbuf: make([]byte, 0, maxDatagram), nbuf4: make([]byte, 0, 26*bucketSize),
 		nbuf6: make([]byte, 0, 38*bucketSize), vbuf: make([]byte, 0, 20*maxPeersReply),
 	}
+	for _, sn := range saved { // questionable until they answer run's ping
+		d.table.heard(sn, false)
+	}
 	n.onKRPC = d.handleKRPC
 	return d, nil
 }
@@ -749,9 +752,14 @@ func (d *dht) bootstrap(ctx context.Context) error {
 	var seeds []nodeInfo
 	var problems []string
 	if answered == 0 && len(d.cfg.Bootstrap) > 0 {
-		seeds, problems = d.askRouters(ctx)
+		var routers int
+		seeds, routers, problems = d.askRouters(ctx)
+		answered += routers
 	}
-	if d.size() == 0 && len(seeds) == 0 {
+	for _, p := range problems {
+		d.log.Warn("dht: bootstrap node failed", "problem", p)
+	}
+	if answered == 0 {
 		if len(saved) == 0 && len(d.cfg.Bootstrap) == 0 {
 			return nil // the first node of a network: others will find us
 		}
@@ -766,8 +774,9 @@ func (d *dht) bootstrap(ctx context.Context) error {
 }
 
 // askRouters resolves every bootstrap HOST:PORT and sends it find_node(our
-// id). It returns the nodes they sent and one line per router that failed.
-func (d *dht) askRouters(ctx context.Context) ([]nodeInfo, []string) {
+// id). It returns the nodes they sent, how many answered and one line per
+// router that failed.
+func (d *dht) askRouters(ctx context.Context) ([]nodeInfo, int, []string) {
 	ctx, cancel := context.WithTimeout(ctx, d.timing.bootstrap)
 	defer cancel()
 	var problems []string
@@ -787,14 +796,16 @@ func (d *dht) askRouters(ctx context.Context) ([]nodeInfo, []string) {
 		return krpcMsg{Method: methodFindNode, Args: krpcArgs{Target: self}}
 	})
 	var seeds []nodeInfo
+	answered := 0
 	for i, r := range res {
 		if r.Err != nil {
 			problems = append(problems, fmt.Sprintf("%s (%v): %v", names[i], routers[i].Addr, r.Err))
 			continue
 		}
+		answered++
 		seeds = append(seeds, nodesOfReply(&r.Msg.Reply)...)
 	}
-	return seeds, problems
+	return seeds, answered, problems
 }
 
 // resolveUDP turns HOST:PORT into one address, IPv4 preferred (the socket

@@ -450,3 +450,26 @@ func TestCommands(t *testing.T) {
 		t.Errorf("get %s = %q, want \"value round trip\\n\"", f[1], out.String())
 	}
 }
+
+// Once the vote settles on a public IPv4 address, the node takes a BEP 42
+// id for it and keeps its routing table's nodes.
+func TestExternalAddressGivesSecureID(t *testing.T) {
+	d, other := newTestDHT(t, dhtConfig{}, 0), newTestDHT(t, dhtConfig{}, 0)
+	if _, err := d.ping(testCtx(t), other.addr()); err != nil {
+		t.Fatal(err)
+	}
+	old := d.id()
+	claim := netip.MustParseAddrPort("203.0.113.7:6881")
+	for _, v := range []string{"198.51.100.1:1", "192.0.2.1:1", "8.8.8.8:1"} {
+		d.learnExternal(netip.MustParseAddrPort(v), claim)
+	}
+	if ext, ok := d.external(); !ok || ext != claim {
+		t.Fatalf("external() = %v, %v; want %v", ext, ok, claim)
+	}
+	if id := d.id(); id == old || !isSecureNodeID(id, claim.Addr()) {
+		t.Errorf("id %v after the vote: want a new BEP 42 id for %v", id, claim.Addr())
+	}
+	if d.size() != 1 {
+		t.Errorf("size %d after the new id, want the 1 node kept", d.size())
+	}
+}
