@@ -473,3 +473,19 @@ func TestExternalAddressGivesSecureID(t *testing.T) {
 		t.Errorf("size %d after the new id, want the 1 node kept", d.size())
 	}
 }
+
+// The transaction table is bounded: past maxTransactions, queries fail at
+// once instead of growing it.
+func TestTransactionTableBounded(t *testing.T) {
+	d := newTestDHT(t, dhtConfig{}, 0)
+	d.timing.rtoInitial = time.Minute // nothing expires during the test
+	defer d.shutdown()
+	blackHole := newRawPeer(t).addr()
+	for i := range maxTransactions + 1 {
+		q := krpcMsg{Method: methodPing}
+		_, err := d.sendQuery(blackHole, &q, nil, nil, func(queryResult) {})
+		if (err == nil) != (i < maxTransactions) {
+			t.Fatalf("query %d: err = %v", i, err)
+		}
+	}
+}

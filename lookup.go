@@ -91,7 +91,7 @@ type lookup struct {
 	opts     lookupOpts
 	self     nodeID
 	cands    []*candidate // sorted by distance to the target
-	seen     map[netip.AddrPort]struct{}
+	seen     map[netip.AddrPort]*candidate
 	active   int // queries holding an alpha slot
 	inflight int // queries not yet over
 	peers    []netip.AddrPort
@@ -110,7 +110,7 @@ type lookup struct {
 // error if ctx ends first or no node answered.
 func (d *dht) lookup(ctx context.Context, o lookupOpts) (*lookupResult, error) {
 	start := d.now()
-	l := &lookup{d: d, opts: o, self: d.id(), seen: map[netip.AddrPort]struct{}{},
+	l := &lookup{d: d, opts: o, self: d.id(), seen: map[netip.AddrPort]*candidate{},
 		peerSeen: map[netip.AddrPort]struct{}{}, wake: make(chan struct{}, 1)}
 	l.add(d.closest(o.target, 2*bucketSize), 1)
 	l.add(o.seeds, 1)
@@ -251,11 +251,15 @@ func (l *lookup) add(ns []nodeInfo, round int) {
 		if !queryableAddr(n.Addr) || n.ID == l.self {
 			continue
 		}
-		if _, dup := l.seen[n.Addr]; dup {
+		if c, dup := l.seen[n.Addr]; dup {
+			if c.state == candFresh && round < c.round { // a shorter path to it
+				c.round = round
+			}
 			continue
 		}
-		l.seen[n.Addr] = struct{}{}
-		l.cands = append(l.cands, &candidate{info: n, round: round})
+		c := &candidate{info: n, round: round}
+		l.seen[n.Addr] = c
+		l.cands = append(l.cands, c)
 		changed = true
 	}
 	if !changed {
