@@ -377,13 +377,21 @@ func (d *dht) findNode(ctx context.Context, target nodeID) ([]nodeInfo, error) {
 	return ns, nil
 }
 
-// getPeers returns the peers the nodes near infohash know.
+// getPeers returns the peers the nodes near infohash know, and those we
+// store ourselves: we may be one of the nodes an announce went to, and our
+// lookup never asks us.
 func (d *dht) getPeers(ctx context.Context, infohash nodeID) ([]netip.AddrPort, error) {
+	local := d.peers.peers(infohash, maxLookupPeers)
 	r, err := d.lookup(ctx, lookupOpts{target: infohash, method: methodGetPeers})
-	if err != nil {
+	if err != nil && len(local) == 0 {
 		return nil, err
 	}
-	return r.Peers, nil
+	for _, p := range r.Peers {
+		if !slices.Contains(local, p) && len(local) < maxLookupPeers {
+			local = append(local, p)
+		}
+	}
+	return local, nil
 }
 
 // announce tells the k closest nodes that gave a token that we are a peer
@@ -476,13 +484,20 @@ func (d *dht) putItem(ctx context.Context, target nodeID, salt []byte, a krpcArg
 }
 
 // get finds the BEP 44 item stored under target (a mutable one without salt,
-// or an immutable one), verified.
+// or an immutable one), verified. Our own store counts too, as in getPeers:
+// an immutable item found there is final, a mutable one competes on seq.
 func (d *dht) get(ctx context.Context, target nodeID) (bep44Item, error) {
-	r, err := d.lookup(ctx, lookupOpts{target: target, method: methodGet, stopOnValue: true})
-	if r.HasItem {
-		return r.Item, nil
+	local, ok := d.items.get(target)
+	if ok && !local.Mutable {
+		return local, nil
 	}
-	if err != nil {
+	r, err := d.lookup(ctx, lookupOpts{target: target, method: methodGet, stopOnValue: true})
+	switch {
+	case r.HasItem && (!ok || r.Item.Seq > local.Seq):
+		return r.Item, nil
+	case ok:
+		return local, nil
+	case err != nil:
 		return bep44Item{}, err
 	}
 	return bep44Item{}, fmt.Errorf("dht: get %v: %w", target, errNotFound)

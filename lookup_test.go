@@ -172,3 +172,28 @@ func TestLookupWithEmptyTable(t *testing.T) {
 		t.Fatal("findNode with an empty table succeeded")
 	}
 }
+
+// In a network of two, each node's announce and put land only on the other,
+// whose lookups never ask themselves: their own stores must count.
+func TestTwoNodeNetworkUsesOwnStore(t *testing.T) {
+	a := newTestDHT(t, dhtConfig{}, 0)
+	b := newTestDHT(t, dhtConfig{Bootstrap: []string{a.addr().String()}}, 0)
+	bootstrapRetrying(t, b)
+	ctx := testCtx(t)
+	ih := nodeID(sha1.Sum([]byte("two")))
+	if n, err := a.announce(ctx, ih, 7000, false); err != nil || n != 1 {
+		t.Fatalf("announce = %d, %v", n, err)
+	}
+	ps, err := b.getPeers(ctx, ih)
+	if want := netip.AddrPortFrom(a.addr().Addr(), 7000); err != nil || !slices.Equal(ps, []netip.AddrPort{want}) {
+		t.Errorf("getPeers = %v, %v; want [%v]", ps, err, want)
+	}
+	v := []byte("3:two")
+	target, n, err := a.putImmutable(ctx, v)
+	if err != nil || n != 1 {
+		t.Fatalf("putImmutable = %d, %v", n, err)
+	}
+	if it, err := b.get(ctx, target); err != nil || !bytes.Equal(it.V, v) {
+		t.Errorf("get = %q, %v; want %q", it.V, err, v)
+	}
+}
