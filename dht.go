@@ -62,6 +62,7 @@ const (
 var (
 	errTimeout      = errors.New("dht: no answer")
 	errTooManyTx    = errors.New("dht: too many queries in flight")
+	errClosed       = errors.New("dht: closed")
 	errNotFound     = errors.New("not found")
 	errNoNodes      = errors.New("dht: routing table is empty")
 	errNoneAnswered = errors.New("dht: no node answered")
@@ -120,8 +121,9 @@ type dht struct {
 	saved    []nodeInfo // loaded from disk; pinged by run
 	evicting map[netip.AddrPort]struct{}
 
-	txMu sync.Mutex // guards txs, rng, rtt
-	txs  map[txKey]*transaction
+	txMu   sync.Mutex // guards txs, closed, rng, rtt
+	txs    map[txKey]*transaction
+	closed bool // run has ended: no more queries
 	rng  *mrand.ChaCha8 // transaction ids: a CSPRNG seeded from cfg.Rand
 	rtt  rttEstimator
 
@@ -480,9 +482,13 @@ func (d *dht) sendQuery(to netip.AddrPort, q *krpcMsg, expect *nodeID, onRetry f
 	}
 	var tid [tidLen]byte
 	d.txMu.Lock()
-	if len(d.txs) >= maxTransactions {
+	if d.closed || len(d.txs) >= maxTransactions {
+		err := errTooManyTx
+		if d.closed {
+			err = errClosed
+		}
 		d.txMu.Unlock()
-		return txKey{}, errTooManyTx
+		return txKey{}, err
 	}
 	k := txKey{addr: to}
 	for {
@@ -712,14 +718,22 @@ func (d *dht) refresh(ctx context.Context) {
 	}
 }
 
-// shutdown stops the retransmission timers and saves the table.
+// shutdown ends every open query (its caller learns errClosed), refuses
+// new ones and saves the table.
 func (d *dht) shutdown() {
 	d.txMu.Lock()
+	d.closed = true
+	var open []*transaction
 	for k, t := range d.txs {
-		t.timer.Stop()
+		if t.timer.Stop() {
+			open = append(open, t)
+		}
 		delete(d.txs, k)
 	}
 	d.txMu.Unlock()
+	for _, t := range open {
+		t.done(queryResult{Err: errClosed, Attempts: t.attempts})
+	}
 	if err := d.save(); err != nil {
 		d.log.Warn("dht: save routing table", "err", err)
 	}

@@ -94,8 +94,9 @@ func TestFindNodeUnderChurnAndLoss(t *testing.T) {
 			live = append(live, d)
 		}
 	}
-	// a true closest node may lose all three attempts (p ~ 0.007): allow one miss
-	checkConverges(t, lossy, live, "churn", bucketSize-1)
+	// A true closest node may lose all three attempts: p ~ 0.007, or ~ 0.04
+	// if it is another lossy node. Allow two misses.
+	checkConverges(t, lossy, live, "churn", bucketSize-2)
 }
 
 func TestAnnounceThenGetPeers(t *testing.T) {
