@@ -123,9 +123,9 @@ type dht struct {
 
 	txMu   sync.Mutex // guards txs, closed, rng, rtt
 	txs    map[txKey]*transaction
-	closed bool // run has ended: no more queries
-	rng  *mrand.ChaCha8 // transaction ids: a CSPRNG seeded from cfg.Rand
-	rtt  rttEstimator
+	closed bool           // run has ended: no more queries
+	rng    *mrand.ChaCha8 // transaction ids: a CSPRNG seeded from cfg.Rand
+	rtt    rttEstimator
 
 	// owned by the read goroutine: replies are encoded here, never allocated
 	sbuf, nbuf4, nbuf6, vbuf []byte
