@@ -11,6 +11,7 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -488,4 +489,140 @@ func TestTransactionTableBounded(t *testing.T) {
 			t.Fatalf("query %d: err = %v", i, err)
 		}
 	}
+}
+
+// rawQuery encodes a query from the raw peer.
+func rawQuery(method krpcMethod, a krpcArgs) []byte {
+	copy(a.ID[:], rawID)
+	q := krpcMsg{TID: []byte("qq"), Type: 'q', Method: method, Args: a}
+	return q.appendTo(nil)
+}
+
+// The store side of the protocol, driven by hand: tokens, announce_peer
+// with implied_port, get_peers values, put and get of both item kinds.
+func TestServeStores(t *testing.T) {
+	d := newTestDHT(t, dhtConfig{}, 0)
+	p := newRawPeer(t)
+	ih := nodeID(bytes.Repeat([]byte{0x42}, idLen))
+	r := p.exchange(d, rawQuery(methodGetPeers, krpcArgs{InfoHash: ih}))
+	if r.Type != 'r' || r.Reply.Token == nil || r.Reply.Values != nil || r.Reply.Nodes == nil {
+		t.Fatalf("first get_peers: %+v, want a token, nodes and no values", r.Reply)
+	}
+	tok := bytes.Clone(r.Reply.Token)
+	a := krpcArgs{InfoHash: ih, Port: 1, ImpliedPort: true, Token: tok}
+	if r := p.exchange(d, rawQuery(methodAnnouncePeer, a)); r.Type != 'r' {
+		t.Fatalf("announce_peer: %+v", r)
+	}
+	r = p.exchange(d, rawQuery(methodGetPeers, krpcArgs{InfoHash: ih}))
+	if ps, err := parsePeers(r.Reply.Values); err != nil || !slices.Equal(ps, []netip.AddrPort{p.addr()}) {
+		t.Errorf("values %v, %v; want the implied address %v", ps, err, p.addr())
+	}
+
+	v := []byte("4:spam")
+	if r := p.exchange(d, rawQuery(methodPut, krpcArgs{Token: tok, V: v})); r.Type != 'r' {
+		t.Fatalf("immutable put: %+v", r)
+	}
+	r = p.exchange(d, rawQuery(methodGet, krpcArgs{Target: immutableTarget(v)}))
+	if !bytes.Equal(r.Reply.V, v) || r.Reply.HasK || r.Reply.Token == nil {
+		t.Errorf("immutable get: %+v", r.Reply)
+	}
+
+	it := signItem(ed25519.NewKeyFromSeed(bytes.Repeat([]byte{9}, 32)), nil, 5, []byte("3:egg"))
+	put := krpcArgs{Token: tok, V: it.V, K: it.K, HasK: true, Sig: it.Sig, Seq: 5, HasSeq: true}
+	if r := p.exchange(d, rawQuery(methodPut, put)); r.Type != 'r' {
+		t.Fatalf("mutable put: %+v", r)
+	}
+	put.Seq, put.Sig = 4, signItem(ed25519.NewKeyFromSeed(bytes.Repeat([]byte{9}, 32)), nil, 4, it.V).Sig
+	if r := p.exchange(d, rawQuery(methodPut, put)); r.Type != 'e' || r.ErrCode != bep44ErrSeq {
+		t.Errorf("older put: %+v, want error %d", r, bep44ErrSeq)
+	}
+	target := mutableTarget(it.K, nil)
+	r = p.exchange(d, rawQuery(methodGet, krpcArgs{Target: target}))
+	if !bytes.Equal(r.Reply.V, it.V) || r.Reply.Seq != 5 || r.Reply.K != it.K || r.Reply.Sig != it.Sig {
+		t.Errorf("mutable get: %+v", r.Reply)
+	}
+	r = p.exchange(d, rawQuery(methodGet, krpcArgs{Target: target, Seq: 5, HasSeq: true}))
+	if r.Reply.V != nil || r.Reply.HasK || !r.Reply.HasSeq || r.Reply.Seq != 5 {
+		t.Errorf("get with seq 5: %+v, want seq only", r.Reply)
+	}
+}
+
+// nodes and nodes6 follow the BEP 32 "want" list, else the requester's family.
+func TestServeWant(t *testing.T) {
+	d := newTestDHT(t, dhtConfig{}, 0)
+	v4 := nodeInfo{ID: nodeID{1}, Addr: netip.MustParseAddrPort("127.0.0.2:1000")}
+	v6 := nodeInfo{ID: nodeID{2}, Addr: netip.MustParseAddrPort("[2001:db8::1]:1000")}
+	d.heard(v4, true)
+	d.heard(v6, true)
+	p := newRawPeer(t)
+	// the IPv4 nodes are v4 and the raw peer itself
+	tests := []struct {
+		want         uint8
+		four, six    bool
+		wantN4Length int
+	}{
+		{0, true, false, 52},
+		{wantN4, true, false, 52},
+		{wantN6, false, true, 0},
+		{wantN4 | wantN6, true, true, 52},
+	}
+	for _, tc := range tests {
+		r := p.exchange(d, rawQuery(methodFindNode, krpcArgs{Want: tc.want}))
+		if (r.Reply.Nodes != nil) != tc.four || (r.Reply.Nodes6 != nil) != tc.six {
+			t.Errorf("want %b: nodes %x nodes6 %x", tc.want, r.Reply.Nodes, r.Reply.Nodes6)
+			continue
+		}
+		if tc.six && len(r.Reply.Nodes6) != 38 || len(r.Reply.Nodes) != tc.wantN4Length {
+			t.Errorf("want %b: %d bytes of nodes, %d of nodes6", tc.want, len(r.Reply.Nodes), len(r.Reply.Nodes6))
+		}
+	}
+}
+
+// An answer that arrives after the first timeout, while the query is being
+// retransmitted, still completes it (same tid for every transmission).
+func TestLateAnswerAccepted(t *testing.T) {
+	d := newTestDHT(t, dhtConfig{}, 0)
+	d.timing.rtoInitial = 40 * time.Millisecond
+	p := newRawPeer(t)
+	res := make(chan queryResult, 1)
+	go func() {
+		q := krpcMsg{Method: methodPing}
+		res <- d.query(testCtx(t), p.addr(), &q, nil)
+	}()
+	first, _ := p.recv(2 * time.Second)
+	second, _ := p.recv(2 * time.Second) // the retransmission
+	if first == nil || !bytes.Equal(first, second) {
+		t.Fatalf("retransmission %q differs from %q", second, first)
+	}
+	q, err := parseKRPC(first)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p.send(d.addr(), []byte("d1:rd2:id20:"+string(rawID)+"e1:t4:"+string(q.TID)+"1:y1:re"))
+	r := <-res
+	if r.Err != nil || r.Attempts != 2 || !bytes.Equal(r.Msg.Reply.ID[:], rawID) {
+		t.Errorf("late answer: %+v", r)
+	}
+}
+
+// run saves the table on its timer, not only on exit.
+func TestPeriodicSave(t *testing.T) {
+	ds := newSwarm(t, 3, 0)
+	dir := t.TempDir()
+	d := newTestDHT(t, dhtConfig{Dir: dir, Bootstrap: []string{ds[0].addr().String()}}, 0)
+	d.timing.maintenance, d.timing.save = 10*time.Millisecond, 0
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() {
+		d.run(ctx)
+		close(done)
+	}()
+	defer func() { // before TempDir's cleanup: run saves on exit
+		cancel()
+		<-done
+	}()
+	waitFor(t, func() bool {
+		_, ns, err := loadRoutingTable(filepath.Join(dir, routingFile))
+		return err == nil && len(ns) >= 2
+	})
 }
