@@ -198,3 +198,38 @@ func TestTwoNodeNetworkUsesOwnStore(t *testing.T) {
 		t.Errorf("get = %q, %v; want %q", it.V, err, v)
 	}
 }
+
+func TestLookupFinished(t *testing.T) {
+	const (
+		F = candFresh
+		W = candWaiting
+		S = candSlow
+		D = candDone
+		X = candFailed
+	)
+	tests := []struct {
+		name   string
+		states []candState // closest first
+		stop   bool
+		want   bool
+	}{
+		{"k answered", []candState{D, D, D, D, D, D, D, D}, false, true},
+		{"one of k waiting", []candState{D, D, D, W, D, D, D, D}, false, false},
+		{"one of k slow", []candState{D, D, D, D, D, D, D, S}, false, false},
+		{"one of k not asked", []candState{F, D, D, D, D, D, D, D}, false, false},
+		{"failed ones do not count", []candState{X, D, X, D, D, D, D, D, D, D}, false, true},
+		{"beyond k does not matter", []candState{D, D, D, D, D, D, D, D, F, W}, false, true},
+		{"fewer than k, all answered", []candState{D, X, D}, false, true},
+		{"nothing answered", []candState{X, X}, false, false},
+		{"value found", []candState{F, W}, true, true},
+	}
+	for _, tc := range tests {
+		l := &lookup{stop: tc.stop}
+		for _, s := range tc.states {
+			l.cands = append(l.cands, &candidate{state: s})
+		}
+		if got := l.finished(); got != tc.want {
+			t.Errorf("%s: finished() = %v, want %v", tc.name, got, tc.want)
+		}
+	}
+}
