@@ -304,9 +304,13 @@ func replyKeyIndex(key []byte) int {
 // the message b (offsets, not slices, to keep the parse state small).
 type fieldSet struct {
 	b     []byte
-	pos   [16][2]uint32 // start and end of the value of key i
+	pos   [16][3]uint32 // start, start of string contents (strings only) and end of the value of key i
 	found uint32        // bit i: key i is present
+	strs  uint32        // bit i: key i is a string
 	extra bool          // some key we don't read was present: ignored on purpose
+	// peersBad: "values" (in "r") is a list with an entry that is not a
+	// compact peer; found during the scan so the list is walked only once.
+	peersBad bool
 }
 
 func (f *fieldSet) has(i int) bool { return f.found&(1<<i) != 0 }
@@ -316,7 +320,7 @@ func (f *fieldSet) raw(i int) []byte {
 	if !f.has(i) {
 		return nil
 	}
-	return f.b[f.pos[i][0]:f.pos[i][1]]
+	return f.b[f.pos[i][0]:f.pos[i][2]]
 }
 
 // scanDict walks the dict at p.b[off], whose enclosing containers number
@@ -337,27 +341,86 @@ func (p *krpcParse) scanDict(off, depth int, kind dictKind) (int, error) {
 		}
 		start := d.off
 		j := keyIndex(kind, key)
-		switch {
-		case j < 0:
+		if j < 0 {
 			f.extra = true
-			d.off, err = skipValue(b, start, depth+1)
-		case kind == dictTop && (j == topA || j == topR) && start < len(b) && b[start] == 'd':
-			sub := dictArgs
-			if j == topR {
-				sub = dictReply
+			if d.off, err = skipValue(b, start, depth+1); err != nil {
+				return 0, err
 			}
-			d.off, err = p.scanDict(start, depth+1, sub)
-		default:
-			d.off, err = skipValue(b, start, depth+1)
+			continue
 		}
-		if err != nil {
+		f.found |= 1 << j
+		f.pos[j][0] = uint32(start)
+		if d.off, err = p.scanKnown(f, kind, j, start, depth+1); err != nil {
 			return 0, err
 		}
-		if j >= 0 {
-			f.found |= 1 << j
-			f.pos[j] = [2]uint32{uint32(start), uint32(d.off)}
+		f.pos[j][2] = uint32(d.off)
+	}
+}
+
+// scanKnown validates the value of known key j at b[off]: strings are read
+// (their contents located), "a" and "r" walked as dicts, "values" checked
+// for compact peers, anything else skipped.
+func (p *krpcParse) scanKnown(f *fieldSet, kind dictKind, j, off, depth int) (int, error) {
+	b := p.b
+	if off >= len(b) {
+		return 0, bencodeErr(off, errBencodeEOF)
+	}
+	switch c := b[off]; {
+	case isDigit(c):
+		s, end, err := scanString(b, off)
+		f.strs |= 1 << j
+		f.pos[j][1] = uint32(end - len(s))
+		return end, err
+	case c == 'd' && kind == dictTop && j == topA:
+		return p.scanDict(off, depth, dictArgs)
+	case c == 'd' && kind == dictTop && j == topR:
+		return p.scanDict(off, depth, dictReply)
+	case c == 'l' && kind == dictReply && j == replyValues:
+		end, ok, err := scanPeerList(b, off, depth)
+		f.peersBad = !ok
+		return end, err
+	}
+	return skipValue(b, off, depth)
+}
+
+// scanPeerList is skipValue for a "values" list, also reporting whether
+// every entry is a compact peer (6 or 18 bytes, IPv6 not IPv4-mapped).
+func scanPeerList(b []byte, off, depth int) (end int, ok bool, err error) {
+	if depth >= maxBencodeDepth {
+		return 0, false, bencodeErr(off, errBencodeDepth)
+	}
+	ok = true
+	for off++; ; {
+		if off >= len(b) {
+			return 0, false, bencodeErr(off, errBencodeEOF)
+		}
+		switch c := b[off]; {
+		case c == 'e':
+			return off + 1, ok, nil
+		case isDigit(c):
+			var s []byte
+			if s, off, err = scanString(b, off); err != nil {
+				return 0, false, err
+			}
+			ok = ok && (len(s) == compactAddr4Len || len(s) == compactAddr6Len && !isMapped4(s))
+		default:
+			ok = false
+			if off, err = skipValue(b, off, depth+1); err != nil {
+				return 0, false, err
+			}
 		}
 	}
+}
+
+// isMapped4 reports whether the 16-byte address at the start of s is an
+// IPv4-mapped IPv6 address (::ffff:a.b.c.d).
+func isMapped4(s []byte) bool {
+	for _, c := range s[:10] {
+		if c != 0 {
+			return false
+		}
+	}
+	return s[10] == 0xff && s[11] == 0xff
 }
 
 func (p *krpcParse) set(kind dictKind) *fieldSet {
@@ -374,15 +437,14 @@ func (p *krpcParse) set(kind dictKind) *fieldSet {
 // scan, so only the type and size are checked here.
 
 func (f *fieldSet) str(i int, name string) ([]byte, error) {
-	raw := f.raw(i)
-	if raw == nil {
+	if !f.has(i) {
 		return nil, fmt.Errorf("%s: %w", name, errKRPCMissing)
 	}
-	if len(raw) == 0 || !isDigit(raw[0]) {
+	if f.strs&(1<<i) == 0 {
 		return nil, fmt.Errorf("%s: %w: want string", name, errKRPCType)
 	}
-	s, _, err := scanString(raw, 0)
-	return s, err
+	end := f.pos[i][2]
+	return f.b[f.pos[i][1]:end:end], nil
 }
 
 func (f *fieldSet) fixed(i int, name string, dst []byte) error {
@@ -768,8 +830,9 @@ func (p *krpcParse) readNodes(r *krpcReply) error {
 	}
 	if f.has(replyValues) {
 		r.Values = f.raw(replyValues)
-		if err = walkPeers(r.Values, nil); err != nil {
-			return fmt.Errorf("values: %w", err)
+		if r.Values[0] != 'l' || f.peersBad {
+			// the scan saw a problem; walk again for the precise error
+			return fmt.Errorf("values: %w", walkPeers(r.Values, nil))
 		}
 	}
 	return nil
