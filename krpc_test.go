@@ -3,6 +3,7 @@ package main
 import (
 	"bufio"
 	"bytes"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"net/netip"
@@ -429,9 +430,40 @@ func specKRPCExamples(t *testing.T) []krpcExample {
 	return out
 }
 
+// quoteBytes quotes b as SPEC.md writes wire bytes: a Go string literal with
+// printable ASCII as is and every other byte as \xNN.
+func quoteBytes(b []byte) string {
+	var sb strings.Builder
+	sb.WriteByte('"')
+	for _, c := range b {
+		switch {
+		case c == '"' || c == '\\':
+			sb.WriteByte('\\')
+			sb.WriteByte(c)
+		case c >= 0x20 && c < 0x7f:
+			sb.WriteByte(c)
+		default:
+			fmt.Fprintf(&sb, "\\x%02x", c)
+		}
+	}
+	sb.WriteByte('"')
+	return sb.String()
+}
+
+func TestQuoteBytes(t *testing.T) {
+	in := []byte("a\"\\\x00\xde\xad~")
+	q := quoteBytes(in)
+	if q != `"a\"\\\x00\xde\xad~"` {
+		t.Fatalf("quoteBytes = %s", q)
+	}
+	if s, err := strconv.Unquote(q); err != nil || s != string(in) {
+		t.Fatalf("Unquote(%s) = %q, %v", q, s, err)
+	}
+}
+
 // krpcFieldText renders the fields an example may state, as SPEC.md 3.2 writes them.
 func krpcFieldText(m krpcMsg) map[string]string {
-	f := map[string]string{"type": string(m.Type), "tid": strconv.Quote(string(m.TID))}
+	f := map[string]string{"type": string(m.Type), "tid": quoteBytes(m.TID)}
 	if m.Type == 'q' {
 		f["method"] = m.Method.String()
 		f["id"] = m.Args.ID.String()
@@ -440,13 +472,16 @@ func krpcFieldText(m krpcMsg) map[string]string {
 		f["info_hash"] = m.Args.InfoHash.String()
 		f["port"] = strconv.Itoa(int(m.Args.Port))
 		f["implied_port"] = strconv.FormatBool(m.Args.ImpliedPort)
-		f["token"] = strconv.Quote(string(m.Args.Token))
+		f["token"] = hex.EncodeToString(m.Args.Token)
 		f["want"] = fmt.Sprintf("n4=%v n6=%v", m.Args.Want&wantN4 != 0, m.Args.Want&wantN6 != 0)
-		f["v_item"] = strconv.Quote(string(m.Args.V))
+		f["v_item"] = quoteBytes(m.Args.V)
+		if m.Args.HasSeq {
+			f["seq"] = strconv.FormatInt(m.Args.Seq, 10)
+		}
 	}
 	if m.Type == 'r' {
 		f["id"] = m.Reply.ID.String()
-		f["token"] = strconv.Quote(string(m.Reply.Token))
+		f["token"] = hex.EncodeToString(m.Reply.Token)
 		if ns, err := parseCompactNodes(m.Reply.Nodes); err == nil {
 			f["nodes"] = strconv.Itoa(len(ns))
 			if len(ns) > 0 {
@@ -460,9 +495,9 @@ func krpcFieldText(m krpcMsg) map[string]string {
 	}
 	if m.Type == 'e' {
 		f["code"] = strconv.Itoa(m.ErrCode)
-		f["message"] = strconv.Quote(string(m.ErrMsg))
+		f["message"] = quoteBytes(m.ErrMsg)
 	}
-	f["v"] = strconv.Quote(string(m.Version))
+	f["v"] = quoteBytes(m.Version)
 	if m.IP.IsValid() {
 		f["ip"] = m.IP.String()
 	}
