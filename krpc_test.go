@@ -392,7 +392,7 @@ type krpcExample struct {
 
 // specKRPCExamples extracts the krpc-example blocks: a Go-quoted string on
 // the first line, then "key = value" lines.
-func specKRPCExamples(t *testing.T) []krpcExample {
+func specKRPCExamples(t testing.TB) []krpcExample {
 	f, err := os.Open("SPEC.md")
 	if err != nil {
 		t.Fatal(err)
@@ -541,6 +541,9 @@ func TestSpecKRPCExamples(t *testing.T) {
 func FuzzKRPC(f *testing.F) {
 	for _, m := range sampleMsgs() {
 		f.Add(m.appendTo(nil))
+	}
+	for _, ex := range specKRPCExamples(f) {
+		f.Add(ex.wire)
 	}
 	f.Add([]byte("d1:ad2:id20:abcdefghij0123456789e1:q4:ping1:t2:aa1:y1:qe"))
 	f.Add([]byte("d1:rd2:id20:mnopqrstuvwxyz123456e1:t2:aa1:y1:re"))
