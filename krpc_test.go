@@ -149,7 +149,19 @@ func TestParseKRPC(t *testing.T) {
 		{"implied port without port", "d1:ad2:id" + id20 + "12:implied_porti1e9:info_hash" + id20 + "5:token2:tke1:q13:announce_peer1:t2:aa1:y1:qe",
 			&krpcMsg{TID: []byte("aa"), Type: 'q', Method: methodAnnouncePeer, Args: krpcArgs{ID: abc, InfoHash: abc, ImpliedPort: true, Token: []byte("tk")}}, nil, false},
 
+		{"unused arg of wrong type ignored", "d1:ad2:id" + id20 + "6:targeti5ee1:q4:ping1:t2:aa1:y1:qe",
+			&krpcMsg{TID: []byte("aa"), Type: 'q', Method: methodPing, Args: krpcArgs{ID: abc}}, nil, false},
+		{"r in a query ignored", "d1:ad2:id" + id20 + "e1:q4:ping1:ri1e1:t2:aa1:y1:qe",
+			&krpcMsg{TID: []byte("aa"), Type: 'q', Method: methodPing, Args: krpcArgs{ID: abc}}, nil, false},
+		{"ro in a response ignored", "d1:rd2:id" + id20 + "e2:ro3:xyz1:t2:aa1:y1:re",
+			&krpcMsg{TID: []byte("aa"), Type: 'r', Reply: krpcReply{ID: abc}}, nil, false},
+		{"want with unknown entry", "d1:ad2:id" + id20 + "6:target" + id20 + "4:wantl2:n52:n6ee1:q9:find_node1:t2:aa1:y1:qe",
+			&krpcMsg{TID: []byte("aa"), Type: 'q', Method: methodFindNode, Args: krpcArgs{ID: abc, Target: abc, Want: wantN6}}, nil, false},
+		{"deep v in put", "d1:ad2:id" + id20 + "5:token2:tk1:v" + strings.Repeat("l", maxBencodeDepth-2) + strings.Repeat("e", maxBencodeDepth-2) + "e1:q3:put1:t2:aa1:y1:qe", nil, nil, false},
+
 		// not canonical bencode: never a bad query, we don't answer garbage
+		{"too deep v in put", "d1:ad2:id" + id20 + "5:token2:tk1:v" + strings.Repeat("l", maxBencodeDepth-1) + strings.Repeat("e", maxBencodeDepth-1) + "e1:q3:put1:t2:aa1:y1:qe", nil, errBencodeDepth, false},
+		{"too long", "d1:t2:aa1:y1:r1:z65536:" + strings.Repeat("x", 65536) + "e", nil, errKRPCTooLong, false},
 		{"unsorted top keys", "d1:t2:aa1:ad2:id" + id20 + "e1:q4:ping1:y1:qe", nil, errBencodeKeyOrder, false},
 		{"trailing byte", "d1:ad2:id" + id20 + "e1:q4:ping1:t2:aa1:y1:qex", nil, errBencodeTrailing, false},
 		{"leading zero inside a", "d1:ad2:id" + id20 + "1:xi01ee1:q4:ping1:t2:aa1:y1:qe", nil, errBencodeLeadingZero, false},
@@ -307,6 +319,19 @@ func TestCompactNodesAndPeers(t *testing.T) {
 		if _, err := parsePeers([]byte(bad)); err == nil {
 			t.Errorf("parsePeers(%q) accepted", bad)
 		}
+	}
+}
+
+// TestKRPCUnknownMethodRoundTrip: a query for a method we lack parses
+// (so the node can answer 204) and re-encodes to one that parses the same.
+func TestKRPCUnknownMethodRoundTrip(t *testing.T) {
+	m, ignored, err := parseKRPCIgnored([]byte("d1:ad2:id" + id20 + "e1:q4:vote1:t2:aa1:y1:qe"))
+	if err != nil || !ignored || m.Method != methodUnknown {
+		t.Fatalf("parse = %+v, %v, %v", m, ignored, err)
+	}
+	m2, err := parseKRPC(m.appendTo(nil))
+	if err != nil || !reflect.DeepEqual(m, m2) {
+		t.Fatalf("re-parse = %+v, %v", m2, err)
 	}
 }
 
@@ -530,6 +555,11 @@ func TestSpecKRPCExamples(t *testing.T) {
 		}
 		if got := m.appendTo(nil); !bytes.Equal(got, ex.wire) {
 			t.Errorf("SPEC.md:%d %s: appendTo = %q, want %q", ex.line, ex.name, got, ex.wire)
+		}
+		for i := range len(ex.wire) {
+			if _, err := parseKRPC(ex.wire[:i]); err == nil {
+				t.Errorf("SPEC.md:%d %s: strict prefix %q parses", ex.line, ex.name, ex.wire[:i])
+			}
 		}
 	}
 }
