@@ -198,7 +198,7 @@ const (
 )
 
 // maxKRPCLen bounds a message: a UDP payload is never longer, and it lets
-// fieldSet keep offsets in 32 bits.
+// fieldSet keep offsets in 16 bits (a smaller parse state to zero).
 const maxKRPCLen = 65535
 
 // dictKind selects the keys we look for in a dict.
@@ -307,7 +307,7 @@ func replyKeyIndex(key []byte) int {
 // the message b (offsets, not slices, to keep the parse state small).
 type fieldSet struct {
 	b     []byte
-	pos   [16][3]uint32 // start, start of string contents (strings only) and end of the value of key i
+	pos   [16][3]uint16 // start, start of string contents (strings only) and end of the value of key i
 	found uint32        // bit i: key i is present
 	strs  uint32        // bit i: key i is a string
 	extra bool          // some key we don't read was present: ignored on purpose
@@ -352,11 +352,11 @@ func (p *krpcParse) scanDict(off, depth int, kind dictKind) (int, error) {
 			continue
 		}
 		f.found |= 1 << j
-		f.pos[j][0] = uint32(start)
+		f.pos[j][0] = uint16(start)
 		if d.off, err = p.scanKnown(f, kind, j, start, depth+1); err != nil {
 			return 0, err
 		}
-		f.pos[j][2] = uint32(d.off)
+		f.pos[j][2] = uint16(d.off)
 	}
 }
 
@@ -372,7 +372,7 @@ func (p *krpcParse) scanKnown(f *fieldSet, kind dictKind, j, off, depth int) (in
 	case isDigit(c):
 		s, end, err := scanString(b, off)
 		f.strs |= 1 << j
-		f.pos[j][1] = uint32(end - len(s))
+		f.pos[j][1] = uint16(end - len(s))
 		return end, err
 	case c == 'd' && kind == dictTop && j == topA:
 		return p.scanDict(off, depth, dictArgs)
