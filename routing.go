@@ -354,8 +354,9 @@ func victimBefore(a, b *entry, now time.Time) bool {
 }
 
 // addReplacement keeps e in b's bounded replacement cache. When the cache is
-// full e replaces the worst entry, except that an unverified id never
-// displaces a verified one.
+// full e replaces the worst entry unless that one ranks above e (see
+// better), so an unverified id never displaces a verified one and a node
+// that only queried us never displaces one that answered.
 func addReplacement(b *bucket, e entry) {
 	if i := findEntry(b.cache, e.ID); i >= 0 {
 		b.cache[i] = e
@@ -371,7 +372,7 @@ func addReplacement(b *bucket, e entry) {
 			w = i
 		}
 	}
-	if b.cache[w].verified && !e.verified {
+	if better(&b.cache[w], &e) {
 		return
 	}
 	b.cache[w] = e
