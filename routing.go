@@ -226,8 +226,12 @@ func (t *routingTable) heard(n nodeInfo, responded bool) (pingFirst []nodeInfo) 
 		return nil
 	}
 	e := entry{nodeInfo: n, verified: isSecureNodeID(n.ID, n.Addr.Addr())}
-	if i := findEntry(b.cache, n.ID); i >= 0 && b.cache[i].Addr == n.Addr {
-		e = b.cache[i]
+	if i := findEntry(b.cache, n.ID); i >= 0 {
+		// Take the id out of the cache either way, so it is never both
+		// waiting and in a slot; its history counts only for the same address.
+		if b.cache[i].Addr == n.Addr {
+			e = b.cache[i]
+		}
 		b.cache = slices.Delete(b.cache, i, i+1)
 	}
 	e.record(responded, now)
@@ -437,7 +441,9 @@ func (t *routingTable) failed(n nodeInfo) {
 	if i < 0 || b.nodes[i].Addr != n.Addr {
 		return
 	}
-	b.nodes[i].failures++
+	if b.nodes[i].failures < maxFailures {
+		b.nodes[i].failures++
+	}
 	if b.nodes[i].state(now) != stateBad {
 		return
 	}
@@ -496,19 +502,34 @@ func (t *routingTable) closestWhere(target nodeID, count int, keep func(netip.Ad
 		return nil
 	}
 	now := t.now()
-	var out []nodeInfo
+	// Keep the best count in a sorted slice: one allocation, and a node
+	// farther than the current last is dismissed with one comparison.
+	sel := closestSet{target: target, out: make([]nodeInfo, 0, min(count, t.size()))}
 	for _, b := range t.buckets {
 		for i := range b.nodes {
 			if b.nodes[i].state(now) != stateBad && keep(b.nodes[i].Addr.Addr()) {
-				out = append(out, b.nodes[i].nodeInfo)
+				sel.offer(b.nodes[i].nodeInfo, count)
 			}
 		}
 	}
-	slices.SortFunc(out, func(a, b nodeInfo) int { return xorCompare(target, a.ID, b.ID) })
-	if len(out) > count {
-		out = out[:count:count]
+	return sel.out
+}
+
+// closestSet is a bounded selection of the nodes closest to target.
+type closestSet struct {
+	target nodeID
+	out    []nodeInfo // sorted, closest first
+}
+
+func (s *closestSet) offer(n nodeInfo, count int) {
+	if len(s.out) == count && !xorLess(s.target, n.ID, s.out[count-1].ID) {
+		return
 	}
-	return out
+	i, _ := slices.BinarySearchFunc(s.out, n, func(a, b nodeInfo) int { return xorCompare(s.target, a.ID, b.ID) })
+	if len(s.out) == count {
+		s.out = s.out[:count-1]
+	}
+	s.out = slices.Insert(s.out, i, n)
 }
 
 // size is the number of nodes in the buckets (not the replacement caches).

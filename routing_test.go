@@ -56,6 +56,7 @@ func checkInvariants(t *testing.T, rt *routingTable) {
 		t.Fatalf("%d buckets", len(rt.buckets))
 	}
 	addrs := 0
+	ids := map[nodeID]bool{}
 	for i, b := range rt.buckets {
 		if len(b.nodes) > bucketSize || len(b.cache) > replacementSize {
 			t.Fatalf("bucket %d: %d nodes, %d cached", i, len(b.nodes), len(b.cache))
@@ -65,6 +66,10 @@ func checkInvariants(t *testing.T, rt *routingTable) {
 				if got := rt.bucketIndex(e.ID); got != i {
 					t.Fatalf("node %v in bucket %d, belongs in %d", e.ID, i, got)
 				}
+				if ids[e.ID] {
+					t.Fatalf("id %v held twice", e.ID)
+				}
+				ids[e.ID] = true
 			}
 		}
 		for _, e := range b.nodes {
@@ -377,6 +382,29 @@ func TestBadNodeReplacedOnHeard(t *testing.T) {
 	}
 	if rt.lookup(far[3].ID) != nil || rt.lookup(n.ID) == nil {
 		t.Fatalf("bad node not replaced")
+	}
+	checkInvariants(t, rt)
+}
+
+// TestCachedIDFromNewAddress: an id waiting in the cache that is heard
+// from another address and takes a slot must leave the cache, so no id is
+// ever held twice.
+func TestCachedIDFromNewAddress(t *testing.T) {
+	rt, _, far := fullFarBucket(t)
+	var self nodeID
+	x := idCPL(self, 0, 500)
+	rt.heard(loopNode(x, 9000), false) // waits in the cache at port 9000
+	// Another node takes port 9000 in another bucket, so x cannot be
+	// promoted from the cache when a slot frees up.
+	rt.heard(loopNode(idCPL(self, 3, 7), 9000), true)
+	rt.failed(far[0])
+	rt.failed(far[0])
+	if rt.lookup(far[0].ID) == nil || !rt.inCache(x) {
+		t.Fatalf("setup: cached node on a taken address was promoted")
+	}
+	rt.heard(loopNode(x, 9001), true) // x from a free address takes the bad slot
+	if e := rt.lookup(x); e == nil || e.Addr.Port() != 9001 || rt.inCache(x) {
+		t.Fatalf("x: in bucket %+v, cached %v", e, rt.inCache(x))
 	}
 	checkInvariants(t, rt)
 }
@@ -972,11 +1000,21 @@ func benchTable(b *testing.B) (*routingTable, []nodeInfo) {
 
 func BenchmarkClosest(b *testing.B) {
 	rt, ns := benchTable(b)
-	b.ReportMetric(float64(rt.size()), "nodes")
 	b.ReportAllocs()
 	b.ResetTimer()
 	for i := 0; b.Loop(); i++ {
 		rt.closest(ns[i%len(ns)].ID, bucketSize)
+	}
+	b.ReportMetric(float64(rt.size()), "nodes")
+}
+
+func BenchmarkIPVote(b *testing.B) {
+	var v ipVoter
+	claims := []netip.AddrPort{netip.MustParseAddrPort("198.51.100.7:6881"), netip.MustParseAddrPort("198.51.100.7:6882")}
+	b.ReportAllocs()
+	for i := 0; b.Loop(); i++ {
+		voter := netip.AddrFrom4([4]byte{byte(i >> 8), byte(i), 1, 1})
+		v.vote(voter, claims[i%7/6])
 	}
 }
 
