@@ -783,7 +783,8 @@ func (v *ipVoter) record(nv ipVote) {
 }
 
 // winner is the voted external address: IPv4 preferred (BEP 42 ids are
-// derived from it), its port the plurality among that address's voters.
+// derived from it), its port the plurality among that address's voters,
+// or the latest claimed port on a draw that excludes the current one.
 func (v *ipVoter) winner() netip.AddrPort {
 	for _, want4 := range []bool{true, false} {
 		var addrs []netip.Addr
@@ -797,12 +798,21 @@ func (v *ipVoter) winner() netip.AddrPort {
 			continue
 		}
 		var ports []uint16
+		var latest ipVote
 		for _, vt := range v.votes {
 			if vt.claimed.Addr() == a {
 				ports = append(ports, vt.claimed.Port())
+				if vt.seq > latest.seq {
+					latest = vt
+				}
 			}
 		}
-		p, _ := plurality(ports, v.current.Port())
+		p, pn := plurality(ports, v.current.Port())
+		if pn == 0 {
+			// A draw among ports none of which is current (a NAT
+			// that maps each destination to its own port): the latest.
+			p = latest.claimed.Port()
+		}
 		return netip.AddrPortFrom(a, p)
 	}
 	return netip.AddrPort{}

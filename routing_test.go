@@ -517,6 +517,43 @@ func TestMemoryBounded(t *testing.T) {
 	}
 }
 
+// TestRandomOpsKeepInvariants drives the table with a small pool of ids and
+// addresses, so ids move, addresses collide and caches churn.
+func TestRandomOpsKeepInvariants(t *testing.T) {
+	clk := newFakeClock()
+	rng := rand.New(rand.NewPCG(9, 10))
+	var self nodeID
+	rt := newRoutingTable(self, clk.now)
+	rt.rand = rand.NewChaCha8([32]byte{3})
+	ids := make([]nodeID, 400)
+	for i := range ids {
+		ids[i] = idCPL(self, rng.IntN(6), rng.IntN(1<<16))
+	}
+	for i := range 30000 {
+		n := loopNode(ids[rng.IntN(len(ids))], 1+rng.IntN(300))
+		switch rng.IntN(5) {
+		case 0, 1:
+			rt.failed(n)
+		case 2:
+			rt.heard(n, false)
+		default:
+			for _, p := range rt.heard(n, true) {
+				if rng.IntN(2) == 0 {
+					rt.heard(p, true)
+				} else {
+					rt.failed(p)
+				}
+			}
+		}
+		clk.advance(time.Duration(rng.IntN(3000)) * time.Millisecond)
+		if i%100 == 0 {
+			rt.refreshTargets()
+			checkInvariants(t, rt)
+		}
+	}
+	checkInvariants(t, rt)
+}
+
 // bep42Vectors is the table in BEP 42.
 var bep42Vectors = []struct {
 	ip   string
@@ -727,6 +764,12 @@ func TestIPVoter(t *testing.T) {
 		{"port is the plurality", []vote{
 			{"1.1.1.1", ap("198.51.100.7:1"), netip.AddrPort{}}, {"2.2.2.2", ap("198.51.100.7:2"), netip.AddrPort{}},
 			{"3.3.3.3", ap("198.51.100.7:2"), ap("198.51.100.7:2")},
+		}},
+		{"port draw takes the latest claim", []vote{
+			{"1.1.1.1", ap("198.51.100.7:1"), netip.AddrPort{}}, {"2.2.2.2", ap("198.51.100.7:2"), netip.AddrPort{}},
+			{"3.3.3.3", ap("198.51.100.7:3"), ap("198.51.100.7:3")},
+			{"4.4.4.4", ap("198.51.100.7:1"), ap("198.51.100.7:1")},
+			{"5.5.5.5", ap("198.51.100.7:3"), ap("198.51.100.7:1")}, // draw 2:2 keeps the current port
 		}},
 		{"invalid claims ignored", []vote{
 			{"1.1.1.1", netip.AddrPort{}, netip.AddrPort{}}, {"2.2.2.2", ap("0.0.0.0:1"), netip.AddrPort{}},
