@@ -209,9 +209,16 @@ func usableAddr(a netip.AddrPort) bool {
 	return ip.IsValid() && a.Port() != 0 && !ip.IsUnspecified() && !ip.IsMulticast() && !ip.Is4In6()
 }
 
+// unmapAddrPort turns an IPv4-mapped IPv6 address into IPv4, the form the
+// table keys on, in case a dual-stack socket hands one over.
+func unmapAddrPort(a netip.AddrPort) netip.AddrPort {
+	return netip.AddrPortFrom(a.Addr().Unmap(), a.Port())
+}
+
 // heard records traffic from n: responded is true when n answered one of our
 // queries, false when n sent us a query. See the flow comment at the top.
 func (t *routingTable) heard(n nodeInfo, responded bool) (pingFirst []nodeInfo) {
+	n.Addr = unmapAddrPort(n.Addr)
 	if n.ID == t.id || !usableAddr(n.Addr) {
 		return nil
 	}
@@ -430,6 +437,7 @@ func (t *routingTable) split(now time.Time) {
 // failed records that a query to n went unanswered after retransmissions.
 // When n turns bad, the best replacement takes its slot.
 func (t *routingTable) failed(n nodeInfo) {
+	n.Addr = unmapAddrPort(n.Addr)
 	now := t.now()
 	b := t.buckets[t.bucketIndex(n.ID)]
 	if i := findEntry(b.cache, n.ID); i >= 0 && b.cache[i].Addr == n.Addr {
@@ -750,7 +758,7 @@ func (v *ipVoter) vote(voter netip.Addr, claimed netip.AddrPort) (external netip
 // the external address and whether this vote changed it.
 func (v *ipVoter) voteFrom(voter netip.AddrPort, claimed netip.AddrPort) (external netip.AddrPort, changed bool) {
 	key := voterKey(voter)
-	claimed = netip.AddrPortFrom(claimed.Addr().Unmap(), claimed.Port())
+	claimed = unmapAddrPort(claimed)
 	if !key.Addr().IsValid() || !usableAddr(claimed) {
 		return v.current, false
 	}
@@ -887,7 +895,7 @@ func appendRoutingFile(dst []byte, self nodeID, ns []nodeInfo) []byte {
 		if count == maxSavedNodes {
 			break
 		}
-		a := netip.AddrPortFrom(n.Addr.Addr().Unmap(), n.Addr.Port())
+		a := unmapAddrPort(n.Addr)
 		if !usableAddr(a) {
 			continue
 		}

@@ -170,7 +170,6 @@ func TestSelfAndUnusableIgnored(t *testing.T) {
 		loopNode(self, 1),
 		{ID: nodeID{0: 1}, Addr: netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), 0)},
 		{ID: nodeID{0: 2}, Addr: netip.AddrPortFrom(netip.MustParseAddr("0.0.0.0"), 5)},
-		{ID: nodeID{0: 3}, Addr: netip.AddrPortFrom(netip.MustParseAddr("::ffff:1.2.3.4"), 5)},
 		{ID: nodeID{0: 4}, Addr: netip.AddrPortFrom(netip.MustParseAddr("224.0.0.1"), 5)},
 		{ID: nodeID{0: 5}},
 	}
@@ -179,6 +178,16 @@ func TestSelfAndUnusableIgnored(t *testing.T) {
 	}
 	if rt.size() != 0 {
 		t.Fatalf("size %d after unusable nodes, want 0", rt.size())
+	}
+	mapped := nodeInfo{ID: nodeID{0: 3}, Addr: netip.MustParseAddrPort("[::ffff:1.2.3.4]:5")}
+	rt.heard(mapped, true)
+	if got := rt.nodes(); len(got) != 1 || got[0].Addr != netip.MustParseAddrPort("1.2.3.4:5") {
+		t.Fatalf("mapped address stored as %v, want it unmapped", got)
+	}
+	rt.failed(mapped)
+	rt.failed(mapped)
+	if _, _, bad := rt.counts(); bad != 1 {
+		t.Fatalf("failed(mapped address) not applied")
 	}
 }
 
