@@ -217,10 +217,12 @@ func (t *ttlMap[V]) len(now time.Time) int {
 	return len(t.m)
 }
 
-// peerEntry is one announced peer.
+// peerEntry is one announced peer. The expiry is in Unix nanoseconds, not a
+// time.Time, because up to maxInfohashes*maxSwarmPeers of these exist:
+// 40 bytes each instead of 56.
 type peerEntry struct {
 	addr    netip.AddrPort
-	expires time.Time
+	expires int64
 }
 
 // swarm holds the peers of one infohash in announce order, the oldest
@@ -284,13 +286,18 @@ func (w *swarm) add(peer netip.AddrPort, now time.Time) {
 	case len(w.peers) >= maxSwarmPeers:
 		w.peers = slices.Delete(w.peers, 0, 1)
 	}
-	w.peers = append(w.peers, peerEntry{addr: peer, expires: now.Add(peerTTL)})
+	if len(w.peers) == cap(w.peers) { // grow by hand: append would overshoot the cap
+		grown := make([]peerEntry, len(w.peers), min(2*len(w.peers)+4, maxSwarmPeers))
+		copy(grown, w.peers)
+		w.peers = grown
+	}
+	w.peers = append(w.peers, peerEntry{addr: peer, expires: now.Add(peerTTL).UnixNano()})
 }
 
 // expire drops the peers whose expiry has passed (they are at the front).
 func (w *swarm) expire(now time.Time) {
-	n := 0
-	for n < len(w.peers) && !now.Before(w.peers[n].expires) {
+	n, t := 0, now.UnixNano()
+	for n < len(w.peers) && t >= w.peers[n].expires {
 		n++
 	}
 	w.peers = slices.Delete(w.peers, 0, n)
