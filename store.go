@@ -225,9 +225,9 @@ type peerEntry struct {
 	expires int64
 }
 
-// swarm holds the peers of one infohash in announce order, the oldest
+// peerSwarm holds the peers of one infohash in announce order, the oldest
 // first: so the expired ones and the one to evict are at the front.
-type swarm struct{ peers []peerEntry }
+type peerSwarm struct{ peers []peerEntry }
 
 // peerStore keeps the peers announced per infohash (BEP 5 announce_peer),
 // bounded by maxInfohashes, maxSwarmPeers and maxPortsPerIP. Peers are keyed
@@ -236,11 +236,11 @@ type swarm struct{ peers []peerEntry }
 type peerStore struct {
 	mu     sync.Mutex
 	now    func() time.Time
-	swarms *ttlMap[*swarm]
+	swarms *ttlMap[*peerSwarm]
 }
 
 func newPeerStore(now func() time.Time) *peerStore {
-	return &peerStore{now: now, swarms: newTTLMap[*swarm](peerTTL, maxInfohashes)}
+	return &peerStore{now: now, swarms: newTTLMap[*peerSwarm](peerTTL, maxInfohashes)}
 }
 
 // add records that peer announced itself for infohash. Addresses that
@@ -256,7 +256,7 @@ func (s *peerStore) add(infohash nodeID, peer netip.AddrPort) {
 	now := s.now()
 	e := s.swarms.touch(infohash, now)
 	if e.val == nil {
-		e.val = &swarm{}
+		e.val = &peerSwarm{}
 	}
 	e.val.add(peer, now)
 }
@@ -264,7 +264,7 @@ func (s *peerStore) add(infohash nodeID, peer netip.AddrPort) {
 // add puts peer last with a fresh expiry. To make room it drops, in this
 // order: the expired peers, the same peer's old entry, the oldest entry of
 // an IP that already has maxPortsPerIP ports, the oldest entry of a full swarm.
-func (w *swarm) add(peer netip.AddrPort, now time.Time) {
+func (w *peerSwarm) add(peer netip.AddrPort, now time.Time) {
 	w.expire(now)
 	sameIP, oldestOfIP := 0, -1
 	for i, p := range w.peers {
@@ -295,7 +295,7 @@ func (w *swarm) add(peer netip.AddrPort, now time.Time) {
 }
 
 // expire drops the peers whose expiry has passed (they are at the front).
-func (w *swarm) expire(now time.Time) {
+func (w *peerSwarm) expire(now time.Time) {
 	n, t := 0, now.UnixNano()
 	for n < len(w.peers) && t >= w.peers[n].expires {
 		n++
@@ -451,7 +451,7 @@ func newItemStore(now func() time.Time) *itemStore {
 }
 
 // put verifies it (verifyItem), then applies the update rules of a mutable
-// item against the one stored (checkUpdate), then stores an owned copy and
+// item against the one stored (checkItemUpdate), then stores an owned copy and
 // restarts its expiry. cas is only checked when hasCAS. Errors are *bep44Error.
 func (s *itemStore) put(it bep44Item, cas int64, hasCAS bool) error {
 	if err := verifyItem(it); err != nil {
@@ -462,7 +462,7 @@ func (s *itemStore) put(it bep44Item, cas int64, hasCAS bool) error {
 	defer s.mu.Unlock()
 	now := s.now()
 	if old := s.items.get(target, now); old != nil && it.Mutable && old.val.Mutable {
-		if err := checkUpdate(old.val, it, cas, hasCAS); err != nil {
+		if err := checkItemUpdate(old.val, it, cas, hasCAS); err != nil {
 			return err
 		}
 	}
@@ -470,10 +470,10 @@ func (s *itemStore) put(it bep44Item, cas int64, hasCAS bool) error {
 	return nil
 }
 
-// checkUpdate applies BEP 44's rules to a put over a stored mutable item:
+// checkItemUpdate applies BEP 44's rules to a put over a stored mutable item:
 // cas, when given, must equal the stored seq (301); seq must not go down
 // (302); the same seq is only a refresh, so its value must be the same (302).
-func checkUpdate(old, it bep44Item, cas int64, hasCAS bool) error {
+func checkItemUpdate(old, it bep44Item, cas int64, hasCAS bool) error {
 	switch {
 	case hasCAS && cas != old.Seq:
 		return &bep44Error{bep44ErrCAS, fmt.Sprintf("cas %d does not match seq %d", cas, old.Seq)}
