@@ -111,7 +111,7 @@ func (b *tokenBox) rotate() {
 	b.epoch = e
 }
 
-// mac returns HMAC(secret, IP) in b.sum; the IP is 4 bytes for IPv4
+// mac returns the token HMAC(secret, IP)[:tokenLen], in b.sum; the IP is 4 bytes for IPv4
 // (IPv4-mapped IPv6 is unmapped first) and 16 for IPv6, without zone.
 func (b *tokenBox) mac(h hash.Hash, ip netip.Addr) []byte {
 	var n int
