@@ -273,13 +273,20 @@ func (d *dht) addNodes(rep *krpcReply, target nodeID, want uint8, from netip.Add
 			want = wantN4
 		}
 	}
-	ns := d.closest(target, bucketSize)
 	if want&wantN4 != 0 {
-		rep.Nodes = appendCompactNodes(d.nbuf4[:0], ns)
+		rep.Nodes = appendCompactNodes(d.nbuf4[:0], d.closestFamily(target, true))
 	}
 	if want&wantN6 != 0 {
-		rep.Nodes6 = appendCompactNodes6(d.nbuf6[:0], ns)
+		rep.Nodes6 = appendCompactNodes6(d.nbuf6[:0], d.closestFamily(target, false))
 	}
+}
+
+// closestFamily is the k closest nodes of one address family, so a table
+// holding both families still fills each list (BEP 32).
+func (d *dht) closestFamily(target nodeID, want4 bool) []nodeInfo {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.table.closestFamily(target, bucketSize, want4)
 }
 
 // answerGetPeers returns a token, the peers we know and also the closest
