@@ -626,3 +626,37 @@ func TestPeriodicSave(t *testing.T) {
 		return err == nil && len(ns) >= 2
 	})
 }
+
+// Serving allocates at most a few small objects per query (the closest-node
+// slice, a token): replies are encoded into the read goroutine's buffers.
+func TestServeAllocs(t *testing.T) {
+	n, err := listenNode("127.0.0.1:0", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer n.Close()
+	d, err := newDHT(n, dhtConfig{}) // n.run is not started: this goroutine plays the read loop
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range 20 {
+		d.heard(nodeInfo{ID: nodeID{byte(i * 13)}, Addr: netip.AddrPortFrom(netip.MustParseAddr("127.0.0.3"), uint16(1000+i))}, true)
+	}
+	from := newRawPeer(t).addr()
+	tests := []struct {
+		method krpcMethod
+		a      krpcArgs
+		max    float64
+	}{
+		{methodPing, krpcArgs{}, 0},
+		{methodFindNode, krpcArgs{Target: nodeID{7}}, 1},
+		{methodGetPeers, krpcArgs{InfoHash: nodeID{7}}, 3},
+		{methodGet, krpcArgs{Target: nodeID{7}}, 3},
+	}
+	for _, tc := range tests {
+		q := rawQuery(tc.method, tc.a)
+		if got := testing.AllocsPerRun(100, func() { d.handleKRPC(from, q) }); got > tc.max {
+			t.Errorf("%v: %v allocations per query, want <= %v", tc.method, got, tc.max)
+		}
+	}
+}
