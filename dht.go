@@ -59,13 +59,14 @@ const (
 	bootstrapTimeout    = 10 * time.Second // resolving and asking the routers
 )
 
+// Sentinel errors; callers wrap them with "dht: <operation>: ".
 var (
-	errTimeout      = errors.New("dht: no answer")
-	errTooManyTx    = errors.New("dht: too many queries in flight")
-	errClosed       = errors.New("dht: closed")
+	errTimeout      = errors.New("no answer")
+	errTooManyTx    = errors.New("too many queries in flight")
+	errClosed       = errors.New("closed")
 	errNotFound     = errors.New("not found")
-	errNoNodes      = errors.New("dht: routing table is empty")
-	errNoneAnswered = errors.New("dht: no node answered")
+	errNoNodes      = errors.New("routing table is empty")
+	errNoneAnswered = errors.New("no node answered")
 )
 
 // dhtConfig configures newDHT. Zero fields get defaults.
@@ -787,7 +788,7 @@ func (d *dht) bootstrap(ctx context.Context) error {
 		if len(saved) > 0 {
 			problems = append([]string{fmt.Sprintf("none of %d saved nodes answered", len(saved))}, problems...)
 		}
-		return fmt.Errorf("%w: %s", errNoneAnswered, strings.Join(problems, "; "))
+		return fmt.Errorf("dht: bootstrap: %w: %s", errNoneAnswered, strings.Join(problems, "; "))
 	}
 	self := d.id()
 	_, err := d.lookup(ctx, lookupOpts{target: self, method: methodFindNode, seeds: seeds})
@@ -820,7 +821,7 @@ func (d *dht) askRouters(ctx context.Context) ([]nodeInfo, int, []string) {
 	answered := 0
 	for i, r := range res {
 		if r.Err != nil {
-			problems = append(problems, fmt.Sprintf("%s (%v): %v", names[i], routers[i].Addr, r.Err))
+			problems = append(problems, fmt.Sprintf("%q (%v): %v", names[i], routers[i].Addr, r.Err))
 			continue
 		}
 		answered++
@@ -830,19 +831,19 @@ func (d *dht) askRouters(ctx context.Context) ([]nodeInfo, int, []string) {
 }
 
 // resolveUDP turns HOST:PORT into one address, IPv4 preferred (the socket
-// may be IPv4 only).
+// may be IPv4 only). Its errors name the input; callers add the layer.
 func resolveUDP(ctx context.Context, hostport string) (netip.AddrPort, error) {
 	host, ps, err := net.SplitHostPort(hostport)
 	if err != nil {
-		return netip.AddrPort{}, fmt.Errorf("dht: bootstrap %q: %w", hostport, err)
+		return netip.AddrPort{}, fmt.Errorf("%q: want HOST:PORT", hostport)
 	}
 	port, err := strconv.ParseUint(ps, 10, 16)
 	if err != nil || port == 0 {
-		return netip.AddrPort{}, fmt.Errorf("dht: bootstrap %q: bad port", hostport)
+		return netip.AddrPort{}, fmt.Errorf("%q: bad port", hostport)
 	}
 	ips, err := net.DefaultResolver.LookupNetIP(ctx, "ip", host)
 	if err != nil || len(ips) == 0 {
-		return netip.AddrPort{}, fmt.Errorf("dht: bootstrap %q: cannot resolve: %v", hostport, err)
+		return netip.AddrPort{}, fmt.Errorf("%q: cannot resolve: %v", hostport, err)
 	}
 	best := ips[0].Unmap()
 	for _, ip := range ips {
@@ -938,7 +939,7 @@ func (d *dht) cmdPing(ctx context.Context, args []string, out io.Writer) error {
 	}
 	a, err := resolveUDP(ctx, args[0])
 	if err != nil {
-		return err
+		return fmt.Errorf("dht: ping %w", err)
 	}
 	id, err := d.ping(ctx, a)
 	if err != nil {

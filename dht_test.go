@@ -375,7 +375,7 @@ func TestUnreachableBootstrapFailsFast(t *testing.T) {
 	if err == nil || !errors.Is(err, errNoneAnswered) {
 		t.Fatalf("run = %v, want %v", err, errNoneAnswered)
 	}
-	for _, want := range []string{"127.0.0.1:1", `"127.0.0.1"`, `"127.0.0.1:0"`} {
+	for _, want := range []string{`"127.0.0.1:1"`, `"127.0.0.1"`, `"127.0.0.1:0"`} {
 		if !strings.Contains(err.Error(), want) {
 			t.Errorf("error %q does not name %s", err, want)
 		}

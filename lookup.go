@@ -115,7 +115,7 @@ func (d *dht) lookup(ctx context.Context, o lookupOpts) (*lookupResult, error) {
 	l.add(d.closest(o.target, 2*bucketSize), 1)
 	l.add(o.seeds, 1)
 	if len(l.cands) == 0 {
-		return &lookupResult{}, errNoNodes
+		return &lookupResult{}, fmt.Errorf("dht: %v lookup: %w", o.method, errNoNodes)
 	}
 	var err error
 	for {
