@@ -682,8 +682,9 @@ func (d *dht) run(ctx context.Context) error {
 		if ctx.Err() != nil {
 			return nil
 		}
-		d.log.Error("dht: bootstrap failed", "err", err)
-		return err
+		// Keep serving and retry from refresh: a node that comes up
+		// before its bootstrap nodes (or offline) must still join later.
+		d.log.Error("dht: bootstrap failed; retrying every maintenance interval", "err", err)
 	}
 	tick := time.NewTicker(d.timing.maintenance)
 	defer tick.Stop()

@@ -371,9 +371,9 @@ func TestUnreachableBootstrapFailsFast(t *testing.T) {
 	d := newTestDHT(t, dhtConfig{Bootstrap: []string{"127.0.0.1:1", "127.0.0.1", "127.0.0.1:0"}}, 0)
 	d.timing.rtoInitial = 50 * time.Millisecond
 	start := time.Now()
-	err := d.run(testCtx(t))
+	err := d.bootstrap(testCtx(t))
 	if err == nil || !errors.Is(err, errNoneAnswered) {
-		t.Fatalf("run = %v, want %v", err, errNoneAnswered)
+		t.Fatalf("bootstrap = %v, want %v", err, errNoneAnswered)
 	}
 	for _, want := range []string{`"127.0.0.1:1"`, `"127.0.0.1"`, `"127.0.0.1:0"`} {
 		if !strings.Contains(err.Error(), want) {
