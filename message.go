@@ -51,6 +51,7 @@ const (
 	maxReassemblyBytes = 256 << 10
 	retransmitMin      = 200 * time.Millisecond
 	retransmitMax      = 10 * time.Second
+	fastRetransmit     = 50 * time.Millisecond
 	chatTick           = 50 * time.Millisecond
 )
 
@@ -682,10 +683,10 @@ type contactInfo struct {
 type outMsg struct {
 	seq     uint64
 	text    string
-	durable bool // its "queued" record is synced: only then is it sent
-	sacked  bool // the receiver holds it but has not delivered it yet
-	rto     time.Duration
-	next    time.Time // next (re)transmission; zero: never sent
+	durable bool          // its "queued" record is synced: only then is it sent
+	rto     time.Duration // wait after the last send; 0: start again at retransmitMin
+	sent    time.Time     // last send; zero: never sent
+	next    time.Time     // next (re)transmission; zero: now
 }
 
 // inMsg is a message being reassembled.
@@ -907,7 +908,7 @@ func (c *chat) queueLocked(name, text string) (*peer, *outMsg, uint64, error) {
 
 // dueLocked returns the frames of the durable messages in the window whose
 // (re)transmission is due, and schedules the next one: 200 ms doubling to
-// 10 s; a message the receiver already holds (sack) waits the maximum.
+// 10 s (markAcked restarts the backoff when acks show progress).
 // force (a new session) sends everything in the window now.
 func (c *chat) dueLocked(p *peer, now time.Time, force bool) [][]byte {
 	var frames [][]byte
@@ -918,15 +919,12 @@ func (c *chat) dueLocked(p *peer, now time.Time, force bool) [][]byte {
 		if !m.durable || (!force && now.Before(m.next)) {
 			continue
 		}
-		switch {
-		case force || m.next.IsZero():
+		if force || m.rto == 0 {
 			m.rto = retransmitMin
-		case m.sacked:
-			m.rto = retransmitMax
-		default:
+		} else {
 			m.rto = min(2*m.rto, retransmitMax)
 		}
-		m.next = now.Add(m.rto)
+		m.sent, m.next = now, now.Add(m.rto)
 		frames = c.appendFrames(frames, p.stream, m)
 	}
 	return frames
@@ -1136,16 +1134,42 @@ func (c *chat) onAckLocked(p *peer, f chatFrame, now time.Time) [][]byte {
 	for _, m := range done {
 		c.events = append(c.events, chatEvent{Kind: eventDelivered, Contact: p.Name, Key: p.Key, MsgID: m.seq, Time: now})
 	}
-	for _, m := range p.out {
-		i := m.seq - f.Seq - 1
-		if i >= uint64(8*len(f.Sack)) {
+	markAcked(p.out, f, now, len(done) > 0)
+	return c.dueLocked(p, now, false)
+}
+
+// markAcked applies an ack to the messages still in the outbox. Progress
+// shows the path works, so backoff restarts at retransmitMin. A message the
+// receiver holds (its bit is set) is not sent again for retransmitMin: only
+// its cumulative ack is missing. A hole below a held message was most likely
+// lost and is sent again at once, if its last send is older than
+// fastRetransmit (which bounds how often acks can trigger that).
+func markAcked(out []*outMsg, f chatFrame, now time.Time, progress bool) {
+	last := -1 // index in out of the highest message the bitmap marks
+	for i, m := range out {
+		if bit := m.seq - f.Seq - 1; bit >= uint64(8*len(f.Sack)) {
 			break
-		}
-		if sackBit(f.Sack, i) && !m.sacked {
-			m.sacked, m.next = true, now.Add(retransmitMax)
+		} else if sackBit(f.Sack, bit) {
+			last = i
 		}
 	}
-	return c.dueLocked(p, now, false)
+	for i, m := range out {
+		if m.seq > f.Seq+chatWindow {
+			break // beyond the window nothing was sent
+		}
+		switch {
+		case m.sent.IsZero():
+		case sackBit(f.Sack, m.seq-f.Seq-1):
+			m.rto, m.next = 0, now.Add(retransmitMin)
+		case i < last && now.Sub(m.sent) >= fastRetransmit:
+			m.next = now
+		case progress && m.rto > retransmitMin:
+			m.rto = 0
+			if soon := m.sent.Add(retransmitMin); soon.Before(m.next) {
+				m.next = soon
+			}
+		}
+	}
 }
 
 // compactNow replaces the outbox log by a snapshot of the live state. It is
