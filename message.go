@@ -37,7 +37,7 @@ import (
 	"unicode/utf8"
 )
 
-// Wire constants of the chat frames (SPEC.md 5.4).
+// Wire constants of the chat frames and delivery (SPEC.md 5.3, 5.4, 5.6).
 const (
 	chatFrameData      = 0x01
 	chatFrameAck       = 0x02
@@ -55,7 +55,7 @@ const (
 	chatTick           = 50 * time.Millisecond
 )
 
-// Rendezvous and verify-code constants (SPEC.md 5.2, 5.3).
+// Rendezvous and verify-code constants (SPEC.md 5.1, 5.2).
 const (
 	rendezvousLabel    = "kadchat rendezvous v1"
 	rendezvousEpoch    = time.Hour
@@ -71,7 +71,7 @@ const (
 	verifyGroups       = 6
 )
 
-// Contact names and the files in the data directory (SPEC.md 5.1, 5.6).
+// Contact names and the files in the data directory (SPEC.md 5.1, 5.5).
 const (
 	maxNameLen     = 32
 	contactsFile   = "contacts"
@@ -310,7 +310,7 @@ func formatContacts(es []contactEntry) []byte {
 	return []byte(b.String())
 }
 
-// Outbox log record types (SPEC.md 5.6).
+// Outbox log record types (SPEC.md 5.5).
 const (
 	recStream    = 'S'       // key 32 || stream 8 || acked 8
 	recQueued    = 'Q'       // key 32 || seq 8 || text
@@ -353,7 +353,7 @@ func appendRecord(dst []byte, r outboxRec) []byte {
 
 // errTornRecord marks a record cut short or damaged; only acceptable at the
 // very end of the log, where a crash mid-append leaves one.
-var errTornRecord = errors.New("torn record")
+var errTornRecord = errors.New("damaged record: bad length or checksum")
 
 // parseRecord parses the record at the start of b and returns its length.
 func parseRecord(b []byte) (outboxRec, int, error) {

@@ -3,12 +3,18 @@ package main
 import (
 	"bytes"
 	"context"
+	"crypto/ecdh"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
+	"hash/crc32"
 	"math/rand/v2"
 	"net/netip"
 	"os"
 	"path/filepath"
+	"reflect"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -396,4 +402,368 @@ func TestSendRejects(t *testing.T) {
 	if _, err := c.send(context.Background(), "bob", strings.Repeat("x", maxMessageText)); err != nil {
 		t.Errorf("send of exactly %d bytes: %v", maxMessageText, err)
 	}
+}
+
+func TestContactsFile(t *testing.T) {
+	dir := t.TempDir()
+	self := testKey(1)
+	c, _ := testChat(t, dir, self, func(publicKey, []byte) error { return nil }, nil)
+	tests := []struct {
+		name    string
+		key     publicKey
+		wantErr string
+	}{
+		{"alice", testKey(2), ""},
+		{"bob_2-x", testKey(3), ""},
+		{"alice", testKey(4), "exists already"},
+		{"carol", testKey(2), "already your contact \"alice\""},
+		{"me", self, "your own key"},
+		{"", testKey(5), "1 to 32"},
+		{strings.Repeat("a", 33), testKey(5), "1 to 32"},
+		{"bad name", testKey(5), "only letters"},
+		{"émile", testKey(5), "only letters"},
+	}
+	for _, tt := range tests {
+		err := c.addContact(tt.name, tt.key)
+		if (err == nil) != (tt.wantErr == "") || err != nil && !strings.Contains(err.Error(), tt.wantErr) {
+			t.Errorf("addContact(%q) = %v, want error %q", tt.name, err, tt.wantErr)
+		}
+	}
+	if err := c.removeContact("bob_2-x"); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.removeContact("bob_2-x"); !errors.Is(err, errNoContact) {
+		t.Errorf("removing twice: %v, want errNoContact", err)
+	}
+	if err := c.close(); err != nil {
+		t.Fatal(err)
+	}
+	c, _ = testChat(t, dir, self, func(publicKey, []byte) error { return nil }, nil)
+	defer c.close()
+	list := c.contactList()
+	if len(list) != 1 || list[0].Name != "alice" || list[0].Key != testKey(2) || list[0].Online {
+		t.Fatalf("contacts after reopen = %+v, want only alice, offline", list)
+	}
+	if ci, ok := c.contactByKey(testKey(2)); !ok || ci.Name != "alice" {
+		t.Errorf("contactByKey = %+v, %v", ci, ok)
+	}
+	if _, ok := c.contactByName("bob_2-x"); ok {
+		t.Errorf("removed contact still found")
+	}
+}
+
+func TestContactsLastSeen(t *testing.T) {
+	clock := &fakeClock{t: time.Date(2026, 11, 25, 12, 0, 0, 0, time.UTC)}
+	dir := t.TempDir()
+	c, l := testChat(t, dir, testKey(1), func(publicKey, []byte) error { return nil }, clock.now)
+	if err := c.addContact("alice", testKey(2)); err != nil {
+		t.Fatal(err)
+	}
+	addr := netip.MustParseAddrPort("192.0.2.1:6881")
+	c.setOnline(testKey(2), addr)
+	c.setOnline(testKey(2), addr)
+	c.setOnline(testKey(2), netip.MustParseAddrPort("192.0.2.2:6881"))
+	clock.add(time.Minute)
+	c.setOffline(testKey(2))
+	var kinds []string
+	for _, e := range l.evs {
+		kinds = append(kinds, e.Kind.String())
+	}
+	if got := strings.Join(kinds, " "); got != "online moved offline" {
+		t.Errorf("events %q, want \"online moved offline\"", got)
+	}
+	c.close()
+	b, _ := os.ReadFile(filepath.Join(dir, contactsFile))
+	want := contactsHeader + "\nalice " + testKey(2).String() + " 2026-11-25T12:01:00Z\n"
+	if string(b) != want {
+		t.Errorf("contacts file:\n%s\nwant:\n%s", b, want)
+	}
+}
+
+func TestContactsFileRejected(t *testing.T) {
+	k2, k3 := testKey(2).String(), testKey(3).String()
+	tests := []struct {
+		name, file, wantErr string
+	}{
+		{"bad key", "alice zz\n", "line 1: key"},
+		{"one field", "# comment\n\nalice\n", "line 3: want"},
+		{"bad name", "al!ce " + k2 + "\n", "line 1: chat: name"},
+		{"duplicate name", "alice " + k2 + "\nalice " + k3 + "\n", "line 2: name \"alice\" already on line 1"},
+		{"duplicate key", "alice " + k2 + "\nbob " + k2 + "\n", "line 2: key already on line 1"},
+		{"own key", "me " + testKey(1).String() + "\n", "line 1: that is your own key"},
+		{"bad time", "alice " + k2 + " yesterday\n", "line 1: last seen"},
+	}
+	for _, tt := range tests {
+		dir := t.TempDir()
+		path := filepath.Join(dir, contactsFile)
+		if err := os.WriteFile(path, []byte(tt.file), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		_, err := newChat(chatConfig{Dir: dir, Self: testKey(1), Send: func(publicKey, []byte) error { return nil }, MaxPayload: 1100})
+		if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
+			t.Errorf("%s: newChat = %v, want error containing %q", tt.name, err, tt.wantErr)
+		}
+		if b, _ := os.ReadFile(path); string(b) != tt.file {
+			t.Errorf("%s: the file was changed to %q", tt.name, b)
+		}
+	}
+}
+
+func TestOutboxDamage(t *testing.T) {
+	k := testKey(2)
+	log := []byte(outboxMagic)
+	log = appendRecord(log, outboxRec{Type: recStream, Key: k, Stream: 7})
+	log = appendRecord(log, outboxRec{Type: recQueued, Key: k, Seq: 1, Text: []byte("one")})
+	whole := len(log)
+	log = appendRecord(log, outboxRec{Type: recQueued, Key: k, Seq: 2, Text: []byte("two")})
+	tests := []struct {
+		name     string
+		file     []byte
+		wantRecs int
+		wantGood int
+		wantErr  string
+	}{
+		{"intact", log, 3, len(log), ""},
+		{"torn tail", log[:len(log)-3], 2, whole, ""},
+		{"zeros after a crash", append(bytes.Clone(log[:whole]), make([]byte, 100)...), 2, whole, ""},
+		{"bad crc at the end", flip(log, len(log)-1), 2, whole, ""},
+		{"bad crc in the middle", flip(log, whole-1), 0, 0, "offset 63: damaged record"},
+		{"bad magic", append([]byte("XXXXXXXX"), log[8:]...), 0, 0, "bad magic"},
+		{"unknown type", withType(log, 'Z'), 0, 0, "unknown record type 0x5a"},
+	}
+	for _, tt := range tests {
+		recs, good, err := parseOutbox(tt.file)
+		if (err == nil) != (tt.wantErr == "") || err != nil && !strings.Contains(err.Error(), tt.wantErr) ||
+			len(recs) != tt.wantRecs || good != tt.wantGood {
+			t.Errorf("%s: parseOutbox = %d records, good %d, %v; want %d, %d, %q", tt.name, len(recs), good, err, tt.wantRecs, tt.wantGood, tt.wantErr)
+		}
+	}
+
+	// Damage in the middle: newChat refuses and leaves the file alone;
+	// a torn tail is cut off and the rest loads.
+	dir := t.TempDir()
+	os.WriteFile(filepath.Join(dir, contactsFile), []byte("bob "+k.String()+"\n"), 0o600)
+	bad := flip(log, whole-1)
+	os.WriteFile(filepath.Join(dir, outboxFile), bad, 0o600)
+	if _, err := newChat(chatConfig{Dir: dir, Self: testKey(1), Send: func(publicKey, []byte) error { return nil }, MaxPayload: 1100}); err == nil {
+		t.Fatal("newChat accepted a damaged outbox")
+	}
+	if b, _ := os.ReadFile(filepath.Join(dir, outboxFile)); !bytes.Equal(b, bad) {
+		t.Fatal("damaged outbox was changed")
+	}
+	os.WriteFile(filepath.Join(dir, outboxFile), log[:len(log)-3], 0o600)
+	c, _ := testChat(t, dir, testKey(1), func(publicKey, []byte) error { return nil }, nil)
+	defer c.close()
+	if ci, _ := c.contactByName("bob"); ci.Outbox != 1 {
+		t.Fatalf("outbox after a torn tail holds %d, want 1", ci.Outbox)
+	}
+	if id, err := c.send(context.Background(), "bob", "again"); err != nil || id != 2 {
+		t.Fatalf("send = %d, %v; want id 2", id, err)
+	}
+}
+
+func flip(b []byte, i int) []byte {
+	b = bytes.Clone(b)
+	b[i] ^= 1
+	return b
+}
+
+// withType changes the type of the first record and fixes its checksum.
+func withType(log []byte, typ byte) []byte {
+	b := bytes.Clone(log)
+	off := len(outboxMagic)
+	n := 2 + int(b[off])<<8 | int(b[off+1])
+	b[off+2] = typ
+	crc := crc32c(b[off : off+n])
+	b[off+n], b[off+n+1], b[off+n+2], b[off+n+3] = byte(crc>>24), byte(crc>>16), byte(crc>>8), byte(crc)
+	return b
+}
+
+func crc32c(b []byte) uint32 { return crc32.Checksum(b, castagnoli) }
+
+// specVectors parses the ```chat-vector name=NAME blocks of SPEC.md into
+// name -> key -> value.
+func specVectors(t *testing.T) map[string]map[string]string {
+	t.Helper()
+	b, err := os.ReadFile("SPEC.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := map[string]map[string]string{}
+	var cur map[string]string
+	for i, line := range strings.Split(string(b), "\n") {
+		switch {
+		case strings.HasPrefix(line, "```chat-vector name="):
+			cur = map[string]string{}
+			out[strings.TrimPrefix(line, "```chat-vector name=")] = cur
+		case cur != nil && line == "```":
+			cur = nil
+		case cur != nil:
+			k, v, ok := strings.Cut(line, " = ")
+			if !ok {
+				t.Fatalf("SPEC.md line %d: %q is not \"key = value\"", i+1, line)
+			}
+			cur[k] = v
+		}
+	}
+	return out
+}
+
+func unhex(t *testing.T, s string) []byte {
+	t.Helper()
+	b, err := hex.DecodeString(s)
+	if err != nil {
+		t.Fatalf("vector %q: %v", s, err)
+	}
+	return b
+}
+
+func TestSpecVectors(t *testing.T) {
+	v := specVectors(t)
+	for _, name := range []string{"keys", "rendezvous", "verify", "frames", "outbox"} {
+		if len(v[name]) == 0 {
+			t.Fatalf("SPEC.md has no chat-vector %q", name)
+		}
+	}
+	t.Run("keys", func(t *testing.T) {
+		kv := v["keys"]
+		a, err := ecdh.X25519().NewPrivateKey(unhex(t, kv["priv-a"]))
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, err := ecdh.X25519().NewPrivateKey(unhex(t, kv["priv-b"]))
+		if err != nil {
+			t.Fatal(err)
+		}
+		sab, _ := a.ECDH(b.PublicKey())
+		sba, _ := b.ECDH(a.PublicKey())
+		if hex.EncodeToString(a.PublicKey().Bytes()) != kv["pub-a"] || hex.EncodeToString(b.PublicKey().Bytes()) != kv["pub-b"] ||
+			hex.EncodeToString(sab) != kv["secret"] || !bytes.Equal(sab, sba) {
+			t.Errorf("keys: got pub-a %x pub-b %x secrets %x %x", a.PublicKey().Bytes(), b.PublicKey().Bytes(), sab, sba)
+		}
+	})
+	t.Run("rendezvous", func(t *testing.T) {
+		kv := v["rendezvous"]
+		var secret [32]byte
+		copy(secret[:], unhex(t, kv["secret"]))
+		unix, _ := strconv.ParseInt(kv["time"], 10, 64)
+		es := rendezvousEpochs(time.Unix(unix, 0))
+		if got := strings.Trim(fmt.Sprint(es), "[]"); got != kv["epochs"] {
+			t.Errorf("epochs = %s, want %s", got, kv["epochs"])
+		}
+		for i, e := range es {
+			n := strconv.Itoa(i + 1)
+			if fmt.Sprintf("%016x", e) != kv["epoch-"+n] {
+				t.Errorf("epoch-%s = %016x, want %s", n, e, kv["epoch-"+n])
+			}
+			if got := rendezvousInfohash(secret, e).String(); got != kv["infohash-"+n] {
+				t.Errorf("infohash(%d) = %s, want %s", e, got, kv["infohash-"+n])
+			}
+		}
+	})
+	t.Run("verify", func(t *testing.T) {
+		kv := v["verify"]
+		var a, b publicKey
+		copy(a[:], unhex(t, kv["pub-a"]))
+		copy(b[:], unhex(t, kv["pub-b"]))
+		h := sha256.Sum256(slices.Concat([]byte(verifyLabel), b[:], a[:])) // b < a here
+		if hex.EncodeToString(h[:]) != kv["hash"] {
+			t.Errorf("hash = %x, want %s", h, kv["hash"])
+		}
+		if got := verifyCodeFor(a, b); got != kv["code"] {
+			t.Errorf("code = %s, want %s", got, kv["code"])
+		}
+	})
+	t.Run("frames", func(t *testing.T) {
+		for _, k := range []string{"data", "data-2", "ack"} {
+			in := unhex(t, v["frames"][k])
+			f, err := parseChatFrame(in)
+			if err != nil {
+				t.Fatalf("%s: %v", k, err)
+			}
+			if out := f.appendTo(nil); !bytes.Equal(out, in) {
+				t.Errorf("%s: re-encoded %x, want %x", k, out, in)
+			}
+		}
+	})
+	t.Run("outbox", func(t *testing.T) {
+		kv := v["outbox"]
+		log := []byte(outboxMagic)
+		types := map[string]byte{"stream": recStream, "queued": recQueued, "acked": recAcked, "delivered": recDelivered, "forget": recForget}
+		for _, k := range []string{"stream", "queued", "acked", "delivered", "forget"} {
+			log = append(log, unhex(t, kv[k])...)
+		}
+		recs, good, err := parseOutbox(log)
+		if err != nil || good != len(log) || len(recs) != 5 {
+			t.Fatalf("parseOutbox = %d records, %d, %v", len(recs), good, err)
+		}
+		for i, k := range []string{"stream", "queued", "acked", "delivered", "forget"} {
+			r := recs[i]
+			if r.Type != types[k] || hex.EncodeToString(r.Key[:]) != kv["key"] {
+				t.Errorf("%s: parsed %+v", k, r)
+			}
+			if got := hex.EncodeToString(appendRecord(nil, r)); got != kv[k] {
+				t.Errorf("%s: re-encoded %s, want %s", k, got, kv[k])
+			}
+		}
+	})
+}
+
+func TestParseChatFrameRejects(t *testing.T) {
+	h := func(s string) []byte { b, _ := hex.DecodeString(strings.ReplaceAll(s, " ", "")); return b }
+	tests := []struct {
+		name, in, wantErr string
+	}{
+		{"empty", "", "empty frame"},
+		{"no text", "01 6b06daa49e3779b9 0000000000000001 00 01", "want at least 20"},
+		{"zero stream", "01 0000000000000000 0000000000000001 00 01 68", "zero stream"},
+		{"zero seq", "01 6b06daa49e3779b9 0000000000000000 00 01 68", "zero sequence"},
+		{"index = count", "01 6b06daa49e3779b9 0000000000000001 01 01 68", "fragment 1 of 1"},
+		{"zero count", "01 6b06daa49e3779b9 0000000000000001 00 00 68", "fragment 0 of 0"},
+		{"short ack", "02 6b06daa49e3779b9 00000000000000", "want 17..49"},
+		{"long ack", "02 6b06daa49e3779b9 0000000000000005" + strings.Repeat("ff", 33), "want 17..49"},
+		{"ack zero stream", "02 0000000000000000 0000000000000005", "zero stream"},
+		{"bitmap ends in zero", "02 6b06daa49e3779b9 0000000000000005 a0 00", "trailing zero"},
+		{"unknown type", "03", "unknown frame type 0x03"},
+		{"krpc", "64 31 3a", "unknown frame type 0x64"},
+	}
+	for _, tt := range tests {
+		f, err := parseChatFrame(h(tt.in))
+		if err == nil || !strings.Contains(err.Error(), tt.wantErr) || !reflect.DeepEqual(f, chatFrame{}) {
+			t.Errorf("%s: parseChatFrame(%s) = %+v, %v; want error %q", tt.name, tt.in, f, err, tt.wantErr)
+		}
+	}
+	// No strict prefix of a valid frame parses as the same frame.
+	in := h("01 6b06daa49e3779b9 0000000000000001 00 01 6869")
+	for i := range len(in) - 1 {
+		if f, err := parseChatFrame(in[:i]); err == nil && bytes.Equal(f.appendTo(nil), in) {
+			t.Errorf("prefix %x parses as the whole frame", in[:i])
+		}
+	}
+}
+
+func FuzzChatFrame(f *testing.F) {
+	for _, s := range []string{
+		"016b06daa49e3779b9000000000000000100016869",
+		"016b06daa49e3779b900000000000000020102c3bc",
+		"026b06daa49e3779b90000000000000005a0",
+		"026b06daa49e3779b90000000000000005",
+		"026b06daa49e3779b90000000000000005a000",
+		"03",
+	} {
+		b, _ := hex.DecodeString(s)
+		f.Add(b)
+	}
+	f.Fuzz(func(t *testing.T, b []byte) {
+		fr, err := parseChatFrame(b)
+		if err != nil {
+			if !reflect.DeepEqual(fr, chatFrame{}) {
+				t.Fatalf("error %v with a non-zero frame %+v", err, fr)
+			}
+			return
+		}
+		if out := fr.appendTo(nil); !bytes.Equal(out, b) {
+			t.Fatalf("parse(%x) re-encodes to %x", b, out)
+		}
+	})
 }
