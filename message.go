@@ -1394,12 +1394,7 @@ func (c *chat) verifyCode(name string) (string, error) {
 // schedule. It returns when ctx ends, after the DHT operations it started
 // have ended and the contacts (last seen) are saved.
 func (c *chat) run(ctx context.Context) error {
-	now := c.cfg.Now()
-	c.mu.Lock()
-	for _, p := range c.peers {
-		p.fastUntil, p.nextLookup, p.nextAnnounce = now.Add(lookupFastPeriod), now, now
-	}
-	c.mu.Unlock()
+	c.startSchedule()
 	t := time.NewTicker(chatTick)
 	defer t.Stop()
 	for {
@@ -1411,6 +1406,17 @@ func (c *chat) run(ctx context.Context) error {
 			c.retransmit()
 			c.rendezvous(ctx)
 		}
+	}
+}
+
+// startSchedule makes every contact due for an announce and a lookup now,
+// with a minute of fast lookups.
+func (c *chat) startSchedule() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	now := c.cfg.Now()
+	for _, p := range c.peers {
+		p.fastUntil, p.nextLookup, p.nextAnnounce = now.Add(lookupFastPeriod), now, now
 	}
 }
 

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/ecdh"
+	cryptorand "crypto/rand"
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
@@ -37,7 +38,8 @@ type fakeClock struct {
 	t  time.Time
 }
 
-func (c *fakeClock) now() time.Time { c.mu.Lock(); defer c.mu.Unlock(); return c.t }
+func (c *fakeClock) now() time.Time  { c.mu.Lock(); defer c.mu.Unlock(); return c.t }
+func (c *fakeClock) set(t time.Time) { c.mu.Lock(); c.t = t; c.mu.Unlock() }
 func (c *fakeClock) add(d time.Duration) {
 	c.mu.Lock()
 	c.t = c.t.Add(d)
@@ -766,4 +768,281 @@ func FuzzChatFrame(f *testing.F) {
 			t.Fatalf("parse(%x) re-encodes to %x", b, out)
 		}
 	})
+}
+
+func TestRendezvousSymmetric(t *testing.T) {
+	var keys []*ecdh.PrivateKey
+	for range 3 {
+		k, err := ecdh.X25519().GenerateKey(cryptorand.Reader)
+		if err != nil {
+			t.Fatal(err)
+		}
+		keys = append(keys, k)
+	}
+	secret := func(a, b int) [32]byte {
+		s, err := keys[a].ECDH(keys[b].PublicKey())
+		if err != nil {
+			t.Fatal(err)
+		}
+		return [32]byte(s)
+	}
+	const e = 498780
+	ab, ba := rendezvousInfohash(secret(0, 1), e), rendezvousInfohash(secret(1, 0), e)
+	if ab != ba {
+		t.Fatalf("A derives %v, B derives %v", ab, ba)
+	}
+	seen := map[nodeID]string{ab: "A-B epoch e"}
+	for name, id := range map[string]nodeID{
+		"A-B epoch e+1": rendezvousInfohash(secret(0, 1), e+1),
+		"A-B epoch e-1": rendezvousInfohash(secret(1, 0), e-1),
+		"A-C epoch e":   rendezvousInfohash(secret(0, 2), e),
+		"B-C epoch e":   rendezvousInfohash(secret(2, 1), e),
+	} {
+		if other, dup := seen[id]; dup {
+			t.Errorf("%s and %s share infohash %v", name, other, id)
+		}
+		seen[id] = name
+	}
+}
+
+func TestRendezvousEpochs(t *testing.T) {
+	base := time.Unix(498780*3600, 0)
+	tests := []struct {
+		at   time.Duration
+		want []uint64
+	}{
+		{0, []uint64{498779, 498780}},
+		{10*time.Minute - time.Second, []uint64{498779, 498780}},
+		{10 * time.Minute, []uint64{498780}},
+		{50 * time.Minute, []uint64{498780, 498781}},
+		{time.Hour - time.Second, []uint64{498780, 498781}},
+	}
+	for _, tt := range tests {
+		if got := rendezvousEpochs(base.Add(tt.at)); !slices.Equal(got, tt.want) {
+			t.Errorf("rendezvousEpochs(+%v) = %v, want %v", tt.at, got, tt.want)
+		}
+	}
+}
+
+func TestVerifyCode(t *testing.T) {
+	dir1, dir2 := t.TempDir(), t.TempDir()
+	a, _ := testChat(t, dir1, testKey(1), func(publicKey, []byte) error { return nil }, nil)
+	b, _ := testChat(t, dir2, testKey(2), func(publicKey, []byte) error { return nil }, nil)
+	defer a.close()
+	defer b.close()
+	a.addContact("bob", testKey(2))
+	b.addContact("alice", testKey(1))
+	ca, err1 := a.verifyCode("bob")
+	cb, err2 := b.verifyCode("alice")
+	if err1 != nil || err2 != nil || ca != cb || len(ca) != 6*5+5 {
+		t.Fatalf("codes %q, %q (%v, %v): want equal, 6 groups of 5 digits", ca, cb, err1, err2)
+	}
+	if other := verifyCodeFor(testKey(1), testKey(3)); other == ca {
+		t.Errorf("different keys give the same code %s", ca)
+	}
+	if _, err := a.verifyCode("nobody"); !errors.Is(err, errNoContact) {
+		t.Errorf("verifyCode(nobody) = %v", err)
+	}
+}
+
+// fakeDHT records the rendezvous calls.
+type fakeDHT struct {
+	mu        sync.Mutex
+	announces []nodeID
+	lookups   []nodeID
+	endpoints []netip.AddrPort
+	peers     []netip.AddrPort
+}
+
+func (d *fakeDHT) announce(_ context.Context, ih nodeID) (int, error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.announces = append(d.announces, ih)
+	return 8, nil
+}
+
+func (d *fakeDHT) getPeers(_ context.Context, ih nodeID) ([]netip.AddrPort, error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.lookups = append(d.lookups, ih)
+	return d.peers, nil
+}
+
+func (d *fakeDHT) counts() (int, int) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return len(d.announces), len(d.lookups)
+}
+
+func TestRendezvousSchedule(t *testing.T) {
+	// 12:20:30 UTC: more than 10 minutes from either epoch boundary: one epoch.
+	clock := &fakeClock{t: time.Date(2026, 11, 25, 12, 20, 30, 0, time.UTC)}
+	self := netip.MustParseAddrPort("198.51.100.1:6881")
+	bob := netip.MustParseAddrPort("203.0.113.9:7000")
+	d := &fakeDHT{peers: []netip.AddrPort{self, bob}}
+	secret := [32]byte{1, 2, 3}
+	c, err := newChat(chatConfig{Dir: t.TempDir(), Self: testKey(1), MaxPayload: 1100, Now: clock.now,
+		Send:         func(publicKey, []byte) error { return errors.New("offline") },
+		StaticSecret: func(publicKey) ([32]byte, error) { return secret, nil },
+		Announce:     d.announce, GetPeers: d.getPeers,
+		SetEndpoint: func(_ publicKey, a netip.AddrPort) {
+			d.mu.Lock()
+			d.endpoints = append(d.endpoints, a)
+			d.mu.Unlock()
+		},
+		IsSelf: func(a netip.AddrPort) bool { return a == self },
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.close()
+	if err := c.addContact("bob", testKey(2)); err != nil {
+		t.Fatal(err)
+	}
+	c.startSchedule()
+	ctx := context.Background()
+	step := func(d time.Duration) {
+		clock.add(d)
+		c.rendezvous(ctx)
+		c.dhtWG.Wait()
+	}
+	want := func(when string, announces, lookups int) {
+		t.Helper()
+		if a, l := d.counts(); a != announces || l != lookups {
+			t.Fatalf("%s: %d announces, %d lookups; want %d, %d", when, a, l, announces, lookups)
+		}
+	}
+	step(0)
+	want("start", 1, 1)
+	ih := rendezvousInfohash(secret, uint64(clock.now().Unix()/3600))
+	if d.announces[0] != ih || d.lookups[0] != ih {
+		t.Fatalf("used %v and %v, want %v", d.announces[0], d.lookups[0], ih)
+	}
+	if !slices.Equal(d.endpoints, []netip.AddrPort{bob}) {
+		t.Fatalf("endpoints %v, want only %v (not our own)", d.endpoints, bob)
+	}
+	step(4 * time.Second)
+	want("4 s", 1, 1)
+	step(time.Second)
+	want("5 s", 1, 2)
+	for range 11 {
+		step(5 * time.Second)
+	}
+	want("60 s", 1, 13)
+	step(5 * time.Second)
+	want("65 s: slow now", 1, 13)
+	step(85 * time.Second)
+	want("150 s", 1, 14)
+	c.setOnline(testKey(2), bob)
+	step(150 * time.Second) // 300 s after start
+	want("online at 5 min", 2, 14)
+	c.setOffline(testKey(2))
+	step(0)
+	want("offline again: fast lookups", 2, 15)
+	step(5 * time.Second)
+	want("offline again + 5 s", 2, 16)
+	clock.set(time.Date(2026, 11, 25, 12, 45, 30, 0, time.UTC))
+	step(0)
+	if a, _ := d.counts(); a != 3 {
+		t.Fatalf("12:45:30: %d announces, want 3", a)
+	}
+	clock.set(time.Date(2026, 11, 25, 12, 49, 59, 0, time.UTC))
+	step(0)
+	if a, _ := d.counts(); a != 3 {
+		t.Fatalf("12:49:59: %d announces, want 3", a)
+	}
+	// 12:50: this epoch and the next are current: announce at once on both.
+	step(time.Second)
+	if a, _ := d.counts(); a != 5 {
+		t.Fatalf("12:50:00, the epoch set changed: %d announces, want 5", a)
+	}
+}
+
+func TestBackoff(t *testing.T) {
+	clock := &fakeClock{t: time.Date(2026, 11, 25, 12, 0, 0, 0, time.UTC)}
+	var mu sync.Mutex
+	var sent []chatFrame
+	c, l := testChat(t, t.TempDir(), testKey(1), func(_ publicKey, b []byte) error {
+		f, err := parseChatFrame(b)
+		if err != nil {
+			t.Error(err)
+		}
+		mu.Lock()
+		sent = append(sent, f)
+		mu.Unlock()
+		return nil
+	}, clock.now)
+	defer c.close()
+	c.addContact("bob", testKey(2))
+	count := func() int { mu.Lock(); defer mu.Unlock(); n := len(sent); sent = nil; return n }
+	if _, err := c.send(context.Background(), "bob", "x"); err != nil {
+		t.Fatal(err)
+	}
+	if n := count(); n != 1 {
+		t.Fatalf("first send: %d frames", n)
+	}
+	// 200 ms doubling to 10 s.
+	for _, wait := range []time.Duration{200, 400, 800, 1600, 3200, 6400, 10000, 10000} {
+		clock.add(wait*time.Millisecond - time.Millisecond)
+		c.retransmit()
+		if n := count(); n != 0 {
+			t.Fatalf("retransmitted before %v ms: %d frames", wait, n)
+		}
+		clock.add(time.Millisecond)
+		c.retransmit()
+		if n := count(); n != 1 {
+			t.Fatalf("after %v ms: %d frames, want 1", wait, n)
+		}
+	}
+	// A new session sends at once and restarts the backoff.
+	c.setOnline(testKey(2), netip.MustParseAddrPort("192.0.2.1:1"))
+	clock.add(200 * time.Millisecond)
+	c.retransmit()
+	if n := count(); n != 2 {
+		t.Fatalf("online + 200 ms: %d frames, want 2", n)
+	}
+	stream := c.peers[testKey(2)].stream
+	// Two more; bob holds 3 (bit 1 above cumulative 1), 2 is a hole.
+	c.send(context.Background(), "bob", "y")
+	c.send(context.Background(), "bob", "z")
+	count()
+	clock.add(fastRetransmit)
+	ack := chatFrame{Type: chatFrameAck, Stream: stream, Seq: 1, Sack: []byte{0x40}}
+	c.handlePayload(testKey(2), netip.AddrPort{}, ack.appendTo(nil))
+	mu.Lock()
+	got := slices.Clone(sent)
+	sent = nil
+	mu.Unlock()
+	if len(got) != 1 || got[0].Seq != 2 {
+		t.Fatalf("after a sack of 3: sent %+v, want only seq 2 (fast retransmit)", got)
+	}
+	if d := l.of(eventDelivered); len(d) != 1 || d[0].MsgID != 1 {
+		t.Fatalf("delivered events %+v, want msg 1", d)
+	}
+	clock.add(retransmitMin)
+	c.retransmit()
+	mu.Lock()
+	got = slices.Clone(sent)
+	sent = nil
+	mu.Unlock()
+	if len(got) != 1 || got[0].Seq != 3 {
+		t.Fatalf("200 ms later: sent %+v, want seq 3 (held, ack missing); seq 2 backs off to 400 ms", got)
+	}
+	// Acks of another stream, or of what was never sent, change nothing.
+	for _, bad := range []chatFrame{
+		{Type: chatFrameAck, Stream: stream + 1, Seq: 3},
+		{Type: chatFrameAck, Stream: stream, Seq: 4},
+	} {
+		c.handlePayload(testKey(2), netip.AddrPort{}, bad.appendTo(nil))
+	}
+	if ci, _ := c.contactByName("bob"); ci.Outbox != 2 {
+		t.Fatalf("outbox %d after bogus acks, want 2", ci.Outbox)
+	}
+	ack = chatFrame{Type: chatFrameAck, Stream: stream, Seq: 3}
+	c.handlePayload(testKey(2), netip.AddrPort{}, ack.appendTo(nil))
+	clock.add(time.Minute)
+	c.retransmit()
+	if ci, _ := c.contactByName("bob"); ci.Outbox != 0 || count() != 0 || len(l.of(eventDelivered)) != 3 {
+		t.Fatalf("after the final ack: outbox %d, delivered %d", ci.Outbox, len(l.of(eventDelivered)))
+	}
 }
