@@ -437,6 +437,7 @@ type journal struct {
 	gen    uint64 // the batch buf belongs to
 	done   uint64 // every batch <= done is durable (or failed: err)
 	err    error  // sticky write error
+	syncs  uint64 // fsyncs done, for the benchmarks
 	closed bool
 	kick   chan struct{}
 	exited chan struct{}
@@ -545,6 +546,7 @@ func (j *journal) loop() {
 			j.err = fmt.Errorf("chat: outbox: %w", err)
 		} else {
 			j.done = gen
+			j.syncs++
 		}
 		j.synced.Broadcast()
 		j.mu.Unlock()
