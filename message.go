@@ -633,7 +633,9 @@ type chatConfig struct {
 	IsSelf       func(addr netip.AddrPort) bool             // optional: our own announced address
 	Send         func(peer publicKey, payload []byte) error // one session payload; may fail: we retransmit
 	MaxPayload   int                                        // the session's plaintext limit per packet
-	Event        func(chatEvent)                            // called without locks held, in order
+	// Event receives events in order, without chat locks held. It may run on
+	// the outbox committer, so it must not block nor call send.
+	Event func(chatEvent)
 
 	Now  func() time.Time
 	Rand io.Reader
