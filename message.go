@@ -608,7 +608,8 @@ func (j *journal) replace(snap []byte) (uint64, error) {
 	return gen, nil
 }
 
-// stop flushes what is pending, stops the committer and closes the file.
+// stop flushes what is pending and stops the committer; the owner closes
+// the file (after a last compaction).
 func (j *journal) stop() {
 	j.mu.Lock()
 	j.closed = true
