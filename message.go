@@ -53,6 +53,7 @@ const (
 	retransmitMax      = 10 * time.Second
 	fastRetransmit     = 50 * time.Millisecond
 	chatTick           = 50 * time.Millisecond
+	streamRandBits     = 20 // low bits of a stream id that are random
 )
 
 // Rendezvous and verify-code constants (SPEC.md 5.1, 5.2).
@@ -842,15 +843,16 @@ func (p *peer) ackTo(seq uint64) []*outMsg {
 	return done
 }
 
-// newStream picks a stream id for a fresh conversation: the time in seconds
-// above 32 random bits, so a re-added contact's new stream sorts after the
-// old one and the receiver can tell late frames of the old one apart.
+// newStream picks a stream id for a fresh conversation: the time in
+// milliseconds above 20 random bits, so a re-added contact's new stream
+// sorts after the old one (removing takes an fsync, so not within the same
+// millisecond) and the receiver can tell late frames of the old one apart.
 func (c *chat) newStream() uint64 {
 	var r [4]byte
 	if _, err := io.ReadFull(c.cfg.Rand, r[:]); err != nil {
 		c.cfg.Log.Debug("chat: rand", "err", err)
 	}
-	return uint64(c.cfg.Now().Unix())<<32 | uint64(binary.BigEndian.Uint32(r[:])) | 1
+	return uint64(c.cfg.Now().UnixMilli())<<streamRandBits | uint64(binary.BigEndian.Uint32(r[:]))>>(32-streamRandBits)
 }
 
 // send queues text for the contact name. It returns once the message is

@@ -1190,3 +1190,30 @@ func FuzzOutbox(f *testing.F) {
 		}
 	})
 }
+
+func TestReAddStartsNewStream(t *testing.T) {
+	p := newPair(t, 0)
+	p.connect()
+	defer p.close(t)
+	if _, err := p.a.send(context.Background(), "bob", "one"); err != nil {
+		t.Fatal(err)
+	}
+	p.lb.waitFor(t, eventMessage, 1, 2*time.Second)
+	if err := p.a.removeContact("bob"); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(2 * time.Millisecond) // a new stream id needs a later millisecond
+	if err := p.a.addContact("bob", p.kb); err != nil {
+		t.Fatal(err)
+	}
+	p.a.setOnline(p.kb, p.link.addrs[p.kb])
+	id, err := p.a.send(context.Background(), "bob", "two")
+	if err != nil || id != 1 {
+		t.Fatalf("first send after re-adding = %d, %v; want id 1", id, err)
+	}
+	got := p.lb.waitFor(t, eventMessage, 2, 2*time.Second)
+	if got[1].Text != "two" || got[1].MsgID != 1 {
+		t.Fatalf("bob got %+v, want \"two\" as message 1 of the new stream", got[1])
+	}
+	p.la.waitFor(t, eventDelivered, 2, 2*time.Second)
+}
