@@ -1199,6 +1199,7 @@ func TestReAddStartsNewStream(t *testing.T) {
 		t.Fatal(err)
 	}
 	p.lb.waitFor(t, eventMessage, 1, 2*time.Second)
+	p.la.waitFor(t, eventDelivered, 1, 2*time.Second)
 	if err := p.a.removeContact("bob"); err != nil {
 		t.Fatal(err)
 	}
