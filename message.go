@@ -54,6 +54,7 @@ const (
 	fastRetransmit     = 50 * time.Millisecond
 	chatTick           = 50 * time.Millisecond
 	streamRandBits     = 20 // low bits of a stream id that are random
+	sendQueueLen       = 1024
 )
 
 // Rendezvous and verify-code constants (SPEC.md 5.1, 5.2).
@@ -748,6 +749,16 @@ type chat struct {
 
 	dhtSem chan struct{}
 	dhtWG  sync.WaitGroup
+
+	outq  chan queuedFrames // to the sender goroutine
+	outWG sync.WaitGroup    // frames queued and not yet sent
+	stop  chan struct{}     // closed by close: the sender exits
+}
+
+// queuedFrames are frames for one contact waiting for the sender goroutine.
+type queuedFrames struct {
+	key    publicKey
+	frames [][]byte
 }
 
 // newChat loads the contacts and the outbox log from cfg.Dir and starts the
@@ -768,7 +779,8 @@ func newChat(cfg chatConfig) (*chat, error) {
 	if cfg.Log == nil {
 		cfg.Log = slog.New(slog.DiscardHandler)
 	}
-	c := &chat{cfg: cfg, peers: map[publicKey]*peer{}, names: map[string]*peer{}, dhtSem: make(chan struct{}, maxDHTOps)}
+	c := &chat{cfg: cfg, peers: map[publicKey]*peer{}, names: map[string]*peer{}, dhtSem: make(chan struct{}, maxDHTOps),
+		outq: make(chan queuedFrames, sendQueueLen), stop: make(chan struct{})}
 	b, err := os.ReadFile(filepath.Join(cfg.Dir, contactsFile))
 	if err != nil && !errors.Is(err, os.ErrNotExist) {
 		return nil, fmt.Errorf("chat: contacts: %w", err)
@@ -791,6 +803,7 @@ func newChat(cfg chatConfig) (*chat, error) {
 	j.onSync, j.compact = c.afterSync, c.compactNow
 	c.j = j
 	j.start()
+	go c.sender()
 	return c, nil
 }
 
@@ -960,6 +973,37 @@ func (c *chat) sendFrames(key publicKey, frames [][]byte) {
 	}
 }
 
+// sendLater hands frames to the sender goroutine. handlePayload and
+// setOnline use it because the session layer calls them from its own
+// callbacks (Deliver, Established), perhaps holding its locks: sending from
+// there could deadlock. A full queue drops the frames; retransmission and
+// the next ack repair that.
+func (c *chat) sendLater(key publicKey, frames [][]byte) {
+	if len(frames) == 0 {
+		return
+	}
+	c.outWG.Add(1)
+	select {
+	case c.outq <- queuedFrames{key, frames}:
+	default:
+		c.outWG.Done()
+		c.cfg.Log.Debug("chat: send queue full", "peer", key.String(), "frames", len(frames))
+	}
+}
+
+// sender sends what sendLater queued until stop is closed.
+func (c *chat) sender() {
+	for {
+		select {
+		case q := <-c.outq:
+			c.sendFrames(q.key, q.frames)
+			c.outWG.Done()
+		case <-c.stop:
+			return
+		}
+	}
+}
+
 // flushEvents emits queued events in the order they were queued. It is
 // re-entrant: an event handler that calls back into the chat only queues.
 func (c *chat) flushEvents() {
@@ -1009,7 +1053,7 @@ func (c *chat) handlePayload(key publicKey, from netip.AddrPort, b []byte) {
 		frames = c.onAckLocked(p, f, now)
 	}
 	c.mu.Unlock()
-	c.sendFrames(key, frames)
+	c.sendLater(key, frames)
 	c.flushEvents()
 }
 
@@ -1237,7 +1281,7 @@ func (c *chat) setOnline(key publicKey, addr netip.AddrPort) {
 	p.online, p.addr, p.LastSeen = true, addr, now
 	frames := c.dueLocked(p, now, true)
 	c.mu.Unlock()
-	c.sendFrames(key, frames)
+	c.sendLater(key, frames)
 	c.flushEvents()
 }
 
@@ -1559,6 +1603,7 @@ func (c *chat) close() error {
 	c.mu.Unlock()
 	c.j.stop()
 	c.compactNow()
+	close(c.stop) // frames still queued are dropped: the peer retransmits
 	c.j.mu.Lock()
 	err := c.j.err
 	c.j.f.Close()

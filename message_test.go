@@ -102,6 +102,7 @@ func kill(c *chat) {
 	c.mu.Unlock()
 	c.j.stop()
 	c.j.f.Close()
+	close(c.stop)
 }
 
 // lossyLink carries payloads between chats like a bad network: it drops
@@ -312,6 +313,7 @@ func TestRestartAfterKill(t *testing.T) {
 	stream := p.a.peers[p.kb].stream
 	dup := chatFrame{Type: chatFrameData, Stream: stream, Seq: id, Count: 1, Text: []byte("hello after a crash")}
 	b2.handlePayload(p.ka, netip.AddrPort{}, dup.appendTo(nil))
+	b2.outWG.Wait()
 	if m := lb2.of(eventMessage); len(m) != 0 {
 		t.Fatalf("redelivered after restart: %+v", m)
 	}
@@ -997,6 +999,7 @@ func TestBackoff(t *testing.T) {
 	}
 	// A new session sends at once and restarts the backoff.
 	c.setOnline(testKey(2), netip.MustParseAddrPort("192.0.2.1:1"))
+	c.outWG.Wait()
 	clock.add(200 * time.Millisecond)
 	c.retransmit()
 	if n := count(); n != 2 {
@@ -1010,6 +1013,7 @@ func TestBackoff(t *testing.T) {
 	clock.add(fastRetransmit)
 	ack := chatFrame{Type: chatFrameAck, Stream: stream, Seq: 1, Sack: []byte{0x40}}
 	c.handlePayload(testKey(2), netip.AddrPort{}, ack.appendTo(nil))
+	c.outWG.Wait()
 	mu.Lock()
 	got := slices.Clone(sent)
 	sent = nil
