@@ -1222,3 +1222,37 @@ func TestReAddStartsNewStream(t *testing.T) {
 	}
 	p.la.waitFor(t, eventDelivered, 2, 2*time.Second)
 }
+
+func TestGroupCommit(t *testing.T) {
+	c, l := testChat(t, t.TempDir(), testKey(1), func(publicKey, []byte) error { return nil }, nil)
+	if err := c.addContact("bob", testKey(2)); err != nil {
+		t.Fatal(err)
+	}
+	const n = 64
+	var wg sync.WaitGroup
+	for range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if _, err := c.send(context.Background(), "bob", "burst"); err != nil {
+				t.Error(err)
+			}
+		}()
+	}
+	wg.Wait()
+	c.j.mu.Lock()
+	syncs := c.j.syncs
+	c.j.mu.Unlock()
+	if syncs >= n {
+		t.Errorf("%d concurrent sends took %d fsyncs: no batch was shared", n, syncs)
+	}
+	if q := l.of(eventQueued); len(q) != n {
+		t.Errorf("%d queued events, want %d", len(q), n)
+	}
+	if err := c.close(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.send(context.Background(), "bob", "late"); !errors.Is(err, errChatClosed) {
+		t.Errorf("send after close = %v, want errChatClosed", err)
+	}
+}
