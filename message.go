@@ -323,7 +323,7 @@ const (
 	recKeyLen    = 32
 )
 
-var castagnoli = crc32.MakeTable(crc32.Castagnoli)
+var outboxCRCTable = crc32.MakeTable(crc32.Castagnoli)
 
 // outboxRec is one parsed outbox log record.
 type outboxRec struct {
@@ -350,7 +350,7 @@ func appendRecord(dst []byte, r outboxRec) []byte {
 		dst = binary.BigEndian.AppendUint64(dst, r.Seq)
 	}
 	binary.BigEndian.PutUint16(dst[start:], uint16(len(dst)-start-2))
-	return binary.BigEndian.AppendUint32(dst, crc32.Checksum(dst[start:], castagnoli))
+	return binary.BigEndian.AppendUint32(dst, crc32.Checksum(dst[start:], outboxCRCTable))
 }
 
 // errTornRecord marks a record cut short or damaged; only acceptable at the
@@ -366,7 +366,7 @@ func parseRecord(b []byte) (outboxRec, int, error) {
 	if n < recOverhead+recKeyLen || len(b) < n {
 		return outboxRec{}, 0, errTornRecord
 	}
-	if crc32.Checksum(b[:n-4], castagnoli) != binary.BigEndian.Uint32(b[n-4:]) {
+	if crc32.Checksum(b[:n-4], outboxCRCTable) != binary.BigEndian.Uint32(b[n-4:]) {
 		return outboxRec{}, 0, errTornRecord
 	}
 	r := outboxRec{Type: b[2]}

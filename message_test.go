@@ -584,7 +584,7 @@ func withType(log []byte, typ byte) []byte {
 	return b
 }
 
-func crc32c(b []byte) uint32 { return crc32.Checksum(b, castagnoli) }
+func crc32c(b []byte) uint32 { return crc32.Checksum(b, outboxCRCTable) }
 
 // specVectors parses the ```chat-vector name=NAME blocks of SPEC.md into
 // name -> key -> value.
