@@ -24,8 +24,8 @@ import (
 	"time"
 )
 
-// testKey is a fixed public key for tests that need no X25519.
-func testKey(b byte) publicKey {
+// chatKey is a fixed public key for tests that need no X25519.
+func chatKey(b byte) publicKey {
 	var k publicKey
 	for i := range k {
 		k[i] = b + byte(i)
@@ -33,29 +33,29 @@ func testKey(b byte) publicKey {
 	return k
 }
 
-// fakeClock is an injected clock that only moves when told.
-type fakeClock struct {
+// chatClock is an injected clock that only moves when told.
+type chatClock struct {
 	mu sync.Mutex
 	t  time.Time
 }
 
-func (c *fakeClock) now() time.Time  { c.mu.Lock(); defer c.mu.Unlock(); return c.t }
-func (c *fakeClock) set(t time.Time) { c.mu.Lock(); c.t = t; c.mu.Unlock() }
-func (c *fakeClock) add(d time.Duration) {
+func (c *chatClock) now() time.Time  { c.mu.Lock(); defer c.mu.Unlock(); return c.t }
+func (c *chatClock) set(t time.Time) { c.mu.Lock(); c.t = t; c.mu.Unlock() }
+func (c *chatClock) add(d time.Duration) {
 	c.mu.Lock()
 	c.t = c.t.Add(d)
 	c.mu.Unlock()
 }
 
-// eventLog collects events and lets a test wait for them.
-type eventLog struct {
+// chatEvents collects events and lets a test wait for them.
+type chatEvents struct {
 	mu  sync.Mutex
 	evs []chatEvent
 }
 
-func (l *eventLog) add(e chatEvent) { l.mu.Lock(); l.evs = append(l.evs, e); l.mu.Unlock() }
+func (l *chatEvents) add(e chatEvent) { l.mu.Lock(); l.evs = append(l.evs, e); l.mu.Unlock() }
 
-func (l *eventLog) of(kind chatEventKind) []chatEvent {
+func (l *chatEvents) of(kind chatEventKind) []chatEvent {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	var out []chatEvent
@@ -68,7 +68,7 @@ func (l *eventLog) of(kind chatEventKind) []chatEvent {
 }
 
 // waitFor polls until n events of kind arrived, for at most d.
-func (l *eventLog) waitFor(t testing.TB, kind chatEventKind, n int, d time.Duration) []chatEvent {
+func (l *chatEvents) waitFor(t testing.TB, kind chatEventKind, n int, d time.Duration) []chatEvent {
 	t.Helper()
 	deadline := time.Now().Add(d)
 	for {
@@ -84,9 +84,9 @@ func (l *eventLog) waitFor(t testing.TB, kind chatEventKind, n int, d time.Durat
 }
 
 // testChat opens a chat in dir with the given key and sender.
-func testChat(t testing.TB, dir string, self publicKey, send func(publicKey, []byte) error, now func() time.Time) (*chat, *eventLog) {
+func testChat(t testing.TB, dir string, self publicKey, send func(publicKey, []byte) error, now func() time.Time) (*chat, *chatEvents) {
 	t.Helper()
-	l := &eventLog{}
+	l := &chatEvents{}
 	c, err := newChat(chatConfig{Dir: dir, Self: self, Send: send, MaxPayload: 1100, Event: l.add, Now: now})
 	if err != nil {
 		t.Fatal(err)
@@ -96,7 +96,7 @@ func testChat(t testing.TB, dir string, self publicKey, send func(publicKey, []b
 
 // kill stops a chat the way SIGKILL would, as far as its files go: nothing
 // more is written (no compaction, no contacts save).
-func kill(c *chat) {
+func killChat(c *chat) {
 	c.mu.Lock()
 	c.closed = true
 	c.mu.Unlock()
@@ -160,10 +160,10 @@ func (l *lossyLink) close() {
 }
 
 // pair is two chats that know each other, wired through a lossy link.
-type pair struct {
+type chatPair struct {
 	a, b         *chat
 	ka, kb       publicKey
-	la, lb       *eventLog
+	la, lb       *chatEvents
 	link         *lossyLink
 	dirA, dirB   string
 	cancel       context.CancelFunc
@@ -172,9 +172,9 @@ type pair struct {
 	startedRunAB bool
 }
 
-func newPair(t testing.TB, drop float64) *pair {
+func newChatPair(t testing.TB, drop float64) *chatPair {
 	t.Helper()
-	p := &pair{ka: testKey(0xa0), kb: testKey(0xb0), link: newLossyLink(drop, 1), dirA: t.TempDir(), dirB: t.TempDir()}
+	p := &chatPair{ka: chatKey(0xa0), kb: chatKey(0xb0), link: newLossyLink(drop, 1), dirA: t.TempDir(), dirB: t.TempDir()}
 	p.a, p.la = testChat(t, p.dirA, p.ka, p.link.sender(p.ka), nil)
 	p.b, p.lb = testChat(t, p.dirB, p.kb, p.link.sender(p.kb), nil)
 	if err := p.a.addContact("bob", p.kb); err != nil {
@@ -187,7 +187,7 @@ func newPair(t testing.TB, drop float64) *pair {
 }
 
 // connect attaches both ends, starts their timers and marks them online.
-func (p *pair) connect() {
+func (p *chatPair) connect() {
 	p.link.attach(p.ka, p.a, 1001)
 	p.link.attach(p.kb, p.b, 1002)
 	ctx, cancel := context.WithCancel(context.Background())
@@ -199,7 +199,7 @@ func (p *pair) connect() {
 	p.b.setOnline(p.ka, p.link.addrs[p.ka])
 }
 
-func (p *pair) close(t testing.TB) {
+func (p *chatPair) close(t testing.TB) {
 	t.Helper()
 	if p.cancel != nil {
 		p.cancel()
@@ -215,7 +215,7 @@ func (p *pair) close(t testing.TB) {
 }
 
 func TestDeliverLossyInOrderExactlyOnce(t *testing.T) {
-	p := newPair(t, 0.2)
+	p := newChatPair(t, 0.2)
 	p.connect()
 	defer p.close(t)
 	const n = 200
@@ -261,7 +261,7 @@ func TestDeliverLossyInOrderExactlyOnce(t *testing.T) {
 }
 
 func TestDeliverLongMessageFragments(t *testing.T) {
-	p := newPair(t, 0.2)
+	p := newChatPair(t, 0.2)
 	p.connect()
 	defer p.close(t)
 	text := strings.Repeat("ü", maxMessageText/2) // 4096 bytes, 4 fragments of <= 1081
@@ -275,14 +275,14 @@ func TestDeliverLongMessageFragments(t *testing.T) {
 }
 
 func TestRestartAfterKill(t *testing.T) {
-	p := newPair(t, 0)
+	p := newChatPair(t, 0)
 	// Bob is offline: alice's sends fail at the session layer, so the
 	// message waits in her outbox.
 	id, err := p.a.send(context.Background(), "bob", "hello after a crash")
 	if err != nil {
 		t.Fatal(err)
 	}
-	kill(p.a) // SIGKILL: no close
+	killChat(p.a) // SIGKILL: no close
 	recs, _, err := parseOutboxFile(filepath.Join(p.dirA, outboxFile))
 	if err != nil {
 		t.Fatal(err)
@@ -307,7 +307,7 @@ func TestRestartAfterKill(t *testing.T) {
 	<-p.runA
 	<-p.runB
 	p.cancel = nil
-	kill(p.b)
+	killChat(p.b)
 	var acks [][]byte
 	b2, lb2 := testChat(t, p.dirB, p.kb, func(_ publicKey, f []byte) error { acks = append(acks, f); return nil }, nil)
 	stream := p.a.peers[p.kb].stream
@@ -343,7 +343,7 @@ func hasQueued(recs []outboxRec, k publicKey, seq uint64, text string) bool {
 }
 
 func TestCloseCompactsAndReopens(t *testing.T) {
-	p := newPair(t, 0)
+	p := newChatPair(t, 0)
 	for i := range 3 {
 		if _, err := p.a.send(context.Background(), "bob", "m"+strconv.Itoa(i)); err != nil {
 			t.Fatal(err)
@@ -367,9 +367,9 @@ func TestCloseCompactsAndReopens(t *testing.T) {
 }
 
 func TestOutboxFull(t *testing.T) {
-	c, _ := testChat(t, t.TempDir(), testKey(1), func(publicKey, []byte) error { return errors.New("offline") }, nil)
+	c, _ := testChat(t, t.TempDir(), chatKey(1), func(publicKey, []byte) error { return errors.New("offline") }, nil)
 	defer c.close()
-	if err := c.addContact("bob", testKey(2)); err != nil {
+	if err := c.addContact("bob", chatKey(2)); err != nil {
 		t.Fatal(err)
 	}
 	c.mu.Lock()
@@ -386,9 +386,9 @@ func TestOutboxFull(t *testing.T) {
 }
 
 func TestSendRejects(t *testing.T) {
-	c, _ := testChat(t, t.TempDir(), testKey(1), func(publicKey, []byte) error { return nil }, nil)
+	c, _ := testChat(t, t.TempDir(), chatKey(1), func(publicKey, []byte) error { return nil }, nil)
 	defer c.close()
-	if err := c.addContact("bob", testKey(2)); err != nil {
+	if err := c.addContact("bob", chatKey(2)); err != nil {
 		t.Fatal(err)
 	}
 	tests := []struct {
@@ -411,22 +411,22 @@ func TestSendRejects(t *testing.T) {
 
 func TestContactsFile(t *testing.T) {
 	dir := t.TempDir()
-	self := testKey(1)
+	self := chatKey(1)
 	c, _ := testChat(t, dir, self, func(publicKey, []byte) error { return nil }, nil)
 	tests := []struct {
 		name    string
 		key     publicKey
 		wantErr string
 	}{
-		{"alice", testKey(2), ""},
-		{"bob_2-x", testKey(3), ""},
-		{"alice", testKey(4), "exists already"},
-		{"carol", testKey(2), "already your contact \"alice\""},
+		{"alice", chatKey(2), ""},
+		{"bob_2-x", chatKey(3), ""},
+		{"alice", chatKey(4), "exists already"},
+		{"carol", chatKey(2), "already your contact \"alice\""},
 		{"me", self, "your own key"},
-		{"", testKey(5), "1 to 32"},
-		{strings.Repeat("a", 33), testKey(5), "1 to 32"},
-		{"bad name", testKey(5), "only letters"},
-		{"émile", testKey(5), "only letters"},
+		{"", chatKey(5), "1 to 32"},
+		{strings.Repeat("a", 33), chatKey(5), "1 to 32"},
+		{"bad name", chatKey(5), "only letters"},
+		{"émile", chatKey(5), "only letters"},
 	}
 	for _, tt := range tests {
 		err := c.addContact(tt.name, tt.key)
@@ -446,10 +446,10 @@ func TestContactsFile(t *testing.T) {
 	c, _ = testChat(t, dir, self, func(publicKey, []byte) error { return nil }, nil)
 	defer c.close()
 	list := c.contactList()
-	if len(list) != 1 || list[0].Name != "alice" || list[0].Key != testKey(2) || list[0].Online {
+	if len(list) != 1 || list[0].Name != "alice" || list[0].Key != chatKey(2) || list[0].Online {
 		t.Fatalf("contacts after reopen = %+v, want only alice, offline", list)
 	}
-	if ci, ok := c.contactByKey(testKey(2)); !ok || ci.Name != "alice" {
+	if ci, ok := c.contactByKey(chatKey(2)); !ok || ci.Name != "alice" {
 		t.Errorf("contactByKey = %+v, %v", ci, ok)
 	}
 	if _, ok := c.contactByName("bob_2-x"); ok {
@@ -458,18 +458,18 @@ func TestContactsFile(t *testing.T) {
 }
 
 func TestContactsLastSeen(t *testing.T) {
-	clock := &fakeClock{t: time.Date(2026, 11, 25, 12, 0, 0, 0, time.UTC)}
+	clock := &chatClock{t: time.Date(2026, 11, 25, 12, 0, 0, 0, time.UTC)}
 	dir := t.TempDir()
-	c, l := testChat(t, dir, testKey(1), func(publicKey, []byte) error { return nil }, clock.now)
-	if err := c.addContact("alice", testKey(2)); err != nil {
+	c, l := testChat(t, dir, chatKey(1), func(publicKey, []byte) error { return nil }, clock.now)
+	if err := c.addContact("alice", chatKey(2)); err != nil {
 		t.Fatal(err)
 	}
 	addr := netip.MustParseAddrPort("192.0.2.1:6881")
-	c.setOnline(testKey(2), addr)
-	c.setOnline(testKey(2), addr)
-	c.setOnline(testKey(2), netip.MustParseAddrPort("192.0.2.2:6881"))
+	c.setOnline(chatKey(2), addr)
+	c.setOnline(chatKey(2), addr)
+	c.setOnline(chatKey(2), netip.MustParseAddrPort("192.0.2.2:6881"))
 	clock.add(time.Minute)
-	c.setOffline(testKey(2))
+	c.setOffline(chatKey(2))
 	var kinds []string
 	for _, e := range l.evs {
 		kinds = append(kinds, e.Kind.String())
@@ -479,14 +479,14 @@ func TestContactsLastSeen(t *testing.T) {
 	}
 	c.close()
 	b, _ := os.ReadFile(filepath.Join(dir, contactsFile))
-	want := contactsHeader + "\nalice " + testKey(2).String() + " 2026-11-25T12:01:00Z\n"
+	want := contactsHeader + "\nalice " + chatKey(2).String() + " 2026-11-25T12:01:00Z\n"
 	if string(b) != want {
 		t.Errorf("contacts file:\n%s\nwant:\n%s", b, want)
 	}
 }
 
 func TestContactsFileRejected(t *testing.T) {
-	k2, k3 := testKey(2).String(), testKey(3).String()
+	k2, k3 := chatKey(2).String(), chatKey(3).String()
 	tests := []struct {
 		name, file, wantErr string
 	}{
@@ -495,7 +495,7 @@ func TestContactsFileRejected(t *testing.T) {
 		{"bad name", "al!ce " + k2 + "\n", "line 1: chat: name"},
 		{"duplicate name", "alice " + k2 + "\nalice " + k3 + "\n", "line 2: name \"alice\" already on line 1"},
 		{"duplicate key", "alice " + k2 + "\nbob " + k2 + "\n", "line 2: key already on line 1"},
-		{"own key", "me " + testKey(1).String() + "\n", "line 1: that is your own key"},
+		{"own key", "me " + chatKey(1).String() + "\n", "line 1: that is your own key"},
 		{"bad time", "alice " + k2 + " yesterday\n", "line 1: last seen"},
 	}
 	for _, tt := range tests {
@@ -504,7 +504,7 @@ func TestContactsFileRejected(t *testing.T) {
 		if err := os.WriteFile(path, []byte(tt.file), 0o600); err != nil {
 			t.Fatal(err)
 		}
-		_, err := newChat(chatConfig{Dir: dir, Self: testKey(1), Send: func(publicKey, []byte) error { return nil }, MaxPayload: 1100})
+		_, err := newChat(chatConfig{Dir: dir, Self: chatKey(1), Send: func(publicKey, []byte) error { return nil }, MaxPayload: 1100})
 		if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
 			t.Errorf("%s: newChat = %v, want error containing %q", tt.name, err, tt.wantErr)
 		}
@@ -515,7 +515,7 @@ func TestContactsFileRejected(t *testing.T) {
 }
 
 func TestOutboxDamage(t *testing.T) {
-	k := testKey(2)
+	k := chatKey(2)
 	log := []byte(outboxMagic)
 	log = appendRecord(log, outboxRec{Type: recStream, Key: k, Stream: 7})
 	log = appendRecord(log, outboxRec{Type: recQueued, Key: k, Seq: 1, Text: []byte("one")})
@@ -531,8 +531,8 @@ func TestOutboxDamage(t *testing.T) {
 		{"intact", log, 3, len(log), ""},
 		{"torn tail", log[:len(log)-3], 2, whole, ""},
 		{"zeros after a crash", append(bytes.Clone(log[:whole]), make([]byte, 100)...), 2, whole, ""},
-		{"bad crc at the end", flip(log, len(log)-1), 2, whole, ""},
-		{"bad crc in the middle", flip(log, whole-1), 0, 0, "offset 63: damaged record"},
+		{"bad crc at the end", flipByteAt(log, len(log)-1), 2, whole, ""},
+		{"bad crc in the middle", flipByteAt(log, whole-1), 0, 0, "offset 63: damaged record"},
 		{"bad magic", append([]byte("XXXXXXXX"), log[8:]...), 0, 0, "bad magic"},
 		{"unknown type", withType(log, 'Z'), 0, 0, "unknown record type 0x5a"},
 	}
@@ -548,16 +548,16 @@ func TestOutboxDamage(t *testing.T) {
 	// a torn tail is cut off and the rest loads.
 	dir := t.TempDir()
 	os.WriteFile(filepath.Join(dir, contactsFile), []byte("bob "+k.String()+"\n"), 0o600)
-	bad := flip(log, whole-1)
+	bad := flipByteAt(log, whole-1)
 	os.WriteFile(filepath.Join(dir, outboxFile), bad, 0o600)
-	if _, err := newChat(chatConfig{Dir: dir, Self: testKey(1), Send: func(publicKey, []byte) error { return nil }, MaxPayload: 1100}); err == nil {
+	if _, err := newChat(chatConfig{Dir: dir, Self: chatKey(1), Send: func(publicKey, []byte) error { return nil }, MaxPayload: 1100}); err == nil {
 		t.Fatal("newChat accepted a damaged outbox")
 	}
 	if b, _ := os.ReadFile(filepath.Join(dir, outboxFile)); !bytes.Equal(b, bad) {
 		t.Fatal("damaged outbox was changed")
 	}
 	os.WriteFile(filepath.Join(dir, outboxFile), log[:len(log)-3], 0o600)
-	c, _ := testChat(t, dir, testKey(1), func(publicKey, []byte) error { return nil }, nil)
+	c, _ := testChat(t, dir, chatKey(1), func(publicKey, []byte) error { return nil }, nil)
 	defer c.close()
 	if ci, _ := c.contactByName("bob"); ci.Outbox != 1 {
 		t.Fatalf("outbox after a torn tail holds %d, want 1", ci.Outbox)
@@ -567,7 +567,7 @@ func TestOutboxDamage(t *testing.T) {
 	}
 }
 
-func flip(b []byte, i int) []byte {
+func flipByteAt(b []byte, i int) []byte {
 	b = bytes.Clone(b)
 	b[i] ^= 1
 	return b
@@ -579,16 +579,16 @@ func withType(log []byte, typ byte) []byte {
 	off := len(outboxMagic)
 	n := 2 + int(b[off])<<8 | int(b[off+1])
 	b[off+2] = typ
-	crc := crc32c(b[off : off+n])
+	crc := recordCRC(b[off : off+n])
 	b[off+n], b[off+n+1], b[off+n+2], b[off+n+3] = byte(crc>>24), byte(crc>>16), byte(crc>>8), byte(crc)
 	return b
 }
 
-func crc32c(b []byte) uint32 { return crc32.Checksum(b, outboxCRCTable) }
+func recordCRC(b []byte) uint32 { return crc32.Checksum(b, outboxCRCTable) }
 
 // specVectors parses the ```chat-vector name=NAME blocks of SPEC.md into
 // name -> key -> value.
-func specVectors(t *testing.T) map[string]map[string]string {
+func chatSpecVectors(t *testing.T) map[string]map[string]string {
 	t.Helper()
 	b, err := os.ReadFile("SPEC.md")
 	if err != nil {
@@ -614,7 +614,7 @@ func specVectors(t *testing.T) map[string]map[string]string {
 	return out
 }
 
-func unhex(t *testing.T, s string) []byte {
+func vectorHex(t *testing.T, s string) []byte {
 	t.Helper()
 	b, err := hex.DecodeString(s)
 	if err != nil {
@@ -624,7 +624,7 @@ func unhex(t *testing.T, s string) []byte {
 }
 
 func TestSpecVectors(t *testing.T) {
-	v := specVectors(t)
+	v := chatSpecVectors(t)
 	for _, name := range []string{"keys", "rendezvous", "verify", "frames", "outbox"} {
 		if len(v[name]) == 0 {
 			t.Fatalf("SPEC.md has no chat-vector %q", name)
@@ -632,11 +632,11 @@ func TestSpecVectors(t *testing.T) {
 	}
 	t.Run("keys", func(t *testing.T) {
 		kv := v["keys"]
-		a, err := ecdh.X25519().NewPrivateKey(unhex(t, kv["priv-a"]))
+		a, err := ecdh.X25519().NewPrivateKey(vectorHex(t, kv["priv-a"]))
 		if err != nil {
 			t.Fatal(err)
 		}
-		b, err := ecdh.X25519().NewPrivateKey(unhex(t, kv["priv-b"]))
+		b, err := ecdh.X25519().NewPrivateKey(vectorHex(t, kv["priv-b"]))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -650,7 +650,7 @@ func TestSpecVectors(t *testing.T) {
 	t.Run("rendezvous", func(t *testing.T) {
 		kv := v["rendezvous"]
 		var secret [32]byte
-		copy(secret[:], unhex(t, kv["secret"]))
+		copy(secret[:], vectorHex(t, kv["secret"]))
 		unix, _ := strconv.ParseInt(kv["time"], 10, 64)
 		es := rendezvousEpochs(time.Unix(unix, 0))
 		if got := strings.Trim(fmt.Sprint(es), "[]"); got != kv["epochs"] {
@@ -669,8 +669,8 @@ func TestSpecVectors(t *testing.T) {
 	t.Run("verify", func(t *testing.T) {
 		kv := v["verify"]
 		var a, b publicKey
-		copy(a[:], unhex(t, kv["pub-a"]))
-		copy(b[:], unhex(t, kv["pub-b"]))
+		copy(a[:], vectorHex(t, kv["pub-a"]))
+		copy(b[:], vectorHex(t, kv["pub-b"]))
 		h := sha256.Sum256(slices.Concat([]byte(verifyLabel), b[:], a[:])) // b < a here
 		if hex.EncodeToString(h[:]) != kv["hash"] {
 			t.Errorf("hash = %x, want %s", h, kv["hash"])
@@ -681,7 +681,7 @@ func TestSpecVectors(t *testing.T) {
 	})
 	t.Run("frames", func(t *testing.T) {
 		for _, k := range []string{"data", "data-2", "ack"} {
-			in := unhex(t, v["frames"][k])
+			in := vectorHex(t, v["frames"][k])
 			f, err := parseChatFrame(in)
 			if err != nil {
 				t.Fatalf("%s: %v", k, err)
@@ -696,7 +696,7 @@ func TestSpecVectors(t *testing.T) {
 		log := []byte(outboxMagic)
 		types := map[string]byte{"stream": recStream, "queued": recQueued, "acked": recAcked, "delivered": recDelivered, "forget": recForget}
 		for _, k := range []string{"stream", "queued", "acked", "delivered", "forget"} {
-			log = append(log, unhex(t, kv[k])...)
+			log = append(log, vectorHex(t, kv[k])...)
 		}
 		recs, good, err := parseOutbox(log)
 		if err != nil || good != len(log) || len(recs) != 5 {
@@ -829,18 +829,18 @@ func TestRendezvousEpochs(t *testing.T) {
 
 func TestVerifyCode(t *testing.T) {
 	dir1, dir2 := t.TempDir(), t.TempDir()
-	a, _ := testChat(t, dir1, testKey(1), func(publicKey, []byte) error { return nil }, nil)
-	b, _ := testChat(t, dir2, testKey(2), func(publicKey, []byte) error { return nil }, nil)
+	a, _ := testChat(t, dir1, chatKey(1), func(publicKey, []byte) error { return nil }, nil)
+	b, _ := testChat(t, dir2, chatKey(2), func(publicKey, []byte) error { return nil }, nil)
 	defer a.close()
 	defer b.close()
-	a.addContact("bob", testKey(2))
-	b.addContact("alice", testKey(1))
+	a.addContact("bob", chatKey(2))
+	b.addContact("alice", chatKey(1))
 	ca, err1 := a.verifyCode("bob")
 	cb, err2 := b.verifyCode("alice")
 	if err1 != nil || err2 != nil || ca != cb || len(ca) != 6*5+5 {
 		t.Fatalf("codes %q, %q (%v, %v): want equal, 6 groups of 5 digits", ca, cb, err1, err2)
 	}
-	if other := verifyCodeFor(testKey(1), testKey(3)); other == ca {
+	if other := verifyCodeFor(chatKey(1), chatKey(3)); other == ca {
 		t.Errorf("different keys give the same code %s", ca)
 	}
 	if _, err := a.verifyCode("nobody"); !errors.Is(err, errNoContact) {
@@ -848,8 +848,8 @@ func TestVerifyCode(t *testing.T) {
 	}
 }
 
-// fakeDHT records the rendezvous calls.
-type fakeDHT struct {
+// chatFakeDHT records the rendezvous calls.
+type chatFakeDHT struct {
 	mu        sync.Mutex
 	announces []nodeID
 	lookups   []nodeID
@@ -857,21 +857,21 @@ type fakeDHT struct {
 	peers     []netip.AddrPort
 }
 
-func (d *fakeDHT) announce(_ context.Context, ih nodeID) (int, error) {
+func (d *chatFakeDHT) announce(_ context.Context, ih nodeID) (int, error) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	d.announces = append(d.announces, ih)
 	return 8, nil
 }
 
-func (d *fakeDHT) getPeers(_ context.Context, ih nodeID) ([]netip.AddrPort, error) {
+func (d *chatFakeDHT) getPeers(_ context.Context, ih nodeID) ([]netip.AddrPort, error) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	d.lookups = append(d.lookups, ih)
 	return d.peers, nil
 }
 
-func (d *fakeDHT) counts() (int, int) {
+func (d *chatFakeDHT) counts() (int, int) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	return len(d.announces), len(d.lookups)
@@ -879,12 +879,12 @@ func (d *fakeDHT) counts() (int, int) {
 
 func TestRendezvousSchedule(t *testing.T) {
 	// 12:20:30 UTC: more than 10 minutes from either epoch boundary: one epoch.
-	clock := &fakeClock{t: time.Date(2026, 11, 25, 12, 20, 30, 0, time.UTC)}
+	clock := &chatClock{t: time.Date(2026, 11, 25, 12, 20, 30, 0, time.UTC)}
 	self := netip.MustParseAddrPort("198.51.100.1:6881")
 	bob := netip.MustParseAddrPort("203.0.113.9:7000")
-	d := &fakeDHT{peers: []netip.AddrPort{self, bob}}
+	d := &chatFakeDHT{peers: []netip.AddrPort{self, bob}}
 	secret := [32]byte{1, 2, 3}
-	c, err := newChat(chatConfig{Dir: t.TempDir(), Self: testKey(1), MaxPayload: 1100, Now: clock.now,
+	c, err := newChat(chatConfig{Dir: t.TempDir(), Self: chatKey(1), MaxPayload: 1100, Now: clock.now,
 		Send:         func(publicKey, []byte) error { return errors.New("offline") },
 		StaticSecret: func(publicKey) ([32]byte, error) { return secret, nil },
 		Announce:     d.announce, GetPeers: d.getPeers,
@@ -899,7 +899,7 @@ func TestRendezvousSchedule(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer c.close()
-	if err := c.addContact("bob", testKey(2)); err != nil {
+	if err := c.addContact("bob", chatKey(2)); err != nil {
 		t.Fatal(err)
 	}
 	c.startSchedule()
@@ -936,10 +936,10 @@ func TestRendezvousSchedule(t *testing.T) {
 	want("65 s: slow now", 1, 13)
 	step(85 * time.Second)
 	want("150 s", 1, 14)
-	c.setOnline(testKey(2), bob)
+	c.setOnline(chatKey(2), bob)
 	step(150 * time.Second) // 300 s after start
 	want("online at 5 min", 2, 14)
-	c.setOffline(testKey(2))
+	c.setOffline(chatKey(2))
 	step(0)
 	want("offline again: fast lookups", 2, 15)
 	step(5 * time.Second)
@@ -962,10 +962,10 @@ func TestRendezvousSchedule(t *testing.T) {
 }
 
 func TestBackoff(t *testing.T) {
-	clock := &fakeClock{t: time.Date(2026, 11, 25, 12, 0, 0, 0, time.UTC)}
+	clock := &chatClock{t: time.Date(2026, 11, 25, 12, 0, 0, 0, time.UTC)}
 	var mu sync.Mutex
 	var sent []chatFrame
-	c, l := testChat(t, t.TempDir(), testKey(1), func(_ publicKey, b []byte) error {
+	c, l := testChat(t, t.TempDir(), chatKey(1), func(_ publicKey, b []byte) error {
 		f, err := parseChatFrame(b)
 		if err != nil {
 			t.Error(err)
@@ -976,7 +976,7 @@ func TestBackoff(t *testing.T) {
 		return nil
 	}, clock.now)
 	defer c.close()
-	c.addContact("bob", testKey(2))
+	c.addContact("bob", chatKey(2))
 	count := func() int { mu.Lock(); defer mu.Unlock(); n := len(sent); sent = nil; return n }
 	if _, err := c.send(context.Background(), "bob", "x"); err != nil {
 		t.Fatal(err)
@@ -998,21 +998,21 @@ func TestBackoff(t *testing.T) {
 		}
 	}
 	// A new session sends at once and restarts the backoff.
-	c.setOnline(testKey(2), netip.MustParseAddrPort("192.0.2.1:1"))
+	c.setOnline(chatKey(2), netip.MustParseAddrPort("192.0.2.1:1"))
 	c.outWG.Wait()
 	clock.add(200 * time.Millisecond)
 	c.retransmit()
 	if n := count(); n != 2 {
 		t.Fatalf("online + 200 ms: %d frames, want 2", n)
 	}
-	stream := c.peers[testKey(2)].stream
+	stream := c.peers[chatKey(2)].stream
 	// Two more; bob holds 3 (bit 1 above cumulative 1), 2 is a hole.
 	c.send(context.Background(), "bob", "y")
 	c.send(context.Background(), "bob", "z")
 	count()
 	clock.add(fastRetransmit)
 	ack := chatFrame{Type: chatFrameAck, Stream: stream, Seq: 1, Sack: []byte{0x40}}
-	c.handlePayload(testKey(2), netip.AddrPort{}, ack.appendTo(nil))
+	c.handlePayload(chatKey(2), netip.AddrPort{}, ack.appendTo(nil))
 	c.outWG.Wait()
 	mu.Lock()
 	got := slices.Clone(sent)
@@ -1038,13 +1038,13 @@ func TestBackoff(t *testing.T) {
 		{Type: chatFrameAck, Stream: stream + 1, Seq: 3},
 		{Type: chatFrameAck, Stream: stream, Seq: 4},
 	} {
-		c.handlePayload(testKey(2), netip.AddrPort{}, bad.appendTo(nil))
+		c.handlePayload(chatKey(2), netip.AddrPort{}, bad.appendTo(nil))
 	}
 	if ci, _ := c.contactByName("bob"); ci.Outbox != 2 {
 		t.Fatalf("outbox %d after bogus acks, want 2", ci.Outbox)
 	}
 	ack = chatFrame{Type: chatFrameAck, Stream: stream, Seq: 3}
-	c.handlePayload(testKey(2), netip.AddrPort{}, ack.appendTo(nil))
+	c.handlePayload(chatKey(2), netip.AddrPort{}, ack.appendTo(nil))
 	clock.add(time.Minute)
 	c.retransmit()
 	if ci, _ := c.contactByName("bob"); ci.Outbox != 0 || count() != 0 || len(l.of(eventDelivered)) != 3 {
@@ -1057,7 +1057,7 @@ func TestBackoff(t *testing.T) {
 // commit). The session send is a no-op, so messages stay in the outboxes of
 // 200 contacts (below the per-contact cap).
 func BenchmarkOutboxAppend(b *testing.B) {
-	c, _ := testChat(b, b.TempDir(), testKey(1), func(publicKey, []byte) error { return nil }, nil)
+	c, _ := testChat(b, b.TempDir(), chatKey(1), func(publicKey, []byte) error { return nil }, nil)
 	defer c.close()
 	const contacts = 200
 	for i := range contacts {
@@ -1095,7 +1095,7 @@ func BenchmarkOutboxAppend(b *testing.B) {
 // to back in process (no loss): durable outbox, frames, delivery with the
 // receiver's durable "delivered" records, acks.
 func BenchmarkDeliver(b *testing.B) {
-	ka, kb := testKey(0xa0), testKey(0xb0)
+	ka, kb := chatKey(0xa0), chatKey(0xb0)
 	var a, bob *chat
 	var delivered, received atomic.Int64
 	cfg := func(dir string, self publicKey, send func(publicKey, []byte) error) chatConfig {
@@ -1163,7 +1163,7 @@ func BenchmarkDeliver(b *testing.B) {
 // FuzzOutbox: whatever parseOutbox accepts re-encodes, record by record, to
 // exactly the intact prefix it reported; on error nothing is returned.
 func FuzzOutbox(f *testing.F) {
-	k := testKey(2)
+	k := chatKey(2)
 	log := []byte(outboxMagic)
 	for _, r := range []outboxRec{
 		{Type: recStream, Key: k, Stream: 7, Seq: 1},
@@ -1196,7 +1196,7 @@ func FuzzOutbox(f *testing.F) {
 }
 
 func TestReAddStartsNewStream(t *testing.T) {
-	p := newPair(t, 0)
+	p := newChatPair(t, 0)
 	p.connect()
 	defer p.close(t)
 	if _, err := p.a.send(context.Background(), "bob", "one"); err != nil {
@@ -1224,8 +1224,8 @@ func TestReAddStartsNewStream(t *testing.T) {
 }
 
 func TestGroupCommit(t *testing.T) {
-	c, l := testChat(t, t.TempDir(), testKey(1), func(publicKey, []byte) error { return nil }, nil)
-	if err := c.addContact("bob", testKey(2)); err != nil {
+	c, l := testChat(t, t.TempDir(), chatKey(1), func(publicKey, []byte) error { return nil }, nil)
+	if err := c.addContact("bob", chatKey(2)); err != nil {
 		t.Fatal(err)
 	}
 	const n = 64
