@@ -21,19 +21,27 @@
 package main
 
 import (
+	"bytes"
+	"context"
 	"crypto/cipher"
 	"crypto/ecdh"
 	"crypto/hmac"
+	cryptorand "crypto/rand"
 	"encoding/binary"
 	"encoding/hex"
 	"errors"
 	"fmt"
 	"hash"
 	"io"
+	"log/slog"
+	"net/netip"
 	"os"
 	"path/filepath"
+	"reflect"
 	"strings"
+	"sync"
 	"sync/atomic"
+	"time"
 
 	"golang.org/x/crypto/blake2s"
 	"golang.org/x/crypto/chacha20poly1305"
@@ -804,4 +812,1327 @@ func loadOrCreateIdentity(dir string, rand io.Reader) (*identity, error) {
 		return nil, fmt.Errorf("identity: %w", err)
 	}
 	return id, nil
+}
+
+// ---------------------------------------------------------------------------
+// Wire format (SPEC.md 4.3). Every message starts with a 4-byte header: the
+// type, then three zero bytes (keeps the fields 4-byte aligned, as in
+// WireGuard). Indices and the counter are little-endian, like the Noise
+// nonce they feed.
+
+const (
+	// sessionPrologue is the Noise prologue: it names our protocol and its
+	// version, so a handshake cannot be replayed into another protocol.
+	sessionPrologue = "kadchat session v1"
+
+	headerLen    = 4
+	indexLen     = 4
+	macLen       = 16
+	cookieLen    = 16
+	timestampLen = 12 // TAI64N
+	counterLen   = 8
+	xNonceLen    = 24 // XChaCha20-Poly1305
+
+	initiationOffSender    = 4
+	initiationOffEphemeral = 8
+	initiationOffStatic    = 40 // 32 + 16
+	initiationOffTimestamp = 88 // 12 + 16
+	initiationOffMAC1      = 116
+	initiationOffMAC2      = 132
+	initiationSize         = 148
+	responseOffSender      = 4
+	responseOffReceiver    = 8
+	responseOffEphemeral   = 12
+	responseOffEmpty       = 44 // 0 + 16
+	responseOffMAC1        = 60
+	responseOffMAC2        = 76
+	responseSize           = 92
+	cookieOffReceiver      = 4
+	cookieOffNonce         = 8
+	cookieOffCookie        = 32 // 16 + 16
+	cookieReplySize        = 64
+	transportOffReceiver   = 4
+	transportOffCounter    = 8
+	transportOffData       = 16
+	transportMinSize       = transportOffData + noiseTagLen                    // a keepalive: 32
+	maxTransportSize       = 1200                                              // whole datagram
+	maxTransportPayload    = maxTransportSize - transportOffData - noiseTagLen // 1168
+
+	labelMAC1   = "kadchat mac1 v1"
+	labelCookie = "kadchat cookie v1"
+)
+
+var errMalformed = errors.New("session: malformed packet")
+
+// initiationMsg is a parsed initiation; the Noise part is still sealed.
+type initiationMsg struct {
+	sender    uint32
+	ephemeral [noiseDHLen]byte
+	static    [noiseDHLen + noiseTagLen]byte
+	timestamp [timestampLen + noiseTagLen]byte
+	mac1      [macLen]byte
+	mac2      [macLen]byte
+}
+
+type responseMsg struct {
+	sender, receiver uint32
+	ephemeral        [noiseDHLen]byte
+	empty            [noiseTagLen]byte
+	mac1             [macLen]byte
+	mac2             [macLen]byte
+}
+
+type cookieReplyMsg struct {
+	receiver uint32
+	nonce    [xNonceLen]byte
+	cookie   [cookieLen + noiseTagLen]byte
+}
+
+// transportMsg aliases the datagram: data is the ciphertext with its tag.
+type transportMsg struct {
+	receiver uint32
+	counter  uint64
+	data     []byte
+}
+
+// checkHeader accepts exactly the given type followed by three zero bytes.
+func checkHeader(b []byte, typ byte) bool {
+	return len(b) >= headerLen && b[0] == typ && b[1] == 0 && b[2] == 0 && b[3] == 0
+}
+
+func parseInitiation(b []byte) (initiationMsg, error) {
+	if len(b) != initiationSize || !checkHeader(b, packetInitiation) {
+		return initiationMsg{}, fmt.Errorf("%w: initiation", errMalformed)
+	}
+	var m initiationMsg
+	m.sender = binary.LittleEndian.Uint32(b[initiationOffSender:])
+	copy(m.ephemeral[:], b[initiationOffEphemeral:initiationOffStatic])
+	copy(m.static[:], b[initiationOffStatic:initiationOffTimestamp])
+	copy(m.timestamp[:], b[initiationOffTimestamp:initiationOffMAC1])
+	copy(m.mac1[:], b[initiationOffMAC1:initiationOffMAC2])
+	copy(m.mac2[:], b[initiationOffMAC2:])
+	return m, nil
+}
+
+func (m *initiationMsg) appendTo(dst []byte) []byte {
+	dst = append(dst, packetInitiation, 0, 0, 0)
+	dst = binary.LittleEndian.AppendUint32(dst, m.sender)
+	dst = append(dst, m.ephemeral[:]...)
+	dst = append(dst, m.static[:]...)
+	dst = append(dst, m.timestamp[:]...)
+	dst = append(dst, m.mac1[:]...)
+	return append(dst, m.mac2[:]...)
+}
+
+func parseResponse(b []byte) (responseMsg, error) {
+	if len(b) != responseSize || !checkHeader(b, packetResponse) {
+		return responseMsg{}, fmt.Errorf("%w: response", errMalformed)
+	}
+	var m responseMsg
+	m.sender = binary.LittleEndian.Uint32(b[responseOffSender:])
+	m.receiver = binary.LittleEndian.Uint32(b[responseOffReceiver:])
+	copy(m.ephemeral[:], b[responseOffEphemeral:responseOffEmpty])
+	copy(m.empty[:], b[responseOffEmpty:responseOffMAC1])
+	copy(m.mac1[:], b[responseOffMAC1:responseOffMAC2])
+	copy(m.mac2[:], b[responseOffMAC2:])
+	return m, nil
+}
+
+func (m *responseMsg) appendTo(dst []byte) []byte {
+	dst = append(dst, packetResponse, 0, 0, 0)
+	dst = binary.LittleEndian.AppendUint32(dst, m.sender)
+	dst = binary.LittleEndian.AppendUint32(dst, m.receiver)
+	dst = append(dst, m.ephemeral[:]...)
+	dst = append(dst, m.empty[:]...)
+	dst = append(dst, m.mac1[:]...)
+	return append(dst, m.mac2[:]...)
+}
+
+func parseCookieReply(b []byte) (cookieReplyMsg, error) {
+	if len(b) != cookieReplySize || !checkHeader(b, packetCookieReply) {
+		return cookieReplyMsg{}, fmt.Errorf("%w: cookie reply", errMalformed)
+	}
+	var m cookieReplyMsg
+	m.receiver = binary.LittleEndian.Uint32(b[cookieOffReceiver:])
+	copy(m.nonce[:], b[cookieOffNonce:cookieOffCookie])
+	copy(m.cookie[:], b[cookieOffCookie:])
+	return m, nil
+}
+
+func (m *cookieReplyMsg) appendTo(dst []byte) []byte {
+	dst = append(dst, packetCookieReply, 0, 0, 0)
+	dst = binary.LittleEndian.AppendUint32(dst, m.receiver)
+	dst = append(dst, m.nonce[:]...)
+	return append(dst, m.cookie[:]...)
+}
+
+// parseTransport checks the header and size only; the data authenticates
+// later.
+func parseTransport(b []byte) (transportMsg, error) {
+	if len(b) < transportMinSize || len(b) > maxTransportSize || !checkHeader(b, packetTransport) {
+		return transportMsg{}, fmt.Errorf("%w: transport", errMalformed)
+	}
+	return transportMsg{
+		receiver: binary.LittleEndian.Uint32(b[transportOffReceiver:]),
+		counter:  binary.LittleEndian.Uint64(b[transportOffCounter:]),
+		data:     b[transportOffData:],
+	}, nil
+}
+
+// ---------------------------------------------------------------------------
+// MACs and cookies (SPEC.md 4.5), as WireGuard: mac1 proves the sender knows
+// the receiver's public key; mac2 proves, under load, that it can receive at
+// its source address.
+
+// keyedMAC is MAC(key, data...) = keyed BLAKE2s with a 16-byte output.
+func keyedMAC(key []byte, data ...[]byte) [macLen]byte {
+	h, _ := blake2s.New128(key)
+	for _, d := range data {
+		h.Write(d)
+	}
+	var out [macLen]byte
+	h.Sum(out[:0])
+	return out
+}
+
+// mac1Key and cookieKey are derived from the public key of the party that
+// receives the message (mac1) or sends the cookie reply (cookie).
+func mac1Key(pub publicKey) [32]byte     { return noiseHash([]byte(labelMAC1), pub[:]) }
+func cookieKeyOf(pub publicKey) [32]byte { return noiseHash([]byte(labelCookie), pub[:]) }
+
+// addrBytes is the source address as the cookie covers it: the IP (4 or 16
+// bytes) then the port, big-endian.
+func addrBytes(a netip.AddrPort) []byte {
+	ip := a.Addr().Unmap().AsSlice()
+	return binary.BigEndian.AppendUint16(ip, a.Port())
+}
+
+// ---------------------------------------------------------------------------
+// The IKpsk2 handshake steps (SPEC.md 4.4), independent of the session
+// manager's tables: each step checks and advances the stage.
+
+// handshakeStage is where a handshake is; each step requires the stage
+// before it, so no step runs out of order.
+type handshakeStage uint8
+
+const (
+	stageZeroed handshakeStage = iota
+	stageInitiationCreated
+	stageInitiationConsumed
+	stageResponseCreated
+	stageResponseConsumed
+	stageDone // split: only the transport keys remain
+)
+
+func (s handshakeStage) String() string {
+	switch s {
+	case stageZeroed:
+		return "zeroed"
+	case stageInitiationCreated:
+		return "initiation created"
+	case stageInitiationConsumed:
+		return "initiation consumed"
+	case stageResponseCreated:
+		return "response created"
+	case stageResponseConsumed:
+		return "response consumed"
+	case stageDone:
+		return "done"
+	}
+	return fmt.Sprintf("stage(%d)", uint8(s))
+}
+
+// sessionHandshake is one IKpsk2 handshake with one peer.
+type sessionHandshake struct {
+	stage       handshakeStage
+	hs          handshakeState
+	peer        publicKey // the remote static key
+	localIndex  uint32
+	remoteIndex uint32
+	timestamp   [timestampLen]byte // the initiator's, as received or sent
+}
+
+// sessionPSK is the psk slot: zeros for now (SPEC.md 4.4 says what may go
+// there later without changing the wire format).
+var sessionPSK [noiseKeyLen]byte
+
+func (h *sessionHandshake) advance(from, to handshakeStage) error {
+	if h.stage != from {
+		return fmt.Errorf("%w: %v -> %v from %v", errNoiseOrder, from, to, h.stage)
+	}
+	h.stage = to
+	return nil
+}
+
+// createInitiation writes "-> e, es, s, ss" with the timestamp as payload.
+// mac1 and mac2 are left zero for the caller.
+func (h *sessionHandshake) createInitiation(id *identity, peer publicKey, index uint32, ts [timestampLen]byte, rand io.Reader, dh *dhCounter) (initiationMsg, error) {
+	if err := h.advance(stageZeroed, stageInitiationCreated); err != nil {
+		return initiationMsg{}, err
+	}
+	rs := [noiseDHLen]byte(peer)
+	h.hs.initialize(handshakeParams{pattern: &patternIKpsk2, initiator: true, prologue: []byte(sessionPrologue),
+		s: &id.kp, rs: &rs, psk: sessionPSK, rand: rand, dh: dh})
+	h.peer, h.localIndex, h.timestamp = peer, index, ts
+	var buf [initiationOffMAC1 - initiationOffEphemeral]byte
+	// e, es, s, ss, then the encrypted timestamp.
+	out, err := h.hs.writeMessage(buf[:0], ts[:])
+	if err != nil || len(out) != len(buf) {
+		return initiationMsg{}, fmt.Errorf("session: initiation: %v", err)
+	}
+	m := initiationMsg{sender: index}
+	copy(m.ephemeral[:], out)
+	copy(m.static[:], out[noiseDHLen:])
+	copy(m.timestamp[:], out[initiationOffTimestamp-initiationOffEphemeral:])
+	return m, nil
+}
+
+// consumeInitiation reads "-> e, es, s, ss" and the timestamp. It learns
+// the initiator's static key; the caller decides whether it is a contact.
+func (h *sessionHandshake) consumeInitiation(id *identity, m *initiationMsg, dh *dhCounter) error {
+	if err := h.advance(stageZeroed, stageInitiationConsumed); err != nil {
+		return err
+	}
+	h.hs.initialize(handshakeParams{pattern: &patternIKpsk2, prologue: []byte(sessionPrologue),
+		s: &id.kp, psk: sessionPSK, dh: dh})
+	var msg [initiationOffMAC1 - initiationOffEphemeral]byte
+	copy(msg[:], m.ephemeral[:])
+	copy(msg[noiseDHLen:], m.static[:])
+	copy(msg[initiationOffTimestamp-initiationOffEphemeral:], m.timestamp[:])
+	ts, err := h.hs.readMessage(h.timestamp[:0], msg[:])
+	if err != nil || len(ts) != timestampLen {
+		h.hs.erase()
+		return fmt.Errorf("session: initiation: %w", errNoiseDecrypt)
+	}
+	h.peer, h.remoteIndex = h.hs.rs, m.sender
+	return nil
+}
+
+// createResponse writes "<- e, ee, se, psk" with an empty payload.
+func (h *sessionHandshake) createResponse(index uint32, rand io.Reader) (responseMsg, error) {
+	if err := h.advance(stageInitiationConsumed, stageResponseCreated); err != nil {
+		return responseMsg{}, err
+	}
+	h.hs.rand = rand
+	h.localIndex = index
+	var buf [responseOffMAC1 - responseOffEphemeral]byte
+	out, err := h.hs.writeMessage(buf[:0], nil)
+	if err != nil || len(out) != len(buf) {
+		return responseMsg{}, fmt.Errorf("session: response: %v", err)
+	}
+	m := responseMsg{sender: index, receiver: h.remoteIndex}
+	copy(m.ephemeral[:], out)
+	copy(m.empty[:], out[noiseDHLen:])
+	return m, nil
+}
+
+// consumeResponse reads "<- e, ee, se, psk" and its empty payload.
+func (h *sessionHandshake) consumeResponse(m *responseMsg) error {
+	if err := h.advance(stageInitiationCreated, stageResponseConsumed); err != nil {
+		return err
+	}
+	var msg [responseOffMAC1 - responseOffEphemeral]byte
+	copy(msg[:], m.ephemeral[:])
+	copy(msg[noiseDHLen:], m.empty[:])
+	if _, err := h.hs.readMessage(nil, msg[:]); err != nil {
+		h.stage = stageInitiationCreated // a forged response must not end a real handshake
+		return fmt.Errorf("session: response: %w", err)
+	}
+	h.remoteIndex = m.sender
+	return nil
+}
+
+// beginSession splits and erases the handshake: send and receive keys from
+// this side's point of view.
+func (h *sessionHandshake) beginSession() (send, recv [noiseKeyLen]byte, err error) {
+	initiator := h.stage == stageResponseConsumed
+	if h.stage != stageResponseConsumed && h.stage != stageResponseCreated {
+		return send, recv, fmt.Errorf("%w: split in stage %v", errNoiseOrder, h.stage)
+	}
+	h.stage = stageDone
+	k1, k2, _ := h.hs.splitAndErase()
+	if initiator {
+		return k1, k2, nil
+	}
+	return k2, k1, nil
+}
+
+func (h *sessionHandshake) erase() {
+	h.hs.erase()
+	h.stage = stageDone
+}
+
+// tai64n is the TAI64N label of t: 8 bytes of seconds since 1970 offset by
+// 2^62 + 10, then 4 bytes of nanoseconds, big-endian. The nanoseconds are
+// rounded down to 2^24 ns (about 17 ms), as WireGuard does, so the
+// timestamp does not reveal the sender's clock precisely.
+func tai64n(t time.Time) [timestampLen]byte {
+	var ts [timestampLen]byte
+	binary.BigEndian.PutUint64(ts[:], uint64(1)<<62+10+uint64(t.Unix()))
+	binary.BigEndian.PutUint32(ts[8:], uint32(t.Nanosecond())&^(1<<24-1))
+	return ts
+}
+
+// nextTimestamp is tai64n(t), but always greater than prev: two initiations
+// within the rounding step must still be accepted in order.
+func nextTimestamp(t time.Time, prev [timestampLen]byte) [timestampLen]byte {
+	ts := tai64n(t)
+	if bytes.Compare(ts[:], prev[:]) > 0 {
+		return ts
+	}
+	ts = prev
+	for i := timestampLen - 1; i >= 0; i-- {
+		ts[i]++
+		if ts[i] != 0 {
+			break
+		}
+	}
+	return ts
+}
+
+// ---------------------------------------------------------------------------
+// Transport keypairs (SPEC.md 4.6).
+
+// rejectAfterMessages is the last counter a keypair may use: a nonce must
+// never repeat, and the replay window needs headroom below 2^64.
+const rejectAfterMessages = ^uint64(0) - (1 << 13)
+
+var (
+	errKeypairExpired = errors.New("session: keys expired")
+	errReplay         = errors.New("session: replayed or too old packet")
+)
+
+// keypair is one session's transport state: a key per direction (Split),
+// the send counter and the receive replay window. The AEADs are built once
+// so the packet path allocates nothing.
+type keypair struct {
+	mu          sync.Mutex // guards replay, wiped and the AEAD keys (wipe)
+	send, recv  cipher.AEAD
+	sendCounter atomic.Uint64
+	replay      replayWindow
+	wiped       bool
+	localIndex  uint32
+	remoteIndex uint32
+	created     time.Time
+	initiator   bool
+}
+
+func newKeypair(send, recv [noiseKeyLen]byte, local, remote uint32, initiator bool, now time.Time) *keypair {
+	s, _ := chacha20poly1305.New(send[:])
+	r, _ := chacha20poly1305.New(recv[:])
+	wipe(send[:])
+	wipe(recv[:])
+	return &keypair{send: s, recv: r, localIndex: local, remoteIndex: remote, initiator: initiator, created: now}
+}
+
+// seal appends a whole transport packet carrying p to dst[:0]; dst should
+// have room for len(p)+32 bytes so nothing is allocated.
+func (kp *keypair) seal(dst, p []byte) ([]byte, error) {
+	n := kp.sendCounter.Add(1) - 1
+	if n >= rejectAfterMessages {
+		return nil, errKeypairExpired
+	}
+	dst = append(dst[:0], packetTransport, 0, 0, 0)
+	dst = binary.LittleEndian.AppendUint32(dst, kp.remoteIndex)
+	dst = binary.LittleEndian.AppendUint64(dst, n)
+	nonce := noiseNonce(n)
+	kp.mu.Lock()
+	defer kp.mu.Unlock()
+	if kp.wiped {
+		return nil, errKeypairExpired
+	}
+	return kp.send.Seal(dst, nonce[:], p, nil), nil
+}
+
+// open authenticates m and returns its plaintext appended to dst[:0]. The
+// replay window is checked before and updated only after authentication.
+func (kp *keypair) open(dst []byte, m *transportMsg) ([]byte, error) {
+	nonce := noiseNonce(m.counter)
+	kp.mu.Lock()
+	defer kp.mu.Unlock()
+	if kp.wiped || m.counter >= rejectAfterMessages {
+		return nil, errKeypairExpired
+	}
+	if !kp.replay.check(m.counter) {
+		return nil, errReplay
+	}
+	out, err := kp.recv.Open(dst[:0], nonce[:], m.data, nil)
+	if err != nil {
+		return nil, errNoiseDecrypt
+	}
+	if !kp.replay.accept(m.counter) {
+		return nil, errReplay
+	}
+	return out, nil
+}
+
+// wipe overwrites both transport keys with zeros; the keypair refuses all
+// further use.
+func (kp *keypair) wipe() {
+	if kp == nil {
+		return
+	}
+	kp.mu.Lock()
+	defer kp.mu.Unlock()
+	if kp.wiped {
+		return
+	}
+	kp.wiped = true
+	wipeAEAD(kp.send)
+	wipeAEAD(kp.recv)
+	kp.replay = replayWindow{}
+}
+
+// wipeAEAD zeroes the key inside an x/crypto ChaCha20-Poly1305 AEAD. The
+// package keeps its key in an unexported [32]byte, the only field of the
+// struct the AEAD points to; we check that layout by reflection before
+// writing, and do nothing if a future version changes it
+// (TestWipeAEAD notices). Without this the retired key would stay in memory
+// until the garbage collector reuses it.
+func wipeAEAD(a cipher.AEAD) bool {
+	v := reflect.ValueOf(a)
+	if v.Kind() != reflect.Pointer || v.IsNil() {
+		return false
+	}
+	t := v.Elem().Type()
+	if t.Kind() != reflect.Struct || t.NumField() != 1 || t.Field(0).Name != "key" ||
+		t.Field(0).Type != reflect.TypeFor[[noiseKeyLen]byte]() {
+		return false
+	}
+	clear((*[noiseKeyLen]byte)(v.UnsafePointer())[:])
+	return true
+}
+
+// ---------------------------------------------------------------------------
+// The session manager (SPEC.md 4.6-4.8): peers, indices, timers.
+
+// Default timers, as WireGuard's (SPEC.md 4.7). sessionConfig fields of the
+// same names override them (tests shorten them).
+const (
+	defaultRekeyAfterTime     = 120 * time.Second
+	defaultRejectAfterTime    = 180 * time.Second
+	defaultRekeyTimeout       = 5 * time.Second
+	defaultRekeyAttemptTime   = 90 * time.Second
+	defaultRekeyAfterMessages = uint64(1) << 60
+	defaultLoadThreshold      = 64 // handshake messages per second before cookies
+	defaultTickInterval       = 250 * time.Millisecond
+	cookieRefreshTime         = 120 * time.Second
+	maxQueuedPerPeer          = 128
+)
+
+type sessionConfig struct {
+	Identity    *identity
+	Send        func(to netip.AddrPort, b []byte) error
+	Allowed     func(peer publicKey) bool                                   // is peer a contact?
+	Deliver     func(peer publicKey, from netip.AddrPort, plaintext []byte) // plaintext valid only during call
+	Established func(peer publicKey, addr netip.AddrPort)                   // a new session (also after rekey/roam: addr may differ)
+	Now         func() time.Time
+	Rand        io.Reader
+	Log         *slog.Logger
+
+	// Timers; zero means the default.
+	RekeyAfterTime     time.Duration
+	RejectAfterTime    time.Duration
+	RekeyTimeout       time.Duration
+	RekeyAttemptTime   time.Duration
+	RekeyAfterMessages uint64
+	LoadThreshold      int // handshake messages per second that put us under load
+	TickInterval       time.Duration
+}
+
+func (c *sessionConfig) setDefaults() {
+	setDur := func(d *time.Duration, def time.Duration) {
+		if *d == 0 {
+			*d = def
+		}
+	}
+	setDur(&c.RekeyAfterTime, defaultRekeyAfterTime)
+	setDur(&c.RejectAfterTime, defaultRejectAfterTime)
+	setDur(&c.RekeyTimeout, defaultRekeyTimeout)
+	setDur(&c.RekeyAttemptTime, defaultRekeyAttemptTime)
+	setDur(&c.TickInterval, defaultTickInterval)
+	if c.RekeyAfterMessages == 0 {
+		c.RekeyAfterMessages = defaultRekeyAfterMessages
+	}
+	if c.LoadThreshold == 0 {
+		c.LoadThreshold = defaultLoadThreshold
+	}
+	if c.Now == nil {
+		c.Now = time.Now
+	}
+	if c.Rand == nil {
+		c.Rand = cryptorand.Reader
+	}
+	if c.Log == nil {
+		c.Log = slog.New(slog.DiscardHandler)
+	}
+	if c.Allowed == nil {
+		c.Allowed = func(publicKey) bool { return false }
+	}
+	if c.Deliver == nil {
+		c.Deliver = func(publicKey, netip.AddrPort, []byte) {}
+	}
+	if c.Established == nil {
+		c.Established = func(publicKey, netip.AddrPort) {}
+	}
+}
+
+// sessionStats counts what the session layer dropped and why; every drop
+// is silent on the wire.
+type sessionStats struct {
+	malformed     atomic.Uint64 // not exactly well-formed
+	badMAC        atomic.Uint64 // mac1 wrong: dropped before any DH
+	cookiesSent   atomic.Uint64
+	handshakeFail atomic.Uint64 // did not authenticate
+	notAllowed    atomic.Uint64 // initiator is not a contact: no reply
+	staleInit     atomic.Uint64 // replayed or older timestamp
+	simultaneous  atomic.Uint64 // initiation dropped by the simultaneous-open rule
+	unknownIndex  atomic.Uint64
+	authFail      atomic.Uint64 // transport packet did not authenticate
+	replayed      atomic.Uint64
+	expired       atomic.Uint64
+	queueDropped  atomic.Uint64
+	delivered     atomic.Uint64
+}
+
+// peer is everything we hold about one contact. Guarded by the manager's mu.
+type peer struct {
+	key       publicKey
+	mac1Key   [32]byte // for messages we send to it
+	cookieKey [32]byte // for cookie replies it sends us
+	endpoint  netip.AddrPort
+
+	hs          *sessionHandshake // our pending initiation, nil if none
+	hsStarted   time.Time         // first attempt of the pending handshake
+	hsLastSent  time.Time
+	lastMAC1    [macLen]byte // of the last handshake message we sent it
+	hasLastMAC1 bool
+	cookie      [cookieLen]byte
+	cookieTime  time.Time
+	hasCookie   bool
+
+	lastTimestamp [timestampLen]byte // greatest accepted from it
+	lastSentTS    [timestampLen]byte
+	lastSend      time.Time
+
+	current  *keypair // sends and receives
+	previous *keypair // receives only, until it expires
+	next     *keypair // responder side, until the initiator's first packet confirms it
+	queue    [][]byte
+}
+
+// indexEntry is what a receiver index names: our pending initiation, or a keypair.
+type indexEntry struct {
+	peer *peer
+	kp   *keypair // nil for a pending handshake
+}
+
+type sessionManager struct {
+	cfg       sessionConfig
+	pub       publicKey
+	mac1Key   [32]byte // for messages sent to us
+	cookieKey [32]byte // for cookie replies we send
+	dh        dhCounter
+	stats     sessionStats
+	bufs      sync.Pool // *[]byte of maxDatagram bytes: zero allocations per packet
+
+	mu              sync.Mutex
+	peers           map[publicKey]*peer
+	index           map[uint32]indexEntry
+	cookieSecret    [32]byte
+	cookieSecretAge time.Time
+	loadStart       time.Time
+	loadCount       int
+	loadUntil       time.Time
+}
+
+func newSessionManager(cfg sessionConfig) *sessionManager {
+	cfg.setDefaults()
+	m := &sessionManager{cfg: cfg, peers: map[publicKey]*peer{}, index: map[uint32]indexEntry{}}
+	m.pub = cfg.Identity.public()
+	m.mac1Key, m.cookieKey = mac1Key(m.pub), cookieKeyOf(m.pub)
+	m.bufs.New = func() any { b := make([]byte, maxDatagram); return &b }
+	return m
+}
+
+// debug logs a drop; the log is quiet unless debugging.
+func (m *sessionManager) debug(msg string, from netip.AddrPort, err error) {
+	m.cfg.Log.Debug("session: "+msg, "from", from, "err", err)
+}
+
+// peerLocked returns the peer record for k, creating it.
+func (m *sessionManager) peerLocked(k publicKey) *peer {
+	p := m.peers[k]
+	if p == nil {
+		p = &peer{key: k, mac1Key: mac1Key(k), cookieKey: cookieKeyOf(k)}
+		m.peers[k] = p
+	}
+	return p
+}
+
+// newIndexLocked picks a random unused receiver index for e.
+func (m *sessionManager) newIndexLocked(e indexEntry) (uint32, error) {
+	var b [indexLen]byte
+	for range 16 {
+		if _, err := io.ReadFull(m.cfg.Rand, b[:]); err != nil {
+			return 0, fmt.Errorf("session: index: %w", err)
+		}
+		i := binary.LittleEndian.Uint32(b[:])
+		if _, used := m.index[i]; !used {
+			m.index[i] = e
+			return i, nil
+		}
+	}
+	return 0, errors.New("session: no free index")
+}
+
+// handlePacket is Node.onSession: b is valid only during the call.
+func (m *sessionManager) handlePacket(from netip.AddrPort, b []byte) {
+	if len(b) == 0 {
+		m.stats.malformed.Add(1)
+		return
+	}
+	switch b[0] {
+	case packetInitiation:
+		m.handleInitiation(from, b)
+	case packetResponse:
+		m.handleResponse(from, b)
+	case packetCookieReply:
+		m.handleCookieReply(from, b)
+	case packetTransport:
+		m.handleTransport(from, b)
+	default:
+		m.stats.malformed.Add(1)
+	}
+}
+
+// checkMACs runs before any DH work: mac1 must be right; under load mac2
+// must be too, or the sender gets a cookie reply instead. It reports
+// whether to go on.
+func (m *sessionManager) checkMACs(from netip.AddrPort, b []byte, offMAC1, offMAC2 int, sender uint32) bool {
+	mac1 := keyedMAC(m.mac1Key[:], b[:offMAC1])
+	if !hmac.Equal(mac1[:], b[offMAC1:offMAC2]) {
+		m.stats.badMAC.Add(1)
+		m.debug("bad mac1", from, nil)
+		return false
+	}
+	now := m.cfg.Now()
+	m.mu.Lock()
+	loaded := m.underLoadLocked(now)
+	var cookie [cookieLen]byte
+	if loaded {
+		cookie = m.cookieLocked(now, from)
+	}
+	m.mu.Unlock()
+	if !loaded {
+		return true
+	}
+	mac2 := keyedMAC(cookie[:], b[:offMAC2])
+	if hmac.Equal(mac2[:], b[offMAC2:offMAC2+macLen]) {
+		return true
+	}
+	m.sendCookieReply(from, sender, mac1, cookie)
+	return false
+}
+
+// underLoadLocked counts a handshake message that passed mac1 and reports
+// whether we are under load: more than LoadThreshold in the current second
+// puts us under load for the next second.
+func (m *sessionManager) underLoadLocked(now time.Time) bool {
+	if now.Sub(m.loadStart) >= time.Second || now.Before(m.loadStart) {
+		m.loadStart, m.loadCount = now, 0
+	}
+	m.loadCount++
+	if m.loadCount > m.cfg.LoadThreshold {
+		m.loadUntil = now.Add(time.Second)
+	}
+	return now.Before(m.loadUntil)
+}
+
+// cookieLocked is MAC(R, source address) with a secret R that changes every
+// cookieRefreshTime.
+func (m *sessionManager) cookieLocked(now time.Time, from netip.AddrPort) [cookieLen]byte {
+	if m.cookieSecretAge.IsZero() || now.Sub(m.cookieSecretAge) >= cookieRefreshTime {
+		if _, err := io.ReadFull(m.cfg.Rand, m.cookieSecret[:]); err != nil {
+			m.debug("cookie secret", from, err)
+		}
+		m.cookieSecretAge = now
+	}
+	return keyedMAC(m.cookieSecret[:], addrBytes(from))
+}
+
+func (m *sessionManager) sendCookieReply(to netip.AddrPort, receiver uint32, mac1 [macLen]byte, cookie [cookieLen]byte) {
+	r := cookieReplyMsg{receiver: receiver}
+	if _, err := io.ReadFull(m.cfg.Rand, r.nonce[:]); err != nil {
+		m.debug("cookie nonce", to, err)
+		return
+	}
+	aead, _ := chacha20poly1305.NewX(m.cookieKey[:])
+	aead.Seal(r.cookie[:0], r.nonce[:], cookie[:], mac1[:])
+	m.stats.cookiesSent.Add(1)
+	m.sendRaw(to, r.appendTo(nil))
+}
+
+func (m *sessionManager) sendRaw(to netip.AddrPort, b []byte) {
+	if err := m.cfg.Send(to, b); err != nil {
+		m.debug("send", to, err)
+	}
+}
+
+// setMACsLocked fills mac1 (and mac2 if we hold a fresh cookie from p) of
+// a handshake message we send to p, and remembers mac1 for a cookie reply.
+func (m *sessionManager) setMACsLocked(p *peer, b []byte, offMAC1, offMAC2 int, now time.Time) {
+	mac1 := keyedMAC(p.mac1Key[:], b[:offMAC1])
+	copy(b[offMAC1:], mac1[:])
+	p.lastMAC1, p.hasLastMAC1 = mac1, true
+	if p.hasCookie && now.Sub(p.cookieTime) < cookieRefreshTime-m.cfg.RekeyTimeout {
+		mac2 := keyedMAC(p.cookie[:], b[:offMAC2])
+		copy(b[offMAC2:], mac2[:])
+	} else {
+		clear(b[offMAC2 : offMAC2+macLen])
+	}
+}
+
+// handleInitiation: parse, mac1 (and mac2 under load) before any DH, then
+// the Noise message, then the contact and timestamp checks, then the
+// simultaneous-open rule, then the response.
+func (m *sessionManager) handleInitiation(from netip.AddrPort, b []byte) {
+	msg, err := parseInitiation(b)
+	if err != nil {
+		m.stats.malformed.Add(1)
+		m.debug("drop", from, err)
+		return
+	}
+	if !m.checkMACs(from, b, initiationOffMAC1, initiationOffMAC2, msg.sender) {
+		return
+	}
+	h := &sessionHandshake{}
+	if err := h.consumeInitiation(m.cfg.Identity, &msg, &m.dh); err != nil {
+		m.stats.handshakeFail.Add(1)
+		m.debug("initiation", from, err)
+		return
+	}
+	if !m.cfg.Allowed(h.peer) {
+		// Stay silent: a stranger learns nothing, not even that we exist.
+		h.erase()
+		m.stats.notAllowed.Add(1)
+		m.debug("initiation from a stranger", from, nil)
+		return
+	}
+	out, err := m.respond(from, h)
+	if err != nil {
+		h.erase()
+		m.debug("initiation", from, err)
+		return
+	}
+	m.sendRaw(from, out)
+}
+
+// respond applies the per-peer rules to an authenticated initiation and
+// returns the response to send.
+func (m *sessionManager) respond(from netip.AddrPort, h *sessionHandshake) ([]byte, error) {
+	now := m.cfg.Now()
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	p := m.peerLocked(h.peer)
+	if bytes.Compare(h.timestamp[:], p.lastTimestamp[:]) <= 0 {
+		m.stats.staleInit.Add(1)
+		return nil, errors.New("session: replayed or old initiation")
+	}
+	if !m.yieldLocked(p, now) {
+		m.stats.simultaneous.Add(1)
+		return nil, errors.New("session: simultaneous open, keeping ours")
+	}
+	p.lastTimestamp = h.timestamp
+	p.endpoint = from
+	local, err := m.newIndexLocked(indexEntry{peer: p})
+	if err != nil {
+		return nil, err
+	}
+	resp, err := h.createResponse(local, m.cfg.Rand)
+	if err != nil {
+		delete(m.index, local)
+		return nil, err
+	}
+	send, recv, err := h.beginSession()
+	if err != nil {
+		delete(m.index, local)
+		return nil, err
+	}
+	kp := newKeypair(send, recv, local, h.remoteIndex, false, now)
+	m.index[local] = indexEntry{peer: p, kp: kp}
+	m.retireLocked(p.next)
+	p.next = kp
+	out := resp.appendTo(make([]byte, 0, responseSize))
+	m.setMACsLocked(p, out, responseOffMAC1, responseOffMAC2, now)
+	return out, nil
+}
+
+// yieldLocked is the simultaneous-open rule (SPEC.md 4.8): when both sides
+// initiate at once, the initiation of the side with the lower static public
+// key wins. It reports whether we should answer p's initiation; if so our
+// own pending initiation is abandoned (its queue is kept and goes out on
+// the surviving session). It also ignores an initiation that arrives just
+// after our own initiation succeeded: it was sent before the peer saw ours.
+func (m *sessionManager) yieldLocked(p *peer, now time.Time) bool {
+	if c := p.current; c != nil && c.initiator && now.Sub(c.created) < m.cfg.RekeyTimeout && bytes.Compare(m.pub[:], p.key[:]) < 0 {
+		return false
+	}
+	if p.hs == nil {
+		return true
+	}
+	if bytes.Compare(m.pub[:], p.key[:]) < 0 {
+		return false
+	}
+	m.abandonLocked(p)
+	return true
+}
+
+// abandonLocked erases our pending initiation to p.
+func (m *sessionManager) abandonLocked(p *peer) {
+	if p.hs == nil {
+		return
+	}
+	delete(m.index, p.hs.localIndex)
+	p.hs.erase()
+	p.hs = nil
+	p.hsStarted = time.Time{}
+}
+
+// retireLocked forgets a keypair and erases its keys.
+func (m *sessionManager) retireLocked(kp *keypair) {
+	if kp == nil {
+		return
+	}
+	if e, ok := m.index[kp.localIndex]; ok && e.kp == kp {
+		delete(m.index, kp.localIndex)
+	}
+	kp.wipe()
+}
+
+// handleResponse completes our initiation.
+func (m *sessionManager) handleResponse(from netip.AddrPort, b []byte) {
+	msg, err := parseResponse(b)
+	if err != nil {
+		m.stats.malformed.Add(1)
+		m.debug("drop", from, err)
+		return
+	}
+	if !m.checkMACs(from, b, responseOffMAC1, responseOffMAC2, msg.sender) {
+		return
+	}
+	p, err := m.completeHandshake(from, &msg)
+	if err != nil {
+		m.debug("response", from, err)
+		return
+	}
+	m.cfg.Established(p.key, from)
+	m.flush(p, true)
+}
+
+func (m *sessionManager) completeHandshake(from netip.AddrPort, msg *responseMsg) (*peer, error) {
+	now := m.cfg.Now()
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	e, ok := m.index[msg.receiver]
+	if !ok || e.kp != nil || e.peer.hs == nil || e.peer.hs.localIndex != msg.receiver {
+		m.stats.unknownIndex.Add(1)
+		return nil, errors.New("session: response to no pending handshake")
+	}
+	p := e.peer
+	if err := p.hs.consumeResponse(msg); err != nil {
+		m.stats.handshakeFail.Add(1)
+		return nil, err
+	}
+	send, recv, err := p.hs.beginSession()
+	if err != nil {
+		return nil, err
+	}
+	kp := newKeypair(send, recv, p.hs.localIndex, msg.sender, true, now)
+	m.index[kp.localIndex] = indexEntry{peer: p, kp: kp}
+	p.hs, p.hsStarted = nil, time.Time{}
+	m.rotateLocked(p, kp)
+	p.endpoint = from
+	return p, nil
+}
+
+// rotateLocked makes kp the current keypair; the old current one is kept
+// to receive what is still in flight, the one before it is erased.
+func (m *sessionManager) rotateLocked(p *peer, kp *keypair) {
+	if p.next != nil && p.next != kp {
+		m.retireLocked(p.next)
+	}
+	p.next = nil
+	m.retireLocked(p.previous)
+	p.previous, p.current = p.current, kp
+}
+
+// handleCookieReply stores the cookie for the next handshake message to
+// the peer; it authenticates against the mac1 we last sent it.
+func (m *sessionManager) handleCookieReply(from netip.AddrPort, b []byte) {
+	msg, err := parseCookieReply(b)
+	if err != nil {
+		m.stats.malformed.Add(1)
+		m.debug("drop", from, err)
+		return
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	e, ok := m.index[msg.receiver]
+	if !ok || !e.peer.hasLastMAC1 {
+		m.stats.unknownIndex.Add(1)
+		return
+	}
+	p := e.peer
+	aead, _ := chacha20poly1305.NewX(p.cookieKey[:])
+	var cookie [cookieLen]byte
+	if _, err := aead.Open(cookie[:0], msg.nonce[:], msg.cookie[:], p.lastMAC1[:]); err != nil {
+		m.stats.handshakeFail.Add(1)
+		m.debug("cookie reply", from, err)
+		return
+	}
+	p.cookie, p.cookieTime, p.hasCookie = cookie, m.cfg.Now(), true
+	p.hasLastMAC1 = false // one cookie reply per message we sent
+}
+
+// handleTransport authenticates a transport packet and delivers it. It
+// allocates nothing unless the packet confirms a new session or roams.
+func (m *sessionManager) handleTransport(from netip.AddrPort, b []byte) {
+	msg, err := parseTransport(b)
+	if err != nil {
+		m.stats.malformed.Add(1)
+		m.debug("drop", from, err)
+		return
+	}
+	now := m.cfg.Now()
+	m.mu.Lock()
+	e, ok := m.index[msg.receiver]
+	m.mu.Unlock()
+	if !ok || e.kp == nil {
+		m.stats.unknownIndex.Add(1)
+		return
+	}
+	if now.Sub(e.kp.created) >= m.cfg.RejectAfterTime {
+		m.stats.expired.Add(1)
+		return
+	}
+	bp := m.bufs.Get().(*[]byte)
+	defer m.bufs.Put(bp)
+	pt, err := e.kp.open(*bp, &msg)
+	if err != nil {
+		if errors.Is(err, errReplay) {
+			m.stats.replayed.Add(1)
+		} else {
+			m.stats.authFail.Add(1)
+		}
+		return
+	}
+	if m.confirm(e.peer, e.kp, from) {
+		m.cfg.Established(e.peer.key, from)
+		m.flush(e.peer, false)
+	}
+	if len(pt) > 0 {
+		m.stats.delivered.Add(1)
+		m.cfg.Deliver(e.peer.key, from, pt)
+	}
+}
+
+// confirm runs after a packet authenticated on kp: a responder's new
+// keypair becomes current, and a new source address becomes the endpoint.
+// It reports whether the peer's session or address changed.
+func (m *sessionManager) confirm(p *peer, kp *keypair, from netip.AddrPort) bool {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	changed := false
+	if p.next == kp {
+		m.rotateLocked(p, kp)
+		changed = true
+	}
+	if kp == p.current && p.endpoint != from {
+		p.endpoint = from
+		changed = true
+	}
+	return changed
+}
+
+// flush sends the payloads queued for p on its current session. An
+// initiator with nothing queued sends an empty keepalive, which confirms
+// the session to the responder (the responder may not send before that).
+func (m *sessionManager) flush(p *peer, keepalive bool) {
+	m.mu.Lock()
+	kp, to := p.current, p.endpoint
+	q := p.queue
+	p.queue = nil
+	if kp != nil && len(q) > 0 || keepalive {
+		p.lastSend = m.cfg.Now()
+	}
+	m.mu.Unlock()
+	if kp == nil {
+		return
+	}
+	if len(q) == 0 && keepalive {
+		m.sendTransport(kp, to, nil)
+	}
+	for _, b := range q {
+		m.sendTransport(kp, to, b)
+		wipe(b)
+	}
+}
+
+// sendTransport seals p for kp into a pooled buffer and sends it.
+func (m *sessionManager) sendTransport(kp *keypair, to netip.AddrPort, p []byte) error {
+	bp := m.bufs.Get().(*[]byte)
+	defer m.bufs.Put(bp)
+	pkt, err := kp.seal(*bp, p)
+	if err != nil {
+		return err
+	}
+	return m.cfg.Send(to, pkt)
+}
+
+var (
+	errPayloadTooBig = fmt.Errorf("session: payload larger than %d bytes", maxTransportPayload)
+	errNoEndpoint    = errors.New("session: no address known for this contact")
+)
+
+// send encrypts p for peer on the current session, or queues it and starts
+// a handshake.
+func (m *sessionManager) send(peerKey publicKey, p []byte) error {
+	if len(p) > maxTransportPayload {
+		return errPayloadTooBig
+	}
+	now := m.cfg.Now()
+	m.mu.Lock()
+	pr := m.peers[peerKey]
+	if pr == nil || (!pr.endpoint.IsValid() && pr.current == nil) {
+		m.mu.Unlock()
+		return errNoEndpoint
+	}
+	kp, to := m.usableLocked(pr, now), pr.endpoint
+	var init []byte
+	if kp == nil {
+		m.enqueueLocked(pr, p)
+		init = m.maybeInitiateLocked(pr, now)
+	} else {
+		pr.lastSend = now
+		if m.needsRekeyLocked(pr, kp, now) {
+			init = m.maybeInitiateLocked(pr, now)
+		}
+	}
+	m.mu.Unlock()
+	if init != nil {
+		m.sendRaw(to, init)
+	}
+	if kp != nil {
+		return m.sendTransport(kp, to, p)
+	}
+	return nil
+}
+
+// usableLocked is p's current keypair if it may still send.
+func (m *sessionManager) usableLocked(p *peer, now time.Time) *keypair {
+	kp := p.current
+	if kp == nil || now.Sub(kp.created) >= m.cfg.RejectAfterTime || kp.sendCounter.Load() >= rejectAfterMessages {
+		return nil
+	}
+	return kp
+}
+
+// needsRekeyLocked: forward secrecy asks for fresh ephemeral keys after
+// RekeyAfterTime or RekeyAfterMessages. The responder waits RekeyTimeout
+// longer, so the two sides rarely start at once.
+func (m *sessionManager) needsRekeyLocked(p *peer, kp *keypair, now time.Time) bool {
+	if p.hs != nil {
+		return false
+	}
+	after := m.cfg.RekeyAfterTime
+	if !kp.initiator {
+		after += m.cfg.RekeyTimeout
+	}
+	return now.Sub(kp.created) >= after || kp.sendCounter.Load() >= m.cfg.RekeyAfterMessages
+}
+
+// enqueueLocked keeps a copy of b until a session is up; the oldest
+// payload makes room when the queue is full.
+func (m *sessionManager) enqueueLocked(p *peer, b []byte) {
+	if len(p.queue) >= maxQueuedPerPeer {
+		wipe(p.queue[0])
+		p.queue = p.queue[1:]
+		m.stats.queueDropped.Add(1)
+	}
+	p.queue = append(p.queue, bytes.Clone(b))
+}
+
+// maybeInitiateLocked starts a handshake unless one is pending, or we
+// answered p's initiation recently and wait for its first packet.
+func (m *sessionManager) maybeInitiateLocked(p *peer, now time.Time) []byte {
+	if p.hs != nil || !p.endpoint.IsValid() {
+		return nil
+	}
+	if p.next != nil && now.Sub(p.next.created) < m.cfg.RekeyTimeout {
+		return nil
+	}
+	p.hsStarted = now
+	return m.initiateLocked(p, now)
+}
+
+// initiateLocked builds a fresh initiation (new ephemeral key, index and
+// timestamp) to p, replacing any pending one.
+func (m *sessionManager) initiateLocked(p *peer, now time.Time) []byte {
+	if p.hs != nil {
+		delete(m.index, p.hs.localIndex)
+		p.hs.erase()
+		p.hs = nil
+	}
+	idx, err := m.newIndexLocked(indexEntry{peer: p})
+	if err != nil {
+		m.debug("initiate", p.endpoint, err)
+		return nil
+	}
+	h := &sessionHandshake{}
+	ts := nextTimestamp(now, p.lastSentTS)
+	msg, err := h.createInitiation(m.cfg.Identity, p.key, idx, ts, m.cfg.Rand, &m.dh)
+	if err != nil {
+		delete(m.index, idx)
+		m.debug("initiate", p.endpoint, err)
+		return nil
+	}
+	p.lastSentTS = ts
+	p.hs, p.hsLastSent = h, now
+	if p.hsStarted.IsZero() {
+		p.hsStarted = now
+	}
+	out := msg.appendTo(make([]byte, 0, initiationSize))
+	m.setMACsLocked(p, out, initiationOffMAC1, initiationOffMAC2, now)
+	return out
+}
+
+// setEndpoint records where peer can be reached and handshakes if there
+// is no session yet.
+func (m *sessionManager) setEndpoint(peerKey publicKey, addr netip.AddrPort) {
+	now := m.cfg.Now()
+	m.mu.Lock()
+	p := m.peerLocked(peerKey)
+	p.endpoint = addr
+	var init []byte
+	if m.usableLocked(p, now) == nil {
+		init = m.maybeInitiateLocked(p, now)
+	}
+	m.mu.Unlock()
+	if init != nil {
+		m.sendRaw(addr, init)
+	}
+}
+
+// hasSession reports whether peer has a confirmed, unexpired session.
+func (m *sessionManager) hasSession(peerKey publicKey) bool {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	p := m.peers[peerKey]
+	return p != nil && m.usableLocked(p, m.cfg.Now()) != nil
+}
+
+// forget erases everything about peer: a removed contact.
+func (m *sessionManager) forget(peerKey publicKey) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	p := m.peers[peerKey]
+	if p == nil {
+		return
+	}
+	m.abandonLocked(p)
+	m.retireLocked(p.current)
+	m.retireLocked(p.previous)
+	m.retireLocked(p.next)
+	for _, b := range p.queue {
+		wipe(b)
+	}
+	delete(m.peers, peerKey)
+}
+
+// run drives the timers until ctx ends, then erases every session: keys are
+// never written to disk and do not outlive the process.
+func (m *sessionManager) run(ctx context.Context) {
+	t := time.NewTicker(m.cfg.TickInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			m.eraseAll()
+			return
+		case <-t.C:
+			m.tick()
+		}
+	}
+}
+
+func (m *sessionManager) eraseAll() {
+	m.mu.Lock()
+	keys := make([]publicKey, 0, len(m.peers))
+	for k := range m.peers {
+		keys = append(keys, k)
+	}
+	m.mu.Unlock()
+	for _, k := range keys {
+		m.forget(k)
+	}
+}
+
+// tick runs the timers once: retransmit or give up pending handshakes,
+// rekey busy sessions, erase expired keys.
+func (m *sessionManager) tick() {
+	now := m.cfg.Now()
+	type out struct {
+		to netip.AddrPort
+		b  []byte
+	}
+	var sends []out
+	m.mu.Lock()
+	for _, p := range m.peers {
+		if b := m.tickPeerLocked(p, now); b != nil {
+			sends = append(sends, out{p.endpoint, b})
+		}
+	}
+	m.mu.Unlock()
+	for _, s := range sends {
+		m.sendRaw(s.to, s.b)
+	}
+}
+
+// tickPeerLocked returns an initiation to send, if any.
+func (m *sessionManager) tickPeerLocked(p *peer, now time.Time) []byte {
+	for _, kp := range []**keypair{&p.current, &p.previous, &p.next} {
+		if *kp != nil && now.Sub((*kp).created) >= m.cfg.RejectAfterTime {
+			m.retireLocked(*kp)
+			*kp = nil
+		}
+	}
+	if p.hasCookie && now.Sub(p.cookieTime) >= cookieRefreshTime {
+		wipe(p.cookie[:])
+		p.hasCookie = false
+	}
+	if p.hs != nil {
+		if now.Sub(p.hsStarted) >= m.cfg.RekeyAttemptTime {
+			m.abandonLocked(p)
+			for _, b := range p.queue {
+				wipe(b)
+			}
+			m.stats.queueDropped.Add(uint64(len(p.queue)))
+			p.queue = nil
+			return nil
+		}
+		if now.Sub(p.hsLastSent) >= m.cfg.RekeyTimeout {
+			return m.initiateLocked(p, now)
+		}
+		return nil
+	}
+	if len(p.queue) > 0 && m.usableLocked(p, now) == nil {
+		return m.maybeInitiateLocked(p, now)
+	}
+	// A session in use is rekeyed before it expires, even if only the
+	// other side sends: keys older than RejectAfterTime are refused.
+	if kp := p.current; kp != nil && now.Sub(p.lastSend) < m.cfg.RekeyAfterTime && m.needsRekeyLocked(p, kp, now) {
+		return m.maybeInitiateLocked(p, now)
+	}
+	return nil
 }

@@ -7,10 +7,15 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	mrand "math/rand/v2"
+	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
+	"sync"
 	"testing"
+	"time"
 )
 
 // noiseVector is one test vector from testdata/noise/, normalized from the
@@ -430,4 +435,196 @@ func FuzzParseID(f *testing.F) {
 			t.Fatalf("parsePublicKey(%q) re-encodes to %q", s, k.String())
 		}
 	})
+}
+
+// ---------------------------------------------------------------------------
+// Session tests: an in-process network with an injected clock for the fast
+// deterministic ones, real UDP sockets on 127.0.0.1 for the end-to-end ones.
+
+type testClock struct {
+	mu sync.Mutex
+	t  time.Time
+}
+
+func newTestClock() *testClock { return &testClock{t: time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)} }
+
+func (c *testClock) now() time.Time { c.mu.Lock(); defer c.mu.Unlock(); return c.t }
+
+func (c *testClock) advance(d time.Duration) { c.mu.Lock(); c.t = c.t.Add(d); c.mu.Unlock() }
+
+type fakePacket struct {
+	from, to netip.AddrPort
+	b        []byte
+}
+
+// fakeNet queues datagrams; pump delivers them in order. filter, if set,
+// sees each datagram and may drop it (return false).
+type fakeNet struct {
+	mu     sync.Mutex
+	queue  []fakePacket
+	nodes  map[netip.AddrPort]*testPeer
+	filter func(p fakePacket) bool
+	sent   int
+}
+
+func (n *fakeNet) sendFrom(from netip.AddrPort) func(netip.AddrPort, []byte) error {
+	return func(to netip.AddrPort, b []byte) error {
+		n.mu.Lock()
+		defer n.mu.Unlock()
+		n.sent++
+		n.queue = append(n.queue, fakePacket{from, to, bytes.Clone(b)})
+		return nil
+	}
+}
+
+// take removes and returns the queued datagrams.
+func (n *fakeNet) take() []fakePacket {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	q := n.queue
+	n.queue = nil
+	return q
+}
+
+func (n *fakeNet) deliver(p fakePacket) {
+	if n.filter != nil && !n.filter(p) {
+		return
+	}
+	if dst := n.nodes[p.to]; dst != nil {
+		dst.m.handlePacket(p.from, p.b)
+	}
+}
+
+// pump delivers until nothing is queued (bounded).
+func (n *fakeNet) pump(t *testing.T) {
+	t.Helper()
+	for range 1000 {
+		q := n.take()
+		if len(q) == 0 {
+			return
+		}
+		for _, p := range q {
+			n.deliver(p)
+		}
+	}
+	t.Fatal("fakeNet: pump did not settle")
+}
+
+type testPeer struct {
+	id   *identity
+	m    *sessionManager
+	addr netip.AddrPort
+
+	mu          sync.Mutex
+	got         []string
+	established int
+	contacts    map[publicKey]bool
+}
+
+func (p *testPeer) delivered() []string {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return slices.Clone(p.got)
+}
+
+func testIdentity(t testing.TB, seed byte) *identity {
+	kp, err := newKeyPair(seqBytes(seed, 32))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &identity{kp: kp}
+}
+
+// newTestPeer makes a manager with identity seed on the fake network.
+func newTestPeer(t testing.TB, n *fakeNet, clock *testClock, seed byte, port uint16, tweak func(*sessionConfig)) *testPeer {
+	p := &testPeer{id: testIdentity(t, seed), addr: netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), port), contacts: map[publicKey]bool{}}
+	cfg := sessionConfig{
+		Identity: p.id,
+		Send:     n.sendFrom(p.addr),
+		Allowed:  func(k publicKey) bool { p.mu.Lock(); defer p.mu.Unlock(); return p.contacts[k] },
+		Deliver: func(_ publicKey, _ netip.AddrPort, b []byte) {
+			p.mu.Lock()
+			p.got = append(p.got, string(b))
+			p.mu.Unlock()
+		},
+		Established: func(publicKey, netip.AddrPort) { p.mu.Lock(); p.established++; p.mu.Unlock() },
+		Now:         clock.now,
+		Rand:        mrand.NewChaCha8([32]byte{seed}),
+	}
+	if tweak != nil {
+		tweak(&cfg)
+	}
+	p.m = newSessionManager(cfg)
+	if n.nodes == nil {
+		n.nodes = map[netip.AddrPort]*testPeer{}
+	}
+	n.nodes[p.addr] = p
+	return p
+}
+
+func befriend(a, b *testPeer) {
+	a.contacts[b.id.public()] = true
+	b.contacts[a.id.public()] = true
+}
+
+// newTestPair returns two contacts; a's key is lower than b's, so a wins a
+// simultaneous open.
+func newTestPair(t testing.TB, n *fakeNet, clock *testClock, tweak func(*sessionConfig)) (a, b *testPeer) {
+	a = newTestPeer(t, n, clock, 1, 1001, tweak)
+	b = newTestPeer(t, n, clock, 2, 1002, tweak)
+	if bytes.Compare(a.id.kp.pub[:], b.id.kp.pub[:]) > 0 {
+		a, b = b, a
+	}
+	befriend(a, b)
+	return a, b
+}
+
+// sessionCount is how many keypairs and pending handshakes m holds for k.
+func sessionCount(m *sessionManager, k publicKey) (current, previous, next, pending int) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	p := m.peers[k]
+	if p == nil {
+		return
+	}
+	b2i := func(x bool) int {
+		if x {
+			return 1
+		}
+		return 0
+	}
+	return b2i(p.current != nil), b2i(p.previous != nil), b2i(p.next != nil), b2i(p.hs != nil)
+}
+
+func TestSessionHandshakeAndTransport(t *testing.T) {
+	var n fakeNet
+	clock := newTestClock()
+	a, b := newTestPair(t, &n, clock, nil)
+	a.m.setEndpoint(b.id.public(), b.addr)
+	if err := a.m.send(b.id.public(), []byte("hello")); err != nil {
+		t.Fatal(err)
+	}
+	n.pump(t)
+	if !a.m.hasSession(b.id.public()) || !b.m.hasSession(a.id.public()) {
+		t.Fatal("no session after handshake")
+	}
+	if err := b.m.send(a.id.public(), []byte("hi back")); err != nil {
+		t.Fatal(err)
+	}
+	n.pump(t)
+	if got := b.delivered(); !slices.Equal(got, []string{"hello"}) {
+		t.Errorf("b got %q", got)
+	}
+	if got := a.delivered(); !slices.Equal(got, []string{"hi back"}) {
+		t.Errorf("a got %q", got)
+	}
+	if a.established != 1 || b.established != 1 {
+		t.Errorf("established a=%d b=%d, want 1 1", a.established, b.established)
+	}
+	if err := a.m.send(b.id.public(), make([]byte, maxTransportPayload+1)); !errors.Is(err, errPayloadTooBig) {
+		t.Errorf("oversized send: %v", err)
+	}
+	if err := a.m.send(publicKey{9}, []byte("x")); !errors.Is(err, errNoEndpoint) {
+		t.Errorf("send to unknown: %v", err)
+	}
 }
