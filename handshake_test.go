@@ -3,6 +3,7 @@ package main
 import (
 	"bufio"
 	"bytes"
+	"encoding/binary"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
@@ -626,5 +627,303 @@ func TestSessionHandshakeAndTransport(t *testing.T) {
 	}
 	if err := a.m.send(publicKey{9}, []byte("x")); !errors.Is(err, errNoEndpoint) {
 		t.Errorf("send to unknown: %v", err)
+	}
+}
+
+// firstOfType removes and returns the first queued datagram of type typ.
+func firstOfType(t *testing.T, n *fakeNet, typ byte) fakePacket {
+	t.Helper()
+	q := n.take()
+	for i, p := range q {
+		if p.b[0] == typ {
+			n.mu.Lock()
+			n.queue = append(append(q[:i:i], q[i+1:]...), n.queue...)
+			n.mu.Unlock()
+			return p
+		}
+	}
+	t.Fatalf("no packet of type %d queued", typ)
+	return fakePacket{}
+}
+
+func TestReplayedInitiationDropped(t *testing.T) {
+	var n fakeNet
+	a, b := newTestPair(t, &n, newTestClock(), nil)
+	a.m.setEndpoint(b.id.public(), b.addr)
+	init := firstOfType(t, &n, packetInitiation)
+	n.deliver(init)
+	n.pump(t)
+	if !a.m.hasSession(b.id.public()) {
+		t.Fatal("no session")
+	}
+	sent := n.sent
+	n.deliver(init) // the same initiation again
+	if n.sent != sent || b.m.stats.staleInit.Load() != 1 {
+		t.Errorf("replayed initiation: sent %d more, staleInit %d", n.sent-sent, b.m.stats.staleInit.Load())
+	}
+}
+
+func TestOlderInitiationDropped(t *testing.T) {
+	var n fakeNet
+	clock := newTestClock()
+	a, b := newTestPair(t, &n, clock, nil)
+	a.m.setEndpoint(b.id.public(), b.addr)
+	older := firstOfType(t, &n, packetInitiation)
+	clock.advance(6 * time.Second) // past RekeyTimeout: a retransmits
+	a.m.tick()
+	newer := firstOfType(t, &n, packetInitiation)
+	if bytes.Equal(older.b[initiationOffEphemeral:initiationOffStatic], newer.b[initiationOffEphemeral:initiationOffStatic]) {
+		t.Fatal("retransmission reused the ephemeral key")
+	}
+	n.deliver(newer)
+	sent := n.sent
+	n.deliver(older)
+	if n.sent != sent || b.m.stats.staleInit.Load() != 1 {
+		t.Errorf("older initiation: sent %d, staleInit %d", n.sent-sent, b.m.stats.staleInit.Load())
+	}
+	n.pump(t)
+	if !a.m.hasSession(b.id.public()) {
+		t.Error("the newer initiation did not make a session")
+	}
+}
+
+func TestStrangerGetsNoReply(t *testing.T) {
+	var n fakeNet
+	clock := newTestClock()
+	a, b := newTestPair(t, &n, clock, nil)
+	c := newTestPeer(t, &n, clock, 3, 1003, nil)
+	c.contacts[b.id.public()] = true // c knows b, b does not know c
+	c.m.setEndpoint(b.id.public(), b.addr)
+	init := firstOfType(t, &n, packetInitiation)
+	dh := b.m.dh.n.Load()
+	n.deliver(init)
+	if q := n.take(); len(q) != 0 {
+		t.Errorf("b answered a stranger: %d packets", len(q))
+	}
+	if b.m.stats.notAllowed.Load() != 1 || b.m.dh.n.Load() == dh {
+		t.Errorf("notAllowed %d, dh ops %d", b.m.stats.notAllowed.Load(), b.m.dh.n.Load()-dh)
+	}
+	_ = a
+}
+
+func TestWrongMAC1CostsNoDH(t *testing.T) {
+	var n fakeNet
+	clock := newTestClock()
+	a, b := newTestPair(t, &n, clock, nil)
+	a.m.setEndpoint(b.id.public(), b.addr)
+	init := firstOfType(t, &n, packetInitiation)
+	tests := []struct {
+		name string
+		mut  func([]byte)
+	}{
+		{"flipped mac1", func(p []byte) { p[initiationOffMAC1] ^= 1 }},
+		{"flipped ephemeral", func(p []byte) { p[initiationOffEphemeral] ^= 1 }},
+		{"mac1 for another key", func(p []byte) {
+			k := mac1Key(a.id.public())
+			mac := keyedMAC(k[:], p[:initiationOffMAC1])
+			copy(p[initiationOffMAC1:], mac[:])
+		}},
+	}
+	for _, tt := range tests {
+		p := bytes.Clone(init.b)
+		tt.mut(p)
+		dh, bad := b.m.dh.n.Load(), b.m.stats.badMAC.Load()
+		b.m.handlePacket(a.addr, p)
+		if b.m.dh.n.Load() != dh || b.m.stats.badMAC.Load() != bad+1 || len(n.take()) != 0 {
+			t.Errorf("%s: dh ops %d, badMAC %d", tt.name, b.m.dh.n.Load()-dh, b.m.stats.badMAC.Load()-bad)
+		}
+	}
+	dh := b.m.dh.n.Load()
+	b.m.handlePacket(a.addr, init.b)
+	if got := b.m.dh.n.Load() - dh; got != 5 {
+		t.Errorf("a good initiation cost %d DH operations, want 5 (es, ss, e, ee, se)", got)
+	}
+}
+
+func TestCookieReplyUnderLoad(t *testing.T) {
+	var n fakeNet
+	clock := newTestClock()
+	fast := func(c *sessionConfig) { c.LoadThreshold = 1; c.RekeyTimeout = 100 * time.Millisecond }
+	a, b := newTestPair(t, &n, clock, fast)
+	c := newTestPeer(t, &n, clock, 3, 1003, fast)
+	befriend(b, c)
+	c.m.setEndpoint(b.id.public(), b.addr)
+	n.pump(t) // one handshake: b counts it, not yet loaded
+	a.m.setEndpoint(b.id.public(), b.addr)
+	init := firstOfType(t, &n, packetInitiation)
+	dh := b.m.dh.n.Load()
+	n.deliver(init) // second in this second: loaded, cookie reply
+	q := n.take()
+	if len(q) != 1 || q[0].b[0] != packetCookieReply || len(q[0].b) != cookieReplySize {
+		t.Fatalf("loaded responder sent %d packets, want one cookie reply", len(q))
+	}
+	if b.m.dh.n.Load() != dh {
+		t.Errorf("cookie reply cost %d DH operations", b.m.dh.n.Load()-dh)
+	}
+	n.deliver(q[0])
+	if !a.m.peers[b.id.public()].hasCookie {
+		t.Fatal("a did not accept the cookie")
+	}
+	clock.advance(200 * time.Millisecond)
+	a.m.tick() // retransmission, now with mac2
+	retry := firstOfType(t, &n, packetInitiation)
+	if bytes.Equal(retry.b[initiationOffMAC2:], make([]byte, macLen)) {
+		t.Fatal("retransmission has no mac2")
+	}
+	n.deliver(retry)
+	n.pump(t)
+	if !a.m.hasSession(b.id.public()) || b.m.stats.cookiesSent.Load() != 1 {
+		t.Errorf("session %v, cookies sent %d", a.m.hasSession(b.id.public()), b.m.stats.cookiesSent.Load())
+	}
+}
+
+// establish makes a session from a to b and returns after both confirm it.
+func establish(t *testing.T, n *fakeNet, a, b *testPeer) {
+	t.Helper()
+	a.m.setEndpoint(b.id.public(), b.addr)
+	n.pump(t)
+	if !a.m.hasSession(b.id.public()) || !b.m.hasSession(a.id.public()) {
+		t.Fatal("no session")
+	}
+}
+
+func TestTransportReplayAndReorder(t *testing.T) {
+	var n fakeNet
+	a, b := newTestPair(t, &n, newTestClock(), nil)
+	establish(t, &n, a, b)
+	var pkts []fakePacket
+	for i := range 5 {
+		a.m.send(b.id.public(), fmt.Appendf(nil, "m%d", i))
+		pkts = append(pkts, n.take()...)
+	}
+	for _, i := range []int{3, 0, 4, 0, 1, 3, 2, 2, 4} {
+		n.deliver(pkts[i])
+	}
+	want := []string{"m3", "m0", "m4", "m1", "m2"}
+	if got := b.delivered(); !slices.Equal(got, want) {
+		t.Errorf("delivered %q, want %q", got, want)
+	}
+	if got := b.m.stats.replayed.Load(); got != 4 {
+		t.Errorf("replayed = %d, want 4", got)
+	}
+	// A forged packet with a fresh counter must not move the window.
+	forged := bytes.Clone(pkts[0].b)
+	binary.LittleEndian.PutUint64(forged[transportOffCounter:], 1000)
+	n.deliver(fakePacket{pkts[0].from, pkts[0].to, forged})
+	if b.m.stats.authFail.Load() != 1 {
+		t.Errorf("forged packet: authFail = %d", b.m.stats.authFail.Load())
+	}
+	a.m.send(b.id.public(), []byte("m5"))
+	n.pump(t)
+	if got := b.delivered(); len(got) != 6 || got[5] != "m5" {
+		t.Errorf("after forgery: %q", got)
+	}
+}
+
+func TestRekeyUnderTrafficWithoutLoss(t *testing.T) {
+	var n fakeNet
+	clock := newTestClock()
+	short := func(c *sessionConfig) {
+		c.RekeyAfterTime = 2 * time.Second
+		c.RejectAfterTime = 3 * time.Second
+		c.RekeyTimeout = 500 * time.Millisecond
+	}
+	a, b := newTestPair(t, &n, clock, short)
+	establish(t, &n, a, b)
+	var want []string
+	for i := range 200 {
+		msg := fmt.Sprintf("a%d", i)
+		want = append(want, msg)
+		if err := a.m.send(b.id.public(), []byte(msg)); err != nil {
+			t.Fatal(err)
+		}
+		b.m.send(a.id.public(), []byte("b"))
+		if i%3 == 0 {
+			n.pump(t) // some packets wait a while in flight
+		}
+		clock.advance(100 * time.Millisecond)
+		a.m.tick()
+		b.m.tick()
+	}
+	n.pump(t)
+	if got := b.delivered(); !slices.Equal(got, want) {
+		t.Errorf("b got %d of %d messages", len(got), len(want))
+	}
+	if got := len(a.delivered()); got != 200 {
+		t.Errorf("a got %d of 200 messages", got)
+	}
+	if a.established < 8 {
+		t.Errorf("only %d sessions in 20 s with RekeyAfterTime 2 s", a.established)
+	}
+	cur, _, next, _ := sessionCount(a.m, b.id.public())
+	if cur != 1 || next != 0 {
+		t.Errorf("a: current %d next %d", cur, next)
+	}
+}
+
+func TestExpiredKeysRejected(t *testing.T) {
+	var n fakeNet
+	clock := newTestClock()
+	a, b := newTestPair(t, &n, clock, nil)
+	establish(t, &n, a, b)
+	a.m.send(b.id.public(), []byte("late"))
+	late := n.take()
+	clock.advance(defaultRejectAfterTime)
+	for _, p := range late {
+		n.deliver(p)
+	}
+	if len(b.delivered()) != 0 || b.m.stats.expired.Load() != 1 {
+		t.Errorf("expired packet: delivered %q, expired %d", b.delivered(), b.m.stats.expired.Load())
+	}
+	if a.m.hasSession(b.id.public()) {
+		t.Error("a still has a session after RejectAfterTime")
+	}
+	a.m.tick()
+	b.m.tick()
+	if c, p, nx, _ := sessionCount(b.m, a.id.public()); c+p+nx != 0 {
+		t.Errorf("b kept expired keypairs: %d %d %d", c, p, nx)
+	}
+	a.m.send(b.id.public(), []byte("fresh"))
+	n.pump(t)
+	if got := b.delivered(); !slices.Equal(got, []string{"fresh"}) {
+		t.Errorf("after a new handshake b got %q", got)
+	}
+}
+
+func TestSimultaneousOpen(t *testing.T) {
+	for _, order := range []string{"lower first", "higher first", "interleaved"} {
+		t.Run(order, func(t *testing.T) {
+			var n fakeNet
+			a, b := newTestPair(t, &n, newTestClock(), nil) // a is lower
+			a.m.setEndpoint(b.id.public(), b.addr)
+			b.m.setEndpoint(a.id.public(), a.addr)
+			a.m.send(b.id.public(), []byte("from a"))
+			b.m.send(a.id.public(), []byte("from b"))
+			q := n.take()
+			switch order {
+			case "higher first":
+				slices.Reverse(q)
+			case "interleaved":
+				n.deliver(q[0])
+				q = append(n.take(), q[1:]...)
+			}
+			for _, p := range q {
+				n.deliver(p)
+			}
+			n.pump(t)
+			for _, x := range []struct{ me, other *testPeer }{{a, b}, {b, a}} {
+				c, p, nx, hs := sessionCount(x.me.m, x.other.id.public())
+				if c != 1 || p != 0 || nx != 0 || hs != 0 {
+					t.Errorf("sessions: current %d previous %d next %d pending %d, want exactly one", c, p, nx, hs)
+				}
+			}
+			ak, bk := a.m.peers[b.id.public()].current, b.m.peers[a.id.public()].current
+			if ak.localIndex != bk.remoteIndex || bk.localIndex != ak.remoteIndex || !ak.initiator || bk.initiator {
+				t.Error("the two sides hold different sessions, or the lower key is not the initiator")
+			}
+			if !slices.Equal(a.delivered(), []string{"from b"}) || !slices.Equal(b.delivered(), []string{"from a"}) {
+				t.Errorf("data lost: a got %q, b got %q", a.delivered(), b.delivered())
+			}
+		})
 	}
 }
