@@ -3,12 +3,14 @@ package main
 import (
 	"bufio"
 	"bytes"
+	"context"
 	"encoding/binary"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
 	mrand "math/rand/v2"
+	"net"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -564,8 +566,12 @@ func newTestPeer(t testing.TB, n *fakeNet, clock *testClock, seed byte, port uin
 }
 
 func befriend(a, b *testPeer) {
+	a.mu.Lock()
 	a.contacts[b.id.public()] = true
+	a.mu.Unlock()
+	b.mu.Lock()
 	b.contacts[a.id.public()] = true
+	b.mu.Unlock()
 }
 
 // newTestPair returns two contacts; a's key is lower than b's, so a wins a
@@ -925,5 +931,132 @@ func TestSimultaneousOpen(t *testing.T) {
 				t.Errorf("data lost: a got %q, b got %q", a.delivered(), b.delivered())
 			}
 		})
+	}
+}
+
+// udpPeer is a session manager on a real UDP socket on 127.0.0.1.
+type udpPeer struct {
+	*testPeer
+	conn *net.UDPConn
+}
+
+func newUDPPeer(t *testing.T, seed byte, tweak func(*sessionConfig)) *udpPeer {
+	ctx, cancel := context.WithCancel(context.Background())
+	conn, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	p := &udpPeer{testPeer: &testPeer{id: testIdentity(t, seed), contacts: map[publicKey]bool{}}, conn: conn}
+	p.addr = conn.LocalAddr().(*net.UDPAddr).AddrPort()
+	cfg := sessionConfig{
+		Identity: p.id,
+		Send: func(to netip.AddrPort, b []byte) error {
+			_, err := conn.WriteToUDPAddrPort(b, to)
+			return err
+		},
+		Allowed: func(k publicKey) bool { p.mu.Lock(); defer p.mu.Unlock(); return p.contacts[k] },
+		Deliver: func(_ publicKey, _ netip.AddrPort, b []byte) {
+			p.mu.Lock()
+			p.got = append(p.got, string(b))
+			p.mu.Unlock()
+		},
+		Established:  func(publicKey, netip.AddrPort) { p.mu.Lock(); p.established++; p.mu.Unlock() },
+		TickInterval: 10 * time.Millisecond,
+	}
+	if tweak != nil {
+		tweak(&cfg)
+	}
+	p.m = newSessionManager(cfg)
+	var wg sync.WaitGroup
+	wg.Add(2)
+	go func() { defer wg.Done(); p.m.run(ctx) }()
+	go func() {
+		defer wg.Done()
+		buf := make([]byte, maxDatagram)
+		for {
+			n, from, err := conn.ReadFromUDPAddrPort(buf)
+			if err != nil {
+				return
+			}
+			p.m.handlePacket(netip.AddrPortFrom(from.Addr().Unmap(), from.Port()), buf[:n])
+		}
+	}()
+	t.Cleanup(func() { cancel(); conn.Close(); wg.Wait() })
+	return p
+}
+
+// waitFor polls cond for up to 2 s.
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(2 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+func udpPair(t *testing.T, tweak func(*sessionConfig)) (a, b *udpPeer) {
+	a, b = newUDPPeer(t, 1, tweak), newUDPPeer(t, 2, tweak)
+	befriend(a.testPeer, b.testPeer)
+	return a, b
+}
+
+func TestSessionsOverUDP(t *testing.T) {
+	a, b := udpPair(t, nil)
+	a.m.setEndpoint(b.id.public(), b.addr)
+	b.m.setEndpoint(a.id.public(), a.addr) // both open at once
+	var want []string
+	for i := range 50 {
+		want = append(want, fmt.Sprint("msg ", i))
+		if err := a.m.send(b.id.public(), []byte(want[i])); err != nil {
+			t.Fatal(err)
+		}
+		if err := b.m.send(a.id.public(), []byte(want[i])); err != nil {
+			t.Fatal(err)
+		}
+	}
+	waitFor(t, "delivery", func() bool { return len(a.delivered()) == 50 && len(b.delivered()) == 50 })
+	for _, p := range []*udpPeer{a, b} {
+		got := p.delivered()
+		slices.Sort(got)
+		sorted := slices.Clone(want)
+		slices.Sort(sorted)
+		if !slices.Equal(got, sorted) {
+			t.Errorf("delivered %q", got)
+		}
+	}
+	for _, x := range [][2]*udpPeer{{a, b}, {b, a}} {
+		c, p, nx, hs := sessionCount(x[0].m, x[1].id.public())
+		if c != 1 || p != 0 || nx != 0 || hs != 0 {
+			t.Errorf("sessions: %d %d %d %d, want exactly one current", c, p, nx, hs)
+		}
+	}
+}
+
+func TestRekeyOverUDP(t *testing.T) {
+	a, b := udpPair(t, func(c *sessionConfig) {
+		c.RekeyAfterTime = 150 * time.Millisecond
+		c.RejectAfterTime = 400 * time.Millisecond
+		c.RekeyTimeout = 50 * time.Millisecond
+	})
+	a.m.setEndpoint(b.id.public(), b.addr)
+	start := time.Now()
+	sent := 0
+	for time.Since(start) < 700*time.Millisecond {
+		if err := a.m.send(b.id.public(), []byte(fmt.Sprint(sent))); err != nil {
+			t.Fatal(err)
+		}
+		sent++
+		time.Sleep(2 * time.Millisecond)
+	}
+	waitFor(t, "delivery", func() bool { return len(b.delivered()) == sent })
+	a.mu.Lock()
+	est := a.established
+	a.mu.Unlock()
+	if est < 3 {
+		t.Errorf("%d sessions in 700 ms with RekeyAfterTime 150 ms", est)
 	}
 }
