@@ -1211,6 +1211,10 @@ type keypair struct {
 	sendCounter atomic.Uint64
 	replay      replayWindow
 	wiped       bool
+	// The nonces live here, not on the stack: a slice of a local array
+	// passed to an interface method escapes, one allocation per packet.
+	sendNonce [chacha20poly1305.NonceSize]byte
+	recvNonce [chacha20poly1305.NonceSize]byte
 	localIndex  uint32
 	remoteIndex uint32
 	created     time.Time
@@ -1235,19 +1239,18 @@ func (kp *keypair) seal(dst, p []byte) ([]byte, error) {
 	dst = append(dst[:0], packetTransport, 0, 0, 0)
 	dst = binary.LittleEndian.AppendUint32(dst, kp.remoteIndex)
 	dst = binary.LittleEndian.AppendUint64(dst, n)
-	nonce := noiseNonce(n)
 	kp.mu.Lock()
 	defer kp.mu.Unlock()
 	if kp.wiped {
 		return nil, errKeypairExpired
 	}
-	return kp.send.Seal(dst, nonce[:], p, nil), nil
+	kp.sendNonce = noiseNonce(n)
+	return kp.send.Seal(dst, kp.sendNonce[:], p, nil), nil
 }
 
 // open authenticates m and returns its plaintext appended to dst[:0]. The
 // replay window is checked before and updated only after authentication.
 func (kp *keypair) open(dst []byte, m *transportMsg) ([]byte, error) {
-	nonce := noiseNonce(m.counter)
 	kp.mu.Lock()
 	defer kp.mu.Unlock()
 	if kp.wiped || m.counter >= rejectAfterMessages {
@@ -1256,7 +1259,8 @@ func (kp *keypair) open(dst []byte, m *transportMsg) ([]byte, error) {
 	if !kp.replay.check(m.counter) {
 		return nil, errReplay
 	}
-	out, err := kp.recv.Open(dst[:0], nonce[:], m.data, nil)
+	kp.recvNonce = noiseNonce(m.counter)
+	out, err := kp.recv.Open(dst[:0], kp.recvNonce[:], m.data, nil)
 	if err != nil {
 		return nil, errNoiseDecrypt
 	}

@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	cryptorand "crypto/rand"
 	"encoding/binary"
 	"encoding/hex"
 	"encoding/json"
@@ -19,6 +20,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"golang.org/x/crypto/chacha20poly1305"
 )
 
 // noiseVector is one test vector from testdata/noise/, normalized from the
@@ -499,7 +502,7 @@ func (n *fakeNet) deliver(p fakePacket) {
 }
 
 // pump delivers until nothing is queued (bounded).
-func (n *fakeNet) pump(t *testing.T) {
+func (n *fakeNet) pump(t testing.TB) {
 	t.Helper()
 	for range 1000 {
 		q := n.take()
@@ -637,7 +640,7 @@ func TestSessionHandshakeAndTransport(t *testing.T) {
 }
 
 // firstOfType removes and returns the first queued datagram of type typ.
-func firstOfType(t *testing.T, n *fakeNet, typ byte) fakePacket {
+func firstOfType(t testing.TB, n *fakeNet, typ byte) fakePacket {
 	t.Helper()
 	q := n.take()
 	for i, p := range q {
@@ -1058,5 +1061,290 @@ func TestRekeyOverUDP(t *testing.T) {
 	a.mu.Unlock()
 	if est < 3 {
 		t.Errorf("%d sessions in 700 ms with RekeyAfterTime 150 ms", est)
+	}
+}
+
+// ---------------------------------------------------------------------------
+// Fuzzing: strict parsers (whatever parses re-encodes to the same bytes,
+// errors leave zero values) and whole-packet processing never panics nor
+// delivers anything it should not.
+
+// fuzzPair is a pair of managers with a's initiation to b pending, plus
+// the datagrams of one complete exchange, used as seeds.
+func fuzzPair(t testing.TB) (n *fakeNet, a, b *testPeer, seeds [][]byte) {
+	n = &fakeNet{}
+	clock := newTestClock()
+	a, b = newTestPair(t, n, clock, nil)
+	a.m.setEndpoint(b.id.public(), b.addr)
+	for _, p := range n.take() {
+		seeds = append(seeds, p.b)
+		n.deliver(p)
+	}
+	for _, p := range n.take() {
+		seeds = append(seeds, p.b)
+	}
+	return n, a, b, seeds
+}
+
+func FuzzHandshake(f *testing.F) {
+	n, a, b, seeds := fuzzPair(f)
+	for _, s := range seeds {
+		f.Add(s)
+	}
+	f.Add(make([]byte, initiationSize))
+	f.Add(append([]byte{packetResponse}, make([]byte, responseSize-1)...))
+	f.Add(append([]byte{packetCookieReply}, make([]byte, cookieReplySize-1)...))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		if m, err := parseInitiation(data); err == nil {
+			if got := m.appendTo(nil); !bytes.Equal(got, data) {
+				t.Fatalf("initiation re-encodes to %x", got)
+			}
+		} else if m != (initiationMsg{}) {
+			t.Fatal("parseInitiation: error with a non-zero result")
+		}
+		if m, err := parseResponse(data); err == nil {
+			if got := m.appendTo(nil); !bytes.Equal(got, data) {
+				t.Fatalf("response re-encodes to %x", got)
+			}
+		} else if m != (responseMsg{}) {
+			t.Fatal("parseResponse: error with a non-zero result")
+		}
+		if m, err := parseCookieReply(data); err == nil {
+			if got := m.appendTo(nil); !bytes.Equal(got, data) {
+				t.Fatalf("cookie reply re-encodes to %x", got)
+			}
+		} else if m != (cookieReplyMsg{}) {
+			t.Fatal("parseCookieReply: error with a non-zero result")
+		}
+		b.m.handlePacket(a.addr, data)
+		a.m.handlePacket(b.addr, data)
+		for _, p := range n.take() {
+			if len(p.b) > maxTransportSize {
+				t.Fatalf("sent a %d-byte datagram", len(p.b))
+			}
+		}
+	})
+}
+
+func FuzzTransport(f *testing.F) {
+	n, a, b, _ := fuzzPair(f)
+	n.pump(f)
+	sealed := map[string]string{}
+	for i := range 4 {
+		msg := fmt.Sprint("payload ", i)
+		a.m.send(b.id.public(), []byte(msg))
+		for _, p := range n.take() {
+			sealed[string(p.b)] = msg
+			f.Add(p.b)
+		}
+	}
+	f.Add([]byte{packetTransport, 0, 0, 0})
+	f.Fuzz(func(t *testing.T, data []byte) {
+		m, err := parseTransport(data)
+		switch {
+		case err == nil && (len(data) < transportMinSize || len(data) > maxTransportSize):
+			t.Fatalf("parseTransport accepted %d bytes", len(data))
+		case err != nil && (m.receiver != 0 || m.counter != 0 || m.data != nil):
+			t.Fatal("parseTransport: error with a non-zero result")
+		}
+		before := len(b.delivered())
+		b.m.handlePacket(a.addr, data)
+		got := b.delivered()
+		if len(got) > before {
+			if want, ok := sealed[string(data)]; !ok || got[len(got)-1] != want {
+				t.Fatalf("delivered %q from a packet a never sealed", got[len(got)-1])
+			}
+		}
+		n.take()
+	})
+}
+
+// ---------------------------------------------------------------------------
+// Allocations and benchmarks.
+
+func TestTransportZeroAllocs(t *testing.T) {
+	var n fakeNet
+	a, b := newTestPair(t, &n, newTestClock(), nil)
+	establish(t, &n, a, b)
+	var last []byte
+	a.m.cfg.Send = func(_ netip.AddrPort, p []byte) error { last = append(last[:0], p...); return nil }
+	payload := make([]byte, 1000)
+	if allocs := testing.AllocsPerRun(100, func() { a.m.send(b.id.public(), payload) }); allocs != 0 {
+		t.Errorf("send: %v allocations per packet", allocs)
+	}
+	b.m.cfg.Deliver = func(publicKey, netip.AddrPort, []byte) {}
+	pkt := slices.Clone(last)
+	counter := uint64(1 << 20)
+	allocs := testing.AllocsPerRun(100, func() {
+		// A fresh counter each run, sealed outside the measured call.
+		binary.LittleEndian.PutUint64(pkt[transportOffCounter:], counter)
+		b.m.handlePacket(a.addr, pkt) // fails authentication: the counter changed
+		counter++
+	})
+	if allocs != 0 {
+		t.Errorf("handlePacket (rejected): %v allocations per packet", allocs)
+	}
+	kp := a.m.peers[b.id.public()].current
+	good := make([][]byte, 101)
+	for i := range good {
+		good[i], _ = kp.seal(nil, payload)
+	}
+	i := 0
+	allocs = testing.AllocsPerRun(100, func() { b.m.handlePacket(a.addr, good[i]); i++ })
+	if allocs != 0 {
+		t.Errorf("handlePacket: %v allocations per packet", allocs)
+	}
+}
+
+func TestWipeAEAD(t *testing.T) {
+	key := seqBytes(5, 32)
+	aead, _ := chacha20poly1305.New(key)
+	if !wipeAEAD(aead) {
+		t.Fatal("wipeAEAD: the AEAD layout is not the one we know; retired keys are not erased")
+	}
+	zero, _ := chacha20poly1305.New(make([]byte, 32))
+	nonce := make([]byte, chacha20poly1305.NonceSize)
+	if !bytes.Equal(aead.Seal(nil, nonce, []byte("x"), nil), zero.Seal(nil, nonce, []byte("x"), nil)) {
+		t.Error("after wipeAEAD the key is not all zeros")
+	}
+}
+
+// benchHandshake runs one full IKpsk2 handshake, both sides, in process.
+func benchHandshake(b *testing.B, ia, ib *identity) {
+	var hi, hr sessionHandshake
+	init, err := hi.createInitiation(ia, ib.public(), 1, tai64n(time.Now()), cryptorand.Reader, nil)
+	if err != nil {
+		b.Fatal(err)
+	}
+	if err := hr.consumeInitiation(ib, &init, nil); err != nil {
+		b.Fatal(err)
+	}
+	resp, err := hr.createResponse(2, cryptorand.Reader)
+	if err != nil {
+		b.Fatal(err)
+	}
+	if _, _, err := hr.beginSession(); err != nil {
+		b.Fatal(err)
+	}
+	if err := hi.consumeResponse(&resp); err != nil {
+		b.Fatal(err)
+	}
+	if _, _, err := hi.beginSession(); err != nil {
+		b.Fatal(err)
+	}
+}
+
+// BenchmarkHandshake compares a full handshake with the X25519 operations
+// it needs (counted by TestWrongMAC1CostsNoDH and dhCounter): two key
+// generations (initiator e, responder e) and eight DHs (es, ss on each
+// side; ee, se on each side).
+func BenchmarkHandshake(b *testing.B) {
+	ia, ib := testIdentity(b, 1), testIdentity(b, 2)
+	b.Run("kadchat", func(b *testing.B) {
+		b.ReportAllocs()
+		for b.Loop() {
+			benchHandshake(b, ia, ib)
+		}
+	})
+	b.Run("x25519-ops", func(b *testing.B) {
+		b.ReportAllocs()
+		var seed [32]byte
+		for b.Loop() {
+			var pubs [2][]byte
+			for i := range 2 {
+				cryptorand.Read(seed[:])
+				priv, _ := x25519.NewPrivateKey(seed[:])
+				pubs[i] = priv.PublicKey().Bytes()
+			}
+			for i := range 8 {
+				pub, _ := x25519.NewPublicKey(pubs[i%2])
+				priv := ia.kp.priv
+				if i%2 == 1 {
+					priv = ib.kp.priv
+				}
+				priv.ECDH(pub)
+			}
+		}
+	})
+}
+
+func benchKeypair() *keypair {
+	var k1, k2 [32]byte
+	copy(k1[:], seqBytes(1, 32))
+	copy(k2[:], seqBytes(1, 32)) // same key both ways: open what we seal
+	return newKeypair(k1, k2, 1, 2, true, time.Now())
+}
+
+func BenchmarkSeal(b *testing.B) {
+	for _, size := range []int{100, 1200 - transportOffData - noiseTagLen} {
+		payload := make([]byte, size)
+		b.Run(fmt.Sprintf("kadchat/%d", size), func(b *testing.B) {
+			kp := benchKeypair()
+			buf := make([]byte, maxDatagram)
+			b.ReportAllocs()
+			b.SetBytes(int64(size))
+			for b.Loop() {
+				kp.seal(buf, payload)
+			}
+		})
+		b.Run(fmt.Sprintf("raw/%d", size), func(b *testing.B) {
+			aead, _ := chacha20poly1305.New(seqBytes(1, 32))
+			buf := make([]byte, maxDatagram)
+			nonce := make([]byte, chacha20poly1305.NonceSize)
+			b.ReportAllocs()
+			b.SetBytes(int64(size))
+			n := uint64(0)
+			for b.Loop() {
+				binary.LittleEndian.PutUint64(nonce[4:], n)
+				n++
+				aead.Seal(buf[:0], nonce, payload, nil)
+			}
+		})
+	}
+}
+
+func BenchmarkOpen(b *testing.B) {
+	for _, size := range []int{100, 1200 - transportOffData - noiseTagLen} {
+		payload := make([]byte, size)
+		b.Run(fmt.Sprintf("kadchat/%d", size), func(b *testing.B) {
+			kp := benchKeypair()
+			const batch = 4096
+			pkts := make([][]byte, batch)
+			for i := range pkts {
+				pkts[i] = make([]byte, 0, maxDatagram)
+			}
+			out := make([]byte, maxDatagram)
+			b.ReportAllocs()
+			b.SetBytes(int64(size))
+			for done := 0; done < b.N; done += batch {
+				b.StopTimer() // fresh counters: the replay window rejects repeats
+				for i := range pkts {
+					pkts[i], _ = kp.seal(pkts[i], payload)
+				}
+				b.StartTimer()
+				for i := 0; i < batch && done+i < b.N; i++ {
+					m, err := parseTransport(pkts[i])
+					if err != nil {
+						b.Fatal(err)
+					}
+					if _, err := kp.open(out, &m); err != nil {
+						b.Fatal(err)
+					}
+				}
+			}
+		})
+		b.Run(fmt.Sprintf("raw/%d", size), func(b *testing.B) {
+			aead, _ := chacha20poly1305.New(seqBytes(1, 32))
+			nonce := make([]byte, chacha20poly1305.NonceSize)
+			ct := aead.Seal(nil, nonce, payload, nil)
+			out := make([]byte, maxDatagram)
+			b.ReportAllocs()
+			b.SetBytes(int64(size))
+			for b.Loop() {
+				if _, err := aead.Open(out[:0], nonce, ct, nil); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
 	}
 }
