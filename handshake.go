@@ -31,7 +31,6 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
-	"hash"
 	"io"
 	"log/slog"
 	"net/netip"
@@ -80,27 +79,40 @@ var (
 	errNoiseNonce   = errors.New("noise: nonce exhausted")
 )
 
-// noiseHash is HASH(data...) = BLAKE2s-256 of the concatenation.
+// noiseHash is HASH(data...) = BLAKE2s-256 of the concatenation. Inputs
+// here are short, so they are gathered in a stack buffer: the handshake
+// then costs little beyond its X25519 operations.
 func noiseHash(data ...[]byte) [noiseHashLen]byte {
-	h, _ := blake2s.New256(nil)
+	var buf [4 * noiseBlockSz]byte
+	in := buf[:0]
 	for _, d := range data {
-		h.Write(d)
+		in = append(in, d...)
 	}
-	var out [noiseHashLen]byte
-	h.Sum(out[:0])
+	out := blake2s.Sum256(in)
+	wipe(in)
 	return out
 }
 
-func newBLAKE2s() hash.Hash { h, _ := blake2s.New256(nil); return h }
-
-// hmacHash is HMAC-HASH(key, data...) as Noise section 4.3 defines it.
+// hmacHash is HMAC-HASH(key, data...) as Noise section 4.3 defines it
+// (RFC 2104 with BLAKE2s-256), written out so it allocates nothing.
 func hmacHash(key []byte, data ...[]byte) [noiseHashLen]byte {
-	m := hmac.New(newBLAKE2s, key)
-	for _, d := range data {
-		m.Write(d)
+	var pad [noiseBlockSz]byte
+	if len(key) > noiseBlockSz {
+		k := blake2s.Sum256(key)
+		copy(pad[:], k[:])
+	} else {
+		copy(pad[:], key)
 	}
-	var out [noiseHashLen]byte
-	m.Sum(out[:0])
+	for i := range pad {
+		pad[i] ^= 0x36
+	}
+	inner := noiseHash(append([][]byte{pad[:]}, data...)...)
+	for i := range pad {
+		pad[i] ^= 0x36 ^ 0x5c
+	}
+	out := noiseHash(pad[:], inner[:])
+	wipe(pad[:])
+	wipe(inner[:])
 	return out
 }
 
