@@ -10,6 +10,8 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
+	"maps"
 	mrand "math/rand/v2"
 	"net"
 	"net/netip"
@@ -1346,5 +1348,187 @@ func BenchmarkOpen(b *testing.B) {
 				}
 			}
 		})
+	}
+}
+
+// ---------------------------------------------------------------------------
+// SPEC.md vectors: SPEC.md section 4 carries ```session-vector name=<name>
+// blocks of `key = value` lines; TestSpecVectors recomputes every value.
+
+// fixedReader returns its chunks in order, for fixed ephemeral keys.
+type fixedReader struct{ chunks [][]byte }
+
+func (r *fixedReader) Read(p []byte) (int, error) {
+	if len(r.chunks) == 0 {
+		return 0, io.ErrUnexpectedEOF
+	}
+	n := copy(p, r.chunks[0])
+	r.chunks[0] = r.chunks[0][n:]
+	if len(r.chunks[0]) == 0 {
+		r.chunks = r.chunks[1:]
+	}
+	return n, nil
+}
+
+// specVectors computes every vector SPEC.md shows.
+func specVectors(t *testing.T) map[string]map[string]string {
+	hx := hex.EncodeToString
+	out := map[string]map[string]string{}
+	ini, res := testIdentity(t, 0x10), testIdentity(t, 0x40)
+	idPriv := seqBytes(0x10, 32)
+	good := ini.public().String()
+	sub := []byte(good)
+	sub[20] = idAlphabet[(indexByte(idAlphabet, sub[20])+1)%32]
+	swap := []byte(good)
+	i := 30
+	for swap[i] == swap[i+1] {
+		i++
+	}
+	swap[i], swap[i+1] = swap[i+1], swap[i]
+	out["identity"] = map[string]string{
+		"private": hx(idPriv), "public": hx(ini.kp.pub[:]), "text": good,
+		"substituted": string(sub), "swapped": string(swap),
+	}
+	for _, bad := range []string{string(sub), string(swap)} {
+		if _, err := parsePublicKey(bad); !errors.Is(err, errIDChecksum) {
+			t.Fatalf("typo %q: %v", bad, err)
+		}
+	}
+	ts := tai64n(time.Date(2026, 1, 2, 3, 4, 5, 600000000, time.UTC))
+	iEph, rEph := seqBytes(0x70, 32), seqBytes(0xa0, 32)
+	var hi, hr sessionHandshake
+	init, err := hi.createInitiation(ini, res.public(), 0x11223344, ts, &fixedReader{[][]byte{bytes.Clone(iEph)}}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	initBytes := init.appendTo(nil)
+	rk := mac1Key(res.public())
+	mac1 := keyedMAC(rk[:], initBytes[:initiationOffMAC1])
+	copy(initBytes[initiationOffMAC1:], mac1[:])
+	if err := hr.consumeInitiation(res, &init, nil); err != nil {
+		t.Fatal(err)
+	}
+	resp, err := hr.createResponse(0x55667788, &fixedReader{[][]byte{bytes.Clone(rEph)}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	respBytes := resp.appendTo(nil)
+	ik := mac1Key(ini.public())
+	rmac1 := keyedMAC(ik[:], respBytes[:responseOffMAC1])
+	copy(respBytes[responseOffMAC1:], rmac1[:])
+	if err := hi.consumeResponse(&resp); err != nil {
+		t.Fatal(err)
+	}
+	h := hi.hs.ss.h
+	send, recv, err := hi.beginSession()
+	if err != nil {
+		t.Fatal(err)
+	}
+	rsend, rrecv, _ := hr.beginSession()
+	if rsend != recv || rrecv != send {
+		t.Fatal("the two sides split differently")
+	}
+	kp := newKeypair(send, recv, 0x11223344, 0x55667788, true, time.Time{})
+	first, _ := kp.seal(nil, []byte("hello"))
+	out["handshake"] = map[string]string{
+		"protocol_name":         hx([]byte(noiseProtocolName(&patternIKpsk2))),
+		"prologue":              hx([]byte(sessionPrologue)),
+		"psk":                   hx(sessionPSK[:]),
+		"initiator_static":      hx(seqBytes(0x10, 32)),
+		"initiator_public":      hx(ini.kp.pub[:]),
+		"responder_static":      hx(seqBytes(0x40, 32)),
+		"responder_public":      hx(res.kp.pub[:]),
+		"initiator_ephemeral":   hx(iEph),
+		"responder_ephemeral":   hx(rEph),
+		"timestamp":             hx(ts[:]),
+		"initiator_index":       hx(binary.LittleEndian.AppendUint32(nil, 0x11223344)),
+		"responder_index":       hx(binary.LittleEndian.AppendUint32(nil, 0x55667788)),
+		"mac1_key_responder":    hx(rk[:]),
+		"mac1_key_initiator":    hx(ik[:]),
+		"initiation":            hx(initBytes),
+		"response":              hx(respBytes),
+		"handshake_hash":        hx(h[:]),
+		"initiator_send_key":    hx(send[:]),
+		"initiator_receive_key": hx(recv[:]),
+		"transport_payload":     hx([]byte("hello")),
+		"transport_0":           hx(first),
+	}
+	// Cookie: a loaded responder with secret R answers the initiation above
+	// from 192.0.2.1:4242; the initiator's next initiation carries mac2.
+	secret, nonce := seqBytes(0xc0, 32), seqBytes(0xe0, xNonceLen)
+	src := netip.MustParseAddrPort("192.0.2.1:4242")
+	cookie := keyedMAC(secret, addrBytes(src))
+	ck := cookieKeyOf(res.public())
+	reply := cookieReplyMsg{receiver: 0x11223344}
+	copy(reply.nonce[:], nonce)
+	x, _ := chacha20poly1305.NewX(ck[:])
+	x.Seal(reply.cookie[:0], nonce, cookie[:], mac1[:])
+	mac2 := keyedMAC(cookie[:], initBytes[:initiationOffMAC2])
+	out["cookie"] = map[string]string{
+		"secret": hx(secret), "source": hx(addrBytes(src)), "cookie": hx(cookie[:]),
+		"cookie_key": hx(ck[:]), "nonce": hx(nonce), "cookie_reply": hx(reply.appendTo(nil)),
+		"mac2_of_initiation": hx(mac2[:]),
+	}
+	return out
+}
+
+// parseSpecVectors reads the session-vector blocks of SPEC.md.
+func parseSpecVectors(t *testing.T) map[string]map[string]string {
+	raw, err := os.ReadFile("SPEC.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := map[string]map[string]string{}
+	var cur map[string]string
+	for _, line := range strings.Split(string(raw), "\n") {
+		if name, ok := strings.CutPrefix(line, "```session-vector name="); ok {
+			cur = map[string]string{}
+			out[name] = cur
+			continue
+		}
+		if cur == nil {
+			continue
+		}
+		if line == "```" {
+			cur = nil
+			continue
+		}
+		k, v, ok := strings.Cut(line, " = ")
+		if !ok {
+			t.Fatalf("SPEC.md: bad vector line %q", line)
+		}
+		cur[strings.TrimSpace(k)] = v
+	}
+	return out
+}
+
+func TestSpecVectors(t *testing.T) {
+	want := specVectors(t)
+	got := parseSpecVectors(t)
+	if os.Getenv("KADCHAT_PRINT_VECTORS") != "" {
+		for name, kv := range want {
+			fmt.Printf("```session-vector name=%s\n", name)
+			keys := slices.Sorted(maps.Keys(kv))
+			for _, k := range keys {
+				fmt.Printf("%s = %s\n", k, kv[k])
+			}
+			fmt.Println("```")
+		}
+	}
+	for name, kv := range want {
+		if got[name] == nil {
+			t.Errorf("SPEC.md has no session-vector %s", name)
+			continue
+		}
+		for k, v := range kv {
+			if got[name][k] != v {
+				t.Errorf("SPEC.md %s: %s = %s, want %s", name, k, got[name][k], v)
+			}
+		}
+		for k := range got[name] {
+			if _, ok := kv[k]; !ok {
+				t.Errorf("SPEC.md %s: unchecked key %s", name, k)
+			}
+		}
 	}
 }
