@@ -789,7 +789,7 @@ func TestCookieReplyUnderLoad(t *testing.T) {
 }
 
 // establish makes a session from a to b and returns after both confirm it.
-func establish(t *testing.T, n *fakeNet, a, b *testPeer) {
+func establish(t testing.TB, n *fakeNet, a, b *testPeer) {
 	t.Helper()
 	a.m.setEndpoint(b.id.public(), b.addr)
 	n.pump(t)
@@ -1129,8 +1129,9 @@ func FuzzHandshake(f *testing.F) {
 }
 
 func FuzzTransport(f *testing.F) {
-	n, a, b, _ := fuzzPair(f)
-	n.pump(f)
+	n := &fakeNet{}
+	a, b := newTestPair(f, n, newTestClock(), nil)
+	establish(f, n, a, b)
 	sealed := map[string]string{}
 	for i := range 4 {
 		msg := fmt.Sprint("payload ", i)
@@ -1148,6 +1149,9 @@ func FuzzTransport(f *testing.F) {
 			t.Fatalf("parseTransport accepted %d bytes", len(data))
 		case err != nil && (m.receiver != 0 || m.counter != 0 || m.data != nil):
 			t.Fatal("parseTransport: error with a non-zero result")
+		}
+		if len(sealed) != 4 {
+			t.Fatal("no session to fuzz")
 		}
 		before := len(b.delivered())
 		b.m.handlePacket(a.addr, data)
