@@ -1146,8 +1146,14 @@ func (h *sessionHandshake) consumeResponse(m *responseMsg) error {
 	var msg [responseOffMAC1 - responseOffEphemeral]byte
 	copy(msg[:], m.ephemeral[:])
 	copy(msg[noiseDHLen:], m.empty[:])
+	// readMessage changes the state as it goes; a forged response must not
+	// spoil the pending handshake for the genuine one, so work on a copy.
+	saved := h.hs
+	defer saved.erase()
 	if _, err := h.hs.readMessage(nil, msg[:]); err != nil {
-		h.stage = stageInitiationCreated // a forged response must not end a real handshake
+		h.hs.erase()
+		h.hs, saved = saved, h.hs
+		h.stage = stageInitiationCreated
 		return fmt.Errorf("session: response: %w", err)
 	}
 	h.remoteIndex = m.sender
@@ -1451,6 +1457,7 @@ type sessionManager struct {
 	dh        dhCounter
 	stats     sessionStats
 	bufs      sync.Pool // *[]byte of maxDatagram bytes: zero allocations per packet
+	debugOn   bool
 
 	mu              sync.Mutex
 	peers           map[publicKey]*peer
@@ -1468,12 +1475,21 @@ func newSessionManager(cfg sessionConfig) *sessionManager {
 	m.pub = cfg.Identity.public()
 	m.mac1Key, m.cookieKey = mac1Key(m.pub), cookieKeyOf(m.pub)
 	m.bufs.New = func() any { b := make([]byte, maxDatagram); return &b }
+	m.debugOn = cfg.Log.Enabled(context.Background(), slog.LevelDebug)
 	return m
 }
 
 // debug logs a drop; the log is quiet unless debugging.
 func (m *sessionManager) debug(msg string, from netip.AddrPort, err error) {
 	m.cfg.Log.Debug("session: "+msg, "from", from, "err", err)
+}
+
+// debugPacket is debug for the transport path: building the log arguments
+// allocates, so it is skipped unless debug logging is on.
+func (m *sessionManager) debugPacket(msg string, from netip.AddrPort, err error) {
+	if m.debugOn {
+		m.debug(msg, from, err)
+	}
 }
 
 // peerLocked returns the peer record for k, creating it.
@@ -1817,7 +1833,7 @@ func (m *sessionManager) handleTransport(from netip.AddrPort, b []byte) {
 	msg, err := parseTransport(b)
 	if err != nil {
 		m.stats.malformed.Add(1)
-		m.debug("drop", from, err)
+		m.debugPacket("drop", from, err)
 		return
 	}
 	now := m.cfg.Now()
@@ -1826,10 +1842,12 @@ func (m *sessionManager) handleTransport(from netip.AddrPort, b []byte) {
 	m.mu.Unlock()
 	if !ok || e.kp == nil {
 		m.stats.unknownIndex.Add(1)
+		m.debugPacket("transport for an unknown index", from, nil)
 		return
 	}
 	if now.Sub(e.kp.created) >= m.cfg.RejectAfterTime {
 		m.stats.expired.Add(1)
+		m.debugPacket("transport on expired keys", from, nil)
 		return
 	}
 	bp := m.bufs.Get().(*[]byte)
@@ -1841,6 +1859,7 @@ func (m *sessionManager) handleTransport(from netip.AddrPort, b []byte) {
 		} else {
 			m.stats.authFail.Add(1)
 		}
+		m.debugPacket("transport", from, err)
 		return
 	}
 	if m.confirm(e.peer, e.kp, from) {

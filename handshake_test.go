@@ -1536,3 +1536,62 @@ func TestSpecVectors(t *testing.T) {
 		}
 	}
 }
+
+// TestHandshakeStepsInOrder: every step refuses to run out of order, and a
+// forged response does not end a real handshake.
+func TestHandshakeStepsInOrder(t *testing.T) {
+	ia, ib := testIdentity(t, 1), testIdentity(t, 2)
+	rnd := mrand.NewChaCha8([32]byte{7})
+	var hi, hr sessionHandshake
+	if err := hi.consumeResponse(&responseMsg{}); !errors.Is(err, errNoiseOrder) {
+		t.Errorf("consumeResponse before createInitiation: %v", err)
+	}
+	if _, err := hr.createResponse(1, rnd); !errors.Is(err, errNoiseOrder) {
+		t.Errorf("createResponse before consumeInitiation: %v", err)
+	}
+	if _, _, err := hi.beginSession(); !errors.Is(err, errNoiseOrder) {
+		t.Errorf("beginSession in stage %v: %v", hi.stage, err)
+	}
+	init, err := hi.createInitiation(ia, ib.public(), 1, tai64n(time.Unix(1, 0)), rnd, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := hi.createInitiation(ia, ib.public(), 1, tai64n(time.Unix(1, 0)), rnd, nil); !errors.Is(err, errNoiseOrder) {
+		t.Errorf("second createInitiation: %v", err)
+	}
+	if err := hr.consumeInitiation(ib, &init, nil); err != nil {
+		t.Fatal(err)
+	}
+	if err := hr.consumeInitiation(ib, &init, nil); !errors.Is(err, errNoiseOrder) {
+		t.Errorf("second consumeInitiation: %v", err)
+	}
+	resp, err := hr.createResponse(2, rnd)
+	if err != nil {
+		t.Fatal(err)
+	}
+	forged := resp
+	forged.empty[0] ^= 1
+	if err := hi.consumeResponse(&forged); err == nil || hi.stage != stageInitiationCreated {
+		t.Errorf("forged response: %v, stage %v", err, hi.stage)
+	}
+	if err := hi.consumeResponse(&resp); err != nil {
+		t.Fatalf("genuine response after a forged one: %v", err)
+	}
+	if _, _, err := hi.beginSession(); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := hi.beginSession(); !errors.Is(err, errNoiseOrder) {
+		t.Errorf("second beginSession: %v", err)
+	}
+	for s := stageZeroed; s <= stageDone+1; s++ {
+		if s.String() == "" {
+			t.Errorf("stage %d has no name", s)
+		}
+	}
+	// The generic core refuses to write when it should read, and vice versa.
+	var hs handshakeState
+	hs.initialize(handshakeParams{pattern: &patternNN, prologue: nil, rand: rnd})
+	if _, err := hs.writeMessage(nil, nil); !errors.Is(err, errNoiseOrder) {
+		t.Errorf("responder writing first: %v", err)
+	}
+}
