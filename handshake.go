@@ -1231,8 +1231,8 @@ type keypair struct {
 	wiped       bool
 	// The nonces live here, not on the stack: a slice of a local array
 	// passed to an interface method escapes, one allocation per packet.
-	sendNonce [chacha20poly1305.NonceSize]byte
-	recvNonce [chacha20poly1305.NonceSize]byte
+	sendNonce   [chacha20poly1305.NonceSize]byte
+	recvNonce   [chacha20poly1305.NonceSize]byte
 	localIndex  uint32
 	remoteIndex uint32
 	created     time.Time
