@@ -1376,10 +1376,18 @@ func (r *fixedReader) Read(p []byte) (int, error) {
 
 // specVectors computes every vector SPEC.md shows.
 func specVectors(t *testing.T) map[string]map[string]string {
-	hx := hex.EncodeToString
-	out := map[string]map[string]string{}
-	ini, res := testIdentity(t, 0x10), testIdentity(t, 0x40)
-	idPriv := seqBytes(0x10, 32)
+	hs, initBytes, mac1 := handshakeVector(t)
+	return map[string]map[string]string{
+		"identity":  identityVector(t),
+		"handshake": hs,
+		"cookie":    cookieVector(t, initBytes, mac1),
+	}
+}
+
+// identityVector: a fixed private key, its public key and text form, and
+// two typos that must fail the checksum.
+func identityVector(t *testing.T) map[string]string {
+	ini := testIdentity(t, 0x10)
 	good := ini.public().String()
 	sub := []byte(good)
 	sub[20] = idAlphabet[(indexByte(idAlphabet, sub[20])+1)%32]
@@ -1389,15 +1397,22 @@ func specVectors(t *testing.T) map[string]map[string]string {
 		i++
 	}
 	swap[i], swap[i+1] = swap[i+1], swap[i]
-	out["identity"] = map[string]string{
-		"private": hx(idPriv), "public": hx(ini.kp.pub[:]), "text": good,
-		"substituted": string(sub), "swapped": string(swap),
-	}
 	for _, bad := range []string{string(sub), string(swap)} {
 		if _, err := parsePublicKey(bad); !errors.Is(err, errIDChecksum) {
 			t.Fatalf("typo %q: %v", bad, err)
 		}
 	}
+	return map[string]string{
+		"private": hex.EncodeToString(seqBytes(0x10, 32)), "public": hex.EncodeToString(ini.kp.pub[:]),
+		"text": good, "substituted": string(sub), "swapped": string(swap),
+	}
+}
+
+// handshakeVector runs one handshake with fixed keys, timestamp and
+// indices; it also returns the initiation and its mac1 for the cookie.
+func handshakeVector(t *testing.T) (map[string]string, []byte, [macLen]byte) {
+	hx := hex.EncodeToString
+	ini, res := testIdentity(t, 0x10), testIdentity(t, 0x40)
 	ts := tai64n(time.Date(2026, 1, 2, 3, 4, 5, 600000000, time.UTC))
 	iEph, rEph := seqBytes(0x70, 32), seqBytes(0xa0, 32)
 	var hi, hr sessionHandshake
@@ -1428,13 +1443,12 @@ func specVectors(t *testing.T) map[string]map[string]string {
 	if err != nil {
 		t.Fatal(err)
 	}
-	rsend, rrecv, _ := hr.beginSession()
-	if rsend != recv || rrecv != send {
+	if rsend, rrecv, _ := hr.beginSession(); rsend != recv || rrecv != send {
 		t.Fatal("the two sides split differently")
 	}
 	kp := newKeypair(send, recv, 0x11223344, 0x55667788, true, time.Time{})
 	first, _ := kp.seal(nil, []byte("hello"))
-	out["handshake"] = map[string]string{
+	return map[string]string{
 		"protocol_name":         hx([]byte(noiseProtocolName(&patternIKpsk2))),
 		"prologue":              hx([]byte(sessionPrologue)),
 		"psk":                   hx(sessionPSK[:]),
@@ -1456,9 +1470,14 @@ func specVectors(t *testing.T) map[string]map[string]string {
 		"initiator_receive_key": hx(recv[:]),
 		"transport_payload":     hx([]byte("hello")),
 		"transport_0":           hx(first),
-	}
-	// Cookie: a loaded responder with secret R answers the initiation above
-	// from 192.0.2.1:4242; the initiator's next initiation carries mac2.
+	}, initBytes, mac1
+}
+
+// cookieVector: a loaded responder with secret R answers the initiation
+// from 192.0.2.1:4242; the initiator's next initiation carries mac2.
+func cookieVector(t *testing.T, initBytes []byte, mac1 [macLen]byte) map[string]string {
+	hx := hex.EncodeToString
+	res := testIdentity(t, 0x40)
 	secret, nonce := seqBytes(0xc0, 32), seqBytes(0xe0, xNonceLen)
 	src := netip.MustParseAddrPort("192.0.2.1:4242")
 	cookie := keyedMAC(secret, addrBytes(src))
@@ -1468,12 +1487,11 @@ func specVectors(t *testing.T) map[string]map[string]string {
 	x, _ := chacha20poly1305.NewX(ck[:])
 	x.Seal(reply.cookie[:0], nonce, cookie[:], mac1[:])
 	mac2 := keyedMAC(cookie[:], initBytes[:initiationOffMAC2])
-	out["cookie"] = map[string]string{
+	return map[string]string{
 		"secret": hx(secret), "source": hx(addrBytes(src)), "cookie": hx(cookie[:]),
 		"cookie_key": hx(ck[:]), "nonce": hx(nonce), "cookie_reply": hx(reply.appendTo(nil)),
 		"mac2_of_initiation": hx(mac2[:]),
 	}
-	return out
 }
 
 // parseSpecVectors reads the session-vector blocks of SPEC.md.
