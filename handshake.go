@@ -568,14 +568,6 @@ func (hs *handshakeState) erase() {
 	wipe(hs.psk[:])
 }
 
-// transportSeal and transportOpen are the Noise transport CipherState
-// operations for the vector tests; sessions use keypair (below), which
-// is the same computation without allocations.
-func transportSeal(aead cipher.AEAD, n uint64, dst, plaintext []byte) []byte {
-	nonce := noiseNonce(n)
-	return aead.Seal(dst, nonce[:], plaintext, nil)
-}
-
 // ---------------------------------------------------------------------------
 // Identity: one long-term X25519 key pair, and the text form of its public
 // key that people paste to each other (SPEC.md 4.1).
@@ -842,7 +834,7 @@ const (
 	macLen       = 16
 	cookieLen    = 16
 	timestampLen = 12 // TAI64N
-	counterLen   = 8
+	counterLen   = 8  // transport counter, little-endian
 	xNonceLen    = 24 // XChaCha20-Poly1305
 
 	initiationOffSender    = 4
@@ -865,7 +857,7 @@ const (
 	cookieReplySize        = 64
 	transportOffReceiver   = 4
 	transportOffCounter    = 8
-	transportOffData       = 16
+	transportOffData       = transportOffCounter + counterLen
 	transportMinSize       = transportOffData + noiseTagLen                    // a keepalive: 32
 	maxTransportSize       = 1200                                              // whole datagram
 	maxTransportPayload    = maxTransportSize - transportOffData - noiseTagLen // 1168
