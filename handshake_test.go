@@ -1613,3 +1613,118 @@ func TestHandshakeStepsInOrder(t *testing.T) {
 		t.Errorf("responder writing first: %v", err)
 	}
 }
+
+func TestRoamingUpdatesEndpoint(t *testing.T) {
+	var n fakeNet
+	a, b := newTestPair(t, &n, newTestClock(), nil)
+	establish(t, &n, a, b)
+	var seen netip.AddrPort
+	b.m.cfg.Established = func(_ publicKey, addr netip.AddrPort) { seen = addr }
+	a.m.send(b.id.public(), []byte("from elsewhere"))
+	moved := netip.MustParseAddrPort("127.0.0.9:4000")
+	for _, p := range n.take() {
+		b.m.handlePacket(moved, p.b)
+	}
+	if seen != moved || b.m.peers[a.id.public()].endpoint != moved {
+		t.Errorf("after roaming: Established(%v), endpoint %v; want %v", seen, b.m.peers[a.id.public()].endpoint, moved)
+	}
+	// A forged packet from yet another address does not move it.
+	b.m.handlePacket(netip.MustParseAddrPort("127.0.0.8:1"), append([]byte{packetTransport, 0, 0, 0}, make([]byte, 40)...))
+	if b.m.peers[a.id.public()].endpoint != moved {
+		t.Error("an unauthenticated packet moved the endpoint")
+	}
+}
+
+func TestForgetErasesSessions(t *testing.T) {
+	var n fakeNet
+	a, b := newTestPair(t, &n, newTestClock(), nil)
+	establish(t, &n, a, b)
+	kp := b.m.peers[a.id.public()].current
+	b.mu.Lock()
+	delete(b.contacts, a.id.public())
+	b.mu.Unlock()
+	b.m.forget(a.id.public())
+	if b.m.hasSession(a.id.public()) || !kp.wiped {
+		t.Fatal("forget kept the session")
+	}
+	if _, err := kp.seal(nil, []byte("x")); err == nil {
+		t.Error("a wiped keypair still seals")
+	}
+	a.m.send(b.id.public(), []byte("still there?"))
+	n.pump(t)
+	if len(b.delivered()) != 0 {
+		t.Error("b delivered a message from a forgotten contact")
+	}
+	a.m.forget(b.id.public())
+	a.m.setEndpoint(b.id.public(), b.addr)
+	n.pump(t)
+	if a.m.hasSession(b.id.public()) || b.m.stats.notAllowed.Load() != 1 {
+		t.Errorf("handshake with a removed contact: session %v, notAllowed %d", a.m.hasSession(b.id.public()), b.m.stats.notAllowed.Load())
+	}
+}
+
+func TestStaticSecretAgrees(t *testing.T) {
+	a, b := testIdentity(t, 1), testIdentity(t, 2)
+	ab, err1 := a.staticSecret(b.public())
+	ba, err2 := b.staticSecret(a.public())
+	if err1 != nil || err2 != nil || ab != ba || ab == ([32]byte{}) {
+		t.Errorf("staticSecret: %x %v / %x %v", ab, err1, ba, err2)
+	}
+}
+
+func TestRekeyAfterMessages(t *testing.T) {
+	var n fakeNet
+	a, b := newTestPair(t, &n, newTestClock(), func(c *sessionConfig) { c.RekeyAfterMessages = 10 })
+	establish(t, &n, a, b)
+	first := a.m.peers[b.id.public()].current
+	for i := range 30 {
+		a.m.send(b.id.public(), fmt.Append(nil, i))
+		n.pump(t)
+	}
+	if a.m.peers[b.id.public()].current == first || len(b.delivered()) != 30 {
+		t.Errorf("no rekey after RekeyAfterMessages, or loss: %d delivered", len(b.delivered()))
+	}
+}
+
+func TestHandshakeGivesUp(t *testing.T) {
+	var n fakeNet
+	clock := newTestClock()
+	a, b := newTestPair(t, &n, clock, nil)
+	n.filter = func(fakePacket) bool { return false } // b is unreachable
+	a.m.setEndpoint(b.id.public(), b.addr)
+	a.m.send(b.id.public(), []byte("lost"))
+	inits := 0
+	for range 100 {
+		clock.advance(time.Second)
+		a.m.tick()
+		for _, p := range n.take() {
+			if p.b[0] == packetInitiation {
+				inits++
+			}
+		}
+	}
+	_, _, _, pending := sessionCount(a.m, b.id.public())
+	if pending != 0 || a.m.stats.queueDropped.Load() != 1 {
+		t.Errorf("after RekeyAttemptTime: pending %d, dropped %d", pending, a.m.stats.queueDropped.Load())
+	}
+	// One initiation every RekeyTimeout (5 s) during RekeyAttemptTime (90 s).
+	if inits < 16 || inits > 19 {
+		t.Errorf("%d initiations sent, want about 18", inits)
+	}
+}
+
+func TestCookieReplyForgedIgnored(t *testing.T) {
+	var n fakeNet
+	a, b := newTestPair(t, &n, newTestClock(), nil)
+	a.m.setEndpoint(b.id.public(), b.addr)
+	init := firstOfType(t, &n, packetInitiation)
+	sender := binary.LittleEndian.Uint32(init.b[initiationOffSender:])
+	var wrongMAC1 [macLen]byte
+	b.m.sendCookieReply(a.addr, sender, wrongMAC1, [cookieLen]byte{1})
+	for _, p := range n.take() {
+		n.deliver(p)
+	}
+	if a.m.peers[b.id.public()].hasCookie || a.m.stats.handshakeFail.Load() != 1 {
+		t.Error("a accepted a cookie reply bound to another message")
+	}
+}
