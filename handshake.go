@@ -1653,7 +1653,8 @@ func (m *sessionManager) handleInitiation(from netip.AddrPort, b []byte) {
 }
 
 // respond applies the per-peer rules to an authenticated initiation and
-// returns the response to send.
+// returns what to send back: the response, or, when the simultaneous-open
+// rule keeps our own initiation and the peer has moved, that initiation.
 func (m *sessionManager) respond(from netip.AddrPort, h *sessionHandshake) ([]byte, error) {
 	now := m.cfg.Now()
 	m.mu.Lock()
@@ -1665,6 +1666,13 @@ func (m *sessionManager) respond(from netip.AddrPort, h *sessionHandshake) ([]by
 	}
 	if !m.yieldLocked(p, now) {
 		m.stats.simultaneous.Add(1)
+		if p.hs != nil && p.endpoint != from {
+			// The initiation authenticated, so from is where the peer
+			// is now: aim our own pending initiation there at once
+			// rather than keep sending to an old address.
+			p.endpoint = from
+			return m.initiateLocked(p, now), nil
+		}
 		return nil, errors.New("session: simultaneous open, keeping ours")
 	}
 	p.lastTimestamp = h.timestamp

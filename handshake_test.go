@@ -1728,3 +1728,24 @@ func TestCookieReplyForgedIgnored(t *testing.T) {
 		t.Error("a accepted a cookie reply bound to another message")
 	}
 }
+
+// TestSimultaneousOpenStaleAddress: the lower side keeps its initiation
+// but sent it to an old address; the higher side's initiation tells it
+// where the peer is, and the session comes up without waiting.
+func TestSimultaneousOpenStaleAddress(t *testing.T) {
+	var n fakeNet
+	a, b := newTestPair(t, &n, newTestClock(), nil)                        // a is lower
+	a.m.setEndpoint(b.id.public(), netip.MustParseAddrPort("127.0.0.1:9")) // nobody there
+	b.m.setEndpoint(a.id.public(), a.addr)
+	b.m.send(a.id.public(), []byte("from b"))
+	n.pump(t)
+	if !a.m.hasSession(b.id.public()) || !b.m.hasSession(a.id.public()) {
+		t.Fatal("no session")
+	}
+	if !slices.Equal(a.delivered(), []string{"from b"}) {
+		t.Errorf("a got %q", a.delivered())
+	}
+	if !a.m.peers[b.id.public()].current.initiator {
+		t.Error("the lower key is not the initiator")
+	}
+}
