@@ -1381,7 +1381,63 @@ func specVectors(t *testing.T) map[string]map[string]string {
 		"identity":  identityVector(t),
 		"handshake": hs,
 		"cookie":    cookieVector(t, initBytes, mac1),
+		"negative":  negativeVector(t, initBytes),
 	}
+}
+
+// negativeVector feeds the responder of the handshake vector (who has the
+// initiator as a contact) variants of the initiation, in order, and
+// records what it does with each.
+func negativeVector(t *testing.T, initBytes []byte) map[string]string {
+	var n fakeNet
+	res := newTestPeer(t, &n, newTestClock(), 0x40, 2, nil)
+	ini := testIdentity(t, 0x10)
+	res.contacts[ini.public()] = true
+	remac := func(p []byte) []byte {
+		k := mac1Key(res.id.public())
+		mac := keyedMAC(k[:], p[:initiationOffMAC1])
+		copy(p[initiationOffMAC1:], mac[:])
+		return p
+	}
+	flip := func(p []byte, i int) []byte { p = bytes.Clone(p); p[i] ^= 1; return p }
+	cases := []struct {
+		name string
+		pkt  []byte
+	}{
+		{"reserved", remac(flip(initBytes, 1))},
+		{"truncated", initBytes[:initiationSize-1]},
+		{"bad_mac1", flip(initBytes, initiationOffMAC2-1)},
+		{"bad_static", remac(flip(initBytes, initiationOffStatic))},
+		{"genuine", initBytes},
+		{"replayed", initBytes},
+	}
+	out := map[string]string{}
+	for i, c := range cases {
+		st := &res.m.stats
+		before := [4]uint64{st.malformed.Load(), st.badMAC.Load(), st.handshakeFail.Load(), st.staleInit.Load()}
+		dh := res.m.dh.n.Load()
+		res.m.handlePacket(netip.MustParseAddrPort("192.0.2.1:4242"), c.pkt)
+		after := [4]uint64{st.malformed.Load(), st.badMAC.Load(), st.handshakeFail.Load(), st.staleInit.Load()}
+		sent := n.take()
+		outcome := "unexpected"
+		switch {
+		case len(sent) == 1 && sent[0].b[0] == packetResponse:
+			outcome = "response"
+		case len(sent) > 0:
+		case after[0] > before[0]:
+			outcome = "drop malformed"
+		case after[1] > before[1] && res.m.dh.n.Load() == dh:
+			outcome = "drop bad-mac1 before DH"
+		case after[2] > before[2]:
+			outcome = "drop not-authentic"
+		case after[3] > before[3]:
+			outcome = "drop stale-timestamp"
+		}
+		key := fmt.Sprintf("%d_%s", i+1, c.name)
+		out[key] = hex.EncodeToString(c.pkt)
+		out[key+"_outcome"] = outcome
+	}
+	return out
 }
 
 // identityVector: a fixed private key, its public key and text form, and
