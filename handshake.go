@@ -1896,15 +1896,16 @@ func (m *sessionManager) confirm(p *peer, kp *keypair, from netip.AddrPort) bool
 func (m *sessionManager) flush(p *peer, keepalive bool) {
 	m.mu.Lock()
 	kp, to := p.current, p.endpoint
+	if kp == nil {
+		m.mu.Unlock()
+		return // the queue waits for the next session
+	}
 	q := p.queue
 	p.queue = nil
-	if kp != nil && len(q) > 0 || keepalive {
+	if len(q) > 0 || keepalive {
 		p.lastSend = m.cfg.Now()
 	}
 	m.mu.Unlock()
-	if kp == nil {
-		return
-	}
 	if len(q) == 0 && keepalive {
 		m.sendTransport(kp, to, nil)
 	}
