@@ -1,0 +1,375 @@
+// Benchmarks of the chat over the whole stack: Node (one UDP socket),
+// sessions, chat core with its durable outbox and, for the time to the
+// first message, a DHT. They live apart from message_test.go because they
+// start real sockets and files and measure, where the unit tests check.
+//
+// Flow: benchStack assembles the layers the way app.build does, but hands
+// the chat's events to the benchmark instead of the UI. Two stacks on
+// 127.0.0.1 befriend each other and get a session; the benchmarks then
+// time sends against the receiver's message events.
+//
+//	go test -run='^$' -bench=BenchmarkDeliveryLatency -benchtime=200x
+//	go test -run='^$' -bench=BenchmarkThroughput -benchtime=20000x
+//	go test -run='^$' -bench=BenchmarkTimeToFirstMessage -benchtime=20x
+package main
+
+import (
+	"context"
+	"crypto/rand"
+	"net"
+	"net/netip"
+	"os"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+)
+
+// benchStack is one kadchat without its UI.
+type benchStack struct {
+	dir  string
+	id   *identity
+	node *Node
+	dht  *dht // nil when built without the DHT
+	sess *sessionManager
+	chat *chat
+
+	onEvent atomic.Pointer[func(chatEvent)]
+
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+}
+
+// benchStackOpts says how to build a stack.
+type benchStackOpts struct {
+	dir    string
+	listen string   // "127.0.0.1:0" if empty
+	boot   []string // DHT bootstrap; used only with withDHT
+	dht    bool
+}
+
+// startBenchStack builds and runs a stack from dir.
+func startBenchStack(tb testing.TB, o benchStackOpts) *benchStack {
+	tb.Helper()
+	if o.listen == "" {
+		o.listen = "127.0.0.1:0"
+	}
+	s := &benchStack{dir: o.dir}
+	var err error
+	if s.id, err = loadOrCreateIdentity(o.dir, rand.Reader); err != nil {
+		tb.Fatal(err)
+	}
+	if s.node, err = listenNode(o.listen, nil); err != nil {
+		tb.Fatal(err)
+	}
+	if o.dht {
+		if s.dht, err = newDHT(s.node, dhtConfig{Bootstrap: o.boot, Dir: o.dir}); err != nil {
+			tb.Fatal(err)
+		}
+	}
+	s.sess = newSessionManager(sessionConfig{
+		Identity:    s.id,
+		Send:        s.node.send,
+		Allowed:     func(k publicKey) bool { return s.chat.isContact(k) },
+		Deliver:     func(k publicKey, from netip.AddrPort, b []byte) { s.chat.handlePayload(k, from, b) },
+		Established: func(k publicKey, addr netip.AddrPort) { s.chat.setOnline(k, addr) },
+	})
+	s.node.onSession = s.sess.handlePacket
+	cfg := chatConfig{
+		Dir:          o.dir,
+		Self:         s.id.public(),
+		StaticSecret: s.id.staticSecret,
+		SetEndpoint:  s.sess.setEndpoint,
+		IsSelf:       func(a netip.AddrPort) bool { return a == s.node.LocalAddr() },
+		Send:         s.sess.send,
+		MaxPayload:   maxTransportPayload,
+		Event: func(e chatEvent) {
+			if f := s.onEvent.Load(); f != nil {
+				(*f)(e)
+			}
+		},
+	}
+	if s.dht != nil {
+		cfg.Announce = func(ctx context.Context, ih nodeID) (int, error) { return s.dht.announce(ctx, ih, 0, true) }
+		cfg.GetPeers = s.dht.getPeers
+	}
+	if s.chat, err = newChat(cfg); err != nil {
+		s.node.Close()
+		tb.Fatal(err)
+	}
+	return s
+}
+
+// setEvents installs the event handler; it must not block.
+func (s *benchStack) setEvents(f func(chatEvent)) { s.onEvent.Store(&f) }
+
+// run starts the goroutines of every layer.
+func (s *benchStack) run() {
+	ctx, cancel := context.WithCancel(context.Background())
+	s.cancel = cancel
+	fs := []func(context.Context) error{
+		s.node.run,
+		func(ctx context.Context) error { s.sess.run(ctx); return nil },
+		s.chat.run,
+	}
+	if s.dht != nil {
+		fs = append(fs, s.dht.run)
+	}
+	for _, f := range fs {
+		s.wg.Add(1)
+		go func() { defer s.wg.Done(); f(ctx) }()
+	}
+}
+
+// stop ends the goroutines and saves state, as app.close does.
+func (s *benchStack) stop(tb testing.TB) {
+	s.cancel()
+	s.wg.Wait()
+	if err := s.chat.close(); err != nil {
+		tb.Error(err)
+	}
+	s.node.Close()
+}
+
+// benchDir makes a data directory under root ("" is the default temp dir).
+func benchDir(tb testing.TB, root, name string) string {
+	tb.Helper()
+	d, err := os.MkdirTemp(root, "kadchat-bench-"+name+"-")
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() { os.RemoveAll(d) })
+	return d
+}
+
+// benchBefriend makes a and b contacts named "b" and "a".
+func benchBefriend(tb testing.TB, a, b *benchStack) {
+	tb.Helper()
+	if err := a.chat.addContact("b", b.id.public()); err != nil {
+		tb.Fatal(err)
+	}
+	if err := b.chat.addContact("a", a.id.public()); err != nil {
+		tb.Fatal(err)
+	}
+}
+
+// benchConnect gives a the address of b and waits until both have a session.
+func benchConnect(tb testing.TB, a, b *benchStack) {
+	tb.Helper()
+	a.sess.setEndpoint(b.id.public(), b.node.LocalAddr())
+	deadline := time.Now().Add(10 * time.Second)
+	for !a.sess.hasSession(b.id.public()) || !b.sess.hasSession(a.id.public()) {
+		if time.Now().After(deadline) {
+			tb.Fatal("no session within 10 s")
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
+// percentile of sorted durations, in microseconds.
+func percentileUS(sorted []time.Duration, p float64) float64 {
+	if len(sorted) == 0 {
+		return 0
+	}
+	i := min(len(sorted)-1, int(p*float64(len(sorted))))
+	return float64(sorted[i].Nanoseconds()) / 1e3
+}
+
+// udpRTT measures n round trips between two plain UDP sockets on
+// loopback, the floor under any protocol on this machine.
+func udpRTT(tb testing.TB, n int) []time.Duration {
+	tb.Helper()
+	a, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	defer a.Close()
+	b, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	defer b.Close()
+	go func() {
+		buf := make([]byte, 2048)
+		for {
+			m, from, err := b.ReadFromUDPAddrPort(buf)
+			if err != nil {
+				return
+			}
+			b.WriteToUDPAddrPort(buf[:m], from)
+		}
+	}()
+	to := b.LocalAddr().(*net.UDPAddr).AddrPort()
+	msg := make([]byte, 64) // about a one-fragment chat frame in a transport packet
+	buf := make([]byte, 2048)
+	out := make([]time.Duration, 0, n)
+	for range n {
+		t0 := time.Now()
+		if _, err := a.WriteToUDPAddrPort(msg, to); err != nil {
+			tb.Fatal(err)
+		}
+		a.SetReadDeadline(time.Now().Add(time.Second))
+		if _, _, err := a.ReadFromUDPAddrPort(buf); err != nil {
+			tb.Fatal(err)
+		}
+		out = append(out, time.Since(t0))
+	}
+	slices.Sort(out)
+	return out
+}
+
+// benchRoots are the two places the data directories go: the default temp
+// dir (a real disk: fsync costs what the device makes it cost) and tmpfs.
+var benchRoots = []struct{ name, root string }{{"disk", ""}, {"tmpfs", "/dev/shm"}}
+
+// benchPair starts two befriended stacks with a session between them.
+func benchPair(b *testing.B, root string) (snd, rcv *benchStack) {
+	if root != "" {
+		if fi, err := os.Stat(root); err != nil || !fi.IsDir() {
+			b.Skipf("%s not available", root)
+		}
+	}
+	snd = startBenchStack(b, benchStackOpts{dir: benchDir(b, root, "a")})
+	rcv = startBenchStack(b, benchStackOpts{dir: benchDir(b, root, "b")})
+	benchBefriend(b, snd, rcv)
+	snd.run()
+	rcv.run()
+	b.Cleanup(func() { snd.stop(b); rcv.stop(b) })
+	benchConnect(b, snd, rcv)
+	return snd, rcv
+}
+
+// BenchmarkDeliveryLatency times one message on an established session,
+// from the send call to the receiver's message event (after the receiver's
+// "delivered" record is durable), one message at a time.
+func BenchmarkDeliveryLatency(b *testing.B) {
+	for _, r := range benchRoots {
+		b.Run(r.name, func(b *testing.B) { benchLatency(b, r.root) })
+	}
+}
+
+func benchLatency(b *testing.B, root string) {
+	snd, rcv := benchPair(b, root)
+	got := make(chan uint64, 16)
+	done := make(chan uint64, 16)
+	rcv.setEvents(func(e chatEvent) {
+		if e.Kind == eventMessage {
+			got <- e.MsgID
+		}
+	})
+	snd.setEvents(func(e chatEvent) {
+		if e.Kind == eventDelivered {
+			done <- e.MsgID
+		}
+	})
+	ctx := context.Background()
+	text := "a message of about the size people type"
+	lat := make([]time.Duration, 0, b.N)
+	b.ReportAllocs()
+	b.ResetTimer()
+	for i := range b.N {
+		t0 := time.Now()
+		id, err := snd.chat.send(ctx, "b", text)
+		if err != nil {
+			b.Fatal(err)
+		}
+		waitID(b, got, id, i)
+		lat = append(lat, time.Since(t0))
+		// Let the ack and its outbox record settle, so each message
+		// starts from the same quiet state.
+		waitID(b, done, id, i)
+	}
+	b.StopTimer()
+	slices.Sort(lat)
+	rtt := udpRTT(b, max(b.N, 1000))
+	p50, rtt50 := percentileUS(lat, 0.5), percentileUS(rtt, 0.5)
+	b.ReportMetric(p50, "p50-us")
+	b.ReportMetric(percentileUS(lat, 0.99), "p99-us")
+	b.ReportMetric(rtt50, "udp-rtt-p50-us")
+	b.ReportMetric(p50/rtt50, "p50/rtt")
+}
+
+// waitID waits for want on ch; ids arrive in order.
+func waitID(b *testing.B, ch <-chan uint64, want uint64, i int) {
+	b.Helper()
+	t := time.NewTimer(10 * time.Second)
+	defer t.Stop()
+	for {
+		select {
+		case id := <-ch:
+			if id == want {
+				return
+			}
+			if id > want {
+				b.Fatalf("message %d: got id %d, want %d", i, id, want)
+			}
+		case <-t.C:
+			b.Fatalf("message %d (id %d): no event within 10 s", i, want)
+		}
+	}
+}
+
+// BenchmarkThroughput sends b.N messages from one sender to one receiver
+// as fast as the chat allows, with at most chatWindow of them not yet
+// delivered: many concurrent send calls share each outbox fsync (group
+// commit) on both sides.
+func BenchmarkThroughput(b *testing.B) {
+	for _, r := range benchRoots {
+		b.Run(r.name, func(b *testing.B) { benchThroughput(b, r.root) })
+	}
+}
+
+func benchThroughput(b *testing.B, root string) {
+	snd, rcv := benchPair(b, root)
+	window := make(chan struct{}, chatWindow)
+	var delivered atomic.Int64
+	all := make(chan struct{})
+	n := int64(b.N)
+	rcv.setEvents(func(e chatEvent) {
+		if e.Kind != eventMessage {
+			return
+		}
+		<-window
+		if delivered.Add(1) == n {
+			close(all)
+		}
+	})
+	ctx := context.Background()
+	text := "throughput test message"
+	var failed atomic.Pointer[error]
+	b.ReportAllocs()
+	b.ResetTimer()
+	t0 := time.Now()
+	var wg sync.WaitGroup
+	for range b.N {
+		window <- struct{}{}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if _, err := snd.chat.send(ctx, "b", text); err != nil {
+				failed.Store(&err)
+			}
+		}()
+	}
+	select {
+	case <-all:
+	case <-time.After(60 * time.Second):
+		b.Fatalf("%d of %d messages delivered within 60 s", delivered.Load(), b.N)
+	}
+	el := time.Since(t0)
+	b.StopTimer()
+	wg.Wait()
+	if err := failed.Load(); err != nil {
+		b.Fatal(*err)
+	}
+	b.ReportMetric(float64(b.N)/el.Seconds(), "msgs/s")
+	b.ReportMetric(float64(snd.chat.j.syncCount()+rcv.chat.j.syncCount())/float64(b.N), "fsyncs/msg")
+}
+
+// syncCount is how many fsyncs the journal did.
+func (j *journal) syncCount() uint64 {
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	return j.syncs
+}
