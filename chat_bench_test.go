@@ -16,6 +16,7 @@ package main
 import (
 	"context"
 	"crypto/rand"
+	"fmt"
 	"net"
 	"net/netip"
 	"os"
@@ -372,4 +373,97 @@ func (j *journal) syncCount() uint64 {
 	j.mu.Lock()
 	defer j.mu.Unlock()
 	return j.syncs
+}
+
+// benchSwarm starts size DHT nodes on 127.0.0.1 in this process and waits
+// until their tables have filled; it returns a few of their addresses to
+// bootstrap from.
+func benchSwarm(b *testing.B, size int) []string {
+	b.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	b.Cleanup(func() { cancel(); wg.Wait() })
+	var seeds []string
+	var ds []*dht
+	for i := range size {
+		n, err := listenNode("127.0.0.1:0", nil)
+		if err != nil {
+			b.Fatal(err)
+		}
+		var boot []string
+		if i > 0 {
+			boot = seeds[:1]
+		}
+		d, err := newDHT(n, dhtConfig{Bootstrap: boot})
+		if err != nil {
+			b.Fatal(err)
+		}
+		if i < 3 {
+			seeds = append(seeds, n.LocalAddr().String())
+		}
+		ds = append(ds, d)
+		wg.Add(2)
+		go func() { defer wg.Done(); n.run(ctx) }()
+		go func() { defer wg.Done(); d.run(ctx) }()
+	}
+	deadline := time.Now().Add(20 * time.Second)
+	for _, d := range ds {
+		for d.size() < bucketSize && time.Now().Before(deadline) {
+			time.Sleep(10 * time.Millisecond)
+		}
+	}
+	return seeds
+}
+
+// BenchmarkTimeToFirstMessage: a sender is online with a message queued
+// for a receiver that is offline; the receiver starts from its data
+// directory (contact already added) on a new port, and the time from its
+// start to its first message event is measured. The swarm is 100 DHT nodes
+// on loopback, built once. The sender listens on 127.0.0.2 so that, as on
+// the Internet, it does not share an IP address with the receiver (a DHT
+// node keeps only a few ports per IP and infohash).
+func BenchmarkTimeToFirstMessage(b *testing.B) {
+	seeds := benchSwarm(b, 100)
+	snd := startBenchStack(b, benchStackOpts{dir: benchDir(b, "", "a"), listen: "127.0.0.2:0", boot: seeds, dht: true})
+	rdir := benchDir(b, "", "b")
+	// The receiver's first run: create its identity, add the contact, join
+	// the DHT (its routing table is saved for the next start).
+	rcv := startBenchStack(b, benchStackOpts{dir: rdir, boot: seeds, dht: true})
+	benchBefriend(b, snd, rcv)
+	snd.run()
+	b.Cleanup(func() { snd.stop(b) })
+	rcv.run()
+	for deadline := time.Now().Add(10 * time.Second); rcv.dht.size() < bucketSize && time.Now().Before(deadline); {
+		time.Sleep(10 * time.Millisecond)
+	}
+	rcv.stop(b)
+
+	got := make(chan uint64, 16)
+	events := func(e chatEvent) {
+		if e.Kind == eventMessage {
+			got <- e.MsgID
+		}
+	}
+	ctx := context.Background()
+	lat := make([]time.Duration, 0, b.N)
+	b.ResetTimer()
+	for i := range b.N {
+		id, err := snd.chat.send(ctx, "b", fmt.Sprintf("message %d while you were away", i))
+		if err != nil {
+			b.Fatal(err)
+		}
+		t0 := time.Now()
+		rcv = startBenchStack(b, benchStackOpts{dir: rdir, boot: seeds, dht: true})
+		rcv.setEvents(events)
+		rcv.run()
+		waitID(b, got, id, i)
+		lat = append(lat, time.Since(t0))
+		b.StopTimer()
+		rcv.stop(b)
+		b.StartTimer()
+	}
+	b.StopTimer()
+	slices.Sort(lat)
+	b.ReportMetric(percentileUS(lat, 0.5)/1e3, "p50-ms")
+	b.ReportMetric(percentileUS(lat, 0.99)/1e3, "p99-ms")
 }
