@@ -67,6 +67,9 @@ const (
 	lookupSlowInterval = 90 * time.Second
 	announceInterval   = 5 * time.Minute
 	announceRetry      = 15 * time.Second
+	dhtRetryMin        = 100 * time.Millisecond
+	maxLookupTries     = 64 // rendezvous candidates remembered per contact
+	lookupTriesEach    = 2  // lookups in a row that hand over the same candidate
 	dhtOpTimeout       = 30 * time.Second
 	maxDHTOps          = 4
 	verifyLabel        = "kadchat verify v1"
@@ -634,6 +637,7 @@ type chatConfig struct {
 	GetPeers     func(ctx context.Context, infohash nodeID) ([]netip.AddrPort, error)
 	SetEndpoint  func(peer publicKey, addr netip.AddrPort)  // an address found by rendezvous
 	IsSelf       func(addr netip.AddrPort) bool             // optional: our own announced address
+	OwnIP        func(ip netip.Addr) bool                   // optional: an IP we announce from (candidates there are tried last)
 	Send         func(peer publicKey, payload []byte) error // one session payload; may fail: we retransmit
 	MaxPayload   int                                        // the session's plaintext limit per packet
 	// Event receives events in order, without chat locks held. It may run on
@@ -720,6 +724,8 @@ type chatPeer struct {
 
 	fastUntil, nextLookup, nextAnnounce time.Time
 	lookupBusy, announceBusy            bool
+	lookupFails, announceFails          int              // consecutive failed DHT operations
+	tried                               []netip.AddrPort // rendezvous candidates handed over since the last session
 }
 
 // pendingDelivery is a message delivered in memory whose "delivered"
@@ -1279,6 +1285,7 @@ func (c *chat) setOnline(key publicKey, addr netip.AddrPort) {
 		c.events = append(c.events, chatEvent{Kind: eventMoved, Contact: p.Name, Key: key, Time: now, Addr: addr})
 	}
 	p.online, p.addr, p.LastSeen = true, addr, now
+	p.tried = p.tried[:0]
 	frames := c.dueLocked(p, now, true)
 	c.mu.Unlock()
 	c.sendLater(key, frames)
@@ -1446,6 +1453,9 @@ func (c *chat) verifyCode(name string) (string, error) {
 // have ended and the contacts (last seen) are saved.
 func (c *chat) run(ctx context.Context) error {
 	c.startSchedule()
+	// The first rendezvous runs now, not a tick later: a contact waiting
+	// for us should hear from us as soon as the DHT can answer.
+	c.rendezvous(ctx)
 	t := time.NewTicker(chatTick)
 	defer t.Stop()
 	for {
@@ -1560,7 +1570,8 @@ func (c *chat) runRendezvous(ctx context.Context, jb rendezvousJob, epochs []uin
 			n, err := c.cfg.Announce(octx, ih)
 			ok = ok || (err == nil && n > 0)
 		} else {
-			addrs, _ := c.cfg.GetPeers(octx, ih)
+			addrs, err := c.cfg.GetPeers(octx, ih)
+			ok = ok || err == nil
 			for _, a := range addrs {
 				if !slices.Contains(found, a) && (c.cfg.IsSelf == nil || !c.cfg.IsSelf(a)) {
 					found = append(found, a)
@@ -1569,26 +1580,98 @@ func (c *chat) runRendezvous(ctx context.Context, jb rendezvousJob, epochs []uin
 		}
 		cancel()
 	}
-	for _, a := range found {
+	c.cfg.Log.Debug("chat: rendezvous", "peer", jb.key.String(), "announce", jb.announce, "ok", ok, "found", found)
+	if a, ok := c.pickCandidate(jb.key, found); ok {
 		c.cfg.SetEndpoint(jb.key, a)
 	}
 }
 
-// rendezvousDone clears the busy mark; a failed announce is retried soon.
+// pickCandidate chooses the one address a lookup hands to the session
+// layer. A lookup often finds stale addresses next to the live one: our
+// own or the contact's earlier ports, kept by DHT nodes for 30 minutes. The
+// session layer sends its initiation to the first address it is given and
+// resends it, after RekeyTimeout, to the last one, so each lookup hands
+// over one candidate: in the DHT's order but with addresses on our own IP
+// last (most likely our own earlier announcements), each for
+// lookupTriesEach lookups in a row (an initiation may be dropped once, e.g.
+// by the simultaneous-open rule); once all were tried, the round starts
+// again.
+func (c *chat) pickCandidate(key publicKey, found []netip.AddrPort) (netip.AddrPort, bool) {
+	if len(found) == 0 {
+		return netip.AddrPort{}, false
+	}
+	if c.cfg.OwnIP != nil {
+		slices.SortStableFunc(found, func(a, b netip.AddrPort) int {
+			oa, ob := c.cfg.OwnIP(a.Addr()), c.cfg.OwnIP(b.Addr())
+			switch {
+			case oa == ob:
+				return 0
+			case ob:
+				return -1
+			}
+			return 1
+		})
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	p := c.peers[key]
+	if p == nil {
+		return netip.AddrPort{}, false
+	}
+	i := slices.IndexFunc(found, func(a netip.AddrPort) bool {
+		n := 0
+		for _, t := range p.tried {
+			if t == a {
+				n++
+			}
+		}
+		return n < lookupTriesEach
+	})
+	if i < 0 {
+		p.tried, i = p.tried[:0], 0
+	}
+	if len(p.tried) < maxLookupTries {
+		p.tried = append(p.tried, found[i])
+	}
+	return found[i], true
+}
+
+// rendezvousDone clears the busy mark. A failed operation is retried
+// soon: after dhtRetryMin, doubling with each further failure up to
+// announceRetry (announce) or the lookup interval. The first ones at start
+// usually fail only because the DHT is still pinging its saved nodes, and
+// a contact waiting for us should not wait a whole interval for that.
 func (c *chat) rendezvousDone(jb rendezvousJob, ok bool) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	p := c.peers[jb.key]
-	switch {
-	case p == nil:
-	case !jb.announce:
-		p.lookupBusy = false
-	default:
-		p.announceBusy = false
-		if retry := c.cfg.Now().Add(announceRetry); !ok && retry.Before(p.nextAnnounce) {
-			p.nextAnnounce = retry
-		}
+	if p == nil {
+		return
 	}
+	now := c.cfg.Now()
+	if jb.announce {
+		p.announceBusy = false
+		p.nextAnnounce = retryAfter(&p.announceFails, ok, now, announceRetry, p.nextAnnounce)
+		return
+	}
+	p.lookupBusy = false
+	p.nextLookup = retryAfter(&p.lookupFails, ok, now, lookupFastInterval, p.nextLookup)
+}
+
+// retryAfter counts consecutive failures and returns when to try again:
+// next if ok, else dhtRetryMin doubled per earlier failure, at most ceil
+// and never later than next.
+func retryAfter(fails *int, ok bool, now time.Time, ceil time.Duration, next time.Time) time.Time {
+	if ok {
+		*fails = 0
+		return next
+	}
+	d := min(dhtRetryMin<<min(*fails, 16), ceil)
+	*fails++
+	if retry := now.Add(d); retry.Before(next) {
+		return retry
+	}
+	return next
 }
 
 // close flushes the outbox log, compacts it and saves the contacts. The
