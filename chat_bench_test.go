@@ -443,10 +443,10 @@ func BenchmarkTimeToFirstMessage(b *testing.B) {
 	rcv.run()
 	// They find each other through the DHT and talk once, as two contacts
 	// who were both online before the receiver went away.
-	deadline := time.Now().Add(20 * time.Second)
+	deadline := time.Now().Add(30 * time.Second)
 	for !snd.sess.hasSession(rcv.id.public()) || !rcv.sess.hasSession(snd.id.public()) {
 		if time.Now().After(deadline) {
-			b.Fatal("sender and receiver found no session within 20 s")
+			b.Fatal("sender and receiver found no session within 30 s")
 		}
 		time.Sleep(10 * time.Millisecond)
 	}

@@ -1199,8 +1199,11 @@ func (c *chat) onAckLocked(p *chatPeer, f chatFrame, now time.Time) [][]byte {
 // shows the path works, so backoff restarts at retransmitMin. A message the
 // receiver holds (its bit is set) is not sent again for retransmitMin: only
 // its cumulative ack is missing. A hole below a held message was most likely
-// lost and is sent again at once, if its last send is older than
-// fastRetransmit (which bounds how often acks can trigger that).
+// lost and is sent again at once if its last send is older than
+// fastRetransmit (which bounds how often acks can trigger that), else
+// fastRetransmit after its last send: when the window is full no further
+// ack may come to trigger it, and waiting for the full timeout would stall
+// the stream for retransmitMin.
 func markAcked(out []*outMsg, f chatFrame, now time.Time, progress bool) {
 	last := -1 // index in out of the highest message the bitmap marks
 	for i, m := range out {
@@ -1218,8 +1221,10 @@ func markAcked(out []*outMsg, f chatFrame, now time.Time, progress bool) {
 		case m.sent.IsZero():
 		case sackBit(f.Sack, m.seq-f.Seq-1):
 			m.rto, m.next = 0, now.Add(retransmitMin)
-		case i < last && now.Sub(m.sent) >= fastRetransmit:
-			m.next = now
+		case i < last:
+			if soon := m.sent.Add(fastRetransmit); soon.Before(m.next) {
+				m.next = soon // in the past if the last send is old: now
+			}
 		case progress && m.rto > retransmitMin:
 			m.rto = 0
 			if soon := m.sent.Add(retransmitMin); soon.Before(m.next) {
