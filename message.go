@@ -69,7 +69,6 @@ const (
 	announceRetry      = 15 * time.Second
 	dhtRetryMin        = 100 * time.Millisecond
 	maxLookupTries     = 64 // rendezvous candidates remembered per contact
-	lookupTriesEach    = 2  // lookups in a row that hand over the same candidate
 	dhtOpTimeout       = 30 * time.Second
 	maxDHTOps          = 4
 	verifyLabel        = "kadchat verify v1"
@@ -1596,11 +1595,9 @@ func (c *chat) runRendezvous(ctx context.Context, jb rendezvousJob, epochs []uin
 // own or the contact's earlier ports, kept by DHT nodes for 30 minutes. The
 // session layer sends its initiation to the first address it is given and
 // resends it, after RekeyTimeout, to the last one, so each lookup hands
-// over one candidate: in the DHT's order but with addresses on our own IP
-// last (most likely our own earlier announcements), each for
-// lookupTriesEach lookups in a row (an initiation may be dropped once, e.g.
-// by the simultaneous-open rule); once all were tried, the round starts
-// again.
+// over one candidate: one not tried since the last session, in the DHT's
+// order but with addresses on our own IP last (most likely our own earlier
+// announcements); once all were tried, the round starts again.
 func (c *chat) pickCandidate(key publicKey, found []netip.AddrPort) (netip.AddrPort, bool) {
 	if len(found) == 0 {
 		return netip.AddrPort{}, false
@@ -1623,15 +1620,7 @@ func (c *chat) pickCandidate(key publicKey, found []netip.AddrPort) (netip.AddrP
 	if p == nil {
 		return netip.AddrPort{}, false
 	}
-	i := slices.IndexFunc(found, func(a netip.AddrPort) bool {
-		n := 0
-		for _, t := range p.tried {
-			if t == a {
-				n++
-			}
-		}
-		return n < lookupTriesEach
-	})
+	i := slices.IndexFunc(found, func(a netip.AddrPort) bool { return !slices.Contains(p.tried, a) })
 	if i < 0 {
 		p.tried, i = p.tried[:0], 0
 	}
