@@ -708,6 +708,22 @@ type inMsg struct {
 
 func (m *inMsg) complete() bool { return m != nil && m.got == len(m.frags) }
 
+// text is the reassembled message. A contact's client is trusted to send
+// UTF-8; if it does not, the message is still delivered (the stream must
+// not stall), repaired.
+func (m *inMsg) text() string {
+	var t string
+	if len(m.frags) == 1 {
+		t = string(m.frags[0]) // the common case, without a join
+	} else {
+		t = string(bytes.Join(m.frags, nil))
+	}
+	if utf8.ValidString(t) {
+		return t
+	}
+	return strings.ToValidUTF8(t, "\uFFFD")
+}
+
 // chatPeer is everything the chat keeps per contact.
 type chatPeer struct {
 	contactEntry
@@ -747,7 +763,8 @@ type chat struct {
 	peers  map[publicKey]*chatPeer
 	names  map[string]*chatPeer
 	events []chatEvent
-	drain  bool // someone is emitting events
+	spareE []chatEvent // the drained slice, reused so events cost no allocation
+	drain  bool        // someone is emitting events
 	wait   []pendingDelivery
 	epochs []uint64
 	closed bool
@@ -846,19 +863,22 @@ func (c *chat) replay(recs []outboxRec) error {
 	return nil
 }
 
-// ackTo drops the messages up to seq from the outbox and returns them.
-func (p *chatPeer) ackTo(seq uint64) []*outMsg {
+// ackTo drops the messages up to seq from the outbox and returns how many
+// it dropped and the first one's sequence number (the outbox holds
+// consecutive numbers, so they are first .. first+n-1).
+func (p *chatPeer) ackTo(seq uint64) (first uint64, n int) {
 	if seq <= p.acked {
-		return nil
+		return 0, 0
 	}
-	n := 0
 	for n < len(p.out) && p.out[n].seq <= seq {
 		n++
 	}
-	done := slices.Clone(p.out[:n])
+	if n > 0 {
+		first = p.out[0].seq
+	}
 	clear(p.out[:n])
 	p.out, p.acked = p.out[n:], seq
-	return done
+	return first, n
 }
 
 // newStream picks a stream id for a fresh conversation: the time in
@@ -1020,12 +1040,14 @@ func (c *chat) flushEvents() {
 	c.drain = true
 	for len(c.events) > 0 {
 		evs := c.events
-		c.events = nil
+		c.events = c.spareE[:0]
 		c.mu.Unlock()
 		for _, e := range evs {
 			c.cfg.Event(e)
 		}
+		clear(evs) // drop the texts
 		c.mu.Lock()
+		c.spareE = evs
 	}
 	c.drain = false
 	c.mu.Unlock()
@@ -1109,9 +1131,7 @@ func (c *chat) advanceLocked(p *chatPeer, now time.Time) bool {
 		p.delivered++
 		delete(p.reasm, p.delivered)
 		p.reasmBytes -= m.size
-		// A contact's client is trusted to send UTF-8; if it does not, the
-		// message is still delivered (the stream must not stall), repaired.
-		text := strings.ToValidUTF8(string(bytes.Join(m.frags, nil)), "\uFFFD")
+		text := m.text()
 		c.wait = append(c.wait, pendingDelivery{key: p.Key, stream: p.rstream, seq: p.delivered,
 			ev: chatEvent{Kind: eventMessage, Contact: p.Name, Key: p.Key, MsgID: p.delivered, Text: text, Time: now}})
 	}
@@ -1140,7 +1160,7 @@ func (p *chatPeer) ackFrame() []byte {
 		}
 	}
 	f := chatFrame{Type: chatFrameAck, Stream: p.rstream, Seq: p.durable, Sack: sack[:n]}
-	return f.appendTo(nil)
+	return f.appendTo(make([]byte, 0, chatAckHeaderLen+n))
 }
 
 // afterSync runs once batch gen is durable: deliveries waiting for it reach
@@ -1179,18 +1199,18 @@ func (c *chat) onAckLocked(p *chatPeer, f chatFrame, now time.Time) [][]byte {
 	if f.Stream != p.stream || f.Seq >= p.nextSeq {
 		return nil // not our current conversation, or acks what we never sent
 	}
-	done := p.ackTo(f.Seq)
-	if len(done) > 0 {
+	first, n := p.ackTo(f.Seq)
+	if n > 0 {
 		// Not waited for: if this record is lost, the messages are sent
 		// again and the receiver acknowledges them as duplicates.
 		if _, err := c.j.append(outboxRec{Type: recAcked, Key: p.Key, Seq: f.Seq}); err != nil {
 			c.cfg.Log.Warn("chat: cannot log ack", "err", err)
 		}
 	}
-	for _, m := range done {
-		c.events = append(c.events, chatEvent{Kind: eventDelivered, Contact: p.Name, Key: p.Key, MsgID: m.seq, Time: now})
+	for seq := first; seq < first+uint64(n); seq++ {
+		c.events = append(c.events, chatEvent{Kind: eventDelivered, Contact: p.Name, Key: p.Key, MsgID: seq, Time: now})
 	}
-	markAcked(p.out, f, now, len(done) > 0)
+	markAcked(p.out, f, now, n > 0)
 	return c.dueLocked(p, now, false)
 }
 
