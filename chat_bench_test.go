@@ -440,6 +440,18 @@ func benchSwarm(b *testing.B, size int) []string {
 	return seeds
 }
 
+// sessionDrops summarises why a stack's session layer dropped handshakes.
+func sessionDrops(s *benchStack) string {
+	st := &s.sess.stats
+	ci, _ := s.chat.contactByName("b")
+	if ci.Name == "" {
+		ci, _ = s.chat.contactByName("a")
+	}
+	return fmt.Sprintf("contact online %v at %v; simultaneous %d, stale %d, failed %d, unknown index %d, not allowed %d, bad mac %d, cookies %d",
+		ci.Online, ci.Addr, st.simultaneous.Load(), st.staleInit.Load(), st.handshakeFail.Load(), st.unknownIndex.Load(),
+		st.notAllowed.Load(), st.badMAC.Load(), st.cookiesSent.Load())
+}
+
 // BenchmarkTimeToFirstMessage: a sender is online with a message queued
 // for a receiver that is offline; the receiver starts from its data
 // directory (contact already added) on a new port, and the time from its
@@ -463,7 +475,7 @@ func BenchmarkTimeToFirstMessage(b *testing.B) {
 	deadline := time.Now().Add(30 * time.Second)
 	for !snd.sess.hasSession(rcv.id.public()) || !rcv.sess.hasSession(snd.id.public()) {
 		if time.Now().After(deadline) {
-			b.Fatal("sender and receiver found no session within 30 s")
+			b.Fatalf("sender and receiver found no session within 30 s; sender %s; receiver %s", sessionDrops(snd), sessionDrops(rcv))
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
