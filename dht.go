@@ -43,7 +43,8 @@ import (
 const (
 	tidLen          = 4    // bytes in our transaction ids: 32 random bits
 	maxTransactions = 2048 // outstanding queries per node
-	maxAttempts     = 3    // one transmission and two retransmissions
+	maxAttempts     = 5    // one transmission and four retransmissions
+	maxBackoffShift = 2    // the timeout doubles at most twice: 1, 2, 4, 4, 4 x RTO
 	maxPeersReply   = 50   // peers in one get_peers reply (50*8 bytes keeps it < 1280)
 	maxEvictPings   = 64   // ping-before-evict queries in flight at once
 	routingFile     = "routing"
@@ -472,9 +473,15 @@ func (e *rttEstimator) rto(t *dhtTiming) time.Duration {
 	return min(max(r, t.rtoMin), t.rtoMax)
 }
 
-// backoff doubles the timeout with each attempt (attempt 1 is the first send).
+// backoff doubles the timeout with each attempt (attempt 1 is the first
+// send) up to 2^maxBackoffShift x RTO, then keeps it there. Why stop
+// doubling: two doublings already cover an RTO estimate that was too short,
+// and the rest is random loss, where waiting longer buys nothing; one query
+// is one small datagram, adding no congestion worth backing off from.
+// Doubling all the way would make a dead node among a lookup's k closest
+// hold it up for 31 RTOs instead of 15.
 func backoff(rto time.Duration, attempt int, t *dhtTiming) time.Duration {
-	return min(rto<<(attempt-1), t.rtoMax)
+	return min(rto<<min(attempt-1, maxBackoffShift), t.rtoMax)
 }
 
 // sendQuery sends q (Method and Args set by the caller; tid, id and version

@@ -310,14 +310,17 @@ func (l *lookup) finished() bool {
 }
 
 // launch starts queries to the closest unasked candidates among the k
-// closest that have not failed, while fewer than alpha are active.
+// closest that have neither failed nor gone slow, while fewer than alpha
+// are active. A slow candidate is probably dead: looking past it now means
+// its replacement has answered by the time it fails, instead of a second
+// wait for every dead node among the k closest.
 func (l *lookup) launch() {
 	rank := 0
 	for _, c := range l.cands {
 		if l.active >= dhtAlpha || l.stats.Queried >= maxLookupQueries || rank >= bucketSize {
 			return
 		}
-		if c.state == candFailed {
+		if c.state == candFailed || c.state == candSlow {
 			continue
 		}
 		rank++
