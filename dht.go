@@ -43,14 +43,14 @@ import (
 const (
 	tidLen          = 4    // bytes in our transaction ids: 32 random bits
 	maxTransactions = 2048 // outstanding queries per node
-	maxAttempts     = 5    // one transmission and four retransmissions
-	maxBackoffShift = 2    // the timeout doubles at most twice: 1, 2, 4, 4, 4 x RTO
+	maxAttempts     = 6    // one transmission and five retransmissions
+	maxBackoffShift = 2    // the timeout doubles at most twice: 1, 2, 4, 4, 4, 4 x RTO
 	maxPeersReply   = 50   // peers in one get_peers reply (50*8 bytes keeps it < 1280)
 	maxEvictPings   = 64   // ping-before-evict queries in flight at once
 	routingFile     = "routing"
 
 	rtoInitial     = 500 * time.Millisecond // before the first RTT sample
-	rtoMin         = 20 * time.Millisecond
+	rtoMin         = 10 * time.Millisecond
 	rtoMax         = time.Second
 	rtoGranularity = 5 * time.Millisecond // G of RFC 6298
 

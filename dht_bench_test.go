@@ -484,6 +484,10 @@ func BenchmarkFlood(b *testing.B) {
 		runtime.ReadMemStats(&ms)
 		b.ReportMetric(float64(ms.HeapInuse)/(1<<20), "heap-MB")
 		b.ReportMetric(float64(d.peers.infohashes()), "infohashes")
+		d.items.mu.Lock()
+		b.ReportMetric(float64(d.items.items.len(time.Now())), "items")
+		d.items.mu.Unlock()
+		b.ReportMetric(float64(d.size()), "table")
 		b.ReportMetric(float64(g.answered.Load())/floodQueries*100, "answered-%")
 		if !answersPing(p, d) {
 			b.Fatal("no answer to a ping after the flood")
