@@ -479,7 +479,7 @@ func (e *rttEstimator) rto(t *dhtTiming) time.Duration {
 // and the rest is random loss, where waiting longer buys nothing; one query
 // is one small datagram, adding no congestion worth backing off from.
 // Doubling all the way would make a dead node among a lookup's k closest
-// hold it up for 31 RTOs instead of 15.
+// hold it up for 63 RTOs instead of 19.
 func backoff(rto time.Duration, attempt int, t *dhtTiming) time.Duration {
 	return min(rto<<min(attempt-1, maxBackoffShift), t.rtoMax)
 }
