@@ -45,14 +45,15 @@ const (
 	loadReadWindow = 200 * time.Millisecond // a lost datagram frees its window slot after this
 )
 
-// raiseFileLimit makes sure the process may open need more descriptors.
+// raiseFileLimit makes sure the process may open need descriptors, with
+// room to spare for what the test binary already holds.
 func raiseFileLimit(b *testing.B, need uint64) {
 	var lim syscall.Rlimit
 	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &lim); err != nil {
 		b.Fatal(err)
 	}
-	want := lim.Cur + need
-	if lim.Cur >= 2*need+256 {
+	want := need + 256
+	if lim.Cur >= want {
 		return
 	}
 	if want > lim.Max {
@@ -97,10 +98,11 @@ func startBenchNode(b *testing.B, boot []string, drop float64) (*dht, func()) {
 
 // buildNet starts size nodes: lookupSeeds seeds join one another, then
 // every other node bootstraps from the seeds (find_node of its own id),
-// buildParallel at a time; finally every node looks up its own id again,
-// now that the network is whole, so the buckets near it fill.
+// buildParallel at a time; then every node refreshes its whole table now
+// that the network is complete (refreshAll), and settles its RTT estimate
+// (settle). owner, the parent benchmark, closes the network at its end.
 func buildNet(b, owner *testing.B, size int, drop float64) *benchNet {
-	raiseFileLimit(b, uint64(size)+64)
+	raiseFileLimit(b, uint64(size))
 	start := time.Now()
 	nw := &benchNet{}
 	var boot []string
@@ -168,6 +170,7 @@ func settle(d *dht) {
 	}
 }
 
+// benchBootstrap bootstraps d; on a lossy network it may take a retry.
 func benchBootstrap(b *testing.B, d *dht) {
 	var err error
 	for range 3 {
@@ -181,6 +184,7 @@ func benchBootstrap(b *testing.B, d *dht) {
 	b.Errorf("bootstrap: %v", err)
 }
 
+// rtoSummary describes the nodes' retransmission timeouts, for the log.
 func rtoSummary(ds []*dht) string {
 	var rtos []time.Duration
 	for _, d := range ds {
