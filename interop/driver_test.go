@@ -160,23 +160,31 @@ func (p *kadchat) send(line string) {
 // consuming it and every line before it.
 func (p *kadchat) expect(prefixes ...string) string {
 	p.t.Helper()
+	return p.expectFunc(fmt.Sprintf("a line starting with %q", prefixes),
+		func(l string) bool { return hasWordPrefix(l, prefixes) })
+}
+
+// expectFunc returns the first unconsumed stdout line that match accepts,
+// consuming it and every line before it; what describes it for failures.
+func (p *kadchat) expectFunc(what string, match func(string) bool) string {
+	p.t.Helper()
 	timeout := time.NewTimer(expectTimeout)
 	defer timeout.Stop()
 	for {
 		lines, done := p.out.snapshot()
 		for ; p.next < len(lines); p.next++ {
-			if hasWordPrefix(lines[p.next], prefixes) {
+			if match(lines[p.next]) {
 				p.next++
 				return lines[p.next-1]
 			}
 		}
 		if done {
-			p.fatalf("exited while waiting for a line starting with %q", prefixes)
+			p.fatalf("exited while waiting for %s", what)
 		}
 		select {
 		case <-p.out.notify:
 		case <-timeout.C:
-			p.fatalf("no line starting with %q within %v", prefixes, expectTimeout)
+			p.fatalf("no %s within %v", what, expectTimeout)
 		}
 	}
 }

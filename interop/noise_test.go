@@ -1,0 +1,336 @@
+// Noise interop: a kadchat peer built on flynn/noise, framed only from
+// SPEC.md sections 4 and 5, completes a session with the running binary and
+// exchanges transport packets both ways; a single changed byte in any packet
+// makes that packet count for nothing.
+//
+// Flow: the test learns the binary's key (/id), adds the client as a contact
+// (/add), then sends an initiation (flynn's IKpsk2 first message inside the
+// SPEC's framing, with mac1), reads the response, and sends one chat data
+// frame in a transport packet; the binary shows the message and answers
+// with an ack frame in a transport packet. Before each genuine packet it
+// sends every one-byte corruption of it and checks the binary stays silent;
+// every corruption of the binary's packets must fail the client's checks.
+package interop
+
+import (
+	"bytes"
+	"crypto/rand"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/flynn/noise"
+	"golang.org/x/crypto/blake2s"
+)
+
+// Session layer wire constants, SPEC.md section 4.
+const (
+	sessionPrologue = "kadchat session v1"
+	labelMAC1       = "kadchat mac1 v1"
+
+	packetInitiation = 1
+	packetResponse   = 2
+	packetTransport  = 4
+
+	headerLen  = 4 // type, then three zero bytes
+	macLen     = 16
+	tagLen     = 16
+	pskLen     = 32
+	tai64nLen  = 12
+	counterLen = 8
+
+	initiationOffSender    = 4
+	initiationOffEphemeral = 8
+	initiationOffMAC1      = 116
+	initiationOffMAC2      = 132
+	initiationSize         = 148
+	responseOffSender      = 4
+	responseOffReceiver    = 8
+	responseOffEphemeral   = 12
+	responseOffMAC1        = 60
+	responseOffMAC2        = 76
+	responseSize           = 92
+	transportOffReceiver   = 4
+	transportOffCounter    = 8
+	transportOffData       = 16
+)
+
+// Chat frames, SPEC.md section 5.
+const (
+	chatFrameData     = 0x01
+	chatFrameAck      = 0x02
+	chatDataHeaderLen = 19 // type || stream 8 || seq 8 || index || count
+	chatAckHeaderLen  = 17 // type || stream 8 || cumulative seq 8
+)
+
+const (
+	// silence is how long the binary gets to answer a packet it must drop;
+	// a genuine packet is answered on loopback in a few milliseconds.
+	silence = 300 * time.Millisecond
+	// answerTimeout bounds waiting for a packet the binary must send.
+	answerTimeout = 5 * time.Second
+)
+
+// noiseClient is the test's side of one session.
+type noiseClient struct {
+	t      *testing.T
+	conn   *net.UDPConn
+	to     netip.AddrPort
+	static noise.DHKey
+	peer   []byte // the binary's static public key
+	hs     *noise.HandshakeState
+
+	local, remote uint32       // our index and the binary's
+	send, recv    noise.Cipher // transport keys, nonces managed by hand
+	sendCounter   uint64
+}
+
+func newNoiseClient(t *testing.T, to netip.AddrPort, peer []byte) *noiseClient {
+	t.Helper()
+	conn, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	static, err := noise.DH25519.GenerateKeypair(rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := &noiseClient{t: t, conn: conn, to: to, static: static, peer: peer}
+	var idx [4]byte
+	rand.Read(idx[:])
+	c.local = binary.LittleEndian.Uint32(idx[:])
+	return c
+}
+
+var suite = noise.NewCipherSuite(noise.DH25519, noise.CipherChaChaPoly, noise.HashBLAKE2s)
+
+// initiation is a fresh first handshake message: "-> e, es, s, ss" with the
+// TAI64N time as payload, framed and with mac1 set.
+func (c *noiseClient) initiation(now time.Time) []byte {
+	c.t.Helper()
+	hs, err := noise.NewHandshakeState(noise.Config{
+		CipherSuite: suite, Random: rand.Reader, Pattern: noise.HandshakeIK, Initiator: true,
+		Prologue: []byte(sessionPrologue), PresharedKey: make([]byte, pskLen), PresharedKeyPlacement: 2,
+		StaticKeypair: c.static, PeerStatic: c.peer,
+	})
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	c.hs = hs
+	ts := tai64n(now)
+	b := []byte{packetInitiation, 0, 0, 0}
+	b = binary.LittleEndian.AppendUint32(b, c.local)
+	b, _, _, err = hs.WriteMessage(b, ts[:])
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	if len(b) != initiationOffMAC1 {
+		c.t.Fatalf("initiation body is %d bytes, SPEC says mac1 starts at %d", len(b), initiationOffMAC1)
+	}
+	mac1 := keyedMAC(mac1Key(c.peer), b)
+	b = append(b, mac1[:]...)
+	return append(b, make([]byte, macLen)...) // mac2: no cookie
+}
+
+// consumeResponse checks a response and, if it is genuine, derives the
+// transport keys. On error nothing changes, so a corrupted copy can be tried
+// before the real one.
+func (c *noiseClient) consumeResponse(b []byte) error {
+	if len(b) != responseSize || !bytes.Equal(b[:headerLen], []byte{packetResponse, 0, 0, 0}) {
+		return errors.New("not a response")
+	}
+	if binary.LittleEndian.Uint32(b[responseOffReceiver:]) != c.local {
+		return errors.New("response to another index")
+	}
+	mac1 := keyedMAC(mac1Key(c.static.Public), b[:responseOffMAC1])
+	if !bytes.Equal(mac1[:], b[responseOffMAC1:responseOffMAC2]) {
+		return errors.New("bad mac1")
+	}
+	payload, cs1, cs2, err := c.hs.ReadMessage(nil, b[responseOffEphemeral:responseOffMAC1])
+	if err != nil {
+		return err
+	}
+	if len(payload) != 0 || cs1 == nil {
+		return errors.New("response payload not empty or handshake not over")
+	}
+	// Split: the first key is the initiator's sending key.
+	c.remote = binary.LittleEndian.Uint32(b[responseOffSender:])
+	c.send, c.recv = cs1.Cipher(), cs2.Cipher()
+	return nil
+}
+
+// transport seals p in the next transport packet.
+func (c *noiseClient) transport(p []byte) []byte {
+	b := []byte{packetTransport, 0, 0, 0}
+	b = binary.LittleEndian.AppendUint32(b, c.remote)
+	b = binary.LittleEndian.AppendUint64(b, c.sendCounter)
+	b = c.send.Encrypt(b, c.sendCounter, nil, p)
+	c.sendCounter++
+	return b
+}
+
+// openTransport checks and decrypts a transport packet from the binary.
+func (c *noiseClient) openTransport(b []byte) ([]byte, error) {
+	if len(b) < transportOffData+tagLen || !bytes.Equal(b[:headerLen], []byte{packetTransport, 0, 0, 0}) {
+		return nil, errors.New("not a transport packet")
+	}
+	if binary.LittleEndian.Uint32(b[transportOffReceiver:]) != c.local {
+		return nil, errors.New("transport packet for another index")
+	}
+	n := binary.LittleEndian.Uint64(b[transportOffCounter:])
+	return c.recv.Decrypt(nil, n, nil, b[transportOffData:])
+}
+
+func (c *noiseClient) write(b []byte) {
+	c.t.Helper()
+	if _, err := c.conn.WriteToUDPAddrPort(b, c.to); err != nil {
+		c.t.Fatal(err)
+	}
+}
+
+// read returns the next datagram within d, or nil.
+func (c *noiseClient) read(d time.Duration) []byte {
+	c.t.Helper()
+	buf := make([]byte, 2048)
+	c.conn.SetReadDeadline(time.Now().Add(d))
+	n, _, err := c.conn.ReadFromUDPAddrPort(buf)
+	if err != nil {
+		var ne net.Error
+		if errors.As(err, &ne) && ne.Timeout() {
+			return nil
+		}
+		c.t.Fatal(err)
+	}
+	return buf[:n]
+}
+
+// sendCorruptions sends b with each byte in [0, upto) changed in turn, then
+// checks that none of them drew an answer. upto excludes only what SPEC.md
+// says a receiver does not check (mac2 when it is not under load).
+func (c *noiseClient) sendCorruptions(p *kadchat, what string, b []byte, upto int) {
+	c.t.Helper()
+	for i := range upto {
+		bad := bytes.Clone(b)
+		bad[i] ^= 0x01
+		c.write(bad)
+	}
+	if got := c.read(silence); got != nil {
+		p.fatalf("a corrupted %s drew an answer: % x", what, got)
+	}
+}
+
+// checkCorruptions applies each one-byte corruption of b to check, which
+// must reject every one.
+func checkCorruptions(t *testing.T, what string, b []byte, upto int, check func([]byte) error) {
+	t.Helper()
+	for i := range upto {
+		bad := bytes.Clone(b)
+		bad[i] ^= 0x01
+		if check(bad) == nil {
+			t.Fatalf("%s with byte %d changed was accepted", what, i)
+		}
+	}
+}
+
+func TestNoiseSessionWithFlynn(t *testing.T) {
+	k := startKadchat(t)
+	f := k.run("/id", "id")
+	peerKey, err := parseKeyText(f[1])
+	if err != nil {
+		k.fatalf("/id printed %q: %v", f[1], err)
+	}
+	c := newNoiseClient(t, k.addr, peerKey[:])
+	if line := k.try("/add flynn "+keyText([32]byte(c.static.Public)), "* added"); !strings.HasPrefix(line, "* added") {
+		k.fatalf("/add: %s", line)
+	}
+
+	// Handshake: every corrupted initiation is dropped, the genuine one answered.
+	init := c.initiation(time.Now())
+	c.sendCorruptions(k, "initiation", init, initiationOffMAC2)
+	c.write(init)
+	resp := c.read(answerTimeout)
+	if resp == nil {
+		k.fatalf("no response to the initiation")
+	}
+	checkCorruptions(t, "response", resp, responseOffMAC2, c.consumeResponse)
+	if err := c.consumeResponse(resp); err != nil {
+		k.fatalf("response % x: %v", resp, err)
+	}
+
+	// Transport, client to binary: one chat data frame.
+	text := uniqueText(t, "hello-over-noise")
+	var stream [8]byte
+	rand.Read(stream[:])
+	stream[0] |= 0x80 // never zero
+	data := append([]byte{chatFrameData}, stream[:]...)
+	data = binary.BigEndian.AppendUint64(data, 1) // first message
+	data = append(data, 0, 1)                     // fragment 0 of 1
+	data = append(data, text...)
+	pkt := c.transport(data)
+	c.sendCorruptions(k, "transport packet", pkt, len(pkt))
+	c.write(pkt)
+	k.expectContaining(text)
+
+	// Transport, binary to client: the ack of that frame.
+	ackPkt := c.read(answerTimeout)
+	if ackPkt == nil {
+		k.fatalf("no ack for the data frame")
+	}
+	ack, err := c.openTransport(ackPkt)
+	if err != nil {
+		k.fatalf("transport packet % x: %v", ackPkt, err)
+	}
+	if len(ack) < chatAckHeaderLen || ack[0] != chatFrameAck || !bytes.Equal(ack[1:9], stream[:]) ||
+		binary.BigEndian.Uint64(ack[9:17]) != 1 {
+		k.fatalf("got frame % x, want an ack of stream % x up to 1", ack, stream)
+	}
+	checkCorruptions(t, "transport packet from kadchat", ackPkt, len(ackPkt), func(b []byte) error {
+		_, err := c.openTransport(b)
+		return err
+	})
+
+	// Replays are dropped: the same transport packet, the same initiation.
+	c.write(pkt)
+	c.write(init)
+	if got := c.read(silence); got != nil {
+		k.fatalf("a replayed packet drew an answer: % x", got)
+	}
+}
+
+// keyedMAC is SPEC.md's MAC(key, data): keyed BLAKE2s with a 16-byte output.
+func keyedMAC(key [32]byte, data []byte) [macLen]byte {
+	h, err := blake2s.New128(key[:])
+	if err != nil {
+		panic(err)
+	}
+	h.Write(data)
+	var out [macLen]byte
+	h.Sum(out[:0])
+	return out
+}
+
+// mac1Key is HASH(LABEL_MAC1 || the receiver's static public key).
+func mac1Key(pub []byte) [32]byte {
+	return blake2s.Sum256(append([]byte(labelMAC1), pub...))
+}
+
+// tai64n is the TAI64N label of t: big-endian 2^62 + 10 + seconds, then
+// big-endian nanoseconds.
+func tai64n(t time.Time) [tai64nLen]byte {
+	var b [tai64nLen]byte
+	binary.BigEndian.PutUint64(b[:], 1<<62+10+uint64(t.Unix()))
+	binary.BigEndian.PutUint32(b[8:], uint32(t.Nanosecond()))
+	return b
+}
+
+// expectContaining waits for a stdout line containing s.
+func (p *kadchat) expectContaining(s string) string {
+	p.t.Helper()
+	return p.expectFunc(fmt.Sprintf("a line containing %q", s), func(l string) bool { return strings.Contains(l, s) })
+}
