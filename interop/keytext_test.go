@@ -5,6 +5,7 @@ package interop
 import (
 	"errors"
 	"strings"
+	"testing"
 )
 
 const (
@@ -101,4 +102,31 @@ func parseKeyText(s string) ([32]byte, error) {
 		return k, errors.New("key text: non-zero padding bits")
 	}
 	return k, nil
+}
+
+// TestKeyText checks the codec the Noise test relies on: round trip, and
+// every single-symbol change is caught by the checksum.
+func TestKeyText(t *testing.T) {
+	var k [32]byte
+	for i := range k {
+		k[i] = byte(i*37 + 11)
+	}
+	s := keyText(k)
+	if len(s) != len(keyPrefix)+keySymbols+keyCheckSymbols {
+		t.Fatalf("keyText = %q: %d characters", s, len(s))
+	}
+	if got, err := parseKeyText(s); err != nil || got != k {
+		t.Fatalf("parseKeyText(keyText(k)) = %x, %v", got, err)
+	}
+	for i := len(keyPrefix); i < len(s); i++ {
+		for _, c := range keyAlphabet {
+			if byte(c) == s[i] {
+				continue
+			}
+			bad := s[:i] + string(c) + s[i+1:]
+			if _, err := parseKeyText(bad); err == nil {
+				t.Fatalf("parseKeyText(%q) accepted a changed symbol at %d", bad, i)
+			}
+		}
+	}
 }
