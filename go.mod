@@ -2,4 +2,6 @@ module kadchat
 
 go 1.26.0
 
-require golang.org/x/crypto v0.59.0 // indirect
+require (
+	golang.org/x/crypto v0.59.0
+)

@@ -1,12 +1,31 @@
-// Routing table (BEP 5): 160-bit ids, k-buckets, XOR metric.
+// Routing table (BEP 5): 160-bit ids, k-buckets, XOR metric, BEP 42 ids.
 //
-// SKELETON: the shared types are final; the table is to be written.
+// Flow: the DHT calls heard() for every valid message from a node (a
+// response to our query, or a query of its own) and failed() when one of our
+// queries to it went unanswered. heard() updates a known node, or inserts a
+// new one: into free room, over a bad node, by splitting the bucket that
+// holds our own id, or over an unverified node when the newcomer has a BEP 42
+// id; otherwise the newcomer waits in the bucket's replacement cache and
+// heard() returns the bucket's questionable nodes for the caller to ping
+// (ping-before-evict). A node whose pings keep failing turns bad, and
+// failed() promotes the best replacement into its slot. closest() answers
+// lookups; refreshTargets() names the stale buckets to search again. The
+// external address voter (ipVoter) and the routing file live here too; see
+// SPEC.md section 3.3.
 package main
 
 import (
+	"crypto/rand"
+	"encoding/binary"
 	"encoding/hex"
+	"errors"
 	"fmt"
+	"hash/crc32"
+	"io"
+	"math/bits"
 	"net/netip"
+	"os"
+	"slices"
 	"time"
 )
 
@@ -36,9 +55,954 @@ type nodeInfo struct {
 	Addr netip.AddrPort
 }
 
-// routingTable: SKELETON, see the routing helper's contract.
-type routingTable struct{}
+// Table limits and timings; the names match SPEC.md section 3.3.
+const (
+	bucketSize      = 8                // k: nodes per bucket (BEP 5)
+	replacementSize = 8                // waiting newcomers per bucket
+	maxBuckets      = idLen * 8        // 160: one per shared-prefix length
+	bucketRefresh   = 15 * time.Minute // BEP 5 "questionable" / refresh age
+	maxFailures     = 2                // BEP 5 "multiple queries in a row"
+	pingSpacing     = 30 * time.Second // heard() asks to ping a node at most this often
+)
 
-func newRoutingTable(self nodeID, now func() time.Time) *routingTable { panic("unimplemented") }
-func (t *routingTable) closest(target nodeID, n int) []nodeInfo       { panic("unimplemented") }
-func (t *routingTable) size() int                                     { panic("unimplemented") }
+// nodeState is a node's standing as BEP 5 defines it.
+type nodeState uint8
+
+const (
+	stateGood nodeState = iota
+	stateQuestionable
+	stateBad
+)
+
+func (s nodeState) String() string {
+	switch s {
+	case stateGood:
+		return "good"
+	case stateQuestionable:
+		return "questionable"
+	case stateBad:
+		return "bad"
+	}
+	return "invalid"
+}
+
+// entry is what the table knows about one node.
+type entry struct {
+	nodeInfo
+	verified     bool      // BEP 42: id matches address, or the address is exempt
+	lastResponse time.Time // it last answered one of our queries; zero: never
+	lastQuery    time.Time // it last sent us a query
+	lastPinged   time.Time // heard() last asked the caller to ping it
+	failures     int       // our queries it failed to answer in a row
+}
+
+// state follows BEP 5: good if it answered us within bucketRefresh, or has
+// ever answered and queried us within bucketRefresh; bad after maxFailures
+// unanswered queries in a row; questionable otherwise.
+func (e *entry) state(now time.Time) nodeState {
+	switch {
+	case e.failures >= maxFailures:
+		return stateBad
+	case e.lastResponse.IsZero():
+		return stateQuestionable
+	case now.Sub(e.lastResponse) < bucketRefresh, now.Sub(e.lastQuery) < bucketRefresh:
+		return stateGood
+	}
+	return stateQuestionable
+}
+
+func (e *entry) lastSeen() time.Time {
+	if e.lastQuery.After(e.lastResponse) {
+		return e.lastQuery
+	}
+	return e.lastResponse
+}
+
+// record notes a message from the node at now.
+func (e *entry) record(responded bool, now time.Time) {
+	if responded {
+		e.lastResponse = now
+		// Only an answer ends a run of unanswered queries: a node that
+		// can send but not receive must not look reachable.
+		e.failures = 0
+	} else {
+		e.lastQuery = now
+	}
+}
+
+// better reports whether a should be kept over b in a replacement cache:
+// verified ids first, then nodes that have answered us, then the freshest.
+func better(a, b *entry) bool {
+	if a.verified != b.verified {
+		return a.verified
+	}
+	if a.lastResponse.IsZero() != b.lastResponse.IsZero() {
+		return !a.lastResponse.IsZero()
+	}
+	return a.lastSeen().After(b.lastSeen())
+}
+
+// bucket holds up to bucketSize nodes and replacementSize waiting ones.
+type bucket struct {
+	nodes   []entry
+	cache   []entry // replacement cache
+	changed time.Time
+}
+
+func findEntry(es []entry, id nodeID) int {
+	for i := range es {
+		if es[i].ID == id {
+			return i
+		}
+	}
+	return -1
+}
+
+// routingTable is a BEP 5 routing table. Bucket i < len(buckets)-1 holds the
+// ids that share exactly i leading bits with our own id; the last bucket
+// holds every id sharing at least len(buckets)-1 bits, so it is the one that
+// contains our id, the only one that ever splits. That is BEP 5's range
+// splitting, indexed by prefix length.
+//
+// Not safe for concurrent use: the DHT guards it with a mutex.
+type routingTable struct {
+	id      nodeID
+	now     func() time.Time
+	rand    io.Reader // for refresh targets; crypto/rand unless a test sets it
+	buckets []*bucket
+	byAddr  map[netip.AddrPort]nodeID // owner of each address in the buckets
+}
+
+func newRoutingTable(self nodeID, now func() time.Time) *routingTable {
+	if now == nil {
+		now = time.Now
+	}
+	return &routingTable{
+		id:      self,
+		now:     now,
+		rand:    rand.Reader,
+		buckets: []*bucket{{changed: now()}},
+		byAddr:  make(map[netip.AddrPort]nodeID),
+	}
+}
+
+func (t *routingTable) self() nodeID { return t.id }
+
+// commonPrefixLen is the number of leading bits a and b share (160 if equal).
+func commonPrefixLen(a, b nodeID) int {
+	for i := range a {
+		if x := a[i] ^ b[i]; x != 0 {
+			return i*8 + bits.LeadingZeros8(x)
+		}
+	}
+	return idLen * 8
+}
+
+func (t *routingTable) bucketIndex(id nodeID) int {
+	return min(commonPrefixLen(t.id, id), len(t.buckets)-1)
+}
+
+// usableAddr rejects addresses no node can answer on, so nothing useless
+// takes a slot.
+func usableAddr(a netip.AddrPort) bool {
+	ip := a.Addr()
+	return ip.IsValid() && a.Port() != 0 && !ip.IsUnspecified() && !ip.IsMulticast() && !ip.Is4In6()
+}
+
+// unmapAddrPort turns an IPv4-mapped IPv6 address into IPv4, the form the
+// table keys on, in case a dual-stack socket hands one over.
+func unmapAddrPort(a netip.AddrPort) netip.AddrPort {
+	return netip.AddrPortFrom(a.Addr().Unmap(), a.Port())
+}
+
+// heard records traffic from n: responded is true when n answered one of our
+// queries, false when n sent us a query. See the flow comment at the top.
+func (t *routingTable) heard(n nodeInfo, responded bool) (pingFirst []nodeInfo) {
+	n.Addr = unmapAddrPort(n.Addr)
+	if n.ID == t.id || !usableAddr(n.Addr) {
+		return nil
+	}
+	now := t.now()
+	b := t.buckets[t.bucketIndex(n.ID)]
+	if i := findEntry(b.nodes, n.ID); i >= 0 {
+		t.update(b, i, n.Addr, responded, now)
+		return nil
+	}
+	if owner, ok := t.byAddr[n.Addr]; ok && !t.evictOwner(owner, now) {
+		// One address, one id: a host can't fill buckets by inventing ids.
+		return nil
+	}
+	e := entry{nodeInfo: n, verified: isSecureNodeID(n.ID, n.Addr.Addr())}
+	if i := findEntry(b.cache, n.ID); i >= 0 {
+		// Take the id out of the cache either way, so it is never both
+		// waiting and in a slot; its history counts only for the same address.
+		if b.cache[i].Addr == n.Addr {
+			e = b.cache[i]
+		}
+		b.cache = slices.Delete(b.cache, i, i+1)
+	}
+	e.record(responded, now)
+	return t.insert(e, now)
+}
+
+// update records a message from the known node b.nodes[i]. A different
+// address for a live id is ignored: anyone can claim an id, so only the
+// address that has been answering keeps it. A bad node may move.
+func (t *routingTable) update(b *bucket, i int, addr netip.AddrPort, responded bool, now time.Time) {
+	e := &b.nodes[i]
+	if e.Addr != addr {
+		if e.state(now) != stateBad {
+			return
+		}
+		if _, taken := t.byAddr[addr]; taken {
+			return
+		}
+		delete(t.byAddr, e.Addr)
+		t.byAddr[addr] = e.ID
+		*e = entry{nodeInfo: nodeInfo{ID: e.ID, Addr: addr}, verified: isSecureNodeID(e.ID, addr.Addr())}
+	}
+	e.record(responded, now)
+	if responded {
+		b.changed = now // BEP 5: a node in the bucket responded
+	}
+}
+
+// evictOwner drops the node holding an address another id now claims, if it
+// is bad (a node that restarted with a new id); it reports whether the
+// address is free.
+func (t *routingTable) evictOwner(owner nodeID, now time.Time) bool {
+	b := t.buckets[t.bucketIndex(owner)]
+	i := findEntry(b.nodes, owner)
+	if i < 0 || b.nodes[i].state(now) != stateBad {
+		return false
+	}
+	delete(t.byAddr, b.nodes[i].Addr)
+	b.nodes = slices.Delete(b.nodes, i, i+1)
+	return true
+}
+
+// insert places a node that is not in the buckets (the bounded loop splits
+// at most maxBuckets times).
+func (t *routingTable) insert(e entry, now time.Time) []nodeInfo {
+	for range maxBuckets {
+		idx := t.bucketIndex(e.ID)
+		b := t.buckets[idx]
+		if len(b.nodes) < bucketSize {
+			t.place(b, -1, e, now)
+			return nil
+		}
+		if i := worstBad(b.nodes, now); i >= 0 {
+			t.place(b, i, e, now) // a bad node is dead weight, whoever replaces it
+			return nil
+		}
+		if idx == len(t.buckets)-1 && len(t.buckets) < maxBuckets {
+			t.split(now)
+			continue
+		}
+		if i := unverifiedVictim(b.nodes, &e, now); i >= 0 {
+			old := b.nodes[i]
+			t.place(b, i, e, now)
+			addReplacement(b, old)
+			return nil
+		}
+		addReplacement(b, e)
+		return pingCandidates(b, now)
+	}
+	return nil
+}
+
+// place puts e into slot i of b (appending if i < 0), keeping byAddr exact.
+func (t *routingTable) place(b *bucket, i int, e entry, now time.Time) {
+	if i < 0 {
+		b.nodes = append(b.nodes, e)
+	} else {
+		delete(t.byAddr, b.nodes[i].Addr)
+		b.nodes[i] = e
+	}
+	t.byAddr[e.Addr] = e.ID
+	b.changed = now
+}
+
+// worstBad is the index of the least recently seen bad node, or -1.
+func worstBad(es []entry, now time.Time) int {
+	w := -1
+	for i := range es {
+		if es[i].state(now) == stateBad && (w < 0 || es[i].lastSeen().Before(es[w].lastSeen())) {
+			w = i
+		}
+	}
+	return w
+}
+
+// unverifiedVictim picks the node a verified newcomer e displaces (BEP 42
+// preference), or -1. Unverified newcomers never displace anyone. A
+// questionable unverified node goes first; a good one only for a newcomer
+// that has answered us, so the table does not trade a working node for one
+// that may be unreachable.
+func unverifiedVictim(es []entry, e *entry, now time.Time) int {
+	if !e.verified {
+		return -1
+	}
+	w := -1
+	for i := range es {
+		c := &es[i]
+		if c.verified || (c.state(now) == stateGood && e.lastResponse.IsZero()) {
+			continue
+		}
+		if w < 0 || victimBefore(c, &es[w], now) {
+			w = i
+		}
+	}
+	return w
+}
+
+func victimBefore(a, b *entry, now time.Time) bool {
+	qa, qb := a.state(now) != stateGood, b.state(now) != stateGood
+	if qa != qb {
+		return qa
+	}
+	return a.lastSeen().Before(b.lastSeen())
+}
+
+// addReplacement keeps e in b's bounded replacement cache. When the cache is
+// full e replaces the worst entry unless that one ranks above e (see
+// better), so an unverified id never displaces a verified one and a node
+// that only queried us never displaces one that answered.
+func addReplacement(b *bucket, e entry) {
+	if i := findEntry(b.cache, e.ID); i >= 0 {
+		b.cache[i] = e
+		return
+	}
+	if len(b.cache) < replacementSize {
+		b.cache = append(b.cache, e)
+		return
+	}
+	w := 0
+	for i := range b.cache {
+		if better(&b.cache[w], &b.cache[i]) {
+			w = i
+		}
+	}
+	if better(&b.cache[w], &e) {
+		return
+	}
+	b.cache[w] = e
+}
+
+// pingCandidates returns b's questionable nodes, least recently seen first,
+// that were not handed out for a ping within pingSpacing: a stream of
+// newcomers must not turn into a stream of pings.
+func pingCandidates(b *bucket, now time.Time) []nodeInfo {
+	var idx []int
+	for i := range b.nodes {
+		e := &b.nodes[i]
+		if e.state(now) == stateQuestionable && (e.lastPinged.IsZero() || now.Sub(e.lastPinged) >= pingSpacing) {
+			idx = append(idx, i)
+		}
+	}
+	slices.SortFunc(idx, func(i, j int) int { return b.nodes[i].lastSeen().Compare(b.nodes[j].lastSeen()) })
+	out := make([]nodeInfo, 0, len(idx))
+	for _, i := range idx {
+		b.nodes[i].lastPinged = now
+		out = append(out, b.nodes[i].nodeInfo)
+	}
+	return out
+}
+
+// split divides the last bucket (the one holding our id): nodes sharing
+// exactly d bits with us stay, the rest move to a new last bucket.
+func (t *routingTable) split(now time.Time) {
+	d := len(t.buckets) - 1
+	old := t.buckets[d]
+	near := &bucket{changed: now}
+	keep := &bucket{changed: now}
+	for _, e := range old.nodes {
+		if commonPrefixLen(t.id, e.ID) > d {
+			near.nodes = append(near.nodes, e)
+		} else {
+			keep.nodes = append(keep.nodes, e)
+		}
+	}
+	for _, e := range old.cache {
+		if commonPrefixLen(t.id, e.ID) > d {
+			near.cache = append(near.cache, e)
+		} else {
+			keep.cache = append(keep.cache, e)
+		}
+	}
+	t.buckets[d] = keep
+	t.buckets = append(t.buckets, near)
+}
+
+// failed records that a query to n went unanswered after retransmissions.
+// When n turns bad, the best replacement takes its slot.
+func (t *routingTable) failed(n nodeInfo) {
+	n.Addr = unmapAddrPort(n.Addr)
+	now := t.now()
+	b := t.buckets[t.bucketIndex(n.ID)]
+	if i := findEntry(b.cache, n.ID); i >= 0 && b.cache[i].Addr == n.Addr {
+		// A waiting node that does not answer has no claim to a slot.
+		b.cache = slices.Delete(b.cache, i, i+1)
+		return
+	}
+	i := findEntry(b.nodes, n.ID)
+	if i < 0 || b.nodes[i].Addr != n.Addr {
+		return
+	}
+	if b.nodes[i].failures < maxFailures {
+		b.nodes[i].failures++
+	}
+	if b.nodes[i].state(now) != stateBad {
+		return
+	}
+	if r := t.bestReplacement(b); r >= 0 {
+		e := b.cache[r]
+		b.cache = slices.Delete(b.cache, r, r+1)
+		t.place(b, i, e, now)
+	}
+}
+
+// bestReplacement is the index of the cache entry to promote, or -1. An
+// entry whose address meanwhile belongs to another node is skipped.
+func (t *routingTable) bestReplacement(b *bucket) int {
+	w := -1
+	for i := range b.cache {
+		if _, taken := t.byAddr[b.cache[i].Addr]; taken {
+			continue
+		}
+		if w < 0 || better(&b.cache[i], &b.cache[w]) {
+			w = i
+		}
+	}
+	return w
+}
+
+// xorCompare orders a and b by XOR distance to target.
+func xorCompare(target, a, b nodeID) int {
+	for i := range target {
+		da, db := a[i]^target[i], b[i]^target[i]
+		if da != db {
+			if da < db {
+				return -1
+			}
+			return 1
+		}
+	}
+	return 0
+}
+
+// xorLess reports whether a is closer to target than b.
+func xorLess(target, a, b nodeID) bool { return xorCompare(target, a, b) < 0 }
+
+// closest returns up to count non-bad nodes sorted by XOR distance to target.
+func (t *routingTable) closest(target nodeID, count int) []nodeInfo {
+	return t.closestWhere(target, count, func(netip.Addr) bool { return true })
+}
+
+// closestFamily is closest restricted to IPv4 (want4) or IPv6 nodes, for the
+// "nodes" and "nodes6" fields of a reply (BEP 32).
+func (t *routingTable) closestFamily(target nodeID, count int, want4 bool) []nodeInfo {
+	return t.closestWhere(target, count, func(a netip.Addr) bool { return a.Is4() == want4 })
+}
+
+func (t *routingTable) closestWhere(target nodeID, count int, keep func(netip.Addr) bool) []nodeInfo {
+	if count <= 0 {
+		return nil
+	}
+	now := t.now()
+	// Keep the best count in a sorted slice: one allocation, and a node
+	// farther than the current last is dismissed with one comparison.
+	sel := closestSet{target: target, out: make([]nodeInfo, 0, min(count, t.size()))}
+	for _, b := range t.buckets {
+		for i := range b.nodes {
+			if b.nodes[i].state(now) != stateBad && keep(b.nodes[i].Addr.Addr()) {
+				sel.offer(b.nodes[i].nodeInfo, count)
+			}
+		}
+	}
+	return sel.out
+}
+
+// closestSet is a bounded selection of the nodes closest to target.
+type closestSet struct {
+	target nodeID
+	out    []nodeInfo // sorted, closest first
+}
+
+func (s *closestSet) offer(n nodeInfo, count int) {
+	if len(s.out) == count && !xorLess(s.target, n.ID, s.out[count-1].ID) {
+		return
+	}
+	i, _ := slices.BinarySearchFunc(s.out, n, func(a, b nodeInfo) int { return xorCompare(s.target, a.ID, b.ID) })
+	if len(s.out) == count {
+		s.out = s.out[:count-1]
+	}
+	s.out = slices.Insert(s.out, i, n)
+}
+
+// size is the number of nodes in the buckets (not the replacement caches).
+func (t *routingTable) size() int {
+	n := 0
+	for _, b := range t.buckets {
+		n += len(b.nodes)
+	}
+	return n
+}
+
+// counts reports how many bucket nodes are in each state, for /dht status.
+func (t *routingTable) counts() (good, questionable, bad int) {
+	now := t.now()
+	for _, b := range t.buckets {
+		for i := range b.nodes {
+			switch b.nodes[i].state(now) {
+			case stateGood:
+				good++
+			case stateQuestionable:
+				questionable++
+			default:
+				bad++
+			}
+		}
+	}
+	return good, questionable, bad
+}
+
+// nodes returns every node in the buckets, bucket by bucket, for saving.
+func (t *routingTable) nodes() []nodeInfo {
+	out := make([]nodeInfo, 0, t.size())
+	for _, b := range t.buckets {
+		for i := range b.nodes {
+			out = append(out, b.nodes[i].nodeInfo)
+		}
+	}
+	return out
+}
+
+// refreshTargets returns one random id in the range of each bucket that has
+// not changed for bucketRefresh, and marks those buckets refreshed.
+func (t *routingTable) refreshTargets() []nodeID {
+	now := t.now()
+	var out []nodeID
+	for i, b := range t.buckets {
+		if now.Sub(b.changed) < bucketRefresh {
+			continue
+		}
+		id, err := t.randomIDInBucket(i)
+		if err != nil {
+			continue // crypto/rand does not fail; a test reader may run dry
+		}
+		b.changed = now
+		out = append(out, id)
+	}
+	return out
+}
+
+// randomIDInBucket draws an id that falls in bucket i: it shares i leading
+// bits with ours and, unless i is the last bucket, differs at bit i.
+func (t *routingTable) randomIDInBucket(i int) (nodeID, error) {
+	var id nodeID
+	if _, err := io.ReadFull(t.rand, id[:]); err != nil {
+		return nodeID{}, fmt.Errorf("routing: random id: %w", err)
+	}
+	for bit := 0; bit < i; bit++ {
+		setBit(&id, bit, getBit(t.id, bit))
+	}
+	if i < len(t.buckets)-1 {
+		setBit(&id, i, !getBit(t.id, i))
+	}
+	return id, nil
+}
+
+func getBit(id nodeID, i int) bool { return id[i/8]&(0x80>>(i%8)) != 0 }
+
+func setBit(id *nodeID, i int, v bool) {
+	if v {
+		id[i/8] |= 0x80 >> (i % 8)
+	} else {
+		id[i/8] &^= 0x80 >> (i % 8)
+	}
+}
+
+// BEP 42 secure node ids.
+
+// BEP 42 masks, applied to the IPv4 address and to the high 64 bits of an
+// IPv6 address before hashing; r occupies the top 3 bits.
+const (
+	bep42Mask4   = 0x030f3fff
+	bep42Mask6   = 0x0103070f1f3f7fff
+	bep42RShift4 = 29
+	bep42RShift6 = 61
+	bep42Bits    = 21 // leading id bits bound to the address
+)
+
+var castagnoli = crc32.MakeTable(crc32.Castagnoli)
+
+// cgnatPrefix is RFC 6598 shared address space. Treated as exempt: such an
+// address is only seen inside one carrier's network, where, like a LAN
+// address, it says nothing about the public address an id would be bound to.
+var cgnatPrefix = netip.MustParsePrefix("100.64.0.0/10")
+
+// isExemptBEP42 reports whether ids from ip are not checked: BEP 42's local
+// ranges (loopback, 10/8, 172.16/12, 192.168/16, 169.254/16), their IPv6
+// counterparts (::1, fc00::/7, fe80::/10) and 100.64/10.
+func isExemptBEP42(ip netip.Addr) bool {
+	ip = ip.Unmap()
+	return ip.IsLoopback() || ip.IsPrivate() || ip.IsLinkLocalUnicast() || cgnatPrefix.Contains(ip)
+}
+
+// bep42CRC is CRC32-C of the masked address with r. For IPv4 it hashes the 4
+// bytes of the 32-bit value, as BEP 42's example code and test vectors do
+// (its prose says 8 bytes; the vectors settle it); for IPv6 the 8 bytes.
+func bep42CRC(ip netip.Addr, r byte) (uint32, bool) {
+	ip = ip.Unmap()
+	switch {
+	case ip.Is4():
+		a := ip.As4()
+		v := binary.BigEndian.Uint32(a[:])&bep42Mask4 | uint32(r&7)<<bep42RShift4
+		return crc32.Checksum(binary.BigEndian.AppendUint32(nil, v), castagnoli), true
+	case ip.Is6():
+		a := ip.As16()
+		v := binary.BigEndian.Uint64(a[:8])&bep42Mask6 | uint64(r&7)<<bep42RShift6
+		return crc32.Checksum(binary.BigEndian.AppendUint64(nil, v), castagnoli), true
+	}
+	return 0, false
+}
+
+// secureNodeID derives an id for our external address ip (BEP 42): the top
+// 21 bits from the CRC, the last byte random with r in its low 3 bits, the
+// rest random. For an exempt address the id is wholly random: binding it to
+// a local address would only cluster local test nodes in 8 prefixes.
+func secureNodeID(ip netip.Addr, rand io.Reader) (nodeID, error) {
+	var id nodeID
+	if _, err := io.ReadFull(rand, id[:]); err != nil {
+		return nodeID{}, fmt.Errorf("routing: secure id: %w", err)
+	}
+	if isExemptBEP42(ip) {
+		return id, nil
+	}
+	crc, ok := bep42CRC(ip, id[idLen-1])
+	if !ok {
+		return nodeID{}, fmt.Errorf("routing: secure id: invalid address %v", ip)
+	}
+	id[0] = byte(crc >> 24)
+	id[1] = byte(crc >> 16)
+	id[2] = byte(crc>>8)&0xf8 | id[2]&0x07
+	return id, nil
+}
+
+// isSecureNodeID reports whether id is valid for ip under BEP 42; ids from
+// exempt addresses always are.
+func isSecureNodeID(id nodeID, ip netip.Addr) bool {
+	if isExemptBEP42(ip) {
+		return true
+	}
+	crc, ok := bep42CRC(ip, id[idLen-1])
+	if !ok {
+		return false
+	}
+	return id[0] == byte(crc>>24) && id[1] == byte(crc>>16) && id[2]&0xf8 == byte(crc>>8)&0xf8
+}
+
+// External address voting.
+
+const (
+	ipVoteQuorum = 3  // distinct voters that must agree before we believe
+	maxIPVoters  = 64 // votes kept; the oldest is forgotten first
+)
+
+type ipVote struct {
+	voter   netip.AddrPort // voterKey of the responder
+	claimed netip.AddrPort
+	seq     uint64
+}
+
+// ipVoter learns our external address from the "ip" field of responses
+// (BEP 42). Each voter holds one vote, its latest claim; an address wins
+// with at least ipVoteQuorum voters and strictly more than any rival, so one
+// liar can neither set nor move it. The zero value is ready to use; it keeps
+// at most maxIPVoters votes. Not safe for concurrent use.
+type ipVoter struct {
+	votes   []ipVote
+	seq     uint64
+	current netip.AddrPort
+}
+
+// voterKey decides who counts as a distinct voter. A public voter counts by
+// its /24 (IPv4) or /64 (IPv6), so a liar needs many networks, not many
+// ports or neighbours. A voter on an exempt (loopback, LAN) address counts
+// by address and port: on one machine or LAN every node is equally trusted
+// already (BEP 42 exempts them), and loopback tests have nothing else to go by.
+func voterKey(voter netip.AddrPort) netip.AddrPort {
+	ip := voter.Addr().Unmap()
+	if isExemptBEP42(ip) {
+		return netip.AddrPortFrom(ip, voter.Port())
+	}
+	bitsLen := 64
+	if ip.Is4() {
+		bitsLen = 24
+	}
+	p, err := ip.Prefix(bitsLen)
+	if err != nil {
+		return netip.AddrPort{}
+	}
+	return netip.AddrPortFrom(p.Addr(), 0)
+}
+
+// vote records voter's claim. A voter known only by address counts once per
+// address (or /24); see voteFrom for the port-aware form.
+func (v *ipVoter) vote(voter netip.Addr, claimed netip.AddrPort) (external netip.AddrPort, changed bool) {
+	return v.voteFrom(netip.AddrPortFrom(voter, 0), claimed)
+}
+
+// voteFrom records that the node at voter says we are claimed. It returns
+// the external address and whether this vote changed it.
+func (v *ipVoter) voteFrom(voter netip.AddrPort, claimed netip.AddrPort) (external netip.AddrPort, changed bool) {
+	key := voterKey(voter)
+	claimed = unmapAddrPort(claimed)
+	if !key.Addr().IsValid() || !usableAddr(claimed) {
+		return v.current, false
+	}
+	v.seq++
+	v.record(ipVote{voter: key, claimed: claimed, seq: v.seq})
+	w := v.winner()
+	if !w.IsValid() || w == v.current {
+		return v.current, false
+	}
+	v.current = w
+	return w, true
+}
+
+func (v *ipVoter) record(nv ipVote) {
+	oldest := 0
+	for i := range v.votes {
+		if v.votes[i].voter == nv.voter {
+			v.votes[i] = nv
+			return
+		}
+		if v.votes[i].seq < v.votes[oldest].seq {
+			oldest = i
+		}
+	}
+	if len(v.votes) < maxIPVoters {
+		v.votes = append(v.votes, nv)
+		return
+	}
+	v.votes[oldest] = nv
+}
+
+// winner is the voted external address: IPv4 preferred (BEP 42 ids are
+// derived from it), its port the plurality among that address's voters,
+// or the latest claimed port on a draw that excludes the current one.
+func (v *ipVoter) winner() netip.AddrPort {
+	for _, want4 := range []bool{true, false} {
+		var addrs []netip.Addr
+		for _, vt := range v.votes {
+			if vt.claimed.Addr().Is4() == want4 {
+				addrs = append(addrs, vt.claimed.Addr())
+			}
+		}
+		a, n := plurality(addrs, v.current.Addr())
+		if n < ipVoteQuorum {
+			continue
+		}
+		var ports []uint16
+		var latest ipVote
+		for _, vt := range v.votes {
+			if vt.claimed.Addr() == a {
+				ports = append(ports, vt.claimed.Port())
+				if vt.seq > latest.seq {
+					latest = vt
+				}
+			}
+		}
+		p, pn := plurality(ports, v.current.Port())
+		if pn == 0 {
+			// A draw among ports none of which is current (a NAT
+			// that maps each destination to its own port): the latest.
+			p = latest.claimed.Port()
+		}
+		return netip.AddrPortFrom(a, p)
+	}
+	return netip.AddrPort{}
+}
+
+// plurality returns the most frequent item and its count. A tie keeps
+// current if it is among the leaders, else returns the zero value with
+// count 0: nobody moves us on a draw.
+func plurality[T comparable](items []T, current T) (T, int) {
+	var best T
+	bestN, tied := 0, false
+	for i, it := range items {
+		if slices.Index(items[:i], it) >= 0 {
+			continue
+		}
+		n := 0
+		for _, o := range items {
+			if o == it {
+				n++
+			}
+		}
+		switch {
+		case n > bestN:
+			best, bestN, tied = it, n, false
+		case n == bestN:
+			tied = true
+		}
+	}
+	if !tied {
+		return best, bestN
+	}
+	n := 0
+	for _, o := range items {
+		if o == current {
+			n++
+		}
+	}
+	if n == bestN {
+		return current, n
+	}
+	var zero T
+	return zero, 0
+}
+
+// external returns the voted external address, if any.
+func (v *ipVoter) external() (netip.AddrPort, bool) { return v.current, v.current.IsValid() }
+
+// Persistence. The layout is specified byte by byte in SPEC.md 3.3.
+
+const (
+	routingMagic      = "kadchat-routing" // 15 bytes
+	routingVersion    = 1
+	routingHeaderLen  = len(routingMagic) + 1 + idLen + 2 // magic, version, self, count
+	routingCRCLen     = 4
+	routingFamily4    = 4
+	routingFamily6    = 6
+	routingEntry4Len  = 1 + idLen + 4 + 2
+	routingEntry6Len  = 1 + idLen + 16 + 2
+	maxSavedNodes     = maxBuckets * bucketSize // 1280: more than a table holds is absurd
+	maxRoutingFileLen = routingHeaderLen + maxSavedNodes*routingEntry6Len + routingCRCLen
+	routingFileMode   = 0o600
+)
+
+var errRoutingFile = errors.New("routing: bad routing file")
+
+// appendRoutingFile encodes self and up to maxSavedNodes of ns. Entries a
+// loader would reject (no usable address) are skipped.
+func appendRoutingFile(dst []byte, self nodeID, ns []nodeInfo) []byte {
+	var body []byte
+	count := 0
+	for _, n := range ns {
+		if count == maxSavedNodes {
+			break
+		}
+		a := unmapAddrPort(n.Addr)
+		if !usableAddr(a) {
+			continue
+		}
+		if a.Addr().Is4() {
+			body = append(body, routingFamily4)
+		} else {
+			body = append(body, routingFamily6)
+		}
+		body = append(body, n.ID[:]...)
+		body = append(body, a.Addr().AsSlice()...)
+		body = binary.BigEndian.AppendUint16(body, a.Port())
+		count++
+	}
+	start := len(dst)
+	dst = append(dst, routingMagic...)
+	dst = append(dst, routingVersion)
+	dst = append(dst, self[:]...)
+	dst = binary.BigEndian.AppendUint16(dst, uint16(count))
+	dst = append(dst, body...)
+	return binary.BigEndian.AppendUint32(dst, crc32.Checksum(dst[start:], castagnoli))
+}
+
+// parseRoutingFile is the strict, pure inverse of appendRoutingFile.
+func parseRoutingFile(b []byte) (nodeID, []nodeInfo, error) {
+	if len(b) < routingHeaderLen+routingCRCLen || len(b) > maxRoutingFileLen {
+		return nodeID{}, nil, fmt.Errorf("%w: length %d", errRoutingFile, len(b))
+	}
+	if string(b[:len(routingMagic)]) != routingMagic {
+		return nodeID{}, nil, fmt.Errorf("%w: no magic", errRoutingFile)
+	}
+	if v := b[len(routingMagic)]; v != routingVersion {
+		return nodeID{}, nil, fmt.Errorf("%w: version %d", errRoutingFile, v)
+	}
+	body, sum := b[:len(b)-routingCRCLen], binary.BigEndian.Uint32(b[len(b)-routingCRCLen:])
+	if crc32.Checksum(body, castagnoli) != sum {
+		return nodeID{}, nil, fmt.Errorf("%w: checksum mismatch", errRoutingFile)
+	}
+	var self nodeID
+	copy(self[:], b[len(routingMagic)+1:])
+	count := int(binary.BigEndian.Uint16(b[routingHeaderLen-2:]))
+	if count > maxSavedNodes {
+		return nodeID{}, nil, fmt.Errorf("%w: %d nodes", errRoutingFile, count)
+	}
+	ns, err := parseRoutingEntries(body[routingHeaderLen:], count)
+	if err != nil {
+		return nodeID{}, nil, err
+	}
+	return self, ns, nil
+}
+
+func parseRoutingEntries(b []byte, count int) ([]nodeInfo, error) {
+	ns := make([]nodeInfo, 0, count)
+	for i := range count {
+		if len(b) == 0 {
+			return nil, fmt.Errorf("%w: entry %d: truncated", errRoutingFile, i)
+		}
+		n := routingEntry4Len
+		if b[0] == routingFamily6 {
+			n = routingEntry6Len
+		} else if b[0] != routingFamily4 {
+			return nil, fmt.Errorf("%w: entry %d: family %d", errRoutingFile, i, b[0])
+		}
+		if len(b) < n {
+			return nil, fmt.Errorf("%w: entry %d: truncated", errRoutingFile, i)
+		}
+		var ni nodeInfo
+		copy(ni.ID[:], b[1:])
+		ip, _ := netip.AddrFromSlice(b[1+idLen : n-2])
+		ni.Addr = netip.AddrPortFrom(ip, binary.BigEndian.Uint16(b[n-2:]))
+		if !usableAddr(ni.Addr) {
+			return nil, fmt.Errorf("%w: entry %d: address %v", errRoutingFile, i, ni.Addr)
+		}
+		ns = append(ns, ni)
+		b = b[n:]
+	}
+	if len(b) != 0 {
+		return nil, fmt.Errorf("%w: %d trailing bytes", errRoutingFile, len(b))
+	}
+	return ns, nil
+}
+
+// saveRoutingTable writes our id and ns to path atomically, mode 0600.
+func saveRoutingTable(path string, self nodeID, ns []nodeInfo) error {
+	if err := writeFileAtomic(path, appendRoutingFile(nil, self, ns), routingFileMode); err != nil {
+		return fmt.Errorf("routing: save: %w", err)
+	}
+	return nil
+}
+
+// loadRoutingTable reads a file written by saveRoutingTable. A missing file
+// is an error satisfying errors.Is(err, os.ErrNotExist); a corrupt one is an
+// error wrapping errRoutingFile, never silently replaced.
+func loadRoutingTable(path string) (self nodeID, ns []nodeInfo, err error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nodeID{}, nil, fmt.Errorf("routing: load: %w", err)
+	}
+	defer f.Close()
+	// Read one byte past the limit so an oversized file is refused
+	// without reading all of it.
+	b, err := io.ReadAll(io.LimitReader(f, int64(maxRoutingFileLen)+1))
+	if err != nil {
+		return nodeID{}, nil, fmt.Errorf("routing: load: %w", err)
+	}
+	self, ns, err = parseRoutingFile(b)
+	if err != nil {
+		return nodeID{}, nil, fmt.Errorf("routing: load %s: %w", path, err)
+	}
+	return self, ns, nil
+}

@@ -1,0 +1,1218 @@
+// KRPC messages (BEP 5, with BEP 32 "want"/"nodes6", BEP 42 "ip", BEP 43
+// "ro" and BEP 44 get/put): the codec, no state.
+//
+// Inbound flow: parseKRPC walks the datagram once. scanDict records where
+// the value of each key we know lies, at the top level and inside "a" and
+// "r" (fieldSet), checking every byte as canonical bencode on the way. Then
+// finish interprets the message by its "y": finishQuery checks the method's
+// arguments (an error there becomes *krpcBadQuery, answered with 203),
+// finishReply the response, finishError the error list. Slices alias the
+// datagram; only fixed-size ids and keys are copied, and a valid message
+// costs no allocation. Outbound flow: appendTo writes a krpcMsg as
+// canonical bencode (keys sorted) into the caller's buffer.
+package main
+
+import (
+	"errors"
+	"fmt"
+	"net/netip"
+)
+
+// KRPC error codes (BEP 5). 205-207 and 301-302 (BEP 44) live in store.go.
+const (
+	krpcErrGeneric       = 201
+	krpcErrServer        = 202
+	krpcErrProtocol      = 203
+	krpcErrMethodUnknown = 204
+)
+
+// krpcVersion is our "v": client "KC", version 0.1.
+const krpcVersion = "KC\x00\x01"
+
+// Wire sizes, see SPEC.md 3.2.
+const (
+	minTIDLen       = 1  // "t": at least one byte
+	maxTIDLen       = 16 // "t": mainline uses 2-4; more is not a transaction id but a payload
+	minTokenLen     = 1  // "token"
+	maxTokenLen     = 64 // "token": mainline uses 4-20
+	compactAddr4Len = 6  // IPv4 address || port
+	compactAddr6Len = 18 // IPv6 address || port
+	compactNodeLen  = idLen + compactAddr4Len
+	compactNode6Len = idLen + compactAddr6Len
+	ed25519KeyLen   = 32 // BEP 44 "k"
+	ed25519SigLen   = 64 // BEP 44 "sig"
+)
+
+// krpcMethod is a query method we implement.
+type krpcMethod uint8
+
+const (
+	methodUnknown krpcMethod = iota
+	methodPing
+	methodFindNode
+	methodGetPeers
+	methodAnnouncePeer
+	methodGet
+	methodPut
+)
+
+// methodNames are the wire names, indexed by krpcMethod. Read-only.
+var methodNames = [...]string{"unknown", "ping", "find_node", "get_peers", "announce_peer", "get", "put"}
+
+func (m krpcMethod) String() string {
+	if int(m) < len(methodNames) {
+		return methodNames[m]
+	}
+	return methodNames[methodUnknown]
+}
+
+// lookupMethod maps a wire name to a method; methodUnknown if we have none.
+func lookupMethod(name []byte) krpcMethod {
+	for i := methodPing; int(i) < len(methodNames); i++ {
+		if string(name) == methodNames[i] {
+			return i
+		}
+	}
+	return methodUnknown
+}
+
+// BEP 32 "want" bits.
+const (
+	wantN4 = 1 << iota
+	wantN6
+)
+
+// krpcMsg is one parsed KRPC message. Slices alias the parsed datagram.
+type krpcMsg struct {
+	TID      []byte         // "t", minTIDLen..maxTIDLen bytes
+	Type     byte           // 'q', 'r' or 'e'
+	Method   krpcMethod     // Type 'q' only; methodUnknown for a method we don't implement
+	Version  []byte         // "v", nil if absent
+	IP       netip.AddrPort // "ip" (BEP 42), zero value if absent
+	ReadOnly bool           // "ro" (BEP 43) = 1, queries only
+	Args     krpcArgs       // Type 'q'
+	Reply    krpcReply      // Type 'r'
+	ErrCode  int            // Type 'e'
+	ErrMsg   []byte         // Type 'e'
+}
+
+// krpcArgs are the arguments of a query ("a"); only those of its method are set.
+type krpcArgs struct {
+	ID          nodeID
+	Target      nodeID // find_node, get
+	InfoHash    nodeID // get_peers, announce_peer
+	Port        uint16 // announce_peer, 0 if absent (allowed with ImpliedPort)
+	ImpliedPort bool   // announce_peer implied_port=1
+	Token       []byte // announce_peer, put
+	Want        uint8  // wantN4|wantN6; 0 when absent
+	Seq         int64  // get (optional "seq"), put
+	HasSeq      bool
+	V           []byte   // put: the raw bencoded value, aliasing the input
+	K           [32]byte // put (mutable)
+	HasK        bool
+	Sig         [64]byte // put (mutable)
+	Salt        []byte   // put (mutable), nil if absent
+	CAS         int64    // put (mutable)
+	HasCAS      bool
+}
+
+// krpcReply is the body of a response ("r").
+type krpcReply struct {
+	ID     nodeID
+	Nodes  []byte // raw compact IPv4 node info (26 bytes each), validated; nil if absent
+	Nodes6 []byte // raw compact IPv6 node info (38 bytes each), validated; nil if absent
+	Token  []byte
+	Values []byte // the raw bencoded list of compact peers (6 or 18 byte strings), validated; nil if absent
+	V      []byte // BEP 44 get: raw bencoded value
+	K      [32]byte
+	HasK   bool
+	Sig    [64]byte // present exactly when HasK
+	Seq    int64
+	HasSeq bool
+}
+
+// krpcBadQuery is the error for a datagram that is canonical bencode with a
+// usable "t" and "y" == "q" but whose query is otherwise wrong: the node
+// answers it with error 203. TID aliases the datagram.
+type krpcBadQuery struct {
+	TID []byte
+	Err error
+}
+
+func (e *krpcBadQuery) Error() string { return "krpc: bad query: " + e.Err.Error() }
+func (e *krpcBadQuery) Unwrap() error { return e.Err }
+
+// Sentinel errors, wrapped with the key they concern.
+var (
+	errKRPCNotDict  = errors.New("message is not a dict")
+	errKRPCTooLong  = errors.New("message too long")
+	errKRPCMissing  = errors.New("missing")
+	errKRPCType     = errors.New("wrong type")
+	errKRPCSize     = errors.New("wrong size")
+	errKRPCValue    = errors.New("bad value")
+	errKRPCMsgType  = errors.New("unknown message type")
+	errKRPCCompact  = errors.New("bad compact address")
+	errKRPCMappedV4 = errors.New("ipv4-mapped address in ipv6 form")
+)
+
+// The keys we read, in bencode order, as bit indexes into fieldSet.found.
+// keyIndex maps a key to its index.
+const (
+	topA = iota
+	topE
+	topIP
+	topQ
+	topR
+	topRO
+	topT
+	topV
+	topY
+)
+
+const (
+	argCAS = iota
+	argID
+	argImplied
+	argInfoHash
+	argK
+	argPort
+	argSalt
+	argSeq
+	argSig
+	argTarget
+	argToken
+	argV
+	argWant
+)
+
+const (
+	replyID = iota
+	replyK
+	replyNodes
+	replyNodes6
+	replySeq
+	replySig
+	replyToken
+	replyV
+	replyValues
+)
+
+// maxKRPCLen bounds a message: a UDP payload is never longer, and it lets
+// fieldSet keep offsets in 16 bits (a smaller parse state to zero).
+const maxKRPCLen = 65535
+
+// dictKind selects the keys we look for in a dict.
+type dictKind uint8
+
+const (
+	dictTop   dictKind = iota // the message itself
+	dictArgs                  // "a"
+	dictReply                 // "r"
+)
+
+// keyIndex returns the index of a key we read in a dict of kind, or -1.
+// Switches, not a table walk: the compiler's string switch made the parse
+// of a ping a third faster than a loop over a key list.
+func keyIndex(kind dictKind, key []byte) int {
+	switch kind {
+	case dictTop:
+		return topKeyIndex(key)
+	case dictArgs:
+		return argKeyIndex(key)
+	}
+	return replyKeyIndex(key)
+}
+
+func topKeyIndex(key []byte) int {
+	switch string(key) {
+	case "a":
+		return topA
+	case "e":
+		return topE
+	case "ip":
+		return topIP
+	case "q":
+		return topQ
+	case "r":
+		return topR
+	case "ro":
+		return topRO
+	case "t":
+		return topT
+	case "v":
+		return topV
+	case "y":
+		return topY
+	}
+	return -1
+}
+
+func argKeyIndex(key []byte) int {
+	switch string(key) {
+	case "cas":
+		return argCAS
+	case "id":
+		return argID
+	case "implied_port":
+		return argImplied
+	case "info_hash":
+		return argInfoHash
+	case "k":
+		return argK
+	case "port":
+		return argPort
+	case "salt":
+		return argSalt
+	case "seq":
+		return argSeq
+	case "sig":
+		return argSig
+	case "target":
+		return argTarget
+	case "token":
+		return argToken
+	case "v":
+		return argV
+	case "want":
+		return argWant
+	}
+	return -1
+}
+
+func replyKeyIndex(key []byte) int {
+	switch string(key) {
+	case "id":
+		return replyID
+	case "k":
+		return replyK
+	case "nodes":
+		return replyNodes
+	case "nodes6":
+		return replyNodes6
+	case "seq":
+		return replySeq
+	case "sig":
+		return replySig
+	case "token":
+		return replyToken
+	case "v":
+		return replyV
+	case "values":
+		return replyValues
+	}
+	return -1
+}
+
+// fieldSet records where the value of each known key of one dict lies in
+// the message b (offsets, not slices, to keep the parse state small).
+type fieldSet struct {
+	b     []byte
+	pos   [16][3]uint16 // start, start of string contents (strings only) and end of the value of key i
+	found uint32        // bit i: key i is present
+	strs  uint32        // bit i: key i is a string
+	extra bool          // some key we don't read was present: ignored on purpose
+	// peersBad: "values" (in "r") is a list with an entry that is not a
+	// compact peer; found during the scan so the list is walked only once.
+	peersBad bool
+}
+
+func (f *fieldSet) has(i int) bool { return f.found&(1<<i) != 0 }
+
+// raw is the encoded value of key i (nil if absent).
+func (f *fieldSet) raw(i int) []byte {
+	if !f.has(i) {
+		return nil
+	}
+	return f.b[f.pos[i][0]:f.pos[i][2]]
+}
+
+// scanDict walks the dict at p.b[off], whose enclosing containers number
+// depth, validating every byte and recording the keys of kind. The values of
+// "a" and "r" in the message are walked the same way, in the same pass.
+func (p *krpcParse) scanDict(off, depth int, kind dictKind) (int, error) {
+	b := p.b
+	f := p.set(kind)
+	f.b = b
+	d := dictReader{b: b, off: off + 1}
+	for {
+		key, ok, err := d.next()
+		if err != nil {
+			return 0, err
+		}
+		if !ok {
+			return d.off, nil
+		}
+		start := d.off
+		j := keyIndex(kind, key)
+		if j < 0 {
+			f.extra = true
+			if d.off, err = skipValue(b, start, depth+1); err != nil {
+				return 0, err
+			}
+			continue
+		}
+		f.found |= 1 << j
+		f.pos[j][0] = uint16(start)
+		if d.off, err = p.scanKnown(f, kind, j, start, depth+1); err != nil {
+			return 0, err
+		}
+		f.pos[j][2] = uint16(d.off)
+	}
+}
+
+// scanKnown validates the value of known key j at b[off]: strings are read
+// (their contents located), "a" and "r" walked as dicts, "values" checked
+// for compact peers, anything else skipped.
+func (p *krpcParse) scanKnown(f *fieldSet, kind dictKind, j, off, depth int) (int, error) {
+	b := p.b
+	if off >= len(b) {
+		return 0, bencodeErr(off, errBencodeEOF)
+	}
+	switch c := b[off]; {
+	case isDigit(c):
+		s, end, err := scanString(b, off)
+		f.strs |= 1 << j
+		f.pos[j][1] = uint16(end - len(s))
+		return end, err
+	case c == 'd' && kind == dictTop && j == topA:
+		return p.scanDict(off, depth, dictArgs)
+	case c == 'd' && kind == dictTop && j == topR:
+		return p.scanDict(off, depth, dictReply)
+	case c == 'l' && kind == dictReply && j == replyValues:
+		end, ok, err := scanPeerList(b, off, depth)
+		f.peersBad = !ok
+		return end, err
+	}
+	return skipValue(b, off, depth)
+}
+
+// scanPeerList is skipValue for a "values" list, also reporting whether
+// every entry is a compact peer (6 or 18 bytes, IPv6 not IPv4-mapped).
+func scanPeerList(b []byte, off, depth int) (end int, ok bool, err error) {
+	if depth >= maxBencodeDepth {
+		return 0, false, bencodeErr(off, errBencodeDepth)
+	}
+	ok = true
+	for off++; ; {
+		if off >= len(b) {
+			return 0, false, bencodeErr(off, errBencodeEOF)
+		}
+		switch c := b[off]; {
+		case c == 'e':
+			return off + 1, ok, nil
+		case isDigit(c):
+			var s []byte
+			if s, off, err = scanString(b, off); err != nil {
+				return 0, false, err
+			}
+			ok = ok && (len(s) == compactAddr4Len || len(s) == compactAddr6Len && !isMapped4(s))
+		default:
+			ok = false
+			if off, err = skipValue(b, off, depth+1); err != nil {
+				return 0, false, err
+			}
+		}
+	}
+}
+
+// isMapped4 reports whether the 16-byte address at the start of s is an
+// IPv4-mapped IPv6 address (::ffff:a.b.c.d).
+func isMapped4(s []byte) bool {
+	for _, c := range s[:10] {
+		if c != 0 {
+			return false
+		}
+	}
+	return s[10] == 0xff && s[11] == 0xff
+}
+
+func (p *krpcParse) set(kind dictKind) *fieldSet {
+	switch kind {
+	case dictTop:
+		return &p.top
+	case dictArgs:
+		return &p.args
+	}
+	return &p.reply
+}
+
+// Typed readers of a recorded value. The raw bytes were validated by the
+// scan, so only the type and size are checked here.
+
+func (f *fieldSet) str(i int, name string) ([]byte, error) {
+	if !f.has(i) {
+		return nil, fmt.Errorf("%s: %w", name, errKRPCMissing)
+	}
+	if f.strs&(1<<i) == 0 {
+		return nil, fmt.Errorf("%s: %w: want string", name, errKRPCType)
+	}
+	end := f.pos[i][2]
+	return f.b[f.pos[i][1]:end:end], nil
+}
+
+func (f *fieldSet) fixed(i int, name string, dst []byte) error {
+	s, err := f.str(i, name)
+	if err != nil {
+		return err
+	}
+	if len(s) != len(dst) {
+		return fmt.Errorf("%s: %w: %d bytes, want %d", name, errKRPCSize, len(s), len(dst))
+	}
+	copy(dst, s)
+	return nil
+}
+
+func (f *fieldSet) int(i int, name string) (int64, error) {
+	raw := f.raw(i)
+	if raw == nil {
+		return 0, fmt.Errorf("%s: %w", name, errKRPCMissing)
+	}
+	if len(raw) == 0 || raw[0] != 'i' {
+		return 0, fmt.Errorf("%s: %w: want integer", name, errKRPCType)
+	}
+	n, _, err := scanInt(raw, 0)
+	return n, err
+}
+
+// flag reads an integer that must be 0 or 1.
+func (f *fieldSet) flag(i int, name string) (bool, error) {
+	n, err := f.int(i, name)
+	if err == nil && n != 0 && n != 1 {
+		err = fmt.Errorf("%s: %w: %d, want 0 or 1", name, errKRPCValue, n)
+	}
+	return n == 1, err
+}
+
+// seqInt reads a BEP 44 sequence number; negative ones are refused (BEP 44 allows that).
+func (f *fieldSet) seqInt(i int, name string) (int64, error) {
+	n, err := f.int(i, name)
+	if err == nil && n < 0 {
+		return 0, fmt.Errorf("%s: %w: negative", name, errKRPCValue)
+	}
+	return n, err
+}
+
+// krpcParse is the state of one parseKRPC call.
+type krpcParse struct {
+	b                []byte
+	top, args, reply fieldSet
+	ignored          bool // something will not survive appendTo
+}
+
+// parseKRPC is pure and strict. Slices alias b. See the contract in
+// SPEC.md 3.2: unknown keys, and known keys the message's type or method
+// does not use, are ignored on purpose (BEP 5 lets clients extend messages).
+func parseKRPC(b []byte) (m krpcMsg, err error) {
+	// m is filled in place: the struct is large, and copying it would cost
+	// more than the parse of a ping.
+	if _, err = parseKRPCInto(b, &m); err != nil {
+		return krpcMsg{}, err
+	}
+	return m, nil
+}
+
+// parseKRPCInto is parseKRPC into a zero *m, also reporting whether anything
+// was ignored, i.e. whether appendTo would not reproduce b exactly. On error
+// *m is left partly filled.
+func parseKRPCInto(b []byte, m *krpcMsg) (ignored bool, err error) {
+	if len(b) == 0 || b[0] != 'd' {
+		return false, fmt.Errorf("krpc: %w", errKRPCNotDict)
+	}
+	if len(b) > maxKRPCLen {
+		return false, fmt.Errorf("krpc: %w: %d bytes", errKRPCTooLong, len(b))
+	}
+	p := krpcParse{b: b}
+	end, err := p.scanDict(0, 0, dictTop)
+	if err != nil {
+		return false, fmt.Errorf("krpc: %w", err)
+	}
+	if end != len(b) {
+		return false, fmt.Errorf("krpc: %w", bencodeErr(end, errBencodeTrailing))
+	}
+	if err := p.finish(m); err != nil {
+		return false, err
+	}
+	return p.ignored, nil
+}
+
+// finish interprets the recorded fields by the message type.
+func (p *krpcParse) finish(m *krpcMsg) error {
+	var err error
+	if m.TID, err = p.top.str(topT, "t"); err != nil {
+		return fmt.Errorf("krpc: %w", err)
+	}
+	if len(m.TID) < minTIDLen || len(m.TID) > maxTIDLen {
+		return fmt.Errorf("krpc: t: %w: %d bytes, want %d..%d", errKRPCSize, len(m.TID), minTIDLen, maxTIDLen)
+	}
+	y, err := p.top.str(topY, "y")
+	if err == nil && len(y) != 1 {
+		err = fmt.Errorf("y: %w: %q", errKRPCMsgType, y)
+	}
+	if err != nil {
+		return fmt.Errorf("krpc: %w", err)
+	}
+	m.Type = y[0]
+	used := uint32(1<<topT | 1<<topY | 1<<topV | 1<<topIP)
+	switch m.Type {
+	case 'q':
+		used |= 1<<topQ | 1<<topA | 1<<topRO
+		if err = p.finishQuery(m); err != nil {
+			return &krpcBadQuery{TID: m.TID, Err: err}
+		}
+	case 'r':
+		used |= 1 << topR
+		err = p.finishReply(m)
+	case 'e':
+		used |= 1 << topE
+		err = p.finishError(m)
+	default:
+		err = fmt.Errorf("y: %w: %q", errKRPCMsgType, y)
+	}
+	if err != nil {
+		return fmt.Errorf("krpc: %w", err)
+	}
+	p.ignored = p.ignored || p.top.extra || p.top.found&^used != 0
+	return nil
+}
+
+// finishCommon reads the keys every message type may carry: "v" and "ip".
+func (p *krpcParse) finishCommon(m *krpcMsg) error {
+	var err error
+	if p.top.has(topV) {
+		if m.Version, err = p.top.str(topV, "v"); err != nil {
+			return err
+		}
+	}
+	if p.top.has(topIP) {
+		ip, err := p.top.str(topIP, "ip")
+		if err != nil {
+			return err
+		}
+		if m.IP, err = parseCompactAddr(ip); err != nil {
+			return fmt.Errorf("ip: %w", err)
+		}
+	}
+	return nil
+}
+
+// finishQuery reads "q", "ro" and the method's arguments.
+func (p *krpcParse) finishQuery(m *krpcMsg) error {
+	if err := p.finishCommon(m); err != nil {
+		return err
+	}
+	name, err := p.top.str(topQ, "q")
+	if err != nil {
+		return err
+	}
+	if p.top.has(topRO) {
+		if m.ReadOnly, err = p.top.flag(topRO, "ro"); err != nil {
+			return err
+		}
+		p.ignored = p.ignored || !m.ReadOnly // "ro" 0 is not written back
+	}
+	if m.Method = lookupMethod(name); m.Method == methodUnknown {
+		// The node answers 204; the arguments are not examined, and the
+		// method name is not kept, so appendTo cannot reproduce this message.
+		p.ignored = true
+		return nil
+	}
+	if !p.top.has(topA) {
+		return fmt.Errorf("a: %w", errKRPCMissing)
+	}
+	if p.top.raw(topA)[0] != 'd' {
+		return fmt.Errorf("a: %w: want dict", errKRPCType)
+	}
+	if err = p.readArgs(m.Method, &m.Args); err != nil {
+		return fmt.Errorf("a: %w", err)
+	}
+	return nil
+}
+
+// argsUsed lists, per method, the argument keys it reads; any other key in
+// "a" is ignored.
+var argsUsed = [...]uint32{
+	methodPing:         1 << argID,
+	methodFindNode:     1<<argID | 1<<argTarget | 1<<argWant,
+	methodGetPeers:     1<<argID | 1<<argInfoHash | 1<<argWant,
+	methodAnnouncePeer: 1<<argID | 1<<argInfoHash | 1<<argPort | 1<<argImplied | 1<<argToken,
+	methodGet:          1<<argID | 1<<argTarget | 1<<argSeq | 1<<argWant,
+	methodPut:          1<<argID | 1<<argToken | 1<<argV | 1<<argK | 1<<argSig | 1<<argSeq | 1<<argSalt | 1<<argCAS,
+}
+
+// readArgs checks and reads the arguments method needs into a.
+func (p *krpcParse) readArgs(method krpcMethod, a *krpcArgs) error {
+	f := &p.args
+	p.ignored = p.ignored || f.extra || f.found&^argsUsed[method] != 0
+	if err := f.fixed(argID, "id", a.ID[:]); err != nil {
+		return err
+	}
+	var err error
+	switch method {
+	case methodFindNode:
+		err = f.fixed(argTarget, "target", a.Target[:])
+	case methodGetPeers:
+		err = f.fixed(argInfoHash, "info_hash", a.InfoHash[:])
+	case methodAnnouncePeer:
+		err = p.readAnnounce(a)
+	case methodGet:
+		err = f.fixed(argTarget, "target", a.Target[:])
+		if err == nil && f.has(argSeq) {
+			a.Seq, err = f.seqInt(argSeq, "seq")
+			a.HasSeq = true
+		}
+	case methodPut:
+		err = p.readPut(a)
+	}
+	if err == nil && argsUsed[method]&(1<<argWant) != 0 && f.has(argWant) {
+		a.Want, err = p.readWant()
+	}
+	return err
+}
+
+func (p *krpcParse) readAnnounce(a *krpcArgs) error {
+	f := &p.args
+	if err := f.fixed(argInfoHash, "info_hash", a.InfoHash[:]); err != nil {
+		return err
+	}
+	var err error
+	if f.has(argImplied) {
+		if a.ImpliedPort, err = f.flag(argImplied, "implied_port"); err != nil {
+			return err
+		}
+		p.ignored = p.ignored || !a.ImpliedPort // implied_port 0 is not written back
+	}
+	if f.has(argPort) || !a.ImpliedPort {
+		port, err := f.int(argPort, "port")
+		if err != nil {
+			return err
+		}
+		if port < 1 || port > 65535 {
+			return fmt.Errorf("port: %w: %d", errKRPCValue, port)
+		}
+		a.Port = uint16(port)
+	}
+	a.Token, err = p.readToken(f, argToken)
+	return err
+}
+
+// readPut reads a BEP 44 put: immutable (token, v) or mutable (also k, sig,
+// seq; salt and cas optional). Sizes of v and salt are the store's business
+// (errors 205, 207), so they are not limited here.
+func (p *krpcParse) readPut(a *krpcArgs) error {
+	f := &p.args
+	var err error
+	if a.Token, err = p.readToken(f, argToken); err != nil {
+		return err
+	}
+	if !f.has(argV) {
+		return fmt.Errorf("v: %w", errKRPCMissing)
+	}
+	a.V = f.raw(argV)
+	if !f.has(argK) {
+		if f.found&(1<<argSig|1<<argSeq|1<<argSalt|1<<argCAS) != 0 {
+			return fmt.Errorf("sig, seq, salt or cas without k: %w", errKRPCValue)
+		}
+		return nil
+	}
+	a.HasK = true
+	if err = f.fixed(argK, "k", a.K[:]); err != nil {
+		return err
+	}
+	if err = f.fixed(argSig, "sig", a.Sig[:]); err != nil {
+		return err
+	}
+	if a.Seq, err = f.seqInt(argSeq, "seq"); err != nil {
+		return err
+	}
+	a.HasSeq = true
+	if f.has(argSalt) {
+		if a.Salt, err = f.str(argSalt, "salt"); err != nil {
+			return err
+		}
+	}
+	if f.has(argCAS) {
+		a.CAS, err = f.seqInt(argCAS, "cas")
+		a.HasCAS = true
+	}
+	return err
+}
+
+func (p *krpcParse) readToken(f *fieldSet, i int) ([]byte, error) {
+	tok, err := f.str(i, "token")
+	if err == nil && (len(tok) < minTokenLen || len(tok) > maxTokenLen) {
+		err = fmt.Errorf("token: %w: %d bytes, want %d..%d", errKRPCSize, len(tok), minTokenLen, maxTokenLen)
+	}
+	return tok, err
+}
+
+// readWant reads the BEP 32 list of strings. Entries other than "n4" and
+// "n6" are ignored; anything but the canonical ["n4"], ["n6"], ["n4","n6"]
+// is marked as not reproducible.
+func (p *krpcParse) readWant() (uint8, error) {
+	raw := p.args.raw(argWant)
+	if raw[0] != 'l' {
+		return 0, fmt.Errorf("want: %w: want list", errKRPCType)
+	}
+	var want uint8
+	canonical := true
+	for off := 1; raw[off] != 'e'; {
+		if !isDigit(raw[off]) {
+			return 0, fmt.Errorf("want: %w: want list of strings", errKRPCType)
+		}
+		s, end, err := scanString(raw, off)
+		if err != nil {
+			return 0, err
+		}
+		var bit uint8
+		switch string(s) {
+		case "n4":
+			bit = wantN4
+		case "n6":
+			bit = wantN6
+		}
+		canonical = canonical && bit > want // in order, no repeats, nothing unknown
+		want |= bit
+		off = end
+	}
+	p.ignored = p.ignored || !canonical || want == 0
+	return want, nil
+}
+
+// finishReply reads "r". Only "id" is required; what else a response must
+// hold depends on the query, which the caller knows.
+func (p *krpcParse) finishReply(m *krpcMsg) error {
+	if err := p.finishCommon(m); err != nil {
+		return err
+	}
+	if !p.top.has(topR) {
+		return fmt.Errorf("r: %w", errKRPCMissing)
+	}
+	if p.top.raw(topR)[0] != 'd' {
+		return fmt.Errorf("r: %w: want dict", errKRPCType)
+	}
+	f := &p.reply
+	p.ignored = p.ignored || f.extra
+	r := &m.Reply
+	if err := f.fixed(replyID, "id", r.ID[:]); err != nil {
+		return fmt.Errorf("r: %w", err)
+	}
+	if err := p.readNodes(r); err != nil {
+		return fmt.Errorf("r: %w", err)
+	}
+	if err := p.readItem(r); err != nil {
+		return fmt.Errorf("r: %w", err)
+	}
+	var err error
+	if f.has(replyToken) {
+		if r.Token, err = p.readToken(f, replyToken); err != nil {
+			return fmt.Errorf("r: %w", err)
+		}
+	}
+	return nil
+}
+
+// readNodes reads and validates "nodes", "nodes6" and "values".
+func (p *krpcParse) readNodes(r *krpcReply) error {
+	f := &p.reply
+	var err error
+	if f.has(replyNodes) {
+		if r.Nodes, err = f.str(replyNodes, "nodes"); err != nil {
+			return err
+		}
+		if len(r.Nodes)%compactNodeLen != 0 {
+			return fmt.Errorf("nodes: %w: %d bytes, want a multiple of %d", errKRPCSize, len(r.Nodes), compactNodeLen)
+		}
+	}
+	if f.has(replyNodes6) {
+		if r.Nodes6, err = f.str(replyNodes6, "nodes6"); err != nil {
+			return err
+		}
+		if err = checkCompactNodes6(r.Nodes6); err != nil {
+			return fmt.Errorf("nodes6: %w", err)
+		}
+	}
+	if f.has(replyValues) {
+		r.Values = f.raw(replyValues)
+		if r.Values[0] != 'l' || f.peersBad {
+			// the scan saw a problem; walk again for the precise error
+			return fmt.Errorf("values: %w", walkPeers(r.Values, nil))
+		}
+	}
+	return nil
+}
+
+// readItem reads the BEP 44 fields of a get response: "v", "seq", and "k"
+// with "sig" (both or neither).
+func (p *krpcParse) readItem(r *krpcReply) error {
+	f := &p.reply
+	var err error
+	if f.has(replyV) {
+		r.V = f.raw(replyV)
+	}
+	if f.has(replySeq) {
+		if r.Seq, err = f.seqInt(replySeq, "seq"); err != nil {
+			return err
+		}
+		r.HasSeq = true
+	}
+	if f.has(replyK) != f.has(replySig) {
+		return fmt.Errorf("k and sig: %w: one without the other", errKRPCValue)
+	}
+	if !f.has(replyK) {
+		return nil
+	}
+	r.HasK = true
+	if err = f.fixed(replyK, "k", r.K[:]); err != nil {
+		return err
+	}
+	return f.fixed(replySig, "sig", r.Sig[:])
+}
+
+// finishError reads "e": exactly [code, message].
+func (p *krpcParse) finishError(m *krpcMsg) error {
+	if err := p.finishCommon(m); err != nil {
+		return err
+	}
+	raw := p.top.raw(topE)
+	if raw == nil {
+		return fmt.Errorf("e: %w", errKRPCMissing)
+	}
+	badList := func() error { return fmt.Errorf("e: %w: want [integer, string]", errKRPCType) }
+	if raw[0] != 'l' || raw[1] != 'i' {
+		return badList()
+	}
+	code, off, err := scanInt(raw, 1)
+	if err != nil {
+		return err
+	}
+	if !isDigit(raw[off]) {
+		return badList()
+	}
+	if m.ErrMsg, off, err = scanString(raw, off); err != nil {
+		return err
+	}
+	if raw[off] != 'e' {
+		return badList()
+	}
+	if m.ErrCode = int(code); int64(m.ErrCode) != code {
+		return fmt.Errorf("e: %w: code %d", errKRPCValue, code)
+	}
+	return nil
+}
+
+// appendTo appends the message as canonical bencode: keys sorted, only the
+// fields meaningful for its Type and Method. It does not allocate if dst has
+// room.
+func (m *krpcMsg) appendTo(dst []byte) []byte {
+	dst = append(dst, 'd')
+	switch m.Type {
+	case 'q':
+		dst = appendBencodeKey(dst, "a")
+		dst = m.Args.appendTo(dst, m.Method)
+	case 'e':
+		dst = appendBencodeKey(dst, "e")
+		dst = append(dst, 'l')
+		dst = appendBencodeInt(dst, int64(m.ErrCode))
+		dst = appendBencodeString(dst, m.ErrMsg)
+		dst = append(dst, 'e')
+	}
+	if m.IP.IsValid() {
+		dst = appendBencodeKey(dst, "ip")
+		dst = appendCompactAddrString(dst, m.IP)
+	}
+	switch m.Type {
+	case 'q':
+		dst = appendBencodeKey(dst, "q")
+		dst = appendBencodeKey(dst, m.Method.String())
+	case 'r':
+		dst = appendBencodeKey(dst, "r")
+		dst = m.Reply.appendTo(dst)
+	}
+	if m.Type == 'q' && m.ReadOnly {
+		dst = appendBencodeKey(dst, "ro")
+		dst = appendBencodeInt(dst, 1)
+	}
+	dst = appendBencodeKey(dst, "t")
+	dst = appendBencodeString(dst, m.TID)
+	if m.Version != nil {
+		dst = appendBencodeKey(dst, "v")
+		dst = appendBencodeString(dst, m.Version)
+	}
+	dst = appendBencodeKey(dst, "y")
+	dst = append(dst, '1', ':', m.Type)
+	return append(dst, 'e')
+}
+
+// appendTo appends the "a" dict for method.
+func (a *krpcArgs) appendTo(dst []byte, method krpcMethod) []byte {
+	dst = append(dst, 'd')
+	mutable := method == methodPut && a.HasK
+	if mutable && a.HasCAS {
+		dst = appendBencodeKey(dst, "cas")
+		dst = appendBencodeInt(dst, a.CAS)
+	}
+	dst = appendBencodeKey(dst, "id")
+	dst = appendBencodeString(dst, a.ID[:])
+	if method == methodAnnouncePeer && a.ImpliedPort {
+		dst = appendBencodeKey(dst, "implied_port")
+		dst = appendBencodeInt(dst, 1)
+	}
+	if method == methodGetPeers || method == methodAnnouncePeer {
+		dst = appendBencodeKey(dst, "info_hash")
+		dst = appendBencodeString(dst, a.InfoHash[:])
+	}
+	if mutable {
+		dst = appendBencodeKey(dst, "k")
+		dst = appendBencodeString(dst, a.K[:])
+	}
+	if method == methodAnnouncePeer && a.Port != 0 {
+		dst = appendBencodeKey(dst, "port")
+		dst = appendBencodeInt(dst, int64(a.Port))
+	}
+	if mutable && a.Salt != nil {
+		dst = appendBencodeKey(dst, "salt")
+		dst = appendBencodeString(dst, a.Salt)
+	}
+	if mutable || (method == methodGet && a.HasSeq) {
+		dst = appendBencodeKey(dst, "seq")
+		dst = appendBencodeInt(dst, a.Seq)
+	}
+	if mutable {
+		dst = appendBencodeKey(dst, "sig")
+		dst = appendBencodeString(dst, a.Sig[:])
+	}
+	if method == methodFindNode || method == methodGet {
+		dst = appendBencodeKey(dst, "target")
+		dst = appendBencodeString(dst, a.Target[:])
+	}
+	if method == methodAnnouncePeer || method == methodPut {
+		dst = appendBencodeKey(dst, "token")
+		dst = appendBencodeString(dst, a.Token)
+	}
+	if method == methodPut {
+		dst = appendBencodeKey(dst, "v")
+		dst = append(dst, a.V...)
+	}
+	if a.Want&(wantN4|wantN6) != 0 && (method == methodFindNode || method == methodGetPeers || method == methodGet) {
+		dst = appendWant(dst, a.Want)
+	}
+	return append(dst, 'e')
+}
+
+func appendWant(dst []byte, want uint8) []byte {
+	dst = appendBencodeKey(dst, "want")
+	dst = append(dst, 'l')
+	if want&wantN4 != 0 {
+		dst = appendBencodeKey(dst, "n4")
+	}
+	if want&wantN6 != 0 {
+		dst = appendBencodeKey(dst, "n6")
+	}
+	return append(dst, 'e')
+}
+
+// appendTo appends the "r" dict.
+func (r *krpcReply) appendTo(dst []byte) []byte {
+	dst = append(dst, 'd')
+	dst = appendBencodeKey(dst, "id")
+	dst = appendBencodeString(dst, r.ID[:])
+	if r.HasK {
+		dst = appendBencodeKey(dst, "k")
+		dst = appendBencodeString(dst, r.K[:])
+	}
+	if r.Nodes != nil {
+		dst = appendBencodeKey(dst, "nodes")
+		dst = appendBencodeString(dst, r.Nodes)
+	}
+	if r.Nodes6 != nil {
+		dst = appendBencodeKey(dst, "nodes6")
+		dst = appendBencodeString(dst, r.Nodes6)
+	}
+	if r.HasSeq {
+		dst = appendBencodeKey(dst, "seq")
+		dst = appendBencodeInt(dst, r.Seq)
+	}
+	if r.HasK {
+		dst = appendBencodeKey(dst, "sig")
+		dst = appendBencodeString(dst, r.Sig[:])
+	}
+	if r.Token != nil {
+		dst = appendBencodeKey(dst, "token")
+		dst = appendBencodeString(dst, r.Token)
+	}
+	if r.V != nil {
+		dst = appendBencodeKey(dst, "v")
+		dst = append(dst, r.V...)
+	}
+	if r.Values != nil {
+		dst = appendBencodeKey(dst, "values")
+		dst = append(dst, r.Values...)
+	}
+	return append(dst, 'e')
+}
+
+// parseCompactAddr reads "compact IP-address/port info": 4 or 16 address
+// bytes, then the port, big-endian. An IPv4-mapped address in the 18-byte
+// form is refused: IPv4 has its own form, and one address has one encoding.
+func parseCompactAddr(b []byte) (netip.AddrPort, error) {
+	var ip netip.Addr
+	switch len(b) {
+	case compactAddr4Len:
+		ip = netip.AddrFrom4([4]byte(b[:4]))
+	case compactAddr6Len:
+		ip = netip.AddrFrom16([16]byte(b[:16]))
+		if ip.Is4In6() {
+			return netip.AddrPort{}, fmt.Errorf("krpc: %w", errKRPCMappedV4)
+		}
+	default:
+		return netip.AddrPort{}, fmt.Errorf("krpc: %w: %d bytes, want %d or %d", errKRPCCompact, len(b), compactAddr4Len, compactAddr6Len)
+	}
+	n := len(b)
+	return netip.AddrPortFrom(ip, uint16(b[n-2])<<8|uint16(b[n-1])), nil
+}
+
+// appendCompactAddr appends the 6- or 18-byte compact form of a; an
+// IPv4-mapped address is written as IPv4. An invalid address appends nothing.
+func appendCompactAddr(dst []byte, a netip.AddrPort) []byte {
+	ip := a.Addr().Unmap()
+	switch {
+	case ip.Is4():
+		b := ip.As4()
+		dst = append(dst, b[:]...)
+	case ip.Is6():
+		b := ip.As16()
+		dst = append(dst, b[:]...)
+	default:
+		return dst
+	}
+	return append(dst, byte(a.Port()>>8), byte(a.Port()))
+}
+
+// appendCompactAddrString appends the compact form as a bencode string.
+func appendCompactAddrString(dst []byte, a netip.AddrPort) []byte {
+	if a.Addr().Unmap().Is4() {
+		dst = append(dst, '6', ':')
+	} else {
+		dst = append(dst, '1', '8', ':')
+	}
+	return appendCompactAddr(dst, a)
+}
+
+// checkCompactNodes6 validates "nodes6": whole 38-byte entries with no
+// IPv4-mapped address.
+func checkCompactNodes6(raw []byte) error {
+	if len(raw)%compactNode6Len != 0 {
+		return fmt.Errorf("%w: %d bytes, want a multiple of %d", errKRPCSize, len(raw), compactNode6Len)
+	}
+	for off := 0; off < len(raw); off += compactNode6Len {
+		if _, err := parseCompactAddr(raw[off+idLen : off+compactNode6Len]); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// parseCompactNodes reads "nodes": 26-byte entries (id || IPv4 || port).
+func parseCompactNodes(raw []byte) ([]nodeInfo, error) {
+	if len(raw)%compactNodeLen != 0 {
+		return nil, fmt.Errorf("krpc: nodes: %w: %d bytes, want a multiple of %d", errKRPCSize, len(raw), compactNodeLen)
+	}
+	return parseNodeEntries(raw, compactNodeLen)
+}
+
+// parseCompactNodes6 reads "nodes6": 38-byte entries (id || IPv6 || port).
+func parseCompactNodes6(raw []byte) ([]nodeInfo, error) {
+	if err := checkCompactNodes6(raw); err != nil {
+		return nil, fmt.Errorf("krpc: nodes6: %w", err)
+	}
+	return parseNodeEntries(raw, compactNode6Len)
+}
+
+func parseNodeEntries(raw []byte, size int) ([]nodeInfo, error) {
+	ns := make([]nodeInfo, 0, len(raw)/size)
+	for off := 0; off < len(raw); off += size {
+		var n nodeInfo
+		copy(n.ID[:], raw[off:off+idLen])
+		var err error
+		if n.Addr, err = parseCompactAddr(raw[off+idLen : off+size]); err != nil {
+			return nil, err
+		}
+		ns = append(ns, n)
+	}
+	return ns, nil
+}
+
+// appendCompactNodes appends the IPv4 entries of ns as compact node info
+// (the raw "nodes" string contents); other entries are skipped.
+func appendCompactNodes(dst []byte, ns []nodeInfo) []byte {
+	for _, n := range ns {
+		if n.Addr.Addr().Unmap().Is4() {
+			dst = append(dst, n.ID[:]...)
+			dst = appendCompactAddr(dst, n.Addr)
+		}
+	}
+	return dst
+}
+
+// appendCompactNodes6 appends the IPv6 entries of ns (not IPv4-mapped ones).
+func appendCompactNodes6(dst []byte, ns []nodeInfo) []byte {
+	for _, n := range ns {
+		if ip := n.Addr.Addr(); ip.Is6() && !ip.Is4In6() {
+			dst = append(dst, n.ID[:]...)
+			dst = appendCompactAddr(dst, n.Addr)
+		}
+	}
+	return dst
+}
+
+// walkPeers validates a "values" list (strings of 6 or 18 bytes) and calls
+// fn, if not nil, with each peer.
+func walkPeers(values []byte, fn func(netip.AddrPort)) error {
+	if len(values) < 2 || values[0] != 'l' {
+		return fmt.Errorf("%w: want list", errKRPCType)
+	}
+	off := 1
+	for off < len(values) && values[off] != 'e' {
+		if !isDigit(values[off]) {
+			return fmt.Errorf("%w: want list of strings", errKRPCType)
+		}
+		s, end, err := scanString(values, off)
+		if err != nil {
+			return err
+		}
+		a, err := parseCompactAddr(s)
+		if err != nil {
+			return err
+		}
+		if fn != nil {
+			fn(a)
+		}
+		off = end
+	}
+	if off != len(values)-1 {
+		return fmt.Errorf("%w: malformed list", errKRPCType)
+	}
+	return nil
+}
+
+// parsePeers reads the peers of krpcReply.Values.
+func parsePeers(values []byte) ([]netip.AddrPort, error) {
+	var peers []netip.AddrPort
+	err := walkPeers(values, func(a netip.AddrPort) { peers = append(peers, a) })
+	if err != nil {
+		return nil, fmt.Errorf("krpc: values: %w", err)
+	}
+	return peers, nil
+}
+
+// appendPeerList appends a bencoded list of compact peers, for
+// krpcReply.Values. Invalid addresses are skipped.
+func appendPeerList(dst []byte, peers []netip.AddrPort) []byte {
+	dst = append(dst, 'l')
+	for _, a := range peers {
+		if a.Addr().IsValid() {
+			dst = appendCompactAddrString(dst, a)
+		}
+	}
+	return append(dst, 'e')
+}
