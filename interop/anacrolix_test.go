@@ -36,6 +36,9 @@ const (
 	anacrolixResend = 500 * time.Millisecond
 	// traversalTimeout bounds one whole anacrolix traversal.
 	traversalTimeout = 10 * time.Second
+	// peerStoreWait bounds waiting for anacrolix's asynchronous AddPeer.
+	peerStoreWait = 2 * time.Second
+	peerStorePoll = 10 * time.Millisecond
 )
 
 // anacrolixNode is one anacrolix/dht server and what the tests inspect of it.
@@ -53,12 +56,19 @@ type anacrolixNode struct {
 // its own id must not be derived from 127.0.0.1.
 func newAnacrolix(t testing.TB, starting ...netip.AddrPort) *anacrolixNode {
 	t.Helper()
+	return newAnacrolixID(t, krpc.RandomNodeID(), starting...)
+}
+
+// newAnacrolixID is newAnacrolix with a chosen node id.
+func newAnacrolixID(t testing.TB, id krpc.ID, starting ...netip.AddrPort) *anacrolixNode {
+	t.Helper()
 	conn, err := net.ListenPacket("udp4", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
 	cfg := dht.NewDefaultServerConfig()
 	cfg.Conn = conn
+	cfg.NodeId = id
 	cfg.NoSecurity = true
 	a := &anacrolixNode{peers: &addrPeerStore{}, items: bep44.NewMemory(), queries: &queryLog{}}
 	cfg.PeerStore, cfg.Store, cfg.OnQuery = a.peers, a.items, a.queries.record
@@ -72,14 +82,13 @@ func newAnacrolix(t testing.TB, starting ...netip.AddrPort) *anacrolixNode {
 	cfg.QueryResendDelay = func() time.Duration { return anacrolixResend }
 	// Its default limiter is a package global shared by every server.
 	cfg.SendLimiter = rate.NewLimiter(rate.Inf, 0)
-	cfg.Logger = log.Default.FilterLevel(log.Critical)
+	cfg.Logger = quietLogger
 	s, err := dht.NewServer(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(s.Close)
 	a.Server, a.addr = s, s.Addr().(*net.UDPAddr).AddrPort()
-	id := s.ID()
 	a.id = hex.EncodeToString(id[:])
 	return a
 }
@@ -170,9 +179,27 @@ func (s *addrPeerStore) has(ih [20]byte, peer netip.AddrPort) bool {
 	return ok
 }
 
-// traversalContext bounds one traversal and ends with the test.
+// waitFor reports whether peer gets announced for ih within peerStoreWait:
+// anacrolix adds a peer on its own goroutine after answering announce_peer.
+func (s *addrPeerStore) waitFor(ih [20]byte, peer netip.AddrPort) bool {
+	deadline := time.Now().Add(peerStoreWait)
+	for !s.has(ih, peer) {
+		if time.Now().After(deadline) {
+			return false
+		}
+		time.Sleep(peerStorePoll)
+	}
+	return true
+}
+
+// quietLogger keeps anacrolix's expected complaints (e.g. a refused put)
+// out of the test output; the tests check outcomes themselves.
+var quietLogger = log.Default.FilterLevel(log.Critical)
+
+// traversalContext bounds one traversal and ends with the test. getput logs
+// through the context's logger, so it carries the quiet one.
 func traversalContext(t testing.TB) context.Context {
-	ctx, cancel := context.WithTimeout(context.Background(), traversalTimeout)
+	ctx, cancel := context.WithTimeout(log.ContextWithLogger(context.Background(), quietLogger), traversalTimeout)
 	t.Cleanup(cancel)
 	return ctx
 }
@@ -182,6 +209,15 @@ func anacrolixBootstrap(t testing.TB, s *anacrolixNode) {
 	t.Helper()
 	if _, err := s.BootstrapContext(traversalContext(t)); err != nil {
 		t.Fatalf("anacrolix bootstrap: %v", err)
+	}
+}
+
+// anacrolixPing pings to; anacrolix hands out in find_node replies only the
+// nodes that have answered it, so this makes to one of those.
+func anacrolixPing(t testing.TB, s *anacrolixNode, to netip.AddrPort) {
+	t.Helper()
+	if err := s.Ping(net.UDPAddrFromAddrPort(to)).ToError(); err != nil {
+		t.Fatalf("anacrolix ping %v: %v", to, err)
 	}
 }
 

@@ -42,10 +42,17 @@ const buildRoot = ".."
 // tmpRoot holds the built binary; TestMain removes it.
 var tmpRoot = sync.OnceValues(func() (string, error) { return os.MkdirTemp("", "kadchat-interop-") })
 
+// binaryEnv names a prebuilt kadchat binary to drive instead of building
+// the parent module, e.g. to check an older release against this suite.
+const binaryEnv = "KADCHAT_BIN"
+
 // kadchatBinary builds the kadchat binary once per test process. It is lazy
 // rather than in TestMain so that running only the benchmarks needs no
 // working binary.
 var kadchatBinary = sync.OnceValues(func() (string, error) {
+	if bin := os.Getenv(binaryEnv); bin != "" {
+		return filepath.Abs(bin)
+	}
 	dir, err := tmpRoot()
 	if err != nil {
 		return "", err
