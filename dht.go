@@ -1,0 +1,1094 @@
+// DHT node: the KRPC server and client of BEP 5, 42, 43 and 44 on the Node's
+// one socket.
+//
+// Inbound flow: Node.run -> handleKRPC parses the datagram (parseKRPC, pure).
+// A query goes to handleQuery, which records the sender in the routing table,
+// answers from the table and the stores, and encodes the reply into a buffer
+// owned by the read goroutine. A response or error goes to handleResponse,
+// which finds the transaction by (tid, sender address), feeds the RTT
+// estimator and the external-address vote, records the responder and
+// completes the transaction.
+// Outbound flow: sendQuery picks a random tid, registers the transaction,
+// sends, and arms a timer that retransmits the same bytes (same tid) with
+// exponential backoff from the adaptive RTO; when every attempt timed out the
+// node is reported failed() to the table. Lookups (lookup.go) and the /dht
+// commands are built on sendQuery.
+// Maintenance (run): ping the saved table, bootstrap, then one ticker
+// refreshes stale buckets and saves the table; the table is saved on exit.
+package main
+
+import (
+	"bytes"
+	"context"
+	"crypto/ed25519"
+	"crypto/rand"
+	"encoding/binary"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	mrand "math/rand/v2"
+	"net"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+)
+
+// Limits and defaults of the DHT node; SPEC.md 3.4 lists them.
+const (
+	tidLen          = 4    // bytes in our transaction ids: 32 random bits
+	maxTransactions = 2048 // outstanding queries per node
+	maxAttempts     = 3    // one transmission and two retransmissions
+	maxPeersReply   = 50   // peers in one get_peers reply (50*8 bytes keeps it < 1280)
+	maxEvictPings   = 64   // ping-before-evict queries in flight at once
+	routingFile     = "routing"
+
+	rtoInitial     = 500 * time.Millisecond // before the first RTT sample
+	rtoMin         = 20 * time.Millisecond
+	rtoMax         = time.Second
+	rtoGranularity = 5 * time.Millisecond // G of RFC 6298
+
+	maintenanceInterval = time.Minute
+	saveInterval        = 5 * time.Minute
+	commandTimeout      = 10 * time.Second
+	bootstrapTimeout    = 10 * time.Second // resolving and asking the routers
+)
+
+// Sentinel errors; callers wrap them with "dht: <operation>: ".
+var (
+	errTimeout      = errors.New("no answer")
+	errTooManyTx    = errors.New("too many queries in flight")
+	errClosed       = errors.New("closed")
+	errNotFound     = errors.New("not found")
+	errNoNodes      = errors.New("routing table is empty")
+	errNoneAnswered = errors.New("no node answered")
+)
+
+// dhtConfig configures newDHT. Zero fields get defaults.
+type dhtConfig struct {
+	Bootstrap []string // HOST:PORT of the routers to ask when the saved table does not answer
+	Dir       string   // where the routing table is saved; "" for none
+	Now       func() time.Time
+	Rand      io.Reader
+	Log       *slog.Logger
+}
+
+// dhtTiming holds every interval of the node so tests and benchmarks can
+// shorten them before run.
+type dhtTiming struct {
+	rtoInitial, rtoMin, rtoMax time.Duration
+	maintenance, save          time.Duration
+	command, bootstrap         time.Duration
+}
+
+func defaultTiming() dhtTiming {
+	return dhtTiming{
+		rtoInitial: rtoInitial, rtoMin: rtoMin, rtoMax: rtoMax,
+		maintenance: maintenanceInterval, save: saveInterval,
+		command: commandTimeout, bootstrap: bootstrapTimeout,
+	}
+}
+
+// krpcError is an error reply ('e') to one of our queries.
+type krpcError struct {
+	Code int
+	Msg  string
+}
+
+func (e *krpcError) Error() string { return fmt.Sprintf("krpc: error %d: %s", e.Code, e.Msg) }
+
+// dht is the DHT node. Safe for concurrent use, except that handleKRPC must
+// only be called by the Node's read goroutine (it owns the reply buffers).
+type dht struct {
+	node    *Node
+	cfg     dhtConfig
+	log     *slog.Logger
+	now     func() time.Time
+	version []byte
+	timing  dhtTiming
+
+	tokens *tokenBox
+	peers  *peerStore
+	items  *itemStore
+
+	mu       sync.Mutex // guards table, voter, saved, evicting
+	table    *routingTable
+	voter    ipVoter
+	saved    []nodeInfo // loaded from disk; pinged by run
+	evicting map[netip.AddrPort]struct{}
+
+	txMu   sync.Mutex // guards txs, closed, rng, rtt
+	txs    map[txKey]*transaction
+	closed bool           // run has ended: no more queries
+	rng    *mrand.ChaCha8 // transaction ids: a CSPRNG seeded from cfg.Rand
+	rtt    rttEstimator
+
+	// owned by the read goroutine: replies are encoded here, never allocated
+	sbuf, nbuf4, nbuf6, vbuf []byte
+}
+
+// newDHT creates the node's DHT and installs it as n.onKRPC. If cfg.Dir holds
+// a saved routing table, its id is reused and its nodes are pinged by run.
+func newDHT(n *Node, cfg dhtConfig) (*dht, error) {
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	if cfg.Rand == nil {
+		cfg.Rand = rand.Reader
+	}
+	if cfg.Log == nil {
+		cfg.Log = slog.New(slog.DiscardHandler)
+	}
+	self, saved, err := loadOrCreateID(cfg)
+	if err != nil {
+		return nil, err
+	}
+	var seed [32]byte
+	if _, err := io.ReadFull(cfg.Rand, seed[:]); err != nil {
+		return nil, fmt.Errorf("dht: seed: %w", err)
+	}
+	d := &dht{
+		node: n, cfg: cfg, log: cfg.Log, now: cfg.Now, version: []byte(krpcVersion),
+		timing: defaultTiming(),
+		tokens: newTokenBox(cfg.Rand, cfg.Now), peers: newPeerStore(cfg.Now), items: newItemStore(cfg.Now),
+		table: newRoutingTable(self, cfg.Now), saved: saved, evicting: map[netip.AddrPort]struct{}{},
+		txs: map[txKey]*transaction{}, rng: mrand.NewChaCha8(seed),
+		sbuf: make([]byte, 0, maxDatagram), nbuf4: make([]byte, 0, 26*bucketSize),
+		nbuf6: make([]byte, 0, 38*bucketSize), vbuf: make([]byte, 0, 20*maxPeersReply),
+	}
+	for _, sn := range saved { // questionable until they answer run's ping
+		d.table.heard(sn, false)
+	}
+	n.onKRPC = d.handleKRPC
+	return d, nil
+}
+
+// loadOrCreateID reads the saved table; without one (or with a corrupt one,
+// which is only a cache) it draws a fresh random id.
+func loadOrCreateID(cfg dhtConfig) (nodeID, []nodeInfo, error) {
+	if cfg.Dir != "" {
+		self, ns, err := loadRoutingTable(filepath.Join(cfg.Dir, routingFile))
+		if err == nil {
+			return self, ns, nil
+		}
+		if !errors.Is(err, os.ErrNotExist) {
+			cfg.Log.Warn("dht: ignoring the saved routing table", "err", err)
+		}
+	}
+	var id nodeID
+	if _, err := io.ReadFull(cfg.Rand, id[:]); err != nil {
+		return id, nil, fmt.Errorf("dht: id: %w", err)
+	}
+	return id, nil, nil
+}
+
+func (d *dht) id() nodeID {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.table.self()
+}
+
+func (d *dht) size() int {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.table.size()
+}
+
+func (d *dht) external() (netip.AddrPort, bool) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.voter.external()
+}
+
+func (d *dht) closest(target nodeID, count int) []nodeInfo {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.table.closest(target, count)
+}
+
+// --- inbound
+
+// handleKRPC is Node.onKRPC. Garbage gets no answer; a query with bad
+// arguments gets 203 (BEP 5), so a peer can tell a bug from a dead node.
+func (d *dht) handleKRPC(from netip.AddrPort, b []byte) {
+	m, err := parseKRPC(b)
+	if err != nil {
+		var bq *krpcBadQuery
+		if errors.As(err, &bq) {
+			d.replyError(from, bq.TID, krpcErrProtocol, "bad query")
+		}
+		d.log.Debug("dht: dropped", "from", from, "err", err)
+		return
+	}
+	switch m.Type {
+	case 'q':
+		d.handleQuery(from, &m)
+	case 'r', 'e':
+		d.handleResponse(from, &m, b)
+	}
+}
+
+func (d *dht) handleQuery(from netip.AddrPort, m *krpcMsg) {
+	if m.Method == methodUnknown {
+		d.replyError(from, m.TID, krpcErrMethodUnknown, "method unknown")
+		return
+	}
+	if !m.ReadOnly { // BEP 43: read-only nodes are served but never added
+		d.heard(nodeInfo{ID: m.Args.ID, Addr: from}, false)
+	}
+	r := krpcMsg{TID: m.TID, Type: 'r', Version: d.version, IP: from}
+	r.Reply.ID = d.id()
+	switch m.Method {
+	case methodFindNode:
+		d.addNodes(&r.Reply, m.Args.Target, m.Args.Want, from)
+	case methodGetPeers:
+		d.answerGetPeers(&r.Reply, &m.Args, from)
+	case methodAnnouncePeer:
+		if msg := d.acceptAnnounce(&m.Args, from); msg != "" {
+			d.replyError(from, m.TID, krpcErrProtocol, msg)
+			return
+		}
+	case methodGet:
+		d.answerGet(&r.Reply, &m.Args, from)
+	case methodPut:
+		if code, msg := d.acceptPut(&m.Args, from); code != 0 {
+			d.replyError(from, m.TID, code, msg)
+			return
+		}
+	}
+	d.sbuf = r.appendTo(d.sbuf[:0])
+	d.sendRaw(from, d.sbuf)
+}
+
+// addNodes puts the k closest nodes into a reply, in the families the
+// requester wants (BEP 32); without "want", the requester's own family.
+func (d *dht) addNodes(rep *krpcReply, target nodeID, want uint8, from netip.AddrPort) {
+	if want == 0 {
+		want = wantN6
+		if from.Addr().Is4() {
+			want = wantN4
+		}
+	}
+	if want&wantN4 != 0 {
+		rep.Nodes = appendCompactNodes(d.nbuf4[:0], d.closestFamily(target, true))
+	}
+	if want&wantN6 != 0 {
+		rep.Nodes6 = appendCompactNodes6(d.nbuf6[:0], d.closestFamily(target, false))
+	}
+}
+
+// closestFamily is the k closest nodes of one address family, so a table
+// holding both families still fills each list (BEP 32).
+func (d *dht) closestFamily(target nodeID, want4 bool) []nodeInfo {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.table.closestFamily(target, bucketSize, want4)
+}
+
+// answerGetPeers returns a token, the peers we know and also the closest
+// nodes: with both, a lookup keeps converging on the k closest nodes (where
+// it will announce) even after it met a node that has peers.
+func (d *dht) answerGetPeers(rep *krpcReply, a *krpcArgs, from netip.AddrPort) {
+	rep.Token = d.tokens.issue(from.Addr())
+	if ps := d.peers.peers(a.InfoHash, maxPeersReply); len(ps) > 0 {
+		rep.Values = appendPeerList(d.vbuf[:0], ps)
+	}
+	d.addNodes(rep, a.InfoHash, a.Want, from)
+}
+
+// acceptAnnounce stores the announcing peer; it returns a 203 message if not.
+func (d *dht) acceptAnnounce(a *krpcArgs, from netip.AddrPort) string {
+	if !d.tokens.valid(a.Token, from.Addr()) {
+		return "bad token"
+	}
+	port := a.Port
+	if a.ImpliedPort { // BEP 5: the source port, useful behind NATs
+		port = from.Port()
+	}
+	if port == 0 {
+		return "bad port"
+	}
+	d.peers.add(a.InfoHash, netip.AddrPortFrom(from.Addr(), port))
+	return ""
+}
+
+// answerGet returns a token, the closest nodes and the item if we hold it.
+// BEP 44: with "seq" in the query, k, v and sig are left out unless ours is newer.
+func (d *dht) answerGet(rep *krpcReply, a *krpcArgs, from netip.AddrPort) {
+	rep.Token = d.tokens.issue(from.Addr())
+	d.addNodes(rep, a.Target, a.Want, from)
+	it, ok := d.items.get(a.Target)
+	if !ok {
+		return
+	}
+	if it.Mutable {
+		rep.Seq, rep.HasSeq = it.Seq, true
+		if a.HasSeq && it.Seq <= a.Seq {
+			return
+		}
+		rep.K, rep.HasK, rep.Sig = it.K, true, it.Sig
+	}
+	rep.V = it.V
+}
+
+// acceptPut stores a BEP 44 item; it returns a KRPC error code and message if not.
+func (d *dht) acceptPut(a *krpcArgs, from netip.AddrPort) (int, string) {
+	if !d.tokens.valid(a.Token, from.Addr()) {
+		return krpcErrProtocol, "bad token"
+	}
+	it := bep44Item{V: a.V}
+	if a.HasK {
+		if !a.HasSeq {
+			return krpcErrProtocol, "mutable put without seq"
+		}
+		it = bep44Item{V: a.V, Mutable: true, K: a.K, Salt: a.Salt, Seq: a.Seq, Sig: a.Sig}
+	}
+	err := d.items.put(it, a.CAS, a.HasCAS)
+	var be *bep44Error
+	switch {
+	case err == nil:
+		return 0, ""
+	case errors.As(err, &be):
+		return be.Code, be.Msg
+	default:
+		return krpcErrServer, "store failed"
+	}
+}
+
+// replyError sends an 'e' message; it also carries our "v" and BEP 42 "ip".
+func (d *dht) replyError(to netip.AddrPort, tid []byte, code int, msg string) {
+	e := krpcMsg{TID: tid, Type: 'e', Version: d.version, IP: to, ErrCode: code, ErrMsg: []byte(msg)}
+	d.sbuf = e.appendTo(d.sbuf[:0])
+	d.sendRaw(to, d.sbuf)
+}
+
+func (d *dht) sendRaw(to netip.AddrPort, b []byte) {
+	if err := d.node.send(to, b); err != nil {
+		d.log.Debug("dht: send", "to", to, "err", err)
+	}
+}
+
+// heard records a node in the routing table and pings the questionable
+// nodes the table wants checked before it evicts one of them.
+func (d *dht) heard(n nodeInfo, responded bool) {
+	if !queryableAddr(n.Addr) {
+		return
+	}
+	d.mu.Lock()
+	if n.ID == d.table.self() {
+		d.mu.Unlock()
+		return
+	}
+	check := d.table.heard(n, responded)
+	var ping []nodeInfo
+	for _, c := range check {
+		if _, busy := d.evicting[c.Addr]; !busy && len(d.evicting) < maxEvictPings {
+			d.evicting[c.Addr] = struct{}{}
+			ping = append(ping, c)
+		}
+	}
+	d.mu.Unlock()
+	for _, c := range ping {
+		q := krpcMsg{Method: methodPing}
+		addr := c.Addr
+		_, err := d.sendQuery(addr, &q, &c.ID, nil, func(queryResult) { d.evicted(addr) })
+		if err != nil {
+			d.evicted(addr)
+		}
+	}
+}
+
+func (d *dht) evicted(addr netip.AddrPort) {
+	d.mu.Lock()
+	delete(d.evicting, addr)
+	d.mu.Unlock()
+}
+
+// queryableAddr rejects addresses no node can answer from.
+func queryableAddr(a netip.AddrPort) bool {
+	ip := a.Addr()
+	return a.IsValid() && a.Port() != 0 && !ip.IsUnspecified() && !ip.IsMulticast()
+}
+
+// --- transactions
+
+// txKey identifies a transaction: a response counts only if it comes from
+// the address we queried and echoes our tid.
+type txKey struct {
+	tid  uint32
+	addr netip.AddrPort
+}
+
+type transaction struct {
+	pkt       []byte // the encoded query, resent as is
+	expect    nodeID // the id we believe the node has (zero: unknown)
+	hasExpect bool
+	sent      time.Time
+	attempts  int
+	timer     *time.Timer
+	onRetry   func(attempt int) // may be nil; called with 2, 3, ... on each retransmission
+	done      func(queryResult) // called once, never with d.mu or d.txMu held
+}
+
+// queryResult is the outcome of one query. Msg aliases a private copy of the
+// datagram, so it may be kept.
+type queryResult struct {
+	Msg      krpcMsg
+	Err      error
+	Attempts int
+}
+
+// rttEstimator is RFC 6298's smoothed RTT for all peers together: lookups
+// talk to each node once or twice, too few samples for a per-peer estimate.
+type rttEstimator struct {
+	srtt, rttvar time.Duration
+	has          bool
+}
+
+func (e *rttEstimator) sample(r time.Duration) {
+	if !e.has {
+		e.srtt, e.rttvar, e.has = r, r/2, true
+		return
+	}
+	dev := e.srtt - r
+	if dev < 0 {
+		dev = -dev
+	}
+	e.rttvar = (3*e.rttvar + dev) / 4 // beta = 1/4
+	e.srtt = (7*e.srtt + r) / 8       // alpha = 1/8
+}
+
+// rto is SRTT + max(G, 4*RTTVAR), clamped to [min, max].
+func (e *rttEstimator) rto(t *dhtTiming) time.Duration {
+	if !e.has {
+		return t.rtoInitial
+	}
+	r := e.srtt + max(rtoGranularity, 4*e.rttvar)
+	return min(max(r, t.rtoMin), t.rtoMax)
+}
+
+// backoff doubles the timeout with each attempt (attempt 1 is the first send).
+func backoff(rto time.Duration, attempt int, t *dhtTiming) time.Duration {
+	return min(rto<<(attempt-1), t.rtoMax)
+}
+
+// sendQuery sends q (Method and Args set by the caller; tid, id and version
+// are filled in here) and returns at once; done reports the outcome. If
+// expect is non-nil, a timeout is reported to the routing table as a failure
+// of that node.
+func (d *dht) sendQuery(to netip.AddrPort, q *krpcMsg, expect *nodeID, onRetry func(int), done func(queryResult)) (txKey, error) {
+	q.Type, q.Version = 'q', d.version
+	q.Args.ID = d.id()
+	t := &transaction{onRetry: onRetry, done: done, attempts: 1}
+	if expect != nil {
+		t.expect, t.hasExpect = *expect, true
+	}
+	var tid [tidLen]byte
+	d.txMu.Lock()
+	if d.closed || len(d.txs) >= maxTransactions {
+		err := errTooManyTx
+		if d.closed {
+			err = errClosed
+		}
+		d.txMu.Unlock()
+		return txKey{}, err
+	}
+	k := txKey{addr: to}
+	for {
+		k.tid = uint32(d.rng.Uint64())
+		if _, dup := d.txs[k]; !dup {
+			break
+		}
+	}
+	binary.BigEndian.PutUint32(tid[:], k.tid)
+	q.TID = tid[:]
+	t.pkt = q.appendTo(make([]byte, 0, 128))
+	t.sent = d.now()
+	d.txs[k] = t
+	t.timer = time.AfterFunc(d.rtt.rto(&d.timing), func() { d.retry(k) })
+	d.txMu.Unlock()
+	d.sendRaw(to, t.pkt)
+	return k, nil
+}
+
+// retry retransmits a query whose timeout expired, or gives up on it.
+func (d *dht) retry(k txKey) {
+	d.txMu.Lock()
+	t, ok := d.txs[k]
+	if !ok {
+		d.txMu.Unlock()
+		return
+	}
+	if t.attempts < maxAttempts {
+		t.attempts++
+		attempt := t.attempts
+		t.timer.Reset(backoff(d.rtt.rto(&d.timing), attempt, &d.timing))
+		d.txMu.Unlock()
+		d.sendRaw(k.addr, t.pkt)
+		if t.onRetry != nil {
+			t.onRetry(attempt)
+		}
+		return
+	}
+	delete(d.txs, k)
+	attempts := t.attempts
+	d.txMu.Unlock()
+	if t.hasExpect {
+		d.mu.Lock()
+		d.table.failed(nodeInfo{ID: t.expect, Addr: k.addr})
+		d.mu.Unlock()
+	}
+	t.done(queryResult{Err: errTimeout, Attempts: attempts})
+}
+
+// cancelQuery forgets a transaction without reporting it.
+func (d *dht) cancelQuery(k txKey) {
+	d.txMu.Lock()
+	if t, ok := d.txs[k]; ok {
+		t.timer.Stop()
+		delete(d.txs, k)
+	}
+	d.txMu.Unlock()
+}
+
+// handleResponse completes the transaction an 'r' or 'e' message answers.
+func (d *dht) handleResponse(from netip.AddrPort, m *krpcMsg, b []byte) {
+	if len(m.TID) != tidLen {
+		return
+	}
+	k := txKey{tid: binary.BigEndian.Uint32(m.TID), addr: from}
+	d.txMu.Lock()
+	t, ok := d.txs[k]
+	if ok {
+		delete(d.txs, k)
+		t.timer.Stop()
+		if t.attempts == 1 { // Karn: a retransmitted query's RTT is ambiguous
+			d.rtt.sample(d.now().Sub(t.sent))
+		}
+	}
+	d.txMu.Unlock()
+	if !ok {
+		return // unsolicited, or from an address we did not query
+	}
+	res := queryResult{Attempts: t.attempts}
+	if m.Type == 'e' {
+		res.Err = &krpcError{Code: m.ErrCode, Msg: string(m.ErrMsg)}
+		t.done(res)
+		return
+	}
+	d.learnExternal(from, m.IP)
+	if t.hasExpect && t.expect != m.Reply.ID {
+		// another node now answers on that address
+		d.mu.Lock()
+		d.table.failed(nodeInfo{ID: t.expect, Addr: from})
+		d.mu.Unlock()
+	}
+	d.heard(nodeInfo{ID: m.Reply.ID, Addr: from}, true)
+	// b is only valid during this call: give the caller its own copy
+	res.Msg, res.Err = parseKRPC(bytes.Clone(b))
+	t.done(res)
+}
+
+// learnExternal votes on our external address with the "ip" a responder saw
+// (BEP 42). When it moves to a public IPv4 address our id no longer matches
+// it, so we take a secure id for it and rebuild the table around the new id,
+// keeping its nodes. Loopback and private addresses are exempt.
+func (d *dht) learnExternal(from netip.AddrPort, seen netip.AddrPort) {
+	if !seen.IsValid() {
+		return
+	}
+	d.mu.Lock()
+	ext, changed := d.voter.vote(from.Addr(), seen)
+	self := d.table.self()
+	d.mu.Unlock()
+	ip := ext.Addr()
+	if !changed || !ip.Is4() || isExemptBEP42(ip) || isSecureNodeID(self, ip) {
+		return
+	}
+	id, err := secureNodeID(ip, d.cfg.Rand)
+	if err != nil {
+		d.log.Warn("dht: secure id", "err", err)
+		return
+	}
+	d.mu.Lock()
+	old := d.table.nodes()
+	d.table = newRoutingTable(id, d.now)
+	for _, n := range old {
+		d.table.heard(n, true)
+	}
+	d.mu.Unlock()
+	d.log.Info("dht: new secure node id", "external", ext, "id", id)
+}
+
+// query sends q and waits for its outcome or for ctx.
+func (d *dht) query(ctx context.Context, to netip.AddrPort, q *krpcMsg, expect *nodeID) queryResult {
+	ch := make(chan queryResult, 1)
+	k, err := d.sendQuery(to, q, expect, nil, func(r queryResult) { ch <- r })
+	if err != nil {
+		return queryResult{Err: err}
+	}
+	select {
+	case r := <-ch:
+		return r
+	case <-ctx.Done():
+		d.cancelQuery(k)
+		return queryResult{Err: ctx.Err(), Attempts: 1}
+	}
+}
+
+// queryAll sends one query per node in parallel and waits for all outcomes.
+func (d *dht) queryAll(ctx context.Context, to []nodeInfo, mk func(i int) krpcMsg) []queryResult {
+	res := make([]queryResult, len(to))
+	var wg sync.WaitGroup
+	for i, n := range to {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			q := mk(i)
+			var expect *nodeID
+			if n.ID != (nodeID{}) {
+				expect = &n.ID
+			}
+			res[i] = d.query(ctx, n.Addr, &q, expect)
+		}()
+	}
+	wg.Wait()
+	return res
+}
+
+// ping asks addr for its id.
+func (d *dht) ping(ctx context.Context, addr netip.AddrPort) (nodeID, error) {
+	q := krpcMsg{Method: methodPing}
+	r := d.query(ctx, addr, &q, nil)
+	if r.Err != nil {
+		return nodeID{}, fmt.Errorf("dht: ping %v: %w", addr, r.Err)
+	}
+	return r.Msg.Reply.ID, nil
+}
+
+// --- maintenance
+
+// run bootstraps, then refreshes stale buckets and saves the table until ctx
+// ends; it saves the table on exit. It returns an error (after logging it)
+// if nodes to bootstrap from were given and none of them answered.
+func (d *dht) run(ctx context.Context) error {
+	defer d.shutdown()
+	if err := d.bootstrap(ctx); err != nil {
+		if ctx.Err() != nil {
+			return nil
+		}
+		// Keep serving and retry from refresh: a node that comes up
+		// before its bootstrap nodes (or offline) must still join later.
+		d.log.Error("dht: bootstrap failed; retrying every maintenance interval", "err", err)
+	}
+	tick := time.NewTicker(d.timing.maintenance)
+	defer tick.Stop()
+	lastSave := d.now()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-tick.C:
+		}
+		d.refresh(ctx)
+		if d.now().Sub(lastSave) >= d.timing.save {
+			lastSave = d.now()
+			if err := d.save(); err != nil {
+				d.log.Warn("dht: save routing table", "err", err)
+			}
+		}
+	}
+}
+
+// refresh looks up a random id in every bucket left unchanged for
+// bucketRefresh (BEP 5), and retries the bootstrap if the table emptied.
+func (d *dht) refresh(ctx context.Context) {
+	if d.size() == 0 && len(d.cfg.Bootstrap) > 0 {
+		if err := d.bootstrap(ctx); err != nil {
+			d.log.Warn("dht: bootstrap", "err", err)
+		}
+		return
+	}
+	d.mu.Lock()
+	targets := d.table.refreshTargets()
+	d.mu.Unlock()
+	for _, t := range targets {
+		if ctx.Err() != nil {
+			return
+		}
+		if _, err := d.lookup(ctx, lookupOpts{target: t, method: methodFindNode}); err != nil {
+			d.log.Debug("dht: refresh", "target", t, "err", err)
+		}
+	}
+}
+
+// shutdown ends every open query (its caller learns errClosed), refuses
+// new ones and saves the table.
+func (d *dht) shutdown() {
+	d.txMu.Lock()
+	d.closed = true
+	var open []*transaction
+	for k, t := range d.txs {
+		if t.timer.Stop() {
+			open = append(open, t)
+		}
+		delete(d.txs, k)
+	}
+	d.txMu.Unlock()
+	for _, t := range open {
+		t.done(queryResult{Err: errClosed, Attempts: t.attempts})
+	}
+	if err := d.save(); err != nil {
+		d.log.Warn("dht: save routing table", "err", err)
+	}
+}
+
+func (d *dht) save() error {
+	if d.cfg.Dir == "" {
+		return nil
+	}
+	d.mu.Lock()
+	self, ns := d.table.self(), d.table.nodes()
+	d.mu.Unlock()
+	return saveRoutingTable(filepath.Join(d.cfg.Dir, routingFile), self, ns)
+}
+
+// bootstrap pings the saved nodes; if none answers it asks the configured
+// routers for the nodes closest to us. Then it looks up our own id, which
+// fills the buckets near us (BEP 5). Every step is bounded by timeouts.
+func (d *dht) bootstrap(ctx context.Context) error {
+	d.mu.Lock()
+	saved := d.saved
+	d.saved = nil
+	d.mu.Unlock()
+	answered := 0
+	for _, r := range d.queryAll(ctx, saved, func(int) krpcMsg { return krpcMsg{Method: methodPing} }) {
+		if r.Err == nil {
+			answered++
+		}
+	}
+	var seeds []nodeInfo
+	var problems []string
+	if answered == 0 && len(d.cfg.Bootstrap) > 0 {
+		var routers int
+		seeds, routers, problems = d.askRouters(ctx)
+		answered += routers
+	}
+	for _, p := range problems {
+		d.log.Warn("dht: bootstrap node failed", "problem", p)
+	}
+	if answered == 0 {
+		if len(saved) == 0 && len(d.cfg.Bootstrap) == 0 {
+			return nil // the first node of a network: others will find us
+		}
+		if len(saved) > 0 {
+			problems = append([]string{fmt.Sprintf("none of %d saved nodes answered", len(saved))}, problems...)
+		}
+		return fmt.Errorf("dht: bootstrap: %w: %s", errNoneAnswered, strings.Join(problems, "; "))
+	}
+	self := d.id()
+	_, err := d.lookup(ctx, lookupOpts{target: self, method: methodFindNode, seeds: seeds})
+	return err
+}
+
+// askRouters resolves every bootstrap HOST:PORT and sends it find_node(our
+// id). It returns the nodes they sent, how many answered and one line per
+// router that failed.
+func (d *dht) askRouters(ctx context.Context) ([]nodeInfo, int, []string) {
+	ctx, cancel := context.WithTimeout(ctx, d.timing.bootstrap)
+	defer cancel()
+	var problems []string
+	var routers []nodeInfo
+	var names []string
+	for _, hp := range d.cfg.Bootstrap {
+		a, err := resolveUDP(ctx, hp)
+		if err != nil {
+			problems = append(problems, err.Error())
+			continue
+		}
+		routers = append(routers, nodeInfo{Addr: a})
+		names = append(names, hp)
+	}
+	self := d.id()
+	res := d.queryAll(ctx, routers, func(int) krpcMsg {
+		return krpcMsg{Method: methodFindNode, Args: krpcArgs{Target: self}}
+	})
+	var seeds []nodeInfo
+	answered := 0
+	for i, r := range res {
+		if r.Err != nil {
+			problems = append(problems, fmt.Sprintf("%q (%v): %v", names[i], routers[i].Addr, r.Err))
+			continue
+		}
+		answered++
+		seeds = append(seeds, nodesOfReply(&r.Msg.Reply)...)
+	}
+	return seeds, answered, problems
+}
+
+// resolveUDP turns HOST:PORT into one address, IPv4 preferred (the socket
+// may be IPv4 only). Its errors name the input; callers add the layer.
+func resolveUDP(ctx context.Context, hostport string) (netip.AddrPort, error) {
+	host, ps, err := net.SplitHostPort(hostport)
+	if err != nil {
+		return netip.AddrPort{}, fmt.Errorf("%q: want HOST:PORT", hostport)
+	}
+	port, err := strconv.ParseUint(ps, 10, 16)
+	if err != nil || port == 0 {
+		return netip.AddrPort{}, fmt.Errorf("%q: bad port", hostport)
+	}
+	ips, err := net.DefaultResolver.LookupNetIP(ctx, "ip", host)
+	if err != nil || len(ips) == 0 {
+		return netip.AddrPort{}, fmt.Errorf("%q: cannot resolve: %v", hostport, err)
+	}
+	best := ips[0].Unmap()
+	for _, ip := range ips {
+		if ip.Unmap().Is4() {
+			best = ip.Unmap()
+			break
+		}
+	}
+	return netip.AddrPortFrom(best, uint16(port)), nil
+}
+
+// nodesOfReply returns the valid nodes of a reply; a malformed list is
+// ignored whole rather than half used.
+func nodesOfReply(r *krpcReply) []nodeInfo {
+	var out []nodeInfo
+	if r.Nodes != nil {
+		if ns, err := parseCompactNodes(r.Nodes); err == nil {
+			out = append(out, ns...)
+		}
+	}
+	if r.Nodes6 != nil {
+		if ns, err := parseCompactNodes6(r.Nodes6); err == nil {
+			out = append(out, ns...)
+		}
+	}
+	return out
+}
+
+// --- the /dht commands
+
+// command runs one /dht command (args are the words after "/dht") and
+// writes its result lines to out; failures print "error <what>".
+func (d *dht) command(ctx context.Context, args []string, out io.Writer) {
+	ctx, cancel := context.WithTimeout(ctx, d.timing.command)
+	defer cancel()
+	if len(args) == 0 {
+		fmt.Fprintln(out, "error usage: /dht status|ping|find_node|get_peers|announce|put|get|mput|mget")
+		return
+	}
+	var err error
+	switch rest := args[1:]; args[0] {
+	case "status":
+		err = d.cmdStatus(rest, out)
+	case "ping":
+		err = d.cmdPing(ctx, rest, out)
+	case "find_node":
+		err = d.cmdFindNode(ctx, rest, out)
+	case "get_peers":
+		err = d.cmdGetPeers(ctx, rest, out)
+	case "announce":
+		err = d.cmdAnnounce(ctx, rest, out)
+	case "put":
+		err = d.cmdPut(ctx, rest, out)
+	case "get":
+		err = d.cmdGet(ctx, rest, out)
+	case "mput":
+		err = d.cmdMput(ctx, rest, out)
+	case "mget":
+		err = d.cmdMget(ctx, rest, out)
+	default:
+		err = fmt.Errorf("unknown command %q", args[0])
+	}
+	if errors.Is(err, errNotFound) {
+		err = errNotFound // print exactly "error not found"
+	}
+	if err != nil {
+		fmt.Fprintf(out, "error %v\n", err)
+	}
+}
+
+func wantArgs(args []string, lo, hi int, usage string) error {
+	if len(args) < lo || (hi >= 0 && len(args) > hi) {
+		return fmt.Errorf("usage: /dht %s", usage)
+	}
+	return nil
+}
+
+func (d *dht) cmdStatus(args []string, out io.Writer) error {
+	if err := wantArgs(args, 0, 0, "status"); err != nil {
+		return err
+	}
+	ext := "unknown"
+	if a, ok := d.external(); ok {
+		ext = a.String()
+	}
+	fmt.Fprintf(out, "node %v %s %d nodes\n", d.id(), ext, d.size())
+	return nil
+}
+
+func (d *dht) cmdPing(ctx context.Context, args []string, out io.Writer) error {
+	if err := wantArgs(args, 1, 1, "ping HOST:PORT"); err != nil {
+		return err
+	}
+	a, err := resolveUDP(ctx, args[0])
+	if err != nil {
+		return fmt.Errorf("dht: ping %w", err)
+	}
+	id, err := d.ping(ctx, a)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(out, "pong %v\n", id)
+	return nil
+}
+
+func (d *dht) cmdFindNode(ctx context.Context, args []string, out io.Writer) error {
+	if err := wantArgs(args, 1, 1, "find_node ID"); err != nil {
+		return err
+	}
+	target, err := parseNodeID(args[0])
+	if err != nil {
+		return err
+	}
+	ns, err := d.findNode(ctx, target)
+	if err != nil {
+		return err
+	}
+	for _, n := range ns {
+		fmt.Fprintf(out, "node %v %v\n", n.ID, n.Addr)
+	}
+	fmt.Fprintf(out, "done %d nodes\n", len(ns))
+	return nil
+}
+
+func (d *dht) cmdGetPeers(ctx context.Context, args []string, out io.Writer) error {
+	if err := wantArgs(args, 1, 1, "get_peers INFOHASH"); err != nil {
+		return err
+	}
+	ih, err := parseNodeID(args[0])
+	if err != nil {
+		return err
+	}
+	ps, err := d.getPeers(ctx, ih)
+	if err != nil {
+		return err
+	}
+	for _, p := range ps {
+		fmt.Fprintf(out, "peer %v\n", p)
+	}
+	fmt.Fprintf(out, "done %d peers\n", len(ps))
+	return nil
+}
+
+func (d *dht) cmdAnnounce(ctx context.Context, args []string, out io.Writer) error {
+	if err := wantArgs(args, 1, 2, "announce INFOHASH [PORT]"); err != nil {
+		return err
+	}
+	ih, err := parseNodeID(args[0])
+	if err != nil {
+		return err
+	}
+	port, implied := 0, true
+	if len(args) == 2 {
+		p, err := strconv.ParseUint(args[1], 10, 16)
+		if err != nil || p == 0 {
+			return fmt.Errorf("bad port %q", args[1])
+		}
+		port, implied = int(p), false
+	}
+	n, err := d.announce(ctx, ih, port, implied)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(out, "announced %d nodes\n", n)
+	return nil
+}
+
+func (d *dht) cmdPut(ctx context.Context, args []string, out io.Writer) error {
+	if err := wantArgs(args, 1, -1, "put TEXT"); err != nil {
+		return err
+	}
+	v := appendBencodeString(nil, []byte(strings.Join(args, " ")))
+	target, n, err := d.putImmutable(ctx, v)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(out, "stored %v %d nodes\n", target, n)
+	return nil
+}
+
+func (d *dht) cmdGet(ctx context.Context, args []string, out io.Writer) error {
+	if err := wantArgs(args, 1, 1, "get TARGET"); err != nil {
+		return err
+	}
+	target, err := parseNodeID(args[0])
+	if err != nil {
+		return err
+	}
+	it, err := d.get(ctx, target)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(out, "value %s\n", valueText(it.V))
+	return nil
+}
+
+func (d *dht) cmdMput(ctx context.Context, args []string, out io.Writer) error {
+	if err := wantArgs(args, 3, -1, "mput SEEDHEX SEQ TEXT"); err != nil {
+		return err
+	}
+	seed, err := hex.DecodeString(args[0])
+	if err != nil || len(seed) != ed25519.SeedSize {
+		return fmt.Errorf("bad seed: want %d hex digits", 2*ed25519.SeedSize)
+	}
+	seq, err := strconv.ParseInt(args[1], 10, 64)
+	if err != nil || seq < 0 {
+		return fmt.Errorf("bad seq %q", args[1])
+	}
+	v := appendBencodeString(nil, []byte(strings.Join(args[2:], " ")))
+	target, n, err := d.putMutable(ctx, ed25519.NewKeyFromSeed(seed), nil, seq, v)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(out, "stored %v %d nodes\n", target, n)
+	return nil
+}
+
+func (d *dht) cmdMget(ctx context.Context, args []string, out io.Writer) error {
+	if err := wantArgs(args, 1, 1, "mget PUBKEYHEX"); err != nil {
+		return err
+	}
+	var k [32]byte
+	if b, err := hex.DecodeString(args[0]); err != nil || len(b) != len(k) {
+		return fmt.Errorf("bad public key: want %d hex digits", 2*len(k))
+	} else {
+		copy(k[:], b)
+	}
+	it, err := d.get(ctx, mutableTarget(k, nil))
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(out, "value %d %s\n", it.Seq, valueText(it.V))
+	return nil
+}
+
+// valueText shows a bencoded string value as its text, anything else raw.
+func valueText(v []byte) string {
+	i := bytes.IndexByte(v, ':')
+	if i <= 0 {
+		return string(v)
+	}
+	n, err := strconv.Atoi(string(v[:i]))
+	if err != nil || strconv.Itoa(n) != string(v[:i]) || n != len(v)-i-1 {
+		return string(v)
+	}
+	return string(v[i+1:])
+}

@@ -1,0 +1,662 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"crypto/ed25519"
+	"encoding/hex"
+	"errors"
+	"net"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"regexp"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+)
+
+// newTestDHT starts a Node on 127.0.0.1 with a DHT on it. drop is the
+// fraction of datagrams the Node loses in each direction.
+func newTestDHT(t testing.TB, cfg dhtConfig, drop float64) *dht {
+	t.Helper()
+	n, err := listenNode("127.0.0.1:0", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	n.drop = drop // before run: the read goroutine reads it
+	d, err := newDHT(n, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Before the first RTT sample: loopback needs no 500 ms, and a lost
+	// first datagram would dominate the tests' run time.
+	d.timing.rtoInitial = 100 * time.Millisecond
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() {
+		n.run(ctx)
+		close(done)
+	}()
+	t.Cleanup(func() {
+		cancel()
+		<-done
+	})
+	return d
+}
+
+func (d *dht) addr() netip.AddrPort { return d.node.LocalAddr() }
+
+// newSwarm starts size nodes; each bootstraps from the first one.
+func newSwarm(t testing.TB, size int, drop float64) []*dht {
+	t.Helper()
+	ds := []*dht{newTestDHT(t, dhtConfig{}, drop)}
+	boot := []string{ds[0].addr().String()}
+	for range size - 1 {
+		d := newTestDHT(t, dhtConfig{Bootstrap: boot}, drop)
+		bootstrapRetrying(t, d)
+		ds = append(ds, d)
+	}
+	return ds
+}
+
+// bootstrapRetrying bootstraps d; a lossy node may need a second go.
+func bootstrapRetrying(t testing.TB, d *dht) {
+	t.Helper()
+	var err error
+	for range 3 {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		err = d.bootstrap(ctx)
+		cancel()
+		if err == nil {
+			return
+		}
+	}
+	t.Fatalf("bootstrap: %v", err)
+}
+
+func testCtx(t testing.TB) context.Context {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	t.Cleanup(cancel)
+	return ctx
+}
+
+// rawPeer is a bare UDP socket that speaks KRPC by hand.
+type rawPeer struct {
+	t    testing.TB
+	conn *net.UDPConn
+}
+
+func newRawPeer(t testing.TB) *rawPeer {
+	t.Helper()
+	c, err := net.ListenUDP("udp", net.UDPAddrFromAddrPort(netip.MustParseAddrPort("127.0.0.1:0")))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return &rawPeer{t: t, conn: c}
+}
+
+func (p *rawPeer) addr() netip.AddrPort { return p.conn.LocalAddr().(*net.UDPAddr).AddrPort() }
+
+func (p *rawPeer) send(to netip.AddrPort, b []byte) {
+	p.t.Helper()
+	if _, err := p.conn.WriteToUDPAddrPort(b, to); err != nil {
+		p.t.Fatal(err)
+	}
+}
+
+// recv returns the next datagram, or nil after wait.
+func (p *rawPeer) recv(wait time.Duration) ([]byte, netip.AddrPort) {
+	p.conn.SetReadDeadline(time.Now().Add(wait))
+	buf := make([]byte, maxDatagram)
+	n, from, err := p.conn.ReadFromUDPAddrPort(buf)
+	if err != nil {
+		return nil, netip.AddrPort{}
+	}
+	return buf[:n], from
+}
+
+// exchange sends b to d and parses the answer.
+func (p *rawPeer) exchange(d *dht, b []byte) krpcMsg {
+	p.t.Helper()
+	p.send(d.addr(), b)
+	r, _ := p.recv(2 * time.Second)
+	if r == nil {
+		p.t.Fatalf("no answer to %q", b)
+	}
+	m, err := parseKRPC(r)
+	if err != nil {
+		p.t.Fatalf("parseKRPC(%q): %v", r, err)
+	}
+	return m
+}
+
+var rawID = bytes.Repeat([]byte{0xab}, idLen)
+
+func rawPing(extra string) []byte {
+	return []byte("d1:ad2:id20:" + string(rawID) + "e1:q4:ping" + extra + "1:t2:aa1:y1:qe")
+}
+
+func TestPingBothWays(t *testing.T) {
+	a := newTestDHT(t, dhtConfig{}, 0)
+	b := newTestDHT(t, dhtConfig{}, 0)
+	ctx := testCtx(t)
+	for _, c := range []struct{ from, to *dht }{{a, b}, {b, a}} {
+		id, err := c.from.ping(ctx, c.to.addr())
+		if err != nil {
+			t.Fatalf("ping %v: %v", c.to.addr(), err)
+		}
+		if id != c.to.id() {
+			t.Errorf("ping %v = %v, want %v", c.to.addr(), id, c.to.id())
+		}
+	}
+	if a.size() != 1 || b.size() != 1 {
+		t.Errorf("table sizes %d and %d, want 1 and 1", a.size(), b.size())
+	}
+}
+
+func TestReplyCarriesVersionAndIP(t *testing.T) {
+	d := newTestDHT(t, dhtConfig{}, 0)
+	p := newRawPeer(t)
+	m := p.exchange(d, rawPing(""))
+	if m.Type != 'r' || string(m.TID) != "aa" || m.Reply.ID != d.id() {
+		t.Fatalf("reply %+v, want an 'r' with tid aa and id %v", m, d.id())
+	}
+	if string(m.Version) != krpcVersion || m.IP != p.addr() {
+		t.Errorf("v=%q ip=%v, want %q and %v", m.Version, m.IP, krpcVersion, p.addr())
+	}
+	if d.size() != 1 {
+		t.Errorf("size %d after a query, want 1", d.size())
+	}
+}
+
+func TestReadOnlyQuerierNotAdded(t *testing.T) {
+	d := newTestDHT(t, dhtConfig{}, 0)
+	m := newRawPeer(t).exchange(d, rawPing("2:roi1e"))
+	if m.Type != 'r' {
+		t.Fatalf("reply type %q, want 'r'", m.Type)
+	}
+	if d.size() != 0 {
+		t.Errorf("size %d after a read-only query, want 0 (BEP 43)", d.size())
+	}
+}
+
+func TestQueryErrors(t *testing.T) {
+	d := newTestDHT(t, dhtConfig{}, 0)
+	id := string(rawID)
+	tests := []struct {
+		name string
+		in   string
+		code int
+	}{
+		{"unknown method", "d1:ad2:id20:" + id + "e1:q4:fooo1:t2:aa1:y1:qe", krpcErrMethodUnknown},
+		{"ping without id", "d1:ade1:q4:ping1:t2:aa1:y1:qe", krpcErrProtocol},
+		{"find_node without target", "d1:ad2:id20:" + id + "e1:q9:find_node1:t2:aa1:y1:qe", krpcErrProtocol},
+		{"announce with a bad token", "d1:ad2:id20:" + id + "9:info_hash20:" + id +
+			"4:porti80e5:token3:xyze1:q13:announce_peer1:t2:aa1:y1:qe", krpcErrProtocol},
+		{"put with a bad token", "d1:ad2:id20:" + id + "5:token3:xyz1:v2:hie1:q3:put1:t2:aa1:y1:qe", krpcErrProtocol},
+	}
+	p := newRawPeer(t)
+	for _, tc := range tests {
+		m := p.exchange(d, []byte(tc.in))
+		if m.Type != 'e' || m.ErrCode != tc.code || string(m.TID) != "aa" {
+			t.Errorf("%s: got type %q code %d tid %q, want 'e' %d \"aa\"", tc.name, m.Type, m.ErrCode, m.TID, tc.code)
+		}
+		if string(m.Version) != krpcVersion || m.IP != p.addr() {
+			t.Errorf("%s: v=%q ip=%v, want %q %v", tc.name, m.Version, m.IP, krpcVersion, p.addr())
+		}
+	}
+}
+
+func TestGarbageGetsNoAnswer(t *testing.T) {
+	d := newTestDHT(t, dhtConfig{}, 0)
+	p := newRawPeer(t)
+	for _, g := range []string{"d", "dxyz", "de", "d1:y1:qe", "d1:t2:aa1:y1:re", "li1ee", "\x05hello"} {
+		p.send(d.addr(), []byte(g))
+	}
+	if r, _ := p.recv(200 * time.Millisecond); r != nil {
+		t.Fatalf("answer %q to garbage", r)
+	}
+	if m := p.exchange(d, rawPing("")); m.Type != 'r' {
+		t.Fatalf("node stopped answering after garbage: %+v", m)
+	}
+}
+
+func TestTransactionIDsRandom(t *testing.T) {
+	d := newTestDHT(t, dhtConfig{}, 0)
+	d.timing.rtoInitial, d.timing.rtoMax = 5*time.Second, 5*time.Second // no retransmission here
+	p := newRawPeer(t)
+	seen := map[string]bool{}
+	for range 4 {
+		go d.ping(testCtx(t), p.addr())
+		b, _ := p.recv(2 * time.Second)
+		m, err := parseKRPC(b)
+		if err != nil || m.Type != 'q' || m.Method != methodPing {
+			t.Fatalf("query %q: %+v %v", b, m, err)
+		}
+		if len(m.TID) != tidLen || seen[string(m.TID)] {
+			t.Fatalf("tid %x: want %d bytes, fresh", m.TID, tidLen)
+		}
+		seen[string(m.TID)] = true
+	}
+}
+
+// A response counts only if it comes from the address we queried.
+func TestResponseFromOtherAddressIgnored(t *testing.T) {
+	d := newTestDHT(t, dhtConfig{}, 0)
+	d.timing.rtoInitial = 50 * time.Millisecond
+	p, other := newRawPeer(t), newRawPeer(t)
+	errc := make(chan error, 1)
+	go func() {
+		_, err := d.ping(testCtx(t), p.addr())
+		errc <- err
+	}()
+	b, _ := p.recv(2 * time.Second)
+	q, err := parseKRPC(b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	reply := []byte("d1:rd2:id20:" + string(rawID) + "e1:t4:" + string(q.TID) + "1:y1:re")
+	other.send(d.addr(), reply)
+	if err := <-errc; err == nil {
+		t.Fatal("ping succeeded with a reply from another address")
+	}
+	if d.size() != 0 {
+		t.Errorf("size %d, want 0", d.size())
+	}
+}
+
+func TestRetransmissionUnderLoss(t *testing.T) {
+	a := newTestDHT(t, dhtConfig{}, 0.3)
+	b := newTestDHT(t, dhtConfig{}, 0)
+	ctx := testCtx(t)
+	ok, retried := 0, 0
+	const tries = 30
+	for range tries {
+		q := krpcMsg{Method: methodPing}
+		r := a.query(ctx, b.addr(), &q, nil)
+		if r.Err == nil {
+			ok++
+			if r.Attempts > 1 {
+				retried++
+			}
+		}
+	}
+	// each attempt gets through with p = 0.7*0.7; three attempts fail with p ~ 0.13
+	if ok < tries*2/3 || retried == 0 {
+		t.Errorf("%d/%d pings answered, %d after a retransmission", ok, tries, retried)
+	}
+}
+
+func TestRTOEstimator(t *testing.T) {
+	tm := defaultTiming()
+	ms := time.Millisecond
+	tests := []struct {
+		name    string
+		samples []time.Duration
+		want    time.Duration
+	}{
+		{"no sample", nil, rtoInitial},
+		{"one sample", []time.Duration{100 * ms}, 300 * ms}, // 100 + 4*50
+		{"floor", []time.Duration{ms, ms, ms, ms, ms, ms, ms, ms, ms, ms}, rtoMin},
+		{"cap", []time.Duration{3 * time.Second}, rtoMax},
+	}
+	for _, tc := range tests {
+		var e rttEstimator
+		for _, s := range tc.samples {
+			e.sample(s)
+		}
+		if got := e.rto(&tm); got != tc.want {
+			t.Errorf("%s: rto = %v, want %v", tc.name, got, tc.want)
+		}
+	}
+	if got := backoff(100*ms, 3, &tm); got != 400*ms {
+		t.Errorf("backoff(100ms, 3) = %v, want 400ms", got)
+	}
+	if got := backoff(600*ms, 2, &tm); got != rtoMax {
+		t.Errorf("backoff(600ms, 2) = %v, want %v", got, rtoMax)
+	}
+}
+
+func TestSaveAndRejoinFromSavedTable(t *testing.T) {
+	ds := newSwarm(t, 8, 0)
+	dir := t.TempDir()
+	n, err := listenNode("127.0.0.1:0", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	d, err := newDHT(n, dhtConfig{Dir: dir, Bootstrap: []string{ds[0].addr().String()}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	nodeDone, runErr := make(chan struct{}), make(chan error, 1)
+	go func() { n.run(ctx); close(nodeDone) }()
+	go func() { runErr <- d.run(ctx) }()
+	waitFor(t, func() bool { return d.size() >= 4 })
+	id := d.id()
+	cancel()
+	if err := <-runErr; err != nil {
+		t.Fatalf("run: %v", err)
+	}
+	<-nodeDone
+	if _, err := os.Stat(filepath.Join(dir, routingFile)); err != nil {
+		t.Fatalf("table not saved on exit: %v", err)
+	}
+	// restart on another port, without bootstrap nodes
+	d2 := newTestDHT(t, dhtConfig{Dir: dir}, 0)
+	if d2.id() != id {
+		t.Errorf("restarted id %v, want the saved %v", d2.id(), id)
+	}
+	if err := d2.bootstrap(testCtx(t)); err != nil {
+		t.Fatalf("rejoin: %v", err)
+	}
+	if d2.size() < 4 {
+		t.Errorf("rejoined with %d nodes, want >= 4", d2.size())
+	}
+}
+
+func waitFor(t testing.TB, cond func() bool) {
+	t.Helper()
+	for deadline := time.Now().Add(3 * time.Second); !cond(); time.Sleep(5 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("condition not met in 3 s")
+		}
+	}
+}
+
+func TestUnreachableBootstrapFailsFast(t *testing.T) {
+	d := newTestDHT(t, dhtConfig{Bootstrap: []string{"127.0.0.1:1", "127.0.0.1", "127.0.0.1:0"}}, 0)
+	d.timing.rtoInitial = 50 * time.Millisecond
+	start := time.Now()
+	err := d.bootstrap(testCtx(t))
+	if err == nil || !errors.Is(err, errNoneAnswered) {
+		t.Fatalf("bootstrap = %v, want %v", err, errNoneAnswered)
+	}
+	for _, want := range []string{`"127.0.0.1:1"`, `"127.0.0.1"`, `"127.0.0.1:0"`} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("error %q does not name %s", err, want)
+		}
+	}
+	if el := time.Since(start); el > 2*time.Second {
+		t.Errorf("took %v", el)
+	}
+}
+
+func TestValueText(t *testing.T) {
+	tests := []struct{ in, want string }{
+		{"5:hello", "hello"},
+		{"0:", ""},
+		{"i42e", "i42e"},
+		{"05:hello", "05:hello"},
+		{"3:hello", "3:hello"},
+		{"l1:ae", "l1:ae"},
+	}
+	for _, tc := range tests {
+		if got := valueText([]byte(tc.in)); got != tc.want {
+			t.Errorf("valueText(%q) = %q, want %q", tc.in, got, tc.want)
+		}
+	}
+}
+
+func TestCommands(t *testing.T) {
+	ds := newSwarm(t, 10, 0)
+	d, other := ds[3], ds[7]
+	seed := strings.Repeat("07", 32)
+	pub := hex.EncodeToString(ed25519.NewKeyFromSeed(bytes.Repeat([]byte{7}, 32)).Public().(ed25519.PublicKey))
+	ih := strings.Repeat("5a", 20)
+	hexID := `[0-9a-f]{40}`
+	tests := []struct {
+		on   *dht
+		args string
+		want string // regexp for the whole output
+	}{
+		{d, "status", `^node ` + hexID + ` (unknown|127\.0\.0\.1:\d+) \d+ nodes\n$`},
+		{d, "ping " + other.addr().String(), `^pong ` + other.id().String() + `\n$`},
+		{d, "find_node " + other.id().String(), `^(node ` + hexID + ` 127\.0\.0\.1:\d+\n){8}done 8 nodes\n$`},
+		{d, "get_peers " + ih, `^done 0 peers\n$`},
+		{d, "announce " + ih + " 4242", `^announced [1-8] nodes\n$`},
+		{other, "get_peers " + ih, `^peer 127\.0\.0\.1:4242\ndone 1 peers\n$`},
+		{d, "put hello dht", `^stored ` + hexID + ` [1-8] nodes\n$`},
+		{d, "mput " + seed + " 3 mutable text", `^stored ` + hexID + ` [1-8] nodes\n$`},
+		{other, "mget " + pub, `^value 3 mutable text\n$`},
+		{other, "get " + strings.Repeat("00", 20), `^error not found\n$`},
+		{d, "", `^error usage`},
+		{d, "frobnicate", `^error unknown command`},
+		{d, "ping", `^error usage`},
+		{d, "find_node 12", `^error `},
+		{d, "announce " + ih + " 0", `^error bad port`},
+		{d, "mput 00 1 x", `^error bad seed`},
+		{d, "mget zz", `^error bad public key`},
+	}
+	for _, tc := range tests {
+		var out bytes.Buffer
+		tc.on.command(context.Background(), strings.Fields(tc.args), &out)
+		if !regexp.MustCompile(tc.want).MatchString(out.String()) {
+			t.Errorf("/dht %s:\n%s\nwant %s", tc.args, out.String(), tc.want)
+		}
+	}
+	// the immutable round trip, through the printed target
+	var out bytes.Buffer
+	d.command(context.Background(), []string{"put", "round", "trip"}, &out)
+	f := strings.Fields(out.String())
+	if len(f) < 2 {
+		t.Fatalf("put: %q", out.String())
+	}
+	out.Reset()
+	other.command(context.Background(), []string{"get", f[1]}, &out)
+	if out.String() != "value round trip\n" {
+		t.Errorf("get %s = %q, want \"value round trip\\n\"", f[1], out.String())
+	}
+}
+
+// Once the vote settles on a public IPv4 address, the node takes a BEP 42
+// id for it and keeps its routing table's nodes.
+func TestExternalAddressGivesSecureID(t *testing.T) {
+	d, other := newTestDHT(t, dhtConfig{}, 0), newTestDHT(t, dhtConfig{}, 0)
+	if _, err := d.ping(testCtx(t), other.addr()); err != nil {
+		t.Fatal(err)
+	}
+	old := d.id()
+	claim := netip.MustParseAddrPort("203.0.113.7:6881")
+	for _, v := range []string{"198.51.100.1:1", "192.0.2.1:1", "8.8.8.8:1"} {
+		d.learnExternal(netip.MustParseAddrPort(v), claim)
+	}
+	if ext, ok := d.external(); !ok || ext != claim {
+		t.Fatalf("external() = %v, %v; want %v", ext, ok, claim)
+	}
+	if id := d.id(); id == old || !isSecureNodeID(id, claim.Addr()) {
+		t.Errorf("id %v after the vote: want a new BEP 42 id for %v", id, claim.Addr())
+	}
+	if d.size() != 1 {
+		t.Errorf("size %d after the new id, want the 1 node kept", d.size())
+	}
+}
+
+// The transaction table is bounded: past maxTransactions, queries fail at
+// once instead of growing it.
+func TestTransactionTableBounded(t *testing.T) {
+	d := newTestDHT(t, dhtConfig{}, 0)
+	d.timing.rtoInitial = time.Minute // nothing expires during the test
+	defer d.shutdown()
+	blackHole := newRawPeer(t).addr()
+	for i := range maxTransactions + 1 {
+		q := krpcMsg{Method: methodPing}
+		_, err := d.sendQuery(blackHole, &q, nil, nil, func(queryResult) {})
+		if (err == nil) != (i < maxTransactions) {
+			t.Fatalf("query %d: err = %v", i, err)
+		}
+	}
+}
+
+// rawQuery encodes a query from the raw peer.
+func rawQuery(method krpcMethod, a krpcArgs) []byte {
+	copy(a.ID[:], rawID)
+	q := krpcMsg{TID: []byte("qq"), Type: 'q', Method: method, Args: a}
+	return q.appendTo(nil)
+}
+
+// The store side of the protocol, driven by hand: tokens, announce_peer
+// with implied_port, get_peers values, put and get of both item kinds.
+func TestServeStores(t *testing.T) {
+	d := newTestDHT(t, dhtConfig{}, 0)
+	p := newRawPeer(t)
+	ih := nodeID(bytes.Repeat([]byte{0x42}, idLen))
+	r := p.exchange(d, rawQuery(methodGetPeers, krpcArgs{InfoHash: ih}))
+	if r.Type != 'r' || r.Reply.Token == nil || r.Reply.Values != nil || r.Reply.Nodes == nil {
+		t.Fatalf("first get_peers: %+v, want a token, nodes and no values", r.Reply)
+	}
+	tok := bytes.Clone(r.Reply.Token)
+	a := krpcArgs{InfoHash: ih, Port: 1, ImpliedPort: true, Token: tok}
+	if r := p.exchange(d, rawQuery(methodAnnouncePeer, a)); r.Type != 'r' {
+		t.Fatalf("announce_peer: %+v", r)
+	}
+	r = p.exchange(d, rawQuery(methodGetPeers, krpcArgs{InfoHash: ih}))
+	if ps, err := parsePeers(r.Reply.Values); err != nil || !slices.Equal(ps, []netip.AddrPort{p.addr()}) {
+		t.Errorf("values %v, %v; want the implied address %v", ps, err, p.addr())
+	}
+
+	v := []byte("4:spam")
+	if r := p.exchange(d, rawQuery(methodPut, krpcArgs{Token: tok, V: v})); r.Type != 'r' {
+		t.Fatalf("immutable put: %+v", r)
+	}
+	r = p.exchange(d, rawQuery(methodGet, krpcArgs{Target: immutableTarget(v)}))
+	if !bytes.Equal(r.Reply.V, v) || r.Reply.HasK || r.Reply.Token == nil {
+		t.Errorf("immutable get: %+v", r.Reply)
+	}
+
+	it := signItem(ed25519.NewKeyFromSeed(bytes.Repeat([]byte{9}, 32)), nil, 5, []byte("3:egg"))
+	put := krpcArgs{Token: tok, V: it.V, K: it.K, HasK: true, Sig: it.Sig, Seq: 5, HasSeq: true}
+	if r := p.exchange(d, rawQuery(methodPut, put)); r.Type != 'r' {
+		t.Fatalf("mutable put: %+v", r)
+	}
+	put.Seq, put.Sig = 4, signItem(ed25519.NewKeyFromSeed(bytes.Repeat([]byte{9}, 32)), nil, 4, it.V).Sig
+	if r := p.exchange(d, rawQuery(methodPut, put)); r.Type != 'e' || r.ErrCode != bep44ErrSeq {
+		t.Errorf("older put: %+v, want error %d", r, bep44ErrSeq)
+	}
+	target := mutableTarget(it.K, nil)
+	r = p.exchange(d, rawQuery(methodGet, krpcArgs{Target: target}))
+	if !bytes.Equal(r.Reply.V, it.V) || r.Reply.Seq != 5 || r.Reply.K != it.K || r.Reply.Sig != it.Sig {
+		t.Errorf("mutable get: %+v", r.Reply)
+	}
+	r = p.exchange(d, rawQuery(methodGet, krpcArgs{Target: target, Seq: 5, HasSeq: true}))
+	if r.Reply.V != nil || r.Reply.HasK || !r.Reply.HasSeq || r.Reply.Seq != 5 {
+		t.Errorf("get with seq 5: %+v, want seq only", r.Reply)
+	}
+}
+
+// nodes and nodes6 follow the BEP 32 "want" list, else the requester's family.
+func TestServeWant(t *testing.T) {
+	d := newTestDHT(t, dhtConfig{}, 0)
+	v4 := nodeInfo{ID: nodeID{1}, Addr: netip.MustParseAddrPort("127.0.0.2:1000")}
+	v6 := nodeInfo{ID: nodeID{2}, Addr: netip.MustParseAddrPort("[2001:db8::1]:1000")}
+	d.heard(v4, true)
+	d.heard(v6, true)
+	p := newRawPeer(t)
+	// the IPv4 nodes are v4 and the raw peer itself
+	tests := []struct {
+		want         uint8
+		four, six    bool
+		wantN4Length int
+	}{
+		{0, true, false, 52},
+		{wantN4, true, false, 52},
+		{wantN6, false, true, 0},
+		{wantN4 | wantN6, true, true, 52},
+	}
+	for _, tc := range tests {
+		r := p.exchange(d, rawQuery(methodFindNode, krpcArgs{Want: tc.want}))
+		if (r.Reply.Nodes != nil) != tc.four || (r.Reply.Nodes6 != nil) != tc.six {
+			t.Errorf("want %b: nodes %x nodes6 %x", tc.want, r.Reply.Nodes, r.Reply.Nodes6)
+			continue
+		}
+		if tc.six && len(r.Reply.Nodes6) != 38 || len(r.Reply.Nodes) != tc.wantN4Length {
+			t.Errorf("want %b: %d bytes of nodes, %d of nodes6", tc.want, len(r.Reply.Nodes), len(r.Reply.Nodes6))
+		}
+	}
+}
+
+// An answer that arrives after the first timeout, while the query is being
+// retransmitted, still completes it (same tid for every transmission).
+func TestLateAnswerAccepted(t *testing.T) {
+	d := newTestDHT(t, dhtConfig{}, 0)
+	d.timing.rtoInitial = 40 * time.Millisecond
+	p := newRawPeer(t)
+	res := make(chan queryResult, 1)
+	go func() {
+		q := krpcMsg{Method: methodPing}
+		res <- d.query(testCtx(t), p.addr(), &q, nil)
+	}()
+	first, _ := p.recv(2 * time.Second)
+	second, _ := p.recv(2 * time.Second) // the retransmission
+	if first == nil || !bytes.Equal(first, second) {
+		t.Fatalf("retransmission %q differs from %q", second, first)
+	}
+	q, err := parseKRPC(first)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p.send(d.addr(), []byte("d1:rd2:id20:"+string(rawID)+"e1:t4:"+string(q.TID)+"1:y1:re"))
+	r := <-res
+	if r.Err != nil || r.Attempts != 2 || !bytes.Equal(r.Msg.Reply.ID[:], rawID) {
+		t.Errorf("late answer: %+v", r)
+	}
+}
+
+// run saves the table on its timer, not only on exit.
+func TestPeriodicSave(t *testing.T) {
+	ds := newSwarm(t, 3, 0)
+	dir := t.TempDir()
+	d := newTestDHT(t, dhtConfig{Dir: dir, Bootstrap: []string{ds[0].addr().String()}}, 0)
+	d.timing.maintenance, d.timing.save = 10*time.Millisecond, 0
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() {
+		d.run(ctx)
+		close(done)
+	}()
+	defer func() { // before TempDir's cleanup: run saves on exit
+		cancel()
+		<-done
+	}()
+	waitFor(t, func() bool {
+		_, ns, err := loadRoutingTable(filepath.Join(dir, routingFile))
+		return err == nil && len(ns) >= 2
+	})
+}
+
+// Serving allocates at most a few small objects per query (the closest-node
+// slice, a token): replies are encoded into the read goroutine's buffers.
+func TestServeAllocs(t *testing.T) {
+	n, err := listenNode("127.0.0.1:0", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer n.Close()
+	d, err := newDHT(n, dhtConfig{}) // n.run is not started: this goroutine plays the read loop
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range 20 {
+		d.heard(nodeInfo{ID: nodeID{byte(i * 13)}, Addr: netip.AddrPortFrom(netip.MustParseAddr("127.0.0.3"), uint16(1000+i))}, true)
+	}
+	from := newRawPeer(t).addr()
+	tests := []struct {
+		method krpcMethod
+		a      krpcArgs
+		max    float64
+	}{
+		{methodPing, krpcArgs{}, 0},
+		{methodFindNode, krpcArgs{Target: nodeID{7}}, 1},
+		{methodGetPeers, krpcArgs{InfoHash: nodeID{7}}, 3},
+		{methodGet, krpcArgs{Target: nodeID{7}}, 3},
+	}
+	for _, tc := range tests {
+		q := rawQuery(tc.method, tc.a)
+		if got := testing.AllocsPerRun(100, func() { d.handleKRPC(from, q) }); got > tc.max {
+			t.Errorf("%v: %v allocations per query, want <= %v", tc.method, got, tc.max)
+		}
+	}
+}

@@ -1,0 +1,504 @@
+// Iterative lookups (Kademlia, BEP 5) and what is built on them: find_node,
+// get_peers, announce_peer and the BEP 44 get and put.
+//
+// Flow: lookup seeds a candidate list, sorted by XOR distance to the target,
+// from the routing table. It keeps up to alpha queries active to the closest
+// candidates not yet asked, among the k closest that have not failed. The
+// transaction layer reports back through callbacks that only queue an event
+// and wake the lookup goroutine, which alone touches the candidates. A query
+// whose first timeout expires (the adaptive RTO) stops counting as active —
+// a "soft timeout" — so another query starts while its late answer is still
+// accepted. The lookup ends when the k closest candidates that have not
+// failed have all answered. announce and put then send their store query to
+// the k closest responders that gave a token.
+package main
+
+import (
+	"context"
+	"crypto/ed25519"
+	"fmt"
+	"net/netip"
+	"slices"
+	"sync"
+	"time"
+)
+
+// Lookup parameters; SPEC.md 3.4.
+const (
+	dhtAlpha            = 3    // parallel queries per lookup
+	maxLookupCandidates = 256  // candidates a lookup remembers
+	maxLookupQueries    = 256  // queries one lookup may send (not counting retransmissions)
+	maxLookupPeers      = 1000 // peers a get_peers lookup collects
+)
+
+// lookupStats measures one lookup; benchmarks report them.
+type lookupStats struct {
+	Rounds    int // longest chain of nodes, each learned from the previous one's answer
+	Messages  int // queries sent, retransmissions included
+	Queried   int // distinct nodes queried
+	Responded int
+	Failed    int
+	Duration  time.Duration
+}
+
+// lookupNode is a responder with the write token it gave us, if any.
+type lookupNode struct {
+	nodeInfo
+	Token []byte
+}
+
+type lookupResult struct {
+	Closest []lookupNode // the up to k responders closest to the target, closest first
+	Peers   []netip.AddrPort
+	Item    bep44Item
+	HasItem bool
+	Stats   lookupStats
+}
+
+type lookupOpts struct {
+	target      nodeID
+	method      krpcMethod // methodFindNode, methodGetPeers or methodGet
+	seeds       []nodeInfo // extra starting nodes (bootstrap routers' answers)
+	salt        []byte     // get: the salt of a mutable item
+	stopOnValue bool       // get: end as soon as an immutable value verified
+}
+
+type candState uint8
+
+const (
+	candFresh   candState = iota
+	candWaiting           // queried, within its first timeout
+	candSlow              // queried, first timeout passed: no longer holds an alpha slot
+	candDone              // answered
+	candFailed            // every attempt timed out, or it answered with an error
+)
+
+type candidate struct {
+	info  nodeInfo
+	round int // 1 for nodes from our table, else 1 + round of the node that named it
+	state candState
+	token []byte
+}
+
+type lookupEvent struct {
+	c     *candidate
+	retry int          // > 0: a retransmission with this attempt number
+	res   *queryResult // non-nil: the query is over
+}
+
+type lookup struct {
+	d        *dht
+	opts     lookupOpts
+	self     nodeID
+	cands    []*candidate // sorted by distance to the target
+	seen     map[netip.AddrPort]*candidate
+	active   int // queries holding an alpha slot
+	inflight int // queries not yet over
+	peers    []netip.AddrPort
+	peerSeen map[netip.AddrPort]struct{}
+	item     bep44Item
+	hasItem  bool
+	stop     bool
+	stats    lookupStats
+
+	mu     sync.Mutex // guards events, filled by transaction callbacks
+	events []lookupEvent
+	wake   chan struct{}
+}
+
+// lookup runs one iterative lookup. It returns the partial result with an
+// error if ctx ends first or no node answered.
+func (d *dht) lookup(ctx context.Context, o lookupOpts) (*lookupResult, error) {
+	start := d.now()
+	l := &lookup{d: d, opts: o, self: d.id(), seen: map[netip.AddrPort]*candidate{},
+		peerSeen: map[netip.AddrPort]struct{}{}, wake: make(chan struct{}, 1)}
+	l.add(d.closest(o.target, 2*bucketSize), 1)
+	l.add(o.seeds, 1)
+	if len(l.cands) == 0 {
+		return &lookupResult{}, fmt.Errorf("dht: %v lookup: %w", o.method, errNoNodes)
+	}
+	var err error
+	for {
+		l.handleEvents()
+		if l.finished() {
+			break
+		}
+		l.launch()
+		if l.inflight == 0 {
+			break // nothing left to ask
+		}
+		select {
+		case <-l.wake:
+		case <-ctx.Done():
+			err = fmt.Errorf("dht: %v lookup: %w", o.method, ctx.Err())
+		}
+		if err != nil {
+			break
+		}
+	}
+	l.stats.Duration = d.now().Sub(start)
+	r := l.result()
+	if err == nil && r.Stats.Responded == 0 {
+		err = fmt.Errorf("dht: %v lookup: %w", o.method, errNoneAnswered)
+	}
+	return r, err
+}
+
+// post queues an event from a transaction callback; it never blocks.
+func (l *lookup) post(e lookupEvent) {
+	l.mu.Lock()
+	l.events = append(l.events, e)
+	l.mu.Unlock()
+	select {
+	case l.wake <- struct{}{}:
+	default:
+	}
+}
+
+func (l *lookup) handleEvents() {
+	l.mu.Lock()
+	evs := l.events
+	l.events = nil
+	l.mu.Unlock()
+	for _, e := range evs {
+		c := e.c
+		if e.res == nil {
+			l.stats.Messages++
+			if c.state == candWaiting { // soft timeout: free the slot
+				c.state = candSlow
+				l.active--
+			}
+			continue
+		}
+		l.inflight--
+		if c.state == candWaiting {
+			l.active--
+		}
+		if e.res.Err != nil {
+			c.state = candFailed
+			l.stats.Failed++
+			continue
+		}
+		c.state = candDone
+		l.stats.Responded++
+		l.absorb(c, &e.res.Msg)
+	}
+}
+
+// absorb takes what a response carries: closer nodes, a token, peers, an item.
+func (l *lookup) absorb(c *candidate, m *krpcMsg) {
+	l.stats.Rounds = max(l.stats.Rounds, c.round)
+	if c.info.ID != m.Reply.ID { // trust the node's own word for its id
+		c.info.ID = m.Reply.ID
+		l.sort()
+	}
+	c.token = m.Reply.Token
+	l.add(nodesOfReply(&m.Reply), c.round+1)
+	switch l.opts.method {
+	case methodGetPeers:
+		l.addPeers(m.Reply.Values)
+	case methodGet:
+		l.considerItem(&m.Reply)
+	}
+}
+
+func (l *lookup) addPeers(values []byte) {
+	if values == nil {
+		return
+	}
+	ps, err := parsePeers(values)
+	if err != nil {
+		return
+	}
+	for _, p := range ps {
+		if _, dup := l.peerSeen[p]; !dup && len(l.peers) < maxLookupPeers {
+			l.peerSeen[p] = struct{}{}
+			l.peers = append(l.peers, p)
+		}
+	}
+}
+
+// considerItem keeps a verified BEP 44 item: an immutable value whose SHA-1
+// is the target, or the signed mutable value with the highest seq.
+func (l *lookup) considerItem(r *krpcReply) {
+	if r.V == nil {
+		return
+	}
+	if !r.HasK {
+		if immutableTarget(r.V) == l.opts.target {
+			l.item, l.hasItem = bep44Item{V: r.V}, true
+			l.stop = l.opts.stopOnValue
+		}
+		return
+	}
+	if !r.HasSeq || mutableTarget(r.K, l.opts.salt) != l.opts.target {
+		return
+	}
+	it := bep44Item{V: r.V, Mutable: true, K: r.K, Salt: l.opts.salt, Seq: r.Seq, Sig: r.Sig}
+	if verifyItem(it) != nil {
+		return
+	}
+	if !l.hasItem || it.Seq > l.item.Seq {
+		l.item, l.hasItem = it, true
+	}
+}
+
+// add inserts new candidates in distance order, dropping the farthest
+// unasked ones beyond maxLookupCandidates.
+func (l *lookup) add(ns []nodeInfo, round int) {
+	changed := false
+	for _, n := range ns {
+		if !queryableAddr(n.Addr) || n.ID == l.self {
+			continue
+		}
+		if c, dup := l.seen[n.Addr]; dup {
+			if c.state == candFresh && round < c.round { // a shorter path to it
+				c.round = round
+			}
+			continue
+		}
+		c := &candidate{info: n, round: round}
+		l.seen[n.Addr] = c
+		l.cands = append(l.cands, c)
+		changed = true
+	}
+	if !changed {
+		return
+	}
+	l.sort()
+	for i := len(l.cands) - 1; len(l.cands) > maxLookupCandidates && i >= 0; i-- {
+		if l.cands[i].state == candFresh {
+			l.cands = slices.Delete(l.cands, i, i+1)
+		}
+	}
+}
+
+func (l *lookup) sort() {
+	t := l.opts.target
+	slices.SortStableFunc(l.cands, func(a, b *candidate) int {
+		switch {
+		case xorLess(t, a.info.ID, b.info.ID):
+			return -1
+		case xorLess(t, b.info.ID, a.info.ID):
+			return 1
+		}
+		return 0
+	})
+}
+
+// finished: the k closest candidates that have not failed have all answered
+// (classic Kademlia termination), or a get found its immutable value.
+func (l *lookup) finished() bool {
+	if l.stop {
+		return true
+	}
+	n := 0
+	for _, c := range l.cands {
+		switch c.state {
+		case candFailed:
+			continue
+		case candDone:
+			n++
+		default:
+			return false
+		}
+		if n == bucketSize {
+			break
+		}
+	}
+	return n > 0
+}
+
+// launch starts queries to the closest unasked candidates among the k
+// closest that have not failed, while fewer than alpha are active.
+func (l *lookup) launch() {
+	rank := 0
+	for _, c := range l.cands {
+		if l.active >= dhtAlpha || l.stats.Queried >= maxLookupQueries || rank >= bucketSize {
+			return
+		}
+		if c.state == candFailed {
+			continue
+		}
+		rank++
+		if c.state == candFresh {
+			l.query(c)
+		}
+	}
+}
+
+func (l *lookup) query(c *candidate) {
+	q := krpcMsg{Method: l.opts.method}
+	switch l.opts.method {
+	case methodFindNode, methodGet:
+		q.Args.Target = l.opts.target
+	case methodGetPeers:
+		q.Args.InfoHash = l.opts.target
+	}
+	c.state = candWaiting
+	l.active++
+	l.inflight++
+	l.stats.Queried++
+	l.stats.Messages++
+	id := c.info.ID
+	_, err := l.d.sendQuery(c.info.Addr, &q, &id,
+		func(attempt int) { l.post(lookupEvent{c: c, retry: attempt}) },
+		func(r queryResult) { l.post(lookupEvent{c: c, res: &r}) })
+	if err != nil {
+		c.state = candFailed
+		l.active--
+		l.inflight--
+		l.stats.Failed++
+	}
+}
+
+func (l *lookup) result() *lookupResult {
+	r := &lookupResult{Peers: l.peers, Item: l.item, HasItem: l.hasItem, Stats: l.stats}
+	for _, c := range l.cands {
+		if c.state == candDone && len(r.Closest) < bucketSize {
+			r.Closest = append(r.Closest, lookupNode{nodeInfo: c.info, Token: c.token})
+		}
+	}
+	return r
+}
+
+// --- operations built on lookups
+
+// findNode returns the k nodes closest to target that answered.
+func (d *dht) findNode(ctx context.Context, target nodeID) ([]nodeInfo, error) {
+	r, err := d.lookup(ctx, lookupOpts{target: target, method: methodFindNode})
+	if err != nil {
+		return nil, err
+	}
+	ns := make([]nodeInfo, len(r.Closest))
+	for i, c := range r.Closest {
+		ns[i] = c.nodeInfo
+	}
+	return ns, nil
+}
+
+// getPeers returns the peers the nodes near infohash know, and those we
+// store ourselves: we may be one of the nodes an announce went to, and our
+// lookup never asks us.
+func (d *dht) getPeers(ctx context.Context, infohash nodeID) ([]netip.AddrPort, error) {
+	local := d.peers.peers(infohash, maxLookupPeers)
+	r, err := d.lookup(ctx, lookupOpts{target: infohash, method: methodGetPeers})
+	if err != nil && len(local) == 0 {
+		return nil, err
+	}
+	for _, p := range r.Peers {
+		if !slices.Contains(local, p) && len(local) < maxLookupPeers {
+			local = append(local, p)
+		}
+	}
+	return local, nil
+}
+
+// announce tells the k closest nodes that gave a token that we are a peer
+// for infohash on port (or on our source port, if implied). It returns how
+// many accepted.
+func (d *dht) announce(ctx context.Context, infohash nodeID, port int, implied bool) (int, error) {
+	if !implied && (port <= 0 || port > 0xffff) {
+		return 0, fmt.Errorf("dht: announce: bad port %d", port)
+	}
+	if implied {
+		port = int(d.node.LocalAddr().Port()) // BEP 5 keeps "port" even when implied
+	}
+	r, err := d.lookup(ctx, lookupOpts{target: infohash, method: methodGetPeers})
+	if err != nil {
+		return 0, err
+	}
+	n := d.storeAt(ctx, r.Closest, func(tok []byte) krpcMsg {
+		return krpcMsg{Method: methodAnnouncePeer, Args: krpcArgs{
+			InfoHash: infohash, Port: uint16(port), ImpliedPort: implied, Token: tok}}
+	})
+	if n == 0 {
+		return 0, fmt.Errorf("dht: announce: %w", errNoneAnswered)
+	}
+	return n, nil
+}
+
+// storeAt sends a store query (announce_peer or put) to every node that gave
+// a token, in parallel, and counts the successes.
+func (d *dht) storeAt(ctx context.Context, ns []lookupNode, mk func(tok []byte) krpcMsg) int {
+	var to []nodeInfo
+	var toks [][]byte
+	for _, n := range ns {
+		if n.Token != nil {
+			to = append(to, n.nodeInfo)
+			toks = append(toks, n.Token)
+		}
+	}
+	ok := 0
+	for _, r := range d.queryAll(ctx, to, func(i int) krpcMsg { return mk(toks[i]) }) {
+		if r.Err == nil {
+			ok++
+		} else {
+			d.log.Debug("dht: store", "err", r.Err)
+		}
+	}
+	return ok
+}
+
+// putImmutable stores v (a bencoded value) under SHA-1(v) at the k closest
+// nodes. Following BEP 44 the put carries v only, no seq.
+func (d *dht) putImmutable(ctx context.Context, v []byte) (nodeID, int, error) {
+	if err := checkBencode(v); err != nil {
+		return nodeID{}, 0, fmt.Errorf("dht: put: %w", err)
+	}
+	if len(v) > maxItemValue {
+		return nodeID{}, 0, fmt.Errorf("dht: put: value of %d bytes, max %d", len(v), maxItemValue)
+	}
+	target := immutableTarget(v)
+	n, err := d.putItem(ctx, target, nil, krpcArgs{V: v})
+	return target, n, err
+}
+
+// putMutable signs v with seq (and salt) and stores it under SHA-1(k || salt).
+func (d *dht) putMutable(ctx context.Context, priv ed25519.PrivateKey, salt []byte, seq int64, v []byte) (nodeID, int, error) {
+	it := signItem(priv, salt, seq, v)
+	if err := verifyItem(it); err != nil {
+		return nodeID{}, 0, fmt.Errorf("dht: put: %w", err)
+	}
+	target := mutableTarget(it.K, salt)
+	a := krpcArgs{V: it.V, K: it.K, HasK: true, Sig: it.Sig, Salt: salt, Seq: seq, HasSeq: true}
+	n, err := d.putItem(ctx, target, salt, a)
+	return target, n, err
+}
+
+// putItem collects tokens with a get lookup, then puts to the k closest.
+func (d *dht) putItem(ctx context.Context, target nodeID, salt []byte, a krpcArgs) (int, error) {
+	r, err := d.lookup(ctx, lookupOpts{target: target, method: methodGet, salt: salt})
+	if err != nil {
+		return 0, err
+	}
+	n := d.storeAt(ctx, r.Closest, func(tok []byte) krpcMsg {
+		q := krpcMsg{Method: methodPut, Args: a}
+		q.Args.Token = tok
+		return q
+	})
+	if n == 0 {
+		return 0, fmt.Errorf("dht: put: %w", errNoneAnswered)
+	}
+	return n, nil
+}
+
+// get finds the BEP 44 item stored under target (a mutable one without salt,
+// or an immutable one), verified. Our own store counts too, as in getPeers:
+// an immutable item found there is final, a mutable one competes on seq.
+func (d *dht) get(ctx context.Context, target nodeID) (bep44Item, error) {
+	local, ok := d.items.get(target)
+	if ok && !local.Mutable {
+		return local, nil
+	}
+	r, err := d.lookup(ctx, lookupOpts{target: target, method: methodGet, stopOnValue: true})
+	switch {
+	case r.HasItem && (!ok || r.Item.Seq > local.Seq):
+		return r.Item, nil
+	case ok:
+		return local, nil
+	case err != nil:
+		return bep44Item{}, err
+	}
+	return bep44Item{}, fmt.Errorf("dht: get %v: %w", target, errNotFound)
+}
