@@ -196,6 +196,18 @@ func (p *kadchat) expectFunc(what string, match func(string) bool) string {
 	}
 }
 
+// seen reports whether an unconsumed stdout line already starts with
+// prefix, without consuming anything.
+func (p *kadchat) seen(prefix string) (string, bool) {
+	lines, _ := p.out.snapshot()
+	for _, l := range lines[p.next:] {
+		if hasWordPrefix(l, []string{prefix}) {
+			return l, true
+		}
+	}
+	return "", false
+}
+
 // hasWordPrefix reports whether line is one of prefixes or starts with one
 // followed by a space.
 func hasWordPrefix(line string, prefixes []string) bool {

@@ -250,7 +250,23 @@ func TestNoiseSessionWithFlynn(t *testing.T) {
 		k.fatalf("/add: %s", line)
 	}
 
-	// Handshake: every corrupted initiation is dropped, the genuine one answered.
+	init := c.handshake(k)
+	pkt := c.messageToKadchat(k)
+
+	// Replays are dropped: the same transport packet, the same initiation.
+	c.write(pkt)
+	c.write(init)
+	if got := c.read(silence); got != nil {
+		k.fatalf("a replayed packet drew an answer: % x", got)
+	}
+
+	c.messageFromKadchat(k)
+}
+
+// handshake sends every corruption of an initiation, then the initiation,
+// and completes the handshake with the response; it returns the initiation.
+func (c *noiseClient) handshake(k *kadchat) []byte {
+	c.t.Helper()
 	init := c.initiation(time.Now())
 	c.sendCorruptions(k, "initiation", init, initiationOffMAC2)
 	c.write(init)
@@ -258,26 +274,29 @@ func TestNoiseSessionWithFlynn(t *testing.T) {
 	if resp == nil {
 		k.fatalf("no response to the initiation")
 	}
-	checkCorruptions(t, "response", resp, responseOffMAC2, c.consumeResponse)
+	checkCorruptions(c.t, "response", resp, responseOffMAC2, c.consumeResponse)
 	if err := c.consumeResponse(resp); err != nil {
 		k.fatalf("response % x: %v", resp, err)
 	}
+	return init
+}
 
-	// Transport, client to binary: one chat data frame.
-	text := uniqueText(t, "hello-over-noise")
-	var stream [8]byte
-	rand.Read(stream[:])
-	stream[0] |= 0x80 // never zero
+// messageToKadchat sends one chat message in a transport packet (after
+// every corruption of that packet) and checks the binary shows it and
+// acknowledges it. It returns the packet.
+func (c *noiseClient) messageToKadchat(k *kadchat) []byte {
+	c.t.Helper()
+	text := uniqueText(c.t, "hello-over-noise")
+	stream := newStreamID(c.t)
 	data := append([]byte{chatFrameData}, stream[:]...)
-	data = binary.BigEndian.AppendUint64(data, 1) // first message
+	data = binary.BigEndian.AppendUint64(data, 1) // the stream's first message
 	data = append(data, 0, 1)                     // fragment 0 of 1
 	data = append(data, text...)
 	pkt := c.transport(data)
 	c.sendCorruptions(k, "transport packet", pkt, len(pkt))
 	c.write(pkt)
-	k.expectContaining(text)
+	c.t.Logf("kadchat shows %q", k.expectContaining(text))
 
-	// Transport, binary to client: the ack of that frame.
 	ackPkt := c.read(answerTimeout)
 	if ackPkt == nil {
 		k.fatalf("no ack for the data frame")
@@ -290,17 +309,69 @@ func TestNoiseSessionWithFlynn(t *testing.T) {
 		binary.BigEndian.Uint64(ack[9:17]) != 1 {
 		k.fatalf("got frame % x, want an ack of stream % x up to 1", ack, stream)
 	}
-	checkCorruptions(t, "transport packet from kadchat", ackPkt, len(ackPkt), func(b []byte) error {
-		_, err := c.openTransport(b)
-		return err
-	})
+	checkCorruptions(c.t, "transport packet from kadchat", ackPkt, len(ackPkt), c.openOnly)
+	return pkt
+}
 
-	// Replays are dropped: the same transport packet, the same initiation.
-	c.write(pkt)
-	c.write(init)
-	if got := c.read(silence); got != nil {
-		k.fatalf("a replayed packet drew an answer: % x", got)
+// messageFromKadchat has the binary send a message over the session, checks
+// it, and acknowledges it: every corrupted ack is ignored, the real one
+// makes the binary report the message delivered.
+func (c *noiseClient) messageFromKadchat(k *kadchat) {
+	c.t.Helper()
+	text := uniqueText(c.t, "reply-over-noise")
+	k.send("/msg flynn " + text)
+	var frame, pkt []byte
+	for range maxTransportReads {
+		if pkt = c.read(answerTimeout); pkt == nil {
+			k.fatalf("no transport packet after /msg")
+		}
+		var err error
+		if frame, err = c.openTransport(pkt); err != nil {
+			k.fatalf("transport packet % x: %v", pkt, err)
+		}
+		if len(frame) > 0 { // an empty payload is a keepalive
+			break
+		}
 	}
+	if len(frame) < chatDataHeaderLen || frame[0] != chatFrameData || binary.BigEndian.Uint64(frame[9:17]) != 1 ||
+		frame[17] != 0 || frame[18] != 1 || string(frame[chatDataHeaderLen:]) != text {
+		k.fatalf("got frame % x, want data seq 1 fragment 0 of 1 %q", frame, text)
+	}
+	checkCorruptions(c.t, "data packet from kadchat", pkt, len(pkt), c.openOnly)
+
+	ack := append([]byte{chatFrameAck}, frame[1:9]...)
+	ack = binary.BigEndian.AppendUint64(ack, 1)
+	ackPkt := c.transport(ack)
+	for i := range ackPkt {
+		bad := bytes.Clone(ackPkt)
+		bad[i] ^= 0x01
+		c.write(bad)
+	}
+	time.Sleep(silence) // the binary may retransmit meanwhile: only stdout tells
+	if line, ok := k.seen("* delivered"); ok {
+		k.fatalf("a corrupted ack was taken: %q", line)
+	}
+	c.write(ackPkt)
+	k.expect("* delivered")
+}
+
+// maxTransportReads bounds the packets read while waiting for a data frame.
+const maxTransportReads = 10
+
+func (c *noiseClient) openOnly(b []byte) error {
+	_, err := c.openTransport(b)
+	return err
+}
+
+// newStreamID is a stream id as SPEC.md 5.4 makes them: Unix milliseconds
+// shifted left by 20, or 20 random bits.
+func newStreamID(t *testing.T) [8]byte {
+	var r [4]byte
+	if _, err := rand.Read(r[:]); err != nil {
+		t.Fatal(err)
+	}
+	id := uint64(time.Now().UnixMilli())<<20 | uint64(binary.BigEndian.Uint32(r[:])&(1<<20-1))
+	return [8]byte(binary.BigEndian.AppendUint64(nil, id))
 }
 
 // keyedMAC is SPEC.md's MAC(key, data): keyed BLAKE2s with a 16-byte output.
