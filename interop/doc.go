@@ -11,4 +11,9 @@
 //
 // This is a separate module so that the main module keeps golang.org/x/crypto
 // as its only dependency.
+//
+// Run: `cd interop && go test -count=1 ./...` (it builds the parent module
+// first; KADCHAT_BIN=path drives a prebuilt binary instead, and
+// KADCHAT_INTEROP_VERBOSE=1 passes -v to every kadchat). `.ci/interop-bench`
+// from the repository root compares the decoders.
 package interop
