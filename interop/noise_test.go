@@ -18,6 +18,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/netip"
 	"strings"
@@ -32,10 +33,12 @@ import (
 const (
 	sessionPrologue = "kadchat session v1"
 	labelMAC1       = "kadchat mac1 v1"
+	labelCookie     = "kadchat cookie v1"
 
-	packetInitiation = 1
-	packetResponse   = 2
-	packetTransport  = 4
+	packetInitiation  = 1
+	packetResponse    = 2
+	packetCookieReply = 3
+	packetTransport   = 4
 
 	headerLen  = 4 // type, then three zero bytes
 	macLen     = 16
@@ -110,32 +113,65 @@ func newNoiseClient(t *testing.T, to netip.AddrPort, peer []byte) *noiseClient {
 
 var suite = noise.NewCipherSuite(noise.DH25519, noise.CipherChaChaPoly, noise.HashBLAKE2s)
 
-// initiation is a fresh first handshake message: "-> e, es, s, ss" with the
-// TAI64N time as payload, framed and with mac1 set.
+// initiation is a fresh first handshake message to the binary.
 func (c *noiseClient) initiation(now time.Time) []byte {
 	c.t.Helper()
-	hs, err := noise.NewHandshakeState(noise.Config{
-		CipherSuite: suite, Random: rand.Reader, Pattern: noise.HandshakeIK, Initiator: true,
-		Prologue: []byte(sessionPrologue), PresharedKey: make([]byte, pskLen), PresharedKeyPlacement: 2,
-		StaticKeypair: c.static, PeerStatic: c.peer,
-	})
+	hs, err := newHandshake(true, c.static, c.peer, rand.Reader)
 	if err != nil {
 		c.t.Fatal(err)
 	}
 	c.hs = hs
-	ts := tai64n(now)
-	b := []byte{packetInitiation, 0, 0, 0}
-	b = binary.LittleEndian.AppendUint32(b, c.local)
-	b, _, _, err = hs.WriteMessage(b, ts[:])
+	b, err := writeInitiation(hs, c.local, tai64n(now), c.peer)
 	if err != nil {
 		c.t.Fatal(err)
 	}
-	if len(b) != initiationOffMAC1 {
-		c.t.Fatalf("initiation body is %d bytes, SPEC says mac1 starts at %d", len(b), initiationOffMAC1)
+	return b
+}
+
+// newHandshake is flynn's IKpsk2 with SPEC.md 4.3's parameters. rng supplies
+// the ephemeral private key (32 bytes).
+func newHandshake(initiator bool, static noise.DHKey, peer []byte, rng io.Reader) (*noise.HandshakeState, error) {
+	return noise.NewHandshakeState(noise.Config{
+		CipherSuite: suite, Random: rng, Pattern: noise.HandshakeIK, Initiator: initiator,
+		Prologue: []byte(sessionPrologue), PresharedKey: make([]byte, pskLen), PresharedKeyPlacement: 2,
+		StaticKeypair: static, PeerStatic: peer,
+	})
+}
+
+// writeInitiation frames Noise message 1 ("-> e, es, s, ss" with the
+// timestamp as payload) as SPEC.md 4.3's initiation, mac2 zero (no cookie).
+func writeInitiation(hs *noise.HandshakeState, sender uint32, ts [tai64nLen]byte, responder []byte) ([]byte, error) {
+	b := []byte{packetInitiation, 0, 0, 0}
+	b = binary.LittleEndian.AppendUint32(b, sender)
+	b, _, _, err := hs.WriteMessage(b, ts[:])
+	if err != nil {
+		return nil, err
 	}
-	mac1 := keyedMAC(mac1Key(c.peer), b)
+	if len(b) != initiationOffMAC1 {
+		return nil, fmt.Errorf("initiation body is %d bytes, SPEC says mac1 starts at %d", len(b), initiationOffMAC1)
+	}
+	mac1 := keyedMAC(mac1Key(responder), b)
 	b = append(b, mac1[:]...)
-	return append(b, make([]byte, macLen)...) // mac2: no cookie
+	return append(b, make([]byte, macLen)...), nil
+}
+
+// writeResponse is the responder's side, used only to check SPEC.md's
+// vectors: it reads an initiation and frames Noise message 2.
+func writeResponse(hs *noise.HandshakeState, sender uint32, init []byte, initiator []byte) (resp []byte, ts []byte, send, recv *noise.CipherState, err error) {
+	ts, _, _, err = hs.ReadMessage(nil, init[initiationOffEphemeral:initiationOffMAC1])
+	if err != nil {
+		return nil, nil, nil, nil, err
+	}
+	b := []byte{packetResponse, 0, 0, 0}
+	b = binary.LittleEndian.AppendUint32(b, sender)
+	b = append(b, init[initiationOffSender:initiationOffEphemeral]...)
+	b, recv, send, err = hs.WriteMessage(b, nil)
+	if err != nil || len(b) != responseOffMAC1 {
+		return nil, nil, nil, nil, fmt.Errorf("response body of %d bytes: %v", len(b), err)
+	}
+	mac1 := keyedMAC(mac1Key(initiator), b)
+	b = append(b, mac1[:]...)
+	return append(b, make([]byte, macLen)...), ts, send, recv, nil
 }
 
 // consumeResponse checks a response and, if it is genuine, derives the
@@ -375,8 +411,11 @@ func newStreamID(t *testing.T) [8]byte {
 }
 
 // keyedMAC is SPEC.md's MAC(key, data): keyed BLAKE2s with a 16-byte output.
-func keyedMAC(key [32]byte, data []byte) [macLen]byte {
-	h, err := blake2s.New128(key[:])
+func keyedMAC(key [32]byte, data []byte) [macLen]byte { return keyedMACKey(key[:], data) }
+
+// keyedMACKey is MAC with a key of any length up to 32 bytes (a cookie is 16).
+func keyedMACKey(key []byte, data []byte) [macLen]byte {
+	h, err := blake2s.New128(key)
 	if err != nil {
 		panic(err)
 	}
@@ -392,11 +431,11 @@ func mac1Key(pub []byte) [32]byte {
 }
 
 // tai64n is the TAI64N label of t: big-endian 2^62 + 10 + seconds, then
-// big-endian nanoseconds.
+// big-endian nanoseconds rounded down to a multiple of 2^24.
 func tai64n(t time.Time) [tai64nLen]byte {
 	var b [tai64nLen]byte
 	binary.BigEndian.PutUint64(b[:], 1<<62+10+uint64(t.Unix()))
-	binary.BigEndian.PutUint32(b[8:], uint32(t.Nanosecond()))
+	binary.BigEndian.PutUint32(b[8:], uint32(t.Nanosecond())&^(1<<24-1))
 	return b
 }
 
