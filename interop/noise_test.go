@@ -27,6 +27,7 @@ import (
 
 	"github.com/flynn/noise"
 	"golang.org/x/crypto/blake2s"
+	"golang.org/x/crypto/chacha20poly1305"
 )
 
 // Session layer wire constants, SPEC.md section 4.
@@ -58,6 +59,10 @@ const (
 	responseOffMAC1        = 60
 	responseOffMAC2        = 76
 	responseSize           = 92
+	cookieOffReceiver      = 4
+	cookieOffNonce         = 8
+	cookieOffCookie        = 32
+	cookieReplySize        = 64
 	transportOffReceiver   = 4
 	transportOffCounter    = 8
 	transportOffData       = 16
@@ -443,4 +448,79 @@ func tai64n(t time.Time) [tai64nLen]byte {
 func (p *kadchat) expectContaining(s string) string {
 	p.t.Helper()
 	return p.expectFunc(fmt.Sprintf("a line containing %q", s), func(l string) bool { return strings.Contains(l, s) })
+}
+
+// TestNoiseCookieUnderLoad: once a flood of initiations with a valid mac1
+// puts the binary under load (SPEC.md 4.5), a contact's initiation without
+// mac2 gets a cookie reply; the client opens the cookie and its next
+// initiation, with mac2, completes the handshake.
+func TestNoiseCookieUnderLoad(t *testing.T) {
+	k := startKadchat(t)
+	peerKey, err := parseKeyText(k.run("/id", "id")[1])
+	if err != nil {
+		k.fatalf("/id: %v", err)
+	}
+	c := newNoiseClient(t, k.addr, peerKey[:])
+	k.try("/add flynn "+keyText([32]byte(c.static.Public)), "* added")
+
+	// A stranger's initiation passes mac1 (it only needs the binary's key).
+	stranger := newNoiseClient(t, k.addr, peerKey[:])
+	flood := stranger.initiation(time.Now())
+	for range loadFlood {
+		stranger.write(flood)
+	}
+
+	init := c.initiation(time.Now())
+	c.write(init)
+	reply := c.read(answerTimeout)
+	if reply == nil {
+		k.fatalf("no answer to an initiation under load")
+	}
+	cookie, err := c.openCookieReply(reply, init)
+	if err != nil {
+		k.fatalf("cookie reply % x: %v", reply, err)
+	}
+	checkCorruptions(t, "cookie reply", reply, len(reply), func(b []byte) error {
+		_, err := c.openCookieReply(b, init)
+		return err
+	})
+
+	init = c.initiation(time.Now())
+	mac2 := keyedMACKey(cookie, init[:initiationOffMAC2])
+	copy(init[initiationOffMAC2:], mac2[:])
+	c.write(init)
+	for range maxTransportReads { // more cookie replies may be on the way
+		resp := c.read(answerTimeout)
+		if resp == nil {
+			k.fatalf("no response to the initiation with mac2")
+		}
+		if resp[0] == packetCookieReply {
+			continue
+		}
+		if err := c.consumeResponse(resp); err != nil {
+			k.fatalf("response % x: %v", resp, err)
+		}
+		return
+	}
+	k.fatalf("only cookie replies after the initiation with mac2")
+}
+
+// loadFlood is more than twice the 64 handshake messages per second that put
+// a responder under load, so one one-second window surely holds 65.
+const loadFlood = 150
+
+// openCookieReply checks a cookie reply to init and returns the cookie.
+func (c *noiseClient) openCookieReply(b, init []byte) ([]byte, error) {
+	if len(b) != cookieReplySize || !bytes.Equal(b[:headerLen], []byte{packetCookieReply, 0, 0, 0}) {
+		return nil, errors.New("not a cookie reply")
+	}
+	if !bytes.Equal(b[cookieOffReceiver:cookieOffNonce], init[initiationOffSender:initiationOffEphemeral]) {
+		return nil, errors.New("cookie reply to another index")
+	}
+	key := blake2s.Sum256(append([]byte(labelCookie), c.peer...))
+	aead, err := chacha20poly1305.NewX(key[:])
+	if err != nil {
+		return nil, err
+	}
+	return aead.Open(nil, b[cookieOffNonce:cookieOffCookie], b[cookieOffCookie:], init[initiationOffMAC1:initiationOffMAC2])
 }
