@@ -335,7 +335,7 @@ func TestSaveAndRejoinFromSavedTable(t *testing.T) {
 	nodeDone, runErr := make(chan struct{}), make(chan error, 1)
 	go func() { n.run(ctx); close(nodeDone) }()
 	go func() { runErr <- d.run(ctx) }()
-	waitFor(t, func() bool { return d.size() >= 4 })
+	waitUntil(t, func() bool { return d.size() >= 4 })
 	id := d.id()
 	cancel()
 	if err := <-runErr; err != nil {
@@ -358,7 +358,7 @@ func TestSaveAndRejoinFromSavedTable(t *testing.T) {
 	}
 }
 
-func waitFor(t testing.TB, cond func() bool) {
+func waitUntil(t testing.TB, cond func() bool) {
 	t.Helper()
 	for deadline := time.Now().Add(3 * time.Second); !cond(); time.Sleep(5 * time.Millisecond) {
 		if time.Now().After(deadline) {
@@ -621,7 +621,7 @@ func TestPeriodicSave(t *testing.T) {
 		cancel()
 		<-done
 	}()
-	waitFor(t, func() bool {
+	waitUntil(t, func() bool {
 		_, ns, err := loadRoutingTable(filepath.Join(dir, routingFile))
 		return err == nil && len(ns) >= 2
 	})

@@ -705,8 +705,8 @@ type inMsg struct {
 
 func (m *inMsg) complete() bool { return m != nil && m.got == len(m.frags) }
 
-// peer is everything the chat keeps per contact.
-type peer struct {
+// chatPeer is everything the chat keeps per contact.
+type chatPeer struct {
 	contactEntry
 	online bool
 	addr   netip.AddrPort
@@ -739,8 +739,8 @@ type chat struct {
 
 	saveMu sync.Mutex // serialises contact-file writes; taken before mu
 	mu     sync.Mutex
-	peers  map[publicKey]*peer
-	names  map[string]*peer
+	peers  map[publicKey]*chatPeer
+	names  map[string]*chatPeer
 	events []chatEvent
 	drain  bool // someone is emitting events
 	wait   []pendingDelivery
@@ -779,7 +779,7 @@ func newChat(cfg chatConfig) (*chat, error) {
 	if cfg.Log == nil {
 		cfg.Log = slog.New(slog.DiscardHandler)
 	}
-	c := &chat{cfg: cfg, peers: map[publicKey]*peer{}, names: map[string]*peer{}, dhtSem: make(chan struct{}, maxDHTOps),
+	c := &chat{cfg: cfg, peers: map[publicKey]*chatPeer{}, names: map[string]*chatPeer{}, dhtSem: make(chan struct{}, maxDHTOps),
 		outq: make(chan queuedFrames, sendQueueLen), stop: make(chan struct{})}
 	b, err := os.ReadFile(filepath.Join(cfg.Dir, contactsFile))
 	if err != nil && !errors.Is(err, os.ErrNotExist) {
@@ -807,8 +807,8 @@ func newChat(cfg chatConfig) (*chat, error) {
 	return c, nil
 }
 
-func (c *chat) insertLocked(e contactEntry) *peer {
-	p := &peer{contactEntry: e, nextSeq: 1}
+func (c *chat) insertLocked(e contactEntry) *chatPeer {
+	p := &chatPeer{contactEntry: e, nextSeq: 1}
 	c.peers[e.Key], c.names[e.Name] = p, p
 	return p
 }
@@ -835,14 +835,14 @@ func (c *chat) replay(recs []outboxRec) error {
 		case recDelivered:
 			p.rstream, p.delivered, p.durable = r.Stream, r.Seq, r.Seq
 		case recForget:
-			*p = peer{contactEntry: p.contactEntry, nextSeq: 1}
+			*p = chatPeer{contactEntry: p.contactEntry, nextSeq: 1}
 		}
 	}
 	return nil
 }
 
 // ackTo drops the messages up to seq from the outbox and returns them.
-func (p *peer) ackTo(seq uint64) []*outMsg {
+func (p *chatPeer) ackTo(seq uint64) []*outMsg {
 	if seq <= p.acked {
 		return nil
 	}
@@ -899,7 +899,7 @@ func (c *chat) send(ctx context.Context, name, text string) (uint64, error) {
 }
 
 // queueLocked appends the message to the outbox log and to memory.
-func (c *chat) queueLocked(name, text string) (*peer, *outMsg, uint64, error) {
+func (c *chat) queueLocked(name, text string) (*chatPeer, *outMsg, uint64, error) {
 	p := c.names[name]
 	switch {
 	case c.closed:
@@ -930,7 +930,7 @@ func (c *chat) queueLocked(name, text string) (*peer, *outMsg, uint64, error) {
 // (re)transmission is due, and schedules the next one: 200 ms doubling to
 // 10 s (markAcked restarts the backoff when acks show progress).
 // force (a new session) sends everything in the window now.
-func (c *chat) dueLocked(p *peer, now time.Time, force bool) [][]byte {
+func (c *chat) dueLocked(p *chatPeer, now time.Time, force bool) [][]byte {
 	var frames [][]byte
 	for _, m := range p.out {
 		if m.seq > p.acked+chatWindow {
@@ -1060,7 +1060,7 @@ func (c *chat) handlePayload(key publicKey, from netip.AddrPort, b []byte) {
 // onDataLocked files a fragment. Messages that complete in order are logged
 // as delivered and acknowledged once durable (afterSync); anything else is
 // acknowledged at once so the sender learns what we hold.
-func (c *chat) onDataLocked(p *peer, f chatFrame, now time.Time) [][]byte {
+func (c *chat) onDataLocked(p *chatPeer, f chatFrame, now time.Time) [][]byte {
 	switch {
 	case f.Stream < p.rstream:
 		return nil // a late frame of a conversation the sender has since reset
@@ -1077,7 +1077,7 @@ func (c *chat) onDataLocked(p *peer, f chatFrame, now time.Time) [][]byte {
 }
 
 // addFragment stores a fragment, within the reassembly bounds.
-func (p *peer) addFragment(f chatFrame) {
+func (p *chatPeer) addFragment(f chatFrame) {
 	m := p.reasm[f.Seq]
 	if m == nil {
 		if p.reasm == nil {
@@ -1098,7 +1098,7 @@ func (p *peer) addFragment(f chatFrame) {
 
 // advanceLocked delivers (in memory) the messages that are now complete in
 // order and logs how far delivery got. It reports whether it advanced.
-func (c *chat) advanceLocked(p *peer, now time.Time) bool {
+func (c *chat) advanceLocked(p *chatPeer, now time.Time) bool {
 	first := len(c.wait)
 	for m := p.reasm[p.delivered+1]; m.complete(); m = p.reasm[p.delivered+1] {
 		p.delivered++
@@ -1124,7 +1124,7 @@ func (c *chat) advanceLocked(p *peer, now time.Time) bool {
 }
 
 // ackFrame acknowledges everything durable and marks what we hold beyond.
-func (p *peer) ackFrame() []byte {
+func (p *chatPeer) ackFrame() []byte {
 	var sack [chatSackMaxLen]byte
 	n := 0
 	for i := uint64(0); i < chatWindow; i++ {
@@ -1142,7 +1142,7 @@ func (p *peer) ackFrame() []byte {
 // the UI and are acknowledged.
 func (c *chat) afterSync(gen uint64) {
 	c.mu.Lock()
-	var acks []*peer
+	var acks []*chatPeer
 	n := 0
 	for ; n < len(c.wait) && c.wait[n].gen != 0 && c.wait[n].gen <= gen; n++ {
 		d := c.wait[n]
@@ -1170,7 +1170,7 @@ func (c *chat) afterSync(gen uint64) {
 
 // onAckLocked removes acknowledged messages from the outbox, notes the
 // selectively acknowledged ones, and sends what the window now allows.
-func (c *chat) onAckLocked(p *peer, f chatFrame, now time.Time) [][]byte {
+func (c *chat) onAckLocked(p *chatPeer, f chatFrame, now time.Time) [][]byte {
 	if f.Stream != p.stream || f.Seq >= p.nextSeq {
 		return nil // not our current conversation, or acks what we never sent
 	}
@@ -1402,7 +1402,7 @@ func (c *chat) contactList() []contactInfo {
 	return out
 }
 
-func (p *peer) info() contactInfo {
+func (p *chatPeer) info() contactInfo {
 	return contactInfo{Name: p.Name, Key: p.Key, Online: p.online, Addr: p.addr, LastSeen: p.LastSeen, Outbox: len(p.out)}
 }
 

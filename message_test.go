@@ -623,7 +623,7 @@ func vectorHex(t *testing.T, s string) []byte {
 	return b
 }
 
-func TestSpecVectors(t *testing.T) {
+func TestChatSpecVectors(t *testing.T) {
 	v := chatSpecVectors(t)
 	for _, name := range []string{"keys", "rendezvous", "verify", "frames", "outbox"} {
 		if len(v[name]) == 0 {
