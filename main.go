@@ -238,6 +238,7 @@ func (a *app) build(o options) error {
 		Allowed:        func(k publicKey) bool { return a.chat.isContact(k) },
 		Deliver:        func(k publicKey, from netip.AddrPort, b []byte) { a.chat.handlePayload(k, from, b) },
 		Established:    func(k publicKey, addr netip.AddrPort) { a.chat.setOnline(k, addr) },
+		Ended:          func(k publicKey) { a.chat.setOffline(k) },
 		RekeyAfterTime: o.rekeyAfter,
 		Now:            time.Now,
 		Rand:           rand.Reader,
