@@ -37,10 +37,10 @@ import (
 	"os"
 	"path/filepath"
 	"reflect"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
-	"slices"
 	"time"
 
 	"golang.org/x/crypto/blake2s"
