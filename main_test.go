@@ -7,11 +7,13 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -232,16 +234,22 @@ func (p *proc) kill() {
 func (p *proc) quit() {
 	p.t.Helper()
 	p.stdin.Close()
+	p.wait(p.t)
+}
+
+// wait waits for the process to exit with status 0.
+func (p *proc) wait(t *testing.T) {
+	t.Helper()
 	errc := make(chan error, 1)
 	go func() { errc <- p.cmd.Wait() }()
 	select {
 	case err := <-errc:
 		if err != nil {
-			p.t.Fatalf("%s: exit: %v\n%s", p.name, err, p.tail())
+			t.Fatalf("%s: exit: %v\n%s", p.name, err, p.tail())
 		}
 	case <-time.After(10 * time.Second):
 		p.kill()
-		p.t.Fatalf("%s: no exit within 10s of end of input\n%s", p.name, p.tail())
+		t.Fatalf("%s: no exit within 10s\n%s", p.name, p.tail())
 	}
 }
 
@@ -411,4 +419,44 @@ func TestE2EUIErrorsAndCleanExit(t *testing.T) {
 		p.expect(tc.want, 15*time.Second)
 	}
 	p.quit() // end of input exits cleanly
+}
+
+// SIGINT and SIGTERM exit cleanly (status 0) and save state: a contact
+// added before the signal is there after a restart.
+func TestE2ESignalsExitCleanly(t *testing.T) {
+	for _, sig := range []os.Signal{os.Interrupt, syscall.SIGTERM} {
+		t.Run(sig.String(), func(t *testing.T) {
+			u := newUser(t, "erin", "127.0.0.1:1")
+			other := newUser(t, "frank", "127.0.0.1:1")
+			p := other.start(t)
+			p.quit()
+			p = u.start(t)
+			p.send("/add frank %s", other.key)
+			p.expect("* added frank", 5*time.Second)
+			if err := p.cmd.Process.Signal(sig); err != nil {
+				t.Fatal(err)
+			}
+			p.wait(t)
+			p = u.start(t)
+			p.send("/contacts")
+			p.expect("contact frank offline", 5*time.Second)
+			p.quit()
+		})
+	}
+}
+
+// A busy -listen port falls back to a free one instead of failing.
+func TestE2EListenFallback(t *testing.T) {
+	busy, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer busy.Close()
+	u := newUser(t, "gina", "127.0.0.1:1")
+	p := startProc(t, u.name, nil, "-listen", busy.LocalAddr().String(), "-bootstrap", u.boot, "-dir", u.dir)
+	ready := p.expect("* ready", 10*time.Second)
+	if strings.Contains(ready, busy.LocalAddr().String()) {
+		t.Fatalf("listening on the busy port: %q", ready)
+	}
+	p.quit()
 }
