@@ -130,6 +130,9 @@ type proc struct {
 // startProc starts the binary with args and env (added to the environment).
 func startProc(t *testing.T, name string, env []string, args ...string) *proc {
 	t.Helper()
+	if os.Getenv("KADCHAT_E2E_VERBOSE") != "" {
+		args = append(args, "-v") // debug logs in the failure output
+	}
 	cmd := exec.Command(kadchatBinary(t), args...)
 	cmd.Env = append(os.Environ(), env...)
 	p := &proc{t: t, name: name, cmd: cmd, linec: make(chan string, 4096), done: make(chan struct{}), stderr: &strings.Builder{}}
