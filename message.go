@@ -285,7 +285,7 @@ func parseContactLine(line string) (contactEntry, error) {
 	}
 	k, err := parsePublicKey(f[1])
 	if err != nil {
-		return contactEntry{}, err
+		return contactEntry{}, fmt.Errorf("key: %w", err)
 	}
 	e := contactEntry{Name: f[0], Key: k}
 	if len(f) == 3 {
