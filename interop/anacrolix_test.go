@@ -14,6 +14,7 @@ import (
 	"crypto/sha1"
 	"encoding/hex"
 	"errors"
+	"fmt"
 	"net"
 	"net/netip"
 	"sync"
@@ -292,3 +293,35 @@ func mutablePut(priv ed25519.PrivateKey, seq int64, text string) bep44.Put {
 func immutableTarget(text string) [20]byte {
 	return sha1.Sum(bencode.MustMarshal(text))
 }
+
+// rawQuery sends one hand-written KRPC query from a fresh loopback socket
+// and decodes the answer, for checks that anacrolix's client API would
+// phrase differently from the BEP.
+func rawQuery(t testing.TB, to netip.AddrPort, q []byte) krpc.Msg {
+	t.Helper()
+	c, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if _, err := c.WriteToUDPAddrPort(q, to); err != nil {
+		t.Fatal(err)
+	}
+	c.SetReadDeadline(time.Now().Add(rawQueryTimeout))
+	buf := make([]byte, 2048)
+	n, _, err := c.ReadFromUDPAddrPort(buf)
+	if err != nil {
+		t.Fatalf("no answer from %v to %q: %v", to, q, err)
+	}
+	var m krpc.Msg
+	if err := bencode.Unmarshal(buf[:n], &m); err != nil {
+		t.Fatalf("answer %q: %v", buf[:n], err)
+	}
+	return m
+}
+
+// rawQueryTimeout bounds waiting for one answer on loopback.
+const rawQueryTimeout = 2 * time.Second
+
+// bencodeString is "<len>:<s>".
+func bencodeString(s string) string { return fmt.Sprintf("%d:%s", len(s), s) }

@@ -277,11 +277,31 @@ func TestImmutableKadchatToAnacrolix(t *testing.T) {
 	if _, err := s.a.items.Get(target); !errors.Is(err, bep44.ErrItemNotFound) {
 		t.Fatalf("anacrolix stored the seq-less put (err %v): its 203 fault is gone; update this test", err)
 	}
+	checkAnacrolixRefusesImmutablePut(t, s.a, text)
 
 	res, ok := anacrolixGet(t, s.a, target)
 	if !ok || res.Mutable || !bytes.Equal(res.V, bencode.MustMarshal(text)) {
 		t.Fatalf("anacrolix get %x = %+v (found %v), want immutable %q", target, res, ok, text)
 	}
+}
+
+// checkAnacrolixRefusesImmutablePut sends anacrolix the immutable put of
+// BEP 44's example layout ({id, token, v}, with a token from its own get) and
+// checks the answer is the fault described above: error 203.
+func checkAnacrolixRefusesImmutablePut(t *testing.T, a *anacrolixNode, text string) {
+	t.Helper()
+	const id = "interop-test-node-id"
+	target := immutableTarget(text)
+	get := rawQuery(t, a.addr, fmt.Appendf(nil, "d1:ad2:id20:%s6:target20:%se1:q3:get1:t2:g11:y1:qe", id, target[:]))
+	if get.R == nil || get.R.Token == nil {
+		t.Fatalf("anacrolix get: %+v, want a token", get)
+	}
+	put := rawQuery(t, a.addr, fmt.Appendf(nil, "d1:ad2:id20:%s5:token%s1:v%se1:q3:put1:t2:p11:y1:qe",
+		id, bencodeString(*get.R.Token), bencodeString(text)))
+	if put.E == nil || put.E.Code != krpc.ErrorCodeProtocolError {
+		t.Fatalf("anacrolix answered a BEP 44 immutable put with %+v, want its error 203", put)
+	}
+	t.Logf("anacrolix refuses a BEP 44 immutable put: %d %q", put.E.Code, put.E.Msg)
 }
 
 // TestImmutableAnacrolixToKadchat: anacrolix puts an immutable item and
