@@ -60,7 +60,7 @@ var kadchatBinary = sync.OnceValues(func() (string, error) {
 	bin := filepath.Join(dir, "kadchat")
 	cmd := exec.Command("go", "build", "-o", bin, ".")
 	cmd.Dir = buildRoot
-	// Worktrees have no .git directory of their own for VCS stamping.
+	// VCS stamping fails in worktrees and exported trees; nothing needs it.
 	cmd.Env = append(os.Environ(), "GOFLAGS=-buildvcs=false")
 	if out, err := cmd.CombinedOutput(); err != nil {
 		return "", fmt.Errorf("go build in %s: %v\n%s", buildRoot, err, out)
