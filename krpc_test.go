@@ -148,6 +148,10 @@ func TestParseKRPC(t *testing.T) {
 			&krpcMsg{TID: []byte("aa"), Type: 'r', IP: netip.MustParseAddrPort("192.0.2.1:6881"), Reply: krpcReply{ID: abc}}, nil, false},
 		{"implied port without port", "d1:ad2:id" + id20 + "12:implied_porti1e9:info_hash" + id20 + "5:token2:tke1:q13:announce_peer1:t2:aa1:y1:qe",
 			&krpcMsg{TID: []byte("aa"), Type: 'q', Method: methodAnnouncePeer, Args: krpcArgs{ID: abc, InfoHash: abc, ImpliedPort: true, Token: []byte("tk")}}, nil, false},
+		{"implied port with port 0", "d1:ad2:id" + id20 + "12:implied_porti1e9:info_hash" + id20 + "4:porti0e5:token2:tke1:q13:announce_peer1:t2:aa1:y1:qe",
+			&krpcMsg{TID: []byte("aa"), Type: 'q', Method: methodAnnouncePeer, Args: krpcArgs{ID: abc, InfoHash: abc, ImpliedPort: true, Token: []byte("tk")}}, nil, false},
+		{"implied port with port 65535", "d1:ad2:id" + id20 + "12:implied_porti1e9:info_hash" + id20 + "4:porti65535e5:token2:tke1:q13:announce_peer1:t2:aa1:y1:qe",
+			&krpcMsg{TID: []byte("aa"), Type: 'q', Method: methodAnnouncePeer, Args: krpcArgs{ID: abc, InfoHash: abc, Port: 65535, ImpliedPort: true, Token: []byte("tk")}}, nil, false},
 
 		{"unused arg of wrong type ignored", "d1:ad2:id" + id20 + "6:targeti5ee1:q4:ping1:t2:aa1:y1:qe",
 			&krpcMsg{TID: []byte("aa"), Type: 'q', Method: methodPing, Args: krpcArgs{ID: abc}}, nil, false},
@@ -185,6 +189,9 @@ func TestParseKRPC(t *testing.T) {
 		{"announce port 0", "d1:ad2:id" + id20 + "9:info_hash" + id20 + "4:porti0e5:token2:tke1:q13:announce_peer1:t2:aa1:y1:qe", nil, errKRPCValue, true},
 		{"announce port big", "d1:ad2:id" + id20 + "9:info_hash" + id20 + "4:porti65536e5:token2:tke1:q13:announce_peer1:t2:aa1:y1:qe", nil, errKRPCValue, true},
 		{"announce no token", "d1:ad2:id" + id20 + "9:info_hash" + id20 + "4:porti1ee1:q13:announce_peer1:t2:aa1:y1:qe", nil, errKRPCMissing, true},
+		{"implied port with port big", "d1:ad2:id" + id20 + "12:implied_porti1e9:info_hash" + id20 + "4:porti65536e5:token2:tke1:q13:announce_peer1:t2:aa1:y1:qe", nil, errKRPCValue, true},
+		{"implied port with port -1", "d1:ad2:id" + id20 + "12:implied_porti1e9:info_hash" + id20 + "4:porti-1e5:token2:tke1:q13:announce_peer1:t2:aa1:y1:qe", nil, errKRPCValue, true},
+		{"implied port with string port", "d1:ad2:id" + id20 + "12:implied_porti1e9:info_hash" + id20 + "4:port1:05:token2:tke1:q13:announce_peer1:t2:aa1:y1:qe", nil, errKRPCType, true},
 		{"implied_port 2", "d1:ad2:id" + id20 + "12:implied_porti2e9:info_hash" + id20 + "5:token2:tke1:q13:announce_peer1:t2:aa1:y1:qe", nil, errKRPCValue, true},
 		{"ro 2", "d1:ad2:id" + id20 + "e1:q4:ping2:roi2e1:t2:aa1:y1:qe", nil, errKRPCValue, true},
 		{"bad ip in query", "d1:ad2:id" + id20 + "e2:ip3:abc1:q4:ping1:t2:aa1:y1:qe", nil, errKRPCCompact, true},
@@ -581,6 +588,7 @@ func FuzzKRPC(f *testing.F) {
 	f.Add([]byte("d1:ad2:id20:abcdefghij01234567896:target20:mnopqrstuvwxyz123456e1:q9:find_node1:t2:aa1:y1:qe"))
 	f.Add([]byte("d1:ad2:id20:abcdefghij01234567899:info_hash20:mnopqrstuvwxyz123456e1:q9:get_peers1:t2:aa1:y1:qe"))
 	f.Add([]byte("d1:ad2:id20:abcdefghij012345678912:implied_porti1e9:info_hash20:mnopqrstuvwxyz1234564:porti6881e5:token8:aoeusnthe1:q13:announce_peer1:t2:aa1:y1:qe"))
+	f.Add([]byte("d1:ad2:id20:abcdefghij012345678912:implied_porti1e9:info_hash20:mnopqrstuvwxyz1234564:porti0e5:token8:aoeusnthe1:q13:announce_peer1:t2:aa1:y1:qe"))
 	f.Fuzz(func(t *testing.T, b []byte) {
 		m, ignored, err := parseKRPCIgnored(b)
 		if err != nil {
