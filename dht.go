@@ -155,7 +155,7 @@ func newDHT(n *Node, cfg dhtConfig) (*dht, error) {
 	d := &dht{
 		node: n, cfg: cfg, log: cfg.Log, now: cfg.Now, version: []byte(krpcVersion),
 		timing: defaultTiming(),
-		tokens: newTokenBox(cfg.Rand, cfg.Now), peers: newPeerStore(cfg.Now), items: newItemStore(cfg.Now),
+		tokens: newTokenBox(cfg.Rand, cfg.Now), peers: newPeerStore(cfg.Now, cfg.Rand), items: newItemStore(cfg.Now),
 		table: newRoutingTable(self, cfg.Now), saved: saved, evicting: map[netip.AddrPort]struct{}{},
 		txs: map[txKey]*transaction{}, rng: mrand.NewChaCha8(seed),
 		sbuf: make([]byte, 0, maxDatagram), nbuf4: make([]byte, 0, 26*bucketSize),

@@ -217,12 +217,14 @@ func (t *ttlMap[V]) len(now time.Time) int {
 	return len(t.m)
 }
 
-// peerEntry is one announced peer. The expiry is in Unix nanoseconds, not a
-// time.Time, because up to maxInfohashes*maxSwarmPeers of these exist:
-// 40 bytes each instead of 56.
+// peerEntry is one announced peer. Its expiry is a time.Duration since the
+// store's start, not a time.Time, because up to maxInfohashes*maxSwarmPeers
+// of these exist (40 bytes each instead of 56); now.Sub(start) is read on
+// the monotonic clock, like the expiry of ttlMap, so a step of the wall
+// clock expires nothing early.
 type peerEntry struct {
 	addr    netip.AddrPort
-	expires int64
+	expires time.Duration
 }
 
 // peerSwarm holds the peers of one infohash in announce order, the oldest
@@ -236,12 +238,28 @@ type peerSwarm struct{ peers []peerEntry }
 type peerStore struct {
 	mu     sync.Mutex
 	now    func() time.Time
+	start  time.Time  // peerEntry expiries count from here
+	rng    *rand.Rand // picks the subset peers returns
 	swarms *ttlMap[*peerSwarm]
 }
 
-func newPeerStore(now func() time.Time) *peerStore {
-	return &peerStore{now: now, swarms: newTTLMap[*peerSwarm](peerTTL, maxInfohashes)}
+// newPeerStore seeds its sampler from rnd (crypto/rand in production, a
+// fixed stream in tests, so subsets are reproducible). The sample only
+// spreads load among peers, so a ChaCha8 stream is enough; a reader that
+// fails panics, as for tokenBox secrets.
+func newPeerStore(now func() time.Time, rnd io.Reader) *peerStore {
+	var seed [32]byte
+	if _, err := io.ReadFull(rnd, seed[:]); err != nil {
+		panic(fmt.Sprintf("store: peer sampler seed: %v", err))
+	}
+	return &peerStore{
+		now: now, start: now(), rng: rand.New(rand.NewChaCha8(seed)),
+		swarms: newTTLMap[*peerSwarm](peerTTL, maxInfohashes),
+	}
 }
+
+// since is now as a peerEntry time.
+func (s *peerStore) since(now time.Time) time.Duration { return now.Sub(s.start) }
 
 // add records that peer announced itself for infohash. Addresses that
 // cannot be reached (invalid, port 0, unspecified) are ignored.
@@ -258,13 +276,13 @@ func (s *peerStore) add(infohash nodeID, peer netip.AddrPort) {
 	if e.val == nil {
 		e.val = &peerSwarm{}
 	}
-	e.val.add(peer, now)
+	e.val.add(peer, s.since(now))
 }
 
 // add puts peer last with a fresh expiry. To make room it drops, in this
 // order: the expired peers, the same peer's old entry, the oldest entry of
 // an IP that already has maxPortsPerIP ports, the oldest entry of a full swarm.
-func (w *peerSwarm) add(peer netip.AddrPort, now time.Time) {
+func (w *peerSwarm) add(peer netip.AddrPort, now time.Duration) {
 	w.expire(now)
 	sameIP, oldestOfIP := 0, -1
 	for i, p := range w.peers {
@@ -291,21 +309,20 @@ func (w *peerSwarm) add(peer netip.AddrPort, now time.Time) {
 		copy(grown, w.peers)
 		w.peers = grown
 	}
-	w.peers = append(w.peers, peerEntry{addr: peer, expires: now.Add(peerTTL).UnixNano()})
+	w.peers = append(w.peers, peerEntry{addr: peer, expires: now + peerTTL})
 }
 
 // expire drops the peers whose expiry has passed (they are at the front).
-func (w *peerSwarm) expire(now time.Time) {
-	n, t := 0, now.UnixNano()
-	for n < len(w.peers) && t >= w.peers[n].expires {
+func (w *peerSwarm) expire(now time.Duration) {
+	n := 0
+	for n < len(w.peers) && now >= w.peers[n].expires {
 		n++
 	}
 	w.peers = slices.Delete(w.peers, 0, n)
 }
 
 // peers returns up to max live peers of infohash, a uniformly random subset
-// when there are more, in a new slice. The randomness only spreads load
-// among peers, so math/rand is enough.
+// (drawn from s.rng) when there are more, in a new slice.
 func (s *peerStore) peers(infohash nodeID, max int) []netip.AddrPort {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -314,7 +331,7 @@ func (s *peerStore) peers(infohash nodeID, max int) []netip.AddrPort {
 	if e == nil || max <= 0 {
 		return nil
 	}
-	e.val.expire(now)
+	e.val.expire(s.since(now))
 	out := make([]netip.AddrPort, len(e.val.peers))
 	for i, p := range e.val.peers {
 		out[i] = p.addr
@@ -323,7 +340,7 @@ func (s *peerStore) peers(infohash nodeID, max int) []netip.AddrPort {
 		return out
 	}
 	for i := range max { // partial Fisher-Yates: out[:max] is a uniform sample
-		j := i + rand.IntN(len(out)-i)
+		j := i + s.rng.IntN(len(out)-i)
 		out[i], out[j] = out[j], out[i]
 	}
 	return out[:max:max]

@@ -12,6 +12,7 @@ import (
 	"math/rand/v2"
 	"net/netip"
 	"os"
+	"reflect"
 	"runtime"
 	"strconv"
 	"strings"
@@ -558,7 +559,7 @@ func TestPeerStore(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			clk := newStoreClock()
 			start := clk.now()
-			s := newPeerStore(clk.now)
+			s := newPeerStore(clk.now, storeRand(1))
 			for _, a := range tt.adds {
 				clk.set(start.Add(a.at))
 				s.add(ih, storeAP(a.peer))
@@ -593,7 +594,7 @@ func storePeer(i uint32, port uint16) netip.AddrPort {
 }
 
 func TestPeerStoreSwarmCap(t *testing.T) {
-	s := newPeerStore(newStoreClock().now)
+	s := newPeerStore(newStoreClock().now, storeRand(1))
 	ih := nodeID{2}
 	for i := range uint32(maxSwarmPeers + 50) {
 		s.add(ih, storePeer(i, 6881))
@@ -608,7 +609,7 @@ func TestPeerStoreSwarmCap(t *testing.T) {
 }
 
 func TestPeerStoreRandomSubset(t *testing.T) {
-	s := newPeerStore(newStoreClock().now)
+	s := newPeerStore(newStoreClock().now, storeRand(1))
 	ih := nodeID{3}
 	all := map[netip.AddrPort]bool{}
 	for i := range uint32(maxSwarmPeers) {
@@ -645,9 +646,32 @@ func TestPeerStoreRandomSubset(t *testing.T) {
 	}
 }
 
+// TestPeerStoreSubsetReproducible: the sample is drawn from the injected
+// rand, so the same seed gives the same subsets and another seed others.
+func TestPeerStoreSubsetReproducible(t *testing.T) {
+	draw := func(seed byte) [][]netip.AddrPort {
+		s := newPeerStore(newStoreClock().now, storeRand(seed))
+		for i := range uint32(maxSwarmPeers) {
+			s.add(nodeID{3}, storePeer(i, 1))
+		}
+		var out [][]netip.AddrPort
+		for range 5 {
+			out = append(out, s.peers(nodeID{3}, 8))
+		}
+		return out
+	}
+	a, b, c := draw(1), draw(1), draw(2)
+	if !reflect.DeepEqual(a, b) {
+		t.Errorf("same seed, different subsets:\n%v\n%v", a, b)
+	}
+	if reflect.DeepEqual(a, c) {
+		t.Errorf("seeds 1 and 2 gave the same subsets %v", a)
+	}
+}
+
 func TestPeerStoreInfohashEviction(t *testing.T) {
 	clk := newStoreClock()
-	s := newPeerStore(clk.now)
+	s := newPeerStore(clk.now, storeRand(1))
 	ihN := func(i int) nodeID { var id nodeID; binary.BigEndian.PutUint32(id[:], uint32(i)); return id }
 	p := storeAP("192.0.2.1:1")
 	for i := range maxInfohashes {
@@ -670,7 +694,7 @@ func TestPeerStoreInfohashEviction(t *testing.T) {
 
 func TestPeerStoreCapsUnderFlood(t *testing.T) {
 	clk := newStoreClock()
-	s := newPeerStore(clk.now)
+	s := newPeerStore(clk.now, storeRand(1))
 	rng := rand.New(rand.NewPCG(1, 2))
 	hot := nodeID{0xff}
 	oneIP := netip.MustParseAddr("198.51.100.1")
@@ -713,7 +737,7 @@ func TestPeerStoreCapsUnderFlood(t *testing.T) {
 func TestStoresConcurrent(t *testing.T) {
 	clk := newStoreClock()
 	box := newTokenBox(storeRand(9), clk.now)
-	ps := newPeerStore(clk.now)
+	ps := newPeerStore(clk.now, storeRand(1))
 	is := newItemStore(clk.now)
 	var wg sync.WaitGroup
 	for g := range 4 {
@@ -758,7 +782,7 @@ func BenchmarkTokenValid(b *testing.B) {
 // BenchmarkPeerStoreAdd announces random peers to 1,000 infohashes, so the
 // swarms fill up to their cap and every add then evicts.
 func BenchmarkPeerStoreAdd(b *testing.B) {
-	s := newPeerStore(newStoreClock().now)
+	s := newPeerStore(newStoreClock().now, storeRand(1))
 	rng := rand.New(rand.NewPCG(1, 2))
 	b.ReportAllocs()
 	for b.Loop() {
@@ -777,7 +801,7 @@ func BenchmarkStoresFullMemory(b *testing.B) {
 	}
 	for b.Loop() {
 		h0 := heap()
-		ps := newPeerStore(newStoreClock().now)
+		ps := newPeerStore(newStoreClock().now, storeRand(1))
 		for i := range maxInfohashes {
 			var ih nodeID
 			binary.BigEndian.PutUint32(ih[:], uint32(i))
