@@ -295,7 +295,8 @@ func (d *dht) closestFamily(target nodeID, want4 bool) []nodeInfo {
 // it will announce) even after it met a node that has peers.
 func (d *dht) answerGetPeers(rep *krpcReply, a *krpcArgs, from netip.AddrPort) {
 	rep.Token = d.tokens.issue(from.Addr())
-	if ps := d.peers.peers(a.InfoHash, maxPeersReply); len(ps) > 0 {
+	v4 := from.Addr().Unmap().Is4() // BEP 32: values in the requester's family, whatever "want" says
+	if ps := d.peers.peersOf(a.InfoHash, maxPeersReply, v4, !v4); len(ps) > 0 {
 		rep.Values = appendPeerList(d.vbuf[:0], ps)
 	}
 	d.addNodes(rep, a.InfoHash, a.Want, from)

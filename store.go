@@ -321,9 +321,17 @@ func (w *peerSwarm) expire(now time.Duration) {
 	w.peers = slices.Delete(w.peers, 0, n)
 }
 
-// peers returns up to max live peers of infohash, a uniformly random subset
-// (drawn from s.rng) when there are more, in a new slice.
+// peers returns up to max live peers of infohash of both address
+// families; see peersOf.
 func (s *peerStore) peers(infohash nodeID, max int) []netip.AddrPort {
+	return s.peersOf(infohash, max, true, true)
+}
+
+// peersOf returns up to max live peers of infohash that are IPv4 (when
+// want4) or IPv6 (when want6), a uniformly random subset (drawn from s.rng)
+// when there are more, in a new slice. BEP 32: a get_peers reply holds the
+// requester's family only, as a plain BEP 5 node cannot parse a mixed list.
+func (s *peerStore) peersOf(infohash nodeID, max int, want4, want6 bool) []netip.AddrPort {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	now := s.now()
@@ -332,9 +340,14 @@ func (s *peerStore) peers(infohash nodeID, max int) []netip.AddrPort {
 		return nil
 	}
 	e.val.expire(s.since(now))
-	out := make([]netip.AddrPort, len(e.val.peers))
-	for i, p := range e.val.peers {
-		out[i] = p.addr
+	out := make([]netip.AddrPort, 0, len(e.val.peers))
+	for _, p := range e.val.peers {
+		if is4 := p.addr.Addr().Is4(); is4 && want4 || !is4 && want6 {
+			out = append(out, p.addr)
+		}
+	}
+	if len(out) == 0 {
+		return nil
 	}
 	if len(out) <= max {
 		return out

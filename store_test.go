@@ -669,6 +669,49 @@ func TestPeerStoreSubsetReproducible(t *testing.T) {
 	}
 }
 
+func TestPeerStoreFamilies(t *testing.T) {
+	s := newPeerStore(newStoreClock().now, storeRand(1))
+	ih := nodeID{5}
+	v4, v6 := storeAP("192.0.2.1:1"), storeAP("[2001:db8::1]:1")
+	s.add(ih, v4)
+	s.add(ih, v6)
+	tests := []struct {
+		name         string
+		want4, want6 bool
+		want         []netip.AddrPort
+	}{
+		{"ipv4", true, false, []netip.AddrPort{v4}},
+		{"ipv6", false, true, []netip.AddrPort{v6}},
+		{"both", true, true, []netip.AddrPort{v4, v6}},
+		{"neither", false, false, nil},
+	}
+	for _, tt := range tests {
+		if got := s.peersOf(ih, 10, tt.want4, tt.want6); !reflect.DeepEqual(got, tt.want) {
+			t.Errorf("peersOf(%s) = %v, want %v", tt.name, got, tt.want)
+		}
+	}
+	if got := s.peersOf(ih, 1, false, true); !reflect.DeepEqual(got, []netip.AddrPort{v6}) {
+		t.Errorf("peersOf(max 1, ipv6) = %v: the sample must come from the family only", got)
+	}
+}
+
+// BEP 32: an IPv4 get_peers, with or without "want", gets IPv4 values only.
+func TestServeGetPeersFamily(t *testing.T) {
+	d := newTestDHT(t, dhtConfig{}, 0)
+	ih := nodeID{6}
+	v4, v6 := storeAP("192.0.2.1:1"), storeAP("[2001:db8::1]:1")
+	d.peers.add(ih, v4)
+	d.peers.add(ih, v6)
+	p := newRawPeer(t)
+	for _, want := range []uint8{0, wantN4, wantN6, wantN4 | wantN6} {
+		r := p.exchange(d, rawQuery(methodGetPeers, krpcArgs{InfoHash: ih, Want: want}))
+		ps, err := parsePeers(r.Reply.Values)
+		if err != nil || !reflect.DeepEqual(ps, []netip.AddrPort{v4}) {
+			t.Errorf("want %b: values %v, %v; want only %v", want, ps, err, v4)
+		}
+	}
+}
+
 func TestPeerStoreInfohashEviction(t *testing.T) {
 	clk := newStoreClock()
 	s := newPeerStore(clk.now, storeRand(1))
