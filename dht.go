@@ -287,7 +287,7 @@ func (d *dht) addNodes(rep *krpcReply, target nodeID, want uint8, from netip.Add
 func (d *dht) closestFamily(target nodeID, want4 bool) []nodeInfo {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	return d.table.closestFamily(target, bucketSize, want4)
+	return d.table.closestFamily(target, bucketSize, want4, true)
 }
 
 // answerGetPeers returns a token, the peers we know and also the closest

@@ -242,7 +242,26 @@ func (t *routingTable) heard(n nodeInfo, responded bool) (pingFirst []nodeInfo) 
 		b.cache = slices.Delete(b.cache, i, i+1)
 	}
 	e.record(responded, now)
-	return t.insert(e, now)
+	ping := t.insert(e, now)
+	if !responded {
+		ping = t.verifyNewcomer(n.ID, ping, now)
+	}
+	return ping
+}
+
+// verifyNewcomer adds the node id to ping if it just took a bucket slot
+// without ever answering us. Replies hand out only nodes that have answered
+// (closestFamily), so a node that joins by querying us is pinged once to
+// prove its address; otherwise a node that others only query, like a
+// bootstrap router, would never pass anyone on.
+func (t *routingTable) verifyNewcomer(id nodeID, ping []nodeInfo, now time.Time) []nodeInfo {
+	b := t.buckets[t.bucketIndex(id)]
+	i := findEntry(b.nodes, id)
+	if i < 0 || !b.nodes[i].lastResponse.IsZero() || !b.nodes[i].lastPinged.IsZero() {
+		return ping
+	}
+	b.nodes[i].lastPinged = now
+	return append(ping, b.nodes[i].nodeInfo)
 }
 
 // update records a message from the known node b.nodes[i]. A different
@@ -495,17 +514,24 @@ func xorCompare(target, a, b nodeID) int {
 func xorLess(target, a, b nodeID) bool { return xorCompare(target, a, b) < 0 }
 
 // closest returns up to count non-bad nodes sorted by XOR distance to target.
+// Lookups start from these, nodes that only queried us included: a lookup
+// finds out itself whether they answer.
 func (t *routingTable) closest(target nodeID, count int) []nodeInfo {
-	return t.closestWhere(target, count, func(netip.Addr) bool { return true })
+	return t.closestWhere(target, count, func(*entry) bool { return true })
 }
 
 // closestFamily is closest restricted to IPv4 (want4) or IPv6 nodes, for the
-// "nodes" and "nodes6" fields of a reply (BEP 32).
-func (t *routingTable) closestFamily(target nodeID, count int, want4 bool) []nodeInfo {
-	return t.closestWhere(target, count, func(a netip.Addr) bool { return a.Is4() == want4 })
+// "nodes" and "nodes6" fields of a reply (BEP 32). With answeredOnly it
+// keeps only nodes that have answered one of our queries: BEP 5 replies
+// carry good nodes, and a node only heard from through its queries may
+// have a spoofed source address, which we must not hand to others.
+func (t *routingTable) closestFamily(target nodeID, count int, want4, answeredOnly bool) []nodeInfo {
+	return t.closestWhere(target, count, func(e *entry) bool {
+		return e.Addr.Addr().Is4() == want4 && (!answeredOnly || !e.lastResponse.IsZero())
+	})
 }
 
-func (t *routingTable) closestWhere(target nodeID, count int, keep func(netip.Addr) bool) []nodeInfo {
+func (t *routingTable) closestWhere(target nodeID, count int, keep func(*entry) bool) []nodeInfo {
 	if count <= 0 {
 		return nil
 	}
@@ -515,7 +541,7 @@ func (t *routingTable) closestWhere(target nodeID, count int, keep func(netip.Ad
 	sel := closestSet{target: target, out: make([]nodeInfo, 0, min(count, t.size()))}
 	for _, b := range t.buckets {
 		for i := range b.nodes {
-			if b.nodes[i].state(now) != stateBad && keep(b.nodes[i].Addr.Addr()) {
+			if b.nodes[i].state(now) != stateBad && keep(&b.nodes[i]) {
 				sel.offer(b.nodes[i].nodeInfo, count)
 			}
 		}
