@@ -170,7 +170,7 @@ type routingTable struct {
 	now     func() time.Time
 	rand    io.Reader // for refresh targets; crypto/rand unless a test sets it
 	buckets []*bucket
-	byAddr  map[netip.AddrPort]nodeID // owner of each address in the buckets
+	byAddr  map[netip.AddrPort]nodeID // owner of each addrKey in the buckets
 }
 
 func newRoutingTable(self nodeID, now func() time.Time) *routingTable {
@@ -215,6 +215,18 @@ func unmapAddrPort(a netip.AddrPort) netip.AddrPort {
 	return netip.AddrPortFrom(a.Addr().Unmap(), a.Port())
 }
 
+// addrKey is what may hold only one id in the buckets: a public IP, whatever
+// the port (libtorrent's restrict_routing_ips), so one host cannot fill the
+// table with ids on many ports; an exempt address (loopback, LAN) with its
+// port, as several nodes on one machine or behind one LAN address are
+// normal there and tests run many nodes on 127.0.0.1.
+func addrKey(a netip.AddrPort) netip.AddrPort {
+	if isExemptBEP42(a.Addr()) {
+		return a
+	}
+	return netip.AddrPortFrom(a.Addr(), 0)
+}
+
 // heard records traffic from n: responded is true when n answered one of our
 // queries, false when n sent us a query. See the flow comment at the top.
 func (t *routingTable) heard(n nodeInfo, responded bool) (pingFirst []nodeInfo) {
@@ -228,8 +240,9 @@ func (t *routingTable) heard(n nodeInfo, responded bool) (pingFirst []nodeInfo) 
 		t.update(b, i, n.Addr, responded, now)
 		return nil
 	}
-	if owner, ok := t.byAddr[n.Addr]; ok && !t.evictOwner(owner, now) {
-		// One address, one id: a host can't fill buckets by inventing ids.
+	if owner, ok := t.byAddr[addrKey(n.Addr)]; ok && !t.evictOwner(owner, now) {
+		// One address, one id: a host can't fill buckets by inventing
+		// ids, nor, on a public address, by opening ports.
 		return nil
 	}
 	e := entry{nodeInfo: n, verified: isSecureNodeID(n.ID, n.Addr.Addr())}
@@ -273,11 +286,11 @@ func (t *routingTable) update(b *bucket, i int, addr netip.AddrPort, responded b
 		if e.state(now) != stateBad {
 			return
 		}
-		if _, taken := t.byAddr[addr]; taken {
+		if owner, taken := t.byAddr[addrKey(addr)]; taken && owner != e.ID {
 			return
 		}
-		delete(t.byAddr, e.Addr)
-		t.byAddr[addr] = e.ID
+		delete(t.byAddr, addrKey(e.Addr))
+		t.byAddr[addrKey(addr)] = e.ID
 		*e = entry{nodeInfo: nodeInfo{ID: e.ID, Addr: addr}, verified: isSecureNodeID(e.ID, addr.Addr())}
 	}
 	e.record(responded, now)
@@ -295,7 +308,7 @@ func (t *routingTable) evictOwner(owner nodeID, now time.Time) bool {
 	if i < 0 || b.nodes[i].state(now) != stateBad {
 		return false
 	}
-	delete(t.byAddr, b.nodes[i].Addr)
+	delete(t.byAddr, addrKey(b.nodes[i].Addr))
 	b.nodes = slices.Delete(b.nodes, i, i+1)
 	return true
 }
@@ -335,10 +348,10 @@ func (t *routingTable) place(b *bucket, i int, e entry, now time.Time) {
 	if i < 0 {
 		b.nodes = append(b.nodes, e)
 	} else {
-		delete(t.byAddr, b.nodes[i].Addr)
+		delete(t.byAddr, addrKey(b.nodes[i].Addr))
 		b.nodes[i] = e
 	}
-	t.byAddr[e.Addr] = e.ID
+	t.byAddr[addrKey(e.Addr)] = e.ID
 	b.changed = now
 }
 
@@ -486,7 +499,7 @@ func (t *routingTable) failed(n nodeInfo) {
 func (t *routingTable) bestReplacement(b *bucket) int {
 	w := -1
 	for i := range b.cache {
-		if _, taken := t.byAddr[b.cache[i].Addr]; taken {
+		if _, taken := t.byAddr[addrKey(b.cache[i].Addr)]; taken {
 			continue
 		}
 		if w < 0 || better(&b.cache[i], &b.cache[w]) {

@@ -73,8 +73,8 @@ func checkInvariants(t *testing.T, rt *routingTable) {
 			}
 		}
 		for _, e := range b.nodes {
-			if rt.byAddr[e.Addr] != e.ID {
-				t.Fatalf("byAddr[%v] = %v, want %v", e.Addr, rt.byAddr[e.Addr], e.ID)
+			if rt.byAddr[addrKey(e.Addr)] != e.ID {
+				t.Fatalf("byAddr[%v] = %v, want %v", e.Addr, rt.byAddr[addrKey(e.Addr)], e.ID)
 			}
 			addrs++
 		}
@@ -210,6 +210,55 @@ func TestOneIDPerAddress(t *testing.T) {
 	rt.heard(loopNode(b, 7000), true) // old owner is bad now: the new id takes the address
 	if rt.lookup(a) != nil || rt.lookup(b) == nil {
 		t.Fatalf("bad owner not replaced by the address's new id")
+	}
+	checkInvariants(t, rt)
+}
+
+// A public IP holds one id in the buckets whatever its ports; an exempt
+// address holds one per port (many nodes on one machine or LAN address).
+func TestOneIDPerPublicIP(t *testing.T) {
+	tests := []struct {
+		name string
+		ip   string
+		want int // nodes in the table after 20 ids on 20 ports
+	}{
+		{"public ipv4", "203.0.113.7", 1},
+		{"public ipv6", "2001:db8::7", 1},
+		{"loopback", "127.0.0.1", 20},
+		{"lan", "192.168.1.7", 20},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			clk := newFakeClock()
+			var self nodeID
+			rt := newRoutingTable(self, clk.now)
+			ip := netip.MustParseAddr(tt.ip)
+			for i := range 20 {
+				n := nodeInfo{ID: idCPL(self, i%4, i), Addr: netip.AddrPortFrom(ip, uint16(6000+i))}
+				rt.heard(n, true)
+			}
+			if rt.size() != tt.want {
+				t.Fatalf("%d ids on %d ports of %s: table holds %d, want %d", 20, 20, tt.ip, rt.size(), tt.want)
+			}
+			checkInvariants(t, rt)
+		})
+	}
+	// The first id keeps the IP while it lives; once bad, another port's id takes it.
+	clk := newFakeClock()
+	var self nodeID
+	rt := newRoutingTable(self, clk.now)
+	first := nodeInfo{ID: idCPL(self, 0, 1), Addr: storeAP("203.0.113.7:6000")}
+	second := nodeInfo{ID: idCPL(self, 1, 1), Addr: storeAP("203.0.113.7:6001")}
+	rt.heard(first, true)
+	rt.failed(first)
+	rt.failed(first)
+	rt.heard(second, true)
+	if rt.lookup(first.ID) != nil || rt.lookup(second.ID) == nil {
+		t.Fatalf("bad holder of a public IP not replaced by its new id")
+	}
+	rt.heard(nodeInfo{ID: second.ID, Addr: storeAP("203.0.113.7:6002")}, true) // live: does not move
+	if got := rt.lookup(second.ID).Addr; got != second.Addr {
+		t.Fatalf("live node moved to %v", got)
 	}
 	checkInvariants(t, rt)
 }
