@@ -349,7 +349,7 @@ func (d *dht) acceptPut(a *krpcArgs, from netip.AddrPort) (int, string) {
 		}
 		it = bep44Item{V: a.V, Mutable: true, K: a.K, Salt: a.Salt, Seq: a.Seq, Sig: a.Sig}
 	}
-	err := d.items.put(it, a.CAS, a.HasCAS)
+	err := d.items.put(it, a.CAS, a.HasCAS, from)
 	var be *bep44Error
 	switch {
 	case err == nil:
