@@ -44,7 +44,8 @@ const (
 	tidLen          = 4    // bytes in our transaction ids: 32 random bits
 	maxTransactions = 2048 // outstanding queries per node
 	maxAttempts     = 3    // one transmission and two retransmissions
-	maxPeersReply   = 50   // peers in one get_peers reply (50*8 bytes keeps it < 1280)
+	maxPeersReply   = 50   // IPv4 peers in one get_peers reply: worst reply 1,045 bytes (SPEC.md 3.5.2)
+	maxPeersReply6  = 27   // IPv6 peers (21 bytes each): worst reply 1,225 of 1,232 bytes
 	maxEvictPings   = 64   // ping-before-evict queries in flight at once
 	routingFile     = "routing"
 
@@ -296,7 +297,11 @@ func (d *dht) closestFamily(target nodeID, want4 bool) []nodeInfo {
 func (d *dht) answerGetPeers(rep *krpcReply, a *krpcArgs, from netip.AddrPort) {
 	rep.Token = d.tokens.issue(from.Addr())
 	v4 := from.Addr().Unmap().Is4() // BEP 32: values in the requester's family, whatever "want" says
-	if ps := d.peers.peersOf(a.InfoHash, maxPeersReply, v4, !v4); len(ps) > 0 {
+	limit := maxPeersReply6
+	if v4 {
+		limit = maxPeersReply
+	}
+	if ps := d.peers.peersOf(a.InfoHash, limit, v4, !v4); len(ps) > 0 {
 		rep.Values = appendPeerList(d.vbuf[:0], ps)
 	}
 	d.addNodes(rep, a.InfoHash, a.Want, from)

@@ -673,3 +673,49 @@ func BenchmarkCheckBencode(b *testing.B) {
 		}
 	}
 }
+
+// maxGetPeersReply is the budget of a get_peers reply: a 1,280-byte packet
+// (the IPv6 minimum MTU) less 40 bytes of IPv6 and 8 of UDP header, so no
+// reply is ever fragmented (SPEC.md 3.5.2).
+const maxGetPeersReply = 1280 - 40 - 8
+
+// worstGetPeersReply is the longest get_peers reply we send to a requester
+// of the family of ip with n peers: a 16-byte tid, our "v", both node lists
+// full (want n4 and n6), a token and the BEP 42 "ip".
+func worstGetPeersReply(ip netip.Addr, n int) []byte {
+	peers := make([]netip.AddrPort, n)
+	for i := range peers {
+		peers[i] = netip.AddrPortFrom(ip, uint16(i+1))
+	}
+	m := krpcMsg{
+		TID: make([]byte, maxTIDLen), Type: 'r', Version: []byte(krpcVersion), IP: netip.AddrPortFrom(ip, 1),
+		Reply: krpcReply{
+			Nodes: make([]byte, bucketSize*compactNodeLen), Nodes6: make([]byte, bucketSize*compactNode6Len),
+			Token: make([]byte, tokenLen), Values: appendPeerList(nil, peers),
+		},
+	}
+	return m.appendTo(nil)
+}
+
+// TestGetPeersReplyFits: with maxPeersReply IPv4 or maxPeersReply6 IPv6
+// peers the worst reply fits the budget, and the sizes are those SPEC.md
+// quotes.
+func TestGetPeersReplyFits(t *testing.T) {
+	tests := []struct {
+		name      string
+		ip        netip.Addr
+		max, want int // peers allowed; the worst reply's length
+	}{
+		{"ipv4", netip.MustParseAddr("192.0.2.1"), maxPeersReply, 1045},
+		{"ipv6", netip.MustParseAddr("2001:db8::1"), maxPeersReply6, 1225},
+	}
+	for _, tt := range tests {
+		got := len(worstGetPeersReply(tt.ip, tt.max))
+		if got != tt.want || got > maxGetPeersReply {
+			t.Errorf("%s: worst reply with %d peers is %d bytes, want %d (budget %d)", tt.name, tt.max, got, tt.want, maxGetPeersReply)
+		}
+		if tt.ip.Is6() && len(worstGetPeersReply(tt.ip, tt.max+1)) <= maxGetPeersReply {
+			t.Errorf("%s: %d peers would fit too; the cap is not the largest", tt.name, tt.max+1)
+		}
+	}
+}
