@@ -7,9 +7,11 @@
 // holds our own id, or over an unverified node when the newcomer has a BEP 42
 // id; otherwise the newcomer waits in the bucket's replacement cache and
 // heard() returns the bucket's questionable nodes for the caller to ping
-// (ping-before-evict). A node whose pings keep failing turns bad, and
-// failed() promotes the best replacement into its slot. closest() answers
-// lookups; refreshTargets() names the stale buckets to search again. The
+// (ping-before-evict); a querier that took a slot is returned too, to be
+// pinged once, as replies only pass on nodes that have answered us. A node
+// whose pings keep failing turns bad, and failed() promotes the best
+// replacement into its slot. closest() answers lookups, closestFamily()
+// replies; refreshTargets() names the stale buckets to search again. The
 // external address voter (ipVoter) and the routing file live here too; see
 // SPEC.md section 3.3.
 package main
