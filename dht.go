@@ -45,7 +45,8 @@ const (
 	maxTransactions = 2048 // outstanding queries per node
 	maxAttempts     = 6    // one transmission and five retransmissions
 	maxBackoffShift = 2    // the timeout doubles at most twice: 1, 2, 4, 4, 4, 4 x RTO
-	maxPeersReply   = 50   // peers in one get_peers reply (50*8 bytes keeps it < 1280)
+	maxPeersReply   = 50   // IPv4 peers in one get_peers reply: worst reply 1,045 bytes (SPEC.md 3.5.2)
+	maxPeersReply6  = 27   // IPv6 peers (21 bytes each): worst reply 1,225 of 1,232 bytes
 	maxEvictPings   = 64   // ping-before-evict queries in flight at once
 	routingFile     = "routing"
 
@@ -156,7 +157,7 @@ func newDHT(n *Node, cfg dhtConfig) (*dht, error) {
 	d := &dht{
 		node: n, cfg: cfg, log: cfg.Log, now: cfg.Now, version: []byte(krpcVersion),
 		timing: defaultTiming(),
-		tokens: newTokenBox(cfg.Rand, cfg.Now), peers: newPeerStore(cfg.Now), items: newItemStore(cfg.Now),
+		tokens: newTokenBox(cfg.Rand, cfg.Now), peers: newPeerStore(cfg.Now, cfg.Rand), items: newItemStore(cfg.Now),
 		table: newRoutingTable(self, cfg.Now), saved: saved, evicting: map[netip.AddrPort]struct{}{},
 		txs: map[txKey]*transaction{}, rng: mrand.NewChaCha8(seed),
 		sbuf: make([]byte, 0, maxDatagram), nbuf4: make([]byte, 0, 26*bucketSize),
@@ -288,7 +289,7 @@ func (d *dht) addNodes(rep *krpcReply, target nodeID, want uint8, from netip.Add
 func (d *dht) closestFamily(target nodeID, want4 bool) []nodeInfo {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	return d.table.closestFamily(target, bucketSize, want4)
+	return d.table.closestFamily(target, bucketSize, want4, true)
 }
 
 // answerGetPeers returns a token, the peers we know and also the closest
@@ -296,7 +297,12 @@ func (d *dht) closestFamily(target nodeID, want4 bool) []nodeInfo {
 // it will announce) even after it met a node that has peers.
 func (d *dht) answerGetPeers(rep *krpcReply, a *krpcArgs, from netip.AddrPort) {
 	rep.Token = d.tokens.issue(from.Addr())
-	if ps := d.peers.peers(a.InfoHash, maxPeersReply); len(ps) > 0 {
+	v4 := from.Addr().Unmap().Is4() // BEP 32: values in the requester's family, whatever "want" says
+	limit := maxPeersReply6
+	if v4 {
+		limit = maxPeersReply
+	}
+	if ps := d.peers.peersOf(a.InfoHash, limit, v4, !v4); len(ps) > 0 {
 		rep.Values = appendPeerList(d.vbuf[:0], ps)
 	}
 	d.addNodes(rep, a.InfoHash, a.Want, from)
@@ -349,7 +355,7 @@ func (d *dht) acceptPut(a *krpcArgs, from netip.AddrPort) (int, string) {
 		}
 		it = bep44Item{V: a.V, Mutable: true, K: a.K, Salt: a.Salt, Seq: a.Seq, Sig: a.Sig}
 	}
-	err := d.items.put(it, a.CAS, a.HasCAS)
+	err := d.items.put(it, a.CAS, a.HasCAS, from)
 	var be *bep44Error
 	switch {
 	case err == nil:

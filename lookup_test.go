@@ -7,7 +7,6 @@ import (
 	"net/netip"
 	"slices"
 	"testing"
-	"time"
 )
 
 // trueClosest is the k closest of the given nodes to target, by brute force.
@@ -60,10 +59,9 @@ func checkConverges(t *testing.T, from, live []*dht, tag string, minMatch int) {
 		if match < minMatch || !slices.IsSortedFunc(got, func(a, b nodeID) int { return cmpDist(target, a, b) }) {
 			t.Errorf("%s: lookup %v from %d:\n got %v\nwant %v", tag, target, i, got, want)
 		}
+		// Latency is BenchmarkLookup's business, not a test's: a loaded
+		// CI machine must not fail here.
 		s := r.Stats
-		if s.Duration > time.Second {
-			t.Errorf("%s: lookup took %v", tag, s.Duration)
-		}
 		if s.Rounds < 1 || s.Messages < s.Queried || s.Queried < s.Responded || s.Responded < len(got) {
 			t.Errorf("%s: implausible stats %+v", tag, s)
 		}

@@ -1,6 +1,319 @@
 // kadchat: serverless chat over the BitTorrent mainline DHT.
 //
-// SKELETON.
+// A user is an X25519 public key. Two people who hold each other's key find
+// each other's address through the DHT (a rendezvous infohash only they can
+// derive) and talk over Noise IKpsk2 sessions with fresh keys per session.
+//
+// Flow: main parses flags, opens the data directory and the one UDP socket,
+// then starts the DHT, the session layer and the chat core on it, and reads
+// commands from stdin until /quit, end of input, SIGINT or SIGTERM; then it
+// stops everything and saves state.
 package main
 
-func main() {}
+import (
+	"bufio"
+	"context"
+	"crypto/rand"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/netip"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+)
+
+// defaultBootstrap are the well-known mainline routers. Tests never use them.
+var defaultBootstrap = []string{
+	"router.bittorrent.com:6881",
+	"dht.transmissionbt.com:6881",
+	"router.utorrent.com:6881",
+	"dht.libtorrent.org:25401",
+}
+
+// defaultListen is the mainline DHT's customary port.
+const defaultListen = ":6881"
+
+type options struct {
+	dir       string
+	listen    string
+	bootstrap []string
+	demo      bool
+	verbose   bool
+
+	rekeyAfter time.Duration // the demo shortens it; zero: the default
+}
+
+func main() {
+	opts, err := parseFlags(os.Args[1:], os.Stderr)
+	if err != nil {
+		os.Exit(2)
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if opts.demo {
+		err = runDemo(ctx, os.Stdout)
+	} else {
+		err = run(ctx, opts, os.Stdin, os.Stdout, os.Stderr)
+	}
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "kadchat:", err)
+		os.Exit(1)
+	}
+}
+
+func parseFlags(args []string, stderr io.Writer) (options, error) {
+	var o options
+	fs := flag.NewFlagSet("kadchat", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	defDir := "kadchat-data"
+	if d, err := os.UserConfigDir(); err == nil {
+		defDir = filepath.Join(d, "kadchat")
+	}
+	fs.StringVar(&o.dir, "dir", defDir, "data directory (identity, contacts, outbox, routing table)")
+	fs.StringVar(&o.listen, "listen", defaultListen, "UDP address to listen on (falls back to a free port if busy)")
+	boot := fs.String("bootstrap", strings.Join(defaultBootstrap, ","), "DHT bootstrap nodes, HOST:PORT[,HOST:PORT...]")
+	fs.BoolVar(&o.demo, "demo", false, "run a self-contained loopback demo and exit")
+	fs.BoolVar(&o.verbose, "v", false, "debug logs on stderr")
+	if err := fs.Parse(args); err != nil {
+		return o, err
+	}
+	if fs.NArg() > 0 {
+		fmt.Fprintf(stderr, "kadchat: unexpected argument %q\n", fs.Arg(0))
+		return o, errors.New("usage")
+	}
+	for _, b := range strings.Split(*boot, ",") {
+		if b = strings.TrimSpace(b); b != "" {
+			o.bootstrap = append(o.bootstrap, b)
+		}
+	}
+	return o, nil
+}
+
+// listenWithFallback listens on addr, or on a free port of the same host if
+// that port is taken, so a second kadchat on one machine still starts.
+func listenWithFallback(addr string, log *slog.Logger) (*Node, error) {
+	n, err := listenNode(addr, log)
+	if err == nil || !errors.Is(err, syscall.EADDRINUSE) {
+		return n, err
+	}
+	host, _, _ := strings.Cut(addr, ":")
+	if i := strings.LastIndex(addr, ":"); i >= 0 {
+		host = addr[:i]
+	}
+	log.Info("port busy, using a free one", "listen", addr)
+	return listenNode(host+":0", log)
+}
+
+func newLogger(verbose bool, stderr io.Writer) *slog.Logger {
+	level := slog.LevelWarn
+	if verbose {
+		level = slog.LevelDebug
+	}
+	return slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level}))
+}
+
+// run is the program: everything but flag parsing and signals, so tests
+// and the demo can run it in-process.
+func run(ctx context.Context, o options, stdin io.Reader, stdout, stderr io.Writer) error {
+	log := newLogger(o.verbose, stderr)
+	a, err := openApp(o, log, stdout)
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	var wg sync.WaitGroup
+	a.start(ctx, &wg)
+	a.ui.printf("* ready %s %s", a.node.LocalAddr(), a.id.public())
+	err = a.readCommands(ctx, stdin)
+	cancel()
+	wg.Wait()
+	if cerr := a.close(); err == nil {
+		err = cerr
+	}
+	return err
+}
+
+// readCommands feeds stdin lines to the UI until end of input, /quit or
+// the end of ctx. A line longer than maxLine is refused with an error line
+// and skipped, never buffered without bound.
+func (a *app) readCommands(ctx context.Context, stdin io.Reader) error {
+	lines := make(chan string)
+	errc := make(chan error, 1)
+	go func() { errc <- readLines(ctx, stdin, lines, a.ui) }()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case err := <-errc:
+			return err
+		case line := <-lines:
+			if err := a.ui.handleLine(ctx, line); errors.Is(err, errQuit) {
+				return nil
+			}
+		}
+	}
+}
+
+// readLines sends each line of r (without its newline) to lines. It
+// returns nil at end of input.
+func readLines(ctx context.Context, r io.Reader, lines chan<- string, u *ui) error {
+	br := bufio.NewReaderSize(r, maxLine)
+	for {
+		b, err := br.ReadSlice('\n')
+		if errors.Is(err, bufio.ErrBufferFull) {
+			u.printf("error line longer than %d bytes ignored", maxLine)
+			for errors.Is(err, bufio.ErrBufferFull) {
+				_, err = br.ReadSlice('\n')
+			}
+			if err == nil {
+				continue
+			}
+		}
+		if len(b) > 0 && (err == nil || err == io.EOF) {
+			select {
+			case lines <- string(b):
+			case <-ctx.Done():
+				return nil
+			}
+		}
+		if err == io.EOF {
+			return nil
+		}
+		if err != nil {
+			return fmt.Errorf("ui: read: %w", err)
+		}
+	}
+}
+
+// app is one running kadchat: its identity, socket, DHT, sessions and chat.
+type app struct {
+	dir  string
+	log  *slog.Logger
+	id   *identity
+	node *Node
+	dht  *dht
+	sess *sessionManager
+	chat *chat
+	ui   *ui
+}
+
+// openApp opens the data directory and builds the layers on one socket.
+func openApp(o options, log *slog.Logger, stdout io.Writer) (*app, error) {
+	if err := os.MkdirAll(o.dir, 0o700); err != nil {
+		return nil, fmt.Errorf("data directory: %w", err)
+	}
+	a := &app{dir: o.dir, log: log}
+	a.ui = &ui{app: a, out: stdout, now: time.Now}
+	var err error
+	if a.id, err = loadOrCreateIdentity(o.dir, rand.Reader); err != nil {
+		return nil, err
+	}
+	if a.node, err = listenWithFallback(o.listen, log); err != nil {
+		return nil, err
+	}
+	if err := a.build(o); err != nil {
+		a.node.Close()
+		return nil, err
+	}
+	return a, nil
+}
+
+// build wires the DHT, the sessions and the chat core to each other.
+func (a *app) build(o options) error {
+	var err error
+	a.dht, err = newDHT(a.node, dhtConfig{Bootstrap: o.bootstrap, Dir: o.dir, Now: time.Now, Rand: rand.Reader, Log: a.log})
+	if err != nil {
+		return err
+	}
+	a.sess = newSessionManager(sessionConfig{
+		Identity:       a.id,
+		Send:           a.node.send,
+		Allowed:        func(k publicKey) bool { return a.chat.isContact(k) },
+		Deliver:        func(k publicKey, from netip.AddrPort, b []byte) { a.chat.handlePayload(k, from, b) },
+		Established:    func(k publicKey, addr netip.AddrPort) { a.chat.setOnline(k, addr) },
+		Ended:          func(k publicKey) { a.chat.setOffline(k) },
+		RekeyAfterTime: o.rekeyAfter,
+		Now:            time.Now,
+		Rand:           rand.Reader,
+		Log:            a.log,
+	})
+	a.node.onSession = a.sess.handlePacket
+	a.chat, err = newChat(chatConfig{
+		Dir:          o.dir,
+		Self:         a.id.public(),
+		StaticSecret: a.id.staticSecret,
+		Announce: func(ctx context.Context, ih nodeID) (int, error) {
+			return a.dht.announce(ctx, ih, 0, true)
+		},
+		GetPeers:    a.dht.getPeers,
+		SetEndpoint: a.sess.setEndpoint,
+		IsSelf:      a.isSelf,
+		Send:        a.sess.send,
+		MaxPayload:  maxTransportPayload,
+		Event:       a.ui.event,
+		Now:         time.Now,
+		Rand:        rand.Reader,
+		Log:         a.log,
+	})
+	return err
+}
+
+// start runs every layer's goroutines until ctx ends.
+func (a *app) start(ctx context.Context, wg *sync.WaitGroup) {
+	for _, f := range []func(context.Context) error{
+		a.node.run,
+		a.dht.run,
+		func(ctx context.Context) error { a.sess.run(ctx); return nil },
+		a.chat.run,
+	} {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := f(ctx); err != nil {
+				a.log.Warn("stopped", "err", err)
+			}
+		}()
+	}
+}
+
+// close saves state; call it after the goroutines of start have ended.
+func (a *app) close() error {
+	err := a.chat.close()
+	a.node.Close()
+	return err
+}
+
+func (a *app) addContact(name string, k publicKey) error { return a.chat.addContact(name, k) }
+
+func (a *app) removeContact(name string) error {
+	c, ok := a.chat.contactByName(name)
+	if err := a.chat.removeContact(name); err != nil {
+		return err
+	}
+	if ok {
+		a.sess.forget(c.Key)
+	}
+	return nil
+}
+
+func (a *app) hasContact(name string) bool {
+	_, ok := a.chat.contactByName(name)
+	return ok
+}
+
+// isSelf reports whether addr is one of ours: the rendezvous finds our own
+// announcement next to the contact's.
+func (a *app) isSelf(addr netip.AddrPort) bool {
+	if addr == a.node.LocalAddr() {
+		return true
+	}
+	ext, ok := a.dht.external()
+	return ok && addr == ext
+}

@@ -46,6 +46,10 @@ type Node struct {
 	dropped   atomic.Uint64 // datagrams not recognised by the demux
 	lossDrops atomic.Uint64 // datagrams dropped by the lossy wrapper
 
+	// trace, if set before run, sees every datagram sent or received
+	// (after the lossy wrapper); the demo prints it.
+	trace func(out bool, peer netip.AddrPort, b []byte)
+
 	// handlers, set before run; nil means the layer is off.
 	onKRPC    func(from netip.AddrPort, b []byte)
 	onSession func(from netip.AddrPort, b []byte)
@@ -100,6 +104,9 @@ func (n *Node) send(to netip.AddrPort, b []byte) error {
 	if n.lose() {
 		return nil
 	}
+	if n.trace != nil {
+		n.trace(true, to, b)
+	}
 	if _, err := n.conn.WriteToUDPAddrPort(b, to); err != nil {
 		return fmt.Errorf("node: send to %v: %w", to, err)
 	}
@@ -123,8 +130,12 @@ func (n *Node) run(ctx context.Context) error {
 		if n.lose() {
 			continue
 		}
+		from = netip.AddrPortFrom(from.Addr().Unmap(), from.Port())
+		if n.trace != nil {
+			n.trace(false, from, buf[:m])
+		}
 		// Handlers may keep b only for the duration of the call.
-		n.demux(netip.AddrPortFrom(from.Addr().Unmap(), from.Port()), buf[:m])
+		n.demux(from, buf[:m])
 	}
 }
 

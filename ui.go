@@ -1,0 +1,283 @@
+// The line UI: one command or message per line on stdin, one result or
+// event per line on stdout, equally for a person at a terminal and for a
+// script on a pipe.
+//
+// Flow: main's loop reads a line and calls ui.handleLine, which parses it
+// into a command and calls the app (chat, sessions, DHT). Results print as
+// lines that start with a keyword; events from the chat core arrive on other
+// goroutines and print through the same mutex, so lines never interleave.
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"strings"
+	"sync"
+	"time"
+	"unicode"
+)
+
+// maxLine bounds a typed line: a 4 KiB message plus the command and name.
+const maxLine = 4096 + 256
+
+// ui prints to out and remembers the current /to target.
+type ui struct {
+	app *app
+
+	mu  sync.Mutex
+	out io.Writer
+	to  string // the contact plain lines go to; "" until /to
+	now func() time.Time
+}
+
+// printf writes one line; safe for concurrent use.
+func (u *ui) printf(format string, args ...any) {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	fmt.Fprintf(u.out, format+"\n", args...)
+}
+
+// Write lets the DHT's command writer share the mutex.
+func (u *ui) Write(p []byte) (int, error) {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	return u.out.Write(p)
+}
+
+// errQuit is returned by handleLine for /quit.
+var errQuit = fmt.Errorf("ui: quit")
+
+type command struct {
+	name  string
+	usage string
+	help  string
+	run   func(u *ui, ctx context.Context, rest string) error
+}
+
+var commands []command
+
+func init() {
+	commands = []command{
+		{"/help", "/help", "list the commands", (*ui).cmdHelp},
+		{"/id", "/id", "print your key, to give to others", (*ui).cmdID},
+		{"/add", "/add NAME KEY", "add a contact by their key", (*ui).cmdAdd},
+		{"/remove", "/remove NAME", "remove a contact", (*ui).cmdRemove},
+		{"/contacts", "/contacts", "list contacts, online or offline, last seen", (*ui).cmdContacts},
+		{"/msg", "/msg NAME TEXT", "send a message", (*ui).cmdMsg},
+		{"/to", "/to NAME", "send plain lines to NAME from now on", (*ui).cmdTo},
+		{"/verify", "/verify NAME", "a safety code to compare with NAME aloud", (*ui).cmdVerify},
+		{"/status", "/status", "your node, the DHT and the sessions", (*ui).cmdStatus},
+		{"/dht", "/dht status|ping|find_node|get_peers|announce|put|get|mput|mget ...", "talk to the DHT directly", (*ui).cmdDHT},
+		{"/quit", "/quit", "save and exit", func(*ui, context.Context, string) error { return errQuit }},
+	}
+}
+
+// handleLine runs one line. It returns errQuit for /quit; every other
+// problem is printed as an "error" line and the UI carries on.
+func (u *ui) handleLine(ctx context.Context, line string) error {
+	line = strings.TrimRight(line, "\r\n")
+	if strings.TrimSpace(line) == "" {
+		return nil
+	}
+	if !strings.HasPrefix(line, "/") {
+		if u.to == "" {
+			u.printf("error no recipient: use /to NAME or /msg NAME TEXT")
+			return nil
+		}
+		return u.sendText(ctx, u.to, line)
+	}
+	name, rest, _ := strings.Cut(line, " ")
+	for _, c := range commands {
+		if c.name == name {
+			err := c.run(u, ctx, strings.TrimSpace(rest))
+			if err == errQuit {
+				return err
+			}
+			if err != nil {
+				u.printf("error %v", err)
+			}
+			return nil
+		}
+	}
+	u.printf("error unknown command %q: try /help", name)
+	return nil
+}
+
+func (u *ui) cmdHelp(_ context.Context, _ string) error {
+	for _, c := range commands {
+		u.printf("help %-24s %s", c.usage, c.help)
+	}
+	return nil
+}
+
+func (u *ui) cmdID(_ context.Context, _ string) error {
+	u.printf("id %s", u.app.id.public())
+	return nil
+}
+
+// words splits rest into exactly n fields, the last taking the remainder.
+func words(rest string, n int, usage string) ([]string, error) {
+	f := strings.SplitN(rest, " ", n)
+	if len(f) != n {
+		return nil, fmt.Errorf("usage: %s", usage)
+	}
+	for i := range f {
+		f[i] = strings.TrimSpace(f[i])
+		if f[i] == "" {
+			return nil, fmt.Errorf("usage: %s", usage)
+		}
+	}
+	return f, nil
+}
+
+func (u *ui) cmdAdd(_ context.Context, rest string) error {
+	f, err := words(rest, 2, "/add NAME KEY")
+	if err != nil {
+		return err
+	}
+	key, err := parsePublicKey(f[1])
+	if err != nil {
+		return err
+	}
+	if err := u.app.addContact(f[0], key); err != nil {
+		return err
+	}
+	u.printf("* added %s", f[0])
+	return nil
+}
+
+func (u *ui) cmdRemove(_ context.Context, rest string) error {
+	f, err := words(rest, 1, "/remove NAME")
+	if err != nil {
+		return err
+	}
+	if err := u.app.removeContact(f[0]); err != nil {
+		return err
+	}
+	if u.to == f[0] {
+		u.to = ""
+	}
+	u.printf("* removed %s", f[0])
+	return nil
+}
+
+func (u *ui) cmdMsg(ctx context.Context, rest string) error {
+	f, err := words(rest, 2, "/msg NAME TEXT")
+	if err != nil {
+		return err
+	}
+	return u.sendText(ctx, f[0], f[1])
+}
+
+func (u *ui) cmdTo(_ context.Context, rest string) error {
+	f, err := words(rest, 1, "/to NAME")
+	if err != nil {
+		return err
+	}
+	if !u.app.hasContact(f[0]) {
+		return fmt.Errorf("no contact %q", f[0])
+	}
+	u.to = f[0]
+	u.printf("* to %s", f[0])
+	return nil
+}
+
+func (u *ui) cmdDHT(ctx context.Context, rest string) error {
+	args := strings.Fields(rest)
+	if len(args) == 0 {
+		return fmt.Errorf("usage: /dht status|ping|find_node|get_peers|announce|put|get|mput|mget ...")
+	}
+	// put and mput take free text: keep its spaces.
+	switch args[0] {
+	case "put":
+		_, text, _ := strings.Cut(rest, " ")
+		args = []string{"put", strings.TrimSpace(text)}
+	case "mput":
+		f := strings.SplitN(rest, " ", 4)
+		if len(f) == 4 {
+			args = f
+		}
+	}
+	u.app.dht.command(ctx, args, u)
+	return nil
+}
+
+// sendText queues text for name. The message is durable in the outbox
+// before "* queued" prints.
+func (u *ui) sendText(ctx context.Context, name, text string) error {
+	if _, err := u.app.chat.send(ctx, name, text); err != nil {
+		return err
+	}
+	return nil
+}
+
+func (u *ui) cmdContacts(_ context.Context, _ string) error {
+	list := u.app.chat.contactList()
+	for _, c := range list {
+		state, addr := "offline", "-"
+		if c.Online {
+			state, addr = "online", c.Addr.String()
+		}
+		seen := "never"
+		if !c.LastSeen.IsZero() {
+			seen = c.LastSeen.Format(time.RFC3339)
+		}
+		u.printf("contact %s %s %s last-seen %s outbox %d key %s", c.Name, state, addr, seen, c.Outbox, c.Key)
+	}
+	u.printf("done %d contacts", len(list))
+	return nil
+}
+
+func (u *ui) cmdVerify(_ context.Context, rest string) error {
+	f, err := words(rest, 1, "/verify NAME")
+	if err != nil {
+		return err
+	}
+	code, err := u.app.chat.verifyCode(f[0])
+	if err != nil {
+		return err
+	}
+	u.printf("verify %s %s", f[0], code)
+	return nil
+}
+
+func (u *ui) cmdStatus(ctx context.Context, _ string) error {
+	u.printf("status %s listening %s", u.app.id.public(), u.app.node.LocalAddr())
+	u.app.dht.command(ctx, []string{"status"}, u)
+	online := 0
+	list := u.app.chat.contactList()
+	for _, c := range list {
+		if c.Online {
+			online++
+		}
+	}
+	u.printf("contacts %d online of %d", online, len(list))
+	return nil
+}
+
+// event prints a chat event. It must not block: it runs on the chat core's
+// goroutines (see chatConfig.Event).
+func (u *ui) event(e chatEvent) {
+	switch e.Kind {
+	case eventMessage:
+		u.printf("[%s] <%s> %s", e.Time.Format("15:04"), e.Contact, printable(e.Text))
+	case eventQueued, eventDelivered:
+		u.printf("* %s %s %d", e.Kind, e.Contact, e.MsgID)
+	case eventOnline, eventMoved:
+		u.printf("* %s %s %s", e.Kind, e.Contact, e.Addr)
+	case eventOffline:
+		u.printf("* offline %s", e.Contact)
+	}
+}
+
+// printable replaces control characters, so a contact's text cannot break
+// a line or forge an event line on a script's stdout.
+func printable(s string) string {
+	return strings.Map(func(r rune) rune {
+		if unicode.IsControl(r) {
+			return '\uFFFD'
+		}
+		return r
+	}, s)
+}
