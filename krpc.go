@@ -716,8 +716,11 @@ func (p *krpcParse) readPut(a *krpcArgs) error {
 	}
 	a.V = f.raw(argV)
 	if !f.has(argK) {
+		// Immutable. sig, seq, salt and cas mean nothing here and are
+		// ignored like unknown keys: anacrolix/dht sends "seq": 0 with
+		// its immutable puts, and refusing them would split the network.
 		if f.found&(1<<argSig|1<<argSeq|1<<argSalt|1<<argCAS) != 0 {
-			return fmt.Errorf("sig, seq, salt or cas without k: %w", errKRPCValue)
+			p.ignored = true
 		}
 		return nil
 	}

@@ -197,7 +197,12 @@ func TestParseKRPC(t *testing.T) {
 		{"bad ip in query", "d1:ad2:id" + id20 + "e2:ip3:abc1:q4:ping1:t2:aa1:y1:qe", nil, errKRPCCompact, true},
 		{"want not list", "d1:ad2:id" + id20 + "6:target" + id20 + "4:want2:n4e1:q9:find_node1:t2:aa1:y1:qe", nil, errKRPCType, true},
 		{"put without v", "d1:ad2:id" + id20 + "5:token2:tke1:q3:put1:t2:aa1:y1:qe", nil, errKRPCMissing, true},
-		{"put sig without k", "d1:ad2:id" + id20 + "3:sig64:" + strings.Repeat("s", 64) + "5:token2:tk1:vi1ee1:q3:put1:t2:aa1:y1:qe", nil, errKRPCValue, true},
+		// Without k a put is immutable: sig, seq, salt and cas are ignored
+		// (anacrolix sends "seq": 0 with immutable puts).
+		{"put sig without k", "d1:ad2:id" + id20 + "3:sig64:" + strings.Repeat("s", 64) + "5:token2:tk1:vi1ee1:q3:put1:t2:aa1:y1:qe",
+			&krpcMsg{TID: []byte("aa"), Type: 'q', Method: methodPut, Args: krpcArgs{ID: abc, Token: []byte("tk"), V: []byte("i1e")}}, nil, false},
+		{"immutable put with seq 0", "d1:ad2:id" + id20 + "3:seqi0e5:token2:tk1:vi1ee1:q3:put1:t2:aa1:y1:qe",
+			&krpcMsg{TID: []byte("aa"), Type: 'q', Method: methodPut, Args: krpcArgs{ID: abc, Token: []byte("tk"), V: []byte("i1e")}}, nil, false},
 		{"put k without sig", "d1:ad2:id" + id20 + "1:k32:" + strings.Repeat("k", 32) + "3:seqi1e5:token2:tk1:vi1ee1:q3:put1:t2:aa1:y1:qe", nil, errKRPCMissing, true},
 		{"put negative seq", "d1:ad2:id" + id20 + "1:k32:" + strings.Repeat("k", 32) + "3:seqi-1e3:sig64:" + strings.Repeat("s", 64) + "5:token2:tk1:vi1ee1:q3:put1:t2:aa1:y1:qe", nil, errKRPCValue, true},
 		{"token too long", "d1:ad2:id" + id20 + "5:token65:" + strings.Repeat("t", 65) + "1:vi1ee1:q3:put1:t2:aa1:y1:qe", nil, errKRPCSize, true},
