@@ -14,7 +14,9 @@
 package main
 
 import (
+	"context"
 	"crypto/hmac"
+	cryptorand "crypto/rand"
 	"crypto/sha256"
 	"crypto/sha512"
 	"crypto/subtle"
@@ -22,9 +24,13 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"math/big"
+	"net/netip"
 	"strconv"
 	"strings"
+	"sync"
+	"time"
 
 	"golang.org/x/crypto/chacha20poly1305"
 	"golang.org/x/crypto/hkdf"
@@ -487,6 +493,564 @@ func openKey(key [chacha20poly1305.KeySize]byte, ad []byte, sealed [inviteSealed
 		return publicKey{}, fmt.Errorf("%w: low-order key", errInviteAuth)
 	}
 	return pk, nil
+}
+
+// ---------------------------------------------------------------------------
+// The protocol state (SPEC.md 7.7): timers and limits, the inviter's
+// invitations and sessions, the acceptor's runs.
+
+const (
+	inviteLifetime       = 10 * time.Minute // a code is dead after this
+	inviteMaxAttempts    = 3                // PAKE runs (msg1 with a new sid) per code
+	inviteMaxSessions    = 8                // inviter sessions in flight, all codes together
+	inviteMaxActive      = 4                // open invitations per inviter
+	inviteMaxAccepts     = 4                // acceptor runs, lingering ones included
+	inviteMaxCandidates  = 8                // addresses an acceptor sends msg1 to
+	inviteRetry          = time.Second      // retransmission tick
+	inviteSessionTimeout = 30 * time.Second // the inviter waits this long for msg3
+	inviteAcceptTimeout  = 30 * time.Second // the acceptor waits this long for msg2
+	inviteLinger         = 30 * time.Second // a finished run still answers repeats
+	inviteLookupTicks    = 5                // get_peers again every 5 ticks
+	inviteAnnounceTicks  = 5                // announce again every 5 ticks until stored
+)
+
+// Errors the caller can branch on; each says what a person should do.
+var (
+	errInviteBusy      = errors.New("invite: too many invitations in progress")
+	errInviteWrongCode = errors.New("invite: wrong code: the other side has a different code (check it and try again)")
+	errInviteNoAnswer  = errors.New("invite: nobody answered at this code's nameplate (is the inviter online and the code fresh?)")
+	errInviteExpired   = errors.New("invite: the code expired; make a new invitation")
+	errInviteUsedUp    = errors.New("invite: the code was tried 3 times without success; make a new invitation")
+)
+
+// inviteConfig is what an inviter needs from the Node and the DHT.
+type inviteConfig struct {
+	Self     publicKey
+	Send     func(to netip.AddrPort, b []byte) error
+	Announce func(ctx context.Context, ih nodeID) (int, error)
+	GetPeers func(ctx context.Context, ih nodeID) ([]netip.AddrPort, error)
+	Now      func() time.Time
+	Rand     io.Reader
+	Log      *slog.Logger
+	Tick     time.Duration // retransmission tick; 0 means inviteRetry (tests shorten it)
+}
+
+// inviteResult is what an invitation ends with: the acceptor's key or why not.
+type inviteResult struct {
+	Key publicKey
+	Err error
+}
+
+// inviter runs both roles of the invitation protocol for one Node. It is
+// safe for concurrent use; handlePacket never blocks on the network.
+type inviter struct {
+	cfg inviteConfig
+
+	mu       sync.Mutex
+	invites  map[uint16]*invitation                // inviter role, by nameplate
+	sessions map[[inviteSIDLen]byte]*inviteSession // inviter role, by sid
+	accepts  map[[inviteSIDLen]byte]*acceptRun     // acceptor role, by sid
+}
+
+// invitation is one code the user handed out.
+type invitation struct {
+	nameplate uint16
+	prs       []byte // the canonical code text: CPace's PRS
+	expires   time.Time
+	attempts  int // msg1s with a new sid, each one password guess
+	failures  int // sessions that ended without success
+	done      chan inviteResult
+	over      bool
+}
+
+// inviteSession is the inviter's side of one PAKE run, after msg2.
+type inviteSession struct {
+	inv     *invitation
+	peer    netip.AddrPort
+	ya      [inviteYLen]byte // as received, to recognise a repeated msg1
+	msg2    []byte
+	keys    inviteKeys
+	started time.Time
+}
+
+// acceptRun is the acceptor's side: one sid and one ya for every inviter
+// found at the nameplate.
+type acceptRun struct {
+	sid       [inviteSIDLen]byte
+	nameplate uint16
+	prs       []byte
+	y         [cpaceFieldBytes]byte // the scalar ya
+	ya        [inviteYLen]byte      // the share Ya
+	msg1      []byte
+	cands     map[netip.AddrPort]bool // address -> failed
+	result    chan inviteResult
+	msg3      []byte
+	msg3To    netip.AddrPort
+	over      bool
+	lingerTo  time.Time
+}
+
+// newInviter makes an inviter; nil Now, Rand and Log get the defaults.
+func newInviter(cfg inviteConfig) *inviter {
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	if cfg.Rand == nil {
+		cfg.Rand = cryptorand.Reader
+	}
+	if cfg.Log == nil {
+		cfg.Log = slog.New(slog.DiscardHandler)
+	}
+	if cfg.Tick <= 0 {
+		cfg.Tick = inviteRetry
+	}
+	return &inviter{
+		cfg:      cfg,
+		invites:  map[uint16]*invitation{},
+		sessions: map[[inviteSIDLen]byte]*inviteSession{},
+		accepts:  map[[inviteSIDLen]byte]*acceptRun{},
+	}
+}
+
+func (v *inviter) send(to netip.AddrPort, b []byte) {
+	if err := v.cfg.Send(to, b); err != nil {
+		v.cfg.Log.Debug("invite: send", "to", to, "err", err)
+	}
+}
+
+// handlePacket takes one datagram whose first byte is packetInvite.
+// Anything that does not parse or authenticate is dropped silently.
+func (v *inviter) handlePacket(from netip.AddrPort, b []byte) {
+	m, err := parseInvite(b)
+	if err != nil {
+		v.cfg.Log.Debug("invite: drop", "from", from, "err", err)
+		return
+	}
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	switch m.Sub {
+	case inviteSubMsg1:
+		v.onMsg1(from, &m)
+	case inviteSubMsg2:
+		v.onMsg2(from, &m)
+	case inviteSubMsg3:
+		v.onMsg3(from, &m)
+	case inviteSubAbort:
+		v.onAbort(from, &m)
+	}
+}
+
+// ---------------------------------------------------------------------------
+// Inviter role.
+
+// invite starts an invitation and returns the code at once; the peer's
+// key (or the reason there is none) arrives on done, once.
+func (v *inviter) invite(ctx context.Context) (code string, done <-chan inviteResult, err error) {
+	for range 16 { // a nameplate this inviter already uses is drawn again
+		np, pw, err := newInviteCode(v.cfg.Rand)
+		if err != nil {
+			return "", nil, err
+		}
+		code, done, err = v.inviteWith(ctx, np, pw)
+		if err == nil || errors.Is(err, errInviteBusy) {
+			return code, done, err
+		}
+	}
+	return "", nil, errors.New("invite: no free nameplate")
+}
+
+var errInviteNameplateTaken = errors.New("invite: nameplate in use")
+
+// inviteWith starts an invitation with a given code (tests use it to put
+// two invitations on one nameplate).
+func (v *inviter) inviteWith(ctx context.Context, np uint16, password string) (string, <-chan inviteResult, error) {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	if len(v.invites) >= inviteMaxActive {
+		return "", nil, errInviteBusy
+	}
+	if v.invites[np] != nil {
+		return "", nil, errInviteNameplateTaken
+	}
+	code := formatInviteCode(np, password)
+	inv := &invitation{nameplate: np, prs: []byte(code), expires: v.cfg.Now().Add(inviteLifetime), done: make(chan inviteResult, 1)}
+	v.invites[np] = inv
+	go v.runInvite(ctx, inv)
+	return code, inv.done, nil
+}
+
+// runInvite announces the nameplate and drives the invitation's timers
+// until it is over.
+func (v *inviter) runInvite(ctx context.Context, inv *invitation) {
+	actx, cancel := context.WithCancel(ctx)
+	var wg sync.WaitGroup
+	wg.Go(func() { v.announceLoop(actx, inviteInfohash(inv.nameplate)) })
+	defer wg.Wait()
+	defer cancel()
+	tick := time.NewTicker(v.cfg.Tick)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			v.mu.Lock()
+			v.finish(inv, inviteResult{Err: fmt.Errorf("invite: %w", ctx.Err())})
+			v.mu.Unlock()
+			return
+		case <-tick.C:
+		}
+		if v.tickInvite(inv) {
+			return
+		}
+	}
+}
+
+// announceLoop announces until one DHT node has stored the announce.
+func (v *inviter) announceLoop(ctx context.Context, ih nodeID) {
+	for {
+		n, err := v.cfg.Announce(ctx, ih)
+		if err == nil && n > 0 {
+			return
+		}
+		v.cfg.Log.Debug("invite: announce", "stored", n, "err", err)
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(inviteAnnounceTicks * v.cfg.Tick):
+		}
+	}
+}
+
+// tickInvite expires the invitation and its sessions, and repeats msg2
+// to sessions still waiting for msg3 (the acceptor may have lost it, or
+// we may have lost msg3). It reports whether the invitation is over.
+func (v *inviter) tickInvite(inv *invitation) bool {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	now := v.cfg.Now()
+	if !inv.over && !now.Before(inv.expires) {
+		v.finish(inv, inviteResult{Err: errInviteExpired})
+	}
+	if inv.over {
+		return true
+	}
+	for sid, s := range v.sessions {
+		switch {
+		case s.inv != inv:
+		case now.Sub(s.started) >= inviteSessionTimeout:
+			v.failSession(sid, s, "no msg3")
+		default:
+			v.send(s.peer, s.msg2)
+		}
+	}
+	return inv.over
+}
+
+// onMsg1 answers a new PAKE run with msg2, or repeats msg2 for a known one.
+func (v *inviter) onMsg1(from netip.AddrPort, m *inviteMsg) {
+	if s := v.sessions[m.SID]; s != nil {
+		if s.peer == from && s.ya == m.Y {
+			v.send(from, s.msg2)
+		}
+		return
+	}
+	inv := v.invites[m.Nameplate]
+	switch {
+	case inv == nil || inv.over:
+		return
+	case inv.attempts >= inviteMaxAttempts:
+		v.cfg.Log.Debug("invite: attempt cap", "nameplate", m.Nameplate, "from", from)
+		return
+	case len(v.sessions) >= inviteMaxSessions:
+		v.cfg.Log.Debug("invite: session cap", "from", from)
+		return
+	}
+	s, err := v.respond(inv, from, m)
+	if err != nil { // a low-order Ya: nothing computed, no guess spent
+		v.cfg.Log.Debug("invite: msg1", "from", from, "err", err)
+		return
+	}
+	inv.attempts++
+	v.sessions[m.SID] = s
+	v.send(from, s.msg2)
+}
+
+// respond is CPace's party B: Yb = yb*g, K = yb*Ya, ISK, then msg2.
+func (v *inviter) respond(inv *invitation, from netip.AddrPort, m *inviteMsg) (*inviteSession, error) {
+	var yb [cpaceFieldBytes]byte
+	defer wipe(yb[:])
+	if _, err := io.ReadFull(v.cfg.Rand, yb[:]); err != nil {
+		return nil, fmt.Errorf("invite: random scalar: %w", err)
+	}
+	g := cpaceCalculateGenerator(inv.prs, []byte(inviteCI), m.SID[:])
+	Yb, err := cpaceScalarMultVfy(yb, g)
+	if err != nil {
+		return nil, err
+	}
+	k, err := cpaceScalarMultVfy(yb, m.Y)
+	if err != nil {
+		return nil, err
+	}
+	isk := cpaceISK(m.SID[:], k[:], m.Y[:], inviteADa, Yb[:], inviteADb)
+	wipe(k[:])
+	keys := deriveInviteKeys(m.SID[:], isk, m.Y[:], Yb[:])
+	wipe(isk[:])
+	r := inviteMsg{Sub: inviteSubMsg2, SID: m.SID, Y: Yb, Tag: keys.tagB}
+	r.Sealed = sealKey(keys.sealInviter, r.sealedAD(), v.cfg.Self)
+	return &inviteSession{inv: inv, peer: from, ya: m.Y, msg2: r.encode(), keys: keys, started: v.cfg.Now()}, nil
+}
+
+// onMsg3 ends the invitation with the acceptor's key. A msg3 that does
+// not authenticate is dropped, not counted: a repeat may still come.
+func (v *inviter) onMsg3(from netip.AddrPort, m *inviteMsg) {
+	s := v.sessions[m.SID]
+	if s == nil || s.peer != from {
+		return
+	}
+	if !hmac.Equal(s.keys.tagA[:], m.Tag[:]) {
+		v.cfg.Log.Debug("invite: msg3 tag", "from", from)
+		return
+	}
+	pk, err := openKey(s.keys.sealAcc, m.sealedAD(), m.Sealed)
+	if err != nil {
+		v.cfg.Log.Debug("invite: msg3", "from", from, "err", err)
+		return
+	}
+	v.finish(s.inv, inviteResult{Key: pk})
+}
+
+// onAbort ends a session whose acceptor found our msg2 wrong.
+func (v *inviter) onAbort(from netip.AddrPort, m *inviteMsg) {
+	if s := v.sessions[m.SID]; s != nil && s.peer == from {
+		v.failSession(m.SID, s, "aborted by the acceptor")
+	}
+}
+
+// failSession ends one PAKE run; the third failure kills the code.
+func (v *inviter) failSession(sid [inviteSIDLen]byte, s *inviteSession, why string) {
+	v.cfg.Log.Debug("invite: session failed", "peer", s.peer, "why", why)
+	delete(v.sessions, sid)
+	s.keys.wipe()
+	s.inv.failures++
+	if s.inv.failures >= inviteMaxAttempts {
+		v.finish(s.inv, inviteResult{Err: errInviteUsedUp})
+	}
+}
+
+// finish ends an invitation once: its sessions go, the result is sent.
+func (v *inviter) finish(inv *invitation, res inviteResult) {
+	if inv.over {
+		return
+	}
+	inv.over = true
+	delete(v.invites, inv.nameplate)
+	for sid, s := range v.sessions {
+		if s.inv == inv {
+			delete(v.sessions, sid)
+			s.keys.wipe()
+		}
+	}
+	inv.done <- res
+	close(inv.done)
+}
+
+// ---------------------------------------------------------------------------
+// Acceptor role.
+
+// accept runs the acceptor side with a code the user typed; it blocks
+// until success, failure or the end of ctx.
+func (v *inviter) accept(ctx context.Context, code string) (publicKey, error) {
+	np, pw, err := parseInviteCode(code)
+	if err != nil {
+		return publicKey{}, err
+	}
+	r, err := v.newAcceptRun(np, pw)
+	if err != nil {
+		return publicKey{}, err
+	}
+	lctx, cancel := context.WithCancel(ctx)
+	var wg sync.WaitGroup
+	wg.Go(func() { v.lookupLoop(lctx, r) })
+	defer wg.Wait()
+	defer cancel()
+	res := v.waitAccept(ctx, r)
+	v.endRun(r)
+	return res.Key, res.Err
+}
+
+// waitAccept repeats msg1 every tick until a result, the timeout or ctx.
+func (v *inviter) waitAccept(ctx context.Context, r *acceptRun) inviteResult {
+	deadline := v.cfg.Now().Add(inviteAcceptTimeout)
+	tick := time.NewTicker(v.cfg.Tick)
+	defer tick.Stop()
+	for {
+		select {
+		case res := <-r.result:
+			return res
+		case <-ctx.Done():
+			return inviteResult{Err: fmt.Errorf("invite: %w", ctx.Err())}
+		case <-tick.C:
+		}
+		v.mu.Lock()
+		for a, failed := range r.cands {
+			if !failed {
+				v.send(a, r.msg1)
+			}
+		}
+		v.mu.Unlock()
+		if !v.cfg.Now().Before(deadline) {
+			return inviteResult{Err: errInviteNoAnswer}
+		}
+	}
+}
+
+// newAcceptRun draws sid and ya, computes Ya and registers the run.
+func (v *inviter) newAcceptRun(np uint16, password string) (*acceptRun, error) {
+	r := &acceptRun{nameplate: np, prs: []byte(formatInviteCode(np, password)),
+		cands: map[netip.AddrPort]bool{}, result: make(chan inviteResult, 1)}
+	if _, err := io.ReadFull(v.cfg.Rand, r.sid[:]); err != nil {
+		return nil, fmt.Errorf("invite: random sid: %w", err)
+	}
+	if _, err := io.ReadFull(v.cfg.Rand, r.y[:]); err != nil {
+		return nil, fmt.Errorf("invite: random scalar: %w", err)
+	}
+	g := cpaceCalculateGenerator(r.prs, []byte(inviteCI), r.sid[:])
+	ya, err := cpaceScalarMultVfy(r.y, g)
+	if err != nil {
+		return nil, err
+	}
+	r.ya = ya
+	m := inviteMsg{Sub: inviteSubMsg1, SID: r.sid, Nameplate: np, Y: ya}
+	r.msg1 = m.encode()
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	now := v.cfg.Now()
+	for sid, old := range v.accepts {
+		if old.over && !now.Before(old.lingerTo) {
+			delete(v.accepts, sid)
+		}
+	}
+	if len(v.accepts) >= inviteMaxAccepts {
+		return nil, errInviteBusy
+	}
+	v.accepts[r.sid] = r
+	return r, nil
+}
+
+// lookupLoop asks the DHT for the nameplate's peers now and every few
+// ticks, and sends msg1 to each new one.
+func (v *inviter) lookupLoop(ctx context.Context, r *acceptRun) {
+	ih := inviteInfohash(r.nameplate)
+	for {
+		peers, err := v.cfg.GetPeers(ctx, ih)
+		if err != nil {
+			v.cfg.Log.Debug("invite: get_peers", "err", err)
+		}
+		v.addCandidates(r, peers)
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(inviteLookupTicks * v.cfg.Tick):
+		}
+	}
+}
+
+func (v *inviter) addCandidates(r *acceptRun, peers []netip.AddrPort) {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	for _, a := range peers {
+		if _, known := r.cands[a]; known || !a.IsValid() || r.over || len(r.cands) >= inviteMaxCandidates {
+			continue
+		}
+		r.cands[a] = false
+		v.send(a, r.msg1)
+	}
+}
+
+// endRun keeps a finished run for inviteLinger, so that a repeated msg2
+// still gets msg3 (or the abort) and nothing else; the scalar goes.
+func (v *inviter) endRun(r *acceptRun) {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	r.over = true
+	r.lingerTo = v.cfg.Now().Add(inviteLinger)
+	wipe(r.y[:])
+}
+
+// onMsg2 is CPace's party A receiving Yb: check the inviter's tag, open
+// its key, answer msg3. A wrong tag gets an abort; when every inviter
+// found at the nameplate has answered wrongly, the code is wrong.
+func (v *inviter) onMsg2(from netip.AddrPort, m *inviteMsg) {
+	r := v.accepts[m.SID]
+	if r == nil {
+		return
+	}
+	failed, known := r.cands[from]
+	switch {
+	case r.msg3 != nil:
+		if from == r.msg3To {
+			v.send(from, r.msg3) // the inviter lost our msg3
+		}
+		return
+	case !known:
+		return
+	case failed:
+		v.send(from, abortMsg(r.sid))
+		return
+	case r.over:
+		return
+	}
+	pk, msg3, err := r.answer(m, v.cfg.Self)
+	if err != nil {
+		v.cfg.Log.Debug("invite: msg2", "from", from, "err", err)
+		r.cands[from] = true
+		v.send(from, abortMsg(r.sid))
+		if r.allFailed() {
+			r.result <- inviteResult{Err: errInviteWrongCode}
+			r.over = true
+		}
+		return
+	}
+	r.msg3, r.msg3To = msg3, from
+	v.send(from, msg3)
+	r.result <- inviteResult{Key: pk}
+	r.over = true
+}
+
+func (r *acceptRun) allFailed() bool {
+	for _, failed := range r.cands {
+		if !failed {
+			return false
+		}
+	}
+	return true
+}
+
+func abortMsg(sid [inviteSIDLen]byte) []byte {
+	m := inviteMsg{Sub: inviteSubAbort, SID: sid}
+	return m.encode()
+}
+
+// answer computes K = ya*Yb and ISK, checks the tag and opens the key.
+func (r *acceptRun) answer(m *inviteMsg, self publicKey) (publicKey, []byte, error) {
+	k, err := cpaceScalarMultVfy(r.y, m.Y)
+	if err != nil {
+		return publicKey{}, nil, err
+	}
+	isk := cpaceISK(r.sid[:], k[:], r.ya[:], inviteADa, m.Y[:], inviteADb)
+	wipe(k[:])
+	keys := deriveInviteKeys(r.sid[:], isk, r.ya[:], m.Y[:])
+	wipe(isk[:])
+	defer keys.wipe()
+	if !hmac.Equal(keys.tagB[:], m.Tag[:]) {
+		return publicKey{}, nil, fmt.Errorf("%w: msg2 tag", errInviteAuth)
+	}
+	pk, err := openKey(keys.sealInviter, m.sealedAD(), m.Sealed)
+	if err != nil {
+		return publicKey{}, nil, err
+	}
+	out := inviteMsg{Sub: inviteSubMsg3, SID: r.sid, Tag: keys.tagA}
+	out.Sealed = sealKey(keys.sealAcc, out.sealedAD(), self)
+	return pk, out.encode(), nil
 }
 
 // The PGP word list, lowercased (SPEC.md 7.2): pgpEven for the first word,

@@ -239,3 +239,136 @@ func TestElligator2RFC9380(t *testing.T) {
 		t.Fatalf("checked %d vectors, want 5", n)
 	}
 }
+
+// ---------------------------------------------------------------------------
+// The code and the wire format.
+
+func TestParseInviteCode(t *testing.T) {
+	tests := []struct {
+		in      string
+		wantNP  uint16
+		wantPW  string
+		wantErr string // substring
+	}{
+		{in: "4821-tumor-unicorn", wantNP: 4821, wantPW: "tumor-unicorn"},
+		{in: "  0007-Aardvark-ADROITNESS ", wantNP: 7, wantPW: "aardvark-adroitness"},
+		{in: "9999 zulu yucatan", wantNP: 9999, wantPW: "zulu-yucatan"},
+		{in: "4821-tumor", wantErr: "has 2 parts"},
+		{in: "482-tumor-unicorn", wantErr: "4 digits"},
+		{in: "48a1-tumor-unicorn", wantErr: "4 digits"},
+		{in: "4821-tumor-uproar", wantErr: `did you mean`},
+		{in: "4821-tumr-unicorn", wantErr: `did you mean "tumor"`},
+		{in: "4821-unicorn-tumor", wantErr: "other position"},
+		{in: "", wantErr: "has 0 parts"},
+	}
+	for _, tt := range tests {
+		np, pw, err := parseInviteCode(tt.in)
+		if tt.wantErr != "" {
+			if err == nil || !strings.Contains(err.Error(), tt.wantErr) || np != 0 || pw != "" {
+				t.Errorf("parseInviteCode(%q) = %d, %q, %v; want error with %q", tt.in, np, pw, err, tt.wantErr)
+			}
+			continue
+		}
+		if err != nil || np != tt.wantNP || pw != tt.wantPW {
+			t.Errorf("parseInviteCode(%q) = %d, %q, %v; want %d, %q", tt.in, np, pw, err, tt.wantNP, tt.wantPW)
+		}
+	}
+}
+
+func TestNewInviteCode(t *testing.T) {
+	// 0xffff is rejected (>= 60000), then 0x1234 = 4660 is kept.
+	r := bytes.NewReader([]byte{0xff, 0xff, 0, 0, 0x12, 0x34, 0xec, 0xec})
+	np, pw, err := newInviteCode(r)
+	if err != nil || np != 4660 || pw != "tumor-unicorn" {
+		t.Fatalf("newInviteCode = %d, %q, %v", np, pw, err)
+	}
+	if got := formatInviteCode(np, pw); got != "4660-tumor-unicorn" {
+		t.Errorf("formatInviteCode = %q", got)
+	}
+	if _, _, err := newInviteCode(bytes.NewReader(nil)); err == nil {
+		t.Error("newInviteCode with no randomness succeeded")
+	}
+	for i := range 256 {
+		np, pw, err := parseInviteCode(formatInviteCode(uint16(i*39), pgpEven[i]+"-"+pgpOdd[255-i]))
+		if err != nil || np != uint16(i*39) || pw != pgpEven[i]+"-"+pgpOdd[255-i] {
+			t.Fatalf("word pair %d does not round-trip: %v", i, err)
+		}
+	}
+}
+
+// sampleInviteMsgs returns one message of each sub-type, encoded.
+func sampleInviteMsgs() [][]byte {
+	sid := [inviteSIDLen]byte{1, 2, 3, 4, 5, 6, 7, 8}
+	var y [inviteYLen]byte
+	y[0] = 9
+	var tag [inviteTagLen]byte
+	tag[63] = 0xaa
+	var sealed [inviteSealedLen]byte
+	sealed[0] = 0x55
+	ms := []inviteMsg{
+		{Sub: inviteSubMsg1, SID: sid, Nameplate: 4821, Y: y},
+		{Sub: inviteSubMsg2, SID: sid, Y: y, Tag: tag, Sealed: sealed},
+		{Sub: inviteSubMsg3, SID: sid, Tag: tag, Sealed: sealed},
+		{Sub: inviteSubAbort, SID: sid},
+	}
+	var out [][]byte
+	for _, m := range ms {
+		out = append(out, m.encode())
+	}
+	return out
+}
+
+func TestParseInvite(t *testing.T) {
+	wantLen := []int{inviteMsg1Len, inviteMsg2Len, inviteMsg3Len, inviteAbortLen}
+	for i, b := range sampleInviteMsgs() {
+		if len(b) != wantLen[i] {
+			t.Errorf("sub-type %d: %d bytes, want %d", i+1, len(b), wantLen[i])
+		}
+		m, err := parseInvite(b)
+		if err != nil || !bytes.Equal(m.encode(), b) {
+			t.Fatalf("parseInvite(%x) = %v; no round trip", b, err)
+		}
+		for n := range len(b) { // no strict prefix parses
+			if _, err := parseInvite(b[:n]); err == nil {
+				t.Errorf("prefix of %d bytes of sub-type %d parsed", n, i+1)
+			}
+		}
+		if _, err := parseInvite(append(bytes.Clone(b), 0)); err == nil {
+			t.Errorf("sub-type %d with a trailing byte parsed", i+1)
+		}
+	}
+	bad := []struct {
+		name string
+		b    []byte
+	}{
+		{"empty", nil},
+		{"krpc", []byte("d1:ad2:id20:aaaaaaaaaaaaaaaaaaaae1:q4:ping1:t2:aa1:y1:qe")},
+		{"session type", append([]byte{packetInitiation, 1}, make([]byte, 42)...)},
+		{"sub-type 0", append([]byte{packetInvite, 0}, make([]byte, 8)...)},
+		{"sub-type 5", append([]byte{packetInvite, 5}, make([]byte, 8)...)},
+		{"nameplate 10000", append(append([]byte{packetInvite, 1}, make([]byte, 8)...), append([]byte{0x27, 0x10}, make([]byte, 32)...)...)},
+	}
+	for _, tt := range bad {
+		if m, err := parseInvite(tt.b); err == nil || m != (inviteMsg{}) {
+			t.Errorf("parseInvite(%s) = %+v, %v; want error and zero", tt.name, m, err)
+		}
+	}
+}
+
+func FuzzInvite(f *testing.F) {
+	for _, b := range sampleInviteMsgs() {
+		f.Add(b)
+	}
+	f.Fuzz(func(t *testing.T, b []byte) {
+		m, err := parseInvite(b)
+		if err != nil {
+			if m != (inviteMsg{}) {
+				t.Fatalf("error %v with non-zero message", err)
+			}
+			return
+		}
+		if got := m.encode(); !bytes.Equal(got, b) {
+			t.Fatalf("round trip: %x -> %x", b, got)
+		}
+	})
+}
