@@ -2,14 +2,22 @@ package main
 
 import (
 	"bytes"
+	"context"
+	cryptorand "crypto/rand"
 	"crypto/sha512"
 	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"math/big"
+	"net"
+	"net/netip"
 	"os"
 	"regexp"
+	"slices"
 	"strings"
+	"sync"
 	"testing"
+	"time"
 )
 
 // cpaceVectors is the CPACE-X25519-SHA512 part of the draft's vector file.
@@ -371,4 +379,232 @@ func FuzzInvite(f *testing.F) {
 			t.Fatalf("round trip: %x -> %x", b, got)
 		}
 	})
+}
+
+// ---------------------------------------------------------------------------
+// Harness: inviters on real UDP sockets, a map for the DHT.
+
+const testInviteTick = 5 * time.Millisecond
+
+// mapDHT stands in for the DHT: announce stores the announcer's address.
+type mapDHT struct {
+	mu    sync.Mutex
+	peers map[nodeID][]netip.AddrPort
+}
+
+func newMapDHT() *mapDHT { return &mapDHT{peers: map[nodeID][]netip.AddrPort{}} }
+
+func (d *mapDHT) announcer(self netip.AddrPort) func(context.Context, nodeID) (int, error) {
+	return func(_ context.Context, ih nodeID) (int, error) {
+		d.mu.Lock()
+		defer d.mu.Unlock()
+		d.peers[ih] = append(d.peers[ih], self)
+		return 1, nil
+	}
+}
+
+func (d *mapDHT) getPeers(_ context.Context, ih nodeID) ([]netip.AddrPort, error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return slices.Clone(d.peers[ih]), nil
+}
+
+// invitePeer is one inviter with its own UDP socket and a read loop.
+type invitePeer struct {
+	v    *inviter
+	key  publicKey
+	addr netip.AddrPort
+
+	mu   sync.Mutex
+	sent [][]byte // every datagram sent, after tampering
+}
+
+// inviteTamper may change or drop (nil) an outgoing datagram.
+type inviteTamper func(b []byte) []byte
+
+func newInvitePeer(t *testing.T, d *mapDHT, tamper inviteTamper, tweak func(*inviteConfig)) *invitePeer {
+	t.Helper()
+	conn, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	kp, err := generateKeyPair(cryptorand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := &invitePeer{key: kp.pub, addr: conn.LocalAddr().(*net.UDPAddr).AddrPort()}
+	cfg := inviteConfig{
+		Self: p.key,
+		Send: func(to netip.AddrPort, b []byte) error {
+			b = bytes.Clone(b)
+			if tamper != nil {
+				if b = tamper(b); b == nil {
+					return nil
+				}
+			}
+			p.mu.Lock()
+			p.sent = append(p.sent, b)
+			p.mu.Unlock()
+			_, err := conn.WriteToUDPAddrPort(b, to)
+			return err
+		},
+		Tick: testInviteTick,
+	}
+	if d != nil {
+		cfg.Announce, cfg.GetPeers = d.announcer(p.addr), d.getPeers
+	}
+	if tweak != nil {
+		tweak(&cfg)
+	}
+	p.v = newInviter(cfg)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		buf := make([]byte, maxDatagram)
+		for {
+			n, from, err := conn.ReadFromUDPAddrPort(buf)
+			if err != nil {
+				return
+			}
+			if n > 0 && buf[0] == packetInvite {
+				p.v.handlePacket(from, buf[:n])
+			}
+		}
+	}()
+	t.Cleanup(func() {
+		conn.Close()
+		<-done
+	})
+	return p
+}
+
+// leaked reports whether any datagram p sent contains one of the keys in
+// the clear.
+func (p *invitePeer) leaked(keys ...publicKey) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for _, b := range p.sent {
+		for _, k := range keys {
+			if bytes.Contains(b, k[:]) {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// state reads an invitation's counters under the lock.
+func (v *inviter) testState(np uint16) (attempts, failures int, open bool) {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	inv := v.invites[np]
+	if inv == nil {
+		return 0, 0, false
+	}
+	return inv.attempts, inv.failures, true
+}
+
+func invCtx(t *testing.T, d time.Duration) context.Context {
+	ctx, cancel := context.WithTimeout(context.Background(), d)
+	t.Cleanup(cancel)
+	return ctx
+}
+
+func recvResult(t *testing.T, done <-chan inviteResult) inviteResult {
+	t.Helper()
+	select {
+	case r := <-done:
+		return r
+	case <-time.After(2 * time.Second):
+		t.Fatal("no invitation result in 2 s")
+	}
+	return inviteResult{}
+}
+
+// TestInviteEndToEnd runs two pairs at once on one nameplate over real
+// UDP: each acceptor also reaches the other pair's inviter, with the
+// wrong password, and neither pair is disturbed.
+func TestInviteEndToEnd(t *testing.T) {
+	d := newMapDHT()
+	a, b := newInvitePeer(t, d, nil, nil), newInvitePeer(t, d, nil, nil)
+	c, e := newInvitePeer(t, d, nil, nil), newInvitePeer(t, d, nil, nil)
+	ctx := invCtx(t, 5*time.Second)
+	codeA, doneA, err := a.v.invite(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	np, _, err := parseInviteCode(codeA)
+	if err != nil {
+		t.Fatalf("invite made an unparsable code %q: %v", codeA, err)
+	}
+	codeC, doneC, err := c.v.inviteWith(ctx, np, "zulu-yucatan")
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "both announces", func() bool { p, _ := d.getPeers(ctx, inviteInfohash(np)); return len(p) == 2 })
+	type res struct {
+		k   publicKey
+		err error
+	}
+	got := make(chan res, 2)
+	for _, x := range []struct {
+		p    *invitePeer
+		code string
+	}{{b, codeA}, {e, codeC}} {
+		go func() { k, err := x.p.v.accept(ctx, x.code); got <- res{k, err} }()
+	}
+	for range 2 {
+		r := <-got
+		if r.err != nil || (r.k != a.key && r.k != c.key) {
+			t.Fatalf("accept = %v, %v", r.k, r.err)
+		}
+	}
+	if r := recvResult(t, doneA); r.Err != nil || r.Key != b.key {
+		t.Errorf("inviter A got %v, %v; want B's key", r.Key, r.Err)
+	}
+	if r := recvResult(t, doneC); r.Err != nil || r.Key != e.key {
+		t.Errorf("inviter C got %v, %v; want E's key", r.Key, r.Err)
+	}
+	for _, p := range []*invitePeer{a, b, c, e} {
+		if p.leaked(a.key, b.key, c.key, e.key) {
+			t.Error("a public key was sent in the clear")
+		}
+	}
+}
+
+// TestInviteWrongCode: a wrong password fails at once on the acceptor and
+// costs the inviter one of its 3 attempts; the third kills the code.
+func TestInviteWrongCode(t *testing.T) {
+	d := newMapDHT()
+	a, b := newInvitePeer(t, d, nil, nil), newInvitePeer(t, d, nil, nil)
+	ctx := invCtx(t, 5*time.Second)
+	code, done, err := a.v.invite(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	np, pw, _ := parseInviteCode(code)
+	wrong := formatInviteCode(np, "zulu-"+pgpOdd[0])
+	if pw == "zulu-"+pgpOdd[0] {
+		wrong = formatInviteCode(np, "aardvark-"+pgpOdd[1])
+	}
+	waitFor(t, "announce", func() bool { p, _ := d.getPeers(ctx, inviteInfohash(np)); return len(p) == 1 })
+	for i := 1; i <= inviteMaxAttempts; i++ {
+		k, err := b.v.accept(ctx, wrong)
+		if !errors.Is(err, errInviteWrongCode) || k != (publicKey{}) {
+			t.Fatalf("attempt %d: accept = %v, %v; want %v", i, k, err, errInviteWrongCode)
+		}
+		if i < inviteMaxAttempts {
+			waitFor(t, "the abort", func() bool { _, f, open := a.v.testState(np); return f == i && open })
+		}
+	}
+	if r := recvResult(t, done); !errors.Is(r.Err, errInviteUsedUp) || r.Key != (publicKey{}) {
+		t.Fatalf("inviter got %v, %v; want %v", r.Key, r.Err, errInviteUsedUp)
+	}
+	// The dead code stays dead, even with the right password.
+	if _, err := b.v.accept(invCtx(t, 100*time.Millisecond), code); !errors.Is(err, context.DeadlineExceeded) {
+		t.Errorf("accept on a dead code = %v, want a timeout", err)
+	}
+	if a.leaked(a.key, b.key) || b.leaked(a.key, b.key) {
+		t.Error("a public key was sent in the clear")
+	}
 }
