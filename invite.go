@@ -923,17 +923,32 @@ func (v *inviter) newAcceptRun(np uint16, password string) (*acceptRun, error) {
 	r.msg1 = m.encode()
 	v.mu.Lock()
 	defer v.mu.Unlock()
-	now := v.cfg.Now()
-	for sid, old := range v.accepts {
-		if old.over && !now.Before(old.lingerTo) {
-			delete(v.accepts, sid)
-		}
-	}
+	v.pruneAccepts()
 	if len(v.accepts) >= inviteMaxAccepts {
 		return nil, errInviteBusy
 	}
 	v.accepts[r.sid] = r
 	return r, nil
+}
+
+// pruneAccepts drops finished runs whose linger time is over and, if the
+// table is still full, the finished run that would linger least: lingering
+// only answers repeats, and a new run the user started matters more.
+func (v *inviter) pruneAccepts() {
+	now := v.cfg.Now()
+	var oldest *acceptRun
+	for sid, r := range v.accepts {
+		switch {
+		case !r.over:
+		case !now.Before(r.lingerTo):
+			delete(v.accepts, sid)
+		case oldest == nil || r.lingerTo.Before(oldest.lingerTo):
+			oldest = r
+		}
+	}
+	if len(v.accepts) >= inviteMaxAccepts && oldest != nil {
+		delete(v.accepts, oldest.sid)
+	}
 }
 
 // lookupLoop asks the DHT for the nameplate's peers now and every few

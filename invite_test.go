@@ -16,6 +16,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -606,5 +607,285 @@ func TestInviteWrongCode(t *testing.T) {
 	}
 	if a.leaked(a.key, b.key) || b.leaked(a.key, b.key) {
 		t.Error("a public key was sent in the clear")
+	}
+}
+
+// TestInviteTamper flips each byte of the first msg1, msg2 or msg3 of a
+// run. A flip in the header or the nameplate makes the packet unknown, so
+// the retransmission completes the run; a flip in msg1's Ya or in msg2's
+// Yb, tag or sealed key makes the code look wrong to the acceptor (it
+// cannot tell tampering from a typo); a bad msg3 is dropped and its
+// repeat completes the run. No flip ever yields a wrong key.
+func TestInviteTamper(t *testing.T) {
+	type tcase struct {
+		sub   byte
+		i     int
+		wrong bool // want errInviteWrongCode
+	}
+	// Every header and nameplate byte, every 7th byte after it, and the
+	// last byte of each field (under -race a case costs ~20 ms).
+	picked := func(i, body int, ends ...int) bool {
+		return i < body || (i-body)%7 == 0 || slices.Contains(ends, i+1)
+	}
+	var cases []tcase
+	for i := range inviteMsg1Len {
+		if picked(i, inviteNameplateOff+2, inviteMsg1Len) {
+			cases = append(cases, tcase{inviteSubMsg1, i, i >= inviteNameplateOff+2})
+		}
+	}
+	for i := range inviteMsg2Len {
+		if picked(i, inviteHeaderLen, inviteHeaderLen+inviteYLen, inviteMsg2Len-inviteSealedLen, inviteMsg2Len) {
+			cases = append(cases, tcase{inviteSubMsg2, i, i >= inviteHeaderLen})
+		}
+	}
+	for i := range inviteMsg3Len {
+		if picked(i, inviteHeaderLen, inviteHeaderLen+inviteTagLen, inviteMsg3Len) {
+			cases = append(cases, tcase{inviteSubMsg3, i, false})
+		}
+	}
+	for _, tc := range cases {
+		var once atomic.Bool
+		tamper := func(b []byte) []byte {
+			if b[1] == tc.sub && once.CompareAndSwap(false, true) {
+				b[tc.i] ^= 0x01
+			}
+			return b
+		}
+		d := newMapDHT()
+		a, b := newInvitePeer(t, d, tamper, nil), newInvitePeer(t, d, tamper, nil)
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		code, done, err := a.v.invite(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		k, err := b.v.accept(ctx, code)
+		switch {
+		case tc.wrong && (!errors.Is(err, errInviteWrongCode) || k != publicKey{}):
+			t.Errorf("msg%d byte %d flipped: accept = %v, %v; want %v", tc.sub, tc.i, k, err, errInviteWrongCode)
+		case !tc.wrong && (err != nil || k != a.key):
+			t.Errorf("msg%d byte %d flipped: accept = %v, %v; want A's key", tc.sub, tc.i, k, err)
+		}
+		if tc.wrong {
+			cancel()
+		}
+		r := recvResult(t, done)
+		if tc.wrong && r.Key != (publicKey{}) || !tc.wrong && (r.Err != nil || r.Key != b.key) {
+			t.Errorf("msg%d byte %d flipped: inviter got %v, %v", tc.sub, tc.i, r.Key, r.Err)
+		}
+		cancel()
+	}
+}
+
+// ---------------------------------------------------------------------------
+// Limits, with an injected clock and packets fed by hand.
+
+type invClock struct {
+	mu sync.Mutex
+	t  time.Time
+}
+
+func newInvClock() *invClock { return &invClock{t: time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)} }
+
+func (c *invClock) now() time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.t
+}
+
+func (c *invClock) advance(d time.Duration) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.t = c.t.Add(d)
+}
+
+// sendLog records what an inviter sends instead of sending it.
+type sendLog struct {
+	mu  sync.Mutex
+	out []netip.AddrPort
+	msg [][]byte
+}
+
+func (l *sendLog) send(to netip.AddrPort, b []byte) error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.out, l.msg = append(l.out, to), append(l.msg, bytes.Clone(b))
+	return nil
+}
+
+func (l *sendLog) count(sub byte) int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	n := 0
+	for _, b := range l.msg {
+		if b[1] == sub {
+			n++
+		}
+	}
+	return n
+}
+
+func newBareInviter(clock *invClock, log *sendLog, tick time.Duration) *inviter {
+	return newInviter(inviteConfig{
+		Send:     log.send,
+		Announce: func(context.Context, nodeID) (int, error) { return 1, nil },
+		GetPeers: func(context.Context, nodeID) ([]netip.AddrPort, error) { return nil, nil },
+		Now:      clock.now,
+		Tick:     tick,
+	})
+}
+
+// testMsg1 is a msg1 for nameplate np with session id sid and Ya = 9
+// (the base point: any point will do for an inviter that only answers).
+func testMsg1(np uint16, sid byte) []byte {
+	m := inviteMsg{Sub: inviteSubMsg1, Nameplate: np, SID: [inviteSIDLen]byte{sid}, Y: [inviteYLen]byte{9}}
+	return m.encode()
+}
+
+func testAddr(port uint16) netip.AddrPort {
+	return netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), port)
+}
+
+func TestInviteAttemptCap(t *testing.T) {
+	clock, log := newInvClock(), &sendLog{}
+	v := newBareInviter(clock, log, time.Hour)
+	ctx := invCtx(t, 2*time.Second)
+	if _, _, err := v.inviteWith(ctx, 1234, "tumor-unicorn"); err != nil {
+		t.Fatal(err)
+	}
+	low := inviteMsg{Sub: inviteSubMsg1, Nameplate: 1234, SID: [inviteSIDLen]byte{99}} // Ya = 0: low order
+	v.handlePacket(testAddr(1), low.encode())
+	if n, _, _ := v.testState(1234); n != 0 || log.count(inviteSubMsg2) != 0 {
+		t.Fatalf("a low-order Ya was answered or counted (%d attempts)", n)
+	}
+	for i := range inviteMaxAttempts + 1 {
+		v.handlePacket(testAddr(uint16(10+i)), testMsg1(1234, byte(i)))
+	}
+	if n, _, _ := v.testState(1234); n != inviteMaxAttempts || log.count(inviteSubMsg2) != inviteMaxAttempts {
+		t.Fatalf("%d attempts, %d msg2 sent; want %d", n, log.count(inviteSubMsg2), inviteMaxAttempts)
+	}
+	// A repeat of msg1 gets the same msg2 again; from elsewhere, nothing.
+	v.handlePacket(testAddr(10), testMsg1(1234, 0))
+	v.handlePacket(testAddr(11), testMsg1(1234, 0))
+	if got := log.count(inviteSubMsg2); got != inviteMaxAttempts+1 || !bytes.Equal(log.msg[0], log.msg[len(log.msg)-1]) {
+		t.Fatalf("after repeats: %d msg2 sent, last equal to first: %v", got, bytes.Equal(log.msg[0], log.msg[len(log.msg)-1]))
+	}
+	// Unknown nameplate: no answer.
+	v.handlePacket(testAddr(20), testMsg1(4321, 7))
+	if got := log.count(inviteSubMsg2); got != inviteMaxAttempts+1 {
+		t.Fatalf("a msg1 for an unknown nameplate was answered")
+	}
+}
+
+func TestInviteSessionCap(t *testing.T) {
+	clock, log := newInvClock(), &sendLog{}
+	v := newBareInviter(clock, log, time.Hour)
+	ctx := invCtx(t, 2*time.Second)
+	for np := range uint16(inviteMaxActive) {
+		if _, _, err := v.inviteWith(ctx, np, "tumor-unicorn"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, _, err := v.invite(ctx); !errors.Is(err, errInviteBusy) {
+		t.Fatalf("invitation %d: %v, want %v", inviteMaxActive+1, err, errInviteBusy)
+	}
+	sid := byte(0)
+	for np := range uint16(inviteMaxActive) {
+		for range inviteMaxAttempts {
+			v.handlePacket(testAddr(100+uint16(sid)), testMsg1(np, sid))
+			sid++
+		}
+	}
+	if got := log.count(inviteSubMsg2); got != inviteMaxSessions {
+		t.Fatalf("%d sessions answered, want the cap %d", got, inviteMaxSessions)
+	}
+	v.mu.Lock()
+	n := len(v.sessions)
+	v.mu.Unlock()
+	if n != inviteMaxSessions {
+		t.Fatalf("%d sessions kept, want %d", n, inviteMaxSessions)
+	}
+}
+
+func TestInviteExpiry(t *testing.T) {
+	clock, log := newInvClock(), &sendLog{}
+	v := newBareInviter(clock, log, time.Millisecond)
+	ctx := invCtx(t, 2*time.Second)
+	_, done, err := v.inviteWith(ctx, 42, "tumor-unicorn")
+	if err != nil {
+		t.Fatal(err)
+	}
+	v.handlePacket(testAddr(1), testMsg1(42, 1))
+	// msg2 is repeated every tick while the session waits for msg3.
+	waitFor(t, "msg2 repeats", func() bool { return log.count(inviteSubMsg2) >= 3 })
+	clock.advance(inviteSessionTimeout)
+	waitFor(t, "the session timeout", func() bool { _, f, _ := v.testState(42); return f == 1 })
+	clock.advance(inviteLifetime)
+	if r := recvResult(t, done); !errors.Is(r.Err, errInviteExpired) {
+		t.Fatalf("result %v, want %v", r.Err, errInviteExpired)
+	}
+	before := log.count(inviteSubMsg2)
+	v.handlePacket(testAddr(2), testMsg1(42, 2))
+	if log.count(inviteSubMsg2) != before {
+		t.Fatal("an expired invitation answered")
+	}
+}
+
+func TestAcceptTimeout(t *testing.T) {
+	clock, log := newInvClock(), &sendLog{}
+	v := newBareInviter(clock, log, time.Millisecond)
+	errc := make(chan error, 1)
+	go func() { _, err := v.accept(invCtx(t, 2*time.Second), "0042-tumor-unicorn"); errc <- err }()
+	time.Sleep(20 * time.Millisecond)
+	clock.advance(inviteAcceptTimeout)
+	if err := <-errc; !errors.Is(err, errInviteNoAnswer) {
+		t.Fatalf("accept = %v, want %v", err, errInviteNoAnswer)
+	}
+	if _, err := v.accept(invCtx(t, time.Second), "0042-tumor-uproar"); !errors.Is(err, errInviteCodeWord) {
+		t.Fatalf("accept with a typo = %v, want %v", err, errInviteCodeWord)
+	}
+	// Finished runs linger, bounded: the table never exceeds its cap, and
+	// a finished run makes way for a new one.
+	for i := range inviteMaxAccepts + 2 {
+		ctx, cancel := context.WithCancel(context.Background())
+		cancel()
+		if _, err := v.accept(ctx, "0042-tumor-unicorn"); !errors.Is(err, context.Canceled) {
+			t.Fatalf("run %d: accept = %v, want %v", i, err, context.Canceled)
+		}
+	}
+	v.mu.Lock()
+	n := len(v.accepts)
+	v.mu.Unlock()
+	if n > inviteMaxAccepts {
+		t.Fatalf("%d acceptor runs kept, cap %d", n, inviteMaxAccepts)
+	}
+}
+
+// TestInviteOverDHT uses real DHT nodes for the rendezvous: the inviter
+// announces its invitation socket's port at the nameplate's infohash, the
+// acceptor finds it with get_peers. (The invitation sockets are separate
+// from the DHT nodes' here only because the Node's demux is wired by the
+// coordinator; in kadchat both share one socket and the announce is
+// implied_port.)
+func TestInviteOverDHT(t *testing.T) {
+	ds := newSwarm(t, 4, 0)
+	a := newInvitePeer(t, nil, nil, nil)
+	b := newInvitePeer(t, nil, nil, nil)
+	a.v.cfg.Announce = func(ctx context.Context, ih nodeID) (int, error) {
+		return ds[1].announce(ctx, ih, int(a.addr.Port()), false)
+	}
+	b.v.cfg.GetPeers = ds[2].getPeers
+	ctx := invCtx(t, 5*time.Second)
+	code, done, err := a.v.invite(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	np, _, _ := parseInviteCode(code)
+	waitFor(t, "the announce", func() bool { p, _ := ds[3].getPeers(ctx, inviteInfohash(np)); return len(p) > 0 })
+	k, err := b.v.accept(ctx, code)
+	if err != nil || k != a.key {
+		t.Fatalf("accept = %v, %v; want A's key", k, err)
+	}
+	if r := recvResult(t, done); r.Err != nil || r.Key != b.key {
+		t.Fatalf("inviter got %v, %v; want B's key", r.Key, r.Err)
 	}
 }
