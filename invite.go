@@ -505,7 +505,7 @@ const (
 	inviteMaxSessions    = 8                // inviter sessions in flight, all codes together
 	inviteMaxActive      = 4                // open invitations per inviter
 	inviteMaxAccepts     = 4                // acceptor runs, lingering ones included
-	inviteMaxCandidates  = 8                // addresses an acceptor sends msg1 to
+	inviteMaxCandidates  = 4                // addresses an acceptor sends msg1 to: each one a guess (SPEC 7.9)
 	inviteRetry          = time.Second      // retransmission tick
 	inviteSessionTimeout = 30 * time.Second // the inviter waits this long for msg3
 	inviteAcceptTimeout  = 30 * time.Second // the acceptor waits this long for msg2

@@ -8,6 +8,7 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"math/big"
 	"net"
 	"net/netip"
@@ -887,5 +888,115 @@ func TestInviteOverDHT(t *testing.T) {
 	}
 	if r := recvResult(t, done); r.Err != nil || r.Key != b.key {
 		t.Fatalf("inviter got %v, %v; want B's key", r.Key, r.Err)
+	}
+}
+
+// ---------------------------------------------------------------------------
+// SPEC.md 7.10's vector, recomputed through the code paths the protocol uses.
+
+// inviteVectorOrder is the order of the fields in the SPEC block.
+var inviteVectorOrder = []string{
+	"code", "nameplate", "infohash", "prs", "ci", "sid", "generator_string", "g",
+	"ya", "Ya", "yb", "Yb", "K", "ISK", "mac_key", "tag_a", "tag_b",
+	"seal_key_inviter", "seal_key_acceptor", "inviter_key", "acceptor_key",
+	"msg1", "msg2", "msg3", "abort",
+}
+
+func inviteVectorValues(t *testing.T) map[string]string {
+	t.Helper()
+	const code = "4821-tumor-unicorn"
+	np, pw, err := parseInviteCode(code)
+	if err != nil {
+		t.Fatal(err)
+	}
+	v := loadCPaceVectors(t)
+	sid := cpHex(t, "0001020304050607")
+	ya, yb := cpHex32(t, v.G["ya"]), cpHex32(t, v.G["yb"]) // the draft's scalars
+	invKP, _ := newKeyPair(seqBytes(0x10, 32))
+	accKP, _ := newKeyPair(seqBytes(0x20, 32))
+	out := map[string]string{
+		"code": code, "nameplate": fmt.Sprint(np), "prs": hex.EncodeToString([]byte(code)),
+		"ci": hex.EncodeToString([]byte(inviteCI)), "sid": hex.EncodeToString(sid),
+		"ya": hex.EncodeToString(ya[:]), "yb": hex.EncodeToString(yb[:]),
+		"inviter_key": hex.EncodeToString(invKP.pub[:]), "acceptor_key": hex.EncodeToString(accKP.pub[:]),
+	}
+	ih := inviteInfohash(np)
+	out["infohash"] = hex.EncodeToString(ih[:])
+	out["generator_string"] = hex.EncodeToString(cpaceGeneratorString([]byte(cpaceDSI), []byte(code), []byte(inviteCI), sid))
+	g := cpaceCalculateGenerator([]byte(code), []byte(inviteCI), sid)
+	out["g"] = hex.EncodeToString(g[:])
+
+	// The acceptor: sid then ya from its random source.
+	acc := newInviter(inviteConfig{Self: accKP.pub, Send: (&sendLog{}).send, Rand: bytes.NewReader(append(bytes.Clone(sid), ya[:]...))})
+	run, err := acc.newAcceptRun(np, pw)
+	if err != nil {
+		t.Fatal(err)
+	}
+	out["Ya"], out["msg1"] = hex.EncodeToString(run.ya[:]), hex.EncodeToString(run.msg1)
+
+	// The inviter: yb from its random source; msg2 is what it sends.
+	log := &sendLog{}
+	inv := newInviter(inviteConfig{Self: invKP.pub, Send: log.send, Rand: bytes.NewReader(yb[:]),
+		Announce: func(context.Context, nodeID) (int, error) { return 1, nil }, Tick: time.Hour})
+	if _, _, err := inv.inviteWith(invCtx(t, time.Second), np, pw); err != nil {
+		t.Fatal(err)
+	}
+	inv.handlePacket(testAddr(1), run.msg1)
+	if len(log.msg) != 1 {
+		t.Fatalf("inviter sent %d messages, want msg2", len(log.msg))
+	}
+	msg2 := log.msg[0]
+	out["msg2"] = hex.EncodeToString(msg2)
+	m2, _ := parseInvite(msg2)
+	out["Yb"] = hex.EncodeToString(m2.Y[:])
+	k, _ := cpaceScalarMultVfy(ya, m2.Y)
+	out["K"] = hex.EncodeToString(k[:])
+	isk := cpaceISK(sid, k[:], run.ya[:], inviteADa, m2.Y[:], inviteADb)
+	out["ISK"] = hex.EncodeToString(isk[:])
+	mk := cpaceMacKey(sid, isk)
+	out["mac_key"] = hex.EncodeToString(mk[:])
+	keys := deriveInviteKeys(sid, isk, run.ya[:], m2.Y[:])
+	out["tag_a"], out["tag_b"] = hex.EncodeToString(keys.tagA[:]), hex.EncodeToString(keys.tagB[:])
+	out["seal_key_inviter"], out["seal_key_acceptor"] = hex.EncodeToString(keys.sealInviter[:]), hex.EncodeToString(keys.sealAcc[:])
+
+	pk, msg3, err := run.answer(&m2, accKP.pub)
+	if err != nil || pk != invKP.pub {
+		t.Fatalf("acceptor: %v, %v", pk, err)
+	}
+	out["msg3"] = hex.EncodeToString(msg3)
+	out["abort"] = hex.EncodeToString(abortMsg(run.sid))
+	return out
+}
+
+func TestInviteSpecVector(t *testing.T) {
+	want := inviteVectorValues(t)
+	if os.Getenv("KADCHAT_PRINT_INVITE_VECTOR") != "" {
+		for _, k := range inviteVectorOrder {
+			fmt.Printf("%s = %s\n", k, want[k])
+		}
+	}
+	var blk *specBlock
+	for _, b := range specBlocks(t, "invite-vector") {
+		if b.name == "run" {
+			blk = &b
+		}
+	}
+	if blk == nil {
+		t.Fatal("SPEC.md has no invite-vector name=run")
+	}
+	if !slices.Equal(blk.keys, inviteVectorOrder) {
+		t.Errorf("SPEC.md vector fields %v, want %v", blk.keys, inviteVectorOrder)
+	}
+	for _, k := range inviteVectorOrder {
+		if got := strings.ReplaceAll(blk.fields[k], " ", ""); got != want[k] {
+			t.Errorf("SPEC.md %s = %s\ncomputed %s", k, got, want[k])
+		}
+	}
+	// The ISK, with CPace's own inputs, is the draft's ISK construction.
+	sid := cpHex(t, want["sid"])
+	k, ya, yb := cpHex(t, want["K"]), cpHex(t, want["Ya"]), cpHex(t, want["Yb"])
+	isk := cpaceISK(sid, k, ya, inviteADa, yb, inviteADb)
+	if hex.EncodeToString(isk[:]) != want["ISK"] {
+		t.Error("ISK mismatch")
 	}
 }
