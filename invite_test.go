@@ -1000,3 +1000,43 @@ func TestInviteSpecVector(t *testing.T) {
 		t.Error("ISK mismatch")
 	}
 }
+
+// BenchmarkCPaceGenerator measures calculate_generator (SHA-512 and the
+// big-integer Elligator 2 map), done once per run on each side.
+func BenchmarkCPaceGenerator(b *testing.B) {
+	b.ReportAllocs()
+	sid := make([]byte, inviteSIDLen)
+	for i := 0; b.Loop(); i++ {
+		sid[0] = byte(i)
+		cpaceCalculateGenerator([]byte("4821-tumor-unicorn"), []byte(inviteCI), sid)
+	}
+}
+
+// BenchmarkInviteRun measures the inviter's and the acceptor's CPU for one
+// complete exchange (msg1, msg2, msg3), without the network.
+func BenchmarkInviteRun(b *testing.B) {
+	b.ReportAllocs()
+	kp, _ := generateKeyPair(cryptorand.Reader)
+	for b.Loop() {
+		acc := newInviter(inviteConfig{Self: kp.pub, Send: (&sendLog{}).send})
+		run, err := acc.newAcceptRun(4821, "tumor-unicorn")
+		if err != nil {
+			b.Fatal(err)
+		}
+		log := &sendLog{}
+		inv := newInviter(inviteConfig{Self: kp.pub, Send: log.send})
+		it := &invitation{nameplate: 4821, prs: []byte("4821-tumor-unicorn"), expires: time.Now().Add(time.Hour), done: make(chan inviteResult, 1)}
+		inv.invites[4821] = it
+		inv.handlePacket(testAddr(1), run.msg1)
+		m2, _ := parseInvite(log.msg[0])
+		_, msg3, err := run.answer(&m2, kp.pub)
+		if err != nil {
+			b.Fatal(err)
+		}
+		inv.handlePacket(testAddr(1), msg3)
+		if r := <-it.done; r.Err != nil {
+			b.Fatal(r.Err)
+		}
+	}
+	b.ReportMetric(float64(b.Elapsed().Microseconds())/float64(b.N), "µs/run")
+}
