@@ -2,8 +2,10 @@
 // Invitations are their own protocol on the shared socket (packet type 5).
 //
 // Flow: invite draws a code NNNN-even-odd and announces the nameplate's
-// infohash on the DHT. The acceptor looks the infohash up and sends msg1
-// (sid, Ya) to every address found. The inviter runs CPace
+// infohash on the DHT. The acceptor looks the infohash up, sends msg1
+// (sid, Ya) to every address found, and announces itself at the
+// acceptors' infohash, where the inviter finds it and sends a punch that
+// opens its NAT to the acceptor's repeated msg1. The inviter runs CPace
 // (CPACE-X25519-SHA512) and answers msg2 (Yb, its confirmation tag, its
 // sealed public key). The acceptor checks the tag, answers msg3 (its tag,
 // its sealed public key) or an abort, and returns the inviter's key; the
@@ -206,11 +208,12 @@ func elligator2Curve25519(u *big.Int) *big.Int {
 // the two words are the password, 8 bits each.
 
 const (
-	inviteNameplates   = 10000 // 0000..9999
-	inviteNameplateLen = 4     // digits
-	inviteCodeParts    = 3     // nameplate, even word, odd word
-	inviteRendezvousV1 = "kadchat invite v1"
-	inviteCI           = "kadchat invite v1" // the CPace channel identifier
+	inviteNameplates   = 10000                        // 0000..9999
+	inviteNameplateLen = 4                            // digits
+	inviteCodeParts    = 3                            // nameplate, even word, odd word
+	inviteRendezvousV1 = "kadchat invite v1"          // the inviters' infohash
+	inviteAcceptorsV1  = "kadchat invite v1 acceptor" // the acceptors' infohash
+	inviteCI           = "kadchat invite v1"          // the CPace channel identifier
 )
 
 // Errors of parseInviteCode; each says what a person should fix.
@@ -306,10 +309,20 @@ func newInviteCode(rand io.Reader) (uint16, string, error) {
 	return 0, "", errors.New("invite: random code: the random source is biased")
 }
 
-// inviteInfohash is the rendezvous: SHA-256("kadchat invite v1" ||
-// nameplate as 4 ASCII digits), first 20 bytes.
-func inviteInfohash(nameplate uint16) nodeID {
-	h := sha256.Sum256([]byte(fmt.Sprintf("%s%04d", inviteRendezvousV1, nameplate)))
+// inviteInfohash is the rendezvous where inviters announce: SHA-256("kadchat
+// invite v1" || nameplate as 4 ASCII digits), first 20 bytes.
+func inviteInfohash(nameplate uint16) nodeID { return nameplateHash(inviteRendezvousV1, nameplate) }
+
+// inviteAcceptorInfohash is where acceptors announce, so that an inviter
+// behind a NAT can open it towards them. Acceptors have their own
+// infohash because an acceptor must not take another acceptor for an
+// inviter (it would wait for an answer that never comes).
+func inviteAcceptorInfohash(nameplate uint16) nodeID {
+	return nameplateHash(inviteAcceptorsV1, nameplate)
+}
+
+func nameplateHash(label string, nameplate uint16) nodeID {
+	h := sha256.Sum256([]byte(fmt.Sprintf("%s%04d", label, nameplate)))
 	var id nodeID
 	copy(id[:], h[:])
 	return id
@@ -326,6 +339,7 @@ const (
 	inviteSubMsg2  = 2
 	inviteSubMsg3  = 3
 	inviteSubAbort = 4
+	inviteSubPunch = 5 // inviter to acceptor: opens the inviter's NAT; ignored
 
 	inviteSIDLen       = 8
 	inviteHeaderLen    = 2 + inviteSIDLen // type, sub-type, sid
@@ -338,6 +352,7 @@ const (
 	inviteMsg2Len  = inviteHeaderLen + inviteYLen + inviteTagLen + inviteSealedLen // 154
 	inviteMsg3Len  = inviteHeaderLen + inviteTagLen + inviteSealedLen              // 122
 	inviteAbortLen = inviteHeaderLen                                               // 10
+	invitePunchLen = inviteHeaderLen                                               // 10, sid all zero
 )
 
 // inviteMsg is one parsed invitation packet; which fields are set depends
@@ -364,6 +379,8 @@ func inviteLen(sub byte) int {
 		return inviteMsg3Len
 	case inviteSubAbort:
 		return inviteAbortLen
+	case inviteSubPunch:
+		return invitePunchLen
 	}
 	return 0
 }
@@ -395,6 +412,10 @@ func parseInvite(b []byte) (inviteMsg, error) {
 	case inviteSubMsg3:
 		copy(m.Tag[:], rest)
 		copy(m.Sealed[:], rest[inviteTagLen:])
+	case inviteSubPunch:
+		if m.SID != ([inviteSIDLen]byte{}) {
+			return inviteMsg{}, fmt.Errorf("%w: punch with a session id", errInvitePacket)
+		}
 	}
 	return m, nil
 }
@@ -512,6 +533,8 @@ const (
 	inviteLinger         = 30 * time.Second // a finished run still answers repeats
 	inviteLookupTicks    = 5                // get_peers again every 5 ticks
 	inviteAnnounceTicks  = 5                // announce again every 5 ticks until stored
+	invitePunchTicks     = 10               // the inviter looks for acceptors every 10 ticks
+	inviteMaxPunched     = 16               // acceptor addresses an invitation punches towards
 )
 
 // Errors the caller can branch on; each says what a person should do.
@@ -590,7 +613,8 @@ type acceptRun struct {
 	lingerTo  time.Time
 }
 
-// newInviter makes an inviter; nil Now, Rand and Log get the defaults.
+// newInviter makes an inviter; nil Now, Rand and Log get the defaults,
+// and nil Announce and GetPeers do nothing.
 func newInviter(cfg inviteConfig) *inviter {
 	if cfg.Now == nil {
 		cfg.Now = time.Now
@@ -603,6 +627,12 @@ func newInviter(cfg inviteConfig) *inviter {
 	}
 	if cfg.Tick <= 0 {
 		cfg.Tick = inviteRetry
+	}
+	if cfg.Announce == nil { // no DHT: nothing is announced
+		cfg.Announce = func(context.Context, nodeID) (int, error) { return 0, nil }
+	}
+	if cfg.GetPeers == nil { // no DHT: nobody is found
+		cfg.GetPeers = func(context.Context, nodeID) ([]netip.AddrPort, error) { return nil, nil }
 	}
 	return &inviter{
 		cfg:      cfg,
@@ -637,6 +667,8 @@ func (v *inviter) handlePacket(from netip.AddrPort, b []byte) {
 		v.onMsg3(from, &m)
 	case inviteSubAbort:
 		v.onAbort(from, &m)
+	case inviteSubPunch:
+		// Its only job was to open the sender's NAT towards us.
 	}
 }
 
@@ -685,6 +717,7 @@ func (v *inviter) runInvite(ctx context.Context, inv *invitation) {
 	actx, cancel := context.WithCancel(ctx)
 	var wg sync.WaitGroup
 	wg.Go(func() { v.announceLoop(actx, inviteInfohash(inv.nameplate)) })
+	wg.Go(func() { v.punchLoop(actx, inv.nameplate) })
 	defer wg.Wait()
 	defer cancel()
 	tick := time.NewTicker(v.cfg.Tick)
@@ -716,6 +749,31 @@ func (v *inviter) announceLoop(ctx context.Context, ih nodeID) {
 		case <-ctx.Done():
 			return
 		case <-time.After(inviteAnnounceTicks * v.cfg.Tick):
+		}
+	}
+}
+
+// punchLoop looks up the acceptors' infohash and sends each new address
+// one punch: if we are behind a NAT, the acceptor's next msg1 gets in.
+func (v *inviter) punchLoop(ctx context.Context, np uint16) {
+	ih := inviteAcceptorInfohash(np)
+	punched := map[netip.AddrPort]bool{}
+	punch := (&inviteMsg{Sub: inviteSubPunch}).encode()
+	for {
+		peers, err := v.cfg.GetPeers(ctx, ih)
+		if err != nil {
+			v.cfg.Log.Debug("invite: get_peers acceptors", "err", err)
+		}
+		for _, a := range peers {
+			if a.IsValid() && !punched[a] && len(punched) < inviteMaxPunched {
+				punched[a] = true
+				v.send(a, punch)
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(invitePunchTicks * v.cfg.Tick):
 		}
 	}
 }
@@ -951,16 +1009,23 @@ func (v *inviter) pruneAccepts() {
 	}
 }
 
-// lookupLoop asks the DHT for the nameplate's peers now and every few
-// ticks, and sends msg1 to each new one.
+// lookupLoop asks the DHT for the nameplate's inviters now and every few
+// ticks, and sends msg1 to each new one. After the first lookup it
+// announces itself once at the acceptors' infohash, for the inviter's
+// punch.
 func (v *inviter) lookupLoop(ctx context.Context, r *acceptRun) {
 	ih := inviteInfohash(r.nameplate)
-	for {
+	for i := 0; ; i++ {
 		peers, err := v.cfg.GetPeers(ctx, ih)
 		if err != nil {
 			v.cfg.Log.Debug("invite: get_peers", "err", err)
 		}
 		v.addCandidates(r, peers)
+		if i == 0 {
+			if _, err := v.cfg.Announce(ctx, inviteAcceptorInfohash(r.nameplate)); err != nil {
+				v.cfg.Log.Debug("invite: announce acceptor", "err", err)
+			}
+		}
 		select {
 		case <-ctx.Done():
 			return

@@ -320,6 +320,7 @@ func sampleInviteMsgs() [][]byte {
 		{Sub: inviteSubMsg2, SID: sid, Y: y, Tag: tag, Sealed: sealed},
 		{Sub: inviteSubMsg3, SID: sid, Tag: tag, Sealed: sealed},
 		{Sub: inviteSubAbort, SID: sid},
+		{Sub: inviteSubPunch},
 	}
 	var out [][]byte
 	for _, m := range ms {
@@ -329,7 +330,7 @@ func sampleInviteMsgs() [][]byte {
 }
 
 func TestParseInvite(t *testing.T) {
-	wantLen := []int{inviteMsg1Len, inviteMsg2Len, inviteMsg3Len, inviteAbortLen}
+	wantLen := []int{inviteMsg1Len, inviteMsg2Len, inviteMsg3Len, inviteAbortLen, invitePunchLen}
 	for i, b := range sampleInviteMsgs() {
 		if len(b) != wantLen[i] {
 			t.Errorf("sub-type %d: %d bytes, want %d", i+1, len(b), wantLen[i])
@@ -355,7 +356,8 @@ func TestParseInvite(t *testing.T) {
 		{"krpc", []byte("d1:ad2:id20:aaaaaaaaaaaaaaaaaaaae1:q4:ping1:t2:aa1:y1:qe")},
 		{"session type", append([]byte{packetInitiation, 1}, make([]byte, 42)...)},
 		{"sub-type 0", append([]byte{packetInvite, 0}, make([]byte, 8)...)},
-		{"sub-type 5", append([]byte{packetInvite, 5}, make([]byte, 8)...)},
+		{"sub-type 6", append([]byte{packetInvite, 6}, make([]byte, 8)...)},
+		{"punch with a sid", []byte{packetInvite, inviteSubPunch, 0, 0, 0, 0, 0, 0, 0, 1}},
 		{"nameplate 10000", append(append([]byte{packetInvite, 1}, make([]byte, 8)...), append([]byte{0x27, 0x10}, make([]byte, 32)...)...)},
 	}
 	for _, tt := range bad {
@@ -419,6 +421,25 @@ type invitePeer struct {
 
 	mu   sync.Mutex
 	sent [][]byte // every datagram sent, after tampering
+	to   map[netip.AddrPort]bool
+
+	// nat, if set, makes the read loop act as a NAT that admits only
+	// datagrams from addresses this peer has sent to.
+	nat      atomic.Bool
+	natDrops atomic.Int64
+}
+
+func (p *invitePeer) admits(from netip.AddrPort) bool {
+	if !p.nat.Load() {
+		return true
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if !p.to[from] {
+		p.natDrops.Add(1)
+		return false
+	}
+	return true
 }
 
 // inviteTamper may change or drop (nil) an outgoing datagram.
@@ -434,7 +455,7 @@ func newInvitePeer(t *testing.T, d *mapDHT, tamper inviteTamper, tweak func(*inv
 	if err != nil {
 		t.Fatal(err)
 	}
-	p := &invitePeer{key: kp.pub, addr: conn.LocalAddr().(*net.UDPAddr).AddrPort()}
+	p := &invitePeer{key: kp.pub, addr: conn.LocalAddr().(*net.UDPAddr).AddrPort(), to: map[netip.AddrPort]bool{}}
 	cfg := inviteConfig{
 		Self: p.key,
 		Send: func(to netip.AddrPort, b []byte) error {
@@ -446,6 +467,7 @@ func newInvitePeer(t *testing.T, d *mapDHT, tamper inviteTamper, tweak func(*inv
 			}
 			p.mu.Lock()
 			p.sent = append(p.sent, b)
+			p.to[to] = true
 			p.mu.Unlock()
 			_, err := conn.WriteToUDPAddrPort(b, to)
 			return err
@@ -468,7 +490,7 @@ func newInvitePeer(t *testing.T, d *mapDHT, tamper inviteTamper, tweak func(*inv
 			if err != nil {
 				return
 			}
-			if n > 0 && buf[0] == packetInvite {
+			if n > 0 && buf[0] == packetInvite && p.admits(from) {
 				p.v.handlePacket(from, buf[:n])
 			}
 		}
@@ -896,10 +918,10 @@ func TestInviteOverDHT(t *testing.T) {
 
 // inviteVectorOrder is the order of the fields in the SPEC block.
 var inviteVectorOrder = []string{
-	"code", "nameplate", "infohash", "prs", "ci", "sid", "generator_string", "g",
+	"code", "nameplate", "infohash", "acceptor_infohash", "prs", "ci", "sid", "generator_string", "g",
 	"ya", "Ya", "yb", "Yb", "K", "ISK", "mac_key", "tag_a", "tag_b",
 	"seal_key_inviter", "seal_key_acceptor", "inviter_key", "acceptor_key",
-	"msg1", "msg2", "msg3", "abort",
+	"msg1", "msg2", "msg3", "abort", "punch",
 }
 
 func inviteVectorValues(t *testing.T) map[string]string {
@@ -922,6 +944,8 @@ func inviteVectorValues(t *testing.T) map[string]string {
 	}
 	ih := inviteInfohash(np)
 	out["infohash"] = hex.EncodeToString(ih[:])
+	aih := inviteAcceptorInfohash(np)
+	out["acceptor_infohash"] = hex.EncodeToString(aih[:])
 	out["generator_string"] = hex.EncodeToString(cpaceGeneratorString([]byte(cpaceDSI), []byte(code), []byte(inviteCI), sid))
 	g := cpaceCalculateGenerator([]byte(code), []byte(inviteCI), sid)
 	out["g"] = hex.EncodeToString(g[:])
@@ -965,6 +989,7 @@ func inviteVectorValues(t *testing.T) map[string]string {
 	}
 	out["msg3"] = hex.EncodeToString(msg3)
 	out["abort"] = hex.EncodeToString(abortMsg(run.sid))
+	out["punch"] = hex.EncodeToString((&inviteMsg{Sub: inviteSubPunch}).encode())
 	return out
 }
 
@@ -1039,4 +1064,45 @@ func BenchmarkInviteRun(b *testing.B) {
 		}
 	}
 	b.ReportMetric(float64(b.Elapsed().Microseconds())/float64(b.N), "µs/run")
+}
+
+// TestInvitePunch puts the inviter behind a NAT that drops datagrams from
+// addresses it has not sent to: the acceptor's first msg1s are lost until
+// the inviter finds the acceptor at the acceptors' infohash and punches.
+func TestInvitePunch(t *testing.T) {
+	d := newMapDHT()
+	a, b := newInvitePeer(t, d, nil, nil), newInvitePeer(t, d, nil, nil)
+	a.nat.Store(true)
+	var lookups atomic.Int64 // the inviter's lookups for acceptors
+	a.v.cfg.GetPeers = func(ctx context.Context, ih nodeID) ([]netip.AddrPort, error) {
+		lookups.Add(1)
+		return d.getPeers(ctx, ih)
+	}
+	ctx := invCtx(t, 5*time.Second)
+	code, done, err := a.v.invite(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	np, _, _ := parseInviteCode(code)
+	// Start accepting once the inviter is announced and has looked for
+	// acceptors in vain, so that its NAT is closed to the first msg1s.
+	waitFor(t, "announce and lookup", func() bool {
+		p, _ := d.getPeers(ctx, inviteInfohash(np))
+		return len(p) == 1 && lookups.Load() > 0
+	})
+	k, err := b.v.accept(ctx, code)
+	if err != nil || k != a.key {
+		t.Fatalf("accept = %v, %v; want A's key", k, err)
+	}
+	if r := recvResult(t, done); r.Err != nil || r.Key != b.key {
+		t.Fatalf("inviter got %v, %v; want B's key", r.Key, r.Err)
+	}
+	if a.natDrops.Load() == 0 {
+		t.Error("the NAT dropped nothing: the test did not test the punch")
+	}
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.sent[0][1] != inviteSubPunch || len(a.sent[0]) != invitePunchLen {
+		t.Errorf("the inviter's first datagram is %x, want a punch", a.sent[0])
+	}
 }
