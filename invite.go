@@ -32,6 +32,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"golang.org/x/crypto/chacha20poly1305"
@@ -569,6 +570,10 @@ type inviteResult struct {
 type inviter struct {
 	cfg inviteConfig
 
+	// dropped counts packets dropped because they did not parse or did
+	// not authenticate (SPEC.md 7.4, 7.5); the drop itself is silent.
+	dropped atomic.Uint64
+
 	mu       sync.Mutex
 	invites  map[uint16]*invitation                // inviter role, by nameplate
 	sessions map[[inviteSIDLen]byte]*inviteSession // inviter role, by sid
@@ -653,6 +658,7 @@ func (v *inviter) send(to netip.AddrPort, b []byte) {
 func (v *inviter) handlePacket(from netip.AddrPort, b []byte) {
 	m, err := parseInvite(b)
 	if err != nil {
+		v.dropped.Add(1)
 		v.cfg.Log.Debug("invite: drop", "from", from, "err", err)
 		return
 	}
@@ -865,11 +871,13 @@ func (v *inviter) onMsg3(from netip.AddrPort, m *inviteMsg) {
 		return
 	}
 	if !hmac.Equal(s.keys.tagA[:], m.Tag[:]) {
+		v.dropped.Add(1)
 		v.cfg.Log.Debug("invite: msg3 tag", "from", from)
 		return
 	}
 	pk, err := openKey(s.keys.sealAcc, m.sealedAD(), m.Sealed)
 	if err != nil {
+		v.dropped.Add(1)
 		v.cfg.Log.Debug("invite: msg3", "from", from, "err", err)
 		return
 	}

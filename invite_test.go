@@ -695,6 +695,9 @@ func TestInviteTamper(t *testing.T) {
 		if tc.wrong && r.Key != (publicKey{}) || !tc.wrong && (r.Err != nil || r.Key != b.key) {
 			t.Errorf("msg%d byte %d flipped: inviter got %v, %v", tc.sub, tc.i, r.Key, r.Err)
 		}
+		if tc.sub == inviteSubMsg3 && tc.i >= inviteHeaderLen && a.v.dropped.Load() == 0 {
+			t.Errorf("msg3 byte %d flipped: the inviter did not count the drop", tc.i)
+		}
 		cancel()
 	}
 }
@@ -791,6 +794,11 @@ func TestInviteAttemptCap(t *testing.T) {
 	v.handlePacket(testAddr(11), testMsg1(1234, 0))
 	if got := log.count(inviteSubMsg2); got != inviteMaxAttempts+1 || !bytes.Equal(log.msg[0], log.msg[len(log.msg)-1]) {
 		t.Fatalf("after repeats: %d msg2 sent, last equal to first: %v", got, bytes.Equal(log.msg[0], log.msg[len(log.msg)-1]))
+	}
+	// Garbage is counted and dropped.
+	v.handlePacket(testAddr(1), []byte{packetInvite, 9})
+	if got := v.dropped.Load(); got != 1 {
+		t.Errorf("dropped = %d, want 1", got)
 	}
 	// Unknown nameplate: no answer.
 	v.handlePacket(testAddr(20), testMsg1(4321, 7))
