@@ -225,7 +225,8 @@ var (
 )
 
 // parseInviteCode reads what a person typed: case, surrounding spaces and
-// spaces instead of dashes are forgiven; unknown words get a suggestion.
+// any run of spaces and dashes between the parts are forgiven; unknown
+// words get a suggestion.
 // password is the canonical "even-odd" in lowercase.
 func parseInviteCode(s string) (nameplate uint16, password string, err error) {
 	parts := strings.FieldsFunc(strings.ToLower(strings.TrimSpace(s)), func(r rune) bool { return r == '-' || r == ' ' })
@@ -908,6 +909,7 @@ func (v *inviter) finish(inv *invitation, res inviteResult) {
 		return
 	}
 	inv.over = true
+	wipe(inv.prs)
 	delete(v.invites, inv.nameplate)
 	for sid, s := range v.sessions {
 		if s.inv == inv {
@@ -1055,13 +1057,15 @@ func (v *inviter) addCandidates(r *acceptRun, peers []netip.AddrPort) {
 }
 
 // endRun keeps a finished run for inviteLinger, so that a repeated msg2
-// still gets msg3 (or the abort) and nothing else; the scalar goes.
+// still gets msg3 (or the abort) and nothing else; the scalar and the
+// code go.
 func (v *inviter) endRun(r *acceptRun) {
 	v.mu.Lock()
 	defer v.mu.Unlock()
 	r.over = true
 	r.lingerTo = v.cfg.Now().Add(inviteLinger)
 	wipe(r.y[:])
+	wipe(r.prs)
 }
 
 // onMsg2 is CPace's party A receiving Yb: check the inviter's tag, open
