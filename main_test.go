@@ -472,3 +472,29 @@ func TestE2EListenFallback(t *testing.T) {
 	}
 	p.quit()
 }
+
+// The simpler way: alice reads a short code to bob, and both end up as each
+// other's contacts with the right keys, then chat.
+func TestE2EInviteCode(t *testing.T) {
+	boot := testSwarm(t, 8)
+	alice, bob := newUser(t, "alice", boot), newUser(t, "bob", boot)
+	pa, pb := alice.start(t), bob.start(t)
+	pa.send("/invite bob")
+	f := strings.Fields(pa.expect("invite bob ", 10*time.Second))
+	pb.send("/accept alice %s", f[2])
+	pb.expect("* added alice", e2eWait)
+	pa.expect("* added bob", e2eWait)
+	pa.send("/verify bob")
+	pb.send("/verify alice")
+	va := strings.TrimPrefix(pa.expect("verify bob ", 5*time.Second), "verify bob ")
+	vb := strings.TrimPrefix(pb.expect("verify alice ", 5*time.Second), "verify alice ")
+	if va != vb {
+		t.Fatalf("safety codes differ: %q and %q", va, vb)
+	}
+	pa.send("/msg bob we met by code")
+	if got := pb.expect("[", e2eWait); !strings.HasSuffix(got, "<alice> we met by code") {
+		t.Fatalf("bob got %q", got)
+	}
+	pa.quit()
+	pb.quit()
+}
