@@ -651,7 +651,7 @@ func (d *dht) learnExternal(from netip.AddrPort, seen netip.AddrPort) {
 		return
 	}
 	d.mu.Lock()
-	ext, changed := d.voter.vote(from.Addr(), seen)
+	ext, changed := d.voter.voteFrom(from, seen)
 	self := d.table.self()
 	d.mu.Unlock()
 	ip := ext.Addr()
@@ -664,11 +664,7 @@ func (d *dht) learnExternal(from netip.AddrPort, seen netip.AddrPort) {
 		return
 	}
 	d.mu.Lock()
-	old := d.table.nodes()
-	d.table = newRoutingTable(id, d.now)
-	for _, n := range old {
-		d.table.heard(n, true)
-	}
+	d.table = d.table.rebuilt(id)
 	d.mu.Unlock()
 	d.log.Info("dht: new secure node id", "external", ext, "id", id)
 }
@@ -722,8 +718,8 @@ func (d *dht) ping(ctx context.Context, addr netip.AddrPort) (nodeID, error) {
 // --- maintenance
 
 // run bootstraps, then refreshes stale buckets and saves the table until ctx
-// ends; it saves the table on exit. It returns an error (after logging it)
-// if nodes to bootstrap from were given and none of them answered.
+// ends; it saves the table on exit. A failed bootstrap is logged and
+// retried from refresh. It returns nil.
 func (d *dht) run(ctx context.Context) error {
 	defer d.shutdown()
 	if err := d.bootstrap(ctx); err != nil {
@@ -756,9 +752,18 @@ func (d *dht) run(ctx context.Context) error {
 // refresh looks up a random id in every bucket left unchanged for
 // bucketRefresh (BEP 5), and retries the bootstrap if the table emptied.
 func (d *dht) refresh(ctx context.Context) {
-	if d.size() == 0 && len(d.cfg.Bootstrap) > 0 {
-		if err := d.bootstrap(ctx); err != nil {
-			d.log.Warn("dht: bootstrap", "err", err)
+	// No good node left: ping the best of the rest, and if none answers,
+	// go back to the bootstrap nodes. Dead saved nodes (a node started
+	// offline) must not keep us from them.
+	d.mu.Lock()
+	good, _, _ := d.table.counts()
+	probe := d.table.closest(d.table.self(), bucketSize)
+	d.mu.Unlock()
+	if good == 0 && len(d.cfg.Bootstrap) > 0 {
+		if !d.anyAnswers(ctx, probe) {
+			if err := d.bootstrap(ctx); err != nil {
+				d.log.Warn("dht: bootstrap", "err", err)
+			}
 		}
 		return
 	}
@@ -782,9 +787,10 @@ func (d *dht) shutdown() {
 	d.closed = true
 	var open []*transaction
 	for k, t := range d.txs {
-		if t.timer.Stop() {
-			open = append(open, t)
-		}
+		// Even if the timer fired, its retry finds the transaction gone
+		// and returns: done is ours to call, exactly once.
+		t.timer.Stop()
+		open = append(open, t)
 		delete(d.txs, k)
 	}
 	d.txMu.Unlock()
@@ -842,6 +848,17 @@ func (d *dht) bootstrap(ctx context.Context) error {
 	self := d.id()
 	_, err := d.lookup(ctx, lookupOpts{target: self, method: methodFindNode, seeds: seeds})
 	return err
+}
+
+// anyAnswers pings ns and reports whether one answered; those that do not
+// are recorded as failed.
+func (d *dht) anyAnswers(ctx context.Context, ns []nodeInfo) bool {
+	for _, r := range d.queryAll(ctx, ns, func(int) krpcMsg { return krpcMsg{Method: methodPing} }) {
+		if r.Err == nil {
+			return true
+		}
+	}
+	return false
 }
 
 // askRouters resolves every bootstrap HOST:PORT and sends it find_node(our

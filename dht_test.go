@@ -725,3 +725,61 @@ func TestPerPeerRTO(t *testing.T) {
 		t.Errorf("rto global %v, slow peer %v: want the peer's above 120ms and the global one", global, own)
 	}
 }
+
+// Responses' "ip" fields teach a node its external address; on loopback
+// the voters are told apart by port (SPEC 3.3).
+func TestExternalAddressLearnedOnLoopback(t *testing.T) {
+	ds := newSwarm(t, 8, 0)
+	d := ds[len(ds)-1]
+	if _, err := d.findNode(testCtx(t), nodeID{0x42}); err != nil {
+		t.Fatal(err)
+	}
+	ext, ok := d.external()
+	if !ok || ext != d.addr() {
+		t.Fatalf("external() = %v, %v; want %v", ext, ok, d.addr())
+	}
+}
+
+// A node started with a saved table of dead nodes, before its bootstrap
+// node is up, still joins once the bootstrap node appears.
+func TestBootstrapRetriedAfterDeadSavedTable(t *testing.T) {
+	dir := t.TempDir()
+	dead := []nodeInfo{
+		{ID: nodeID{0x01}, Addr: newRawPeer(t).addr()},
+		{ID: nodeID{0x02}, Addr: newRawPeer(t).addr()},
+	}
+	if err := saveRoutingTable(filepath.Join(dir, "routing"), nodeID{0x77}, dead); err != nil {
+		t.Fatal(err)
+	}
+	router, err := net.ListenUDP("udp", net.UDPAddrFromAddrPort(netip.MustParseAddrPort("127.0.0.1:0")))
+	if err != nil {
+		t.Fatal(err)
+	}
+	routerAddr := router.LocalAddr().(*net.UDPAddr).AddrPort()
+	router.Close() // not up yet: its port is free again
+	d := newTestDHT(t, dhtConfig{Dir: dir, Bootstrap: []string{routerAddr.String()}}, 0)
+	d.timing.rtoInitial, d.timing.maintenance = 10*time.Millisecond, 50*time.Millisecond
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { d.run(ctx); close(done) }()
+	t.Cleanup(func() { cancel(); <-done })
+
+	time.Sleep(time.Second) // the saved nodes and the router fail
+	rn, err := listenNode(routerAddr.String(), nil)
+	if err != nil {
+		t.Skipf("router port taken meanwhile: %v", err)
+	}
+	r, err := newDHT(rn, dhtConfig{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	rctx, rcancel := context.WithCancel(context.Background())
+	rdone := make(chan struct{})
+	go func() { rn.run(rctx); close(rdone) }()
+	t.Cleanup(func() { rcancel(); <-rdone })
+	waitUntil(t, func() bool {
+		r.mu.Lock()
+		defer r.mu.Unlock()
+		return r.table.size() > 0
+	})
+}

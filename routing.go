@@ -345,6 +345,23 @@ func (t *routingTable) insert(e entry, now time.Time) []nodeInfo {
 	return nil
 }
 
+// rebuilt returns a table around a new id (BEP 42) holding this table's
+// nodes with what we know of them (answers, failures), minus the bad ones:
+// a new id changes which bucket a node belongs in, not its state.
+func (t *routingTable) rebuilt(id nodeID) *routingTable {
+	nt := newRoutingTable(id, t.now)
+	nt.rand = t.rand
+	now := t.now()
+	for _, b := range t.buckets {
+		for _, e := range b.nodes {
+			if e.state(now) != stateBad {
+				nt.insert(e, now)
+			}
+		}
+	}
+	return nt
+}
+
 // place puts e into slot i of b (appending if i < 0), keeping byAddr exact.
 func (t *routingTable) place(b *bucket, i int, e entry, now time.Time) {
 	if i < 0 {

@@ -1201,3 +1201,29 @@ func TestServeVerifiesQuerier(t *testing.T) {
 		t.Errorf("after the pong, nodes = %v, %v; want the querier %v", ns, err, p.addr())
 	}
 }
+
+// A new id (BEP 42) keeps what we know of each node and drops bad ones.
+func TestRebuiltKeepsStates(t *testing.T) {
+	now := time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
+	tb := newRoutingTable(nodeID{0x80}, func() time.Time { return now })
+	good := nodeInfo{ID: nodeID{0x01}, Addr: netip.MustParseAddrPort("10.0.0.1:1")}
+	bad := nodeInfo{ID: nodeID{0x02}, Addr: netip.MustParseAddrPort("10.0.0.2:1")}
+	asked := nodeInfo{ID: nodeID{0x03}, Addr: netip.MustParseAddrPort("10.0.0.3:1")}
+	tb.heard(good, true)
+	tb.heard(bad, true)
+	tb.heard(asked, false)
+	for range maxFailures {
+		tb.failed(bad)
+	}
+	nt := tb.rebuilt(nodeID{0x40})
+	if nt.self() != (nodeID{0x40}) {
+		t.Fatalf("self = %v", nt.self())
+	}
+	g, q, b := nt.counts()
+	if g != 1 || q != 1 || b != 0 {
+		t.Errorf("counts after rebuild = %d good, %d questionable, %d bad; want 1, 1, 0", g, q, b)
+	}
+	if got := nt.closestFamily(nodeID{}, 8, true, true); len(got) != 1 || got[0] != good {
+		t.Errorf("answered nodes after rebuild = %v, want only %v", got, good)
+	}
+}
