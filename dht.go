@@ -33,6 +33,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -280,19 +281,22 @@ func (d *dht) addNodes(rep *krpcReply, target nodeID, want uint8, from netip.Add
 		}
 	}
 	if want&wantN4 != 0 {
-		rep.Nodes = appendCompactNodes(d.nbuf4[:0], d.closestFamily(target, true))
+		rep.Nodes = appendCompactNodes(d.nbuf4[:0], d.closestFamily(target, true, from))
 	}
 	if want&wantN6 != 0 {
-		rep.Nodes6 = appendCompactNodes6(d.nbuf6[:0], d.closestFamily(target, false))
+		rep.Nodes6 = appendCompactNodes6(d.nbuf6[:0], d.closestFamily(target, false, from))
 	}
 }
 
 // closestFamily is the k closest nodes of one address family, so a table
-// holding both families still fills each list (BEP 32).
-func (d *dht) closestFamily(target nodeID, want4 bool) []nodeInfo {
+// holding both families still fills each list (BEP 32). The requester is
+// left out: telling a node about itself wastes a slot.
+func (d *dht) closestFamily(target nodeID, want4 bool, requester netip.AddrPort) []nodeInfo {
 	d.mu.Lock()
-	defer d.mu.Unlock()
-	return d.table.closestFamily(target, bucketSize, want4, true)
+	ns := d.table.closestFamily(target, bucketSize+1, want4, true)
+	d.mu.Unlock()
+	ns = slices.DeleteFunc(ns, func(n nodeInfo) bool { return n.Addr == requester })
+	return ns[:min(len(ns), bucketSize)]
 }
 
 // answerGetPeers returns a token, the peers we know and also the closest

@@ -783,3 +783,25 @@ func TestBootstrapRetriedAfterDeadSavedTable(t *testing.T) {
 		return r.table.size() > 0
 	})
 }
+
+// A reply never lists the requester itself among the closest nodes.
+func TestRepliesLeaveOutRequester(t *testing.T) {
+	ds := newSwarm(t, 6, 0)
+	q := krpcMsg{Method: methodFindNode, Args: krpcArgs{Target: ds[0].id()}}
+	r := ds[0].query(testCtx(t), ds[1].addr(), &q, nil)
+	if r.Err != nil {
+		t.Fatal(r.Err)
+	}
+	got, err := parseCompactNodes(r.Msg.Reply.Nodes)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(got) == 0 {
+		t.Fatal("find_node reply lists no nodes")
+	}
+	for _, n := range got {
+		if n.Addr == ds[0].addr() {
+			t.Fatalf("find_node reply to %v lists it: %v", ds[0].addr(), got)
+		}
+	}
+}

@@ -1194,8 +1194,10 @@ func TestServeVerifiesQuerier(t *testing.T) {
 	}
 	pong := krpcMsg{TID: ping.TID, Type: 'r', Reply: krpcReply{ID: nodeID(rawID)}}
 	p.send(d.addr(), pong.appendTo(nil))
-	waitUntil(t, func() bool { return len(d.closestFamily(nodeID{1}, true)) == 1 })
-	r := p.exchange(d, rawQuery(methodFindNode, krpcArgs{Target: nodeID{1}}))
+	// Verified, it is handed to others (though never to itself).
+	waitUntil(t, func() bool { return len(d.closestFamily(nodeID{1}, true, netip.AddrPort{})) == 1 })
+	other := newRawPeer(t)
+	r := other.exchange(d, rawQuery(methodFindNode, krpcArgs{Target: nodeID{1}}))
 	ns, err := parseCompactNodes(r.Reply.Nodes)
 	if err != nil || len(ns) != 1 || ns[0].Addr != p.addr() {
 		t.Errorf("after the pong, nodes = %v, %v; want the querier %v", ns, err, p.addr())
