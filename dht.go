@@ -33,6 +33,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -43,15 +44,18 @@ import (
 const (
 	tidLen          = 4    // bytes in our transaction ids: 32 random bits
 	maxTransactions = 2048 // outstanding queries per node
-	maxAttempts     = 3    // one transmission and two retransmissions
-	maxPeersReply   = 50   // peers in one get_peers reply (50*8 bytes keeps it < 1280)
+	maxAttempts     = 6    // one transmission and five retransmissions
+	maxBackoffShift = 2    // the timeout doubles at most twice: 1, 2, 4, 4, 4, 4 x RTO
+	maxPeersReply   = 50   // IPv4 peers in one get_peers reply: worst reply 1,045 bytes (SPEC.md 3.5.2)
+	maxPeersReply6  = 27   // IPv6 peers (21 bytes each): worst reply 1,225 of 1,232 bytes
 	maxEvictPings   = 64   // ping-before-evict queries in flight at once
 	routingFile     = "routing"
 
 	rtoInitial     = 500 * time.Millisecond // before the first RTT sample
-	rtoMin         = 20 * time.Millisecond
+	rtoMin         = 10 * time.Millisecond
 	rtoMax         = time.Second
 	rtoGranularity = 5 * time.Millisecond // G of RFC 6298
+	maxPeerRTT     = 4096                 // per-peer RTT estimates kept
 
 	maintenanceInterval = time.Minute
 	saveInterval        = 5 * time.Minute
@@ -127,6 +131,8 @@ type dht struct {
 	closed bool           // run has ended: no more queries
 	rng    *mrand.ChaCha8 // transaction ids: a CSPRNG seeded from cfg.Rand
 	rtt    rttEstimator
+	// peerRTT holds per-peer estimates, at most maxPeerRTT of them.
+	peerRTT map[netip.AddrPort]rttEstimator
 
 	// owned by the read goroutine: replies are encoded here, never allocated
 	sbuf, nbuf4, nbuf6, vbuf []byte
@@ -155,9 +161,9 @@ func newDHT(n *Node, cfg dhtConfig) (*dht, error) {
 	d := &dht{
 		node: n, cfg: cfg, log: cfg.Log, now: cfg.Now, version: []byte(krpcVersion),
 		timing: defaultTiming(),
-		tokens: newTokenBox(cfg.Rand, cfg.Now), peers: newPeerStore(cfg.Now), items: newItemStore(cfg.Now),
+		tokens: newTokenBox(cfg.Rand, cfg.Now), peers: newPeerStore(cfg.Now, cfg.Rand), items: newItemStore(cfg.Now),
 		table: newRoutingTable(self, cfg.Now), saved: saved, evicting: map[netip.AddrPort]struct{}{},
-		txs: map[txKey]*transaction{}, rng: mrand.NewChaCha8(seed),
+		txs: map[txKey]*transaction{}, peerRTT: map[netip.AddrPort]rttEstimator{}, rng: mrand.NewChaCha8(seed),
 		sbuf: make([]byte, 0, maxDatagram), nbuf4: make([]byte, 0, 26*bucketSize),
 		nbuf6: make([]byte, 0, 38*bucketSize), vbuf: make([]byte, 0, 20*maxPeersReply),
 	}
@@ -275,19 +281,22 @@ func (d *dht) addNodes(rep *krpcReply, target nodeID, want uint8, from netip.Add
 		}
 	}
 	if want&wantN4 != 0 {
-		rep.Nodes = appendCompactNodes(d.nbuf4[:0], d.closestFamily(target, true))
+		rep.Nodes = appendCompactNodes(d.nbuf4[:0], d.closestFamily(target, true, from))
 	}
 	if want&wantN6 != 0 {
-		rep.Nodes6 = appendCompactNodes6(d.nbuf6[:0], d.closestFamily(target, false))
+		rep.Nodes6 = appendCompactNodes6(d.nbuf6[:0], d.closestFamily(target, false, from))
 	}
 }
 
 // closestFamily is the k closest nodes of one address family, so a table
-// holding both families still fills each list (BEP 32).
-func (d *dht) closestFamily(target nodeID, want4 bool) []nodeInfo {
+// holding both families still fills each list (BEP 32). The requester is
+// left out: telling a node about itself wastes a slot.
+func (d *dht) closestFamily(target nodeID, want4 bool, requester netip.AddrPort) []nodeInfo {
 	d.mu.Lock()
-	defer d.mu.Unlock()
-	return d.table.closestFamily(target, bucketSize, want4)
+	ns := d.table.closestFamily(target, bucketSize+1, want4, true)
+	d.mu.Unlock()
+	ns = slices.DeleteFunc(ns, func(n nodeInfo) bool { return n.Addr == requester })
+	return ns[:min(len(ns), bucketSize)]
 }
 
 // answerGetPeers returns a token, the peers we know and also the closest
@@ -295,7 +304,12 @@ func (d *dht) closestFamily(target nodeID, want4 bool) []nodeInfo {
 // it will announce) even after it met a node that has peers.
 func (d *dht) answerGetPeers(rep *krpcReply, a *krpcArgs, from netip.AddrPort) {
 	rep.Token = d.tokens.issue(from.Addr())
-	if ps := d.peers.peers(a.InfoHash, maxPeersReply); len(ps) > 0 {
+	v4 := from.Addr().Unmap().Is4() // BEP 32: values in the requester's family, whatever "want" says
+	limit := maxPeersReply6
+	if v4 {
+		limit = maxPeersReply
+	}
+	if ps := d.peers.peersOf(a.InfoHash, limit, v4, !v4); len(ps) > 0 {
 		rep.Values = appendPeerList(d.vbuf[:0], ps)
 	}
 	d.addNodes(rep, a.InfoHash, a.Want, from)
@@ -348,7 +362,7 @@ func (d *dht) acceptPut(a *krpcArgs, from netip.AddrPort) (int, string) {
 		}
 		it = bep44Item{V: a.V, Mutable: true, K: a.K, Salt: a.Salt, Seq: a.Seq, Sig: a.Sig}
 	}
-	err := d.items.put(it, a.CAS, a.HasCAS)
+	err := d.items.put(it, a.CAS, a.HasCAS, from)
 	var be *bep44Error
 	switch {
 	case err == nil:
@@ -443,8 +457,10 @@ type queryResult struct {
 	Attempts int
 }
 
-// rttEstimator is RFC 6298's smoothed RTT for all peers together: lookups
-// talk to each node once or twice, too few samples for a per-peer estimate.
+// rttEstimator is RFC 6298's smoothed RTT. The DHT keeps one for all peers
+// together (lookups talk to most nodes once, too few samples each) and one
+// per peer it has heard from, so that a distant node we know keeps its own,
+// longer timeout when nearby nodes pull the global one down.
 type rttEstimator struct {
 	srtt, rttvar time.Duration
 	has          bool
@@ -472,9 +488,47 @@ func (e *rttEstimator) rto(t *dhtTiming) time.Duration {
 	return min(max(r, t.rtoMin), t.rtoMax)
 }
 
-// backoff doubles the timeout with each attempt (attempt 1 is the first send).
+// rtoForLocked is the timeout for a query to addr: its own estimate if it
+// has answered before, else the global one. d.txMu must be held.
+func (d *dht) rtoForLocked(addr netip.AddrPort) time.Duration {
+	if e, ok := d.peerRTT[addr]; ok {
+		return e.rto(&d.timing)
+	}
+	return d.rtt.rto(&d.timing)
+}
+
+// sampleRTTLocked records the time from a query's first send to its answer.
+// A first-attempt answer is a true sample, for the peer and the global
+// estimate. An answer after retransmissions is ambiguous (Karn), so the
+// global estimate ignores it; but a peer we have no estimate for gets it
+// as its first sample: an upper bound, which errs towards waiting longer
+// for a node that proved slower than the rest. d.txMu must be held.
+func (d *dht) sampleRTTLocked(addr netip.AddrPort, r time.Duration, attempts int) {
+	e, known := d.peerRTT[addr]
+	if attempts == 1 {
+		d.rtt.sample(r)
+	} else if known {
+		return
+	}
+	if !known && len(d.peerRTT) >= maxPeerRTT {
+		for a := range d.peerRTT { // map order is random: evict any one
+			delete(d.peerRTT, a)
+			break
+		}
+	}
+	e.sample(r)
+	d.peerRTT[addr] = e
+}
+
+// backoff doubles the timeout with each attempt (attempt 1 is the first
+// send) up to 2^maxBackoffShift x RTO, then keeps it there. Why stop
+// doubling: two doublings already cover an RTO estimate that was too short,
+// and the rest is random loss, where waiting longer buys nothing; one query
+// is one small datagram, adding no congestion worth backing off from.
+// Doubling all the way would make a dead node among a lookup's k closest
+// hold it up for 63 RTOs instead of 19.
 func backoff(rto time.Duration, attempt int, t *dhtTiming) time.Duration {
-	return min(rto<<(attempt-1), t.rtoMax)
+	return min(rto<<min(attempt-1, maxBackoffShift), t.rtoMax)
 }
 
 // sendQuery sends q (Method and Args set by the caller; tid, id and version
@@ -510,7 +564,7 @@ func (d *dht) sendQuery(to netip.AddrPort, q *krpcMsg, expect *nodeID, onRetry f
 	t.pkt = q.appendTo(make([]byte, 0, 128))
 	t.sent = d.now()
 	d.txs[k] = t
-	t.timer = time.AfterFunc(d.rtt.rto(&d.timing), func() { d.retry(k) })
+	t.timer = time.AfterFunc(d.rtoForLocked(to), func() { d.retry(k) })
 	d.txMu.Unlock()
 	d.sendRaw(to, t.pkt)
 	return k, nil
@@ -527,7 +581,7 @@ func (d *dht) retry(k txKey) {
 	if t.attempts < maxAttempts {
 		t.attempts++
 		attempt := t.attempts
-		t.timer.Reset(backoff(d.rtt.rto(&d.timing), attempt, &d.timing))
+		t.timer.Reset(backoff(d.rtoForLocked(k.addr), attempt, &d.timing))
 		d.txMu.Unlock()
 		d.sendRaw(k.addr, t.pkt)
 		if t.onRetry != nil {
@@ -567,9 +621,7 @@ func (d *dht) handleResponse(from netip.AddrPort, m *krpcMsg, b []byte) {
 	if ok {
 		delete(d.txs, k)
 		t.timer.Stop()
-		if t.attempts == 1 { // Karn: a retransmitted query's RTT is ambiguous
-			d.rtt.sample(d.now().Sub(t.sent))
-		}
+		d.sampleRTTLocked(from, d.now().Sub(t.sent), t.attempts)
 	}
 	d.txMu.Unlock()
 	if !ok {
@@ -603,7 +655,7 @@ func (d *dht) learnExternal(from netip.AddrPort, seen netip.AddrPort) {
 		return
 	}
 	d.mu.Lock()
-	ext, changed := d.voter.vote(from.Addr(), seen)
+	ext, changed := d.voter.voteFrom(from, seen)
 	self := d.table.self()
 	d.mu.Unlock()
 	ip := ext.Addr()
@@ -616,11 +668,7 @@ func (d *dht) learnExternal(from netip.AddrPort, seen netip.AddrPort) {
 		return
 	}
 	d.mu.Lock()
-	old := d.table.nodes()
-	d.table = newRoutingTable(id, d.now)
-	for _, n := range old {
-		d.table.heard(n, true)
-	}
+	d.table = d.table.rebuilt(id)
 	d.mu.Unlock()
 	d.log.Info("dht: new secure node id", "external", ext, "id", id)
 }
@@ -674,8 +722,8 @@ func (d *dht) ping(ctx context.Context, addr netip.AddrPort) (nodeID, error) {
 // --- maintenance
 
 // run bootstraps, then refreshes stale buckets and saves the table until ctx
-// ends; it saves the table on exit. It returns an error (after logging it)
-// if nodes to bootstrap from were given and none of them answered.
+// ends; it saves the table on exit. A failed bootstrap is logged and
+// retried from refresh. It returns nil.
 func (d *dht) run(ctx context.Context) error {
 	defer d.shutdown()
 	if err := d.bootstrap(ctx); err != nil {
@@ -708,9 +756,18 @@ func (d *dht) run(ctx context.Context) error {
 // refresh looks up a random id in every bucket left unchanged for
 // bucketRefresh (BEP 5), and retries the bootstrap if the table emptied.
 func (d *dht) refresh(ctx context.Context) {
-	if d.size() == 0 && len(d.cfg.Bootstrap) > 0 {
-		if err := d.bootstrap(ctx); err != nil {
-			d.log.Warn("dht: bootstrap", "err", err)
+	// No good node left: ping the best of the rest, and if none answers,
+	// go back to the bootstrap nodes. Dead saved nodes (a node started
+	// offline) must not keep us from them.
+	d.mu.Lock()
+	good, _, _ := d.table.counts()
+	probe := d.table.closest(d.table.self(), bucketSize)
+	d.mu.Unlock()
+	if good == 0 && len(d.cfg.Bootstrap) > 0 {
+		if !d.anyAnswers(ctx, probe) {
+			if err := d.bootstrap(ctx); err != nil {
+				d.log.Warn("dht: bootstrap", "err", err)
+			}
 		}
 		return
 	}
@@ -734,9 +791,10 @@ func (d *dht) shutdown() {
 	d.closed = true
 	var open []*transaction
 	for k, t := range d.txs {
-		if t.timer.Stop() {
-			open = append(open, t)
-		}
+		// Even if the timer fired, its retry finds the transaction gone
+		// and returns: done is ours to call, exactly once.
+		t.timer.Stop()
+		open = append(open, t)
 		delete(d.txs, k)
 	}
 	d.txMu.Unlock()
@@ -794,6 +852,17 @@ func (d *dht) bootstrap(ctx context.Context) error {
 	self := d.id()
 	_, err := d.lookup(ctx, lookupOpts{target: self, method: methodFindNode, seeds: seeds})
 	return err
+}
+
+// anyAnswers pings ns and reports whether one answered; those that do not
+// are recorded as failed.
+func (d *dht) anyAnswers(ctx context.Context, ns []nodeInfo) bool {
+	for _, r := range d.queryAll(ctx, ns, func(int) krpcMsg { return krpcMsg{Method: methodPing} }) {
+		if r.Err == nil {
+			return true
+		}
+	}
+	return false
 }
 
 // askRouters resolves every bootstrap HOST:PORT and sends it find_node(our

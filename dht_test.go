@@ -118,19 +118,26 @@ func (p *rawPeer) recv(wait time.Duration) ([]byte, netip.AddrPort) {
 	return buf[:n], from
 }
 
-// exchange sends b to d and parses the answer.
+// exchange sends b to d and parses the answer, skipping the queries d
+// sends meanwhile (it pings a new querier to verify its address).
 func (p *rawPeer) exchange(d *dht, b []byte) krpcMsg {
 	p.t.Helper()
 	p.send(d.addr(), b)
-	r, _ := p.recv(2 * time.Second)
-	if r == nil {
-		p.t.Fatalf("no answer to %q", b)
+	for range 4 {
+		r, _ := p.recv(2 * time.Second)
+		if r == nil {
+			break
+		}
+		m, err := parseKRPC(r)
+		if err != nil {
+			p.t.Fatalf("parseKRPC(%q): %v", r, err)
+		}
+		if m.Type != 'q' {
+			return m
+		}
 	}
-	m, err := parseKRPC(r)
-	if err != nil {
-		p.t.Fatalf("parseKRPC(%q): %v", r, err)
-	}
-	return m
+	p.t.Fatalf("no answer to %q", b)
+	return krpcMsg{}
 }
 
 var rawID = bytes.Repeat([]byte{0xab}, idLen)
@@ -555,16 +562,17 @@ func TestServeWant(t *testing.T) {
 	d.heard(v4, true)
 	d.heard(v6, true)
 	p := newRawPeer(t)
-	// the IPv4 nodes are v4 and the raw peer itself
+	// the IPv4 nodes are v4 and the raw peer itself, which only queried us
+	// and so is never handed out (it may be a spoofed source)
 	tests := []struct {
 		want         uint8
 		four, six    bool
 		wantN4Length int
 	}{
-		{0, true, false, 52},
-		{wantN4, true, false, 52},
+		{0, true, false, 26},
+		{wantN4, true, false, 26},
 		{wantN6, false, true, 0},
-		{wantN4 | wantN6, true, true, 52},
+		{wantN4 | wantN6, true, true, 26},
 	}
 	for _, tc := range tests {
 		r := p.exchange(d, rawQuery(methodFindNode, krpcArgs{Want: tc.want}))
@@ -657,6 +665,143 @@ func TestServeAllocs(t *testing.T) {
 		q := rawQuery(tc.method, tc.a)
 		if got := testing.AllocsPerRun(100, func() { d.handleKRPC(from, q) }); got > tc.max {
 			t.Errorf("%v: %v allocations per query, want <= %v", tc.method, got, tc.max)
+		}
+	}
+}
+
+// slowResponder answers every ping it receives after delay, until the test
+// ends; it answers the last copy of a retransmitted query only once.
+func slowResponder(t *testing.T, delay time.Duration) netip.AddrPort {
+	p := newRawPeer(t)
+	id := nodeID{0x51, 0x0a}
+	go func() {
+		for range 64 {
+			b, from := p.recv(5 * time.Second)
+			if b == nil {
+				return
+			}
+			m, err := parseKRPC(b)
+			if err != nil || m.Type != 'q' {
+				continue
+			}
+			r := krpcMsg{TID: bytes.Clone(m.TID), Type: 'r', Reply: krpcReply{ID: id}}
+			out := r.appendTo(nil)
+			time.AfterFunc(delay, func() { p.conn.WriteToUDPAddrPort(out, from) })
+		}
+	}()
+	return p.addr()
+}
+
+// Nearby nodes pull the global RTO down to its floor; a distant node that
+// answered once keeps its own, longer timeout, so the next query to it is
+// answered without a retransmission (and without being counted as failed).
+func TestPerPeerRTO(t *testing.T) {
+	d := newTestDHT(t, dhtConfig{}, 0)
+	d.txMu.Lock()
+	for range 20 {
+		d.rtt.sample(time.Millisecond)
+	}
+	d.txMu.Unlock()
+	slow := slowResponder(t, 120*time.Millisecond)
+	q := krpcMsg{Method: methodPing}
+	first := d.query(testCtx(t), slow, &q, nil)
+	if first.Err != nil {
+		t.Fatalf("first ping: %v", first.Err)
+	}
+	if first.Attempts == 1 {
+		t.Fatalf("first ping answered on the first attempt: the global RTO was not low")
+	}
+	q = krpcMsg{Method: methodPing}
+	second := d.query(testCtx(t), slow, &q, nil)
+	if second.Err != nil || second.Attempts != 1 {
+		t.Fatalf("second ping: %v after %d attempts, want an answer to the first", second.Err, second.Attempts)
+	}
+	d.txMu.Lock()
+	global, own := d.rtt.rto(&d.timing), d.rtoForLocked(slow)
+	d.txMu.Unlock()
+	// The second answer was a true sample and moved the global estimate
+	// too, but only part of the way.
+	if own <= 120*time.Millisecond || own <= global {
+		t.Errorf("rto global %v, slow peer %v: want the peer's above 120ms and the global one", global, own)
+	}
+}
+
+// Responses' "ip" fields teach a node its external address; on loopback
+// the voters are told apart by port (SPEC 3.3).
+func TestExternalAddressLearnedOnLoopback(t *testing.T) {
+	ds := newSwarm(t, 8, 0)
+	d := ds[len(ds)-1]
+	if _, err := d.findNode(testCtx(t), nodeID{0x42}); err != nil {
+		t.Fatal(err)
+	}
+	ext, ok := d.external()
+	if !ok || ext != d.addr() {
+		t.Fatalf("external() = %v, %v; want %v", ext, ok, d.addr())
+	}
+}
+
+// A node started with a saved table of dead nodes, before its bootstrap
+// node is up, still joins once the bootstrap node appears.
+func TestBootstrapRetriedAfterDeadSavedTable(t *testing.T) {
+	dir := t.TempDir()
+	dead := []nodeInfo{
+		{ID: nodeID{0x01}, Addr: newRawPeer(t).addr()},
+		{ID: nodeID{0x02}, Addr: newRawPeer(t).addr()},
+	}
+	if err := saveRoutingTable(filepath.Join(dir, "routing"), nodeID{0x77}, dead); err != nil {
+		t.Fatal(err)
+	}
+	router, err := net.ListenUDP("udp", net.UDPAddrFromAddrPort(netip.MustParseAddrPort("127.0.0.1:0")))
+	if err != nil {
+		t.Fatal(err)
+	}
+	routerAddr := router.LocalAddr().(*net.UDPAddr).AddrPort()
+	router.Close() // not up yet: its port is free again
+	d := newTestDHT(t, dhtConfig{Dir: dir, Bootstrap: []string{routerAddr.String()}}, 0)
+	d.timing.rtoInitial, d.timing.maintenance = 10*time.Millisecond, 50*time.Millisecond
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { d.run(ctx); close(done) }()
+	t.Cleanup(func() { cancel(); <-done })
+
+	time.Sleep(time.Second) // the saved nodes and the router fail
+	rn, err := listenNode(routerAddr.String(), nil)
+	if err != nil {
+		t.Skipf("router port taken meanwhile: %v", err)
+	}
+	r, err := newDHT(rn, dhtConfig{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	rctx, rcancel := context.WithCancel(context.Background())
+	rdone := make(chan struct{})
+	go func() { rn.run(rctx); close(rdone) }()
+	t.Cleanup(func() { rcancel(); <-rdone })
+	waitUntil(t, func() bool {
+		r.mu.Lock()
+		defer r.mu.Unlock()
+		return r.table.size() > 0
+	})
+}
+
+// A reply never lists the requester itself among the closest nodes.
+func TestRepliesLeaveOutRequester(t *testing.T) {
+	ds := newSwarm(t, 6, 0)
+	q := krpcMsg{Method: methodFindNode, Args: krpcArgs{Target: ds[0].id()}}
+	r := ds[0].query(testCtx(t), ds[1].addr(), &q, nil)
+	if r.Err != nil {
+		t.Fatal(r.Err)
+	}
+	got, err := parseCompactNodes(r.Msg.Reply.Nodes)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(got) == 0 {
+		t.Fatal("find_node reply lists no nodes")
+	}
+	for _, n := range got {
+		if n.Addr == ds[0].addr() {
+			t.Fatalf("find_node reply to %v lists it: %v", ds[0].addr(), got)
 		}
 	}
 }

@@ -37,6 +37,7 @@ import (
 	"os"
 	"path/filepath"
 	"reflect"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -1330,6 +1331,9 @@ const (
 	defaultRekeyAfterMessages = uint64(1) << 60
 	defaultLoadThreshold      = 64 // handshake messages per second before cookies
 	defaultTickInterval       = 250 * time.Millisecond
+	defaultKeepalive          = 25 * time.Second // keeps NAT mappings open; shows presence
+	defaultDeadAfter          = 3*defaultKeepalive + 5*time.Second
+	maxCandidates             = 4 // addresses tried at once while there is no session
 	cookieRefreshTime         = 120 * time.Second
 	maxQueuedPerPeer          = 128
 )
@@ -1340,6 +1344,7 @@ type sessionConfig struct {
 	Allowed     func(peer publicKey) bool                                   // is peer a contact?
 	Deliver     func(peer publicKey, from netip.AddrPort, plaintext []byte) // plaintext valid only during call
 	Established func(peer publicKey, addr netip.AddrPort)                   // a new session (also after rekey/roam: addr may differ)
+	Ended       func(peer publicKey)                                        // the session expired or the peer fell silent for DeadAfter
 	Now         func() time.Time
 	Rand        io.Reader
 	Log         *slog.Logger
@@ -1352,6 +1357,8 @@ type sessionConfig struct {
 	RekeyAfterMessages uint64
 	LoadThreshold      int // handshake messages per second that put us under load
 	TickInterval       time.Duration
+	Keepalive          time.Duration // an idle session sends an empty packet this often
+	DeadAfter          time.Duration // silence after which a session counts as ended
 }
 
 func (c *sessionConfig) setDefaults() {
@@ -1365,6 +1372,8 @@ func (c *sessionConfig) setDefaults() {
 	setDur(&c.RekeyTimeout, defaultRekeyTimeout)
 	setDur(&c.RekeyAttemptTime, defaultRekeyAttemptTime)
 	setDur(&c.TickInterval, defaultTickInterval)
+	setDur(&c.Keepalive, defaultKeepalive)
+	setDur(&c.DeadAfter, defaultDeadAfter)
 	if c.RekeyAfterMessages == 0 {
 		c.RekeyAfterMessages = defaultRekeyAfterMessages
 	}
@@ -1388,6 +1397,9 @@ func (c *sessionConfig) setDefaults() {
 	}
 	if c.Established == nil {
 		c.Established = func(publicKey, netip.AddrPort) {}
+	}
+	if c.Ended == nil {
+		c.Ended = func(publicKey) {}
 	}
 }
 
@@ -1433,6 +1445,14 @@ type peer struct {
 	previous *keypair // receives only, until it expires
 	next     *keypair // responder side, until the initiator's first packet confirms it
 	queue    [][]byte
+
+	// While there is no session, the rendezvous may report several
+	// addresses (an old announcement outlives a restart): the same
+	// initiation goes to each, and the one that answers wins.
+	candidates []netip.AddrPort
+	lastInit   []byte    // the pending initiation, to send to a new candidate
+	lastRecv   time.Time // last authenticated packet
+	online     bool      // Established reported and Ended not since
 }
 
 // indexEntry is what a receiver index names: our pending initiation, or a keypair.
@@ -1785,6 +1805,7 @@ func (m *sessionManager) completeHandshake(from netip.AddrPort, msg *responseMsg
 	p.hs, p.hsStarted = nil, time.Time{}
 	m.rotateLocked(p, kp)
 	p.endpoint = from
+	m.liveLocked(p, now)
 	return p, nil
 }
 
@@ -1887,7 +1908,18 @@ func (m *sessionManager) confirm(p *peer, kp *keypair, from netip.AddrPort) bool
 		p.endpoint = from
 		changed = true
 	}
+	if !p.online {
+		changed = true
+	}
+	m.liveLocked(p, m.cfg.Now())
 	return changed
+}
+
+// liveLocked records an authenticated packet from p: it is online, and the
+// candidates from the rendezvous are no longer needed.
+func (m *sessionManager) liveLocked(p *peer, now time.Time) {
+	p.lastRecv, p.online = now, true
+	p.candidates, p.lastInit = nil, nil
 }
 
 // flush sends the payloads queued for p on its current session. An
@@ -1955,10 +1987,12 @@ func (m *sessionManager) send(peerKey publicKey, p []byte) error {
 			init = m.maybeInitiateLocked(pr, now)
 		}
 	}
-	m.mu.Unlock()
+	var targets []netip.AddrPort
 	if init != nil {
-		m.sendRaw(to, init)
+		targets = initTargetsLocked(pr)
 	}
+	m.mu.Unlock()
+	m.sendInitiation(targets, init)
 	if kp != nil {
 		return m.sendTransport(kp, to, p)
 	}
@@ -2040,24 +2074,75 @@ func (m *sessionManager) initiateLocked(p *peer, now time.Time) []byte {
 	}
 	out := msg.appendTo(make([]byte, 0, initiationSize))
 	m.setMACsLocked(p, out, initiationOffMAC1, initiationOffMAC2, now)
+	p.lastInit = out
 	return out
 }
 
-// setEndpoint records where peer can be reached and handshakes if there
-// is no session yet.
+// initTargetsLocked is where an initiation to p goes: its endpoint and the
+// candidate addresses, each once.
+func initTargetsLocked(p *peer) []netip.AddrPort {
+	out := make([]netip.AddrPort, 0, 1+len(p.candidates))
+	if p.endpoint.IsValid() {
+		out = append(out, p.endpoint)
+	}
+	for _, c := range p.candidates {
+		if c != p.endpoint {
+			out = append(out, c)
+		}
+	}
+	return out
+}
+
+// addCandidateLocked records addr as a candidate, newest first, and
+// reports whether it is new.
+func addCandidateLocked(p *peer, addr netip.AddrPort) bool {
+	if i := slices.Index(p.candidates, addr); i >= 0 {
+		copy(p.candidates[1:i+1], p.candidates[:i])
+		p.candidates[0] = addr
+		return false
+	}
+	if len(p.candidates) == maxCandidates {
+		p.candidates = p.candidates[:maxCandidates-1]
+	}
+	p.candidates = slices.Insert(p.candidates, 0, addr)
+	return true
+}
+
+// sendInitiation sends one initiation to every target.
+func (m *sessionManager) sendInitiation(to []netip.AddrPort, b []byte) {
+	for _, a := range to {
+		m.sendRaw(a, b)
+	}
+}
+
+// setEndpoint records an address where peer may be reached (from the
+// rendezvous) and handshakes if there is no live session. A live session's
+// address changes only with authenticated packets (roaming), never with
+// what the DHT says: an old announcement must not divert a session.
 func (m *sessionManager) setEndpoint(peerKey publicKey, addr netip.AddrPort) {
 	now := m.cfg.Now()
 	m.mu.Lock()
 	p := m.peerLocked(peerKey)
-	p.endpoint = addr
+	if p.online && m.usableLocked(p, now) != nil {
+		m.mu.Unlock()
+		return
+	}
+	isNew := addCandidateLocked(p, addr)
+	if !p.endpoint.IsValid() {
+		p.endpoint = addr
+	}
 	var init []byte
-	if m.usableLocked(p, now) == nil {
-		init = m.maybeInitiateLocked(p, now)
+	var to []netip.AddrPort
+	switch {
+	case p.hs == nil:
+		if init = m.maybeInitiateLocked(p, now); init != nil {
+			to = initTargetsLocked(p)
+		}
+	case isNew && p.lastInit != nil:
+		init, to = p.lastInit, []netip.AddrPort{addr}
 	}
 	m.mu.Unlock()
-	if init != nil {
-		m.sendRaw(addr, init)
-	}
+	m.sendInitiation(to, init)
 }
 
 // hasSession reports whether peer has a confirmed, unexpired session.
@@ -2119,23 +2204,46 @@ func (m *sessionManager) eraseAll() {
 func (m *sessionManager) tick() {
 	now := m.cfg.Now()
 	type out struct {
-		to netip.AddrPort
+		to []netip.AddrPort
 		b  []byte
 	}
 	var sends []out
+	var keepalive []*peer
+	var ended []publicKey
 	m.mu.Lock()
 	for _, p := range m.peers {
 		if b := m.tickPeerLocked(p, now); b != nil {
-			sends = append(sends, out{p.endpoint, b})
+			sends = append(sends, out{initTargetsLocked(p), b})
+		}
+		if m.endedLocked(p, now) {
+			ended = append(ended, p.key)
+		} else if p.online && now.Sub(p.lastSend) >= m.cfg.Keepalive {
+			keepalive = append(keepalive, p)
 		}
 	}
 	m.mu.Unlock()
 	for _, s := range sends {
-		m.sendRaw(s.to, s.b)
+		m.sendInitiation(s.to, s.b)
+	}
+	for _, p := range keepalive {
+		m.flush(p, true)
+	}
+	for _, k := range ended {
+		m.cfg.Ended(k)
 	}
 }
 
-// tickPeerLocked returns an initiation to send, if any.
+// endedLocked reports, once, that p's session is over: its keys expired
+// without a successor, or it has been silent for DeadAfter (keepalives
+// make silence mean absence).
+func (m *sessionManager) endedLocked(p *peer, now time.Time) bool {
+	if !p.online || (p.current != nil && now.Sub(p.lastRecv) < m.cfg.DeadAfter) {
+		return false
+	}
+	p.online = false
+	return true
+}
+
 func (m *sessionManager) tickPeerLocked(p *peer, now time.Time) []byte {
 	for _, kp := range []**keypair{&p.current, &p.previous, &p.next} {
 		if *kp != nil && now.Sub((*kp).created) >= m.cfg.RejectAfterTime {

@@ -1805,3 +1805,87 @@ func TestSimultaneousOpenStaleAddress(t *testing.T) {
 		t.Error("the lower key is not the initiator")
 	}
 }
+
+// The rendezvous may report an old address before the live one: the same
+// initiation goes to both, and the live one answers at once, without
+// waiting RekeyTimeout for a retransmission.
+func TestSessionCandidateAddresses(t *testing.T) {
+	var n fakeNet
+	clock := newTestClock()
+	a, b := newTestPair(t, &n, clock, nil)
+	stale := netip.MustParseAddrPort("127.0.0.1:9")
+	a.m.setEndpoint(b.id.public(), stale)
+	a.m.setEndpoint(b.id.public(), b.addr)
+	if err := a.m.send(b.id.public(), []byte("hello")); err != nil {
+		t.Fatal(err)
+	}
+	n.pump(t)
+	if !a.m.hasSession(b.id.public()) {
+		t.Fatal("no session: the live candidate was not tried")
+	}
+	if got := b.delivered(); !slices.Equal(got, []string{"hello"}) {
+		t.Errorf("b got %q", got)
+	}
+	// With a live session, what the DHT says no longer moves it.
+	a.m.setEndpoint(b.id.public(), stale)
+	if err := a.m.send(b.id.public(), []byte("still here")); err != nil {
+		t.Fatal(err)
+	}
+	n.pump(t)
+	if got := b.delivered(); !slices.Equal(got, []string{"hello", "still here"}) {
+		t.Errorf("b got %q after a stale setEndpoint", got)
+	}
+}
+
+// An idle session sends keepalives, so silence means absence: Ended is
+// reported once after DeadAfter without a packet, and a packet revives it.
+func TestSessionKeepaliveAndEnded(t *testing.T) {
+	var n fakeNet
+	clock := newTestClock()
+	var mu sync.Mutex
+	ended := map[publicKey]int{}
+	a, b := newTestPair(t, &n, clock, func(c *sessionConfig) {
+		c.Ended = func(k publicKey) { mu.Lock(); ended[k]++; mu.Unlock() }
+	})
+	a.m.setEndpoint(b.id.public(), b.addr)
+	a.m.send(b.id.public(), []byte("hello"))
+	n.pump(t)
+	for range 4 { // keepalives both ways keep both sides alive
+		clock.advance(defaultKeepalive)
+		a.m.tick()
+		b.m.tick()
+		n.pump(t)
+	}
+	mu.Lock()
+	if len(ended) != 0 {
+		t.Fatalf("ended while keepalives flowed: %v", ended)
+	}
+	mu.Unlock()
+	n.filter = func(p fakePacket) bool { return p.from != b.addr } // b falls silent
+	for range 5 {
+		clock.advance(defaultDeadAfter / 4)
+		a.m.tick()
+		n.pump(t)
+	}
+	mu.Lock()
+	if got := ended[b.id.public()]; got != 1 {
+		t.Fatalf("Ended(b) reported %d times, want 1", got)
+	}
+	mu.Unlock()
+	n.filter = nil
+	estBefore := a.established
+	b.m.send(a.id.public(), []byte("back"))
+	for range 3 { // handshakes a or b started in the silence retransmit
+		n.pump(t)
+		clock.advance(defaultRekeyTimeout)
+		a.m.tick()
+		b.m.tick()
+	}
+	n.pump(t)
+	if got := a.delivered(); !slices.Equal(got, []string{"back"}) {
+		t.Errorf("a got %q", got)
+	}
+	if a.established != estBefore+1 {
+		t.Errorf("a packet from b after Ended did not re-establish (%d -> %d)", estBefore, a.established)
+	}
+}

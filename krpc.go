@@ -101,7 +101,7 @@ type krpcArgs struct {
 	ID          nodeID
 	Target      nodeID // find_node, get
 	InfoHash    nodeID // get_peers, announce_peer
-	Port        uint16 // announce_peer, 0 if absent (allowed with ImpliedPort)
+	Port        uint16 // announce_peer; with ImpliedPort 0 if absent or 0
 	ImpliedPort bool   // announce_peer implied_port=1
 	Token       []byte // announce_peer, put
 	Want        uint8  // wantN4|wantN6; 0 when absent
@@ -686,10 +686,17 @@ func (p *krpcParse) readAnnounce(a *krpcArgs) error {
 		if err != nil {
 			return err
 		}
-		if port < 1 || port > 65535 {
+		// With implied_port the port is informative only (libtorrent sends
+		// its listen port, possibly 0), so any 16-bit value will do.
+		lo := int64(1)
+		if a.ImpliedPort {
+			lo = 0
+		}
+		if port < lo || port > 65535 {
 			return fmt.Errorf("port: %w: %d", errKRPCValue, port)
 		}
 		a.Port = uint16(port)
+		p.ignored = p.ignored || port == 0 // port 0 is not written back
 	}
 	a.Token, err = p.readToken(f, argToken)
 	return err
@@ -709,8 +716,11 @@ func (p *krpcParse) readPut(a *krpcArgs) error {
 	}
 	a.V = f.raw(argV)
 	if !f.has(argK) {
+		// Immutable. sig, seq, salt and cas mean nothing here and are
+		// ignored like unknown keys: anacrolix/dht sends "seq": 0 with
+		// its immutable puts, and refusing them would split the network.
 		if f.found&(1<<argSig|1<<argSeq|1<<argSalt|1<<argCAS) != 0 {
-			return fmt.Errorf("sig, seq, salt or cas without k: %w", errKRPCValue)
+			p.ignored = true
 		}
 		return nil
 	}

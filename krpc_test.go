@@ -148,6 +148,10 @@ func TestParseKRPC(t *testing.T) {
 			&krpcMsg{TID: []byte("aa"), Type: 'r', IP: netip.MustParseAddrPort("192.0.2.1:6881"), Reply: krpcReply{ID: abc}}, nil, false},
 		{"implied port without port", "d1:ad2:id" + id20 + "12:implied_porti1e9:info_hash" + id20 + "5:token2:tke1:q13:announce_peer1:t2:aa1:y1:qe",
 			&krpcMsg{TID: []byte("aa"), Type: 'q', Method: methodAnnouncePeer, Args: krpcArgs{ID: abc, InfoHash: abc, ImpliedPort: true, Token: []byte("tk")}}, nil, false},
+		{"implied port with port 0", "d1:ad2:id" + id20 + "12:implied_porti1e9:info_hash" + id20 + "4:porti0e5:token2:tke1:q13:announce_peer1:t2:aa1:y1:qe",
+			&krpcMsg{TID: []byte("aa"), Type: 'q', Method: methodAnnouncePeer, Args: krpcArgs{ID: abc, InfoHash: abc, ImpliedPort: true, Token: []byte("tk")}}, nil, false},
+		{"implied port with port 65535", "d1:ad2:id" + id20 + "12:implied_porti1e9:info_hash" + id20 + "4:porti65535e5:token2:tke1:q13:announce_peer1:t2:aa1:y1:qe",
+			&krpcMsg{TID: []byte("aa"), Type: 'q', Method: methodAnnouncePeer, Args: krpcArgs{ID: abc, InfoHash: abc, Port: 65535, ImpliedPort: true, Token: []byte("tk")}}, nil, false},
 
 		{"unused arg of wrong type ignored", "d1:ad2:id" + id20 + "6:targeti5ee1:q4:ping1:t2:aa1:y1:qe",
 			&krpcMsg{TID: []byte("aa"), Type: 'q', Method: methodPing, Args: krpcArgs{ID: abc}}, nil, false},
@@ -185,12 +189,20 @@ func TestParseKRPC(t *testing.T) {
 		{"announce port 0", "d1:ad2:id" + id20 + "9:info_hash" + id20 + "4:porti0e5:token2:tke1:q13:announce_peer1:t2:aa1:y1:qe", nil, errKRPCValue, true},
 		{"announce port big", "d1:ad2:id" + id20 + "9:info_hash" + id20 + "4:porti65536e5:token2:tke1:q13:announce_peer1:t2:aa1:y1:qe", nil, errKRPCValue, true},
 		{"announce no token", "d1:ad2:id" + id20 + "9:info_hash" + id20 + "4:porti1ee1:q13:announce_peer1:t2:aa1:y1:qe", nil, errKRPCMissing, true},
+		{"implied port with port big", "d1:ad2:id" + id20 + "12:implied_porti1e9:info_hash" + id20 + "4:porti65536e5:token2:tke1:q13:announce_peer1:t2:aa1:y1:qe", nil, errKRPCValue, true},
+		{"implied port with port -1", "d1:ad2:id" + id20 + "12:implied_porti1e9:info_hash" + id20 + "4:porti-1e5:token2:tke1:q13:announce_peer1:t2:aa1:y1:qe", nil, errKRPCValue, true},
+		{"implied port with string port", "d1:ad2:id" + id20 + "12:implied_porti1e9:info_hash" + id20 + "4:port1:05:token2:tke1:q13:announce_peer1:t2:aa1:y1:qe", nil, errKRPCType, true},
 		{"implied_port 2", "d1:ad2:id" + id20 + "12:implied_porti2e9:info_hash" + id20 + "5:token2:tke1:q13:announce_peer1:t2:aa1:y1:qe", nil, errKRPCValue, true},
 		{"ro 2", "d1:ad2:id" + id20 + "e1:q4:ping2:roi2e1:t2:aa1:y1:qe", nil, errKRPCValue, true},
 		{"bad ip in query", "d1:ad2:id" + id20 + "e2:ip3:abc1:q4:ping1:t2:aa1:y1:qe", nil, errKRPCCompact, true},
 		{"want not list", "d1:ad2:id" + id20 + "6:target" + id20 + "4:want2:n4e1:q9:find_node1:t2:aa1:y1:qe", nil, errKRPCType, true},
 		{"put without v", "d1:ad2:id" + id20 + "5:token2:tke1:q3:put1:t2:aa1:y1:qe", nil, errKRPCMissing, true},
-		{"put sig without k", "d1:ad2:id" + id20 + "3:sig64:" + strings.Repeat("s", 64) + "5:token2:tk1:vi1ee1:q3:put1:t2:aa1:y1:qe", nil, errKRPCValue, true},
+		// Without k a put is immutable: sig, seq, salt and cas are ignored
+		// (anacrolix sends "seq": 0 with immutable puts).
+		{"put sig without k", "d1:ad2:id" + id20 + "3:sig64:" + strings.Repeat("s", 64) + "5:token2:tk1:vi1ee1:q3:put1:t2:aa1:y1:qe",
+			&krpcMsg{TID: []byte("aa"), Type: 'q', Method: methodPut, Args: krpcArgs{ID: abc, Token: []byte("tk"), V: []byte("i1e")}}, nil, false},
+		{"immutable put with seq 0", "d1:ad2:id" + id20 + "3:seqi0e5:token2:tk1:vi1ee1:q3:put1:t2:aa1:y1:qe",
+			&krpcMsg{TID: []byte("aa"), Type: 'q', Method: methodPut, Args: krpcArgs{ID: abc, Token: []byte("tk"), V: []byte("i1e")}}, nil, false},
 		{"put k without sig", "d1:ad2:id" + id20 + "1:k32:" + strings.Repeat("k", 32) + "3:seqi1e5:token2:tk1:vi1ee1:q3:put1:t2:aa1:y1:qe", nil, errKRPCMissing, true},
 		{"put negative seq", "d1:ad2:id" + id20 + "1:k32:" + strings.Repeat("k", 32) + "3:seqi-1e3:sig64:" + strings.Repeat("s", 64) + "5:token2:tk1:vi1ee1:q3:put1:t2:aa1:y1:qe", nil, errKRPCValue, true},
 		{"token too long", "d1:ad2:id" + id20 + "5:token65:" + strings.Repeat("t", 65) + "1:vi1ee1:q3:put1:t2:aa1:y1:qe", nil, errKRPCSize, true},
@@ -581,6 +593,7 @@ func FuzzKRPC(f *testing.F) {
 	f.Add([]byte("d1:ad2:id20:abcdefghij01234567896:target20:mnopqrstuvwxyz123456e1:q9:find_node1:t2:aa1:y1:qe"))
 	f.Add([]byte("d1:ad2:id20:abcdefghij01234567899:info_hash20:mnopqrstuvwxyz123456e1:q9:get_peers1:t2:aa1:y1:qe"))
 	f.Add([]byte("d1:ad2:id20:abcdefghij012345678912:implied_porti1e9:info_hash20:mnopqrstuvwxyz1234564:porti6881e5:token8:aoeusnthe1:q13:announce_peer1:t2:aa1:y1:qe"))
+	f.Add([]byte("d1:ad2:id20:abcdefghij012345678912:implied_porti1e9:info_hash20:mnopqrstuvwxyz1234564:porti0e5:token8:aoeusnthe1:q13:announce_peer1:t2:aa1:y1:qe"))
 	f.Fuzz(func(t *testing.T, b []byte) {
 		m, ignored, err := parseKRPCIgnored(b)
 		if err != nil {
@@ -662,6 +675,52 @@ func BenchmarkCheckBencode(b *testing.B) {
 	for b.Loop() {
 		if err := checkBencode(in); err != nil {
 			b.Fatal(err)
+		}
+	}
+}
+
+// maxGetPeersReply is the budget of a get_peers reply: a 1,280-byte packet
+// (the IPv6 minimum MTU) less 40 bytes of IPv6 and 8 of UDP header, so no
+// reply is ever fragmented (SPEC.md 3.5.2).
+const maxGetPeersReply = 1280 - 40 - 8
+
+// worstGetPeersReply is the longest get_peers reply we send to a requester
+// of the family of ip with n peers: a 16-byte tid, our "v", both node lists
+// full (want n4 and n6), a token and the BEP 42 "ip".
+func worstGetPeersReply(ip netip.Addr, n int) []byte {
+	peers := make([]netip.AddrPort, n)
+	for i := range peers {
+		peers[i] = netip.AddrPortFrom(ip, uint16(i+1))
+	}
+	m := krpcMsg{
+		TID: make([]byte, maxTIDLen), Type: 'r', Version: []byte(krpcVersion), IP: netip.AddrPortFrom(ip, 1),
+		Reply: krpcReply{
+			Nodes: make([]byte, bucketSize*compactNodeLen), Nodes6: make([]byte, bucketSize*compactNode6Len),
+			Token: make([]byte, tokenLen), Values: appendPeerList(nil, peers),
+		},
+	}
+	return m.appendTo(nil)
+}
+
+// TestGetPeersReplyFits: with maxPeersReply IPv4 or maxPeersReply6 IPv6
+// peers the worst reply fits the budget, and the sizes are those SPEC.md
+// quotes.
+func TestGetPeersReplyFits(t *testing.T) {
+	tests := []struct {
+		name      string
+		ip        netip.Addr
+		max, want int // peers allowed; the worst reply's length
+	}{
+		{"ipv4", netip.MustParseAddr("192.0.2.1"), maxPeersReply, 1045},
+		{"ipv6", netip.MustParseAddr("2001:db8::1"), maxPeersReply6, 1225},
+	}
+	for _, tt := range tests {
+		got := len(worstGetPeersReply(tt.ip, tt.max))
+		if got != tt.want || got > maxGetPeersReply {
+			t.Errorf("%s: worst reply with %d peers is %d bytes, want %d (budget %d)", tt.name, tt.max, got, tt.want, maxGetPeersReply)
+		}
+		if tt.ip.Is6() && len(worstGetPeersReply(tt.ip, tt.max+1)) <= maxGetPeersReply {
+			t.Errorf("%s: %d peers would fit too; the cap is not the largest", tt.name, tt.max+1)
 		}
 	}
 }

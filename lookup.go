@@ -16,6 +16,7 @@ package main
 import (
 	"context"
 	"crypto/ed25519"
+	"errors"
 	"fmt"
 	"net/netip"
 	"slices"
@@ -310,14 +311,17 @@ func (l *lookup) finished() bool {
 }
 
 // launch starts queries to the closest unasked candidates among the k
-// closest that have not failed, while fewer than alpha are active.
+// closest that have neither failed nor gone slow, while fewer than alpha
+// are active. A slow candidate is probably dead: looking past it now means
+// its replacement has answered by the time it fails, instead of a second
+// wait for every dead node among the k closest.
 func (l *lookup) launch() {
 	rank := 0
 	for _, c := range l.cands {
 		if l.active >= dhtAlpha || l.stats.Queried >= maxLookupQueries || rank >= bucketSize {
 			return
 		}
-		if c.state == candFailed {
+		if c.state == candFailed || c.state == candSlow {
 			continue
 		}
 		rank++
@@ -408,10 +412,13 @@ func (d *dht) announce(ctx context.Context, infohash nodeID, port int, implied b
 	if err != nil {
 		return 0, err
 	}
-	n := d.storeAt(ctx, r.Closest, func(tok []byte) krpcMsg {
+	n, refused := d.storeAt(ctx, r.Closest, func(tok []byte) krpcMsg {
 		return krpcMsg{Method: methodAnnouncePeer, Args: krpcArgs{
 			InfoHash: infohash, Port: uint16(port), ImpliedPort: implied, Token: tok}}
 	})
+	if n == 0 && refused != nil {
+		return 0, fmt.Errorf("dht: announce refused: %w", refused)
+	}
 	if n == 0 {
 		return 0, fmt.Errorf("dht: announce: %w", errNoneAnswered)
 	}
@@ -419,8 +426,9 @@ func (d *dht) announce(ctx context.Context, infohash nodeID, port int, implied b
 }
 
 // storeAt sends a store query (announce_peer or put) to every node that gave
-// a token, in parallel, and counts the successes.
-func (d *dht) storeAt(ctx context.Context, ns []lookupNode, mk func(tok []byte) krpcMsg) int {
+// a token, in parallel, and counts the successes. refused is the first
+// error reply, so a caller whose store every node refused can say why.
+func (d *dht) storeAt(ctx context.Context, ns []lookupNode, mk func(tok []byte) krpcMsg) (ok int, refused error) {
 	var to []nodeInfo
 	var toks [][]byte
 	for _, n := range ns {
@@ -429,15 +437,18 @@ func (d *dht) storeAt(ctx context.Context, ns []lookupNode, mk func(tok []byte) 
 			toks = append(toks, n.Token)
 		}
 	}
-	ok := 0
 	for _, r := range d.queryAll(ctx, to, func(i int) krpcMsg { return mk(toks[i]) }) {
-		if r.Err == nil {
+		var kerr *krpcError
+		switch {
+		case r.Err == nil:
 			ok++
-		} else {
+		case errors.As(r.Err, &kerr) && refused == nil:
+			refused = kerr
+		default:
 			d.log.Debug("dht: store", "err", r.Err)
 		}
 	}
-	return ok
+	return ok, refused
 }
 
 // putImmutable stores v (a bencoded value) under SHA-1(v) at the k closest
@@ -472,11 +483,14 @@ func (d *dht) putItem(ctx context.Context, target nodeID, salt []byte, a krpcArg
 	if err != nil {
 		return 0, err
 	}
-	n := d.storeAt(ctx, r.Closest, func(tok []byte) krpcMsg {
+	n, refused := d.storeAt(ctx, r.Closest, func(tok []byte) krpcMsg {
 		q := krpcMsg{Method: methodPut, Args: a}
 		q.Args.Token = tok
 		return q
 	})
+	if n == 0 && refused != nil {
+		return 0, fmt.Errorf("dht: put refused: %w", refused) // e.g. 302: a newer seq is stored
+	}
 	if n == 0 {
 		return 0, fmt.Errorf("dht: put: %w", errNoneAnswered)
 	}

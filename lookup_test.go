@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"crypto/ed25519"
 	"crypto/sha1"
+	"errors"
 	"net/netip"
 	"slices"
 	"testing"
@@ -229,5 +230,22 @@ func TestLookupFinished(t *testing.T) {
 		if got := l.finished(); got != tc.want {
 			t.Errorf("%s: finished() = %v, want %v", tc.name, got, tc.want)
 		}
+	}
+}
+
+// When every node refuses a put, the caller learns why (BEP 44's 302 for
+// an older seq), not just that nothing was stored.
+func TestPutRefusedSaysWhy(t *testing.T) {
+	ds := newSwarm(t, 6, 0)
+	priv := ed25519.NewKeyFromSeed(bytes.Repeat([]byte{9}, ed25519.SeedSize))
+	for _, d := range ds[1:3] { // a node never stores its own put: two cover all
+		if _, n, err := d.putMutable(testCtx(t), priv, nil, 5, []byte("5:fresh")); err != nil || n == 0 {
+			t.Fatalf("put seq 5: %d nodes, %v", n, err)
+		}
+	}
+	_, _, err := ds[3].putMutable(testCtx(t), priv, nil, 3, []byte("5:stale"))
+	var kerr *krpcError
+	if !errors.As(err, &kerr) || kerr.Code != bep44ErrSeq {
+		t.Fatalf("put seq 3 after 5: %v, want KRPC error %d", err, bep44ErrSeq)
 	}
 }

@@ -201,6 +201,7 @@ type app struct {
 	dht  *dht
 	sess *sessionManager
 	chat *chat
+	inv  *inviter
 	ui   *ui
 }
 
@@ -238,6 +239,7 @@ func (a *app) build(o options) error {
 		Allowed:        func(k publicKey) bool { return a.chat.isContact(k) },
 		Deliver:        func(k publicKey, from netip.AddrPort, b []byte) { a.chat.handlePayload(k, from, b) },
 		Established:    func(k publicKey, addr netip.AddrPort) { a.chat.setOnline(k, addr) },
+		Ended:          func(k publicKey) { a.chat.setOffline(k) },
 		RekeyAfterTime: o.rekeyAfter,
 		Now:            time.Now,
 		Rand:           rand.Reader,
@@ -261,7 +263,20 @@ func (a *app) build(o options) error {
 		Rand:        rand.Reader,
 		Log:         a.log,
 	})
-	return err
+	if err != nil {
+		return err
+	}
+	a.inv = newInviter(inviteConfig{
+		Self:     a.id.public(),
+		Send:     a.node.send,
+		Announce: func(ctx context.Context, ih nodeID) (int, error) { return a.dht.announce(ctx, ih, 0, true) },
+		GetPeers: a.dht.getPeers,
+		Now:      time.Now,
+		Rand:     rand.Reader,
+		Log:      a.log,
+	})
+	a.node.onInvite = a.inv.handlePacket
+	return nil
 }
 
 // start runs every layer's goroutines until ctx ends.
@@ -315,4 +330,16 @@ func (a *app) isSelf(addr netip.AddrPort) bool {
 	}
 	ext, ok := a.dht.external()
 	return ok && addr == ext
+}
+
+// checkNewContact refuses a name that is invalid or taken before an
+// invitation starts, rather than after it succeeded.
+func (a *app) checkNewContact(name string) error {
+	if err := validName(name); err != nil {
+		return err
+	}
+	if a.hasContact(name) {
+		return fmt.Errorf("a contact named %q exists", name)
+	}
+	return nil
 }

@@ -2,7 +2,8 @@
 //
 // Inbound flow: readLoop reads a datagram, demux looks at its first byte and
 // hands it to the DHT (a bencoded KRPC dictionary starts with 'd') or to the
-// session layer (packet types 1-4, see handshake.go). Anything else is
+// session layer (packet types 1-4, see handshake.go) or to invitations
+// (type 5, invite.go). Anything else is
 // dropped and counted. Outbound flow: every layer sends through Node.send,
 // which is where the test-only lossy wrapper drops datagrams.
 package main
@@ -53,6 +54,7 @@ type Node struct {
 	// handlers, set before run; nil means the layer is off.
 	onKRPC    func(from netip.AddrPort, b []byte)
 	onSession func(from netip.AddrPort, b []byte)
+	onInvite  func(from netip.AddrPort, b []byte)
 }
 
 // listenNode opens the UDP socket. addr is host:port; the port may be 0.
@@ -148,6 +150,9 @@ func (n *Node) demux(from netip.AddrPort, b []byte) {
 		return
 	case isSessionPacketType(b[0]) && n.onSession != nil:
 		n.onSession(from, b)
+		return
+	case b[0] == packetInvite && n.onInvite != nil:
+		n.onInvite(from, b)
 		return
 	}
 	n.dropped.Add(1)

@@ -7,9 +7,11 @@
 // holds our own id, or over an unverified node when the newcomer has a BEP 42
 // id; otherwise the newcomer waits in the bucket's replacement cache and
 // heard() returns the bucket's questionable nodes for the caller to ping
-// (ping-before-evict). A node whose pings keep failing turns bad, and
-// failed() promotes the best replacement into its slot. closest() answers
-// lookups; refreshTargets() names the stale buckets to search again. The
+// (ping-before-evict); a querier that took a slot is returned too, to be
+// pinged once, as replies only pass on nodes that have answered us. A node
+// whose pings keep failing turns bad, and failed() promotes the best
+// replacement into its slot. closest() answers lookups, closestFamily()
+// replies; refreshTargets() names the stale buckets to search again. The
 // external address voter (ipVoter) and the routing file live here too; see
 // SPEC.md section 3.3.
 package main
@@ -170,7 +172,7 @@ type routingTable struct {
 	now     func() time.Time
 	rand    io.Reader // for refresh targets; crypto/rand unless a test sets it
 	buckets []*bucket
-	byAddr  map[netip.AddrPort]nodeID // owner of each address in the buckets
+	byAddr  map[netip.AddrPort]nodeID // owner of each addrKey in the buckets
 }
 
 func newRoutingTable(self nodeID, now func() time.Time) *routingTable {
@@ -215,6 +217,18 @@ func unmapAddrPort(a netip.AddrPort) netip.AddrPort {
 	return netip.AddrPortFrom(a.Addr().Unmap(), a.Port())
 }
 
+// addrKey is what may hold only one id in the buckets: a public IP, whatever
+// the port (libtorrent's restrict_routing_ips), so one host cannot fill the
+// table with ids on many ports; an exempt address (loopback, LAN) with its
+// port, as several nodes on one machine or behind one LAN address are
+// normal there and tests run many nodes on 127.0.0.1.
+func addrKey(a netip.AddrPort) netip.AddrPort {
+	if isExemptBEP42(a.Addr()) {
+		return a
+	}
+	return netip.AddrPortFrom(a.Addr(), 0)
+}
+
 // heard records traffic from n: responded is true when n answered one of our
 // queries, false when n sent us a query. See the flow comment at the top.
 func (t *routingTable) heard(n nodeInfo, responded bool) (pingFirst []nodeInfo) {
@@ -228,8 +242,9 @@ func (t *routingTable) heard(n nodeInfo, responded bool) (pingFirst []nodeInfo) 
 		t.update(b, i, n.Addr, responded, now)
 		return nil
 	}
-	if owner, ok := t.byAddr[n.Addr]; ok && !t.evictOwner(owner, now) {
-		// One address, one id: a host can't fill buckets by inventing ids.
+	if owner, ok := t.byAddr[addrKey(n.Addr)]; ok && !t.evictOwner(owner, now) {
+		// One address, one id: a host can't fill buckets by inventing
+		// ids, nor, on a public address, by opening ports.
 		return nil
 	}
 	e := entry{nodeInfo: n, verified: isSecureNodeID(n.ID, n.Addr.Addr())}
@@ -242,7 +257,26 @@ func (t *routingTable) heard(n nodeInfo, responded bool) (pingFirst []nodeInfo) 
 		b.cache = slices.Delete(b.cache, i, i+1)
 	}
 	e.record(responded, now)
-	return t.insert(e, now)
+	ping := t.insert(e, now)
+	if !responded {
+		ping = t.verifyNewcomer(n.ID, ping, now)
+	}
+	return ping
+}
+
+// verifyNewcomer adds the node id to ping if it just took a bucket slot
+// without ever answering us. Replies hand out only nodes that have answered
+// (closestFamily), so a node that joins by querying us is pinged once to
+// prove its address; otherwise a node that others only query, like a
+// bootstrap router, would never pass anyone on.
+func (t *routingTable) verifyNewcomer(id nodeID, ping []nodeInfo, now time.Time) []nodeInfo {
+	b := t.buckets[t.bucketIndex(id)]
+	i := findEntry(b.nodes, id)
+	if i < 0 || !b.nodes[i].lastResponse.IsZero() || !b.nodes[i].lastPinged.IsZero() {
+		return ping
+	}
+	b.nodes[i].lastPinged = now
+	return append(ping, b.nodes[i].nodeInfo)
 }
 
 // update records a message from the known node b.nodes[i]. A different
@@ -254,11 +288,11 @@ func (t *routingTable) update(b *bucket, i int, addr netip.AddrPort, responded b
 		if e.state(now) != stateBad {
 			return
 		}
-		if _, taken := t.byAddr[addr]; taken {
+		if owner, taken := t.byAddr[addrKey(addr)]; taken && owner != e.ID {
 			return
 		}
-		delete(t.byAddr, e.Addr)
-		t.byAddr[addr] = e.ID
+		delete(t.byAddr, addrKey(e.Addr))
+		t.byAddr[addrKey(addr)] = e.ID
 		*e = entry{nodeInfo: nodeInfo{ID: e.ID, Addr: addr}, verified: isSecureNodeID(e.ID, addr.Addr())}
 	}
 	e.record(responded, now)
@@ -276,7 +310,7 @@ func (t *routingTable) evictOwner(owner nodeID, now time.Time) bool {
 	if i < 0 || b.nodes[i].state(now) != stateBad {
 		return false
 	}
-	delete(t.byAddr, b.nodes[i].Addr)
+	delete(t.byAddr, addrKey(b.nodes[i].Addr))
 	b.nodes = slices.Delete(b.nodes, i, i+1)
 	return true
 }
@@ -311,15 +345,32 @@ func (t *routingTable) insert(e entry, now time.Time) []nodeInfo {
 	return nil
 }
 
+// rebuilt returns a table around a new id (BEP 42) holding this table's
+// nodes with what we know of them (answers, failures), minus the bad ones:
+// a new id changes which bucket a node belongs in, not its state.
+func (t *routingTable) rebuilt(id nodeID) *routingTable {
+	nt := newRoutingTable(id, t.now)
+	nt.rand = t.rand
+	now := t.now()
+	for _, b := range t.buckets {
+		for _, e := range b.nodes {
+			if e.state(now) != stateBad {
+				nt.insert(e, now)
+			}
+		}
+	}
+	return nt
+}
+
 // place puts e into slot i of b (appending if i < 0), keeping byAddr exact.
 func (t *routingTable) place(b *bucket, i int, e entry, now time.Time) {
 	if i < 0 {
 		b.nodes = append(b.nodes, e)
 	} else {
-		delete(t.byAddr, b.nodes[i].Addr)
+		delete(t.byAddr, addrKey(b.nodes[i].Addr))
 		b.nodes[i] = e
 	}
-	t.byAddr[e.Addr] = e.ID
+	t.byAddr[addrKey(e.Addr)] = e.ID
 	b.changed = now
 }
 
@@ -467,7 +518,7 @@ func (t *routingTable) failed(n nodeInfo) {
 func (t *routingTable) bestReplacement(b *bucket) int {
 	w := -1
 	for i := range b.cache {
-		if _, taken := t.byAddr[b.cache[i].Addr]; taken {
+		if _, taken := t.byAddr[addrKey(b.cache[i].Addr)]; taken {
 			continue
 		}
 		if w < 0 || better(&b.cache[i], &b.cache[w]) {
@@ -495,17 +546,24 @@ func xorCompare(target, a, b nodeID) int {
 func xorLess(target, a, b nodeID) bool { return xorCompare(target, a, b) < 0 }
 
 // closest returns up to count non-bad nodes sorted by XOR distance to target.
+// Lookups start from these, nodes that only queried us included: a lookup
+// finds out itself whether they answer.
 func (t *routingTable) closest(target nodeID, count int) []nodeInfo {
-	return t.closestWhere(target, count, func(netip.Addr) bool { return true })
+	return t.closestWhere(target, count, func(*entry) bool { return true })
 }
 
 // closestFamily is closest restricted to IPv4 (want4) or IPv6 nodes, for the
-// "nodes" and "nodes6" fields of a reply (BEP 32).
-func (t *routingTable) closestFamily(target nodeID, count int, want4 bool) []nodeInfo {
-	return t.closestWhere(target, count, func(a netip.Addr) bool { return a.Is4() == want4 })
+// "nodes" and "nodes6" fields of a reply (BEP 32). With answeredOnly it
+// keeps only nodes that have answered one of our queries: BEP 5 replies
+// carry good nodes, and a node only heard from through its queries may
+// have a spoofed source address, which we must not hand to others.
+func (t *routingTable) closestFamily(target nodeID, count int, want4, answeredOnly bool) []nodeInfo {
+	return t.closestWhere(target, count, func(e *entry) bool {
+		return e.Addr.Addr().Is4() == want4 && (!answeredOnly || !e.lastResponse.IsZero())
+	})
 }
 
-func (t *routingTable) closestWhere(target nodeID, count int, keep func(netip.Addr) bool) []nodeInfo {
+func (t *routingTable) closestWhere(target nodeID, count int, keep func(*entry) bool) []nodeInfo {
 	if count <= 0 {
 		return nil
 	}
@@ -515,7 +573,7 @@ func (t *routingTable) closestWhere(target nodeID, count int, keep func(netip.Ad
 	sel := closestSet{target: target, out: make([]nodeInfo, 0, min(count, t.size()))}
 	for _, b := range t.buckets {
 		for i := range b.nodes {
-			if b.nodes[i].state(now) != stateBad && keep(b.nodes[i].Addr.Addr()) {
+			if b.nodes[i].state(now) != stateBad && keep(&b.nodes[i]) {
 				sel.offer(b.nodes[i].nodeInfo, count)
 			}
 		}

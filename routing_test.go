@@ -73,8 +73,8 @@ func checkInvariants(t *testing.T, rt *routingTable) {
 			}
 		}
 		for _, e := range b.nodes {
-			if rt.byAddr[e.Addr] != e.ID {
-				t.Fatalf("byAddr[%v] = %v, want %v", e.Addr, rt.byAddr[e.Addr], e.ID)
+			if rt.byAddr[addrKey(e.Addr)] != e.ID {
+				t.Fatalf("byAddr[%v] = %v, want %v", e.Addr, rt.byAddr[addrKey(e.Addr)], e.ID)
 			}
 			addrs++
 		}
@@ -214,6 +214,55 @@ func TestOneIDPerAddress(t *testing.T) {
 	checkInvariants(t, rt)
 }
 
+// A public IP holds one id in the buckets whatever its ports; an exempt
+// address holds one per port (many nodes on one machine or LAN address).
+func TestOneIDPerPublicIP(t *testing.T) {
+	tests := []struct {
+		name string
+		ip   string
+		want int // nodes in the table after 20 ids on 20 ports
+	}{
+		{"public ipv4", "203.0.113.7", 1},
+		{"public ipv6", "2001:db8::7", 1},
+		{"loopback", "127.0.0.1", 20},
+		{"lan", "192.168.1.7", 20},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			clk := newFakeClock()
+			var self nodeID
+			rt := newRoutingTable(self, clk.now)
+			ip := netip.MustParseAddr(tt.ip)
+			for i := range 20 {
+				n := nodeInfo{ID: idCPL(self, i%4, i), Addr: netip.AddrPortFrom(ip, uint16(6000+i))}
+				rt.heard(n, true)
+			}
+			if rt.size() != tt.want {
+				t.Fatalf("%d ids on %d ports of %s: table holds %d, want %d", 20, 20, tt.ip, rt.size(), tt.want)
+			}
+			checkInvariants(t, rt)
+		})
+	}
+	// The first id keeps the IP while it lives; once bad, another port's id takes it.
+	clk := newFakeClock()
+	var self nodeID
+	rt := newRoutingTable(self, clk.now)
+	first := nodeInfo{ID: idCPL(self, 0, 1), Addr: storeAP("203.0.113.7:6000")}
+	second := nodeInfo{ID: idCPL(self, 1, 1), Addr: storeAP("203.0.113.7:6001")}
+	rt.heard(first, true)
+	rt.failed(first)
+	rt.failed(first)
+	rt.heard(second, true)
+	if rt.lookup(first.ID) != nil || rt.lookup(second.ID) == nil {
+		t.Fatalf("bad holder of a public IP not replaced by its new id")
+	}
+	rt.heard(nodeInfo{ID: second.ID, Addr: storeAP("203.0.113.7:6002")}, true) // live: does not move
+	if got := rt.lookup(second.ID).Addr; got != second.Addr {
+		t.Fatalf("live node moved to %v", got)
+	}
+	checkInvariants(t, rt)
+}
+
 func TestClosestSortedWithoutBad(t *testing.T) {
 	clk := newFakeClock()
 	rng := rand.New(rand.NewPCG(1, 2))
@@ -263,13 +312,55 @@ func TestClosestSortedWithoutBad(t *testing.T) {
 func TestClosestFamily(t *testing.T) {
 	var self nodeID
 	rt := newRoutingTable(self, newFakeClock().now)
-	rt.heard(loopNode(nodeID{0: 1}, 1), true)
-	rt.heard(nodeInfo{ID: nodeID{0: 2}, Addr: netip.MustParseAddrPort("[::1]:2")}, true)
-	if got := rt.closestFamily(self, 8, true); len(got) != 1 || !got[0].Addr.Addr().Is4() {
-		t.Fatalf("closestFamily v4 = %v", got)
+	a4 := loopNode(nodeID{0: 1}, 1)
+	a6 := nodeInfo{ID: nodeID{0: 2}, Addr: netip.MustParseAddrPort("[::1]:2")}
+	q4 := loopNode(nodeID{0: 3}, 3) // only queried us: maybe a spoofed source
+	q6 := nodeInfo{ID: nodeID{0: 4}, Addr: netip.MustParseAddrPort("[::1]:4")}
+	rt.heard(a4, true)
+	rt.heard(a6, true)
+	rt.heard(q4, false)
+	rt.heard(q6, false)
+	tests := []struct {
+		name              string
+		want4, answerOnly bool
+		want              []nodeInfo
+	}{
+		{"v4", true, false, []nodeInfo{a4, q4}},
+		{"v6", false, false, []nodeInfo{a6, q6}},
+		{"v4 answered", true, true, []nodeInfo{a4}},
+		{"v6 answered", false, true, []nodeInfo{a6}},
 	}
-	if got := rt.closestFamily(self, 8, false); len(got) != 1 || !got[0].Addr.Addr().Is6() {
-		t.Fatalf("closestFamily v6 = %v", got)
+	for _, tt := range tests {
+		if got := rt.closestFamily(self, 8, tt.want4, tt.answerOnly); !slices.Equal(got, tt.want) {
+			t.Errorf("closestFamily(%s) = %v, want %v", tt.name, got, tt.want)
+		}
+	}
+	if got := rt.closest(self, 8); len(got) != 4 {
+		t.Errorf("closest = %v, want all 4 nodes for lookups", got)
+	}
+}
+
+// A node that takes a slot by querying us is handed back once to be pinged:
+// until it answers, replies do not pass it on.
+func TestNewQuerierVerified(t *testing.T) {
+	var self nodeID
+	rt := newRoutingTable(self, newFakeClock().now)
+	q, a := loopNode(nodeID{0: 1}, 1), loopNode(nodeID{0: 2}, 2)
+	if ping := rt.heard(q, false); !slices.Equal(ping, []nodeInfo{q}) {
+		t.Fatalf("heard(querier) = %v, want it back to verify", ping)
+	}
+	if ping := rt.heard(q, false); len(ping) != 0 {
+		t.Fatalf("second query asks to verify again: %v", ping)
+	}
+	if ping := rt.heard(a, true); len(ping) != 0 {
+		t.Fatalf("heard(responder) = %v, want nothing to verify", ping)
+	}
+	if got := rt.closestFamily(self, 8, true, true); !slices.Equal(got, []nodeInfo{a}) {
+		t.Fatalf("before the answer, replies carry %v", got)
+	}
+	rt.heard(q, true) // the verification ping answered
+	if got := rt.closestFamily(self, 8, true, true); !slices.Equal(got, []nodeInfo{q, a}) {
+		t.Fatalf("after the answer, replies carry %v", got)
 	}
 }
 
@@ -386,8 +477,8 @@ func TestBadNodeReplacedOnHeard(t *testing.T) {
 	rt.failed(far[3])
 	rt.failed(far[3])
 	n := loopNode(idCPL(self, 0, 200), 5000)
-	if ping := rt.heard(n, false); len(ping) != 0 {
-		t.Fatalf("pingFirst = %v with a bad node to replace", ping)
+	if ping := rt.heard(n, false); !slices.Equal(ping, []nodeInfo{n}) {
+		t.Fatalf("pingFirst = %v with a bad node to replace, want only the newcomer to verify", ping)
 	}
 	if rt.lookup(far[3].ID) != nil || rt.lookup(n.ID) == nil {
 		t.Fatalf("bad node not replaced")
@@ -1076,5 +1167,65 @@ func BenchmarkHeard(b *testing.B) {
 	b.ResetTimer()
 	for i := 0; b.Loop(); i++ {
 		rt.heard(ns[i%len(ns)], i%2 == 0)
+	}
+}
+
+// Over the wire: a querier is not passed on in replies until it has
+// answered the ping the DHT sends it to verify its address.
+func TestServeVerifiesQuerier(t *testing.T) {
+	d := newTestDHT(t, dhtConfig{}, 0)
+	p := newRawPeer(t)
+	p.send(d.addr(), rawQuery(methodFindNode, krpcArgs{Target: nodeID{1}}))
+	var ping, reply krpcMsg
+	for range 2 {
+		b, _ := p.recv(2 * time.Second)
+		m, err := parseKRPC(b)
+		switch {
+		case err != nil:
+			t.Fatalf("parseKRPC(%q): %v", b, err)
+		case m.Type == 'q':
+			ping = m
+		default:
+			reply = m
+		}
+	}
+	if ping.Method != methodPing || reply.Type != 'r' || len(reply.Reply.Nodes) != 0 {
+		t.Fatalf("got ping %+v and reply %+v; want a ping and a reply without the unverified querier", ping, reply)
+	}
+	pong := krpcMsg{TID: ping.TID, Type: 'r', Reply: krpcReply{ID: nodeID(rawID)}}
+	p.send(d.addr(), pong.appendTo(nil))
+	// Verified, it is handed to others (though never to itself).
+	waitUntil(t, func() bool { return len(d.closestFamily(nodeID{1}, true, netip.AddrPort{})) == 1 })
+	other := newRawPeer(t)
+	r := other.exchange(d, rawQuery(methodFindNode, krpcArgs{Target: nodeID{1}}))
+	ns, err := parseCompactNodes(r.Reply.Nodes)
+	if err != nil || len(ns) != 1 || ns[0].Addr != p.addr() {
+		t.Errorf("after the pong, nodes = %v, %v; want the querier %v", ns, err, p.addr())
+	}
+}
+
+// A new id (BEP 42) keeps what we know of each node and drops bad ones.
+func TestRebuiltKeepsStates(t *testing.T) {
+	now := time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
+	tb := newRoutingTable(nodeID{0x80}, func() time.Time { return now })
+	good := nodeInfo{ID: nodeID{0x01}, Addr: netip.MustParseAddrPort("10.0.0.1:1")}
+	bad := nodeInfo{ID: nodeID{0x02}, Addr: netip.MustParseAddrPort("10.0.0.2:1")}
+	asked := nodeInfo{ID: nodeID{0x03}, Addr: netip.MustParseAddrPort("10.0.0.3:1")}
+	tb.heard(good, true)
+	tb.heard(bad, true)
+	tb.heard(asked, false)
+	for range maxFailures {
+		tb.failed(bad)
+	}
+	nt := tb.rebuilt(nodeID{0x40})
+	if nt.self() != (nodeID{0x40}) {
+		t.Fatalf("self = %v", nt.self())
+	}
+	g, q, b := nt.counts()
+	if g != 1 || q != 1 || b != 0 {
+		t.Errorf("counts after rebuild = %d good, %d questionable, %d bad; want 1, 1, 0", g, q, b)
+	}
+	if got := nt.closestFamily(nodeID{}, 8, true, true); len(got) != 1 || got[0] != good {
+		t.Errorf("answered nodes after rebuild = %v, want only %v", got, good)
 	}
 }

@@ -8,7 +8,9 @@
 // DHT calls peerStore.add or itemStore.put. Every store is safe for
 // concurrent use and bounded in memory whatever arrives (SPEC.md 3.5): when
 // full, it evicts what was refreshed least recently, which is also what
-// would expire soonest.
+// would expire soonest; and one source (sourceKey: a /24 or /64) may hold
+// only so much, its own oldest entries going first, so that one host cannot
+// flush everyone else's.
 package main
 
 import (
@@ -42,6 +44,14 @@ const (
 	maxInfohashes = 2000             // swarms stored at once
 	maxSwarmPeers = 100              // peers stored per infohash
 	maxPortsPerIP = 4                // peers per infohash sharing one IP (a few clients behind a NAT)
+)
+
+// What one source of writes may hold (SPEC.md 3.5): one host with one token
+// must not be able to flush the stores of everyone else's entries.
+const (
+	maxSourceInfohashes = 32   // infohashes one source may have peers in
+	maxSourceItems      = 32   // BEP 44 items one source may have stored
+	maxSources          = 2000 // sources a store remembers; see sourceLog
 )
 
 // BEP 44 items (SPEC.md 3.5.3): error codes and limits.
@@ -147,31 +157,31 @@ func (b *tokenBox) valid(tok []byte, ip netip.Addr) bool {
 	return ok == 1
 }
 
-// ttlMap maps ids to values that expire ttl after they were last touched.
+// ttlMap maps keys to values that expire ttl after they were last touched.
 // Entries are kept in touch order (a list), so both the expired ones and the
 // one to evict when full are found at the front in O(1). Not safe for
 // concurrent use: the stores hold their own mutex.
-type ttlMap[V any] struct {
+type ttlMap[K comparable, V any] struct {
 	ttl   time.Duration
 	max   int
-	m     map[nodeID]*list.Element // Value is *ttlEntry[V]
-	order list.List                // least recently touched first
+	m     map[K]*list.Element // Value is *ttlEntry[K, V]
+	order list.List           // least recently touched first
 }
 
-type ttlEntry[V any] struct {
-	key     nodeID
+type ttlEntry[K comparable, V any] struct {
+	key     K
 	val     V
 	touched time.Time
 }
 
-func newTTLMap[V any](ttl time.Duration, max int) *ttlMap[V] {
-	return &ttlMap[V]{ttl: ttl, max: max, m: make(map[nodeID]*list.Element)}
+func newTTLMap[K comparable, V any](ttl time.Duration, max int) *ttlMap[K, V] {
+	return &ttlMap[K, V]{ttl: ttl, max: max, m: make(map[K]*list.Element)}
 }
 
 // expire drops the entries not touched for ttl.
-func (t *ttlMap[V]) expire(now time.Time) {
+func (t *ttlMap[K, V]) expire(now time.Time) {
 	for f := t.order.Front(); f != nil; f = t.order.Front() {
-		e := f.Value.(*ttlEntry[V])
+		e := f.Value.(*ttlEntry[K, V])
 		if now.Sub(e.touched) < t.ttl {
 			return
 		}
@@ -179,16 +189,16 @@ func (t *ttlMap[V]) expire(now time.Time) {
 	}
 }
 
-func (t *ttlMap[V]) remove(el *list.Element) {
-	delete(t.m, el.Value.(*ttlEntry[V]).key)
+func (t *ttlMap[K, V]) remove(el *list.Element) {
+	delete(t.m, el.Value.(*ttlEntry[K, V]).key)
 	t.order.Remove(el)
 }
 
 // get returns the live entry for k, or nil.
-func (t *ttlMap[V]) get(k nodeID, now time.Time) *ttlEntry[V] {
+func (t *ttlMap[K, V]) get(k K, now time.Time) *ttlEntry[K, V] {
 	t.expire(now)
 	if el, ok := t.m[k]; ok {
-		return el.Value.(*ttlEntry[V])
+		return el.Value.(*ttlEntry[K, V])
 	}
 	return nil
 }
@@ -196,33 +206,81 @@ func (t *ttlMap[V]) get(k nodeID, now time.Time) *ttlEntry[V] {
 // touch returns the entry for k, marked as touched now; a new entry holds
 // the zero V. When the map is full a new entry evicts the least recently
 // touched one, which would have expired soonest.
-func (t *ttlMap[V]) touch(k nodeID, now time.Time) *ttlEntry[V] {
+func (t *ttlMap[K, V]) touch(k K, now time.Time) *ttlEntry[K, V] {
 	t.expire(now)
 	if el, ok := t.m[k]; ok {
 		t.order.MoveToBack(el)
-		e := el.Value.(*ttlEntry[V])
+		e := el.Value.(*ttlEntry[K, V])
 		e.touched = now
 		return e
 	}
 	if len(t.m) >= t.max {
 		t.remove(t.order.Front())
 	}
-	e := &ttlEntry[V]{key: k, touched: now}
+	e := &ttlEntry[K, V]{key: k, touched: now}
 	t.m[k] = t.order.PushBack(e)
 	return e
 }
 
-func (t *ttlMap[V]) len(now time.Time) int {
+// delete drops the entry for k, if any.
+func (t *ttlMap[K, V]) delete(k K) {
+	if el, ok := t.m[k]; ok {
+		t.remove(el)
+	}
+}
+
+func (t *ttlMap[K, V]) len(now time.Time) int {
 	t.expire(now)
 	return len(t.m)
 }
 
-// peerEntry is one announced peer. The expiry is in Unix nanoseconds, not a
-// time.Time, because up to maxInfohashes*maxSwarmPeers of these exist:
-// 40 bytes each instead of 56.
+// sourceKey is who counts as one source of writes: a public address by its
+// /24 (IPv4) or /64 (IPv6), since one host easily has many addresses in its
+// network; an exempt address (loopback, LAN: BEP 42's list) by address and
+// port, as there every node is trusted already and tests run many nodes on
+// 127.0.0.1. It is the rule of the external address vote (voterKey).
+func sourceKey(a netip.AddrPort) netip.AddrPort { return voterKey(a) }
+
+// sourceLog lists the keys (infohashes or targets) one source has written,
+// the least recently written first. A store keeps at most maxSources logs,
+// least recently used out first: a source that writes often, as a flood
+// does, keeps its log and so its bound; one whose log was dropped has
+// written too rarely to crowd anyone out.
+type sourceLog struct{ keys []nodeID }
+
+// note records a write of k. When k is new and the log holds max keys, the
+// oldest is dropped and returned, for the caller to drop what the source
+// holds under it.
+func (l *sourceLog) note(k nodeID, max int) (dropped nodeID, ok bool) {
+	if i := slices.Index(l.keys, k); i >= 0 {
+		l.keys = append(slices.Delete(l.keys, i, i+1), k)
+		return nodeID{}, false
+	}
+	if len(l.keys) >= max {
+		dropped, ok = l.keys[0], true
+		l.keys = slices.Delete(l.keys, 0, 1)
+	}
+	l.keys = append(l.keys, k)
+	return dropped, ok
+}
+
+// sourceLogOf returns src's log in logs, touched now.
+func sourceLogOf(logs *ttlMap[netip.AddrPort, *sourceLog], src netip.AddrPort, now time.Time) *sourceLog {
+	e := logs.touch(src, now)
+	if e.val == nil {
+		e.val = &sourceLog{}
+	}
+	return e.val
+}
+
+// peerEntry is one announced peer. Its expiry is a time.Duration since the
+// store's start, not a time.Time, because up to maxInfohashes*maxSwarmPeers
+// of these exist (40 bytes each instead of 56); now.Sub(start) is read on
+// the monotonic clock, like the expiry of ttlMap, so a step of the wall
+// clock expires nothing early.
 type peerEntry struct {
 	addr    netip.AddrPort
-	expires int64
+	expires time.Duration
 }
 
 // peerSwarm holds the peers of one infohash in announce order, the oldest
@@ -230,41 +288,79 @@ type peerEntry struct {
 type peerSwarm struct{ peers []peerEntry }
 
 // peerStore keeps the peers announced per infohash (BEP 5 announce_peer),
-// bounded by maxInfohashes, maxSwarmPeers and maxPortsPerIP. Peers are keyed
-// by IP and port, not IP alone, so several clients behind one NAT are kept
-// apart. Safe for concurrent use.
+// bounded by maxInfohashes, maxSwarmPeers and maxPortsPerIP, and per source
+// by maxSourceInfohashes. Peers are keyed by IP and port, not IP alone, so
+// several clients behind one NAT are kept apart. Safe for concurrent use.
 type peerStore struct {
-	mu     sync.Mutex
-	now    func() time.Time
-	swarms *ttlMap[*peerSwarm]
+	mu      sync.Mutex
+	now     func() time.Time
+	start   time.Time  // peerEntry expiries count from here
+	rng     *rand.Rand // picks the subset peers returns
+	swarms  *ttlMap[nodeID, *peerSwarm]
+	sources *ttlMap[netip.AddrPort, *sourceLog] // by sourceKey: the infohashes each announced to
 }
 
-func newPeerStore(now func() time.Time) *peerStore {
-	return &peerStore{now: now, swarms: newTTLMap[*peerSwarm](peerTTL, maxInfohashes)}
+// newPeerStore seeds its sampler from rnd (crypto/rand in production, a
+// fixed stream in tests, so subsets are reproducible). The sample only
+// spreads load among peers, so a ChaCha8 stream is enough; a reader that
+// fails panics, as for tokenBox secrets.
+func newPeerStore(now func() time.Time, rnd io.Reader) *peerStore {
+	var seed [32]byte
+	if _, err := io.ReadFull(rnd, seed[:]); err != nil {
+		panic(fmt.Sprintf("store: peer sampler seed: %v", err))
+	}
+	return &peerStore{
+		now: now, start: now(), rng: rand.New(rand.NewChaCha8(seed)),
+		swarms:  newTTLMap[nodeID, *peerSwarm](peerTTL, maxInfohashes),
+		sources: newTTLMap[netip.AddrPort, *sourceLog](peerTTL, maxSources),
+	}
 }
+
+// since is now as a peerEntry time.
+func (s *peerStore) since(now time.Time) time.Duration { return now.Sub(s.start) }
 
 // add records that peer announced itself for infohash. Addresses that
-// cannot be reached (invalid, port 0, unspecified) are ignored.
+// cannot be reached (invalid, port 0, unspecified) are ignored. The peer is
+// also the source of the write (an announce stores its sender's own IP), so
+// the source is read off its address: when it is new in its
+// maxSourceInfohashes+1st infohash, its entries in its oldest one go.
 func (s *peerStore) add(infohash nodeID, peer netip.AddrPort) {
 	ip := peer.Addr().Unmap().WithZone("")
 	if !ip.IsValid() || ip.IsUnspecified() || peer.Port() == 0 {
 		return
 	}
 	peer = netip.AddrPortFrom(ip, peer.Port())
+	src := sourceKey(peer)
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	now := s.now()
+	if old, ok := sourceLogOf(s.sources, src, now).note(infohash, maxSourceInfohashes); ok {
+		s.dropSource(old, src, now)
+	}
 	e := s.swarms.touch(infohash, now)
 	if e.val == nil {
 		e.val = &peerSwarm{}
 	}
-	e.val.add(peer, now)
+	e.val.add(peer, s.since(now))
+}
+
+// dropSource removes the peers of source src from the swarm of infohash,
+// and the swarm if that empties it.
+func (s *peerStore) dropSource(infohash nodeID, src netip.AddrPort, now time.Time) {
+	e := s.swarms.get(infohash, now)
+	if e == nil {
+		return
+	}
+	e.val.peers = slices.DeleteFunc(e.val.peers, func(p peerEntry) bool { return sourceKey(p.addr) == src })
+	if len(e.val.peers) == 0 {
+		s.swarms.delete(infohash)
+	}
 }
 
 // add puts peer last with a fresh expiry. To make room it drops, in this
 // order: the expired peers, the same peer's old entry, the oldest entry of
 // an IP that already has maxPortsPerIP ports, the oldest entry of a full swarm.
-func (w *peerSwarm) add(peer netip.AddrPort, now time.Time) {
+func (w *peerSwarm) add(peer netip.AddrPort, now time.Duration) {
 	w.expire(now)
 	sameIP, oldestOfIP := 0, -1
 	for i, p := range w.peers {
@@ -291,22 +387,29 @@ func (w *peerSwarm) add(peer netip.AddrPort, now time.Time) {
 		copy(grown, w.peers)
 		w.peers = grown
 	}
-	w.peers = append(w.peers, peerEntry{addr: peer, expires: now.Add(peerTTL).UnixNano()})
+	w.peers = append(w.peers, peerEntry{addr: peer, expires: now + peerTTL})
 }
 
 // expire drops the peers whose expiry has passed (they are at the front).
-func (w *peerSwarm) expire(now time.Time) {
-	n, t := 0, now.UnixNano()
-	for n < len(w.peers) && t >= w.peers[n].expires {
+func (w *peerSwarm) expire(now time.Duration) {
+	n := 0
+	for n < len(w.peers) && now >= w.peers[n].expires {
 		n++
 	}
 	w.peers = slices.Delete(w.peers, 0, n)
 }
 
-// peers returns up to max live peers of infohash, a uniformly random subset
-// when there are more, in a new slice. The randomness only spreads load
-// among peers, so math/rand is enough.
+// peers returns up to max live peers of infohash of both address
+// families; see peersOf.
 func (s *peerStore) peers(infohash nodeID, max int) []netip.AddrPort {
+	return s.peersOf(infohash, max, true, true)
+}
+
+// peersOf returns up to max live peers of infohash that are IPv4 (when
+// want4) or IPv6 (when want6), a uniformly random subset (drawn from s.rng)
+// when there are more, in a new slice. BEP 32: a get_peers reply holds the
+// requester's family only, as a plain BEP 5 node cannot parse a mixed list.
+func (s *peerStore) peersOf(infohash nodeID, max int, want4, want6 bool) []netip.AddrPort {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	now := s.now()
@@ -314,16 +417,21 @@ func (s *peerStore) peers(infohash nodeID, max int) []netip.AddrPort {
 	if e == nil || max <= 0 {
 		return nil
 	}
-	e.val.expire(now)
-	out := make([]netip.AddrPort, len(e.val.peers))
-	for i, p := range e.val.peers {
-		out[i] = p.addr
+	e.val.expire(s.since(now))
+	out := make([]netip.AddrPort, 0, len(e.val.peers))
+	for _, p := range e.val.peers {
+		if is4 := p.addr.Addr().Is4(); is4 && want4 || !is4 && want6 {
+			out = append(out, p.addr)
+		}
+	}
+	if len(out) == 0 {
+		return nil
 	}
 	if len(out) <= max {
 		return out
 	}
 	for i := range max { // partial Fisher-Yates: out[:max] is a uniform sample
-		j := i + rand.IntN(len(out)-i)
+		j := i + s.rng.IntN(len(out)-i)
 		out[i], out[j] = out[j], out[i]
 	}
 	return out[:max:max]
@@ -439,34 +547,64 @@ func (it bep44Item) clone() bep44Item {
 }
 
 // itemStore keeps BEP 44 items under their targets, at most maxItems, each
-// for itemTTL after its last put. Safe for concurrent use.
+// for itemTTL after its last put, and at most maxSourceItems owned by one
+// source. Safe for concurrent use.
 type itemStore struct {
-	mu    sync.Mutex
-	now   func() time.Time
-	items *ttlMap[bep44Item]
+	mu      sync.Mutex
+	now     func() time.Time
+	items   *ttlMap[nodeID, storedItem]
+	sources *ttlMap[netip.AddrPort, *sourceLog] // by sourceKey: the targets each owns
+}
+
+// storedItem is an item and its owner: the sourceKey of the put that stored
+// its current value. A put of the same value by anyone only refreshes it,
+// so replaying a victim's item does not make it the replayer's to evict.
+type storedItem struct {
+	item  bep44Item
+	owner netip.AddrPort
 }
 
 func newItemStore(now func() time.Time) *itemStore {
-	return &itemStore{now: now, items: newTTLMap[bep44Item](itemTTL, maxItems)}
+	return &itemStore{
+		now:     now,
+		items:   newTTLMap[nodeID, storedItem](itemTTL, maxItems),
+		sources: newTTLMap[netip.AddrPort, *sourceLog](itemTTL, maxSources),
+	}
 }
 
 // put verifies it (verifyItem), then applies the update rules of a mutable
 // item against the one stored (checkItemUpdate), then stores an owned copy and
-// restarts its expiry. cas is only checked when hasCAS. Errors are *bep44Error.
-func (s *itemStore) put(it bep44Item, cas int64, hasCAS bool) error {
+// restarts its expiry. src is the address the put came from: a new value
+// makes its source the owner, and a source that would own more than
+// maxSourceItems loses its oldest. cas is only checked when hasCAS. Errors
+// are *bep44Error.
+func (s *itemStore) put(it bep44Item, cas int64, hasCAS bool, src netip.AddrPort) error {
 	if err := verifyItem(it); err != nil {
 		return err
 	}
-	target := it.target()
+	target, key := it.target(), sourceKey(src)
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	now := s.now()
-	if old := s.items.get(target, now); old != nil && it.Mutable && old.val.Mutable {
-		if err := checkItemUpdate(old.val, it, cas, hasCAS); err != nil {
-			return err
+	owner := key
+	if old := s.items.get(target, now); old != nil {
+		if it.Mutable && old.val.item.Mutable {
+			if err := checkItemUpdate(old.val.item, it, cas, hasCAS); err != nil {
+				return err
+			}
+		}
+		if old.val.item.Seq == it.Seq && bytes.Equal(old.val.item.V, it.V) {
+			owner = old.val.owner // a refresh
 		}
 	}
-	s.items.touch(target, now).val = it.clone()
+	if owner == key {
+		if dropped, ok := sourceLogOf(s.sources, key, now).note(target, maxSourceItems); ok {
+			if e := s.items.get(dropped, now); e != nil && e.val.owner == key {
+				s.items.delete(dropped)
+			}
+		}
+	}
+	s.items.touch(target, now).val = storedItem{item: it.clone(), owner: owner}
 	return nil
 }
 
@@ -493,5 +631,5 @@ func (s *itemStore) get(target nodeID) (bep44Item, bool) {
 	if e == nil {
 		return bep44Item{}, false
 	}
-	return e.val.clone(), true
+	return e.val.item.clone(), true
 }

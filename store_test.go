@@ -12,7 +12,9 @@ import (
 	"math/rand/v2"
 	"net/netip"
 	"os"
+	"reflect"
 	"runtime"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -50,6 +52,9 @@ func (c *storeClock) advance(d time.Duration) {
 
 // storeRand is a deterministic stream for the tokens' injected rand.
 func storeRand(seed byte) io.Reader { return rand.NewChaCha8([32]byte{seed}) }
+
+// storeSrc is the source address of the puts of tests that need only one.
+var storeSrc = netip.MustParseAddrPort("192.0.2.200:6881")
 
 // storeAP parses an address and port.
 func storeAP(s string) netip.AddrPort { return netip.MustParseAddrPort(s) }
@@ -302,7 +307,7 @@ func TestBEP44VectorsFromSpec(t *testing.T) {
 				t.Errorf("verifyItem: code %d, want %d", got, v.expect)
 			}
 			s := newItemStore(newStoreClock().now)
-			if got := storeErrCode(s.put(it, 0, false)); got != v.expect {
+			if got := storeErrCode(s.put(it, 0, false, storeSrc)); got != v.expect {
 				t.Errorf("put: code %d, want %d", got, v.expect)
 			}
 			_, stored := s.get(want)
@@ -349,7 +354,7 @@ func TestSignItemRoundTrip(t *testing.T) {
 				return
 			}
 			s := newItemStore(newStoreClock().now)
-			if err := s.put(it, 0, false); err != nil {
+			if err := s.put(it, 0, false, storeSrc); err != nil {
 				t.Fatal(err)
 			}
 			got, ok := s.get(mutableTarget(it.K, tt.salt))
@@ -431,7 +436,7 @@ func TestItemStoreUpdateRules(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			s := newItemStore(newStoreClock().now)
 			for i, p := range tt.puts {
-				err := s.put(signItem(priv, []byte("salt"), p.seq, []byte(p.v)), p.cas, p.hasCAS)
+				err := s.put(signItem(priv, []byte("salt"), p.seq, []byte(p.v)), p.cas, p.hasCAS, storeSrc)
 				if got := storeErrCode(err); got != p.want {
 					t.Fatalf("put #%d (seq %d): %v (code %d), want code %d", i, p.seq, err, got, p.want)
 				}
@@ -452,12 +457,12 @@ func TestItemStoreExpiry(t *testing.T) {
 	target := it.target()
 	imm := bep44Item{V: []byte("1:z")}
 	for _, x := range []bep44Item{it, imm} {
-		if err := s.put(x, 0, false); err != nil {
+		if err := s.put(x, 0, false, storeSrc); err != nil {
 			t.Fatal(err)
 		}
 	}
 	clk.advance(time.Hour)
-	if err := s.put(it, 0, false); err != nil { // the republish of the same item
+	if err := s.put(it, 0, false, storeSrc); err != nil { // the republish of the same item
 		t.Fatal(err)
 	}
 	clk.advance(itemTTL - time.Hour)
@@ -472,7 +477,7 @@ func TestItemStoreExpiry(t *testing.T) {
 		t.Error("item alive itemTTL after its last put")
 	}
 	// Once expired, nothing is stored: a lower seq is accepted again.
-	if err := s.put(signItem(priv, nil, 1, []byte("1:b")), 0, false); err != nil {
+	if err := s.put(signItem(priv, nil, 1, []byte("1:b")), 0, false, storeSrc); err != nil {
 		t.Errorf("put after expiry: %v", err)
 	}
 }
@@ -480,7 +485,7 @@ func TestItemStoreExpiry(t *testing.T) {
 func TestItemStoreOwnsItsCopies(t *testing.T) {
 	s := newItemStore(newStoreClock().now)
 	v := []byte("3:abc")
-	if err := s.put(bep44Item{V: v, Seq: 7, Salt: []byte("x")}, 0, false); err != nil {
+	if err := s.put(bep44Item{V: v, Seq: 7, Salt: []byte("x")}, 0, false, storeSrc); err != nil {
 		t.Fatal(err)
 	}
 	target := immutableTarget(v)
@@ -502,7 +507,7 @@ func TestItemStoreCapUnderFlood(t *testing.T) {
 	first := []byte("i0e")
 	for i := range 100_000 {
 		v := strconv.AppendInt([]byte("i"), int64(i), 10)
-		if err := s.put(bep44Item{V: append(v, 'e')}, 0, false); err != nil {
+		if err := s.put(bep44Item{V: append(v, 'e')}, 0, false, storePeer(uint32(i), 1)); err != nil {
 			t.Fatal(err)
 		}
 		if i%1000 == 0 {
@@ -558,7 +563,7 @@ func TestPeerStore(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			clk := newStoreClock()
 			start := clk.now()
-			s := newPeerStore(clk.now)
+			s := newPeerStore(clk.now, storeRand(1))
 			for _, a := range tt.adds {
 				clk.set(start.Add(a.at))
 				s.add(ih, storeAP(a.peer))
@@ -592,8 +597,15 @@ func storePeer(i uint32, port uint16) netip.AddrPort {
 	return netip.AddrPortFrom(netip.AddrFrom4(a), port)
 }
 
+// storePublicPeer is a peer on a public address (45.0.0.0/8) in /24 number i.
+func storePublicPeer(i uint32, port uint16) netip.AddrPort {
+	var a [4]byte
+	binary.BigEndian.PutUint32(a[:], 0x2d000001|i<<8)
+	return netip.AddrPortFrom(netip.AddrFrom4(a), port)
+}
+
 func TestPeerStoreSwarmCap(t *testing.T) {
-	s := newPeerStore(newStoreClock().now)
+	s := newPeerStore(newStoreClock().now, storeRand(1))
 	ih := nodeID{2}
 	for i := range uint32(maxSwarmPeers + 50) {
 		s.add(ih, storePeer(i, 6881))
@@ -608,7 +620,7 @@ func TestPeerStoreSwarmCap(t *testing.T) {
 }
 
 func TestPeerStoreRandomSubset(t *testing.T) {
-	s := newPeerStore(newStoreClock().now)
+	s := newPeerStore(newStoreClock().now, storeRand(1))
 	ih := nodeID{3}
 	all := map[netip.AddrPort]bool{}
 	for i := range uint32(maxSwarmPeers) {
@@ -645,17 +657,84 @@ func TestPeerStoreRandomSubset(t *testing.T) {
 	}
 }
 
+// TestPeerStoreSubsetReproducible: the sample is drawn from the injected
+// rand, so the same seed gives the same subsets and another seed others.
+func TestPeerStoreSubsetReproducible(t *testing.T) {
+	draw := func(seed byte) [][]netip.AddrPort {
+		s := newPeerStore(newStoreClock().now, storeRand(seed))
+		for i := range uint32(maxSwarmPeers) {
+			s.add(nodeID{3}, storePeer(i, 1))
+		}
+		var out [][]netip.AddrPort
+		for range 5 {
+			out = append(out, s.peers(nodeID{3}, 8))
+		}
+		return out
+	}
+	a, b, c := draw(1), draw(1), draw(2)
+	if !reflect.DeepEqual(a, b) {
+		t.Errorf("same seed, different subsets:\n%v\n%v", a, b)
+	}
+	if reflect.DeepEqual(a, c) {
+		t.Errorf("seeds 1 and 2 gave the same subsets %v", a)
+	}
+}
+
+func TestPeerStoreFamilies(t *testing.T) {
+	s := newPeerStore(newStoreClock().now, storeRand(1))
+	ih := nodeID{5}
+	v4, v6 := storeAP("192.0.2.1:1"), storeAP("[2001:db8::1]:1")
+	s.add(ih, v4)
+	s.add(ih, v6)
+	tests := []struct {
+		name         string
+		want4, want6 bool
+		want         []netip.AddrPort
+	}{
+		{"ipv4", true, false, []netip.AddrPort{v4}},
+		{"ipv6", false, true, []netip.AddrPort{v6}},
+		{"both", true, true, []netip.AddrPort{v4, v6}},
+		{"neither", false, false, nil},
+	}
+	for _, tt := range tests {
+		if got := s.peersOf(ih, 10, tt.want4, tt.want6); !reflect.DeepEqual(got, tt.want) {
+			t.Errorf("peersOf(%s) = %v, want %v", tt.name, got, tt.want)
+		}
+	}
+	if got := s.peersOf(ih, 1, false, true); !reflect.DeepEqual(got, []netip.AddrPort{v6}) {
+		t.Errorf("peersOf(max 1, ipv6) = %v: the sample must come from the family only", got)
+	}
+}
+
+// BEP 32: an IPv4 get_peers, with or without "want", gets IPv4 values only.
+func TestServeGetPeersFamily(t *testing.T) {
+	d := newTestDHT(t, dhtConfig{}, 0)
+	ih := nodeID{6}
+	v4, v6 := storeAP("192.0.2.1:1"), storeAP("[2001:db8::1]:1")
+	d.peers.add(ih, v4)
+	d.peers.add(ih, v6)
+	p := newRawPeer(t)
+	for _, want := range []uint8{0, wantN4, wantN6, wantN4 | wantN6} {
+		r := p.exchange(d, rawQuery(methodGetPeers, krpcArgs{InfoHash: ih, Want: want}))
+		ps, err := parsePeers(r.Reply.Values)
+		if err != nil || !reflect.DeepEqual(ps, []netip.AddrPort{v4}) {
+			t.Errorf("want %b: values %v, %v; want only %v", want, ps, err, v4)
+		}
+	}
+}
+
 func TestPeerStoreInfohashEviction(t *testing.T) {
 	clk := newStoreClock()
-	s := newPeerStore(clk.now)
+	s := newPeerStore(clk.now, storeRand(1))
 	ihN := func(i int) nodeID { var id nodeID; binary.BigEndian.PutUint32(id[:], uint32(i)); return id }
-	p := storeAP("192.0.2.1:1")
+	// one public /24 per infohash: the per-source bound stays out of the way
+	p := func(i int) netip.AddrPort { return storePublicPeer(uint32(i), 1) }
 	for i := range maxInfohashes {
-		s.add(ihN(i), p)
+		s.add(ihN(i), p(i))
 		clk.advance(time.Millisecond)
 	}
-	s.add(ihN(0), p) // ih 0 is now the most recently announced, ih 1 the least
-	s.add(ihN(maxInfohashes), p)
+	s.add(ihN(0), p(0)) // ih 0 is now the most recently announced, ih 1 the least
+	s.add(ihN(maxInfohashes), p(maxInfohashes))
 	if n := s.infohashes(); n != maxInfohashes {
 		t.Errorf("infohashes = %d, want %d", n, maxInfohashes)
 	}
@@ -668,9 +747,100 @@ func TestPeerStoreInfohashEviction(t *testing.T) {
 	}
 }
 
+// One host with one token announces for 2,000 new infohashes: the swarms
+// of others survive, and the host keeps only its latest
+// maxSourceInfohashes. Its /24 counts as one source; exempt addresses count
+// per address and port.
+func TestPeerStoreSourceBound(t *testing.T) {
+	clk := newStoreClock()
+	s := newPeerStore(clk.now, storeRand(1))
+	victim, victimIH := storeAP("198.51.100.7:6881"), nodeID{0xee}
+	s.add(victimIH, victim)
+	ihN := func(i int) nodeID { var id nodeID; binary.BigEndian.PutUint32(id[:], uint32(i)); return id }
+	for i := range maxInfohashes {
+		src := storeAP("203.0.113.5:6881")
+		if i%2 == 1 {
+			src = storeAP("203.0.113.6:1") // its neighbour: the same source
+		}
+		s.add(ihN(i), src)
+		clk.advance(time.Millisecond)
+	}
+	if got := s.peers(victimIH, 10); !slices.Equal(got, []netip.AddrPort{victim}) {
+		t.Errorf("victim's swarm after a flood = %v, want [%v]", got, victim)
+	}
+	if n := s.infohashes(); n != 1+maxSourceInfohashes {
+		t.Errorf("infohashes = %d after a flood from one /24, want %d", n, 1+maxSourceInfohashes)
+	}
+	if s.peers(ihN(maxInfohashes-1), 1) == nil || s.peers(ihN(maxInfohashes-maxSourceInfohashes-1), 1) != nil {
+		t.Errorf("the source kept other than its latest %d infohashes", maxSourceInfohashes)
+	}
+	// A re-announce keeps the infohash among the source's latest.
+	s.add(ihN(maxInfohashes-maxSourceInfohashes), storeAP("203.0.113.5:6881"))
+	s.add(ihN(maxInfohashes), storeAP("203.0.113.5:6881"))
+	if s.peers(ihN(maxInfohashes-maxSourceInfohashes), 1) == nil {
+		t.Errorf("a re-announced infohash was dropped as the source's oldest")
+	}
+
+	lo := newPeerStore(clk.now, storeRand(1))
+	for i := range 2 * maxSourceInfohashes {
+		lo.add(ihN(i), storeAP("127.0.0.1:1000"))
+		lo.add(ihN(i), storeAP("127.0.0.1:1001"))
+	}
+	if n := lo.infohashes(); n != maxSourceInfohashes {
+		t.Errorf("loopback: %d infohashes, want %d", n, maxSourceInfohashes)
+	}
+	if got := lo.peers(ihN(2*maxSourceInfohashes-1), 10); len(got) != 2 {
+		t.Errorf("loopback: two ports of 127.0.0.1 are two sources, got %v", got)
+	}
+}
+
+// One host puts 1,000 items, after replaying a victim's item: the victim's
+// item and everyone else's survive; the host keeps its latest maxSourceItems.
+func TestItemStoreSourceBound(t *testing.T) {
+	clk := newStoreClock()
+	s := newItemStore(clk.now)
+	priv := ed25519.NewKeyFromSeed(bytes.Repeat([]byte{7}, 32))
+	victim := signItem(priv, []byte("rendezvous"), 3, []byte("5:hello"))
+	if err := s.put(victim, 0, false, storeAP("198.51.100.7:1")); err != nil {
+		t.Fatal(err)
+	}
+	attacker := storeAP("203.0.113.5:1")
+	if err := s.put(victim, 0, false, attacker); err != nil { // a replay only refreshes
+		t.Fatal(err)
+	}
+	item := func(i int) bep44Item { return bep44Item{V: strconv.AppendInt([]byte("i"), int64(i), 10)} }
+	for i := range maxItems {
+		it := item(i)
+		it.V = append(it.V, 'e')
+		if err := s.put(it, 0, false, attacker); err != nil {
+			t.Fatal(err)
+		}
+		clk.advance(time.Millisecond)
+	}
+	if got, ok := s.get(victim.target()); !ok || !bytes.Equal(got.V, victim.V) || got.Seq != 3 {
+		t.Errorf("victim's item after a flood = %+v, %v", got, ok)
+	}
+	s.mu.Lock()
+	n := s.items.len(clk.now())
+	s.mu.Unlock()
+	if n != 1+maxSourceItems {
+		t.Errorf("%d items after a flood from one source, want %d", n, 1+maxSourceItems)
+	}
+	if _, ok := s.get(immutableTarget([]byte("i999e"))); !ok {
+		t.Error("the source's newest item was dropped")
+	}
+	if _, ok := s.get(immutableTarget([]byte("i0e"))); ok {
+		t.Error("the source's oldest item survived")
+	}
+	// The owner of the victim's value may still refresh it: same owner.
+	if err := s.put(victim, 0, false, storeAP("198.51.100.7:2")); err != nil {
+		t.Fatal(err)
+	}
+}
+
 func TestPeerStoreCapsUnderFlood(t *testing.T) {
 	clk := newStoreClock()
-	s := newPeerStore(clk.now)
+	s := newPeerStore(clk.now, storeRand(1))
 	rng := rand.New(rand.NewPCG(1, 2))
 	hot := nodeID{0xff}
 	oneIP := netip.MustParseAddr("198.51.100.1")
@@ -692,7 +862,7 @@ func TestPeerStoreCapsUnderFlood(t *testing.T) {
 	}
 	s.mu.Lock()
 	for el := s.swarms.order.Front(); el != nil; el = el.Next() {
-		if n := len(el.Value.(*ttlEntry[*peerSwarm]).val.peers); n > maxSwarmPeers {
+		if n := len(el.Value.(*ttlEntry[nodeID, *peerSwarm]).val.peers); n > maxSwarmPeers {
 			t.Errorf("a peerSwarm holds %d peers, cap %d", n, maxSwarmPeers)
 		}
 	}
@@ -713,7 +883,7 @@ func TestPeerStoreCapsUnderFlood(t *testing.T) {
 func TestStoresConcurrent(t *testing.T) {
 	clk := newStoreClock()
 	box := newTokenBox(storeRand(9), clk.now)
-	ps := newPeerStore(clk.now)
+	ps := newPeerStore(clk.now, storeRand(1))
 	is := newItemStore(clk.now)
 	var wg sync.WaitGroup
 	for g := range 4 {
@@ -725,7 +895,7 @@ func TestStoresConcurrent(t *testing.T) {
 				ps.peers(nodeID{byte(i % 7)}, 8)
 				ps.infohashes()
 				v := strconv.AppendInt([]byte("i"), int64(i), 10)
-				is.put(bep44Item{V: append(v, 'e')}, 0, false)
+				is.put(bep44Item{V: append(v, 'e')}, 0, false, storeSrc)
 				is.get(immutableTarget([]byte("i1e")))
 				clk.advance(time.Second)
 			}
@@ -758,7 +928,7 @@ func BenchmarkTokenValid(b *testing.B) {
 // BenchmarkPeerStoreAdd announces random peers to 1,000 infohashes, so the
 // swarms fill up to their cap and every add then evicts.
 func BenchmarkPeerStoreAdd(b *testing.B) {
-	s := newPeerStore(newStoreClock().now)
+	s := newPeerStore(newStoreClock().now, storeRand(1))
 	rng := rand.New(rand.NewPCG(1, 2))
 	b.ReportAllocs()
 	for b.Loop() {
@@ -777,7 +947,7 @@ func BenchmarkStoresFullMemory(b *testing.B) {
 	}
 	for b.Loop() {
 		h0 := heap()
-		ps := newPeerStore(newStoreClock().now)
+		ps := newPeerStore(newStoreClock().now, storeRand(1))
 		for i := range maxInfohashes {
 			var ih nodeID
 			binary.BigEndian.PutUint32(ih[:], uint32(i))
@@ -790,7 +960,7 @@ func BenchmarkStoresFullMemory(b *testing.B) {
 		for i := range maxItems {
 			v := storeBencodeString(maxItemValue)
 			binary.BigEndian.PutUint32(v[10:], uint32(i))
-			is.put(bep44Item{V: v}, 0, false)
+			is.put(bep44Item{V: v}, 0, false, storePeer(uint32(i), 1))
 		}
 		h2 := heap()
 		b.ReportMetric(float64(h1-h0)/1e6, "MB-peers")

@@ -62,6 +62,8 @@ func init() {
 		{"/help", "/help", "list the commands", (*ui).cmdHelp},
 		{"/id", "/id", "print your key, to give to others", (*ui).cmdID},
 		{"/add", "/add NAME KEY", "add a contact by their key", (*ui).cmdAdd},
+		{"/invite", "/invite NAME", "make a short code to read to NAME, who types /accept", (*ui).cmdInvite},
+		{"/accept", "/accept NAME CODE", "add NAME with the code NAME read to you", (*ui).cmdAccept},
 		{"/remove", "/remove NAME", "remove a contact", (*ui).cmdRemove},
 		{"/contacts", "/contacts", "list contacts, online or offline, last seen", (*ui).cmdContacts},
 		{"/msg", "/msg NAME TEXT", "send a message", (*ui).cmdMsg},
@@ -280,4 +282,59 @@ func printable(s string) string {
 		}
 		return r
 	}, s)
+}
+
+// cmdInvite starts an invitation and prints its code at once; the contact
+// is added when the other side accepts (section 7 of SPEC.md).
+func (u *ui) cmdInvite(ctx context.Context, rest string) error {
+	f, err := words(rest, 1, "/invite NAME")
+	if err != nil {
+		return err
+	}
+	if err := u.app.checkNewContact(f[0]); err != nil {
+		return err
+	}
+	code, done, err := u.app.inv.invite(ctx)
+	if err != nil {
+		return err
+	}
+	u.printf("invite %s %s", f[0], code)
+	go func() {
+		r := <-done
+		u.finishInvite(f[0], r.Key, r.Err)
+	}()
+	return nil
+}
+
+// cmdAccept runs the acceptor side in the background: it may take a few
+// seconds to find the inviter through the DHT.
+func (u *ui) cmdAccept(ctx context.Context, rest string) error {
+	f, err := words(rest, 2, "/accept NAME CODE")
+	if err != nil {
+		return err
+	}
+	if err := u.app.checkNewContact(f[0]); err != nil {
+		return err
+	}
+	if _, _, err := parseInviteCode(f[1]); err != nil {
+		return err
+	}
+	u.printf("* accepting %s", f[0])
+	go func() {
+		key, err := u.app.inv.accept(ctx, f[1])
+		u.finishInvite(f[0], key, err)
+	}()
+	return nil
+}
+
+// finishInvite adds the contact an invitation produced, or says why not.
+func (u *ui) finishInvite(name string, key publicKey, err error) {
+	if err == nil {
+		err = u.app.addContact(name, key)
+	}
+	if err != nil {
+		u.printf("error invite %s: %v", name, err)
+		return
+	}
+	u.printf("* added %s", name)
 }
