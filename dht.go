@@ -55,7 +55,6 @@ const (
 	rtoMin         = 10 * time.Millisecond
 	rtoMax         = time.Second
 	rtoGranularity = 5 * time.Millisecond // G of RFC 6298
-	maxPeerRTT     = 4096                 // per-peer RTT estimates kept
 
 	maintenanceInterval = time.Minute
 	saveInterval        = 5 * time.Minute
@@ -131,8 +130,6 @@ type dht struct {
 	closed bool           // run has ended: no more queries
 	rng    *mrand.ChaCha8 // transaction ids: a CSPRNG seeded from cfg.Rand
 	rtt    rttEstimator
-	// peerRTT holds per-peer estimates, at most maxPeerRTT of them.
-	peerRTT map[netip.AddrPort]rttEstimator
 
 	// owned by the read goroutine: replies are encoded here, never allocated
 	sbuf, nbuf4, nbuf6, vbuf []byte
@@ -163,7 +160,7 @@ func newDHT(n *Node, cfg dhtConfig) (*dht, error) {
 		timing: defaultTiming(),
 		tokens: newTokenBox(cfg.Rand, cfg.Now), peers: newPeerStore(cfg.Now, cfg.Rand), items: newItemStore(cfg.Now),
 		table: newRoutingTable(self, cfg.Now), saved: saved, evicting: map[netip.AddrPort]struct{}{},
-		txs: map[txKey]*transaction{}, peerRTT: map[netip.AddrPort]rttEstimator{}, rng: mrand.NewChaCha8(seed),
+		txs: map[txKey]*transaction{}, rng: mrand.NewChaCha8(seed),
 		sbuf: make([]byte, 0, maxDatagram), nbuf4: make([]byte, 0, 26*bucketSize),
 		nbuf6: make([]byte, 0, 38*bucketSize), vbuf: make([]byte, 0, 20*maxPeersReply),
 	}
@@ -457,10 +454,8 @@ type queryResult struct {
 	Attempts int
 }
 
-// rttEstimator is RFC 6298's smoothed RTT. The DHT keeps one for all peers
-// together (lookups talk to most nodes once, too few samples each) and one
-// per peer it has heard from, so that a distant node we know keeps its own,
-// longer timeout when nearby nodes pull the global one down.
+// rttEstimator is RFC 6298's smoothed RTT for all peers together: lookups
+// talk to each node once or twice, too few samples for a per-peer estimate.
 type rttEstimator struct {
 	srtt, rttvar time.Duration
 	has          bool
@@ -486,38 +481,6 @@ func (e *rttEstimator) rto(t *dhtTiming) time.Duration {
 	}
 	r := e.srtt + max(rtoGranularity, 4*e.rttvar)
 	return min(max(r, t.rtoMin), t.rtoMax)
-}
-
-// rtoForLocked is the timeout for a query to addr: its own estimate if it
-// has answered before, else the global one. d.txMu must be held.
-func (d *dht) rtoForLocked(addr netip.AddrPort) time.Duration {
-	if e, ok := d.peerRTT[addr]; ok {
-		return e.rto(&d.timing)
-	}
-	return d.rtt.rto(&d.timing)
-}
-
-// sampleRTTLocked records the time from a query's first send to its answer.
-// A first-attempt answer is a true sample, for the peer and the global
-// estimate. An answer after retransmissions is ambiguous (Karn), so the
-// global estimate ignores it; but a peer we have no estimate for gets it
-// as its first sample: an upper bound, which errs towards waiting longer
-// for a node that proved slower than the rest. d.txMu must be held.
-func (d *dht) sampleRTTLocked(addr netip.AddrPort, r time.Duration, attempts int) {
-	e, known := d.peerRTT[addr]
-	if attempts == 1 {
-		d.rtt.sample(r)
-	} else if known {
-		return
-	}
-	if !known && len(d.peerRTT) >= maxPeerRTT {
-		for a := range d.peerRTT { // map order is random: evict any one
-			delete(d.peerRTT, a)
-			break
-		}
-	}
-	e.sample(r)
-	d.peerRTT[addr] = e
 }
 
 // backoff doubles the timeout with each attempt (attempt 1 is the first
@@ -564,7 +527,7 @@ func (d *dht) sendQuery(to netip.AddrPort, q *krpcMsg, expect *nodeID, onRetry f
 	t.pkt = q.appendTo(make([]byte, 0, 128))
 	t.sent = d.now()
 	d.txs[k] = t
-	t.timer = time.AfterFunc(d.rtoForLocked(to), func() { d.retry(k) })
+	t.timer = time.AfterFunc(d.rtt.rto(&d.timing), func() { d.retry(k) })
 	d.txMu.Unlock()
 	d.sendRaw(to, t.pkt)
 	return k, nil
@@ -581,7 +544,7 @@ func (d *dht) retry(k txKey) {
 	if t.attempts < maxAttempts {
 		t.attempts++
 		attempt := t.attempts
-		t.timer.Reset(backoff(d.rtoForLocked(k.addr), attempt, &d.timing))
+		t.timer.Reset(backoff(d.rtt.rto(&d.timing), attempt, &d.timing))
 		d.txMu.Unlock()
 		d.sendRaw(k.addr, t.pkt)
 		if t.onRetry != nil {
@@ -621,7 +584,9 @@ func (d *dht) handleResponse(from netip.AddrPort, m *krpcMsg, b []byte) {
 	if ok {
 		delete(d.txs, k)
 		t.timer.Stop()
-		d.sampleRTTLocked(from, d.now().Sub(t.sent), t.attempts)
+		if t.attempts == 1 { // Karn: a retransmitted query's RTT is ambiguous
+			d.rtt.sample(d.now().Sub(t.sent))
+		}
 	}
 	d.txMu.Unlock()
 	if !ok {

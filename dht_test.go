@@ -669,63 +669,6 @@ func TestServeAllocs(t *testing.T) {
 	}
 }
 
-// slowResponder answers every ping it receives after delay, until the test
-// ends; it answers the last copy of a retransmitted query only once.
-func slowResponder(t *testing.T, delay time.Duration) netip.AddrPort {
-	p := newRawPeer(t)
-	id := nodeID{0x51, 0x0a}
-	go func() {
-		for range 64 {
-			b, from := p.recv(5 * time.Second)
-			if b == nil {
-				return
-			}
-			m, err := parseKRPC(b)
-			if err != nil || m.Type != 'q' {
-				continue
-			}
-			r := krpcMsg{TID: bytes.Clone(m.TID), Type: 'r', Reply: krpcReply{ID: id}}
-			out := r.appendTo(nil)
-			time.AfterFunc(delay, func() { p.conn.WriteToUDPAddrPort(out, from) })
-		}
-	}()
-	return p.addr()
-}
-
-// Nearby nodes pull the global RTO down to its floor; a distant node that
-// answered once keeps its own, longer timeout, so the next query to it is
-// answered without a retransmission (and without being counted as failed).
-func TestPerPeerRTO(t *testing.T) {
-	d := newTestDHT(t, dhtConfig{}, 0)
-	d.txMu.Lock()
-	for range 20 {
-		d.rtt.sample(time.Millisecond)
-	}
-	d.txMu.Unlock()
-	slow := slowResponder(t, 120*time.Millisecond)
-	q := krpcMsg{Method: methodPing}
-	first := d.query(testCtx(t), slow, &q, nil)
-	if first.Err != nil {
-		t.Fatalf("first ping: %v", first.Err)
-	}
-	if first.Attempts == 1 {
-		t.Fatalf("first ping answered on the first attempt: the global RTO was not low")
-	}
-	q = krpcMsg{Method: methodPing}
-	second := d.query(testCtx(t), slow, &q, nil)
-	if second.Err != nil || second.Attempts != 1 {
-		t.Fatalf("second ping: %v after %d attempts, want an answer to the first", second.Err, second.Attempts)
-	}
-	d.txMu.Lock()
-	global, own := d.rtt.rto(&d.timing), d.rtoForLocked(slow)
-	d.txMu.Unlock()
-	// The second answer was a true sample and moved the global estimate
-	// too, but only part of the way.
-	if own <= 120*time.Millisecond || own <= global {
-		t.Errorf("rto global %v, slow peer %v: want the peer's above 120ms and the global one", global, own)
-	}
-}
-
 // Responses' "ip" fields teach a node its external address; on loopback
 // the voters are told apart by port (SPEC 3.3).
 func TestExternalAddressLearnedOnLoopback(t *testing.T) {

@@ -1471,6 +1471,7 @@ type sessionManager struct {
 	bufs      sync.Pool // *[]byte of maxDatagram bytes: zero allocations per packet
 	debugOn   bool
 
+	evMu            sync.Mutex // orders Established and Ended callbacks
 	mu              sync.Mutex
 	peers           map[publicKey]*peer
 	index           map[uint32]indexEntry
@@ -1684,18 +1685,23 @@ func (m *sessionManager) respond(from netip.AddrPort, h *sessionHandshake) ([]by
 		m.stats.staleInit.Add(1)
 		return nil, errors.New("session: replayed or old initiation")
 	}
+	// Record the timestamp before anything else uses the initiation, so
+	// that even one we drop below cannot be replayed to move us.
+	p.lastTimestamp = h.timestamp
 	if !m.yieldLocked(p, now) {
 		m.stats.simultaneous.Add(1)
+		h.erase()
 		if p.hs != nil && p.endpoint != from {
 			// The initiation authenticated, so from is where the peer
 			// is now: aim our own pending initiation there at once
 			// rather than keep sending to an old address.
 			p.endpoint = from
-			return m.initiateLocked(p, now), nil
+			if init := m.initiateLocked(p, now); init != nil {
+				return init, nil
+			}
 		}
 		return nil, errors.New("session: simultaneous open, keeping ours")
 	}
-	p.lastTimestamp = h.timestamp
 	p.endpoint = from
 	local, err := m.newIndexLocked(indexEntry{peer: p})
 	if err != nil {
@@ -1778,7 +1784,7 @@ func (m *sessionManager) handleResponse(from netip.AddrPort, b []byte) {
 		m.debug("response", from, err)
 		return
 	}
-	m.cfg.Established(p.key, from)
+	m.established(p.key, from)
 	m.flush(p, true)
 }
 
@@ -1792,6 +1798,9 @@ func (m *sessionManager) completeHandshake(from netip.AddrPort, msg *responseMsg
 		return nil, errors.New("session: response to no pending handshake")
 	}
 	p := e.peer
+	if !m.cfg.Allowed(p.key) {
+		return nil, errors.New("session: response from a removed contact")
+	}
 	if err := p.hs.consumeResponse(msg); err != nil {
 		m.stats.handshakeFail.Add(1)
 		return nil, err
@@ -1884,7 +1893,7 @@ func (m *sessionManager) handleTransport(from netip.AddrPort, b []byte) {
 		return
 	}
 	if m.confirm(e.peer, e.kp, from) {
-		m.cfg.Established(e.peer.key, from)
+		m.established(e.peer.key, from)
 		m.flush(e.peer, false)
 	}
 	if len(pt) > 0 {
@@ -2120,6 +2129,9 @@ func (m *sessionManager) sendInitiation(to []netip.AddrPort, b []byte) {
 // address changes only with authenticated packets (roaming), never with
 // what the DHT says: an old announcement must not divert a session.
 func (m *sessionManager) setEndpoint(peerKey publicKey, addr netip.AddrPort) {
+	if !m.cfg.Allowed(peerKey) {
+		return // removed while a lookup ran: no session with a non-contact
+	}
 	now := m.cfg.Now()
 	m.mu.Lock()
 	p := m.peerLocked(peerKey)
@@ -2229,6 +2241,27 @@ func (m *sessionManager) tick() {
 		m.flush(p, true)
 	}
 	for _, k := range ended {
+		m.ended(k)
+	}
+}
+
+// established and ended report a peer's session state in the order it
+// changed: evMu orders the callbacks, and ended re-checks under mu, so a
+// packet that revived the peer after tick decided it had ended wins.
+func (m *sessionManager) established(k publicKey, addr netip.AddrPort) {
+	m.evMu.Lock()
+	defer m.evMu.Unlock()
+	m.cfg.Established(k, addr)
+}
+
+func (m *sessionManager) ended(k publicKey) {
+	m.evMu.Lock()
+	defer m.evMu.Unlock()
+	m.mu.Lock()
+	p := m.peers[k]
+	still := p != nil && !p.online
+	m.mu.Unlock()
+	if still {
 		m.cfg.Ended(k)
 	}
 }

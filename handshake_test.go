@@ -1889,3 +1889,49 @@ func TestSessionKeepaliveAndEnded(t *testing.T) {
 		t.Errorf("a packet from b after Ended did not re-establish (%d -> %d)", estBefore, a.established)
 	}
 }
+
+// An initiation dropped by the simultaneous-open rule still burns its
+// timestamp: replayed later from elsewhere, while a rekey is pending, it
+// must not move the session (SPEC 6.1).
+func TestDroppedInitiationCannotBeReplayed(t *testing.T) {
+	var n fakeNet
+	clock := newTestClock()
+	a, b := newTestPair(t, &n, clock, nil) // a's key is lower: a's initiation wins
+	a.m.setEndpoint(b.id.public(), b.addr)
+	b.m.setEndpoint(a.id.public(), a.addr)
+	var bInit []byte
+	for _, p := range n.take() {
+		if p.from == b.addr && p.b[0] == packetInitiation {
+			bInit = p.b
+		}
+		n.deliver(p)
+	}
+	n.pump(t)
+	if bInit == nil || !a.m.hasSession(b.id.public()) {
+		t.Fatal("no simultaneous open, or no session after it")
+	}
+	clock.advance(defaultRekeyAfterTime + time.Second)
+	a.m.send(b.id.public(), []byte("rekey now")) // a has a pending initiation
+	evil := netip.MustParseAddrPort("10.6.6.6:6666")
+	n.deliver(fakePacket{from: evil, to: a.addr, b: bInit})
+	a.m.mu.Lock()
+	ep := a.m.peers[b.id.public()].endpoint
+	a.m.mu.Unlock()
+	if ep != b.addr {
+		t.Fatalf("endpoint %v after a replayed initiation, want %v", ep, b.addr)
+	}
+}
+
+// A contact removed while a rendezvous lookup ran gets no initiation.
+func TestSetEndpointIgnoresNonContact(t *testing.T) {
+	var n fakeNet
+	clock := newTestClock()
+	a, b := newTestPair(t, &n, clock, nil)
+	a.mu.Lock()
+	delete(a.contacts, b.id.public())
+	a.mu.Unlock()
+	a.m.setEndpoint(b.id.public(), b.addr)
+	if q := n.take(); len(q) != 0 {
+		t.Fatalf("sent %d datagrams to a removed contact", len(q))
+	}
+}

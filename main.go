@@ -172,6 +172,7 @@ func readLines(ctx context.Context, r io.Reader, lines chan<- string, u *ui) err
 			for errors.Is(err, bufio.ErrBufferFull) {
 				_, err = br.ReadSlice('\n')
 			}
+			b = nil // the tail of the long line is not a line either
 			if err == nil {
 				continue
 			}
@@ -208,7 +209,7 @@ type app struct {
 // openApp opens the data directory and builds the layers on one socket.
 func openApp(o options, log *slog.Logger, stdout io.Writer) (*app, error) {
 	if err := os.MkdirAll(o.dir, 0o700); err != nil {
-		return nil, fmt.Errorf("data directory: %w", err)
+		return nil, fmt.Errorf("kadchat: data directory: %w", err)
 	}
 	a := &app{dir: o.dir, log: log}
 	a.ui = &ui{app: a, out: stdout, now: time.Now}
@@ -339,7 +340,7 @@ func (a *app) checkNewContact(name string) error {
 		return err
 	}
 	if a.hasContact(name) {
-		return fmt.Errorf("a contact named %q exists", name)
+		return fmt.Errorf("kadchat: a contact named %q exists", name)
 	}
 	return nil
 }

@@ -416,7 +416,7 @@ func TestE2EUIErrorsAndCleanExit(t *testing.T) {
 	p := u.start(t)
 	tests := []struct{ line, want string }{
 		{"/nope", "error unknown command"},
-		{"/add", "error usage: /add NAME KEY"},
+		{"/add", "error ui: usage: /add NAME KEY"},
 		{"/add dave kc1notakey", "error "},
 		{"/msg nobody hi", "error "},
 		{"hello", "error no recipient"},
@@ -517,6 +517,45 @@ func TestDemo(t *testing.T) {
 	} {
 		if !strings.Contains(out.String(), want) {
 			t.Errorf("transcript lacks %q\n%s", want, out.String())
+		}
+	}
+}
+
+// An overlong line is refused whole, also as the last line without a
+// newline, and the lines around it still arrive.
+func TestReadLinesOverlong(t *testing.T) {
+	long := strings.Repeat("x", maxLine+10)
+	for _, in := range []string{"/a\n" + long + "\n/b\n", "/a\n/b\n" + long} {
+		var out strings.Builder
+		u := &ui{out: &out}
+		lines := make(chan string, 8)
+		if err := readLines(context.Background(), strings.NewReader(in), lines, u); err != nil {
+			t.Fatal(err)
+		}
+		close(lines)
+		var got []string
+		for l := range lines {
+			got = append(got, strings.TrimRight(l, "\n"))
+		}
+		if strings.Join(got, ",") != "/a,/b" || !strings.HasPrefix(out.String(), "error line longer") {
+			t.Errorf("lines %q, output %q; want /a,/b and an error line", got, out.String())
+		}
+	}
+}
+
+func TestPrintable(t *testing.T) {
+	tests := []struct{ in, want string }{
+		{"hello", "hello"},
+		{"two\nlines", "two\uFFFDlines"},
+		{"fake\r* delivered bob 1", "fake\uFFFD* delivered bob 1"},
+		{"\x1b[2Jclear", "\uFFFD[2Jclear"},
+		{"abc\u202edcba", "abc\uFFFDdcba"}, // bidi override
+		{"line\u2028sep", "line\uFFFDsep"},
+		{"émoji 🙂", "émoji 🙂"},
+	}
+	for _, tc := range tests {
+		if got := printable(tc.in); got != tc.want {
+			t.Errorf("printable(%q) = %q, want %q", tc.in, got, tc.want)
 		}
 	}
 }

@@ -29,6 +29,9 @@ const (
 // check reports whether counter n could be accepted: not too old, not seen.
 // It changes nothing.
 func (w *replayWindow) check(n uint64) bool {
+	if n == ^uint64(0) {
+		return false // last = n+1 would wrap to 0 and reset the window
+	}
 	if n >= w.last {
 		return true
 	}

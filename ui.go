@@ -10,6 +10,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"strings"
@@ -38,15 +39,29 @@ func (u *ui) printf(format string, args ...any) {
 	fmt.Fprintf(u.out, format+"\n", args...)
 }
 
-// Write lets the DHT's command writer share the mutex.
+// Write lets the DHT's command writer share the mutex. What it writes may
+// hold text from remote nodes (BEP 44 values, error messages), so each
+// line is made printable like a contact's message.
 func (u *ui) Write(p []byte) (int, error) {
 	u.mu.Lock()
 	defer u.mu.Unlock()
-	return u.out.Write(p)
+	lines := strings.SplitAfter(string(p), "\n")
+	for _, l := range lines {
+		body, nl := strings.CutSuffix(l, "\n")
+		if _, err := io.WriteString(u.out, printable(body)); err != nil {
+			return 0, err
+		}
+		if nl {
+			if _, err := io.WriteString(u.out, "\n"); err != nil {
+				return 0, err
+			}
+		}
+	}
+	return len(p), nil
 }
 
 // errQuit is returned by handleLine for /quit.
-var errQuit = fmt.Errorf("ui: quit")
+var errQuit = errors.New("ui: quit")
 
 type command struct {
 	name  string
@@ -122,12 +137,12 @@ func (u *ui) cmdID(_ context.Context, _ string) error {
 func words(rest string, n int, usage string) ([]string, error) {
 	f := strings.SplitN(rest, " ", n)
 	if len(f) != n {
-		return nil, fmt.Errorf("usage: %s", usage)
+		return nil, fmt.Errorf("ui: usage: %s", usage)
 	}
 	for i := range f {
 		f[i] = strings.TrimSpace(f[i])
 		if f[i] == "" {
-			return nil, fmt.Errorf("usage: %s", usage)
+			return nil, fmt.Errorf("ui: usage: %s", usage)
 		}
 	}
 	return f, nil
@@ -178,7 +193,7 @@ func (u *ui) cmdTo(_ context.Context, rest string) error {
 		return err
 	}
 	if !u.app.hasContact(f[0]) {
-		return fmt.Errorf("no contact %q", f[0])
+		return fmt.Errorf("ui: no contact %q", f[0])
 	}
 	u.to = f[0]
 	u.printf("* to %s", f[0])
@@ -188,7 +203,7 @@ func (u *ui) cmdTo(_ context.Context, rest string) error {
 func (u *ui) cmdDHT(ctx context.Context, rest string) error {
 	args := strings.Fields(rest)
 	if len(args) == 0 {
-		return fmt.Errorf("usage: /dht status|ping|find_node|get_peers|announce|put|get|mput|mget ...")
+		return fmt.Errorf("ui: usage: /dht status|ping|find_node|get_peers|announce|put|get|mput|mget ...")
 	}
 	// put and mput take free text: keep its spaces.
 	switch args[0] {
@@ -273,11 +288,12 @@ func (u *ui) event(e chatEvent) {
 	}
 }
 
-// printable replaces control characters, so a contact's text cannot break
-// a line or forge an event line on a script's stdout.
+// printable replaces control and format characters (bidi overrides
+// among them) and line separators, so a contact's text cannot break a line,
+// forge an event line on a script's stdout, or reorder what a person sees.
 func printable(s string) string {
 	return strings.Map(func(r rune) rune {
-		if unicode.IsControl(r) {
+		if unicode.IsControl(r) || unicode.In(r, unicode.Cf, unicode.Zl, unicode.Zp) {
 			return '\uFFFD'
 		}
 		return r
