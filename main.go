@@ -257,6 +257,7 @@ func (a *app) build(o options) error {
 		GetPeers:    a.dht.getPeers,
 		SetEndpoint: a.sess.setEndpoint,
 		IsSelf:      a.isSelf,
+		OwnIP:       a.isOwnIP,
 		Send:        a.sess.send,
 		MaxPayload:  maxTransportPayload,
 		Event:       a.ui.event,
@@ -343,4 +344,14 @@ func (a *app) checkNewContact(name string) error {
 		return fmt.Errorf("kadchat: a contact named %q exists", name)
 	}
 	return nil
+}
+
+// isOwnIP reports whether ip is an address we are reachable at; the
+// rendezvous tries candidates there last (they are mostly our own old ports).
+func (a *app) isOwnIP(ip netip.Addr) bool {
+	if ip == a.node.LocalAddr().Addr() {
+		return true
+	}
+	ext, ok := a.dht.external()
+	return ok && ip == ext.Addr()
 }

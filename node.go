@@ -9,6 +9,7 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -22,6 +23,9 @@ import (
 	"sync/atomic"
 	"time"
 )
+
+// socketBuffer is the receive buffer we ask the kernel for.
+const socketBuffer = 4 << 20
 
 // maxDatagram bounds what we read: a KRPC message or chat packet is never
 // near this, and a larger read buffer would only invite waste.
@@ -66,6 +70,14 @@ func listenNode(addr string, log *slog.Logger) (*Node, error) {
 	conn, err := net.ListenUDP("udp", ua)
 	if err != nil {
 		return nil, fmt.Errorf("node: listen %q: %w", addr, err)
+	}
+	// A burst of chat messages (a 256-message window) overflows the default
+	// receive buffer of about 200 KiB, and every datagram lost there stalls
+	// an in-order stream until its retransmission. Best effort: the kernel
+	// may cap it lower.
+	if err := conn.SetReadBuffer(socketBuffer); err != nil {
+		log = cmp.Or(log, slog.New(slog.DiscardHandler))
+		log.Debug("node: read buffer", "err", err)
 	}
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
