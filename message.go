@@ -27,6 +27,7 @@ import (
 	"hash/crc32"
 	"io"
 	"log/slog"
+	"maps"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -724,6 +725,17 @@ func (m *inMsg) text() string {
 	return strings.ToValidUTF8(t, "\uFFFD")
 }
 
+// recvState is how far a contact's stream to us has come: their stream,
+// delivered in memory, delivered on disk. It outlives the contact's
+// removal (chat.gone), so that a contact removed and added again, who kept
+// us and so its stream, is not met by a receiver starting from seq 1.
+type recvState struct {
+	rstream, delivered, durable uint64
+}
+
+// maxGone bounds the receive states kept for removed contacts.
+const maxGone = 1024
+
 // chatPeer is everything the chat keeps per contact.
 type chatPeer struct {
 	contactEntry
@@ -733,9 +745,9 @@ type chatPeer struct {
 	stream, acked, nextSeq uint64 // sending: our stream, acknowledged, next sequence
 	out                    []*outMsg
 
-	rstream, delivered, durable uint64 // receiving: their stream, delivered in memory, on disk
-	reasm                       map[uint64]*inMsg
-	reasmBytes                  int
+	recvState
+	reasm      map[uint64]*inMsg
+	reasmBytes int
 
 	fastUntil, nextLookup, nextAnnounce time.Time
 	lookupBusy, announceBusy            bool
@@ -761,6 +773,7 @@ type chat struct {
 	saveMu sync.Mutex // serialises contact-file writes; taken before mu
 	mu     sync.Mutex
 	peers  map[publicKey]*chatPeer
+	gone   map[publicKey]recvState // removed contacts' receive state (recvState)
 	names  map[string]*chatPeer
 	events []chatEvent
 	spareE []chatEvent // the drained slice, reused so events cost no allocation
@@ -801,7 +814,7 @@ func newChat(cfg chatConfig) (*chat, error) {
 	if cfg.Log == nil {
 		cfg.Log = slog.New(slog.DiscardHandler)
 	}
-	c := &chat{cfg: cfg, peers: map[publicKey]*chatPeer{}, names: map[string]*chatPeer{}, dhtSem: make(chan struct{}, maxDHTOps),
+	c := &chat{cfg: cfg, peers: map[publicKey]*chatPeer{}, gone: map[publicKey]recvState{}, names: map[string]*chatPeer{}, dhtSem: make(chan struct{}, maxDHTOps),
 		outq: make(chan queuedFrames, sendQueueLen), stop: make(chan struct{})}
 	b, err := os.ReadFile(filepath.Join(cfg.Dir, contactsFile))
 	if err != nil && !errors.Is(err, os.ErrNotExist) {
@@ -830,7 +843,8 @@ func newChat(cfg chatConfig) (*chat, error) {
 }
 
 func (c *chat) insertLocked(e contactEntry) *chatPeer {
-	p := &chatPeer{contactEntry: e, nextSeq: 1}
+	p := &chatPeer{contactEntry: e, nextSeq: 1, recvState: c.gone[e.Key]}
+	delete(c.gone, e.Key)
 	c.peers[e.Key], c.names[e.Name] = p, p
 	return p
 }
@@ -841,6 +855,9 @@ func (c *chat) replay(recs []outboxRec) error {
 	for i, r := range recs {
 		p := c.peers[r.Key]
 		if p == nil {
+			if r.Type == recDelivered {
+				c.keepGoneLocked(r.Key, recvState{r.Stream, r.Seq, r.Seq})
+			}
 			continue
 		}
 		switch r.Type {
@@ -857,7 +874,7 @@ func (c *chat) replay(recs []outboxRec) error {
 		case recDelivered:
 			p.rstream, p.delivered, p.durable = r.Stream, r.Seq, r.Seq
 		case recForget:
-			*p = chatPeer{contactEntry: p.contactEntry, nextSeq: 1}
+			*p = chatPeer{contactEntry: p.contactEntry, nextSeq: 1, recvState: p.recvState}
 		}
 	}
 	return nil
@@ -1114,7 +1131,10 @@ func (p *chatPeer) addFragment(f chatFrame) {
 		p.reasm[f.Seq] = m
 	}
 	if int(f.Count) != len(m.frags) || m.frags[f.Index] != nil ||
-		m.size+len(f.Text) > maxMessageText || p.reasmBytes+len(f.Text) > maxReassemblyBytes {
+		m.size+len(f.Text) > maxMessageText ||
+		// The next message in order is always taken (4 KiB at most past
+		// the cap): held later ones must not block the one they wait for.
+		(p.reasmBytes+len(f.Text) > maxReassemblyBytes && f.Seq != p.delivered+1) {
 		return
 	}
 	m.frags[f.Index] = bytes.Clone(f.Text)
@@ -1288,7 +1308,24 @@ func (c *chat) snapshotLocked() []byte {
 			b = appendRecord(b, outboxRec{Type: recDelivered, Key: k, Stream: p.rstream, Seq: p.delivered})
 		}
 	}
+	gone := slices.SortedFunc(maps.Keys(c.gone), func(a, b publicKey) int { return bytes.Compare(a[:], b[:]) })
+	for _, k := range gone {
+		g := c.gone[k]
+		b = appendRecord(b, outboxRec{Type: recDelivered, Key: k, Stream: g.rstream, Seq: g.durable})
+	}
 	return b
+}
+
+// keepGoneLocked remembers a removed contact's receive state, at most
+// maxGone of them (any one is forgotten when full).
+func (c *chat) keepGoneLocked(k publicKey, st recvState) {
+	if _, ok := c.gone[k]; !ok && len(c.gone) >= maxGone {
+		for old := range c.gone {
+			delete(c.gone, old)
+			break
+		}
+	}
+	c.gone[k] = st
 }
 
 // setOnline records that a session with the contact is up at addr (the UI
@@ -1406,6 +1443,9 @@ func (c *chat) removeContact(name string) error {
 		key = es[i].Key
 		return slices.Delete(es, i, i+1), nil
 	}, func() {
+		if p := c.peers[key]; p != nil && p.rstream != 0 {
+			c.keepGoneLocked(key, p.recvState)
+		}
 		delete(c.peers, key)
 		delete(c.names, name)
 		gen, jerr = c.j.append(outboxRec{Type: recForget, Key: key})
