@@ -361,6 +361,9 @@ func appendRecord(dst []byte, r outboxRec) []byte {
 var errTornRecord = errors.New("damaged record: bad length or checksum")
 
 // parseRecord parses the record at the start of b and returns its length.
+// maxRecordLen is the longest record: a "queued" one with 4 KiB of text.
+const maxRecordLen = recOverhead + recKeyLen + 8 + maxMessageText
+
 func parseRecord(b []byte) (outboxRec, int, error) {
 	if len(b) < 2 {
 		return outboxRec{}, 0, errTornRecord
@@ -422,7 +425,23 @@ func isLastRecord(b []byte, off int) bool {
 	if len(b)-off < 2 || len(bytes.Trim(b[off:], "\x00")) == 0 {
 		return true // a filesystem may expose a torn append as zeros
 	}
-	return off+2+int(binary.BigEndian.Uint16(b[off:]))+4 >= len(b)
+	if off+2+int(binary.BigEndian.Uint16(b[off:]))+4 < len(b) {
+		return false
+	}
+	// The record claims to run past the end. A torn append is shorter
+	// than one record and holds no whole record after its start; a
+	// damaged length field in the middle of the log is neither, and must
+	// not silently cut off the records behind it.
+	rest := b[off:]
+	if len(rest) > maxRecordLen {
+		return false
+	}
+	for i := 1; i+recOverhead+recKeyLen <= len(rest); i++ {
+		if _, _, err := parseRecord(rest[i:]); err == nil {
+			return false
+		}
+	}
+	return true
 }
 
 // journal is the append-only outbox log with group commit: records appended

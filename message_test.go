@@ -6,6 +6,7 @@ import (
 	"crypto/ecdh"
 	cryptorand "crypto/rand"
 	"crypto/sha256"
+	"encoding/binary"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -1306,4 +1307,26 @@ func TestReassemblyCapKeepsNextInOrder(t *testing.T) {
 		send(1, i, 4)
 	}
 	ev.waitFor(t, eventMessage, 1, 3*time.Second)
+}
+
+// A length field damaged in the middle of the log is an error, not a torn
+// tail: cutting there would silently drop the queued messages behind it.
+func TestOutboxDamagedLengthIsNotTorn(t *testing.T) {
+	k := chatKey(2)
+	b := []byte(outboxMagic)
+	b = appendRecord(b, outboxRec{Type: recStream, Key: k, Stream: 9})
+	first := len(b)
+	b = appendRecord(b, outboxRec{Type: recQueued, Key: k, Seq: 1, Text: []byte("one")})
+	b = appendRecord(b, outboxRec{Type: recQueued, Key: k, Seq: 2, Text: []byte("two")})
+	good := slices.Clone(b)
+	binary.BigEndian.PutUint16(b[first:], 0xfff0) // claims to run past the end
+	if _, _, err := parseOutbox(b); err == nil {
+		t.Fatal("parseOutbox accepted a damaged length in the middle")
+	}
+	// A real torn append (the last record cut short) is still cut off.
+	torn := good[:len(good)-5]
+	recs, n, err := parseOutbox(torn)
+	if err != nil || len(recs) != 2 || n != first+len(appendRecord(nil, outboxRec{Type: recQueued, Key: k, Seq: 1, Text: []byte("one")})) {
+		t.Fatalf("torn tail: %d records, good %d, err %v", len(recs), n, err)
+	}
 }
