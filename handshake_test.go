@@ -1552,32 +1552,7 @@ func cookieVector(t *testing.T, initBytes []byte, mac1 [macLen]byte) map[string]
 
 // parseSpecVectors reads the session-vector blocks of SPEC.md.
 func parseSpecVectors(t *testing.T) map[string]map[string]string {
-	raw, err := os.ReadFile("SPEC.md")
-	if err != nil {
-		t.Fatal(err)
-	}
-	out := map[string]map[string]string{}
-	var cur map[string]string
-	for _, line := range strings.Split(string(raw), "\n") {
-		if name, ok := strings.CutPrefix(line, "```session-vector name="); ok {
-			cur = map[string]string{}
-			out[name] = cur
-			continue
-		}
-		if cur == nil {
-			continue
-		}
-		if line == "```" {
-			cur = nil
-			continue
-		}
-		k, v, ok := strings.Cut(line, " = ")
-		if !ok {
-			t.Fatalf("SPEC.md: bad vector line %q", line)
-		}
-		cur[strings.TrimSpace(k)] = v
-	}
-	return out
+	return specVectorMap(t, "session-vector")
 }
 
 func TestSpecVectors(t *testing.T) {

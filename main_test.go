@@ -73,6 +73,19 @@ func specBlocks(t testing.TB, kind string) []specBlock {
 	return out
 }
 
+// specVectorMap returns the blocks of one kind as name -> key -> value.
+func specVectorMap(t testing.TB, kind string) map[string]map[string]string {
+	t.Helper()
+	out := map[string]map[string]string{}
+	for _, b := range specBlocks(t, kind) {
+		if b.body != "" {
+			t.Fatalf("SPEC.md %s %s: line %q is not key = value", kind, b.name, b.body)
+		}
+		out[b.name] = b.fields
+	}
+	return out
+}
+
 // The binary, built once by TestMain for the end-to-end tests.
 var kadchatBin string
 

@@ -587,32 +587,11 @@ func withType(log []byte, typ byte) []byte {
 
 func recordCRC(b []byte) uint32 { return crc32.Checksum(b, outboxCRCTable) }
 
-// specVectors parses the ```chat-vector name=NAME blocks of SPEC.md into
+// chatSpecVectors parses the ```chat-vector name=NAME blocks of SPEC.md into
 // name -> key -> value.
 func chatSpecVectors(t *testing.T) map[string]map[string]string {
 	t.Helper()
-	b, err := os.ReadFile("SPEC.md")
-	if err != nil {
-		t.Fatal(err)
-	}
-	out := map[string]map[string]string{}
-	var cur map[string]string
-	for i, line := range strings.Split(string(b), "\n") {
-		switch {
-		case strings.HasPrefix(line, "```chat-vector name="):
-			cur = map[string]string{}
-			out[strings.TrimPrefix(line, "```chat-vector name=")] = cur
-		case cur != nil && line == "```":
-			cur = nil
-		case cur != nil:
-			k, v, ok := strings.Cut(line, " = ")
-			if !ok {
-				t.Fatalf("SPEC.md line %d: %q is not \"key = value\"", i+1, line)
-			}
-			cur[k] = v
-		}
-	}
-	return out
+	return specVectorMap(t, "chat-vector")
 }
 
 func vectorHex(t *testing.T, s string) []byte {
