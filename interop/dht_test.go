@@ -176,6 +176,11 @@ func TestAnacrolixBootstrapsFromKadchat(t *testing.T) {
 	k2.waitNodes(1)
 	a := newAnacrolix(t, k1.addr)
 	anacrolixBootstrap(t, a)
+	// anacrolix hands a response to the waiting traversal before it adds
+	// the responder to its table (server.go: "go t.handleResponse(d)",
+	// then updateNode), so its bootstrap can return a moment before the
+	// last responder is in: wait for both, bounded.
+	waitAnacrolixNodes(t, a, 2)
 
 	table := a.Nodes()
 	for _, k := range []*kadchat{k1, k2} {
