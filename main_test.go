@@ -215,6 +215,15 @@ func (p *proc) expect(prefix string, timeout time.Duration) string {
 	}
 }
 
+// expectMessage waits for the next incoming message line and checks that
+// it ends in want ("<name> text"; the line starts with the time).
+func (p *proc) expectMessage(want string, timeout time.Duration) {
+	p.t.Helper()
+	if got := p.expect("[", timeout); !strings.HasSuffix(got, want) {
+		p.t.Fatalf("%s got %q, want a message ending in %q", p.name, got, want)
+	}
+}
+
 // lines returns what is left unread in the line channel.
 func (p *proc) lines() []string {
 	var out []string
@@ -339,9 +348,7 @@ func TestE2EMessageAndReceipt(t *testing.T) {
 	befriendProcs(t, alice, bob, pa, pb)
 	pa.send("/msg bob hello bob")
 	id := strings.TrimPrefix(pa.expect("* queued bob ", 5*time.Second), "* queued bob ")
-	if got := pb.expect("[", e2eWait); !strings.HasSuffix(got, "<alice> hello bob") {
-		t.Fatalf("bob got %q", got)
-	}
+	pb.expectMessage("<alice> hello bob", e2eWait)
 	pa.expect("* delivered bob "+id, e2eWait)
 	pa.quit()
 	pb.quit()
@@ -358,9 +365,7 @@ func TestE2EOfflineReceiverAndSenderRestart(t *testing.T) {
 	pa.quit() // and alice restarts in between
 	pa = alice.start(t)
 	pb = bob.start(t)
-	if got := pb.expect("[", e2eWait); !strings.HasSuffix(got, "<alice> sent while you were away") {
-		t.Fatalf("bob got %q", got)
-	}
+	pb.expectMessage("<alice> sent while you were away", e2eWait)
 	pa.expect("* delivered bob", e2eWait)
 	pa.quit()
 	pb.quit()
@@ -377,9 +382,7 @@ func TestE2ESIGKILLAfterMsg(t *testing.T) {
 	pa.kill() // SIGKILL right after the message is queued
 	pb = bob.start(t)
 	pa = alice.start(t)
-	if got := pb.expect("[", e2eWait); !strings.HasSuffix(got, "<alice> survive the crash") {
-		t.Fatalf("bob got %q", got)
-	}
+	pb.expectMessage("<alice> survive the crash", e2eWait)
 	pa.expect("* delivered bob", e2eWait)
 	pa.quit()
 	pb.quit()
@@ -405,9 +408,7 @@ func TestE2ELossyExactlyOnceInOrder(t *testing.T) {
 		if i == 0 {
 			wait = 2 * e2eWait // the rendezvous itself crosses the lossy link
 		}
-		if got := pb.expect("[", wait); !strings.HasSuffix(got, want) {
-			t.Fatalf("message %d: bob got %q, want %q", i, got, want)
-		}
+		pb.expectMessage(want, wait)
 	}
 	t.Logf("all %d messages after %v", n, time.Since(start))
 	for range n {
@@ -505,9 +506,7 @@ func TestE2EInviteCode(t *testing.T) {
 		t.Fatalf("safety codes differ: %q and %q", va, vb)
 	}
 	pa.send("/msg bob we met by code")
-	if got := pb.expect("[", e2eWait); !strings.HasSuffix(got, "<alice> we met by code") {
-		t.Fatalf("bob got %q", got)
-	}
+	pb.expectMessage("<alice> we met by code", e2eWait)
 	pa.quit()
 	pb.quit()
 }

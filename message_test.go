@@ -1179,11 +1179,7 @@ func TestReAddStartsNewStream(t *testing.T) {
 	p := newChatPair(t, 0)
 	p.connect()
 	defer p.close(t)
-	if _, err := p.a.send(context.Background(), "bob", "one"); err != nil {
-		t.Fatal(err)
-	}
-	p.lb.waitFor(t, eventMessage, 1, 2*time.Second)
-	p.la.waitFor(t, eventDelivered, 1, 2*time.Second)
+	p.deliverOne(t, "one")
 	if err := p.a.removeContact("bob"); err != nil {
 		t.Fatal(err)
 	}
@@ -1237,17 +1233,23 @@ func TestGroupCommit(t *testing.T) {
 	}
 }
 
+// deliverOne sends text from alice to bob and waits for its receipt.
+func (p *chatPair) deliverOne(t *testing.T, text string) {
+	t.Helper()
+	if _, err := p.a.send(context.Background(), "bob", text); err != nil {
+		t.Fatal(err)
+	}
+	p.lb.waitFor(t, eventMessage, 1, 2*time.Second)
+	p.la.waitFor(t, eventDelivered, 1, 2*time.Second)
+}
+
 // A receiver that removes and re-adds the sender keeps how far the sender's
 // stream was delivered, so the stream goes on (it stalled at seq 2 before).
 func TestReceiverReAddResumesStream(t *testing.T) {
 	p := newChatPair(t, 0)
 	p.connect()
 	defer p.close(t)
-	if _, err := p.a.send(context.Background(), "bob", "one"); err != nil {
-		t.Fatal(err)
-	}
-	p.lb.waitFor(t, eventMessage, 1, 2*time.Second)
-	p.la.waitFor(t, eventDelivered, 1, 2*time.Second)
+	p.deliverOne(t, "one")
 	if err := p.b.removeContact("alice"); err != nil {
 		t.Fatal(err)
 	}
