@@ -278,12 +278,13 @@ func TestResponseFromOtherAddressIgnored(t *testing.T) {
 func TestRetransmissionUnderLoss(t *testing.T) {
 	a := newTestDHT(t, dhtConfig{}, 0.3)
 	b := newTestDHT(t, dhtConfig{}, 0)
-	ctx := testCtx(t)
 	ok, retried := 0, 0
 	const tries = 30
 	for range tries {
+		// Each ping gets its own bound: a shared one made the test depend
+		// on how fast the whole series ran on a loaded machine.
 		q := krpcMsg{Method: methodPing}
-		r := a.query(ctx, b.addr(), &q, nil)
+		r := a.query(testCtx(t), b.addr(), &q, nil)
 		if r.Err == nil {
 			ok++
 			if r.Attempts > 1 {
@@ -291,7 +292,7 @@ func TestRetransmissionUnderLoss(t *testing.T) {
 			}
 		}
 	}
-	// each attempt gets through with p = 0.7*0.7; three attempts fail with p ~ 0.13
+	// each attempt gets through with p = 0.7*0.7; all six fail with p ~ 0.017
 	if ok < tries*2/3 || retried == 0 {
 		t.Errorf("%d/%d pings answered, %d after a retransmission", ok, tries, retried)
 	}
