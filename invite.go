@@ -1,18 +1,17 @@
-// Invitations: a short code read aloud becomes a contact (SPEC.md 7).
-// Invitations are their own protocol on the shared socket (packet type 5).
+// Invitations: a short code read aloud becomes a contact (SPEC.md 7.1,
+// 7.2, 7.4-7.8: the code, rendezvous, messages, key schedule, processing,
+// retransmission, limits, outcomes). CPace (7.3) is in cpace.go, the word
+// lists (7.1) in invite_words.go. Packet type 5 on the shared socket.
 //
 // Flow: invite draws a code NNNN-even-odd and announces the nameplate's
-// infohash on the DHT. The acceptor looks the infohash up, sends msg1
-// (sid, Ya) to every address found, and announces itself at the
-// acceptors' infohash, where the inviter finds it and sends a punch that
-// opens its NAT to the acceptor's repeated msg1. The inviter runs CPace
-// (CPACE-X25519-SHA512) and answers msg2 (Yb, its confirmation tag, its
-// sealed public key). The acceptor checks the tag, answers msg3 (its tag,
-// its sealed public key) or an abort, and returns the inviter's key; the
-// inviter checks msg3 and delivers the acceptor's key on done.
-// Retransmission: the acceptor repeats msg1 and the inviter repeats msg2
-// every tick; a repeated msg1 gets the stored msg2, a repeated msg2 the
-// stored msg3. Every table is bounded; everything expires.
+// infohash. The acceptor looks it up, sends msg1 (sid, Ya) to each address
+// found and announces itself at the acceptors' infohash; the inviter finds
+// it there and punches its NAT open. The inviter answers msg1 with msg2
+// (Yb, tag_b, its sealed key); the acceptor checks it and answers msg3
+// (tag_a, its sealed key) or an abort, and returns the inviter's key; the
+// inviter checks msg3 and delivers the acceptor's key on done. msg1 and
+// msg2 repeat every tick, and a repeat gets the stored answer. Every table
+// is bounded; everything expires.
 package main
 
 import (
@@ -21,13 +20,11 @@ import (
 	cryptorand "crypto/rand"
 	"crypto/sha256"
 	"crypto/sha512"
-	"crypto/subtle"
 	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
 	"log/slog"
-	"math/big"
 	"net/netip"
 	"strconv"
 	"strings"
@@ -40,173 +37,8 @@ import (
 )
 
 // ---------------------------------------------------------------------------
-// CPace, ciphersuite CPACE-X25519-SHA512 (draft-irtf-cfrg-cpace-21), in the
-// draft's own words: prepend_len, lv_cat, generator_string,
-// calculate_generator, scalar_mult_vfy, transcript_ir and the ISK.
-
-const (
-	cpaceDSI        = "CPace255"     // G_X25519.DSI
-	cpaceDSIISK     = "CPace255_ISK" // G.DSI || b"_ISK"
-	cpaceMacLabel   = "CPaceMac"     // key confirmation, draft section "Key confirmation"
-	cpaceHashBlock  = 128            // H.s_in_bytes of SHA-512
-	cpaceFieldBytes = 32             // G_X25519.field_size_bytes
-	cpaceISKLen     = sha512.Size    // H.b_in_bytes
-)
-
-// errCPaceIdentity is scalar_mult_vfy's abort: the result was G.I (zero).
-var errCPaceIdentity = errors.New("cpace: scalar_mult_vfy gave the neutral element")
-
-// prependLen appends the LEB128 length of s, then s.
-func prependLen(dst, s []byte) []byte {
-	n := len(s)
-	for n >= 0x80 {
-		dst = append(dst, byte(n)|0x80)
-		n >>= 7
-	}
-	return append(append(dst, byte(n)), s...)
-}
-
-// lvCat is lv_cat: every argument with its length prepended.
-func lvCat(parts ...[]byte) []byte {
-	var out []byte
-	for _, p := range parts {
-		out = prependLen(out, p)
-	}
-	return out
-}
-
-// cpaceGeneratorString is generator_string(DSI, PRS, CI, sid, s_in_bytes):
-// the zero padding makes DSI and PRS fill the first hash block, so the
-// work done on the password does not depend on its length.
-func cpaceGeneratorString(dsi, prs, ci, sid []byte) []byte {
-	zpad := cpaceHashBlock - 1 - len(prependLen(nil, prs)) - len(prependLen(nil, dsi))
-	return lvCat(dsi, prs, make([]byte, max(0, zpad)), ci, sid)
-}
-
-// cpaceCalculateGenerator is G_X25519.calculate_generator with H = SHA-512:
-// hash the generator string, decode 255 bits as a u-coordinate, and map it
-// onto Curve25519 with Elligator 2.
-func cpaceCalculateGenerator(prs, ci, sid []byte) [cpaceFieldBytes]byte {
-	h := sha512.Sum512(cpaceGeneratorString([]byte(cpaceDSI), prs, ci, sid))
-	u := decodeUCoordinate(h[:cpaceFieldBytes])
-	return encodeUCoordinate(elligator2Curve25519(u))
-}
-
-// cpaceScalarMultVfy is G_X25519.scalar_mult_vfy(y, g) = X25519(y, g),
-// aborting on the neutral element; crypto/ecdh clamps y, clears bit 255
-// of g and refuses the all-zero result itself.
-func cpaceScalarMultVfy(y, g [cpaceFieldBytes]byte) ([cpaceFieldBytes]byte, error) {
-	var out [cpaceFieldBytes]byte
-	priv, err := x25519.NewPrivateKey(y[:])
-	if err != nil {
-		return out, fmt.Errorf("cpace: %w", err)
-	}
-	pub, err := x25519.NewPublicKey(g[:])
-	if err != nil {
-		return out, fmt.Errorf("cpace: %w", err)
-	}
-	k, err := priv.ECDH(pub)
-	if err != nil || subtle.ConstantTimeCompare(k, out[:]) == 1 {
-		return out, errCPaceIdentity
-	}
-	copy(out[:], k)
-	wipe(k)
-	return out, nil
-}
-
-// cpaceTranscriptIR is transcript_ir(Ya, ADa, Yb, ADb): initiator first.
-func cpaceTranscriptIR(ya, ada, yb, adb []byte) []byte {
-	return append(lvCat(ya, ada), lvCat(yb, adb)...)
-}
-
-// cpaceISK is H.hash(lv_cat(DSI || "_ISK", sid, K) || transcript_ir(...)).
-func cpaceISK(sid, k, ya, ada, yb, adb []byte) [cpaceISKLen]byte {
-	buf := append(lvCat([]byte(cpaceDSIISK), sid, k), cpaceTranscriptIR(ya, ada, yb, adb)...)
-	defer wipe(buf)
-	return sha512.Sum512(buf)
-}
-
-// cpaceMacKey is mac_key = H.hash(b"CPaceMac" || sid || ISK).
-func cpaceMacKey(sid []byte, isk [cpaceISKLen]byte) [sha512.Size]byte {
-	buf := append(append([]byte(cpaceMacLabel), sid...), isk[:]...)
-	defer wipe(buf)
-	return sha512.Sum512(buf)
-}
-
-// cpaceTag is the confirmation tag MAC(mac_key, lv_cat(Y, AD)), HMAC-SHA-512.
-func cpaceTag(macKey [sha512.Size]byte, y, ad []byte) [sha512.Size]byte {
-	m := hmac.New(sha512.New, macKey[:])
-	m.Write(lvCat(y, ad))
-	var t [sha512.Size]byte
-	m.Sum(t[:0])
-	return t
-}
-
-// ---------------------------------------------------------------------------
-// Field arithmetic mod p = 2^255-19 and the Elligator 2 map of RFC 9380
-// (map_to_curve_elligator2 with Curve25519's A = 486662, B = 1, Z = 2).
-// math/big is not constant-time: see SPEC.md 7.9 on what that exposes.
-
-var (
-	fieldP     = new(big.Int).Sub(new(big.Int).Lsh(big.NewInt(1), 255), big.NewInt(19))
-	curveA     = big.NewInt(486662)
-	ell2Z      = big.NewInt(2)
-	fieldPm2   = new(big.Int).Sub(fieldP, big.NewInt(2))
-	fieldHalfP = new(big.Int).Rsh(new(big.Int).Sub(fieldP, big.NewInt(1)), 1) // (p-1)/2
-)
-
-// decodeUCoordinate is RFC 7748's: little-endian, bit 255 ignored, and the
-// result reduced mod p (values p..2^255-1 are non-canonical encodings).
-func decodeUCoordinate(b []byte) *big.Int {
-	var be [cpaceFieldBytes]byte
-	for i := range be {
-		be[i] = b[cpaceFieldBytes-1-i]
-	}
-	be[0] &= 0x7f
-	return new(big.Int).Mod(new(big.Int).SetBytes(be[:]), fieldP)
-}
-
-// encodeUCoordinate writes a reduced field element little-endian.
-func encodeUCoordinate(x *big.Int) [cpaceFieldBytes]byte {
-	var be, le [cpaceFieldBytes]byte
-	x.FillBytes(be[:])
-	for i := range le {
-		le[i] = be[cpaceFieldBytes-1-i]
-	}
-	return le
-}
-
-func fieldMul(a, b *big.Int) *big.Int { return new(big.Int).Mod(new(big.Int).Mul(a, b), fieldP) }
-func fieldAdd(a, b *big.Int) *big.Int { return new(big.Int).Mod(new(big.Int).Add(a, b), fieldP) }
-func fieldNeg(a *big.Int) *big.Int    { return new(big.Int).Mod(new(big.Int).Neg(a), fieldP) }
-
-// fieldInv0 is inv0: x^(p-2), so 0 maps to 0.
-func fieldInv0(a *big.Int) *big.Int { return new(big.Int).Exp(a, fieldPm2, fieldP) }
-
-// fieldIsSquare is is_square: x^((p-1)/2) is 0 or 1.
-func fieldIsSquare(a *big.Int) bool {
-	return new(big.Int).Exp(a, fieldHalfP, fieldP).Cmp(big.NewInt(1)) <= 0
-}
-
-// elligator2Curve25519 is map_to_curve_elligator2 (RFC 9380 6.7.1) for
-// Curve25519, returning the Montgomery u-coordinate (the v-coordinate is
-// not needed by X25519 and is not computed).
-func elligator2Curve25519(u *big.Int) *big.Int {
-	tv1 := fieldMul(ell2Z, fieldMul(u, u))     // Z * u^2
-	if tv1.Cmp(fieldNeg(big.NewInt(1))) == 0 { // exceptional case: 1 + Z u^2 = 0
-		tv1.SetInt64(0)
-	}
-	x1 := fieldMul(fieldNeg(curveA), fieldInv0(fieldAdd(tv1, big.NewInt(1))))
-	gx1 := fieldAdd(fieldMul(fieldAdd(fieldMul(x1, x1), fieldMul(curveA, x1)), x1), x1) // x1^3 + A x1^2 + x1
-	if fieldIsSquare(gx1) {
-		return x1
-	}
-	return fieldAdd(fieldNeg(x1), fieldNeg(curveA)) // x2 = -x1 - A
-}
-
-// ---------------------------------------------------------------------------
-// The code: NNNN-even-odd. The nameplate is public (a rendezvous channel);
-// the two words are the password, 8 bits each.
+// The code (SPEC.md 7.1): NNNN-even-odd. The nameplate is public (a
+// rendezvous channel, 7.2); the two words are the password, 8 bits each.
 
 const (
 	inviteNameplates   = 10000                        // 0000..9999
@@ -331,7 +163,7 @@ func nameplateHash(label string, nameplate uint16) nodeID {
 }
 
 // ---------------------------------------------------------------------------
-// Wire format (SPEC.md 7.5). Every message starts with the packet type,
+// Wire format (SPEC.md 7.4). Every message starts with the packet type,
 // the sub-type and the acceptor's session id.
 
 const (
@@ -452,7 +284,7 @@ func (m *inviteMsg) encode() []byte {
 }
 
 // ---------------------------------------------------------------------------
-// Key schedule (SPEC.md 7.6): CPace's ISK, then the draft's mac_key for
+// Key schedule (SPEC.md 7.5): CPace's ISK, then the draft's mac_key for
 // the two confirmation tags and HKDF-SHA-512 for the two sealing keys.
 
 const (
@@ -680,7 +512,7 @@ func (v *inviter) handlePacket(from netip.AddrPort, b []byte) {
 }
 
 // ---------------------------------------------------------------------------
-// Inviter role.
+// Inviter role (SPEC.md 7.5, 7.6).
 
 // invite starts an invitation and returns the code at once; the peer's
 // key (or the reason there is none) arrives on done, once.
@@ -922,7 +754,7 @@ func (v *inviter) finish(inv *invitation, res inviteResult) {
 }
 
 // ---------------------------------------------------------------------------
-// Acceptor role.
+// Acceptor role (SPEC.md 7.5, 7.6).
 
 // accept runs the acceptor side with a code the user typed; it blocks
 // until success, failure or the end of ctx.
@@ -1143,76 +975,4 @@ func (r *acceptRun) answer(m *inviteMsg, self publicKey) (publicKey, []byte, err
 	out := inviteMsg{Sub: inviteSubMsg3, SID: r.sid, Tag: keys.tagA}
 	out.Sealed = sealKey(keys.sealAcc, out.sealedAD(), self)
 	return pk, out.encode(), nil
-}
-
-// The PGP word list, lowercased (SPEC.md 7.2): pgpEven for the first word,
-// pgpOdd for the second, indexed by a random byte.
-var pgpEven = [256]string{
-	"aardvark", "absurd", "accrue", "acme", "adrift", "adult", "afflict", "ahead",
-	"aimless", "algol", "allow", "alone", "ammo", "ancient", "apple", "artist",
-	"assume", "athens", "atlas", "aztec", "baboon", "backfield", "backward", "banjo",
-	"beaming", "bedlamp", "beehive", "beeswax", "befriend", "belfast", "berserk", "billiard",
-	"bison", "blackjack", "blockade", "blowtorch", "bluebird", "bombast", "bookshelf", "brackish",
-	"breadline", "breakup", "brickyard", "briefcase", "burbank", "button", "buzzard", "cement",
-	"chairlift", "chatter", "checkup", "chisel", "choking", "chopper", "christmas", "clamshell",
-	"classic", "classroom", "cleanup", "clockwork", "cobra", "commence", "concert", "cowbell",
-	"crackdown", "cranky", "crowfoot", "crucial", "crumpled", "crusade", "cubic", "dashboard",
-	"deadbolt", "deckhand", "dogsled", "dragnet", "drainage", "dreadful", "drifter", "dropper",
-	"drumbeat", "drunken", "dupont", "dwelling", "eating", "edict", "egghead", "eightball",
-	"endorse", "endow", "enlist", "erase", "escape", "exceed", "eyeglass", "eyetooth",
-	"facial", "fallout", "flagpole", "flatfoot", "flytrap", "fracture", "framework", "freedom",
-	"frighten", "gazelle", "geiger", "glitter", "glucose", "goggles", "goldfish", "gremlin",
-	"guidance", "hamlet", "highchair", "hockey", "indoors", "indulge", "inverse", "involve",
-	"island", "jawbone", "keyboard", "kickoff", "kiwi", "klaxon", "locale", "lockup",
-	"merit", "minnow", "miser", "mohawk", "mural", "music", "necklace", "neptune",
-	"newborn", "nightbird", "oakland", "obtuse", "offload", "optic", "orca", "payday",
-	"peachy", "pheasant", "physique", "playhouse", "pluto", "preclude", "prefer", "preshrunk",
-	"printer", "prowler", "pupil", "puppy", "python", "quadrant", "quiver", "quota",
-	"ragtime", "ratchet", "rebirth", "reform", "regain", "reindeer", "rematch", "repay",
-	"retouch", "revenge", "reward", "rhythm", "ribcage", "ringbolt", "robust", "rocker",
-	"ruffled", "sailboat", "sawdust", "scallion", "scenic", "scorecard", "scotland", "seabird",
-	"select", "sentence", "shadow", "shamrock", "showgirl", "skullcap", "skydive", "slingshot",
-	"slowdown", "snapline", "snapshot", "snowcap", "snowslide", "solo", "southward", "soybean",
-	"spaniel", "spearhead", "spellbind", "spheroid", "spigot", "spindle", "spyglass", "stagehand",
-	"stagnate", "stairway", "standard", "stapler", "steamship", "sterling", "stockman", "stopwatch",
-	"stormy", "sugar", "surmount", "suspense", "sweatband", "swelter", "tactics", "talon",
-	"tapeworm", "tempest", "tiger", "tissue", "tonic", "topmost", "tracker", "transit",
-	"trauma", "treadmill", "trojan", "trouble", "tumor", "tunnel", "tycoon", "uncut",
-	"unearth", "unwind", "uproot", "upset", "upshot", "vapor", "village", "virus",
-	"vulcan", "waffle", "wallet", "watchword", "wayside", "willow", "woodlark", "zulu",
-}
-
-var pgpOdd = [256]string{
-	"adroitness", "adviser", "aftermath", "aggregate", "alkali", "almighty", "amulet", "amusement",
-	"antenna", "applicant", "apollo", "armistice", "article", "asteroid", "atlantic", "atmosphere",
-	"autopsy", "babylon", "backwater", "barbecue", "belowground", "bifocals", "bodyguard", "bookseller",
-	"borderline", "bottomless", "bradbury", "bravado", "brazilian", "breakaway", "burlington", "businessman",
-	"butterfat", "camelot", "candidate", "cannonball", "capricorn", "caravan", "caretaker", "celebrate",
-	"cellulose", "certify", "chambermaid", "cherokee", "chicago", "clergyman", "coherence", "combustion",
-	"commando", "company", "component", "concurrent", "confidence", "conformist", "congregate", "consensus",
-	"consulting", "corporate", "corrosion", "councilman", "crossover", "crucifix", "cumbersome", "customer",
-	"dakota", "decadence", "december", "decimal", "designing", "detector", "detergent", "determine",
-	"dictator", "dinosaur", "direction", "disable", "disbelief", "disruptive", "distortion", "document",
-	"embezzle", "enchanting", "enrollment", "enterprise", "equation", "equipment", "escapade", "eskimo",
-	"everyday", "examine", "existence", "exodus", "fascinate", "filament", "finicky", "forever",
-	"fortitude", "frequency", "gadgetry", "galveston", "getaway", "glossary", "gossamer", "graduate",
-	"gravity", "guitarist", "hamburger", "hamilton", "handiwork", "hazardous", "headwaters", "hemisphere",
-	"hesitate", "hideaway", "holiness", "hurricane", "hydraulic", "impartial", "impetus", "inception",
-	"indigo", "inertia", "infancy", "inferno", "informant", "insincere", "insurgent", "integrate",
-	"intention", "inventive", "istanbul", "jamaica", "jupiter", "leprosy", "letterhead", "liberty",
-	"maritime", "matchmaker", "maverick", "medusa", "megaton", "microscope", "microwave", "midsummer",
-	"millionaire", "miracle", "misnomer", "molasses", "molecule", "montana", "monument", "mosquito",
-	"narrative", "nebula", "newsletter", "norwegian", "october", "ohio", "onlooker", "opulent",
-	"orlando", "outfielder", "pacific", "pandemic", "pandora", "paperweight", "paragon", "paragraph",
-	"paramount", "passenger", "pedigree", "pegasus", "penetrate", "perceptive", "performance", "pharmacy",
-	"phonetic", "photograph", "pioneer", "pocketful", "politeness", "positive", "potato", "processor",
-	"provincial", "proximate", "puberty", "publisher", "pyramid", "quantity", "racketeer", "rebellion",
-	"recipe", "recover", "repellent", "replica", "reproduce", "resistor", "responsive", "retraction",
-	"retrieval", "retrospect", "revenue", "revival", "revolver", "sandalwood", "sardonic", "saturday",
-	"savagery", "scavenger", "sensation", "sociable", "souvenir", "specialist", "speculate", "stethoscope",
-	"stupendous", "supportive", "surrender", "suspicious", "sympathy", "tambourine", "telephone", "therapist",
-	"tobacco", "tolerance", "tomorrow", "torpedo", "tradition", "travesty", "trombonist", "truncated",
-	"typewriter", "ultimate", "undaunted", "underfoot", "unicorn", "unify", "universe", "unravel",
-	"upcoming", "vacancy", "vagabond", "vertigo", "virginia", "visitor", "vocalist", "voyager",
-	"warranty", "waterloo", "whimsical", "wichita", "wilmington", "wyoming", "yesteryear", "yucatan",
 }
