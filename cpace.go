@@ -34,7 +34,8 @@ const (
 // errCPaceIdentity is scalar_mult_vfy's abort: the result was G.I (zero).
 var errCPaceIdentity = errors.New("cpace: scalar_mult_vfy gave the neutral element")
 
-// prependLen appends the LEB128 length of s, then s.
+// prependLen is prepend_len (draft 6.3, Appendix A.1.1): the LEB128
+// length of s, then s, appended to dst.
 func prependLen(dst, s []byte) []byte {
 	n := len(s)
 	for n >= 0x80 {
@@ -44,7 +45,8 @@ func prependLen(dst, s []byte) []byte {
 	return append(append(dst, byte(n)), s...)
 }
 
-// lvCat is lv_cat: every argument with its length prepended.
+// lvCat is lv_cat (draft 6.3, Appendix A.1.3): every argument with its
+// length prepended.
 func lvCat(parts ...[]byte) []byte {
 	var out []byte
 	for _, p := range parts {
@@ -53,7 +55,8 @@ func lvCat(parts ...[]byte) []byte {
 	return out
 }
 
-// cpaceGeneratorString is generator_string(DSI, PRS, CI, sid, s_in_bytes):
+// cpaceGeneratorString is generator_string(DSI, PRS, CI, sid, s_in_bytes)
+// (draft 8.1, Appendix A.2):
 // the zero padding makes DSI and PRS fill the first hash block, so the
 // work done on the password does not depend on its length.
 func cpaceGeneratorString(dsi, prs, ci, sid []byte) []byte {
@@ -61,7 +64,8 @@ func cpaceGeneratorString(dsi, prs, ci, sid []byte) []byte {
 	return lvCat(dsi, prs, make([]byte, max(0, zpad)), ci, sid)
 }
 
-// cpaceCalculateGenerator is G_X25519.calculate_generator with H = SHA-512:
+// cpaceCalculateGenerator is G_X25519.calculate_generator (draft 8.2) with
+// H = SHA-512:
 // hash the generator string, decode 255 bits as a u-coordinate, and map it
 // onto Curve25519 with Elligator 2.
 func cpaceCalculateGenerator(prs, ci, sid []byte) [cpaceFieldBytes]byte {
@@ -70,8 +74,8 @@ func cpaceCalculateGenerator(prs, ci, sid []byte) [cpaceFieldBytes]byte {
 	return encodeUCoordinate(elligator2Curve25519(u))
 }
 
-// cpaceScalarMultVfy is G_X25519.scalar_mult_vfy(y, g) = X25519(y, g),
-// aborting on the neutral element; crypto/ecdh clamps y, clears bit 255
+// cpaceScalarMultVfy is G_X25519.scalar_mult_vfy(y, g) = X25519(y, g)
+// (draft 8.2), aborting on the neutral element (draft 7.2); crypto/ecdh clamps y, clears bit 255
 // of g and refuses the all-zero result itself.
 func cpaceScalarMultVfy(y, g [cpaceFieldBytes]byte) ([cpaceFieldBytes]byte, error) {
 	var out [cpaceFieldBytes]byte
@@ -92,26 +96,29 @@ func cpaceScalarMultVfy(y, g [cpaceFieldBytes]byte) ([cpaceFieldBytes]byte, erro
 	return out, nil
 }
 
-// cpaceTranscriptIR is transcript_ir(Ya, ADa, Yb, ADb): initiator first.
+// cpaceTranscriptIR is transcript_ir(Ya, ADa, Yb, ADb) (draft 6.3):
+// initiator first.
 func cpaceTranscriptIR(ya, ada, yb, adb []byte) []byte {
 	return append(lvCat(ya, ada), lvCat(yb, adb)...)
 }
 
-// cpaceISK is H.hash(lv_cat(DSI || "_ISK", sid, K) || transcript_ir(...)).
+// cpaceISK is H.hash(lv_cat(DSI || "_ISK", sid, K) || transcript_ir(...))
+// (draft 7.2).
 func cpaceISK(sid, k, ya, ada, yb, adb []byte) [cpaceISKLen]byte {
 	buf := append(lvCat([]byte(cpaceDSIISK), sid, k), cpaceTranscriptIR(ya, ada, yb, adb)...)
 	defer wipe(buf)
 	return sha512.Sum512(buf)
 }
 
-// cpaceMacKey is mac_key = H.hash(b"CPaceMac" || sid || ISK).
+// cpaceMacKey is mac_key = H.hash(b"CPaceMac" || sid || ISK) (draft 10.4).
 func cpaceMacKey(sid []byte, isk [cpaceISKLen]byte) [sha512.Size]byte {
 	buf := append(append([]byte(cpaceMacLabel), sid...), isk[:]...)
 	defer wipe(buf)
 	return sha512.Sum512(buf)
 }
 
-// cpaceTag is the confirmation tag MAC(mac_key, lv_cat(Y, AD)), HMAC-SHA-512.
+// cpaceTag is the confirmation tag MAC(mac_key, lv_cat(Y, AD)) (draft
+// 10.4), with HMAC-SHA-512.
 func cpaceTag(macKey [sha512.Size]byte, y, ad []byte) [sha512.Size]byte {
 	m := hmac.New(sha512.New, macKey[:])
 	m.Write(lvCat(y, ad))
@@ -133,7 +140,7 @@ var (
 	fieldHalfP = new(big.Int).Rsh(new(big.Int).Sub(fieldP, big.NewInt(1)), 1) // (p-1)/2
 )
 
-// decodeUCoordinate is RFC 7748's: little-endian, bit 255 ignored, and the
+// decodeUCoordinate is RFC 7748's (section 5): little-endian, bit 255 ignored, and the
 // result reduced mod p (values p..2^255-1 are non-canonical encodings).
 func decodeUCoordinate(b []byte) *big.Int {
 	var be [cpaceFieldBytes]byte
@@ -158,17 +165,18 @@ func fieldMul(a, b *big.Int) *big.Int { return new(big.Int).Mod(new(big.Int).Mul
 func fieldAdd(a, b *big.Int) *big.Int { return new(big.Int).Mod(new(big.Int).Add(a, b), fieldP) }
 func fieldNeg(a *big.Int) *big.Int    { return new(big.Int).Mod(new(big.Int).Neg(a), fieldP) }
 
-// fieldInv0 is inv0: x^(p-2), so 0 maps to 0.
+// fieldInv0 is inv0 (RFC 9380 section 4): x^(p-2), so 0 maps to 0.
 func fieldInv0(a *big.Int) *big.Int { return new(big.Int).Exp(a, fieldPm2, fieldP) }
 
-// fieldIsSquare is is_square: x^((p-1)/2) is 0 or 1.
+// fieldIsSquare is is_square (RFC 9380 section 4): x^((p-1)/2) is 0 or 1.
 func fieldIsSquare(a *big.Int) bool {
 	return new(big.Int).Exp(a, fieldHalfP, fieldP).Cmp(big.NewInt(1)) <= 0
 }
 
 // elligator2Curve25519 is map_to_curve_elligator2 (RFC 9380 6.7.1) for
-// Curve25519, returning the Montgomery u-coordinate (the v-coordinate is
-// not needed by X25519 and is not computed).
+// Curve25519 with the constants of RFC 9380 8.5, returning the Montgomery
+// u-coordinate (the v-coordinate is not needed by X25519 and is not
+// computed).
 func elligator2Curve25519(u *big.Int) *big.Int {
 	tv1 := fieldMul(ell2Z, fieldMul(u, u))     // Z * u^2
 	if tv1.Cmp(fieldNeg(big.NewInt(1))) == 0 { // exceptional case: 1 + Z u^2 = 0
