@@ -675,3 +675,52 @@ func TestReassemblyCapKeepsNextInOrder(t *testing.T) {
 	}
 	ev.waitFor(t, eventMessage, 1, 3*time.Second)
 }
+
+// SPEC.md 5.3 gives the fragment size as a number: with the session's
+// 1,168-byte payloads, fragments of 1,149 bytes.
+func TestFragmentSize(t *testing.T) {
+	if maxTransportPayload != 1168 || maxTransportPayload-chatDataHeaderLen != 1149 {
+		t.Fatalf("payload %d, fragment %d; SPEC.md 5.3 says 1168 and 1149", maxTransportPayload, maxTransportPayload-chatDataHeaderLen)
+	}
+	for _, tt := range []struct {
+		textLen int
+		want    []int // frame lengths
+	}{
+		{1, []int{20}},
+		{1149, []int{1168}},
+		{1150, []int{1168, 20}},
+		{maxMessageText, []int{1168, 1168, 1168, 19 + 649}},
+	} {
+		m := &outMsg{seq: 1, text: strings.Repeat("x", tt.textLen)}
+		var got []int
+		for _, f := range appendFrames(nil, maxTransportPayload, 1, m) {
+			got = append(got, len(f))
+		}
+		if !slices.Equal(got, tt.want) {
+			t.Errorf("appendFrames(%d bytes) = frames of %v bytes, want %v", tt.textLen, got, tt.want)
+		}
+	}
+}
+
+// SPEC.md 5.4: the whole message is checked, and each run of bad bytes
+// becomes one U+FFFD.
+func TestInvalidUTF8OneReplacementPerRun(t *testing.T) {
+	for _, tt := range []struct {
+		name  string
+		frags []string
+		want  string
+	}{
+		{"valid, cut inside a sequence", []string{"\xc3", "\xbc"}, "ü"},
+		{"run of two bad bytes", []string{"a\xff\xfeb"}, "a\uFFFDb"},
+		{"cut-off sequence then a stray byte", []string{"a\xe2\x82", "\xffb"}, "a\uFFFDb"},
+		{"two runs", []string{"\xffa\xff"}, "\uFFFDa\uFFFD"},
+	} {
+		m := &inMsg{}
+		for _, f := range tt.frags {
+			m.frags = append(m.frags, []byte(f))
+		}
+		if got := m.text(); got != tt.want {
+			t.Errorf("%s: text(%q) = %q, want %q", tt.name, tt.frags, got, tt.want)
+		}
+	}
+}

@@ -9,6 +9,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"reflect"
 	"slices"
 	"strconv"
 	"strings"
@@ -309,5 +310,31 @@ func TestOutboxDamagedLengthIsNotTorn(t *testing.T) {
 	recs, n, err := parseOutbox(torn)
 	if err != nil || len(recs) != 2 || n != first+len(appendRecord(nil, outboxRec{Type: recQueued, Key: k, Seq: 1, Text: []byte("one")})) {
 		t.Fatalf("torn tail: %d records, good %d, err %v", len(recs), n, err)
+	}
+}
+
+// SPEC.md 5.5: a snapshot writes S and Q records only for a contact we have
+// a stream to, a D record only for one whose stream we know, and nothing for
+// a contact with neither; then the removed contacts' receive states.
+func TestSnapshotSkipsContactsWithoutState(t *testing.T) {
+	a, b, c, d := chatKey(1), chatKey(2), chatKey(3), chatKey(4)
+	peers := map[publicKey]*chatPeer{
+		a: {contactEntry: contactEntry{Name: "a", Key: a}, nextSeq: 1},
+		b: {contactEntry: contactEntry{Name: "b", Key: b}, stream: 7, acked: 1, nextSeq: 3, out: []*outMsg{{seq: 2, text: "hi"}}},
+		c: {contactEntry: contactEntry{Name: "c", Key: c}, nextSeq: 1, recvState: recvState{rstream: 9, delivered: 5, onDisk: 4}},
+	}
+	gone := goneStates{d: {rstream: 11, delivered: 3, onDisk: 2}}
+	recs, good, err := parseOutbox(outboxSnapshot(peers, gone))
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []outboxRec{
+		{Type: recStream, Key: b, Stream: 7, Seq: 1},
+		{Type: recQueued, Key: b, Seq: 2, Text: []byte("hi")},
+		{Type: recDelivered, Key: c, Stream: 9, Seq: 5},
+		{Type: recDelivered, Key: d, Stream: 11, Seq: 2},
+	}
+	if !reflect.DeepEqual(recs, want) || good == 0 {
+		t.Fatalf("snapshot records %+v, want %+v", recs, want)
 	}
 }
