@@ -451,12 +451,11 @@ func newChat(cfg chatConfig) (*chat, error) {
 
 // insertLocked adds a contact to memory and to the rendezvous schedule, with
 // fast lookups until fastUntil.
-func (c *chat) insertLocked(e contactEntry, fastUntil time.Time) *chatPeer {
+func (c *chat) insertLocked(e contactEntry, fastUntil time.Time) {
 	p := &chatPeer{contactEntry: e, nextSeq: 1, recvState: c.gone[e.Key]}
 	delete(c.gone, e.Key)
 	c.peers[e.Key], c.names[e.Name] = p, p
 	c.sched.add(e.Key, fastUntil)
-	return p
 }
 
 // ackTo drops the messages up to seq from the outbox and returns how many
@@ -851,7 +850,7 @@ func (c *chat) run(ctx context.Context) error {
 	for {
 		select {
 		case <-ctx.Done():
-			c.sched.wait()
+			c.sched.waitOps()
 			return c.saveContacts(nil, nil)
 		case <-t.C:
 			c.retransmit()

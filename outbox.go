@@ -7,8 +7,9 @@
 // appended to the journal's current batch. One committer goroutine writes
 // and fsyncs each batch, then calls back (chat.afterSync), which releases
 // the deliveries that waited for it. At start the records are parsed
-// (parseOutbox) and replayed into memory (chat.restore); when the log has
-// grown, and at exit, it is replaced by a snapshot of the live state.
+// (parseOutbox) and the state in memory is rebuilt from them (chat.restore);
+// when the log has grown, and at exit, it is replaced by a snapshot of the
+// live state (outboxSnapshot).
 package main
 
 import (
@@ -246,8 +247,8 @@ func (j *journal) append(r outboxRec) (uint64, error) {
 	return j.gen, nil
 }
 
-// wait blocks until batch gen is durable.
-func (j *journal) wait(gen uint64) error {
+// waitBatch blocks until batch gen is durable.
+func (j *journal) waitBatch(gen uint64) error {
 	j.mu.Lock()
 	defer j.mu.Unlock()
 	// The committer flushes everything before it exits, so this ends.
@@ -365,8 +366,9 @@ func (j *journal) stop() {
 // outbox is the chat's durable log and the deliveries waiting for it. It
 // enforces the chat's one durability rule: a message is shown and
 // acknowledged only once it is on disk. Our own message: send waits in
-// waitDurable for its "queued" record before it reports it queued and
-// transmits it, so a sequence number is never reused after a crash. A
+// waitDurable for its "queued" record before it reports it queued and marks
+// it durable, the only state in which it is transmitted, so a sequence
+// number is never reused after a crash. A
 // contact's message: it is held (hold) until the batch of its "delivered"
 // record is durable, and only release hands it on to be shown and to move
 // the ack's cumulative value, which therefore never covers what a crash
@@ -408,7 +410,7 @@ func (o *outbox) start(onSync func(gen uint64), compact func()) {
 func (o *outbox) record(r outboxRec) (uint64, error) { return o.j.append(r) }
 
 // waitDurable blocks until batch gen is on disk.
-func (o *outbox) waitDurable(gen uint64) error { return o.j.wait(gen) }
+func (o *outbox) waitDurable(gen uint64) error { return o.j.waitBatch(gen) }
 
 // hold keeps a delivered message back until its "delivered" record, logged
 // by logDelivered, is durable.

@@ -151,8 +151,8 @@ func (s *rendezvousScheduler) start() {
 	}
 }
 
-// wait returns once the DHT operations started so far have ended.
-func (s *rendezvousScheduler) wait() { s.wg.Wait() }
+// waitOps returns once the DHT operations started so far have ended.
+func (s *rendezvousScheduler) waitOps() { s.wg.Wait() }
 
 // rendezvousJob is one DHT task for one contact.
 type rendezvousJob struct {

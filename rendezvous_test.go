@@ -125,7 +125,7 @@ func TestRendezvousSchedule(t *testing.T) {
 	step := func(d time.Duration) {
 		clock.add(d)
 		c.sched.tick(ctx)
-		c.sched.wait()
+		c.sched.waitOps()
 	}
 	want := func(when string, announces, lookups int) {
 		t.Helper()
