@@ -1,17 +1,14 @@
 // Chat frames and delivery (SPEC.md 5.3, 5.4, 5.6).
 //
-// Outbound flow: send validates the text, logs a "queued" record to the
-// outbox and waits until it is durable (one fsync shared by concurrent
-// senders), then transmits the message as data frames through the injected
-// session send. run retransmits unacknowledged messages with backoff every
-// tick and drives the rendezvous scheduler. A cumulative ack removes
-// messages from the outbox ("acked" record) and reports them delivered.
-// Inbound flow: handlePayload parses a frame (pure parseChatFrame); data
-// frames go to the reassembly buffer; messages that complete in order are
-// logged as "delivered" and held by the outbox until that record is durable
-// (afterSync), then reported to the UI and acknowledged. Frames to send from
-// the session layer's callbacks go through frameSender's goroutine; events
-// reach the UI in order through eventQueue.
+// Outbound flow: send logs a "queued" record to the outbox, waits until it
+// is durable, then transmits the message as data frames through the
+// injected session send; run retransmits with backoff every tick, and a
+// cumulative ack removes messages from the outbox and reports them
+// delivered. Inbound flow: handlePayload parses a frame (parseChatFrame);
+// fragments are reassembled, and messages complete in order are logged as
+// "delivered" and held by the outbox until that record is durable
+// (afterSync), then shown and acknowledged. frameSender sends from the
+// session layer's callbacks; eventQueue hands events to the UI in order.
 package main
 
 import (
