@@ -391,7 +391,7 @@ func benchThroughput(b *testing.B, root string) {
 		b.Fatal(*err)
 	}
 	b.ReportMetric(float64(b.N)/el.Seconds(), "msgs/s")
-	b.ReportMetric(float64(snd.chat.j.syncCount()+rcv.chat.j.syncCount())/float64(b.N), "fsyncs/msg")
+	b.ReportMetric(float64(snd.chat.ob.j.syncCount()+rcv.chat.ob.j.syncCount())/float64(b.N), "fsyncs/msg")
 }
 
 // syncCount is how many fsyncs the journal did.
@@ -518,74 +518,4 @@ func BenchmarkTimeToFirstMessage(b *testing.B) {
 	slices.Sort(lat)
 	b.ReportMetric(percentileUS(lat, 0.5)/1e3, "p50-ms")
 	b.ReportMetric(percentileUS(lat, 0.99)/1e3, "p99-ms")
-}
-
-// The rendezvous rules the time-to-first-message benchmark tuned, checked
-// here without a network (the schedule itself is TestRendezvousSchedule's).
-
-func TestRetryAfter(t *testing.T) {
-	now := time.Date(2026, 11, 25, 12, 0, 0, 0, time.UTC)
-	far := now.Add(time.Hour)
-	tests := []struct {
-		name   string
-		fails  int
-		ok     bool
-		ceil   time.Duration
-		next   time.Time
-		want   time.Time
-		fails2 int
-	}{
-		{"first failure", 0, false, 5 * time.Second, far, now.Add(100 * time.Millisecond), 1},
-		{"third failure", 2, false, 5 * time.Second, far, now.Add(400 * time.Millisecond), 3},
-		{"capped", 10, false, 5 * time.Second, far, now.Add(5 * time.Second), 11},
-		{"never later than planned", 10, false, 5 * time.Second, now.Add(time.Second), now.Add(time.Second), 11},
-		{"success resets", 7, true, 5 * time.Second, far, far, 0},
-		{"huge count", 1000, false, 15 * time.Second, far, now.Add(15 * time.Second), 1001},
-	}
-	for _, tt := range tests {
-		fails := tt.fails
-		if got := retryAfter(&fails, tt.ok, now, tt.ceil, tt.next); !got.Equal(tt.want) || fails != tt.fails2 {
-			t.Errorf("%s: retryAfter(%d, %v) = %v, fails %d; want %v, %d", tt.name, tt.fails, tt.ok, got.Sub(now), fails, tt.want.Sub(now), tt.fails2)
-		}
-	}
-}
-
-func TestPickCandidate(t *testing.T) {
-	own := netip.MustParseAddr("192.0.2.1")
-	stale := netip.AddrPortFrom(own, 40000) // our own announcement before a restart
-	live := netip.MustParseAddrPort("203.0.113.9:6881")
-	old := netip.MustParseAddrPort("203.0.113.9:7000") // the contact's earlier port
-	c, err := newChat(chatConfig{Dir: t.TempDir(), Self: chatKey(1), MaxPayload: 1100,
-		Send:  func(publicKey, []byte) error { return nil },
-		OwnIP: func(ip netip.Addr) bool { return ip == own },
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.close()
-	if err := c.addContact("bob", chatKey(2)); err != nil {
-		t.Fatal(err)
-	}
-	var got []netip.AddrPort
-	for range 4 {
-		a, ok := c.pickCandidate(chatKey(2), []netip.AddrPort{stale, old, live})
-		if !ok {
-			t.Fatal("no candidate")
-		}
-		got = append(got, a)
-	}
-	// Own IP last, otherwise the DHT's order; then the round starts again.
-	if want := []netip.AddrPort{old, live, stale, old}; !slices.Equal(got, want) {
-		t.Fatalf("candidates %v, want %v", got, want)
-	}
-	c.setOnline(chatKey(2), live)
-	if a, _ := c.pickCandidate(chatKey(2), []netip.AddrPort{stale, old, live}); a != old {
-		t.Fatalf("after a session: %v, want the round to start again at %v", a, old)
-	}
-	if _, ok := c.pickCandidate(chatKey(2), nil); ok {
-		t.Fatal("a candidate from an empty lookup")
-	}
-	if _, ok := c.pickCandidate(chatKey(3), []netip.AddrPort{live}); ok {
-		t.Fatal("a candidate for a stranger")
-	}
 }

@@ -4,17 +4,12 @@ import (
 	"bytes"
 	"context"
 	"crypto/ecdh"
-	cryptorand "crypto/rand"
 	"crypto/sha256"
-	"encoding/binary"
 	"encoding/hex"
 	"errors"
 	"fmt"
-	"hash/crc32"
 	"math/rand/v2"
 	"net/netip"
-	"os"
-	"path/filepath"
 	"reflect"
 	"slices"
 	"strconv"
@@ -40,8 +35,10 @@ type chatClock struct {
 	t  time.Time
 }
 
-func (c *chatClock) now() time.Time  { c.mu.Lock(); defer c.mu.Unlock(); return c.t }
+func (c *chatClock) now() time.Time { c.mu.Lock(); defer c.mu.Unlock(); return c.t }
+
 func (c *chatClock) set(t time.Time) { c.mu.Lock(); c.t = t; c.mu.Unlock() }
+
 func (c *chatClock) add(d time.Duration) {
 	c.mu.Lock()
 	c.t = c.t.Add(d)
@@ -101,9 +98,9 @@ func killChat(c *chat) {
 	c.mu.Lock()
 	c.closed = true
 	c.mu.Unlock()
-	c.j.stop()
-	c.j.f.Close()
-	close(c.stop)
+	c.ob.stop()
+	c.ob.j.f.Close()
+	c.out.stop()
 }
 
 // lossyLink carries payloads between chats like a bad network: it drops
@@ -275,98 +272,6 @@ func TestDeliverLongMessageFragments(t *testing.T) {
 	}
 }
 
-func TestRestartAfterKill(t *testing.T) {
-	p := newChatPair(t, 0)
-	// Bob is offline: alice's sends fail at the session layer, so the
-	// message waits in her outbox.
-	id, err := p.a.send(context.Background(), "bob", "hello after a crash")
-	if err != nil {
-		t.Fatal(err)
-	}
-	killChat(p.a) // SIGKILL: no close
-	recs, _, err := parseOutboxFile(filepath.Join(p.dirA, outboxFile))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if !hasQueued(recs, p.kb, id, "hello after a crash") {
-		t.Fatalf("outbox on disk %+v lacks the queued message", recs)
-	}
-	p.a, p.la = testChat(t, p.dirA, p.ka, p.link.sender(p.ka), nil)
-	if ci, _ := p.a.contactByName("bob"); ci.Outbox != 1 {
-		t.Fatalf("reopened outbox holds %d messages, want 1", ci.Outbox)
-	}
-	p.connect()
-	got := p.lb.waitFor(t, eventMessage, 1, 5*time.Second)
-	p.la.waitFor(t, eventDelivered, 1, 5*time.Second)
-	if got[0].Text != "hello after a crash" || got[0].MsgID != id {
-		t.Fatalf("bob got %+v", got[0])
-	}
-
-	// Bob is killed after delivery; the same frame again must not deliver
-	// twice after his restart, but be acknowledged.
-	p.cancel()
-	<-p.runA
-	<-p.runB
-	p.cancel = nil
-	killChat(p.b)
-	var acks [][]byte
-	b2, lb2 := testChat(t, p.dirB, p.kb, func(_ publicKey, f []byte) error { acks = append(acks, f); return nil }, nil)
-	stream := p.a.peers[p.kb].stream
-	dup := chatFrame{Type: chatFrameData, Stream: stream, Seq: id, Count: 1, Text: []byte("hello after a crash")}
-	b2.handlePayload(p.ka, netip.AddrPort{}, dup.appendTo(nil))
-	b2.outWG.Wait()
-	if m := lb2.of(eventMessage); len(m) != 0 {
-		t.Fatalf("redelivered after restart: %+v", m)
-	}
-	want := chatFrame{Type: chatFrameAck, Stream: stream, Seq: id}
-	if len(acks) != 1 || !bytes.Equal(acks[0], want.appendTo(nil)) {
-		t.Fatalf("acks %x, want %x", acks, want.appendTo(nil))
-	}
-	p.b = b2
-	p.close(t)
-}
-
-func parseOutboxFile(path string) ([]outboxRec, int, error) {
-	b, err := os.ReadFile(path)
-	if err != nil {
-		return nil, 0, err
-	}
-	return parseOutbox(b)
-}
-
-func hasQueued(recs []outboxRec, k publicKey, seq uint64, text string) bool {
-	for _, r := range recs {
-		if r.Type == recQueued && r.Key == k && r.Seq == seq && string(r.Text) == text {
-			return true
-		}
-	}
-	return false
-}
-
-func TestCloseCompactsAndReopens(t *testing.T) {
-	p := newChatPair(t, 0)
-	for i := range 3 {
-		if _, err := p.a.send(context.Background(), "bob", "m"+strconv.Itoa(i)); err != nil {
-			t.Fatal(err)
-		}
-	}
-	p.close(t)
-	recs, _, err := parseOutboxFile(filepath.Join(p.dirA, outboxFile))
-	if err != nil {
-		t.Fatal(err)
-	}
-	// Compacted: one stream record and the three messages, nothing else.
-	if len(recs) != 4 || recs[0].Type != recStream || recs[3].Type != recQueued || recs[3].Seq != 3 {
-		t.Fatalf("compacted outbox = %+v", recs)
-	}
-	a, _ := testChat(t, p.dirA, p.ka, func(publicKey, []byte) error { return nil }, nil)
-	defer a.close()
-	id, err := a.send(context.Background(), "bob", "next")
-	if err != nil || id != 4 {
-		t.Fatalf("send after reopen = %d, %v; want id 4", id, err)
-	}
-}
-
 func TestOutboxFull(t *testing.T) {
 	c, _ := testChat(t, t.TempDir(), chatKey(1), func(publicKey, []byte) error { return errors.New("offline") }, nil)
 	defer c.close()
@@ -409,183 +314,6 @@ func TestSendRejects(t *testing.T) {
 		t.Errorf("send of exactly %d bytes: %v", maxMessageText, err)
 	}
 }
-
-func TestContactsFile(t *testing.T) {
-	dir := t.TempDir()
-	self := chatKey(1)
-	c, _ := testChat(t, dir, self, func(publicKey, []byte) error { return nil }, nil)
-	tests := []struct {
-		name    string
-		key     publicKey
-		wantErr string
-	}{
-		{"alice", chatKey(2), ""},
-		{"bob_2-x", chatKey(3), ""},
-		{"alice", chatKey(4), "exists already"},
-		{"carol", chatKey(2), "already your contact \"alice\""},
-		{"me", self, "your own key"},
-		{"", chatKey(5), "1 to 32"},
-		{strings.Repeat("a", 33), chatKey(5), "1 to 32"},
-		{"bad name", chatKey(5), "only letters"},
-		{"émile", chatKey(5), "only letters"},
-	}
-	for _, tt := range tests {
-		err := c.addContact(tt.name, tt.key)
-		if (err == nil) != (tt.wantErr == "") || err != nil && !strings.Contains(err.Error(), tt.wantErr) {
-			t.Errorf("addContact(%q) = %v, want error %q", tt.name, err, tt.wantErr)
-		}
-	}
-	if err := c.removeContact("bob_2-x"); err != nil {
-		t.Fatal(err)
-	}
-	if err := c.removeContact("bob_2-x"); !errors.Is(err, errNoContact) {
-		t.Errorf("removing twice: %v, want errNoContact", err)
-	}
-	if err := c.close(); err != nil {
-		t.Fatal(err)
-	}
-	c, _ = testChat(t, dir, self, func(publicKey, []byte) error { return nil }, nil)
-	defer c.close()
-	list := c.contactList()
-	if len(list) != 1 || list[0].Name != "alice" || list[0].Key != chatKey(2) || list[0].Online {
-		t.Fatalf("contacts after reopen = %+v, want only alice, offline", list)
-	}
-	if ci, ok := c.contactByKey(chatKey(2)); !ok || ci.Name != "alice" {
-		t.Errorf("contactByKey = %+v, %v", ci, ok)
-	}
-	if _, ok := c.contactByName("bob_2-x"); ok {
-		t.Errorf("removed contact still found")
-	}
-}
-
-func TestContactsLastSeen(t *testing.T) {
-	clock := &chatClock{t: time.Date(2026, 11, 25, 12, 0, 0, 0, time.UTC)}
-	dir := t.TempDir()
-	c, l := testChat(t, dir, chatKey(1), func(publicKey, []byte) error { return nil }, clock.now)
-	if err := c.addContact("alice", chatKey(2)); err != nil {
-		t.Fatal(err)
-	}
-	addr := netip.MustParseAddrPort("192.0.2.1:6881")
-	c.setOnline(chatKey(2), addr)
-	c.setOnline(chatKey(2), addr)
-	c.setOnline(chatKey(2), netip.MustParseAddrPort("192.0.2.2:6881"))
-	clock.add(time.Minute)
-	c.setOffline(chatKey(2))
-	var kinds []string
-	for _, e := range l.evs {
-		kinds = append(kinds, e.Kind.String())
-	}
-	if got := strings.Join(kinds, " "); got != "online moved offline" {
-		t.Errorf("events %q, want \"online moved offline\"", got)
-	}
-	c.close()
-	b, _ := os.ReadFile(filepath.Join(dir, contactsFile))
-	want := contactsHeader + "\nalice " + chatKey(2).String() + " 2026-11-25T12:01:00Z\n"
-	if string(b) != want {
-		t.Errorf("contacts file:\n%s\nwant:\n%s", b, want)
-	}
-}
-
-func TestContactsFileRejected(t *testing.T) {
-	k2, k3 := chatKey(2).String(), chatKey(3).String()
-	tests := []struct {
-		name, file, wantErr string
-	}{
-		{"bad key", "alice zz\n", "line 1: key"},
-		{"one field", "# comment\n\nalice\n", "line 3: want"},
-		{"bad name", "al!ce " + k2 + "\n", "line 1: chat: name"},
-		{"duplicate name", "alice " + k2 + "\nalice " + k3 + "\n", "line 2: name \"alice\" already on line 1"},
-		{"duplicate key", "alice " + k2 + "\nbob " + k2 + "\n", "line 2: key already on line 1"},
-		{"own key", "me " + chatKey(1).String() + "\n", "line 1: that is your own key"},
-		{"bad time", "alice " + k2 + " yesterday\n", "line 1: last seen"},
-	}
-	for _, tt := range tests {
-		dir := t.TempDir()
-		path := filepath.Join(dir, contactsFile)
-		if err := os.WriteFile(path, []byte(tt.file), 0o600); err != nil {
-			t.Fatal(err)
-		}
-		_, err := newChat(chatConfig{Dir: dir, Self: chatKey(1), Send: func(publicKey, []byte) error { return nil }, MaxPayload: 1100})
-		if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
-			t.Errorf("%s: newChat = %v, want error containing %q", tt.name, err, tt.wantErr)
-		}
-		if b, _ := os.ReadFile(path); string(b) != tt.file {
-			t.Errorf("%s: the file was changed to %q", tt.name, b)
-		}
-	}
-}
-
-func TestOutboxDamage(t *testing.T) {
-	k := chatKey(2)
-	log := []byte(outboxMagic)
-	log = appendRecord(log, outboxRec{Type: recStream, Key: k, Stream: 7})
-	log = appendRecord(log, outboxRec{Type: recQueued, Key: k, Seq: 1, Text: []byte("one")})
-	whole := len(log)
-	log = appendRecord(log, outboxRec{Type: recQueued, Key: k, Seq: 2, Text: []byte("two")})
-	tests := []struct {
-		name     string
-		file     []byte
-		wantRecs int
-		wantGood int
-		wantErr  string
-	}{
-		{"intact", log, 3, len(log), ""},
-		{"torn tail", log[:len(log)-3], 2, whole, ""},
-		{"zeros after a crash", append(bytes.Clone(log[:whole]), make([]byte, 100)...), 2, whole, ""},
-		{"bad crc at the end", flipByteAt(log, len(log)-1), 2, whole, ""},
-		{"bad crc in the middle", flipByteAt(log, whole-1), 0, 0, "offset 63: damaged record"},
-		{"bad magic", append([]byte("XXXXXXXX"), log[8:]...), 0, 0, "bad magic"},
-		{"unknown type", withType(log, 'Z'), 0, 0, "unknown record type 0x5a"},
-	}
-	for _, tt := range tests {
-		recs, good, err := parseOutbox(tt.file)
-		if (err == nil) != (tt.wantErr == "") || err != nil && !strings.Contains(err.Error(), tt.wantErr) ||
-			len(recs) != tt.wantRecs || good != tt.wantGood {
-			t.Errorf("%s: parseOutbox = %d records, good %d, %v; want %d, %d, %q", tt.name, len(recs), good, err, tt.wantRecs, tt.wantGood, tt.wantErr)
-		}
-	}
-
-	// Damage in the middle: newChat refuses and leaves the file alone;
-	// a torn tail is cut off and the rest loads.
-	dir := t.TempDir()
-	os.WriteFile(filepath.Join(dir, contactsFile), []byte("bob "+k.String()+"\n"), 0o600)
-	bad := flipByteAt(log, whole-1)
-	os.WriteFile(filepath.Join(dir, outboxFile), bad, 0o600)
-	if _, err := newChat(chatConfig{Dir: dir, Self: chatKey(1), Send: func(publicKey, []byte) error { return nil }, MaxPayload: 1100}); err == nil {
-		t.Fatal("newChat accepted a damaged outbox")
-	}
-	if b, _ := os.ReadFile(filepath.Join(dir, outboxFile)); !bytes.Equal(b, bad) {
-		t.Fatal("damaged outbox was changed")
-	}
-	os.WriteFile(filepath.Join(dir, outboxFile), log[:len(log)-3], 0o600)
-	c, _ := testChat(t, dir, chatKey(1), func(publicKey, []byte) error { return nil }, nil)
-	defer c.close()
-	if ci, _ := c.contactByName("bob"); ci.Outbox != 1 {
-		t.Fatalf("outbox after a torn tail holds %d, want 1", ci.Outbox)
-	}
-	if id, err := c.send(context.Background(), "bob", "again"); err != nil || id != 2 {
-		t.Fatalf("send = %d, %v; want id 2", id, err)
-	}
-}
-
-func flipByteAt(b []byte, i int) []byte {
-	b = bytes.Clone(b)
-	b[i] ^= 1
-	return b
-}
-
-// withType changes the type of the first record and fixes its checksum.
-func withType(log []byte, typ byte) []byte {
-	b := bytes.Clone(log)
-	off := len(outboxMagic)
-	n := 2 + int(b[off])<<8 | int(b[off+1])
-	b[off+2] = typ
-	crc := recordCRC(b[off : off+n])
-	b[off+n], b[off+n+1], b[off+n+2], b[off+n+3] = byte(crc>>24), byte(crc>>16), byte(crc>>8), byte(crc)
-	return b
-}
-
-func recordCRC(b []byte) uint32 { return crc32.Checksum(b, outboxCRCTable) }
 
 // chatSpecVectors parses the ```chat-vector name=NAME blocks of SPEC.md into
 // name -> key -> value.
@@ -753,194 +481,6 @@ func FuzzChatFrame(f *testing.F) {
 	})
 }
 
-func TestRendezvousSymmetric(t *testing.T) {
-	var keys []*ecdh.PrivateKey
-	for range 3 {
-		k, err := ecdh.X25519().GenerateKey(cryptorand.Reader)
-		if err != nil {
-			t.Fatal(err)
-		}
-		keys = append(keys, k)
-	}
-	secret := func(a, b int) [32]byte {
-		s, err := keys[a].ECDH(keys[b].PublicKey())
-		if err != nil {
-			t.Fatal(err)
-		}
-		return [32]byte(s)
-	}
-	const e = 498780
-	ab, ba := rendezvousInfohash(secret(0, 1), e), rendezvousInfohash(secret(1, 0), e)
-	if ab != ba {
-		t.Fatalf("A derives %v, B derives %v", ab, ba)
-	}
-	seen := map[nodeID]string{ab: "A-B epoch e"}
-	for name, id := range map[string]nodeID{
-		"A-B epoch e+1": rendezvousInfohash(secret(0, 1), e+1),
-		"A-B epoch e-1": rendezvousInfohash(secret(1, 0), e-1),
-		"A-C epoch e":   rendezvousInfohash(secret(0, 2), e),
-		"B-C epoch e":   rendezvousInfohash(secret(2, 1), e),
-	} {
-		if other, dup := seen[id]; dup {
-			t.Errorf("%s and %s share infohash %v", name, other, id)
-		}
-		seen[id] = name
-	}
-}
-
-func TestRendezvousEpochs(t *testing.T) {
-	base := time.Unix(498780*3600, 0)
-	tests := []struct {
-		at   time.Duration
-		want []uint64
-	}{
-		{0, []uint64{498779, 498780}},
-		{10*time.Minute - time.Second, []uint64{498779, 498780}},
-		{10 * time.Minute, []uint64{498780}},
-		{50 * time.Minute, []uint64{498780, 498781}},
-		{time.Hour - time.Second, []uint64{498780, 498781}},
-	}
-	for _, tt := range tests {
-		if got := rendezvousEpochs(base.Add(tt.at)); !slices.Equal(got, tt.want) {
-			t.Errorf("rendezvousEpochs(+%v) = %v, want %v", tt.at, got, tt.want)
-		}
-	}
-}
-
-func TestVerifyCode(t *testing.T) {
-	dir1, dir2 := t.TempDir(), t.TempDir()
-	a, _ := testChat(t, dir1, chatKey(1), func(publicKey, []byte) error { return nil }, nil)
-	b, _ := testChat(t, dir2, chatKey(2), func(publicKey, []byte) error { return nil }, nil)
-	defer a.close()
-	defer b.close()
-	a.addContact("bob", chatKey(2))
-	b.addContact("alice", chatKey(1))
-	ca, err1 := a.verifyCode("bob")
-	cb, err2 := b.verifyCode("alice")
-	if err1 != nil || err2 != nil || ca != cb || len(ca) != 6*5+5 {
-		t.Fatalf("codes %q, %q (%v, %v): want equal, 6 groups of 5 digits", ca, cb, err1, err2)
-	}
-	if other := verifyCodeFor(chatKey(1), chatKey(3)); other == ca {
-		t.Errorf("different keys give the same code %s", ca)
-	}
-	if _, err := a.verifyCode("nobody"); !errors.Is(err, errNoContact) {
-		t.Errorf("verifyCode(nobody) = %v", err)
-	}
-}
-
-// chatFakeDHT records the rendezvous calls.
-type chatFakeDHT struct {
-	mu        sync.Mutex
-	announces []nodeID
-	lookups   []nodeID
-	endpoints []netip.AddrPort
-	peers     []netip.AddrPort
-}
-
-func (d *chatFakeDHT) announce(_ context.Context, ih nodeID) (int, error) {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	d.announces = append(d.announces, ih)
-	return 8, nil
-}
-
-func (d *chatFakeDHT) getPeers(_ context.Context, ih nodeID) ([]netip.AddrPort, error) {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	d.lookups = append(d.lookups, ih)
-	return d.peers, nil
-}
-
-func (d *chatFakeDHT) counts() (int, int) {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	return len(d.announces), len(d.lookups)
-}
-
-func TestRendezvousSchedule(t *testing.T) {
-	// 12:20:30 UTC: more than 10 minutes from either epoch boundary: one epoch.
-	clock := &chatClock{t: time.Date(2026, 11, 25, 12, 20, 30, 0, time.UTC)}
-	self := netip.MustParseAddrPort("198.51.100.1:6881")
-	bob := netip.MustParseAddrPort("203.0.113.9:7000")
-	d := &chatFakeDHT{peers: []netip.AddrPort{self, bob}}
-	secret := [32]byte{1, 2, 3}
-	c, err := newChat(chatConfig{Dir: t.TempDir(), Self: chatKey(1), MaxPayload: 1100, Now: clock.now,
-		Send:         func(publicKey, []byte) error { return errors.New("offline") },
-		StaticSecret: func(publicKey) ([32]byte, error) { return secret, nil },
-		Announce:     d.announce, GetPeers: d.getPeers,
-		SetEndpoint: func(_ publicKey, a netip.AddrPort) {
-			d.mu.Lock()
-			d.endpoints = append(d.endpoints, a)
-			d.mu.Unlock()
-		},
-		IsSelf: func(a netip.AddrPort) bool { return a == self },
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.close()
-	if err := c.addContact("bob", chatKey(2)); err != nil {
-		t.Fatal(err)
-	}
-	c.startSchedule()
-	ctx := context.Background()
-	step := func(d time.Duration) {
-		clock.add(d)
-		c.rendezvous(ctx)
-		c.dhtWG.Wait()
-	}
-	want := func(when string, announces, lookups int) {
-		t.Helper()
-		if a, l := d.counts(); a != announces || l != lookups {
-			t.Fatalf("%s: %d announces, %d lookups; want %d, %d", when, a, l, announces, lookups)
-		}
-	}
-	step(0)
-	want("start", 1, 1)
-	ih := rendezvousInfohash(secret, uint64(clock.now().Unix()/3600))
-	if d.announces[0] != ih || d.lookups[0] != ih {
-		t.Fatalf("used %v and %v, want %v", d.announces[0], d.lookups[0], ih)
-	}
-	if !slices.Equal(d.endpoints, []netip.AddrPort{bob}) {
-		t.Fatalf("endpoints %v, want only %v (not our own)", d.endpoints, bob)
-	}
-	step(4 * time.Second)
-	want("4 s", 1, 1)
-	step(time.Second)
-	want("5 s", 1, 2)
-	for range 11 {
-		step(5 * time.Second)
-	}
-	want("60 s", 1, 13)
-	step(5 * time.Second)
-	want("65 s: slow now", 1, 13)
-	step(85 * time.Second)
-	want("150 s", 1, 14)
-	c.setOnline(chatKey(2), bob)
-	step(150 * time.Second) // 300 s after start
-	want("online at 5 min", 2, 14)
-	c.setOffline(chatKey(2))
-	step(0)
-	want("offline again: fast lookups", 2, 15)
-	step(5 * time.Second)
-	want("offline again + 5 s", 2, 16)
-	clock.set(time.Date(2026, 11, 25, 12, 45, 30, 0, time.UTC))
-	step(0)
-	if a, _ := d.counts(); a != 3 {
-		t.Fatalf("12:45:30: %d announces, want 3", a)
-	}
-	clock.set(time.Date(2026, 11, 25, 12, 49, 59, 0, time.UTC))
-	step(0)
-	if a, _ := d.counts(); a != 3 {
-		t.Fatalf("12:49:59: %d announces, want 3", a)
-	}
-	// 12:50: this epoch and the next are current: announce at once on both.
-	step(time.Second)
-	if a, _ := d.counts(); a != 5 {
-		t.Fatalf("12:50:00, the epoch set changed: %d announces, want 5", a)
-	}
-}
-
 func TestBackoff(t *testing.T) {
 	clock := &chatClock{t: time.Date(2026, 11, 25, 12, 0, 0, 0, time.UTC)}
 	var mu sync.Mutex
@@ -979,7 +519,7 @@ func TestBackoff(t *testing.T) {
 	}
 	// A new session sends at once and restarts the backoff.
 	c.setOnline(chatKey(2), netip.MustParseAddrPort("192.0.2.1:1"))
-	c.outWG.Wait()
+	c.out.wg.Wait()
 	clock.add(200 * time.Millisecond)
 	c.retransmit()
 	if n := count(); n != 2 {
@@ -993,7 +533,7 @@ func TestBackoff(t *testing.T) {
 	clock.add(fastRetransmit)
 	ack := chatFrame{Type: chatFrameAck, Stream: stream, Seq: 1, Sack: []byte{0x40}}
 	c.handlePayload(chatKey(2), netip.AddrPort{}, ack.appendTo(nil))
-	c.outWG.Wait()
+	c.out.wg.Wait()
 	mu.Lock()
 	got := slices.Clone(sent)
 	sent = nil
@@ -1030,45 +570,6 @@ func TestBackoff(t *testing.T) {
 	if ci, _ := c.contactByName("bob"); ci.Outbox != 0 || count() != 0 || len(l.of(eventDelivered)) != 3 {
 		t.Fatalf("after the final ack: outbox %d, delivered %d", ci.Outbox, len(l.of(eventDelivered)))
 	}
-}
-
-// BenchmarkOutboxAppend measures durable sends: each send returns only when
-// its "queued" record is fsynced; concurrent senders share fsyncs (group
-// commit). The session send is a no-op, so messages stay in the outboxes of
-// 200 contacts (below the per-contact cap).
-func BenchmarkOutboxAppend(b *testing.B) {
-	c, _ := testChat(b, b.TempDir(), chatKey(1), func(publicKey, []byte) error { return nil }, nil)
-	defer c.close()
-	const contacts = 200
-	for i := range contacts {
-		var k publicKey
-		k[0], k[1] = 0xee, byte(i)
-		if err := c.addContact("c"+strconv.Itoa(i), k); err != nil {
-			b.Fatal(err)
-		}
-	}
-	var next atomic.Uint64
-	text := strings.Repeat("x", 100)
-	b.ReportAllocs()
-	b.SetParallelism(32)
-	b.ResetTimer()
-	start := time.Now()
-	b.RunParallel(func(pb *testing.PB) {
-		for pb.Next() {
-			name := "c" + strconv.Itoa(int(next.Add(1)%contacts))
-			if _, err := c.send(context.Background(), name, text); err != nil {
-				b.Error(err)
-				return
-			}
-		}
-	})
-	elapsed := time.Since(start)
-	b.StopTimer()
-	c.j.mu.Lock()
-	syncs := c.j.syncs
-	c.j.mu.Unlock()
-	b.ReportMetric(float64(b.N)/elapsed.Seconds(), "msgs/s")
-	b.ReportMetric(float64(b.N)/float64(max(syncs, 1)), "msgs/fsync")
 }
 
 // BenchmarkDeliver measures send -> delivered between two chats wired back
@@ -1140,99 +641,6 @@ func BenchmarkDeliver(b *testing.B) {
 	bob.close()
 }
 
-// FuzzOutbox: whatever parseOutbox accepts re-encodes, record by record, to
-// exactly the intact prefix it reported; on error nothing is returned.
-func FuzzOutbox(f *testing.F) {
-	k := chatKey(2)
-	log := []byte(outboxMagic)
-	for _, r := range []outboxRec{
-		{Type: recStream, Key: k, Stream: 7, Seq: 1},
-		{Type: recQueued, Key: k, Seq: 2, Text: []byte("hi")},
-		{Type: recAcked, Key: k, Seq: 2},
-		{Type: recDelivered, Key: k, Stream: 9, Seq: 4},
-		{Type: recForget, Key: k},
-	} {
-		log = appendRecord(log, r)
-		f.Add(bytes.Clone(log))
-	}
-	f.Add(log[:len(log)-2])
-	f.Add([]byte(outboxMagic + "\x00\x00\x00"))
-	f.Fuzz(func(t *testing.T, b []byte) {
-		recs, good, err := parseOutbox(b)
-		if err != nil {
-			if recs != nil || good != 0 {
-				t.Fatalf("error %v with %d records, good %d", err, len(recs), good)
-			}
-			return
-		}
-		out := []byte(outboxMagic)
-		for _, r := range recs {
-			out = appendRecord(out, r)
-		}
-		if !bytes.Equal(out, b[:good]) {
-			t.Fatalf("records re-encode to %x, want the intact prefix %x", out, b[:good])
-		}
-	})
-}
-
-func TestReAddStartsNewStream(t *testing.T) {
-	p := newChatPair(t, 0)
-	p.connect()
-	defer p.close(t)
-	p.deliverOne(t, "one")
-	if err := p.a.removeContact("bob"); err != nil {
-		t.Fatal(err)
-	}
-	time.Sleep(2 * time.Millisecond) // a new stream id needs a later millisecond
-	if err := p.a.addContact("bob", p.kb); err != nil {
-		t.Fatal(err)
-	}
-	p.a.setOnline(p.kb, p.link.addrs[p.kb])
-	id, err := p.a.send(context.Background(), "bob", "two")
-	if err != nil || id != 1 {
-		t.Fatalf("first send after re-adding = %d, %v; want id 1", id, err)
-	}
-	got := p.lb.waitFor(t, eventMessage, 2, 2*time.Second)
-	if got[1].Text != "two" || got[1].MsgID != 1 {
-		t.Fatalf("bob got %+v, want \"two\" as message 1 of the new stream", got[1])
-	}
-	p.la.waitFor(t, eventDelivered, 2, 2*time.Second)
-}
-
-func TestGroupCommit(t *testing.T) {
-	c, l := testChat(t, t.TempDir(), chatKey(1), func(publicKey, []byte) error { return nil }, nil)
-	if err := c.addContact("bob", chatKey(2)); err != nil {
-		t.Fatal(err)
-	}
-	const n = 64
-	var wg sync.WaitGroup
-	for range n {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			if _, err := c.send(context.Background(), "bob", "burst"); err != nil {
-				t.Error(err)
-			}
-		}()
-	}
-	wg.Wait()
-	c.j.mu.Lock()
-	syncs := c.j.syncs
-	c.j.mu.Unlock()
-	if syncs >= n {
-		t.Errorf("%d concurrent sends took %d fsyncs: no batch was shared", n, syncs)
-	}
-	if q := l.of(eventQueued); len(q) != n {
-		t.Errorf("%d queued events, want %d", len(q), n)
-	}
-	if err := c.close(); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := c.send(context.Background(), "bob", "late"); !errors.Is(err, errChatClosed) {
-		t.Errorf("send after close = %v, want errChatClosed", err)
-	}
-}
-
 // deliverOne sends text from alice to bob and waits for its receipt.
 func (p *chatPair) deliverOne(t *testing.T, text string) {
 	t.Helper()
@@ -1241,28 +649,6 @@ func (p *chatPair) deliverOne(t *testing.T, text string) {
 	}
 	p.lb.waitFor(t, eventMessage, 1, 2*time.Second)
 	p.la.waitFor(t, eventDelivered, 1, 2*time.Second)
-}
-
-// A receiver that removes and re-adds the sender keeps how far the sender's
-// stream was delivered, so the stream goes on (it stalled at seq 2 before).
-func TestReceiverReAddResumesStream(t *testing.T) {
-	p := newChatPair(t, 0)
-	p.connect()
-	defer p.close(t)
-	p.deliverOne(t, "one")
-	if err := p.b.removeContact("alice"); err != nil {
-		t.Fatal(err)
-	}
-	if err := p.b.addContact("alice", p.ka); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := p.a.send(context.Background(), "bob", "two"); err != nil {
-		t.Fatal(err)
-	}
-	p.lb.waitFor(t, eventMessage, 2, 3*time.Second)
-	if got := p.lb.of(eventMessage); got[1].Text != "two" {
-		t.Errorf("second message %q, want \"two\"", got[1].Text)
-	}
 }
 
 // Complete messages held after a gap may fill the reassembly cap; the one
@@ -1290,24 +676,51 @@ func TestReassemblyCapKeepsNextInOrder(t *testing.T) {
 	ev.waitFor(t, eventMessage, 1, 3*time.Second)
 }
 
-// A length field damaged in the middle of the log is an error, not a torn
-// tail: cutting there would silently drop the queued messages behind it.
-func TestOutboxDamagedLengthIsNotTorn(t *testing.T) {
-	k := chatKey(2)
-	b := []byte(outboxMagic)
-	b = appendRecord(b, outboxRec{Type: recStream, Key: k, Stream: 9})
-	first := len(b)
-	b = appendRecord(b, outboxRec{Type: recQueued, Key: k, Seq: 1, Text: []byte("one")})
-	b = appendRecord(b, outboxRec{Type: recQueued, Key: k, Seq: 2, Text: []byte("two")})
-	good := slices.Clone(b)
-	binary.BigEndian.PutUint16(b[first:], 0xfff0) // claims to run past the end
-	if _, _, err := parseOutbox(b); err == nil {
-		t.Fatal("parseOutbox accepted a damaged length in the middle")
+// SPEC.md 5.3 gives the fragment size as a number: with the session's
+// 1,168-byte payloads, fragments of 1,149 bytes.
+func TestFragmentSize(t *testing.T) {
+	if maxTransportPayload != 1168 || maxTransportPayload-chatDataHeaderLen != 1149 {
+		t.Fatalf("payload %d, fragment %d; SPEC.md 5.3 says 1168 and 1149", maxTransportPayload, maxTransportPayload-chatDataHeaderLen)
 	}
-	// A real torn append (the last record cut short) is still cut off.
-	torn := good[:len(good)-5]
-	recs, n, err := parseOutbox(torn)
-	if err != nil || len(recs) != 2 || n != first+len(appendRecord(nil, outboxRec{Type: recQueued, Key: k, Seq: 1, Text: []byte("one")})) {
-		t.Fatalf("torn tail: %d records, good %d, err %v", len(recs), n, err)
+	for _, tt := range []struct {
+		textLen int
+		want    []int // frame lengths
+	}{
+		{1, []int{20}},
+		{1149, []int{1168}},
+		{1150, []int{1168, 20}},
+		{maxMessageText, []int{1168, 1168, 1168, 19 + 649}},
+	} {
+		m := &outMsg{seq: 1, text: strings.Repeat("x", tt.textLen)}
+		var got []int
+		for _, f := range appendFrames(nil, maxTransportPayload, 1, m) {
+			got = append(got, len(f))
+		}
+		if !slices.Equal(got, tt.want) {
+			t.Errorf("appendFrames(%d bytes) = frames of %v bytes, want %v", tt.textLen, got, tt.want)
+		}
+	}
+}
+
+// SPEC.md 5.4: the whole message is checked, and each run of bad bytes
+// becomes one U+FFFD.
+func TestInvalidUTF8OneReplacementPerRun(t *testing.T) {
+	for _, tt := range []struct {
+		name  string
+		frags []string
+		want  string
+	}{
+		{"valid, cut inside a sequence", []string{"\xc3", "\xbc"}, "ü"},
+		{"run of two bad bytes", []string{"a\xff\xfeb"}, "a\uFFFDb"},
+		{"cut-off sequence then a stray byte", []string{"a\xe2\x82", "\xffb"}, "a\uFFFDb"},
+		{"two runs", []string{"\xffa\xff"}, "\uFFFDa\uFFFD"},
+	} {
+		m := &inMsg{}
+		for _, f := range tt.frags {
+			m.frags = append(m.frags, []byte(f))
+		}
+		if got := m.text(); got != tt.want {
+			t.Errorf("%s: text(%q) = %q, want %q", tt.name, tt.frags, got, tt.want)
+		}
 	}
 }
