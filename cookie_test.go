@@ -1,0 +1,95 @@
+package main
+
+import (
+	"bytes"
+	"encoding/binary"
+	"testing"
+	"time"
+)
+
+func TestWrongMAC1CostsNoDH(t *testing.T) {
+	var n fakeNet
+	clock := newTestClock()
+	a, b := newTestPair(t, &n, clock, nil)
+	a.m.setEndpoint(b.id.public(), b.addr)
+	init := firstOfType(t, &n, packetInitiation)
+	tests := []struct {
+		name string
+		mut  func([]byte)
+	}{
+		{"flipped mac1", func(p []byte) { p[initiationOffMAC1] ^= 1 }},
+		{"flipped ephemeral", func(p []byte) { p[initiationOffEphemeral] ^= 1 }},
+		{"mac1 for another key", func(p []byte) {
+			k := mac1Key(a.id.public())
+			mac := keyedMAC(k[:], p[:initiationOffMAC1])
+			copy(p[initiationOffMAC1:], mac[:])
+		}},
+	}
+	for _, tt := range tests {
+		p := bytes.Clone(init.b)
+		tt.mut(p)
+		dh, bad := b.m.dh.n.Load(), b.m.stats.badMAC.Load()
+		b.m.handlePacket(a.addr, p)
+		if b.m.dh.n.Load() != dh || b.m.stats.badMAC.Load() != bad+1 || len(n.take()) != 0 {
+			t.Errorf("%s: dh ops %d, badMAC %d", tt.name, b.m.dh.n.Load()-dh, b.m.stats.badMAC.Load()-bad)
+		}
+	}
+	dh := b.m.dh.n.Load()
+	b.m.handlePacket(a.addr, init.b)
+	if got := b.m.dh.n.Load() - dh; got != 5 {
+		t.Errorf("a good initiation cost %d DH operations, want 5 (es, ss, e, ee, se)", got)
+	}
+}
+
+func TestCookieReplyUnderLoad(t *testing.T) {
+	var n fakeNet
+	clock := newTestClock()
+	fast := func(c *sessionConfig) { c.LoadThreshold = 1; c.RekeyTimeout = 100 * time.Millisecond }
+	a, b := newTestPair(t, &n, clock, fast)
+	c := newTestPeer(t, &n, clock, 3, 1003, fast)
+	befriend(b, c)
+	c.m.setEndpoint(b.id.public(), b.addr)
+	n.pump(t) // one handshake: b counts it, not yet loaded
+	a.m.setEndpoint(b.id.public(), b.addr)
+	init := firstOfType(t, &n, packetInitiation)
+	dh := b.m.dh.n.Load()
+	n.deliver(init) // second in this second: loaded, cookie reply
+	q := n.take()
+	if len(q) != 1 || q[0].b[0] != packetCookieReply || len(q[0].b) != cookieReplySize {
+		t.Fatalf("loaded responder sent %d packets, want one cookie reply", len(q))
+	}
+	if b.m.dh.n.Load() != dh {
+		t.Errorf("cookie reply cost %d DH operations", b.m.dh.n.Load()-dh)
+	}
+	n.deliver(q[0])
+	if !a.m.peers[b.id.public()].hasCookie {
+		t.Fatal("a did not accept the cookie")
+	}
+	clock.advance(200 * time.Millisecond)
+	a.m.tick() // retransmission, now with mac2
+	retry := firstOfType(t, &n, packetInitiation)
+	if bytes.Equal(retry.b[initiationOffMAC2:], make([]byte, macLen)) {
+		t.Fatal("retransmission has no mac2")
+	}
+	n.deliver(retry)
+	n.pump(t)
+	if !a.m.hasSession(b.id.public()) || b.m.stats.cookiesSent.Load() != 1 {
+		t.Errorf("session %v, cookies sent %d", a.m.hasSession(b.id.public()), b.m.stats.cookiesSent.Load())
+	}
+}
+
+func TestCookieReplyForgedIgnored(t *testing.T) {
+	var n fakeNet
+	a, b := newTestPair(t, &n, newTestClock(), nil)
+	a.m.setEndpoint(b.id.public(), b.addr)
+	init := firstOfType(t, &n, packetInitiation)
+	sender := binary.LittleEndian.Uint32(init.b[initiationOffSender:])
+	var wrongMAC1 [macLen]byte
+	b.m.sendCookieReply(a.addr, sender, wrongMAC1, [cookieLen]byte{1})
+	for _, p := range n.take() {
+		n.deliver(p)
+	}
+	if a.m.peers[b.id.public()].hasCookie || a.m.stats.handshakeFail.Load() != 1 {
+		t.Error("a accepted a cookie reply bound to another message")
+	}
+}
