@@ -239,10 +239,10 @@ func (s handshakeStage) String() string {
 	return fmt.Sprintf("stage(%d)", uint8(s))
 }
 
-// sessionHandshake is one IKpsk2 handshake with one peer.
-type sessionHandshake struct {
+// handshake is one IKpsk2 handshake with one peer.
+type handshake struct {
 	stage       handshakeStage
-	hs          handshakeState
+	hs          noiseHandshakeState
 	peer        publicKey // the remote static key
 	localIndex  uint32
 	remoteIndex uint32
@@ -253,7 +253,7 @@ type sessionHandshake struct {
 // there later without changing the wire format).
 var sessionPSK [noiseKeyLen]byte
 
-func (h *sessionHandshake) advance(from, to handshakeStage) error {
+func (h *handshake) advance(from, to handshakeStage) error {
 	if h.stage != from {
 		return fmt.Errorf("%w: %v -> %v from %v", errNoiseOrder, from, to, h.stage)
 	}
@@ -263,13 +263,13 @@ func (h *sessionHandshake) advance(from, to handshakeStage) error {
 
 // createInitiation writes "-> e, es, s, ss" with the timestamp as payload.
 // mac1 and mac2 are left zero for the caller.
-func (h *sessionHandshake) createInitiation(id *identity, peer publicKey, index uint32, ts [timestampLen]byte, rand io.Reader, dh *dhCounter) (initiationMsg, error) {
+func (h *handshake) createInitiation(id *identity, peer publicKey, index uint32, ts [timestampLen]byte, rand io.Reader, dh *dhCounter) (initiationMsg, error) {
 	if err := h.advance(stageZeroed, stageInitiationCreated); err != nil {
 		return initiationMsg{}, err
 	}
 	rs := [noiseDHLen]byte(peer)
-	h.hs.initialize(handshakeParams{pattern: &patternIKpsk2, initiator: true, prologue: []byte(sessionPrologue),
-		s: &id.kp, rs: &rs, psk: sessionPSK, rand: rand, dh: dh})
+	h.hs.initialize(noiseHandshakeParams{pattern: &patternIKpsk2, initiator: true, prologue: []byte(sessionPrologue),
+		s: &id.keys, rs: &rs, psk: sessionPSK, rand: rand, dh: dh})
 	h.peer, h.localIndex, h.timestamp = peer, index, ts
 	var buf [initiationOffMAC1 - initiationOffEphemeral]byte
 	// e, es, s, ss, then the encrypted timestamp.
@@ -286,12 +286,12 @@ func (h *sessionHandshake) createInitiation(id *identity, peer publicKey, index 
 
 // consumeInitiation reads "-> e, es, s, ss" and the timestamp. It learns
 // the initiator's static key; the caller decides whether it is a contact.
-func (h *sessionHandshake) consumeInitiation(id *identity, m *initiationMsg, dh *dhCounter) error {
+func (h *handshake) consumeInitiation(id *identity, m *initiationMsg, dh *dhCounter) error {
 	if err := h.advance(stageZeroed, stageInitiationConsumed); err != nil {
 		return err
 	}
-	h.hs.initialize(handshakeParams{pattern: &patternIKpsk2, prologue: []byte(sessionPrologue),
-		s: &id.kp, psk: sessionPSK, dh: dh})
+	h.hs.initialize(noiseHandshakeParams{pattern: &patternIKpsk2, prologue: []byte(sessionPrologue),
+		s: &id.keys, psk: sessionPSK, dh: dh})
 	var msg [initiationOffMAC1 - initiationOffEphemeral]byte
 	copy(msg[:], m.ephemeral[:])
 	copy(msg[noiseDHLen:], m.static[:])
@@ -306,7 +306,7 @@ func (h *sessionHandshake) consumeInitiation(id *identity, m *initiationMsg, dh 
 }
 
 // createResponse writes "<- e, ee, se, psk" with an empty payload.
-func (h *sessionHandshake) createResponse(index uint32, rand io.Reader) (responseMsg, error) {
+func (h *handshake) createResponse(index uint32, rand io.Reader) (responseMsg, error) {
 	if err := h.advance(stageInitiationConsumed, stageResponseCreated); err != nil {
 		return responseMsg{}, err
 	}
@@ -324,7 +324,7 @@ func (h *sessionHandshake) createResponse(index uint32, rand io.Reader) (respons
 }
 
 // consumeResponse reads "<- e, ee, se, psk" and its empty payload.
-func (h *sessionHandshake) consumeResponse(m *responseMsg) error {
+func (h *handshake) consumeResponse(m *responseMsg) error {
 	if err := h.advance(stageInitiationCreated, stageResponseConsumed); err != nil {
 		return err
 	}
@@ -347,7 +347,7 @@ func (h *sessionHandshake) consumeResponse(m *responseMsg) error {
 
 // beginSession splits and erases the handshake: send and receive keys from
 // this side's point of view.
-func (h *sessionHandshake) beginSession() (send, recv [noiseKeyLen]byte, err error) {
+func (h *handshake) beginSession() (send, recv [noiseKeyLen]byte, err error) {
 	initiator := h.stage == stageResponseConsumed
 	if h.stage != stageResponseConsumed && h.stage != stageResponseCreated {
 		return send, recv, fmt.Errorf("%w: split in stage %v", errNoiseOrder, h.stage)
@@ -360,7 +360,7 @@ func (h *sessionHandshake) beginSession() (send, recv [noiseKeyLen]byte, err err
 	return k2, k1, nil
 }
 
-func (h *sessionHandshake) erase() {
+func (h *handshake) erase() {
 	h.hs.erase()
 	h.stage = stageDone
 }

@@ -13,6 +13,7 @@ import (
 	"net/netip"
 	"os"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -102,7 +103,7 @@ func FuzzHandshake(f *testing.F) {
 
 // benchHandshake runs one full IKpsk2 handshake, both sides, in process.
 func benchHandshake(b *testing.B, ia, ib *identity) {
-	var hi, hr sessionHandshake
+	var hi, hr handshake
 	init, err := hi.createInitiation(ia, ib.public(), 1, tai64n(time.Now()), cryptorand.Reader, nil)
 	if err != nil {
 		b.Fatal(err)
@@ -149,9 +150,9 @@ func BenchmarkHandshake(b *testing.B) {
 			}
 			for i := range 8 {
 				pub, _ := x25519.NewPublicKey(pubs[i%2])
-				priv := ia.kp.priv
+				priv := ia.keys.priv
 				if i%2 == 1 {
-					priv = ib.kp.priv
+					priv = ib.keys.priv
 				}
 				priv.ECDH(pub)
 			}
@@ -250,7 +251,7 @@ func identityVector(t *testing.T) map[string]string {
 	ini := testIdentity(t, 0x10)
 	good := ini.public().String()
 	sub := []byte(good)
-	sub[20] = idAlphabet[(indexByte(idAlphabet, sub[20])+1)%32]
+	sub[20] = idAlphabet[(strings.IndexByte(idAlphabet, sub[20])+1)%32]
 	swap := []byte(good)
 	i := 30
 	for swap[i] == swap[i+1] {
@@ -263,7 +264,7 @@ func identityVector(t *testing.T) map[string]string {
 		}
 	}
 	return map[string]string{
-		"private": hex.EncodeToString(seqBytes(0x10, 32)), "public": hex.EncodeToString(ini.kp.pub[:]),
+		"private": hex.EncodeToString(seqBytes(0x10, 32)), "public": hex.EncodeToString(ini.keys.pub[:]),
 		"text": good, "substituted": string(sub), "swapped": string(swap),
 	}
 }
@@ -275,7 +276,7 @@ func handshakeVector(t *testing.T) (map[string]string, []byte, [macLen]byte) {
 	ini, res := testIdentity(t, 0x10), testIdentity(t, 0x40)
 	ts := tai64n(time.Date(2026, 1, 2, 3, 4, 5, 600000000, time.UTC))
 	iEph, rEph := seqBytes(0x70, 32), seqBytes(0xa0, 32)
-	var hi, hr sessionHandshake
+	var hi, hr handshake
 	init, err := hi.createInitiation(ini, res.public(), 0x11223344, ts, &fixedReader{[][]byte{bytes.Clone(iEph)}}, nil)
 	if err != nil {
 		t.Fatal(err)
@@ -313,9 +314,9 @@ func handshakeVector(t *testing.T) (map[string]string, []byte, [macLen]byte) {
 		"prologue":              hx([]byte(sessionPrologue)),
 		"psk":                   hx(sessionPSK[:]),
 		"initiator_static":      hx(seqBytes(0x10, 32)),
-		"initiator_public":      hx(ini.kp.pub[:]),
+		"initiator_public":      hx(ini.keys.pub[:]),
 		"responder_static":      hx(seqBytes(0x40, 32)),
-		"responder_public":      hx(res.kp.pub[:]),
+		"responder_public":      hx(res.keys.pub[:]),
 		"initiator_ephemeral":   hx(iEph),
 		"responder_ephemeral":   hx(rEph),
 		"timestamp":             hx(ts[:]),
@@ -395,7 +396,7 @@ func TestSpecVectors(t *testing.T) {
 func TestHandshakeStepsInOrder(t *testing.T) {
 	ia, ib := testIdentity(t, 1), testIdentity(t, 2)
 	rnd := mrand.NewChaCha8([32]byte{7})
-	var hi, hr sessionHandshake
+	var hi, hr handshake
 	if err := hi.consumeResponse(&responseMsg{}); !errors.Is(err, errNoiseOrder) {
 		t.Errorf("consumeResponse before createInitiation: %v", err)
 	}
@@ -442,8 +443,8 @@ func TestHandshakeStepsInOrder(t *testing.T) {
 		}
 	}
 	// The generic core refuses to write when it should read, and vice versa.
-	var hs handshakeState
-	hs.initialize(handshakeParams{pattern: &patternNN, prologue: nil, rand: rnd})
+	var hs noiseHandshakeState
+	hs.initialize(noiseHandshakeParams{pattern: &patternNN, prologue: nil, rand: rnd})
 	if _, err := hs.writeMessage(nil, nil); !errors.Is(err, errNoiseOrder) {
 		t.Errorf("responder writing first: %v", err)
 	}

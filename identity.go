@@ -118,7 +118,7 @@ func parsePublicKey(s string) (publicKey, error) {
 	}
 	sym := make([]byte, 0, idKeySymbols+idCheckSymbols)
 	for i := len(idPrefix); i < len(s); i++ {
-		v := indexByte(idAlphabet, s[i])
+		v := strings.IndexByte(idAlphabet, s[i])
 		if v < 0 {
 			return publicKey{}, fmt.Errorf("%w %q at position %d (use a-z and 2-7, lowercase)", errIDChar, s[i], i+1)
 		}
@@ -148,15 +148,6 @@ func parsePublicKey(s string) (publicKey, error) {
 	return k, nil
 }
 
-func indexByte(s string, c byte) int {
-	for i := 0; i < len(s); i++ {
-		if s[i] == c {
-			return i
-		}
-	}
-	return -1
-}
-
 // lowOrderProbe is any fixed scalar: X25519 clamps it to a multiple of the
 // cofactor, so a low-order point gives zero with it as with every key.
 var lowOrderProbe = [noiseDHLen]byte{1}
@@ -173,7 +164,7 @@ func isLowOrder(k publicKey) bool {
 
 // identity is the long-term X25519 key pair of this user.
 type identity struct {
-	kp keyPair
+	keys dhKeys
 }
 
 // identityFile is the name of the key file in the data directory.
@@ -190,11 +181,11 @@ const identityHeader = "kadchat identity v1"
 
 var errIdentityCorrupt = errors.New("identity: corrupt key file")
 
-func (id *identity) public() publicKey { return id.kp.pub }
+func (id *identity) public() publicKey { return id.keys.pub }
 
 // staticSecret is X25519(s, peer); an all-zero result is an error.
 func (id *identity) staticSecret(peer publicKey) ([32]byte, error) {
-	out, err := noiseDH(nil, id.kp.priv, peer)
+	out, err := noiseDH(nil, id.keys.priv, peer)
 	if err != nil {
 		return out, fmt.Errorf("identity: %w", err)
 	}
@@ -202,7 +193,7 @@ func (id *identity) staticSecret(peer publicKey) ([32]byte, error) {
 }
 
 func (id *identity) marshal() []byte {
-	return fmt.Appendf(nil, "%s\nprivate %x\npublic %s\n", identityHeader, id.kp.priv.Bytes(), id.public())
+	return fmt.Appendf(nil, "%s\nprivate %x\npublic %s\n", identityHeader, id.keys.priv.Bytes(), id.public())
 }
 
 // parseIdentity parses the key file strictly.
@@ -218,11 +209,11 @@ func parseIdentity(b []byte) (*identity, error) {
 		return nil, fmt.Errorf("%w: bad private key line", errIdentityCorrupt)
 	}
 	defer wipe(priv)
-	kp, err := newKeyPair(priv)
+	keys, err := newDHKeys(priv)
 	if err != nil {
 		return nil, fmt.Errorf("%w: %v", errIdentityCorrupt, err)
 	}
-	id := &identity{kp: kp}
+	id := &identity{keys: keys}
 	if pub, err := parsePublicKey(pubText); err != nil || pub != id.public() {
 		return nil, fmt.Errorf("%w: public key does not match the private key", errIdentityCorrupt)
 	}
@@ -248,11 +239,11 @@ func loadOrCreateIdentity(dir string, rand io.Reader) (*identity, error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, fmt.Errorf("identity: %w", err)
 	}
-	kp, err := generateKeyPair(rand)
+	keys, err := generateDHKeys(rand)
 	if err != nil {
 		return nil, fmt.Errorf("identity: %w", err)
 	}
-	id := &identity{kp: kp}
+	id := &identity{keys: keys}
 	data := id.marshal()
 	defer wipe(data)
 	if err := writeFileAtomic(path, data, 0o600); err != nil {

@@ -21,7 +21,7 @@ func seqBytes(start byte, n int) []byte {
 func testKeys(t testing.TB, n int) []publicKey {
 	var out []publicKey
 	for i := range n {
-		kp, err := newKeyPair(seqBytes(byte(40*i), 32))
+		kp, err := newDHKeys(seqBytes(byte(40*i), 32))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -125,7 +125,7 @@ func TestPublicKeyLowOrder(t *testing.T) {
 		if _, err := parsePublicKey(k.String()); !errors.Is(err, errIDLowOrder) {
 			t.Errorf("low-order %s: err = %v, want %v", h, err, errIDLowOrder)
 		}
-		id := &identity{kp: *vectorKeyPair(t, seqBytes(1, 32))}
+		id := &identity{keys: *vectorDHKeys(t, seqBytes(1, 32))}
 		if _, err := id.staticSecret(k); err == nil {
 			t.Errorf("staticSecret(%s) succeeded", h)
 		}

@@ -144,11 +144,11 @@ func loadFlynnVectors(t *testing.T) []noiseVector {
 	return out
 }
 
-func vectorKeyPair(t *testing.T, priv []byte) *keyPair {
+func vectorDHKeys(t *testing.T, priv []byte) *dhKeys {
 	if priv == nil {
 		return nil
 	}
-	kp, err := newKeyPair(priv)
+	kp, err := newDHKeys(priv)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -160,12 +160,12 @@ func vectorKeyPair(t *testing.T, priv []byte) *keyPair {
 func runNoiseVector(t *testing.T, v noiseVector) {
 	p := noisePatterns[v.protocol]
 	var psk [noiseKeyLen]byte
-	var init, resp handshakeState
-	ip := handshakeParams{pattern: p, initiator: true, prologue: v.initPrologue, s: vectorKeyPair(t, v.initStatic),
+	var init, resp noiseHandshakeState
+	ip := noiseHandshakeParams{pattern: p, initiator: true, prologue: v.initPrologue, s: vectorDHKeys(t, v.initStatic),
 		rand: bytes.NewReader(v.initEphemeral)}
 	copy(psk[:], v.initPSK)
 	ip.psk = psk
-	rp := handshakeParams{pattern: p, prologue: v.respPrologue, s: vectorKeyPair(t, v.respStatic),
+	rp := noiseHandshakeParams{pattern: p, prologue: v.respPrologue, s: vectorDHKeys(t, v.respStatic),
 		rand: bytes.NewReader(v.respEphemeral)}
 	copy(psk[:], v.respPSK)
 	rp.psk = psk

@@ -127,8 +127,8 @@ type peer struct {
 	cookieKey [32]byte // for cookie replies it sends us
 	endpoint  netip.AddrPort
 
-	hs          *sessionHandshake // our pending initiation, nil if none
-	hsStarted   time.Time         // first attempt of the pending handshake
+	hs          *handshake // our pending initiation, nil if none
+	hsStarted   time.Time  // first attempt of the pending handshake
 	hsLastSent  time.Time
 	lastMAC1    [macLen]byte // of the last handshake message we sent it
 	hasLastMAC1 bool
@@ -268,7 +268,7 @@ func (m *sessionManager) handleInitiation(from netip.AddrPort, b []byte) {
 	if !m.checkMACs(from, b, initiationOffMAC1, initiationOffMAC2, msg.sender) {
 		return
 	}
-	h := &sessionHandshake{}
+	h := &handshake{}
 	if err := h.consumeInitiation(m.cfg.Identity, &msg, &m.dh); err != nil {
 		m.stats.handshakeFail.Add(1)
 		m.debug("initiation", from, err)
@@ -293,7 +293,7 @@ func (m *sessionManager) handleInitiation(from netip.AddrPort, b []byte) {
 // respond applies the per-peer rules to an authenticated initiation and
 // returns what to send back: the response, or, when the simultaneous-open
 // rule keeps our own initiation and the peer has moved, that initiation.
-func (m *sessionManager) respond(from netip.AddrPort, h *sessionHandshake) ([]byte, error) {
+func (m *sessionManager) respond(from netip.AddrPort, h *handshake) ([]byte, error) {
 	now := m.cfg.Now()
 	m.mu.Lock()
 	defer m.mu.Unlock()
@@ -656,7 +656,7 @@ func (m *sessionManager) initiateLocked(p *peer, now time.Time) []byte {
 		m.debug("initiate", p.endpoint, err)
 		return nil
 	}
-	h := &sessionHandshake{}
+	h := &handshake{}
 	ts := nextTimestamp(now, p.lastSentTS)
 	msg, err := h.createInitiation(m.cfg.Identity, p.key, idx, ts, m.cfg.Rand, &m.dh)
 	if err != nil {

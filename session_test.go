@@ -105,11 +105,11 @@ func (p *testPeer) delivered() []string {
 }
 
 func testIdentity(t testing.TB, seed byte) *identity {
-	kp, err := newKeyPair(seqBytes(seed, 32))
+	kp, err := newDHKeys(seqBytes(seed, 32))
 	if err != nil {
 		t.Fatal(err)
 	}
-	return &identity{kp: kp}
+	return &identity{keys: kp}
 }
 
 // newTestPeer makes a manager with identity seed on the fake network.
@@ -153,7 +153,7 @@ func befriend(a, b *testPeer) {
 func newTestPair(t testing.TB, n *fakeNet, clock *testClock, tweak func(*sessionConfig)) (a, b *testPeer) {
 	a = newTestPeer(t, n, clock, 1, 1001, tweak)
 	b = newTestPeer(t, n, clock, 2, 1002, tweak)
-	if bytes.Compare(a.id.kp.pub[:], b.id.kp.pub[:]) > 0 {
+	if bytes.Compare(a.id.keys.pub[:], b.id.keys.pub[:]) > 0 {
 		a, b = b, a
 	}
 	befriend(a, b)
