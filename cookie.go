@@ -1,21 +1,26 @@
-// Cookies under load (SPEC.md 4.5).
-
+// Cookies under load (SPEC.md 4.5), as WireGuard's device/cookie.go.
+//
+// Flow, receiving: every handshake message sent to us passes the
+// cookieChecker first: mac1 proves the sender knows our public key; the
+// checker counts those messages, and under load mac2 must carry the cookie
+// of the source address, or the sender gets a cookie reply instead of any
+// Diffie-Hellman work. Sending: each peer's cookieGenerator puts mac1 (and,
+// with a fresh cookie from that peer, mac2) on the handshake messages we
+// send it, and takes the cookie out of a cookie reply to the last of them.
 package main
 
 import (
 	"crypto/hmac"
 	"encoding/binary"
+	"errors"
 	"io"
 	"net/netip"
+	"sync"
 	"time"
 
 	"golang.org/x/crypto/blake2s"
 	"golang.org/x/crypto/chacha20poly1305"
 )
-
-// MACs and cookies (SPEC.md 4.5), as WireGuard: mac1 proves the sender knows
-// the receiver's public key; mac2 proves, under load, that it can receive at
-// its source address.
 
 // keyedMAC is MAC(key, data...) = keyed BLAKE2s with a 16-byte output.
 func keyedMAC(key []byte, data ...[]byte) [macLen]byte {
@@ -40,85 +45,166 @@ func addrBytes(a netip.AddrPort) []byte {
 	return binary.BigEndian.AppendUint16(ip, a.Port())
 }
 
-// checkMACs runs before any DH work: mac1 must be right; under load mac2
-// must be too, or the sender gets a cookie reply instead. It reports
-// whether to go on.
-func (m *sessionManager) checkMACs(from netip.AddrPort, b []byte, offMAC1, offMAC2 int, sender uint32) bool {
-	mac1 := keyedMAC(m.mac1Key[:], b[:offMAC1])
-	if !hmac.Equal(mac1[:], b[offMAC1:offMAC2]) {
-		m.stats.badMAC.Add(1)
-		m.debug("bad mac1", from, nil)
-		return false
+// cookieChecker checks the MACs of handshake messages sent to us and makes
+// the cookies and cookie replies for them. It is safe for concurrent use.
+type cookieChecker struct {
+	mac1Key   [32]byte // for messages sent to us
+	cookieKey [32]byte // for cookie replies we send
+	threshold int      // mac1-valid handshake messages per second before load
+	rand      io.Reader
+
+	mu        sync.Mutex
+	secret    [32]byte // R
+	secretAge time.Time
+	loadStart time.Time // start of the current one-second window
+	loadCount int
+	loadUntil time.Time
+}
+
+func newCookieChecker(self publicKey, threshold int, rand io.Reader) *cookieChecker {
+	return &cookieChecker{mac1Key: mac1Key(self), cookieKey: cookieKeyOf(self), threshold: threshold, rand: rand}
+}
+
+// checkMAC1 reports whether b's mac1 field (at offMAC1, 16 bytes) is right,
+// and returns the mac1 a cookie reply would be bound to.
+func (c *cookieChecker) checkMAC1(b []byte, offMAC1 int) ([macLen]byte, bool) {
+	mac1 := keyedMAC(c.mac1Key[:], b[:offMAC1])
+	return mac1, hmac.Equal(mac1[:], b[offMAC1:offMAC1+macLen])
+}
+
+// underLoad counts a handshake message that passed mac1 and reports
+// whether we are under load: more than threshold of them in the current
+// one-second window puts us under load for the next second. The window
+// starts at the first message counted after the previous one ended. Under
+// load it also returns the cookie of from; err reports a failure to renew
+// the secret R, which is then used as it is.
+func (c *cookieChecker) underLoad(now time.Time, from netip.AddrPort) (cookie [cookieLen]byte, loaded bool, err error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if now.Sub(c.loadStart) >= time.Second || now.Before(c.loadStart) {
+		c.loadStart, c.loadCount = now, 0
 	}
-	now := m.cfg.Now()
-	m.mu.Lock()
-	loaded := m.underLoadLocked(now)
-	var cookie [cookieLen]byte
-	if loaded {
-		cookie = m.cookieLocked(now, from)
+	c.loadCount++
+	if c.loadCount > c.threshold {
+		c.loadUntil = now.Add(time.Second)
 	}
-	m.mu.Unlock()
-	if !loaded {
-		return true
+	if !now.Before(c.loadUntil) {
+		return cookie, false, nil
 	}
+	// The cookie is MAC(R, source address) with a secret R that changes
+	// every cookieRefreshTime.
+	if c.secretAge.IsZero() || now.Sub(c.secretAge) >= cookieRefreshTime {
+		_, err = io.ReadFull(c.rand, c.secret[:])
+		c.secretAge = now
+	}
+	return keyedMAC(c.secret[:], addrBytes(from)), true, err
+}
+
+// checkMAC2 reports whether b's mac2 field (at offMAC2) carries cookie.
+func checkMAC2(cookie [cookieLen]byte, b []byte, offMAC2 int) bool {
 	mac2 := keyedMAC(cookie[:], b[:offMAC2])
-	if hmac.Equal(mac2[:], b[offMAC2:offMAC2+macLen]) {
-		return true
-	}
-	m.sendCookieReply(from, sender, mac1, cookie)
-	return false
+	return hmac.Equal(mac2[:], b[offMAC2:offMAC2+macLen])
 }
 
-// underLoadLocked counts a handshake message that passed mac1 and reports
-// whether we are under load: more than LoadThreshold in the current second
-// puts us under load for the next second.
-func (m *sessionManager) underLoadLocked(now time.Time) bool {
-	if now.Sub(m.loadStart) >= time.Second || now.Before(m.loadStart) {
-		m.loadStart, m.loadCount = now, 0
-	}
-	m.loadCount++
-	if m.loadCount > m.cfg.LoadThreshold {
-		m.loadUntil = now.Add(time.Second)
-	}
-	return now.Before(m.loadUntil)
-}
-
-// cookieLocked is MAC(R, source address) with a secret R that changes every
-// cookieRefreshTime.
-func (m *sessionManager) cookieLocked(now time.Time, from netip.AddrPort) [cookieLen]byte {
-	if m.cookieSecretAge.IsZero() || now.Sub(m.cookieSecretAge) >= cookieRefreshTime {
-		if _, err := io.ReadFull(m.cfg.Rand, m.cookieSecret[:]); err != nil {
-			m.debug("cookie secret", from, err)
-		}
-		m.cookieSecretAge = now
-	}
-	return keyedMAC(m.cookieSecret[:], addrBytes(from))
-}
-
-func (m *sessionManager) sendCookieReply(to netip.AddrPort, receiver uint32, mac1 [macLen]byte, cookie [cookieLen]byte) {
+// createReply seals cookie for the sender of the message with index
+// receiver, bound to that message's mac1.
+func (c *cookieChecker) createReply(receiver uint32, mac1 [macLen]byte, cookie [cookieLen]byte) (cookieReplyMsg, error) {
 	r := cookieReplyMsg{receiver: receiver}
-	if _, err := io.ReadFull(m.cfg.Rand, r.nonce[:]); err != nil {
-		m.debug("cookie nonce", to, err)
-		return
+	if _, err := io.ReadFull(c.rand, r.nonce[:]); err != nil {
+		return cookieReplyMsg{}, err
 	}
-	aead, _ := chacha20poly1305.NewX(m.cookieKey[:])
+	aead, _ := chacha20poly1305.NewX(c.cookieKey[:])
 	aead.Seal(r.cookie[:0], r.nonce[:], cookie[:], mac1[:])
-	m.stats.cookiesSent.Add(1)
-	m.sendRaw(to, r.appendTo(nil))
+	return r, nil
 }
 
-// setMACsLocked fills mac1 (and mac2 if we hold a fresh cookie from p) of
-// a handshake message we send to p, and remembers mac1 for a cookie reply.
-func (m *sessionManager) setMACsLocked(p *peer, b []byte, offMAC1, offMAC2 int, now time.Time) {
-	mac1 := keyedMAC(p.mac1Key[:], b[:offMAC1])
+// cookieGenerator is the sending side towards one peer: it fills the MACs
+// of the handshake messages we send the peer and keeps the cookie the peer
+// last gave us. Guarded by the manager's mu.
+type cookieGenerator struct {
+	mac1Key     [32]byte     // for messages we send to the peer
+	cookieKey   [32]byte     // for cookie replies the peer sends us
+	lastMAC1    [macLen]byte // of the last handshake message we sent it
+	hasLastMAC1 bool
+	cookie      [cookieLen]byte
+	cookieTime  time.Time
+	hasCookie   bool
+}
+
+func newCookieGenerator(peer publicKey) cookieGenerator {
+	return cookieGenerator{mac1Key: mac1Key(peer), cookieKey: cookieKeyOf(peer)}
+}
+
+// Errors of consumeReply; the caller counts them apart.
+var (
+	errCookieUnexpected = errors.New("session: cookie reply to no message we sent")
+	errCookieDecrypt    = errors.New("session: cookie reply did not authenticate")
+)
+
+// addMACs fills mac1 of a handshake message b we send, and mac2 if we hold
+// a cookie younger than cookieRefreshTime - rekeyTimeout (so it cannot
+// expire in flight), and remembers mac1 for a cookie reply.
+func (g *cookieGenerator) addMACs(b []byte, offMAC1, offMAC2 int, now time.Time, rekeyTimeout time.Duration) {
+	mac1 := keyedMAC(g.mac1Key[:], b[:offMAC1])
 	copy(b[offMAC1:], mac1[:])
-	p.lastMAC1, p.hasLastMAC1 = mac1, true
-	if p.hasCookie && now.Sub(p.cookieTime) < cookieRefreshTime-m.cfg.RekeyTimeout {
-		mac2 := keyedMAC(p.cookie[:], b[:offMAC2])
+	g.lastMAC1, g.hasLastMAC1 = mac1, true
+	if g.hasCookie && now.Sub(g.cookieTime) < cookieRefreshTime-rekeyTimeout {
+		mac2 := keyedMAC(g.cookie[:], b[:offMAC2])
 		copy(b[offMAC2:], mac2[:])
 	} else {
 		clear(b[offMAC2 : offMAC2+macLen])
 	}
+}
+
+// consumeReply stores the cookie of a reply that authenticates against the
+// mac1 we last sent; one cookie reply per message we sent.
+func (g *cookieGenerator) consumeReply(msg *cookieReplyMsg, now time.Time) error {
+	if !g.hasLastMAC1 {
+		return errCookieUnexpected
+	}
+	aead, _ := chacha20poly1305.NewX(g.cookieKey[:])
+	var cookie [cookieLen]byte
+	if _, err := aead.Open(cookie[:0], msg.nonce[:], msg.cookie[:], g.lastMAC1[:]); err != nil {
+		return errCookieDecrypt
+	}
+	g.cookie, g.cookieTime, g.hasCookie = cookie, now, true
+	g.hasLastMAC1 = false
+	return nil
+}
+
+// expire erases a cookie older than cookieRefreshTime.
+func (g *cookieGenerator) expire(now time.Time) {
+	if g.hasCookie && now.Sub(g.cookieTime) >= cookieRefreshTime {
+		wipe(g.cookie[:])
+		g.hasCookie = false
+	}
+}
+
+// checkMACs runs before any DH work: mac1 must be right; under load mac2
+// must be too, or the sender gets a cookie reply instead. It reports
+// whether to go on.
+func (m *sessionManager) checkMACs(from netip.AddrPort, b []byte, offMAC1, offMAC2 int, sender uint32) bool {
+	mac1, ok := m.cookies.checkMAC1(b, offMAC1)
+	if !ok {
+		m.stats.badMAC.Add(1)
+		m.debug("bad mac1", from, nil)
+		return false
+	}
+	cookie, loaded, err := m.cookies.underLoad(m.cfg.Now(), from)
+	if err != nil {
+		m.debug("cookie secret", from, err)
+	}
+	if !loaded || checkMAC2(cookie, b, offMAC2) {
+		return true
+	}
+	r, err := m.cookies.createReply(sender, mac1, cookie)
+	if err != nil {
+		m.debug("cookie nonce", from, err)
+		return false
+	}
+	m.stats.cookiesSent.Add(1)
+	m.sendRaw(r.appendTo(nil), from)
+	return false
 }
 
 // handleCookieReply stores the cookie for the next handshake message to
@@ -133,20 +219,15 @@ func (m *sessionManager) handleCookieReply(from netip.AddrPort, b []byte) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	e, ok := m.index[msg.receiver]
-	if !ok || !e.peer.hasLastMAC1 {
+	if !ok {
 		m.stats.unknownIndex.Add(1)
 		return
 	}
-	p := e.peer
-	aead, _ := chacha20poly1305.NewX(p.cookieKey[:])
-	var cookie [cookieLen]byte
-	if _, err := aead.Open(cookie[:0], msg.nonce[:], msg.cookie[:], p.lastMAC1[:]); err != nil {
+	switch err := e.peer.cookies.consumeReply(&msg, m.cfg.Now()); {
+	case errors.Is(err, errCookieUnexpected):
+		m.stats.unknownIndex.Add(1)
+	case err != nil:
 		m.stats.handshakeFail.Add(1)
 		m.debug("cookie reply", from, err)
-		return
 	}
-	p.cookie, p.cookieTime, p.hasCookie = cookie, m.cfg.Now(), true
-	p.hasLastMAC1 = false // one cookie reply per message we sent
 }
-
-// handleTransport authenticates a transport packet and delivers it. It

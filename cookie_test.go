@@ -62,7 +62,7 @@ func TestCookieReplyUnderLoad(t *testing.T) {
 		t.Errorf("cookie reply cost %d DH operations", b.m.dh.n.Load()-dh)
 	}
 	n.deliver(q[0])
-	if !a.m.peers[b.id.public()].hasCookie {
+	if !a.m.peers[b.id.public()].cookies.hasCookie {
 		t.Fatal("a did not accept the cookie")
 	}
 	clock.advance(200 * time.Millisecond)
@@ -85,11 +85,15 @@ func TestCookieReplyForgedIgnored(t *testing.T) {
 	init := firstOfType(t, &n, packetInitiation)
 	sender := binary.LittleEndian.Uint32(init.b[initiationOffSender:])
 	var wrongMAC1 [macLen]byte
-	b.m.sendCookieReply(a.addr, sender, wrongMAC1, [cookieLen]byte{1})
+	r, err := b.m.cookies.createReply(sender, wrongMAC1, [cookieLen]byte{1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	b.m.sendRaw(r.appendTo(nil), a.addr)
 	for _, p := range n.take() {
 		n.deliver(p)
 	}
-	if a.m.peers[b.id.public()].hasCookie || a.m.stats.handshakeFail.Load() != 1 {
+	if a.m.peers[b.id.public()].cookies.hasCookie || a.m.stats.handshakeFail.Load() != 1 {
 		t.Error("a accepted a cookie reply bound to another message")
 	}
 }

@@ -475,7 +475,7 @@ func TestDroppedInitiationCannotBeReplayed(t *testing.T) {
 	evil := netip.MustParseAddrPort("10.6.6.6:6666")
 	n.deliver(fakePacket{from: evil, to: a.addr, b: bInit})
 	a.m.mu.Lock()
-	ep := a.m.peers[b.id.public()].endpoint
+	ep := a.m.peers[b.id.public()].addrs.endpoint
 	a.m.mu.Unlock()
 	if ep != b.addr {
 		t.Fatalf("endpoint %v after a replayed initiation, want %v", ep, b.addr)

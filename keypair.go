@@ -52,9 +52,9 @@ func newKeypair(send, recv [noiseKeyLen]byte, local, remote uint32, initiator bo
 	return &keypair{send: s, recv: r, localIndex: local, remoteIndex: remote, initiator: initiator, created: now}
 }
 
-// seal appends a whole transport packet carrying p to dst[:0]; dst should
-// have room for len(p)+32 bytes so nothing is allocated.
-func (kp *keypair) seal(dst, p []byte) ([]byte, error) {
+// seal appends a whole transport packet carrying payload to dst[:0]; dst should
+// have room for len(payload)+32 bytes so nothing is allocated.
+func (kp *keypair) seal(dst, payload []byte) ([]byte, error) {
 	n := kp.sendCounter.Add(1) - 1
 	if n >= rejectAfterMessages {
 		return nil, errKeypairExpired
@@ -68,7 +68,7 @@ func (kp *keypair) seal(dst, p []byte) ([]byte, error) {
 		return nil, errKeypairExpired
 	}
 	kp.sendNonce = noiseNonce(n)
-	return kp.send.Seal(dst, kp.sendNonce[:], p, nil), nil
+	return kp.send.Seal(dst, kp.sendNonce[:], payload, nil), nil
 }
 
 // open authenticates m and returns its plaintext appended to dst[:0]. The

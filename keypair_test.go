@@ -70,7 +70,7 @@ func TestTransportZeroAllocs(t *testing.T) {
 	if allocs != 0 {
 		t.Errorf("handlePacket (rejected): %v allocations per packet", allocs)
 	}
-	kp := a.m.peers[b.id.public()].current
+	kp := a.m.peers[b.id.public()].keypairs.current
 	good := make([][]byte, 101)
 	for i := range good {
 		good[i], _ = kp.seal(nil, payload)

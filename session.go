@@ -1,5 +1,15 @@
-// The session manager (SPEC.md 4.6-4.8).
-
+// The session manager (SPEC.md 4.2, 4.6-4.8): dispatch, simultaneous open,
+// rotation, the send queue and a peer's addresses.
+//
+// Flow: Node hands every session packet to handlePacket, which dispatches
+// on the type. An initiation that passes the cookie checker (cookie.go) and
+// the Noise message (handshake.go) is answered with a response, and its new
+// keypair waits as "next" until the initiator's first packet confirms it; a
+// response completes our own initiation and its keypair becomes current at
+// once. Transport packets are opened on the keypair their receiver index
+// names and delivered. send seals on the current keypair, or queues the
+// payload and starts a handshake to the peer's endpoint and candidates;
+// timers.go resends, rekeys and expires.
 package main
 
 import (
@@ -17,8 +27,6 @@ import (
 	"sync/atomic"
 	"time"
 )
-
-// The session manager (SPEC.md 4.6-4.8): peers, indices, timers.
 
 // Default timers, as WireGuard's (SPEC.md 4.7). sessionConfig fields of the
 // same names override them (tests shorten them).
@@ -120,38 +128,179 @@ type sessionStats struct {
 	delivered     atomic.Uint64
 }
 
-// peer is everything we hold about one contact. Guarded by the manager's mu.
+// peer is everything we hold about one contact, in one small struct per
+// concern. Guarded by the manager's mu.
 type peer struct {
-	key       publicKey
-	mac1Key   [32]byte // for messages we send to it
-	cookieKey [32]byte // for cookie replies it sends us
-	endpoint  netip.AddrPort
+	key      publicKey
+	cookies  cookieGenerator // MACs of what we send it, its cookie replies
+	inits    peerInitiations // handshakes: ours pending, timestamps both ways
+	keypairs peerKeypairs
+	addrs    peerAddrs
+	queue    sendQueue
+	timers   peerTimers
+}
 
-	hs          *handshake // our pending initiation, nil if none
-	hsStarted   time.Time  // first attempt of the pending handshake
-	hsLastSent  time.Time
-	lastMAC1    [macLen]byte // of the last handshake message we sent it
-	hasLastMAC1 bool
-	cookie      [cookieLen]byte
-	cookieTime  time.Time
-	hasCookie   bool
+// peerInitiations holds our pending initiation to a peer and the
+// timestamps that order initiations in each direction.
+type peerInitiations struct {
+	pending  *handshake // our pending initiation, nil if none
+	started  time.Time  // first attempt of the pending handshake
+	lastSent time.Time  // last (re)send of it
+	packet   []byte     // its bytes, to send to a new candidate at once
+	sentTS   [timestampLen]byte
+	recvTS   [timestampLen]byte // greatest accepted from the peer
+}
 
-	lastTimestamp [timestampLen]byte // greatest accepted from it
-	lastSentTS    [timestampLen]byte
-	lastSend      time.Time
+// erasePending forgets our pending initiation and its receiver index.
+func (h *peerInitiations) erasePending(index indexTable) {
+	if h.pending != nil {
+		delete(index, h.pending.localIndex)
+		h.pending.erase()
+		h.pending = nil
+	}
+}
 
+// abandon erases our pending initiation and ends the attempt.
+func (h *peerInitiations) abandon(index indexTable) {
+	if h.pending == nil {
+		return
+	}
+	h.erasePending(index)
+	h.started = time.Time{}
+}
+
+// peerKeypairs are a peer's transport sessions: at most three.
+type peerKeypairs struct {
 	current  *keypair // sends and receives
 	previous *keypair // receives only, until it expires
 	next     *keypair // responder side, until the initiator's first packet confirms it
-	queue    [][]byte
+}
 
+// rotate makes kp the current keypair; the old current one is kept to
+// receive what is still in flight, the one before it is erased.
+func (k *peerKeypairs) rotate(index indexTable, kp *keypair) {
+	if k.next != nil && k.next != kp {
+		index.retire(k.next)
+	}
+	k.next = nil
+	index.retire(k.previous)
+	k.previous, k.current = k.current, kp
+}
+
+// usable is the current keypair if it may still send.
+func (k *peerKeypairs) usable(now time.Time, rejectAfterTime time.Duration) *keypair {
+	kp := k.current
+	if kp == nil || now.Sub(kp.created) >= rejectAfterTime || kp.sendCounter.Load() >= rejectAfterMessages {
+		return nil
+	}
+	return kp
+}
+
+// retireAll erases every keypair.
+func (k *peerKeypairs) retireAll(index indexTable) {
+	index.retire(k.current)
+	index.retire(k.previous)
+	index.retire(k.next)
+}
+
+// peerAddrs is where a peer may be reached.
+type peerAddrs struct {
+	endpoint netip.AddrPort // source of the last authenticated packet, or the first candidate
 	// While there is no session, the rendezvous may report several
 	// addresses (an old announcement outlives a restart): the same
 	// initiation goes to each, and the one that answers wins.
 	candidates []netip.AddrPort
-	lastInit   []byte    // the pending initiation, to send to a new candidate
-	lastRecv   time.Time // last authenticated packet
-	online     bool      // Established reported and Ended not since
+}
+
+// targets is where an initiation goes: the endpoint and the candidates,
+// each once.
+func (a *peerAddrs) targets() []netip.AddrPort {
+	out := make([]netip.AddrPort, 0, 1+len(a.candidates))
+	if a.endpoint.IsValid() {
+		out = append(out, a.endpoint)
+	}
+	for _, c := range a.candidates {
+		if c != a.endpoint {
+			out = append(out, c)
+		}
+	}
+	return out
+}
+
+// addCandidate records addr as a candidate, newest first, keeping the
+// last maxCandidates, and reports whether it is new.
+func (a *peerAddrs) addCandidate(addr netip.AddrPort) bool {
+	if i := slices.Index(a.candidates, addr); i >= 0 {
+		copy(a.candidates[1:i+1], a.candidates[:i])
+		a.candidates[0] = addr
+		return false
+	}
+	if len(a.candidates) == maxCandidates {
+		a.candidates = a.candidates[:maxCandidates-1]
+	}
+	a.candidates = slices.Insert(a.candidates, 0, addr)
+	return true
+}
+
+// sendQueue keeps payloads until a session is up.
+type sendQueue struct{ payloads [][]byte }
+
+// push keeps a copy of b; the oldest payload makes room when the queue is
+// full. It reports whether one was dropped.
+func (q *sendQueue) push(b []byte) (dropped bool) {
+	if len(q.payloads) >= maxQueuedPerPeer {
+		wipe(q.payloads[0])
+		q.payloads = q.payloads[1:]
+		dropped = true
+	}
+	q.payloads = append(q.payloads, bytes.Clone(b))
+	return dropped
+}
+
+// take empties the queue and returns what it held.
+func (q *sendQueue) take() [][]byte {
+	out := q.payloads
+	q.payloads = nil
+	return out
+}
+
+// drop erases every queued payload and returns how many there were.
+func (q *sendQueue) drop() int {
+	for _, b := range q.payloads {
+		wipe(b)
+	}
+	n := len(q.payloads)
+	q.payloads = nil
+	return n
+}
+
+// peerTimers are the times the timers (timers.go) run from.
+type peerTimers struct {
+	lastSend time.Time // last payload or keepalive sent
+	lastRecv time.Time // last authenticated packet
+	online   bool      // Established reported and Ended not since
+}
+
+// markLive records an authenticated packet from p: it is online, and the
+// candidates from the rendezvous are no longer needed.
+func (p *peer) markLive(now time.Time) {
+	p.timers.lastRecv, p.timers.online = now, true
+	p.addrs.candidates, p.inits.packet = nil, nil
+}
+
+// yields is the simultaneous-open rule (SPEC.md 4.8): when both sides
+// initiate at once, the initiation of the side with the lower static public
+// key wins. It reports whether we (self) should answer p's initiation; if
+// so the caller abandons our own pending one (its queue is kept and goes
+// out on the surviving session). It also refuses an initiation that
+// arrives just after our own initiation succeeded: it was sent before the
+// peer saw ours.
+func (p *peer) yields(self publicKey, now time.Time, rekeyTimeout time.Duration) bool {
+	selfLower := bytes.Compare(self[:], p.key[:]) < 0
+	if c := p.keypairs.current; c != nil && c.initiator && now.Sub(c.created) < rekeyTimeout && selfLower {
+		return false
+	}
+	return p.inits.pending == nil || !selfLower
 }
 
 // indexEntry is what a receiver index names: our pending initiation, or a keypair.
@@ -160,47 +309,68 @@ type indexEntry struct {
 	kp   *keypair // nil for a pending handshake
 }
 
-type sessionManager struct {
-	cfg       sessionConfig
-	pub       publicKey
-	mac1Key   [32]byte // for messages sent to us
-	cookieKey [32]byte // for cookie replies we send
-	dh        dhCounter
-	stats     sessionStats
-	bufs      sync.Pool // *[]byte of maxDatagram bytes: zero allocations per packet
-	debugOn   bool
+// indexTable maps the receiver indices we chose to what they name.
+// Guarded by the manager's mu.
+type indexTable map[uint32]indexEntry
 
-	evMu            sync.Mutex // orders Established and Ended callbacks
-	mu              sync.Mutex
-	peers           map[publicKey]*peer
-	index           map[uint32]indexEntry
-	cookieSecret    [32]byte
-	cookieSecretAge time.Time
-	loadStart       time.Time
-	loadCount       int
-	loadUntil       time.Time
+// add picks a random unused receiver index for e.
+func (t indexTable) add(rand io.Reader, e indexEntry) (uint32, error) {
+	var b [indexLen]byte
+	for range 16 {
+		if _, err := io.ReadFull(rand, b[:]); err != nil {
+			return 0, fmt.Errorf("session: index: %w", err)
+		}
+		i := binary.LittleEndian.Uint32(b[:])
+		if _, used := t[i]; !used {
+			t[i] = e
+			return i, nil
+		}
+	}
+	return 0, errors.New("session: no free index")
+}
+
+// retire forgets a keypair and erases its keys.
+func (t indexTable) retire(kp *keypair) {
+	if kp == nil {
+		return
+	}
+	if e, ok := t[kp.localIndex]; ok && e.kp == kp {
+		delete(t, kp.localIndex)
+	}
+	kp.wipe()
+}
+
+type sessionManager struct {
+	cfg     sessionConfig
+	pub     publicKey
+	cookies *cookieChecker
+	dh      dhCounter
+	stats   sessionStats
+	bufs    sync.Pool // *[]byte of maxDatagram bytes: zero allocations per packet
+	debugOn bool
+
+	evMu  sync.Mutex // orders Established and Ended callbacks
+	mu    sync.Mutex
+	peers map[publicKey]*peer
+	index indexTable
 }
 
 func newSessionManager(cfg sessionConfig) *sessionManager {
 	cfg.setDefaults()
-	m := &sessionManager{cfg: cfg, peers: map[publicKey]*peer{}, index: map[uint32]indexEntry{}}
+	m := &sessionManager{cfg: cfg, peers: map[publicKey]*peer{}, index: indexTable{}}
 	m.pub = cfg.Identity.public()
-	m.mac1Key, m.cookieKey = mac1Key(m.pub), cookieKeyOf(m.pub)
+	m.cookies = newCookieChecker(m.pub, cfg.LoadThreshold, cfg.Rand)
 	m.bufs.New = func() any { b := make([]byte, maxDatagram); return &b }
 	m.debugOn = cfg.Log.Enabled(context.Background(), slog.LevelDebug)
 	return m
 }
 
-// debug logs a drop; the log is quiet unless debugging.
+// debug logs a drop; the log is quiet unless debugging. Building the log
+// arguments allocates, so on the transport path it is skipped unless
+// debug logging is on.
 func (m *sessionManager) debug(msg string, from netip.AddrPort, err error) {
-	m.cfg.Log.Debug("session: "+msg, "from", from, "err", err)
-}
-
-// debugPacket is debug for the transport path: building the log arguments
-// allocates, so it is skipped unless debug logging is on.
-func (m *sessionManager) debugPacket(msg string, from netip.AddrPort, err error) {
 	if m.debugOn {
-		m.debug(msg, from, err)
+		m.cfg.Log.Debug("session: "+msg, "from", from, "err", err)
 	}
 }
 
@@ -208,26 +378,10 @@ func (m *sessionManager) debugPacket(msg string, from netip.AddrPort, err error)
 func (m *sessionManager) peerLocked(k publicKey) *peer {
 	p := m.peers[k]
 	if p == nil {
-		p = &peer{key: k, mac1Key: mac1Key(k), cookieKey: cookieKeyOf(k)}
+		p = &peer{key: k, cookies: newCookieGenerator(k)}
 		m.peers[k] = p
 	}
 	return p
-}
-
-// newIndexLocked picks a random unused receiver index for e.
-func (m *sessionManager) newIndexLocked(e indexEntry) (uint32, error) {
-	var b [indexLen]byte
-	for range 16 {
-		if _, err := io.ReadFull(m.cfg.Rand, b[:]); err != nil {
-			return 0, fmt.Errorf("session: index: %w", err)
-		}
-		i := binary.LittleEndian.Uint32(b[:])
-		if _, used := m.index[i]; !used {
-			m.index[i] = e
-			return i, nil
-		}
-	}
-	return 0, errors.New("session: no free index")
 }
 
 // handlePacket is Node.onSession: b is valid only during the call.
@@ -249,15 +403,19 @@ func (m *sessionManager) handlePacket(from netip.AddrPort, b []byte) {
 		m.stats.malformed.Add(1)
 	}
 }
-func (m *sessionManager) sendRaw(to netip.AddrPort, b []byte) {
-	if err := m.cfg.Send(to, b); err != nil {
-		m.debug("send", to, err)
+
+// sendRaw sends b to each address in to.
+func (m *sessionManager) sendRaw(b []byte, to ...netip.AddrPort) {
+	for _, a := range to {
+		if err := m.cfg.Send(a, b); err != nil {
+			m.debug("send", a, err)
+		}
 	}
 }
 
 // handleInitiation: parse, mac1 (and mac2 under load) before any DH, then
 // the Noise message, then the contact and timestamp checks, then the
-// simultaneous-open rule, then the response.
+// simultaneous-open rule, then the reply.
 func (m *sessionManager) handleInitiation(from netip.AddrPort, b []byte) {
 	msg, err := parseInitiation(b)
 	if err != nil {
@@ -281,46 +439,49 @@ func (m *sessionManager) handleInitiation(from netip.AddrPort, b []byte) {
 		m.debug("initiation from a stranger", from, nil)
 		return
 	}
-	out, err := m.respond(from, h)
+	reply, err := m.replyToInitiation(from, h)
 	if err != nil {
 		h.erase()
 		m.debug("initiation", from, err)
 		return
 	}
-	m.sendRaw(from, out)
+	m.sendRaw(reply, from)
 }
 
-// respond applies the per-peer rules to an authenticated initiation and
-// returns what to send back: the response, or, when the simultaneous-open
-// rule keeps our own initiation and the peer has moved, that initiation.
-func (m *sessionManager) respond(from netip.AddrPort, h *handshake) ([]byte, error) {
+// replyToInitiation applies the per-peer rules to an authenticated
+// initiation and returns the packet to send back to from. That is our
+// response, except when the simultaneous-open rule keeps our own pending
+// initiation and the peer has moved: then it is that initiation, built
+// afresh for the new address.
+func (m *sessionManager) replyToInitiation(from netip.AddrPort, h *handshake) ([]byte, error) {
 	now := m.cfg.Now()
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	p := m.peerLocked(h.peer)
-	if bytes.Compare(h.timestamp[:], p.lastTimestamp[:]) <= 0 {
+	if bytes.Compare(h.timestamp[:], p.inits.recvTS[:]) <= 0 {
 		m.stats.staleInit.Add(1)
 		return nil, errors.New("session: replayed or old initiation")
 	}
 	// Record the timestamp before anything else uses the initiation, so
 	// that even one we drop below cannot be replayed to move us.
-	p.lastTimestamp = h.timestamp
-	if !m.yieldLocked(p, now) {
+	p.inits.recvTS = h.timestamp
+	if !p.yields(m.pub, now, m.cfg.RekeyTimeout) {
 		m.stats.simultaneous.Add(1)
 		h.erase()
-		if p.hs != nil && p.endpoint != from {
+		if p.inits.pending != nil && p.addrs.endpoint != from {
 			// The initiation authenticated, so from is where the peer
 			// is now: aim our own pending initiation there at once
 			// rather than keep sending to an old address.
-			p.endpoint = from
+			p.addrs.endpoint = from
 			if init := m.initiateLocked(p, now); init != nil {
 				return init, nil
 			}
 		}
 		return nil, errors.New("session: simultaneous open, keeping ours")
 	}
-	p.endpoint = from
-	local, err := m.newIndexLocked(indexEntry{peer: p})
+	p.inits.abandon(m.index)
+	p.addrs.endpoint = from
+	local, err := m.index.add(m.cfg.Rand, indexEntry{peer: p})
 	if err != nil {
 		return nil, err
 	}
@@ -336,53 +497,11 @@ func (m *sessionManager) respond(from netip.AddrPort, h *handshake) ([]byte, err
 	}
 	kp := newKeypair(send, recv, local, h.remoteIndex, false, now)
 	m.index[local] = indexEntry{peer: p, kp: kp}
-	m.retireLocked(p.next)
-	p.next = kp
+	m.index.retire(p.keypairs.next)
+	p.keypairs.next = kp
 	out := resp.appendTo(make([]byte, 0, responseSize))
-	m.setMACsLocked(p, out, responseOffMAC1, responseOffMAC2, now)
+	p.cookies.addMACs(out, responseOffMAC1, responseOffMAC2, now, m.cfg.RekeyTimeout)
 	return out, nil
-}
-
-// yieldLocked is the simultaneous-open rule (SPEC.md 4.8): when both sides
-// initiate at once, the initiation of the side with the lower static public
-// key wins. It reports whether we should answer p's initiation; if so our
-// own pending initiation is abandoned (its queue is kept and goes out on
-// the surviving session). It also ignores an initiation that arrives just
-// after our own initiation succeeded: it was sent before the peer saw ours.
-func (m *sessionManager) yieldLocked(p *peer, now time.Time) bool {
-	if c := p.current; c != nil && c.initiator && now.Sub(c.created) < m.cfg.RekeyTimeout && bytes.Compare(m.pub[:], p.key[:]) < 0 {
-		return false
-	}
-	if p.hs == nil {
-		return true
-	}
-	if bytes.Compare(m.pub[:], p.key[:]) < 0 {
-		return false
-	}
-	m.abandonLocked(p)
-	return true
-}
-
-// abandonLocked erases our pending initiation to p.
-func (m *sessionManager) abandonLocked(p *peer) {
-	if p.hs == nil {
-		return
-	}
-	delete(m.index, p.hs.localIndex)
-	p.hs.erase()
-	p.hs = nil
-	p.hsStarted = time.Time{}
-}
-
-// retireLocked forgets a keypair and erases its keys.
-func (m *sessionManager) retireLocked(kp *keypair) {
-	if kp == nil {
-		return
-	}
-	if e, ok := m.index[kp.localIndex]; ok && e.kp == kp {
-		delete(m.index, kp.localIndex)
-	}
-	kp.wipe()
 }
 
 // handleResponse completes our initiation.
@@ -410,7 +529,7 @@ func (m *sessionManager) completeHandshake(from netip.AddrPort, msg *responseMsg
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	e, ok := m.index[msg.receiver]
-	if !ok || e.kp != nil || e.peer.hs == nil || e.peer.hs.localIndex != msg.receiver {
+	if !ok || e.kp != nil || e.peer.inits.pending == nil || e.peer.inits.pending.localIndex != msg.receiver {
 		m.stats.unknownIndex.Add(1)
 		return nil, errors.New("session: response to no pending handshake")
 	}
@@ -418,40 +537,31 @@ func (m *sessionManager) completeHandshake(from netip.AddrPort, msg *responseMsg
 	if !m.cfg.Allowed(p.key) {
 		return nil, errors.New("session: response from a removed contact")
 	}
-	if err := p.hs.consumeResponse(msg); err != nil {
+	h := p.inits.pending
+	if err := h.consumeResponse(msg); err != nil {
 		m.stats.handshakeFail.Add(1)
 		return nil, err
 	}
-	send, recv, err := p.hs.beginSession()
+	send, recv, err := h.beginSession()
 	if err != nil {
 		return nil, err
 	}
-	kp := newKeypair(send, recv, p.hs.localIndex, msg.sender, true, now)
+	kp := newKeypair(send, recv, h.localIndex, msg.sender, true, now)
 	m.index[kp.localIndex] = indexEntry{peer: p, kp: kp}
-	p.hs, p.hsStarted = nil, time.Time{}
-	m.rotateLocked(p, kp)
-	p.endpoint = from
-	m.liveLocked(p, now)
+	p.inits.pending, p.inits.started = nil, time.Time{}
+	p.keypairs.rotate(m.index, kp)
+	p.addrs.endpoint = from
+	p.markLive(now)
 	return p, nil
 }
 
-// rotateLocked makes kp the current keypair; the old current one is kept
-// to receive what is still in flight, the one before it is erased.
-func (m *sessionManager) rotateLocked(p *peer, kp *keypair) {
-	if p.next != nil && p.next != kp {
-		m.retireLocked(p.next)
-	}
-	p.next = nil
-	m.retireLocked(p.previous)
-	p.previous, p.current = p.current, kp
-}
-
+// handleTransport authenticates a transport packet and delivers it. It
 // allocates nothing unless the packet confirms a new session or roams.
 func (m *sessionManager) handleTransport(from netip.AddrPort, b []byte) {
 	msg, err := parseTransport(b)
 	if err != nil {
 		m.stats.malformed.Add(1)
-		m.debugPacket("drop", from, err)
+		m.debug("drop", from, err)
 		return
 	}
 	now := m.cfg.Now()
@@ -460,12 +570,12 @@ func (m *sessionManager) handleTransport(from netip.AddrPort, b []byte) {
 	m.mu.Unlock()
 	if !ok || e.kp == nil {
 		m.stats.unknownIndex.Add(1)
-		m.debugPacket("transport for an unknown index", from, nil)
+		m.debug("transport for an unknown index", from, nil)
 		return
 	}
 	if now.Sub(e.kp.created) >= m.cfg.RejectAfterTime {
 		m.stats.expired.Add(1)
-		m.debugPacket("transport on expired keys", from, nil)
+		m.debug("transport on expired keys", from, nil)
 		return
 	}
 	bp := m.bufs.Get().(*[]byte)
@@ -477,7 +587,7 @@ func (m *sessionManager) handleTransport(from netip.AddrPort, b []byte) {
 		} else {
 			m.stats.authFail.Add(1)
 		}
-		m.debugPacket("transport", from, err)
+		m.debug("transport", from, err)
 		return
 	}
 	if m.confirm(e.peer, e.kp, from) {
@@ -497,26 +607,19 @@ func (m *sessionManager) confirm(p *peer, kp *keypair, from netip.AddrPort) bool
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	changed := false
-	if p.next == kp {
-		m.rotateLocked(p, kp)
+	if p.keypairs.next == kp {
+		p.keypairs.rotate(m.index, kp)
 		changed = true
 	}
-	if kp == p.current && p.endpoint != from {
-		p.endpoint = from
+	if kp == p.keypairs.current && p.addrs.endpoint != from {
+		p.addrs.endpoint = from
 		changed = true
 	}
-	if !p.online {
+	if !p.timers.online {
 		changed = true
 	}
-	m.liveLocked(p, m.cfg.Now())
+	p.markLive(m.cfg.Now())
 	return changed
-}
-
-// liveLocked records an authenticated packet from p: it is online, and the
-// candidates from the rendezvous are no longer needed.
-func (m *sessionManager) liveLocked(p *peer, now time.Time) {
-	p.lastRecv, p.online = now, true
-	p.candidates, p.lastInit = nil, nil
 }
 
 // flush sends the payloads queued for p on its current session. An
@@ -524,15 +627,14 @@ func (m *sessionManager) liveLocked(p *peer, now time.Time) {
 // the session to the responder (the responder may not send before that).
 func (m *sessionManager) flush(p *peer, keepalive bool) {
 	m.mu.Lock()
-	kp, to := p.current, p.endpoint
+	kp, to := p.keypairs.current, p.addrs.endpoint
 	if kp == nil {
 		m.mu.Unlock()
 		return // the queue waits for the next session
 	}
-	q := p.queue
-	p.queue = nil
+	q := p.queue.take()
 	if len(q) > 0 || keepalive {
-		p.lastSend = m.cfg.Now()
+		p.timers.lastSend = m.cfg.Now()
 	}
 	m.mu.Unlock()
 	if len(q) == 0 && keepalive {
@@ -544,11 +646,11 @@ func (m *sessionManager) flush(p *peer, keepalive bool) {
 	}
 }
 
-// sendTransport seals p for kp into a pooled buffer and sends it.
-func (m *sessionManager) sendTransport(kp *keypair, to netip.AddrPort, p []byte) error {
+// sendTransport seals payload for kp into a pooled buffer and sends it.
+func (m *sessionManager) sendTransport(kp *keypair, to netip.AddrPort, payload []byte) error {
 	bp := m.bufs.Get().(*[]byte)
 	defer m.bufs.Put(bp)
-	pkt, err := kp.seal(*bp, p)
+	pkt, err := kp.seal(*bp, payload)
 	if err != nil {
 		return err
 	}
@@ -560,156 +662,83 @@ var (
 	errNoEndpoint    = errors.New("session: no address known for this contact")
 )
 
-// send encrypts p for peer on the current session, or queues it and starts
-// a handshake.
-func (m *sessionManager) send(peerKey publicKey, p []byte) error {
-	if len(p) > maxTransportPayload {
+// send encrypts payload for peerKey on the current session, or queues it
+// and starts a handshake.
+func (m *sessionManager) send(peerKey publicKey, payload []byte) error {
+	if len(payload) > maxTransportPayload {
 		return errPayloadTooBig
 	}
 	now := m.cfg.Now()
 	m.mu.Lock()
-	pr := m.peers[peerKey]
-	if pr == nil || (!pr.endpoint.IsValid() && pr.current == nil) {
+	p := m.peers[peerKey]
+	if p == nil || (!p.addrs.endpoint.IsValid() && p.keypairs.current == nil) {
 		m.mu.Unlock()
 		return errNoEndpoint
 	}
-	kp, to := m.usableLocked(pr, now), pr.endpoint
+	kp, to := p.keypairs.usable(now, m.cfg.RejectAfterTime), p.addrs.endpoint
 	var init []byte
 	if kp == nil {
-		m.enqueueLocked(pr, p)
-		init = m.maybeInitiateLocked(pr, now)
+		if p.queue.push(payload) {
+			m.stats.queueDropped.Add(1)
+		}
+		init = m.maybeInitiateLocked(p, now)
 	} else {
-		pr.lastSend = now
-		if m.needsRekeyLocked(pr, kp, now) {
-			init = m.maybeInitiateLocked(pr, now)
+		p.timers.lastSend = now
+		if p.needsRekey(kp, now, &m.cfg) {
+			init = m.maybeInitiateLocked(p, now)
 		}
 	}
 	var targets []netip.AddrPort
 	if init != nil {
-		targets = initTargetsLocked(pr)
+		targets = p.addrs.targets()
 	}
 	m.mu.Unlock()
-	m.sendInitiation(targets, init)
+	m.sendRaw(init, targets...)
 	if kp != nil {
-		return m.sendTransport(kp, to, p)
+		return m.sendTransport(kp, to, payload)
 	}
 	return nil
-}
-
-// usableLocked is p's current keypair if it may still send.
-func (m *sessionManager) usableLocked(p *peer, now time.Time) *keypair {
-	kp := p.current
-	if kp == nil || now.Sub(kp.created) >= m.cfg.RejectAfterTime || kp.sendCounter.Load() >= rejectAfterMessages {
-		return nil
-	}
-	return kp
-}
-
-// needsRekeyLocked: forward secrecy asks for fresh ephemeral keys after
-// RekeyAfterTime or RekeyAfterMessages. The responder waits RekeyTimeout
-// longer, so the two sides rarely start at once.
-func (m *sessionManager) needsRekeyLocked(p *peer, kp *keypair, now time.Time) bool {
-	if p.hs != nil {
-		return false
-	}
-	after := m.cfg.RekeyAfterTime
-	if !kp.initiator {
-		after += m.cfg.RekeyTimeout
-	}
-	return now.Sub(kp.created) >= after || kp.sendCounter.Load() >= m.cfg.RekeyAfterMessages
-}
-
-// enqueueLocked keeps a copy of b until a session is up; the oldest
-// payload makes room when the queue is full.
-func (m *sessionManager) enqueueLocked(p *peer, b []byte) {
-	if len(p.queue) >= maxQueuedPerPeer {
-		wipe(p.queue[0])
-		p.queue = p.queue[1:]
-		m.stats.queueDropped.Add(1)
-	}
-	p.queue = append(p.queue, bytes.Clone(b))
 }
 
 // maybeInitiateLocked starts a handshake unless one is pending, or we
 // answered p's initiation recently and wait for its first packet.
 func (m *sessionManager) maybeInitiateLocked(p *peer, now time.Time) []byte {
-	if p.hs != nil || !p.endpoint.IsValid() {
+	if p.inits.pending != nil || !p.addrs.endpoint.IsValid() {
 		return nil
 	}
-	if p.next != nil && now.Sub(p.next.created) < m.cfg.RekeyTimeout {
+	if next := p.keypairs.next; next != nil && now.Sub(next.created) < m.cfg.RekeyTimeout {
 		return nil
 	}
-	p.hsStarted = now
+	p.inits.started = now
 	return m.initiateLocked(p, now)
 }
 
 // initiateLocked builds a fresh initiation (new ephemeral key, index and
 // timestamp) to p, replacing any pending one.
 func (m *sessionManager) initiateLocked(p *peer, now time.Time) []byte {
-	if p.hs != nil {
-		delete(m.index, p.hs.localIndex)
-		p.hs.erase()
-		p.hs = nil
-	}
-	idx, err := m.newIndexLocked(indexEntry{peer: p})
+	p.inits.erasePending(m.index)
+	idx, err := m.index.add(m.cfg.Rand, indexEntry{peer: p})
 	if err != nil {
-		m.debug("initiate", p.endpoint, err)
+		m.debug("initiate", p.addrs.endpoint, err)
 		return nil
 	}
 	h := &handshake{}
-	ts := nextTimestamp(now, p.lastSentTS)
+	ts := nextTimestamp(now, p.inits.sentTS)
 	msg, err := h.createInitiation(m.cfg.Identity, p.key, idx, ts, m.cfg.Rand, &m.dh)
 	if err != nil {
 		delete(m.index, idx)
-		m.debug("initiate", p.endpoint, err)
+		m.debug("initiate", p.addrs.endpoint, err)
 		return nil
 	}
-	p.lastSentTS = ts
-	p.hs, p.hsLastSent = h, now
-	if p.hsStarted.IsZero() {
-		p.hsStarted = now
+	p.inits.sentTS = ts
+	p.inits.pending, p.inits.lastSent = h, now
+	if p.inits.started.IsZero() {
+		p.inits.started = now
 	}
 	out := msg.appendTo(make([]byte, 0, initiationSize))
-	m.setMACsLocked(p, out, initiationOffMAC1, initiationOffMAC2, now)
-	p.lastInit = out
+	p.cookies.addMACs(out, initiationOffMAC1, initiationOffMAC2, now, m.cfg.RekeyTimeout)
+	p.inits.packet = out
 	return out
-}
-
-// initTargetsLocked is where an initiation to p goes: its endpoint and the
-// candidate addresses, each once.
-func initTargetsLocked(p *peer) []netip.AddrPort {
-	out := make([]netip.AddrPort, 0, 1+len(p.candidates))
-	if p.endpoint.IsValid() {
-		out = append(out, p.endpoint)
-	}
-	for _, c := range p.candidates {
-		if c != p.endpoint {
-			out = append(out, c)
-		}
-	}
-	return out
-}
-
-// addCandidateLocked records addr as a candidate, newest first, and
-// reports whether it is new.
-func addCandidateLocked(p *peer, addr netip.AddrPort) bool {
-	if i := slices.Index(p.candidates, addr); i >= 0 {
-		copy(p.candidates[1:i+1], p.candidates[:i])
-		p.candidates[0] = addr
-		return false
-	}
-	if len(p.candidates) == maxCandidates {
-		p.candidates = p.candidates[:maxCandidates-1]
-	}
-	p.candidates = slices.Insert(p.candidates, 0, addr)
-	return true
-}
-
-// sendInitiation sends one initiation to every target.
-func (m *sessionManager) sendInitiation(to []netip.AddrPort, b []byte) {
-	for _, a := range to {
-		m.sendRaw(a, b)
-	}
 }
 
 // setEndpoint records an address where peer may be reached (from the
@@ -723,34 +752,28 @@ func (m *sessionManager) setEndpoint(peerKey publicKey, addr netip.AddrPort) {
 	now := m.cfg.Now()
 	m.mu.Lock()
 	p := m.peerLocked(peerKey)
-	if p.online && m.usableLocked(p, now) != nil {
+	if p.timers.online && p.keypairs.usable(now, m.cfg.RejectAfterTime) != nil {
 		m.mu.Unlock()
 		return
 	}
-	isNew := addCandidateLocked(p, addr)
-	if !p.endpoint.IsValid() {
-		p.endpoint = addr
+	isNew := p.addrs.addCandidate(addr)
+	if !p.addrs.endpoint.IsValid() {
+		p.addrs.endpoint = addr
 	}
 	var init []byte
 	var to []netip.AddrPort
 	switch {
-	case p.hs == nil:
+	case p.inits.pending == nil:
 		if init = m.maybeInitiateLocked(p, now); init != nil {
-			to = initTargetsLocked(p)
+			to = p.addrs.targets()
 		}
-	case isNew && p.lastInit != nil:
-		init, to = p.lastInit, []netip.AddrPort{addr}
+	case isNew && p.inits.packet != nil:
+		// A handshake is under way: the new candidate gets the same
+		// initiation at once, not only at the next resend.
+		init, to = p.inits.packet, []netip.AddrPort{addr}
 	}
 	m.mu.Unlock()
-	m.sendInitiation(to, init)
-}
-
-// hasSession reports whether peer has a confirmed, unexpired session.
-func (m *sessionManager) hasSession(peerKey publicKey) bool {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	p := m.peers[peerKey]
-	return p != nil && m.usableLocked(p, m.cfg.Now()) != nil
+	m.sendRaw(init, to...)
 }
 
 // forget erases everything about peer: a removed contact.
@@ -761,15 +784,8 @@ func (m *sessionManager) forget(peerKey publicKey) {
 	if p == nil {
 		return
 	}
-	m.abandonLocked(p)
-	m.retireLocked(p.current)
-	m.retireLocked(p.previous)
-	m.retireLocked(p.next)
-	for _, b := range p.queue {
-		wipe(b)
-	}
+	p.inits.abandon(m.index)
+	p.keypairs.retireAll(m.index)
+	p.queue.drop()
 	delete(m.peers, peerKey)
 }
-
-// run drives the timers until ctx ends, then erases every session: keys are
-// never written to disk and do not outlive the process.

@@ -174,7 +174,7 @@ func sessionCount(m *sessionManager, k publicKey) (current, previous, next, pend
 		}
 		return 0
 	}
-	return b2i(p.current != nil), b2i(p.previous != nil), b2i(p.next != nil), b2i(p.hs != nil)
+	return b2i(p.keypairs.current != nil), b2i(p.keypairs.previous != nil), b2i(p.keypairs.next != nil), b2i(p.inits.pending != nil)
 }
 
 func TestSessionHandshakeAndTransport(t *testing.T) {
@@ -282,7 +282,7 @@ func TestSimultaneousOpen(t *testing.T) {
 					t.Errorf("sessions: current %d previous %d next %d pending %d, want exactly one", c, p, nx, hs)
 				}
 			}
-			ak, bk := a.m.peers[b.id.public()].current, b.m.peers[a.id.public()].current
+			ak, bk := a.m.peers[b.id.public()].keypairs.current, b.m.peers[a.id.public()].keypairs.current
 			if ak.localIndex != bk.remoteIndex || bk.localIndex != ak.remoteIndex || !ak.initiator || bk.initiator {
 				t.Error("the two sides hold different sessions, or the lower key is not the initiator")
 			}
@@ -465,12 +465,12 @@ func TestRoamingUpdatesEndpoint(t *testing.T) {
 	for _, p := range n.take() {
 		b.m.handlePacket(moved, p.b)
 	}
-	if seen != moved || b.m.peers[a.id.public()].endpoint != moved {
-		t.Errorf("after roaming: Established(%v), endpoint %v; want %v", seen, b.m.peers[a.id.public()].endpoint, moved)
+	if seen != moved || b.m.peers[a.id.public()].addrs.endpoint != moved {
+		t.Errorf("after roaming: Established(%v), endpoint %v; want %v", seen, b.m.peers[a.id.public()].addrs.endpoint, moved)
 	}
 	// A forged packet from yet another address does not move it.
 	b.m.handlePacket(netip.MustParseAddrPort("127.0.0.8:1"), append([]byte{packetTransport, 0, 0, 0}, make([]byte, 40)...))
-	if b.m.peers[a.id.public()].endpoint != moved {
+	if b.m.peers[a.id.public()].addrs.endpoint != moved {
 		t.Error("an unauthenticated packet moved the endpoint")
 	}
 }
@@ -479,7 +479,7 @@ func TestForgetErasesSessions(t *testing.T) {
 	var n fakeNet
 	a, b := newTestPair(t, &n, newTestClock(), nil)
 	establish(t, &n, a, b)
-	kp := b.m.peers[a.id.public()].current
+	kp := b.m.peers[a.id.public()].keypairs.current
 	b.mu.Lock()
 	delete(b.contacts, a.id.public())
 	b.mu.Unlock()
@@ -519,7 +519,7 @@ func TestSimultaneousOpenStaleAddress(t *testing.T) {
 	if !slices.Equal(a.delivered(), []string{"from b"}) {
 		t.Errorf("a got %q", a.delivered())
 	}
-	if !a.m.peers[b.id.public()].current.initiator {
+	if !a.m.peers[b.id.public()].keypairs.current.initiator {
 		t.Error("the lower key is not the initiator")
 	}
 }
@@ -567,4 +567,12 @@ func TestSetEndpointIgnoresNonContact(t *testing.T) {
 	if q := n.take(); len(q) != 0 {
 		t.Fatalf("sent %d datagrams to a removed contact", len(q))
 	}
+}
+
+// hasSession reports whether peer has a confirmed, unexpired session.
+func (m *sessionManager) hasSession(peerKey publicKey) bool {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	p := m.peers[peerKey]
+	return p != nil && p.keypairs.usable(m.cfg.Now(), m.cfg.RejectAfterTime) != nil
 }

@@ -1,5 +1,12 @@
-// Timers (SPEC.md 4.7).
-
+// Timers (SPEC.md 4.7): retransmission, rekeying, expiry, keepalives and
+// the end of a session.
+//
+// Flow: run calls tick every TickInterval. For each peer, tickPeerLocked
+// erases keypairs older than RejectAfterTime and stale cookies, resends a
+// pending initiation every RekeyTimeout until RekeyAttemptTime, starts a
+// handshake for queued payloads or a session due for rekeying; then tick
+// sends keepalives to online peers idle for Keepalive and reports peers
+// silent for DeadAfter as ended. The sends happen after mu is released.
 package main
 
 import (
@@ -8,6 +15,8 @@ import (
 	"time"
 )
 
+// run drives the timers until ctx ends, then erases every session: keys are
+// never written to disk and do not outlive the process.
 func (m *sessionManager) run(ctx context.Context) {
 	t := time.NewTicker(m.cfg.TickInterval)
 	defer t.Stop()
@@ -48,17 +57,19 @@ func (m *sessionManager) tick() {
 	m.mu.Lock()
 	for _, p := range m.peers {
 		if b := m.tickPeerLocked(p, now); b != nil {
-			sends = append(sends, out{initTargetsLocked(p), b})
+			sends = append(sends, out{p.addrs.targets(), b})
 		}
-		if m.endedLocked(p, now) {
+		if p.checkEnded(now, m.cfg.DeadAfter) {
 			ended = append(ended, p.key)
-		} else if p.online && now.Sub(p.lastSend) >= m.cfg.Keepalive {
+		} else if p.timers.online && now.Sub(p.timers.lastSend) >= m.cfg.Keepalive {
+			// A side that has sent nothing to p yet (a responder
+			// whose session was just confirmed) is due at once.
 			keepalive = append(keepalive, p)
 		}
 	}
 	m.mu.Unlock()
 	for _, s := range sends {
-		m.sendInitiation(s.to, s.b)
+		m.sendRaw(s.b, s.to...)
 	}
 	for _, p := range keepalive {
 		m.flush(p, true)
@@ -66,6 +77,67 @@ func (m *sessionManager) tick() {
 	for _, k := range ended {
 		m.ended(k)
 	}
+}
+
+// tickPeerLocked runs p's timers and returns an initiation to send, if any.
+func (m *sessionManager) tickPeerLocked(p *peer, now time.Time) []byte {
+	p.keypairs.expire(m.index, now, m.cfg.RejectAfterTime)
+	p.cookies.expire(now)
+	if p.inits.pending != nil {
+		if now.Sub(p.inits.started) >= m.cfg.RekeyAttemptTime {
+			p.inits.abandon(m.index)
+			m.stats.queueDropped.Add(uint64(p.queue.drop()))
+			return nil
+		}
+		if now.Sub(p.inits.lastSent) >= m.cfg.RekeyTimeout {
+			return m.initiateLocked(p, now)
+		}
+		return nil
+	}
+	if len(p.queue.payloads) > 0 && p.keypairs.usable(now, m.cfg.RejectAfterTime) == nil {
+		return m.maybeInitiateLocked(p, now)
+	}
+	// A session in use is rekeyed before it expires, even if only the
+	// other side sends: keys older than RejectAfterTime are refused.
+	if kp := p.keypairs.current; kp != nil && now.Sub(p.timers.lastSend) < m.cfg.RekeyAfterTime && p.needsRekey(kp, now, &m.cfg) {
+		return m.maybeInitiateLocked(p, now)
+	}
+	return nil
+}
+
+// expire erases the keypairs older than rejectAfterTime.
+func (k *peerKeypairs) expire(index indexTable, now time.Time, rejectAfterTime time.Duration) {
+	for _, kp := range []**keypair{&k.current, &k.previous, &k.next} {
+		if *kp != nil && now.Sub((*kp).created) >= rejectAfterTime {
+			index.retire(*kp)
+			*kp = nil
+		}
+	}
+}
+
+// needsRekey: forward secrecy asks for fresh ephemeral keys after
+// RekeyAfterTime or RekeyAfterMessages. The responder waits RekeyTimeout
+// longer, so the two sides rarely start at once.
+func (p *peer) needsRekey(kp *keypair, now time.Time, cfg *sessionConfig) bool {
+	if p.inits.pending != nil {
+		return false
+	}
+	after := cfg.RekeyAfterTime
+	if !kp.initiator {
+		after += cfg.RekeyTimeout
+	}
+	return now.Sub(kp.created) >= after || kp.sendCounter.Load() >= cfg.RekeyAfterMessages
+}
+
+// checkEnded reports, once, that p's session is over: its keys expired
+// without a successor, or it has been silent for deadAfter (keepalives
+// make silence mean absence).
+func (p *peer) checkEnded(now time.Time, deadAfter time.Duration) bool {
+	if !p.timers.online || (p.keypairs.current != nil && now.Sub(p.timers.lastRecv) < deadAfter) {
+		return false
+	}
+	p.timers.online = false
+	return true
 }
 
 // established and ended report a peer's session state in the order it
@@ -82,57 +154,9 @@ func (m *sessionManager) ended(k publicKey) {
 	defer m.evMu.Unlock()
 	m.mu.Lock()
 	p := m.peers[k]
-	still := p != nil && !p.online
+	still := p != nil && !p.timers.online
 	m.mu.Unlock()
 	if still {
 		m.cfg.Ended(k)
 	}
-}
-
-// endedLocked reports, once, that p's session is over: its keys expired
-// without a successor, or it has been silent for DeadAfter (keepalives
-// make silence mean absence).
-func (m *sessionManager) endedLocked(p *peer, now time.Time) bool {
-	if !p.online || (p.current != nil && now.Sub(p.lastRecv) < m.cfg.DeadAfter) {
-		return false
-	}
-	p.online = false
-	return true
-}
-
-func (m *sessionManager) tickPeerLocked(p *peer, now time.Time) []byte {
-	for _, kp := range []**keypair{&p.current, &p.previous, &p.next} {
-		if *kp != nil && now.Sub((*kp).created) >= m.cfg.RejectAfterTime {
-			m.retireLocked(*kp)
-			*kp = nil
-		}
-	}
-	if p.hasCookie && now.Sub(p.cookieTime) >= cookieRefreshTime {
-		wipe(p.cookie[:])
-		p.hasCookie = false
-	}
-	if p.hs != nil {
-		if now.Sub(p.hsStarted) >= m.cfg.RekeyAttemptTime {
-			m.abandonLocked(p)
-			for _, b := range p.queue {
-				wipe(b)
-			}
-			m.stats.queueDropped.Add(uint64(len(p.queue)))
-			p.queue = nil
-			return nil
-		}
-		if now.Sub(p.hsLastSent) >= m.cfg.RekeyTimeout {
-			return m.initiateLocked(p, now)
-		}
-		return nil
-	}
-	if len(p.queue) > 0 && m.usableLocked(p, now) == nil {
-		return m.maybeInitiateLocked(p, now)
-	}
-	// A session in use is rekeyed before it expires, even if only the
-	// other side sends: keys older than RejectAfterTime are refused.
-	if kp := p.current; kp != nil && now.Sub(p.lastSend) < m.cfg.RekeyAfterTime && m.needsRekeyLocked(p, kp, now) {
-		return m.maybeInitiateLocked(p, now)
-	}
-	return nil
 }

@@ -107,12 +107,12 @@ func TestRekeyAfterMessages(t *testing.T) {
 	var n fakeNet
 	a, b := newTestPair(t, &n, newTestClock(), func(c *sessionConfig) { c.RekeyAfterMessages = 10 })
 	establish(t, &n, a, b)
-	first := a.m.peers[b.id.public()].current
+	first := a.m.peers[b.id.public()].keypairs.current
 	for i := range 30 {
 		a.m.send(b.id.public(), fmt.Append(nil, i))
 		n.pump(t)
 	}
-	if a.m.peers[b.id.public()].current == first || len(b.delivered()) != 30 {
+	if a.m.peers[b.id.public()].keypairs.current == first || len(b.delivered()) != 30 {
 		t.Errorf("no rekey after RekeyAfterMessages, or loss: %d delivered", len(b.delivered()))
 	}
 }
