@@ -1,4 +1,5 @@
-// Noise_IKpsk2_25519_ChaChaPoly_BLAKE2s sessions (SPEC.md section 4).
+// Noise_IKpsk2_25519_ChaChaPoly_BLAKE2s sessions (SPEC.md section 4): the
+// packets (4.2, 4.3) and the handshake steps (4.3, 4.4).
 //
 //	IKpsk2:
 //	  <- s
@@ -14,10 +15,19 @@
 // (the nonce), checked against a replay window (replay.go) after they
 // authenticate. A loaded responder sends a cookie reply (type 3) instead.
 //
-// The file reads top to bottom: the generic Noise core (CipherState,
-// SymmetricState, HandshakeState, able to run IK, XX, NN and IKpsk2), the
-// identity and its text form, the wire format, and the session manager with
-// its timers.
+// This file holds the packet types, the wire constants, the parse and append
+// functions, the handshake steps with their stages, and TAI64N. The rest of
+// the session layer:
+//
+//	noise.go     the Noise core: hash, HKDF, CipherState, SymmetricState,
+//	             HandshakeState, the IKpsk2 pattern
+//	identity.go  the long-term key, its text form and the key file (4.1)
+//	cookie.go    mac1, mac2 and cookie replies under load (4.5)
+//	keypair.go   transport keys: seal, open, wipe (4.6)
+//	replay.go    the replay window (4.6)
+//	session.go   the manager: dispatch, simultaneous open, rotation, send
+//	             queue, addresses (4.6-4.8)
+//	timers.go    retransmission, rekeying, expiry, keepalives (4.7)
 package main
 
 import (
@@ -239,11 +249,14 @@ func (s handshakeStage) String() string {
 	return fmt.Sprintf("stage(%d)", uint8(s))
 }
 
-// handshake is one IKpsk2 handshake with one peer.
+// handshake is one run of IKpsk2 with one peer: the Noise HandshakeState
+// it drives, plus what SPEC.md adds around it (the indices, the timestamp,
+// and the stage that keeps our steps in order). The peer's timers and
+// retries around it are peerInitiations (session.go).
 type handshake struct {
 	stage       handshakeStage
-	hs          noiseHandshakeState
-	peer        publicKey // the remote static key
+	noise       noiseHandshakeState // the Noise HandshakeState this run drives
+	peer        publicKey           // the remote static key
 	localIndex  uint32
 	remoteIndex uint32
 	timestamp   [timestampLen]byte // the initiator's, as received or sent
@@ -268,12 +281,12 @@ func (h *handshake) createInitiation(id *identity, peer publicKey, index uint32,
 		return initiationMsg{}, err
 	}
 	rs := [noiseDHLen]byte(peer)
-	h.hs.initialize(noiseHandshakeParams{pattern: &patternIKpsk2, initiator: true, prologue: []byte(sessionPrologue),
+	h.noise.initialize(noiseHandshakeParams{pattern: &patternIKpsk2, initiator: true, prologue: []byte(sessionPrologue),
 		s: &id.keys, rs: &rs, psk: sessionPSK, rand: rand, dh: dh})
 	h.peer, h.localIndex, h.timestamp = peer, index, ts
 	var buf [initiationOffMAC1 - initiationOffEphemeral]byte
 	// e, es, s, ss, then the encrypted timestamp.
-	out, err := h.hs.writeMessage(buf[:0], ts[:])
+	out, err := h.noise.writeMessage(buf[:0], ts[:])
 	if err != nil || len(out) != len(buf) {
 		return initiationMsg{}, fmt.Errorf("session: initiation: %v", err)
 	}
@@ -290,18 +303,18 @@ func (h *handshake) consumeInitiation(id *identity, m *initiationMsg, dh *dhCoun
 	if err := h.advance(stageZeroed, stageInitiationConsumed); err != nil {
 		return err
 	}
-	h.hs.initialize(noiseHandshakeParams{pattern: &patternIKpsk2, prologue: []byte(sessionPrologue),
+	h.noise.initialize(noiseHandshakeParams{pattern: &patternIKpsk2, prologue: []byte(sessionPrologue),
 		s: &id.keys, psk: sessionPSK, dh: dh})
 	var msg [initiationOffMAC1 - initiationOffEphemeral]byte
 	copy(msg[:], m.ephemeral[:])
 	copy(msg[noiseDHLen:], m.static[:])
 	copy(msg[initiationOffTimestamp-initiationOffEphemeral:], m.timestamp[:])
-	ts, err := h.hs.readMessage(h.timestamp[:0], msg[:])
+	ts, err := h.noise.readMessage(h.timestamp[:0], msg[:])
 	if err != nil || len(ts) != timestampLen {
-		h.hs.erase()
+		h.noise.erase()
 		return fmt.Errorf("session: initiation: %w", errNoiseDecrypt)
 	}
-	h.peer, h.remoteIndex = h.hs.rs, m.sender
+	h.peer, h.remoteIndex = h.noise.rs, m.sender
 	return nil
 }
 
@@ -310,10 +323,10 @@ func (h *handshake) createResponse(index uint32, rand io.Reader) (responseMsg, e
 	if err := h.advance(stageInitiationConsumed, stageResponseCreated); err != nil {
 		return responseMsg{}, err
 	}
-	h.hs.rand = rand
+	h.noise.rand = rand
 	h.localIndex = index
 	var buf [responseOffMAC1 - responseOffEphemeral]byte
-	out, err := h.hs.writeMessage(buf[:0], nil)
+	out, err := h.noise.writeMessage(buf[:0], nil)
 	if err != nil || len(out) != len(buf) {
 		return responseMsg{}, fmt.Errorf("session: response: %v", err)
 	}
@@ -333,11 +346,11 @@ func (h *handshake) consumeResponse(m *responseMsg) error {
 	copy(msg[noiseDHLen:], m.empty[:])
 	// readMessage changes the state as it goes; a forged response must not
 	// spoil the pending handshake for the genuine one, so work on a copy.
-	saved := h.hs
+	saved := h.noise
 	defer saved.erase()
-	if _, err := h.hs.readMessage(nil, msg[:]); err != nil {
-		h.hs.erase()
-		h.hs, saved = saved, h.hs
+	if _, err := h.noise.readMessage(nil, msg[:]); err != nil {
+		h.noise.erase()
+		h.noise, saved = saved, h.noise
 		h.stage = stageInitiationCreated
 		return fmt.Errorf("session: response: %w", err)
 	}
@@ -353,7 +366,7 @@ func (h *handshake) beginSession() (send, recv [noiseKeyLen]byte, err error) {
 		return send, recv, fmt.Errorf("%w: split in stage %v", errNoiseOrder, h.stage)
 	}
 	h.stage = stageDone
-	k1, k2, _ := h.hs.splitAndErase()
+	k1, k2, _ := h.noise.splitAndErase()
 	if initiator {
 		return k1, k2, nil
 	}
@@ -361,7 +374,7 @@ func (h *handshake) beginSession() (send, recv [noiseKeyLen]byte, err error) {
 }
 
 func (h *handshake) erase() {
-	h.hs.erase()
+	h.noise.erase()
 	h.stage = stageDone
 }
 

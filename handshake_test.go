@@ -299,7 +299,7 @@ func handshakeVector(t *testing.T) (map[string]string, []byte, [macLen]byte) {
 	if err := hi.consumeResponse(&resp); err != nil {
 		t.Fatal(err)
 	}
-	h := hi.hs.ss.h
+	h := hi.noise.ss.h
 	send, recv, err := hi.beginSession()
 	if err != nil {
 		t.Fatal(err)
@@ -437,9 +437,10 @@ func TestHandshakeStepsInOrder(t *testing.T) {
 	if _, _, err := hi.beginSession(); !errors.Is(err, errNoiseOrder) {
 		t.Errorf("second beginSession: %v", err)
 	}
-	for s := stageZeroed; s <= stageDone+1; s++ {
-		if s.String() == "" {
-			t.Errorf("stage %d has no name", s)
+	for s, want := range []string{"zeroed", "initiation created", "initiation consumed",
+		"response created", "response consumed", "done", "stage(6)"} {
+		if got := handshakeStage(s).String(); got != want {
+			t.Errorf("handshakeStage(%d).String() = %q, want %q", s, got, want)
 		}
 	}
 	// The generic core refuses to write when it should read, and vice versa.

@@ -1,5 +1,10 @@
-// Identity (SPEC.md 4.1).
-
+// Identity and its text form (SPEC.md 4.1).
+//
+// Flow: loadOrCreateIdentity reads the key file (or creates it on first
+// run) into an identity, the user's long-term X25519 pair. Its public key
+// is shown and pasted as text: publicKey.String encodes 256 bits as 52
+// base32 symbols plus a 6-symbol BIP 350 (bech32m) checksum, and
+// parsePublicKey checks every part of that text strictly.
 package main
 
 import (

@@ -1,5 +1,10 @@
 // Transport keypairs (SPEC.md 4.6).
-
+//
+// Flow: a handshake's split gives one key per direction; newKeypair builds
+// the two AEADs once. seal numbers each outgoing packet with the send
+// counter (the nonce); open checks the counter against the replay window
+// (replay.go), authenticates, and only then records it. wipe zeroes both
+// keys when the keypair retires (SPEC.md 4.9).
 package main
 
 import (

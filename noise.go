@@ -1,5 +1,13 @@
-// The Noise core (SPEC.md 4.3, 4.4).
-
+// The Noise core (SPEC.md 4.3, 4.4): the Noise Protocol Framework,
+// revision 34, sections 4 (crypto functions), 5 (processing rules) and 9
+// (the psk modifier), for the 25519_ChaChaPoly_BLAKE2s suite.
+//
+// Flow: a noiseHandshakeState is initialized with a pattern, prologue and
+// keys; writeMessage and readMessage walk the pattern's tokens, each "e",
+// "s", "ee", "es", "se", "ss" or "psk" driving the symmetricState (mixHash,
+// mixKey, encryptAndHash, ...), which drives the cipherState. splitAndErase
+// ends it with the two transport keys and wipes the rest. Only the IKpsk2
+// pattern is compiled in; the vector tests add NN, XX and IK.
 package main
 
 import (
@@ -13,8 +21,6 @@ import (
 	"golang.org/x/crypto/blake2s"
 	"golang.org/x/crypto/chacha20poly1305"
 )
-
-// The Noise core (Noise spec rev 34, sections 5 and 9).
 
 // Sizes of the 25519_ChaChaPoly_BLAKE2s suite.
 const (
@@ -338,22 +344,22 @@ type noiseHandshakeParams struct {
 	dh        *dhCounter
 }
 
-func noiseProtocolName(p *noisePattern) string {
-	return "Noise_" + p.name + "_" + noiseSuite
+func noiseProtocolName(pat *noisePattern) string {
+	return "Noise_" + pat.name + "_" + noiseSuite
 }
 
 // initialize is the Noise Initialize(): protocol name, prologue, pre-messages.
-func (hs *noiseHandshakeState) initialize(p noiseHandshakeParams) {
-	*hs = noiseHandshakeState{pattern: p.pattern, initiator: p.initiator, psk: p.psk, rand: p.rand, dh: p.dh}
-	hs.ss.initializeSymmetric(noiseProtocolName(p.pattern))
-	hs.ss.mixHash(p.prologue)
-	if p.s != nil {
-		hs.s, hs.hasS = *p.s, true
+func (hs *noiseHandshakeState) initialize(params noiseHandshakeParams) {
+	*hs = noiseHandshakeState{pattern: params.pattern, initiator: params.initiator, psk: params.psk, rand: params.rand, dh: params.dh}
+	hs.ss.initializeSymmetric(noiseProtocolName(params.pattern))
+	hs.ss.mixHash(params.prologue)
+	if params.s != nil {
+		hs.s, hs.hasS = *params.s, true
 	}
-	if p.rs != nil {
-		hs.rs, hs.hasRS = *p.rs, true
+	if params.rs != nil {
+		hs.rs, hs.hasRS = *params.rs, true
 	}
-	if p.pattern.preResponderS {
+	if params.pattern.preResponderS {
 		// "<- s": both sides hash the responder's static public key.
 		if hs.initiator {
 			hs.ss.mixHash(hs.rs[:])
