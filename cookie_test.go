@@ -3,6 +3,8 @@ package main
 import (
 	"bytes"
 	"encoding/binary"
+	mrand "math/rand/v2"
+	"net/netip"
 	"testing"
 	"time"
 )
@@ -95,5 +97,45 @@ func TestCookieReplyForgedIgnored(t *testing.T) {
 	}
 	if a.m.peers[b.id.public()].cookies.hasCookie || a.m.stats.handshakeFail.Load() != 1 {
 		t.Error("a accepted a cookie reply bound to another message")
+	}
+}
+
+// TestCookieLoadWindow pins SPEC.md 4.5: windows start at the first message
+// one second or more after the current window began (they do not slide),
+// and the 65th message of a window is itself checked under load, which
+// lasts one second after the last message over the threshold.
+func TestCookieLoadWindow(t *testing.T) {
+	c := newCookieChecker(publicKey{9}, defaultLoadThreshold, mrand.NewChaCha8([32]byte{1}))
+	from := netip.MustParseAddrPort("127.0.0.1:1")
+	t0 := time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
+	at := func(d time.Duration) bool {
+		_, loaded, err := c.underLoad(t0.Add(d), from)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return loaded
+	}
+	at(0) // opens a window at t0
+	for i := 2; i <= 64; i++ {
+		if at(900 * time.Millisecond) {
+			t.Fatalf("message %d of the first window is under load", i)
+		}
+	}
+	// 64 messages in the last 100 ms, but a new window: not loaded.
+	if at(time.Second) {
+		t.Fatal("first message of the second window is under load")
+	}
+	for i := 2; i <= 64; i++ {
+		if at(time.Second) {
+			t.Fatalf("message %d of the second window is under load", i)
+		}
+	}
+	if !at(time.Second) {
+		t.Fatal("the 65th message of a window is not checked under load")
+	}
+	// Every message is counted (a probe inside the window would extend the
+	// load), so the next one comes with a third window.
+	if at(2 * time.Second) {
+		t.Fatal("still under load one second after the 65th message")
 	}
 }

@@ -105,11 +105,11 @@ func (p *testPeer) delivered() []string {
 }
 
 func testIdentity(t testing.TB, seed byte) *identity {
-	kp, err := newDHKeys(seqBytes(seed, 32))
+	keys, err := newDHKeys(seqBytes(seed, 32))
 	if err != nil {
 		t.Fatal(err)
 	}
-	return &identity{keys: kp}
+	return &identity{keys: keys}
 }
 
 // newTestPeer makes a manager with identity seed on the fake network.

@@ -196,3 +196,70 @@ func TestSessionKeepaliveAndEnded(t *testing.T) {
 		t.Errorf("a packet from b after Ended did not re-establish (%d -> %d)", estBefore, a.established)
 	}
 }
+
+// TestResponderKeepaliveAfterConfirm pins SPEC.md 4.6: a responder that has
+// sent nothing to the contact is due a keepalive at its first timer check
+// after the session is confirmed, and only one.
+func TestResponderKeepaliveAfterConfirm(t *testing.T) {
+	var n fakeNet
+	a, b := newTestPair(t, &n, newTestClock(), nil)
+	a.m.setEndpoint(b.id.public(), b.addr)
+	n.pump(t) // initiation, response, a's keepalive confirms the session at b
+	b.m.tick()
+	q := n.take()
+	if len(q) != 1 || q[0].from != b.addr || q[0].b[0] != packetTransport || len(q[0].b) != transportMinSize {
+		t.Fatalf("responder's first tick sent %d packets, want one keepalive", len(q))
+	}
+	b.m.tick()
+	if q := n.take(); len(q) != 0 {
+		t.Fatalf("responder's second tick sent %d packets, want none", len(q))
+	}
+}
+
+// TestSilentPeerTimeline pins the "silent peer" paragraph of SPEC.md 4.7:
+// with the default timers, keepalives at 25, 50 and 75 s, Ended at 80 s,
+// then initiations from 120 s every 5 s until the attempt is abandoned at
+// 210 s, and nothing after.
+func TestSilentPeerTimeline(t *testing.T) {
+	var n fakeNet
+	clock := newTestClock()
+	start := clock.now()
+	var endedAt []time.Duration
+	a, b := newTestPair(t, &n, clock, func(c *sessionConfig) {
+		c.Ended = func(publicKey) { endedAt = append(endedAt, clock.now().Sub(start)) }
+	})
+	a.m.setEndpoint(b.id.public(), b.addr)
+	n.pump(t)
+	if !a.m.hasSession(b.id.public()) {
+		t.Fatal("no session")
+	}
+	var keepalives, inits []time.Duration
+	for clock.now().Sub(start) < 240*time.Second {
+		clock.advance(defaultTickInterval)
+		a.m.tick() // b never ticks and never answers: it is silent
+		for _, p := range n.take() {
+			switch p.b[0] {
+			case packetTransport:
+				keepalives = append(keepalives, clock.now().Sub(start))
+			case packetInitiation:
+				inits = append(inits, clock.now().Sub(start))
+			}
+		}
+	}
+	if want := []time.Duration{25 * time.Second, 50 * time.Second, 75 * time.Second}; !slices.Equal(keepalives, want) {
+		t.Errorf("keepalives at %v, want %v", keepalives, want)
+	}
+	if want := []time.Duration{80 * time.Second}; !slices.Equal(endedAt, want) {
+		t.Errorf("Ended at %v, want %v", endedAt, want)
+	}
+	var want []time.Duration
+	for s := 120; s < 210; s += 5 {
+		want = append(want, time.Duration(s)*time.Second)
+	}
+	if !slices.Equal(inits, want) {
+		t.Errorf("initiations at %v, want %v", inits, want)
+	}
+	if c, prev, next, pending := sessionCount(a.m, b.id.public()); c+prev+next+pending != 0 {
+		t.Errorf("after the attempt: %d current, %d previous, %d next, %d pending", c, prev, next, pending)
+	}
+}
