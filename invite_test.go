@@ -225,7 +225,7 @@ func newInvitePeer(t *testing.T, d *mapDHT, tamper inviteTamper, tweak func(*inv
 	if err != nil {
 		t.Fatal(err)
 	}
-	kp, err := generateKeyPair(cryptorand.Reader)
+	kp, err := generateDHKeys(cryptorand.Reader)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -716,8 +716,8 @@ func inviteVectorValues(t *testing.T) map[string]string {
 	v := loadCPaceVectors(t)
 	sid := cpHex(t, "0001020304050607")
 	ya, yb := cpHex32(t, v.G["ya"]), cpHex32(t, v.G["yb"]) // the draft's scalars
-	invKP, _ := newKeyPair(seqBytes(0x10, 32))
-	accKP, _ := newKeyPair(seqBytes(0x20, 32))
+	invKP, _ := newDHKeys(seqBytes(0x10, 32))
+	accKP, _ := newDHKeys(seqBytes(0x20, 32))
 	out := map[string]string{
 		"code": code, "nameplate": fmt.Sprint(np), "prs": hex.EncodeToString([]byte(code)),
 		"ci": hex.EncodeToString([]byte(inviteCI)), "sid": hex.EncodeToString(sid),
@@ -812,7 +812,7 @@ func TestInviteSpecVector(t *testing.T) {
 // complete exchange (msg1, msg2, msg3), without the network.
 func BenchmarkInviteRun(b *testing.B) {
 	b.ReportAllocs()
-	kp, _ := generateKeyPair(cryptorand.Reader)
+	kp, _ := generateDHKeys(cryptorand.Reader)
 	for b.Loop() {
 		acc := newInviter(inviteConfig{Self: kp.pub, Send: (&sendLog{}).send})
 		run, err := acc.newAcceptRun(4821, "tumor-unicorn")

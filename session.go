@@ -1,0 +1,791 @@
+// The session manager (SPEC.md 4.2, 4.6-4.8): dispatch, simultaneous open,
+// rotation, the send queue and a peer's addresses.
+//
+// Flow: Node hands every session packet to handlePacket, which dispatches
+// on the type. An initiation that passes the cookie checker (cookie.go) and
+// the Noise message (handshake.go) is answered with a response, and its new
+// keypair waits as "next" until the initiator's first packet confirms it; a
+// response completes our own initiation and its keypair becomes current at
+// once. Transport packets are opened on the keypair their receiver index
+// names and delivered. send seals on the current keypair, or queues the
+// payload and starts a handshake to the peer's endpoint and candidates;
+// timers.go resends, rekeys and expires.
+package main
+
+import (
+	"bytes"
+	"context"
+	cryptorand "crypto/rand"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/netip"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// Default timers, as WireGuard's (SPEC.md 4.7). sessionConfig fields of the
+// same names override them (tests shorten them).
+const (
+	defaultRekeyAfterTime     = 120 * time.Second
+	defaultRejectAfterTime    = 180 * time.Second
+	defaultRekeyTimeout       = 5 * time.Second
+	defaultRekeyAttemptTime   = 90 * time.Second
+	defaultRekeyAfterMessages = uint64(1) << 60
+	defaultLoadThreshold      = 64 // handshake messages per second before cookies
+	defaultTickInterval       = 250 * time.Millisecond
+	defaultKeepalive          = 25 * time.Second // keeps NAT mappings open; shows presence
+	defaultDeadAfter          = 3*defaultKeepalive + 5*time.Second
+	maxCandidates             = 4 // addresses tried at once while there is no session
+	cookieRefreshTime         = 120 * time.Second
+	maxQueuedPerPeer          = 128
+)
+
+type sessionConfig struct {
+	Identity    *identity
+	Send        func(to netip.AddrPort, b []byte) error
+	Allowed     func(peer publicKey) bool                                   // is peer a contact?
+	Deliver     func(peer publicKey, from netip.AddrPort, plaintext []byte) // plaintext valid only during call
+	Established func(peer publicKey, addr netip.AddrPort)                   // a new session (also after rekey/roam: addr may differ)
+	Ended       func(peer publicKey)                                        // the session expired or the peer fell silent for DeadAfter
+	Now         func() time.Time
+	Rand        io.Reader
+	Log         *slog.Logger
+
+	// Timers; zero means the default.
+	RekeyAfterTime     time.Duration
+	RejectAfterTime    time.Duration
+	RekeyTimeout       time.Duration
+	RekeyAttemptTime   time.Duration
+	RekeyAfterMessages uint64
+	LoadThreshold      int // handshake messages per second that put us under load
+	TickInterval       time.Duration
+	Keepalive          time.Duration // an idle session sends an empty packet this often
+	DeadAfter          time.Duration // silence after which a session counts as ended
+}
+
+func (c *sessionConfig) setDefaults() {
+	setDur := func(d *time.Duration, def time.Duration) {
+		if *d == 0 {
+			*d = def
+		}
+	}
+	setDur(&c.RekeyAfterTime, defaultRekeyAfterTime)
+	setDur(&c.RejectAfterTime, defaultRejectAfterTime)
+	setDur(&c.RekeyTimeout, defaultRekeyTimeout)
+	setDur(&c.RekeyAttemptTime, defaultRekeyAttemptTime)
+	setDur(&c.TickInterval, defaultTickInterval)
+	setDur(&c.Keepalive, defaultKeepalive)
+	setDur(&c.DeadAfter, defaultDeadAfter)
+	if c.RekeyAfterMessages == 0 {
+		c.RekeyAfterMessages = defaultRekeyAfterMessages
+	}
+	if c.LoadThreshold == 0 {
+		c.LoadThreshold = defaultLoadThreshold
+	}
+	if c.Now == nil {
+		c.Now = time.Now
+	}
+	if c.Rand == nil {
+		c.Rand = cryptorand.Reader
+	}
+	if c.Log == nil {
+		c.Log = slog.New(slog.DiscardHandler)
+	}
+	if c.Allowed == nil {
+		c.Allowed = func(publicKey) bool { return false }
+	}
+	if c.Deliver == nil {
+		c.Deliver = func(publicKey, netip.AddrPort, []byte) {}
+	}
+	if c.Established == nil {
+		c.Established = func(publicKey, netip.AddrPort) {}
+	}
+	if c.Ended == nil {
+		c.Ended = func(publicKey) {}
+	}
+}
+
+// sessionStats counts what the session layer dropped and why; every drop
+// is silent on the wire.
+type sessionStats struct {
+	malformed     atomic.Uint64 // not exactly well-formed
+	badMAC        atomic.Uint64 // mac1 wrong: dropped before any DH
+	cookiesSent   atomic.Uint64
+	handshakeFail atomic.Uint64 // did not authenticate
+	notAllowed    atomic.Uint64 // initiator is not a contact: no reply
+	staleInit     atomic.Uint64 // replayed or older timestamp
+	simultaneous  atomic.Uint64 // initiation dropped by the simultaneous-open rule
+	unknownIndex  atomic.Uint64
+	authFail      atomic.Uint64 // transport packet did not authenticate
+	replayed      atomic.Uint64
+	expired       atomic.Uint64
+	queueDropped  atomic.Uint64
+	delivered     atomic.Uint64
+}
+
+// peer is everything we hold about one contact, in one small struct per
+// concern. Guarded by the manager's mu.
+type peer struct {
+	key      publicKey
+	cookies  cookieGenerator // MACs of what we send it, its cookie replies
+	inits    peerInitiations // handshakes: ours pending, timestamps both ways
+	keypairs peerKeypairs
+	addrs    peerAddrs
+	queue    sendQueue
+	timers   peerTimers
+}
+
+// peerInitiations holds our pending initiation to a peer and the
+// timestamps that order initiations in each direction.
+type peerInitiations struct {
+	pending  *handshake // our pending initiation, nil if none
+	started  time.Time  // first attempt of the pending handshake
+	lastSent time.Time  // last (re)send of it
+	packet   []byte     // its bytes, to send to a new candidate at once
+	sentTS   [timestampLen]byte
+	recvTS   [timestampLen]byte // greatest accepted from the peer
+}
+
+// erasePending forgets our pending initiation and its receiver index.
+func (h *peerInitiations) erasePending(index indexTable) {
+	if h.pending != nil {
+		delete(index, h.pending.localIndex)
+		h.pending.erase()
+		h.pending = nil
+	}
+}
+
+// abandon erases our pending initiation and ends the attempt.
+func (h *peerInitiations) abandon(index indexTable) {
+	if h.pending == nil {
+		return
+	}
+	h.erasePending(index)
+	h.started = time.Time{}
+}
+
+// peerKeypairs are a peer's transport sessions: at most three.
+type peerKeypairs struct {
+	current  *keypair // sends and receives
+	previous *keypair // receives only, until it expires
+	next     *keypair // responder side, until the initiator's first packet confirms it
+}
+
+// rotate makes kp the current keypair; the old current one is kept to
+// receive what is still in flight, the one before it is erased.
+func (k *peerKeypairs) rotate(index indexTable, kp *keypair) {
+	if k.next != nil && k.next != kp {
+		index.retire(k.next)
+	}
+	k.next = nil
+	index.retire(k.previous)
+	k.previous, k.current = k.current, kp
+}
+
+// usable is the current keypair if it may still send.
+func (k *peerKeypairs) usable(now time.Time, rejectAfterTime time.Duration) *keypair {
+	kp := k.current
+	if kp == nil || now.Sub(kp.created) >= rejectAfterTime || kp.sendCounter.Load() >= rejectAfterMessages {
+		return nil
+	}
+	return kp
+}
+
+// retireAll erases every keypair.
+func (k *peerKeypairs) retireAll(index indexTable) {
+	index.retire(k.current)
+	index.retire(k.previous)
+	index.retire(k.next)
+}
+
+// peerAddrs is where a peer may be reached.
+type peerAddrs struct {
+	endpoint netip.AddrPort // source of the last authenticated packet, or the first candidate
+	// While there is no session, the rendezvous may report several
+	// addresses (an old announcement outlives a restart): the same
+	// initiation goes to each, and the one that answers wins.
+	candidates []netip.AddrPort
+}
+
+// targets is where an initiation goes: the endpoint and the candidates,
+// each once.
+func (a *peerAddrs) targets() []netip.AddrPort {
+	out := make([]netip.AddrPort, 0, 1+len(a.candidates))
+	if a.endpoint.IsValid() {
+		out = append(out, a.endpoint)
+	}
+	for _, c := range a.candidates {
+		if c != a.endpoint {
+			out = append(out, c)
+		}
+	}
+	return out
+}
+
+// addCandidate records addr as a candidate, newest first, keeping the
+// last maxCandidates, and reports whether it is new.
+func (a *peerAddrs) addCandidate(addr netip.AddrPort) bool {
+	if i := slices.Index(a.candidates, addr); i >= 0 {
+		copy(a.candidates[1:i+1], a.candidates[:i])
+		a.candidates[0] = addr
+		return false
+	}
+	if len(a.candidates) == maxCandidates {
+		a.candidates = a.candidates[:maxCandidates-1]
+	}
+	a.candidates = slices.Insert(a.candidates, 0, addr)
+	return true
+}
+
+// sendQueue keeps payloads until a session is up.
+type sendQueue struct{ payloads [][]byte }
+
+// push keeps a copy of b; the oldest payload makes room when the queue is
+// full. It reports whether one was dropped.
+func (q *sendQueue) push(b []byte) (dropped bool) {
+	if len(q.payloads) >= maxQueuedPerPeer {
+		wipe(q.payloads[0])
+		q.payloads = q.payloads[1:]
+		dropped = true
+	}
+	q.payloads = append(q.payloads, bytes.Clone(b))
+	return dropped
+}
+
+// take empties the queue and returns what it held.
+func (q *sendQueue) take() [][]byte {
+	out := q.payloads
+	q.payloads = nil
+	return out
+}
+
+// drop erases every queued payload and returns how many there were.
+func (q *sendQueue) drop() int {
+	for _, b := range q.payloads {
+		wipe(b)
+	}
+	n := len(q.payloads)
+	q.payloads = nil
+	return n
+}
+
+// peerTimers are the times the timers (timers.go) run from.
+type peerTimers struct {
+	lastSend time.Time // last payload or keepalive sent
+	lastRecv time.Time // last authenticated packet
+	online   bool      // Established reported and Ended not since
+}
+
+// markLive records an authenticated packet from p: it is online, and the
+// candidates from the rendezvous are no longer needed.
+func (p *peer) markLive(now time.Time) {
+	p.timers.lastRecv, p.timers.online = now, true
+	p.addrs.candidates, p.inits.packet = nil, nil
+}
+
+// yields is the simultaneous-open rule (SPEC.md 4.8): when both sides
+// initiate at once, the initiation of the side with the lower static public
+// key wins. It reports whether we (self) should answer p's initiation; if
+// so the caller abandons our own pending one (its queue is kept and goes
+// out on the surviving session). It also refuses an initiation that
+// arrives just after our own initiation succeeded: it was sent before the
+// peer saw ours.
+func (p *peer) yields(self publicKey, now time.Time, rekeyTimeout time.Duration) bool {
+	selfLower := bytes.Compare(self[:], p.key[:]) < 0
+	if c := p.keypairs.current; c != nil && c.initiator && now.Sub(c.created) < rekeyTimeout && selfLower {
+		return false
+	}
+	return p.inits.pending == nil || !selfLower
+}
+
+// indexEntry is what a receiver index names: our pending initiation, or a keypair.
+type indexEntry struct {
+	peer *peer
+	kp   *keypair // nil for a pending handshake
+}
+
+// indexTable maps the receiver indices we chose to what they name.
+// Guarded by the manager's mu.
+type indexTable map[uint32]indexEntry
+
+// add picks a random unused receiver index for e.
+func (t indexTable) add(rand io.Reader, e indexEntry) (uint32, error) {
+	var b [indexLen]byte
+	for range 16 {
+		if _, err := io.ReadFull(rand, b[:]); err != nil {
+			return 0, fmt.Errorf("session: index: %w", err)
+		}
+		i := binary.LittleEndian.Uint32(b[:])
+		if _, used := t[i]; !used {
+			t[i] = e
+			return i, nil
+		}
+	}
+	return 0, errors.New("session: no free index")
+}
+
+// retire forgets a keypair and erases its keys.
+func (t indexTable) retire(kp *keypair) {
+	if kp == nil {
+		return
+	}
+	if e, ok := t[kp.localIndex]; ok && e.kp == kp {
+		delete(t, kp.localIndex)
+	}
+	kp.wipe()
+}
+
+type sessionManager struct {
+	cfg     sessionConfig
+	pub     publicKey
+	cookies *cookieChecker
+	dh      dhCounter
+	stats   sessionStats
+	bufs    sync.Pool // *[]byte of maxDatagram bytes: zero allocations per packet
+	debugOn bool
+
+	evMu  sync.Mutex // orders Established and Ended callbacks
+	mu    sync.Mutex
+	peers map[publicKey]*peer
+	index indexTable
+}
+
+func newSessionManager(cfg sessionConfig) *sessionManager {
+	cfg.setDefaults()
+	m := &sessionManager{cfg: cfg, peers: map[publicKey]*peer{}, index: indexTable{}}
+	m.pub = cfg.Identity.public()
+	m.cookies = newCookieChecker(m.pub, cfg.LoadThreshold, cfg.Rand)
+	m.bufs.New = func() any { b := make([]byte, maxDatagram); return &b }
+	m.debugOn = cfg.Log.Enabled(context.Background(), slog.LevelDebug)
+	return m
+}
+
+// debug logs a drop; the log is quiet unless debugging. Building the log
+// arguments allocates, so on the transport path it is skipped unless
+// debug logging is on.
+func (m *sessionManager) debug(msg string, from netip.AddrPort, err error) {
+	if m.debugOn {
+		m.cfg.Log.Debug("session: "+msg, "from", from, "err", err)
+	}
+}
+
+// peerLocked returns the peer record for k, creating it.
+func (m *sessionManager) peerLocked(k publicKey) *peer {
+	p := m.peers[k]
+	if p == nil {
+		p = &peer{key: k, cookies: newCookieGenerator(k)}
+		m.peers[k] = p
+	}
+	return p
+}
+
+// handlePacket is Node.onSession: b is valid only during the call.
+func (m *sessionManager) handlePacket(from netip.AddrPort, b []byte) {
+	if len(b) == 0 {
+		m.stats.malformed.Add(1)
+		return
+	}
+	switch b[0] {
+	case packetInitiation:
+		m.handleInitiation(from, b)
+	case packetResponse:
+		m.handleResponse(from, b)
+	case packetCookieReply:
+		m.handleCookieReply(from, b)
+	case packetTransport:
+		m.handleTransport(from, b)
+	default:
+		m.stats.malformed.Add(1)
+	}
+}
+
+// sendRaw sends b to each address in to.
+func (m *sessionManager) sendRaw(b []byte, to ...netip.AddrPort) {
+	for _, a := range to {
+		if err := m.cfg.Send(a, b); err != nil {
+			m.debug("send", a, err)
+		}
+	}
+}
+
+// handleInitiation: parse, mac1 (and mac2 under load) before any DH, then
+// the Noise message, then the contact and timestamp checks, then the
+// simultaneous-open rule, then the reply.
+func (m *sessionManager) handleInitiation(from netip.AddrPort, b []byte) {
+	msg, err := parseInitiation(b)
+	if err != nil {
+		m.stats.malformed.Add(1)
+		m.debug("drop", from, err)
+		return
+	}
+	if !m.checkMACs(from, b, initiationOffMAC1, initiationOffMAC2, msg.sender) {
+		return
+	}
+	h := &handshake{}
+	if err := h.consumeInitiation(m.cfg.Identity, &msg, &m.dh); err != nil {
+		m.stats.handshakeFail.Add(1)
+		m.debug("initiation", from, err)
+		return
+	}
+	if !m.cfg.Allowed(h.peer) {
+		// Stay silent: a stranger learns nothing, not even that we exist.
+		h.erase()
+		m.stats.notAllowed.Add(1)
+		m.debug("initiation from a stranger", from, nil)
+		return
+	}
+	reply, err := m.replyToInitiation(from, h)
+	if err != nil {
+		h.erase()
+		m.debug("initiation", from, err)
+		return
+	}
+	m.sendRaw(reply, from)
+}
+
+// replyToInitiation applies the per-peer rules to an authenticated
+// initiation and returns the packet to send back to from. That is our
+// response, except when the simultaneous-open rule keeps our own pending
+// initiation and the peer has moved: then it is that initiation, built
+// afresh for the new address.
+func (m *sessionManager) replyToInitiation(from netip.AddrPort, h *handshake) ([]byte, error) {
+	now := m.cfg.Now()
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	p := m.peerLocked(h.peer)
+	if bytes.Compare(h.timestamp[:], p.inits.recvTS[:]) <= 0 {
+		m.stats.staleInit.Add(1)
+		return nil, errors.New("session: replayed or old initiation")
+	}
+	// Record the timestamp before anything else uses the initiation, so
+	// that even one we drop below cannot be replayed to move us.
+	p.inits.recvTS = h.timestamp
+	if !p.yields(m.pub, now, m.cfg.RekeyTimeout) {
+		m.stats.simultaneous.Add(1)
+		h.erase()
+		if p.inits.pending != nil && p.addrs.endpoint != from {
+			// The initiation authenticated, so from is where the peer
+			// is now: aim our own pending initiation there at once
+			// rather than keep sending to an old address.
+			p.addrs.endpoint = from
+			if init := m.initiateLocked(p, now); init != nil {
+				return init, nil
+			}
+		}
+		return nil, errors.New("session: simultaneous open, keeping ours")
+	}
+	p.inits.abandon(m.index)
+	p.addrs.endpoint = from
+	local, err := m.index.add(m.cfg.Rand, indexEntry{peer: p})
+	if err != nil {
+		return nil, err
+	}
+	resp, err := h.createResponse(local, m.cfg.Rand)
+	if err != nil {
+		delete(m.index, local)
+		return nil, err
+	}
+	send, recv, err := h.beginSession()
+	if err != nil {
+		delete(m.index, local)
+		return nil, err
+	}
+	kp := newKeypair(send, recv, local, h.remoteIndex, false, now)
+	m.index[local] = indexEntry{peer: p, kp: kp}
+	m.index.retire(p.keypairs.next)
+	p.keypairs.next = kp
+	out := resp.appendTo(make([]byte, 0, responseSize))
+	p.cookies.addMACs(out, responseOffMAC1, responseOffMAC2, now, m.cfg.RekeyTimeout)
+	return out, nil
+}
+
+// handleResponse completes our initiation.
+func (m *sessionManager) handleResponse(from netip.AddrPort, b []byte) {
+	msg, err := parseResponse(b)
+	if err != nil {
+		m.stats.malformed.Add(1)
+		m.debug("drop", from, err)
+		return
+	}
+	if !m.checkMACs(from, b, responseOffMAC1, responseOffMAC2, msg.sender) {
+		return
+	}
+	p, err := m.completeHandshake(from, &msg)
+	if err != nil {
+		m.debug("response", from, err)
+		return
+	}
+	m.established(p.key, from)
+	m.flush(p, true)
+}
+
+func (m *sessionManager) completeHandshake(from netip.AddrPort, msg *responseMsg) (*peer, error) {
+	now := m.cfg.Now()
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	e, ok := m.index[msg.receiver]
+	if !ok || e.kp != nil || e.peer.inits.pending == nil || e.peer.inits.pending.localIndex != msg.receiver {
+		m.stats.unknownIndex.Add(1)
+		return nil, errors.New("session: response to no pending handshake")
+	}
+	p := e.peer
+	if !m.cfg.Allowed(p.key) {
+		return nil, errors.New("session: response from a removed contact")
+	}
+	h := p.inits.pending
+	if err := h.consumeResponse(msg); err != nil {
+		m.stats.handshakeFail.Add(1)
+		return nil, err
+	}
+	send, recv, err := h.beginSession()
+	if err != nil {
+		return nil, err
+	}
+	kp := newKeypair(send, recv, h.localIndex, msg.sender, true, now)
+	m.index[kp.localIndex] = indexEntry{peer: p, kp: kp}
+	p.inits.pending, p.inits.started = nil, time.Time{}
+	p.keypairs.rotate(m.index, kp)
+	p.addrs.endpoint = from
+	p.markLive(now)
+	return p, nil
+}
+
+// handleTransport authenticates a transport packet and delivers it. It
+// allocates nothing unless the packet confirms a new session or roams.
+func (m *sessionManager) handleTransport(from netip.AddrPort, b []byte) {
+	msg, err := parseTransport(b)
+	if err != nil {
+		m.stats.malformed.Add(1)
+		m.debug("drop", from, err)
+		return
+	}
+	now := m.cfg.Now()
+	m.mu.Lock()
+	e, ok := m.index[msg.receiver]
+	m.mu.Unlock()
+	if !ok || e.kp == nil {
+		m.stats.unknownIndex.Add(1)
+		m.debug("transport for an unknown index", from, nil)
+		return
+	}
+	if now.Sub(e.kp.created) >= m.cfg.RejectAfterTime {
+		m.stats.expired.Add(1)
+		m.debug("transport on expired keys", from, nil)
+		return
+	}
+	bp := m.bufs.Get().(*[]byte)
+	defer m.bufs.Put(bp)
+	pt, err := e.kp.open(*bp, &msg)
+	if err != nil {
+		if errors.Is(err, errReplay) {
+			m.stats.replayed.Add(1)
+		} else {
+			m.stats.authFail.Add(1)
+		}
+		m.debug("transport", from, err)
+		return
+	}
+	if m.confirm(e.peer, e.kp, from) {
+		m.established(e.peer.key, from)
+		m.flush(e.peer, false)
+	}
+	if len(pt) > 0 {
+		m.stats.delivered.Add(1)
+		m.cfg.Deliver(e.peer.key, from, pt)
+	}
+}
+
+// confirm runs after a packet authenticated on kp: a responder's new
+// keypair becomes current, and a new source address becomes the endpoint.
+// It reports whether the peer's session or address changed.
+func (m *sessionManager) confirm(p *peer, kp *keypair, from netip.AddrPort) bool {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	changed := false
+	if p.keypairs.next == kp {
+		p.keypairs.rotate(m.index, kp)
+		changed = true
+	}
+	if kp == p.keypairs.current && p.addrs.endpoint != from {
+		p.addrs.endpoint = from
+		changed = true
+	}
+	if !p.timers.online {
+		changed = true
+	}
+	p.markLive(m.cfg.Now())
+	return changed
+}
+
+// flush sends the payloads queued for p on its current session. An
+// initiator with nothing queued sends an empty keepalive, which confirms
+// the session to the responder (the responder may not send before that).
+func (m *sessionManager) flush(p *peer, keepalive bool) {
+	m.mu.Lock()
+	kp, to := p.keypairs.current, p.addrs.endpoint
+	if kp == nil {
+		m.mu.Unlock()
+		return // the queue waits for the next session
+	}
+	q := p.queue.take()
+	if len(q) > 0 || keepalive {
+		p.timers.lastSend = m.cfg.Now()
+	}
+	m.mu.Unlock()
+	if len(q) == 0 && keepalive {
+		m.sendTransport(kp, to, nil)
+	}
+	for _, b := range q {
+		m.sendTransport(kp, to, b)
+		wipe(b)
+	}
+}
+
+// sendTransport seals payload for kp into a pooled buffer and sends it.
+func (m *sessionManager) sendTransport(kp *keypair, to netip.AddrPort, payload []byte) error {
+	bp := m.bufs.Get().(*[]byte)
+	defer m.bufs.Put(bp)
+	pkt, err := kp.seal(*bp, payload)
+	if err != nil {
+		return err
+	}
+	return m.cfg.Send(to, pkt)
+}
+
+var (
+	errPayloadTooBig = fmt.Errorf("session: payload larger than %d bytes", maxTransportPayload)
+	errNoEndpoint    = errors.New("session: no address known for this contact")
+)
+
+// send encrypts payload for peerKey on the current session, or queues it
+// and starts a handshake.
+func (m *sessionManager) send(peerKey publicKey, payload []byte) error {
+	if len(payload) > maxTransportPayload {
+		return errPayloadTooBig
+	}
+	now := m.cfg.Now()
+	m.mu.Lock()
+	p := m.peers[peerKey]
+	if p == nil || (!p.addrs.endpoint.IsValid() && p.keypairs.current == nil) {
+		m.mu.Unlock()
+		return errNoEndpoint
+	}
+	kp, to := p.keypairs.usable(now, m.cfg.RejectAfterTime), p.addrs.endpoint
+	var init []byte
+	if kp == nil {
+		if p.queue.push(payload) {
+			m.stats.queueDropped.Add(1)
+		}
+		init = m.maybeInitiateLocked(p, now)
+	} else {
+		p.timers.lastSend = now
+		if p.needsRekey(kp, now, &m.cfg) {
+			init = m.maybeInitiateLocked(p, now)
+		}
+	}
+	var targets []netip.AddrPort
+	if init != nil {
+		targets = p.addrs.targets()
+	}
+	m.mu.Unlock()
+	m.sendRaw(init, targets...)
+	if kp != nil {
+		return m.sendTransport(kp, to, payload)
+	}
+	return nil
+}
+
+// maybeInitiateLocked starts a handshake unless one is pending, or we
+// answered p's initiation recently and wait for its first packet.
+func (m *sessionManager) maybeInitiateLocked(p *peer, now time.Time) []byte {
+	if p.inits.pending != nil || !p.addrs.endpoint.IsValid() {
+		return nil
+	}
+	if next := p.keypairs.next; next != nil && now.Sub(next.created) < m.cfg.RekeyTimeout {
+		return nil
+	}
+	p.inits.started = now
+	return m.initiateLocked(p, now)
+}
+
+// initiateLocked builds a fresh initiation (new ephemeral key, index and
+// timestamp) to p, replacing any pending one.
+func (m *sessionManager) initiateLocked(p *peer, now time.Time) []byte {
+	p.inits.erasePending(m.index)
+	idx, err := m.index.add(m.cfg.Rand, indexEntry{peer: p})
+	if err != nil {
+		m.debug("initiate", p.addrs.endpoint, err)
+		return nil
+	}
+	h := &handshake{}
+	ts := nextTimestamp(now, p.inits.sentTS)
+	msg, err := h.createInitiation(m.cfg.Identity, p.key, idx, ts, m.cfg.Rand, &m.dh)
+	if err != nil {
+		delete(m.index, idx)
+		m.debug("initiate", p.addrs.endpoint, err)
+		return nil
+	}
+	p.inits.sentTS = ts
+	p.inits.pending, p.inits.lastSent = h, now
+	if p.inits.started.IsZero() {
+		p.inits.started = now
+	}
+	out := msg.appendTo(make([]byte, 0, initiationSize))
+	p.cookies.addMACs(out, initiationOffMAC1, initiationOffMAC2, now, m.cfg.RekeyTimeout)
+	p.inits.packet = out
+	return out
+}
+
+// setEndpoint records an address where peer may be reached (from the
+// rendezvous) and handshakes if there is no live session. A live session's
+// address changes only with authenticated packets (roaming), never with
+// what the DHT says: an old announcement must not divert a session.
+func (m *sessionManager) setEndpoint(peerKey publicKey, addr netip.AddrPort) {
+	if !m.cfg.Allowed(peerKey) {
+		return // removed while a lookup ran: no session with a non-contact
+	}
+	now := m.cfg.Now()
+	m.mu.Lock()
+	p := m.peerLocked(peerKey)
+	if p.timers.online && p.keypairs.usable(now, m.cfg.RejectAfterTime) != nil {
+		m.mu.Unlock()
+		return
+	}
+	isNew := p.addrs.addCandidate(addr)
+	if !p.addrs.endpoint.IsValid() {
+		p.addrs.endpoint = addr
+	}
+	var init []byte
+	var to []netip.AddrPort
+	switch {
+	case p.inits.pending == nil:
+		if init = m.maybeInitiateLocked(p, now); init != nil {
+			to = p.addrs.targets()
+		}
+	case isNew && p.inits.packet != nil:
+		// A handshake is under way: the new candidate gets the same
+		// initiation at once, not only at the next resend.
+		init, to = p.inits.packet, []netip.AddrPort{addr}
+	}
+	m.mu.Unlock()
+	m.sendRaw(init, to...)
+}
+
+// forget erases everything about peer: a removed contact.
+func (m *sessionManager) forget(peerKey publicKey) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	p := m.peers[peerKey]
+	if p == nil {
+		return
+	}
+	p.inits.abandon(m.index)
+	p.keypairs.retireAll(m.index)
+	p.queue.drop()
+	delete(m.peers, peerKey)
+}

@@ -1,0 +1,162 @@
+// Timers (SPEC.md 4.7): retransmission, rekeying, expiry, keepalives and
+// the end of a session.
+//
+// Flow: run calls tick every TickInterval. For each peer, tickPeerLocked
+// erases keypairs older than RejectAfterTime and stale cookies, resends a
+// pending initiation every RekeyTimeout until RekeyAttemptTime, starts a
+// handshake for queued payloads or a session due for rekeying; then tick
+// sends keepalives to online peers idle for Keepalive and reports peers
+// silent for DeadAfter as ended. The sends happen after mu is released.
+package main
+
+import (
+	"context"
+	"net/netip"
+	"time"
+)
+
+// run drives the timers until ctx ends, then erases every session: keys are
+// never written to disk and do not outlive the process.
+func (m *sessionManager) run(ctx context.Context) {
+	t := time.NewTicker(m.cfg.TickInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			m.eraseAll()
+			return
+		case <-t.C:
+			m.tick()
+		}
+	}
+}
+
+func (m *sessionManager) eraseAll() {
+	m.mu.Lock()
+	keys := make([]publicKey, 0, len(m.peers))
+	for k := range m.peers {
+		keys = append(keys, k)
+	}
+	m.mu.Unlock()
+	for _, k := range keys {
+		m.forget(k)
+	}
+}
+
+// tick runs the timers once: retransmit or give up pending handshakes,
+// rekey busy sessions, erase expired keys.
+func (m *sessionManager) tick() {
+	now := m.cfg.Now()
+	type out struct {
+		to []netip.AddrPort
+		b  []byte
+	}
+	var sends []out
+	var keepalive []*peer
+	var ended []publicKey
+	m.mu.Lock()
+	for _, p := range m.peers {
+		if b := m.tickPeerLocked(p, now); b != nil {
+			sends = append(sends, out{p.addrs.targets(), b})
+		}
+		if p.checkEnded(now, m.cfg.DeadAfter) {
+			ended = append(ended, p.key)
+		} else if p.timers.online && now.Sub(p.timers.lastSend) >= m.cfg.Keepalive {
+			// A side that has sent nothing to p yet (a responder
+			// whose session was just confirmed) is due at once.
+			keepalive = append(keepalive, p)
+		}
+	}
+	m.mu.Unlock()
+	for _, s := range sends {
+		m.sendRaw(s.b, s.to...)
+	}
+	for _, p := range keepalive {
+		m.flush(p, true)
+	}
+	for _, k := range ended {
+		m.ended(k)
+	}
+}
+
+// tickPeerLocked runs p's timers and returns an initiation to send, if any.
+func (m *sessionManager) tickPeerLocked(p *peer, now time.Time) []byte {
+	p.keypairs.expire(m.index, now, m.cfg.RejectAfterTime)
+	p.cookies.expire(now)
+	if p.inits.pending != nil {
+		if now.Sub(p.inits.started) >= m.cfg.RekeyAttemptTime {
+			p.inits.abandon(m.index)
+			m.stats.queueDropped.Add(uint64(p.queue.drop()))
+			return nil
+		}
+		if now.Sub(p.inits.lastSent) >= m.cfg.RekeyTimeout {
+			return m.initiateLocked(p, now)
+		}
+		return nil
+	}
+	if len(p.queue.payloads) > 0 && p.keypairs.usable(now, m.cfg.RejectAfterTime) == nil {
+		return m.maybeInitiateLocked(p, now)
+	}
+	// A session in use is rekeyed before it expires, even if only the
+	// other side sends: keys older than RejectAfterTime are refused.
+	if kp := p.keypairs.current; kp != nil && now.Sub(p.timers.lastSend) < m.cfg.RekeyAfterTime && p.needsRekey(kp, now, &m.cfg) {
+		return m.maybeInitiateLocked(p, now)
+	}
+	return nil
+}
+
+// expire erases the keypairs older than rejectAfterTime.
+func (k *peerKeypairs) expire(index indexTable, now time.Time, rejectAfterTime time.Duration) {
+	for _, kp := range []**keypair{&k.current, &k.previous, &k.next} {
+		if *kp != nil && now.Sub((*kp).created) >= rejectAfterTime {
+			index.retire(*kp)
+			*kp = nil
+		}
+	}
+}
+
+// needsRekey: forward secrecy asks for fresh ephemeral keys after
+// RekeyAfterTime or RekeyAfterMessages. The responder waits RekeyTimeout
+// longer, so the two sides rarely start at once.
+func (p *peer) needsRekey(kp *keypair, now time.Time, cfg *sessionConfig) bool {
+	if p.inits.pending != nil {
+		return false
+	}
+	after := cfg.RekeyAfterTime
+	if !kp.initiator {
+		after += cfg.RekeyTimeout
+	}
+	return now.Sub(kp.created) >= after || kp.sendCounter.Load() >= cfg.RekeyAfterMessages
+}
+
+// checkEnded reports, once, that p's session is over: its keys expired
+// without a successor, or it has been silent for deadAfter (keepalives
+// make silence mean absence).
+func (p *peer) checkEnded(now time.Time, deadAfter time.Duration) bool {
+	if !p.timers.online || (p.keypairs.current != nil && now.Sub(p.timers.lastRecv) < deadAfter) {
+		return false
+	}
+	p.timers.online = false
+	return true
+}
+
+// established and ended report a peer's session state in the order it
+// changed: evMu orders the callbacks, and ended re-checks under mu, so a
+// packet that revived the peer after tick decided it had ended wins.
+func (m *sessionManager) established(k publicKey, addr netip.AddrPort) {
+	m.evMu.Lock()
+	defer m.evMu.Unlock()
+	m.cfg.Established(k, addr)
+}
+
+func (m *sessionManager) ended(k publicKey) {
+	m.evMu.Lock()
+	defer m.evMu.Unlock()
+	m.mu.Lock()
+	p := m.peers[k]
+	still := p != nil && !p.timers.online
+	m.mu.Unlock()
+	if still {
+		m.cfg.Ended(k)
+	}
+}
