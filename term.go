@@ -71,7 +71,9 @@ func followSize(ctx context.Context, fd int, t *term.Terminal) {
 	signal.Notify(winch, syscall.SIGWINCH)
 	defer signal.Stop(winch)
 	for {
-		if w, h, err := term.GetSize(fd); err == nil {
+		// A pty nobody sized says 0 columns; x/term would then wrap
+		// after every character, so it keeps its default of 80.
+		if w, h, err := term.GetSize(fd); err == nil && w > 0 {
 			t.SetSize(w, h)
 		}
 		select {
