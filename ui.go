@@ -127,7 +127,7 @@ func (u *ui) handleLine(ctx context.Context, line string) error {
 			u.printf("error no recipient: use /to NAME or /msg NAME TEXT")
 			return nil
 		}
-		u.report(u.sendText(ctx, u.to, line))
+		u.report(ctx, u.sendText(ctx, u.to, line))
 		return nil
 	}
 	name, rest := trimmed, ""
@@ -141,7 +141,7 @@ func (u *ui) handleLine(ctx context.Context, line string) error {
 			if err == errQuit {
 				return err
 			}
-			u.report(err)
+			u.report(ctx, err)
 			return nil
 		}
 	}
@@ -149,11 +149,26 @@ func (u *ui) handleLine(ctx context.Context, line string) error {
 	return nil
 }
 
-// report prints err, if any, as an "error" line.
-func (u *ui) report(err error) {
-	if err != nil {
+// report prints err, if any, as an "error" line; not when we are
+// quitting, which cut the command short.
+func (u *ui) report(ctx context.Context, err error) {
+	if err != nil && ctx.Err() == nil {
 		u.printf("error %v", err)
 	}
+}
+
+// untilDone is the DHT's command writer: what a command prints after ctx
+// ended (its "context canceled" errors as we quit) is dropped.
+type untilDone struct {
+	ctx context.Context
+	u   *ui
+}
+
+func (w untilDone) Write(p []byte) (int, error) {
+	if w.ctx.Err() != nil {
+		return len(p), nil
+	}
+	return w.u.Write(p)
 }
 
 func (u *ui) cmdHelp(_ context.Context, _ string) error {
@@ -322,7 +337,7 @@ func (u *ui) cmdDHT(ctx context.Context, rest string) error {
 			args = f
 		}
 	}
-	u.app.dht.command(ctx, args, u)
+	u.app.dht.command(ctx, args, untilDone{ctx, u})
 	return nil
 }
 

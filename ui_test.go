@@ -6,6 +6,7 @@ import (
 	"net"
 	"os/exec"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -229,5 +230,24 @@ func TestParseSavedPort(t *testing.T) {
 		if _, err := parseSavedPort([]byte(bad)); err == nil {
 			t.Errorf("parseSavedPort(%q) accepted", bad)
 		}
+	}
+}
+
+// Issue 8 item 11: quitting in the middle of an invitation or a DHT
+// command does not print "context canceled".
+func TestE2EQuitQuietly(t *testing.T) {
+	u := newUser(t, "quin", "127.0.0.1:1")
+	p := u.start(t)
+	p.send("/accept alice 4821-tumor-unicorn")
+	p.expect("* accepting alice", 5*time.Second)
+	p.send("/dht get_peers 0123456789abcdef0123456789abcdef01234567")
+	time.Sleep(200 * time.Millisecond)
+	if err := p.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	p.wait(t)
+	<-p.done
+	if out := p.tail(); strings.Contains(out, "context canceled") {
+		t.Errorf("quitting printed context canceled:\n%s", out)
 	}
 }
