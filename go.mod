@@ -2,6 +2,9 @@ module kadchat
 
 go 1.26.0
 
-require golang.org/x/crypto v0.59.0
+require (
+	golang.org/x/crypto v0.59.0
+	golang.org/x/term v0.48.0
+)
 
-require golang.org/x/sys v0.50.0 // indirect
+require golang.org/x/sys v0.50.0

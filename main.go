@@ -23,6 +23,8 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"runtime"
+	"runtime/debug"
 	"strings"
 	"sync"
 	"syscall"
@@ -51,7 +53,10 @@ type options struct {
 }
 
 func main() {
-	opts, err := parseFlags(os.Args[1:], os.Stderr)
+	opts, err := parseFlags(os.Args[1:], os.Stdout, os.Stderr)
+	if errors.Is(err, flag.ErrHelp) {
+		return // -h or -version: printed to stdout, exit 0
+	}
 	if err != nil {
 		os.Exit(2)
 	}
@@ -60,31 +65,45 @@ func main() {
 	if opts.demo {
 		err = runDemo(ctx, os.Stdout)
 	} else {
-		err = run(ctx, opts, os.Stdin, os.Stdout, os.Stderr)
+		err = runStdio(ctx, opts)
 	}
 	if err != nil {
-		fmt.Fprintln(os.Stderr, "kadchat:", err)
+		// Said once, without a prefix of our own: the error names its layer.
+		fmt.Fprintln(os.Stderr, "error:", err)
 		os.Exit(1)
 	}
 }
 
-func parseFlags(args []string, stderr io.Writer) (options, error) {
+// parseFlags parses the command line. -h and -version print to stdout and
+// return flag.ErrHelp (exit 0: the user asked); a mistake prints the usage
+// to stderr and returns another error (exit 2).
+func parseFlags(args []string, stdout, stderr io.Writer) (options, error) {
 	var o options
+	var usage strings.Builder
 	fs := flag.NewFlagSet("kadchat", flag.ContinueOnError)
-	fs.SetOutput(stderr)
+	fs.SetOutput(&usage)
 	defDir := "kadchat-data"
 	if d, err := os.UserConfigDir(); err == nil {
 		defDir = filepath.Join(d, "kadchat")
 	}
 	fs.StringVar(&o.dir, "dir", defDir, "data directory (identity, contacts, outbox, routing table)")
-	fs.StringVar(&o.listen, "listen", defaultListen, "UDP address to listen on (falls back to a free port if busy)")
+	fs.StringVar(&o.listen, "listen", defaultListen, "UDP address to listen on (if busy: the port used last time, else a free one)")
 	boot := fs.String("bootstrap", strings.Join(defaultBootstrap, ","), "DHT bootstrap nodes, HOST:PORT[,HOST:PORT...]")
 	fs.BoolVar(&o.demo, "demo", false, "run a self-contained loopback demo and exit")
 	fs.BoolVar(&o.verbose, "v", false, "debug logs on stderr")
-	if err := fs.Parse(args); err != nil {
+	version := fs.Bool("version", false, "print the version and exit")
+	err := fs.Parse(args)
+	switch {
+	case errors.Is(err, flag.ErrHelp):
+		io.WriteString(stdout, usage.String())
 		return o, err
-	}
-	if fs.NArg() > 0 {
+	case err != nil:
+		io.WriteString(stderr, usage.String())
+		return o, err
+	case *version:
+		fmt.Fprintln(stdout, versionLine())
+		return o, flag.ErrHelp
+	case fs.NArg() > 0:
 		fmt.Fprintf(stderr, "kadchat: unexpected argument %q\n", fs.Arg(0))
 		return o, errors.New("usage")
 	}
@@ -96,42 +115,55 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	return o, nil
 }
 
-// listenWithFallback listens on addr, or on a free port of the same host if
-// that port is taken, so a second kadchat on one machine still starts.
-func listenWithFallback(addr string, log *slog.Logger) (*Node, error) {
-	n, err := listenNode(addr, log)
-	if err == nil || !errors.Is(err, syscall.EADDRINUSE) {
-		return n, err
+// versionLine names the module version, the VCS revision when the build
+// recorded one, and the Go release.
+func versionLine() string {
+	bi, ok := debug.ReadBuildInfo()
+	if !ok {
+		return "kadchat unknown " + runtime.Version()
 	}
-	host, _, _ := strings.Cut(addr, ":")
-	if i := strings.LastIndex(addr, ":"); i >= 0 {
-		host = addr[:i]
+	v := "kadchat " + bi.Main.Version
+	for _, s := range bi.Settings {
+		if s.Key == "vcs.revision" {
+			v += " " + s.Value
+		}
 	}
-	log.Info("port busy, using a free one", "listen", addr)
-	return listenNode(host+":0", log)
+	return v + " " + bi.GoVersion
 }
 
-func newLogger(verbose bool, stderr io.Writer) *slog.Logger {
-	level := slog.LevelWarn
-	if verbose {
-		level = slog.LevelDebug
+// newLogHandler logs to stderr with -v only: without it, what a person
+// needs to know arrives as "*" lines (see dhtWatch), not as log records.
+func newLogHandler(verbose bool, stderr io.Writer) slog.Handler {
+	if !verbose {
+		return slog.DiscardHandler
 	}
-	return slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level}))
+	return slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: slog.LevelDebug})
 }
 
 // run is the program: everything but flag parsing and signals, so tests
-// and the demo can run it in-process.
-func run(ctx context.Context, o options, stdin io.Reader, stdout, stderr io.Writer) error {
-	log := newLogger(o.verbose, stderr)
-	a, err := openApp(o, log, stdout)
+// can run it in-process. Lines come from src; results and events go to
+// stdout, logs (with -v) to stderr.
+func run(ctx context.Context, o options, src lineSource, stdout, stderr io.Writer) error {
+	hook := newDHTHook(newLogHandler(o.verbose, stderr))
+	a, err := openApp(o, slog.New(hook), stdout)
 	if err != nil {
 		return err
 	}
+	src.attach(a.ui)
 	ctx, cancel := context.WithCancel(ctx)
 	var wg sync.WaitGroup
 	a.start(ctx, &wg)
+	a.watch = &dhtWatch{}
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		a.watch.run(ctx, a.dht.goodNodes, hook.failed, func(l string) { a.ui.printf("%s", l) })
+	}()
+	if a.busyPort != "" {
+		a.ui.printf("* listening on %s (%s was busy)", a.node.LocalAddr(), a.busyPort)
+	}
 	a.ui.printf("* ready %s %s", a.node.LocalAddr(), a.id.public())
-	err = a.readCommands(ctx, stdin)
+	err = a.readCommands(ctx, src)
 	cancel()
 	wg.Wait()
 	if cerr := a.close(); err == nil {
@@ -140,13 +172,22 @@ func run(ctx context.Context, o options, stdin io.Reader, stdout, stderr io.Writ
 	return err
 }
 
-// readCommands feeds stdin lines to the UI until end of input, /quit or
-// the end of ctx. A line longer than maxLine is refused with an error line
-// and skipped, never buffered without bound.
-func (a *app) readCommands(ctx context.Context, stdin io.Reader) error {
+// lineSource is where command lines come from: plain lines from a pipe or
+// a script, or the line editor at a terminal (term.go).
+type lineSource interface {
+	// attach gives the source the UI it serves, before the first read.
+	attach(u *ui)
+	// readLines sends each line, without its newline, to lines until end
+	// of input (then it returns nil) or the end of ctx.
+	readLines(ctx context.Context, lines chan<- string) error
+}
+
+// readCommands feeds the source's lines to the UI until end of input,
+// /quit or the end of ctx.
+func (a *app) readCommands(ctx context.Context, src lineSource) error {
 	lines := make(chan string)
 	errc := make(chan error, 1)
-	go func() { errc <- readLines(ctx, stdin, lines, a.ui) }()
+	go func() { errc <- src.readLines(ctx, lines) }()
 	for {
 		select {
 		case <-ctx.Done():
@@ -161,14 +202,28 @@ func (a *app) readCommands(ctx context.Context, stdin io.Reader) error {
 	}
 }
 
+// plainSource reads lines as they come, for a pipe or a script: no
+// prompt, no echo, the event format unchanged.
+type plainSource struct {
+	r io.Reader
+	u *ui
+}
+
+func (p *plainSource) attach(u *ui) { p.u = u }
+
+func (p *plainSource) readLines(ctx context.Context, lines chan<- string) error {
+	return readLines(ctx, p.r, lines, p.u)
+}
+
 // readLines sends each line of r (without its newline) to lines. It
-// returns nil at end of input.
+// returns nil at end of input. A line longer than maxLine is refused with
+// an error line and skipped, never buffered without bound.
 func readLines(ctx context.Context, r io.Reader, lines chan<- string, u *ui) error {
 	br := bufio.NewReaderSize(r, maxLine)
 	for {
 		b, err := br.ReadSlice('\n')
 		if errors.Is(err, bufio.ErrBufferFull) {
-			u.printf("error line longer than %d bytes ignored", maxLine)
+			u.printf("error line longer than %d bytes ignored: a message is at most %d bytes", maxLine, maxMessageText)
 			for errors.Is(err, bufio.ErrBufferFull) {
 				_, err = br.ReadSlice('\n')
 			}
@@ -204,6 +259,10 @@ type app struct {
 	chat *chat
 	inv  *inviter
 	ui   *ui
+	lock *dirLock
+
+	busyPort string    // the port asked for, when it was busy; "" if we got it
+	watch    *dhtWatch // nil in the demo
 }
 
 // openApp opens the data directory and builds the layers on one socket.
@@ -211,20 +270,34 @@ func openApp(o options, log *slog.Logger, stdout io.Writer) (*app, error) {
 	if err := os.MkdirAll(o.dir, 0o700); err != nil {
 		return nil, fmt.Errorf("kadchat: data directory: %w", err)
 	}
-	a := &app{dir: o.dir, log: log}
+	// The lock comes before every other file of the directory: a second
+	// process must not read a half-written outbox, nor write anything.
+	lock, err := lockDir(o.dir)
+	if err != nil {
+		return nil, err
+	}
+	a := &app{dir: o.dir, log: log, lock: lock}
 	a.ui = &ui{app: a, out: stdout, now: time.Now}
-	var err error
-	if a.id, err = loadOrCreateIdentity(o.dir, rand.Reader); err != nil {
-		return nil, err
-	}
-	if a.node, err = listenWithFallback(o.listen, log); err != nil {
-		return nil, err
-	}
-	if err := a.build(o); err != nil {
-		a.node.Close()
+	if err := a.open(o); err != nil {
+		if a.node != nil {
+			a.node.Close()
+		}
+		lock.release()
 		return nil, err
 	}
 	return a, nil
+}
+
+// open loads the identity, opens the socket and builds the layers.
+func (a *app) open(o options) error {
+	var err error
+	if a.id, err = loadOrCreateIdentity(o.dir, rand.Reader); err != nil {
+		return err
+	}
+	if a.node, a.busyPort, err = listenRemembered(o.dir, o.listen, a.log); err != nil {
+		return err
+	}
+	return a.build(o)
 }
 
 // build wires the DHT, the sessions and the chat core to each other.
@@ -292,7 +365,7 @@ func (a *app) start(ctx context.Context, wg *sync.WaitGroup) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			if err := f(ctx); err != nil {
+			if err := f(ctx); err != nil && !errors.Is(err, context.Canceled) {
 				a.log.Warn("stopped", "err", err)
 			}
 		}()
@@ -303,6 +376,7 @@ func (a *app) start(ctx context.Context, wg *sync.WaitGroup) {
 func (a *app) close() error {
 	err := a.chat.close()
 	a.node.Close()
+	a.lock.release()
 	return err
 }
 
@@ -337,7 +411,7 @@ func (a *app) isSelf(addr netip.AddrPort) bool {
 // checkNewContact refuses a name that is invalid or taken before an
 // invitation starts, rather than after it succeeded.
 func (a *app) checkNewContact(name string) error {
-	if err := validName(name); err != nil {
+	if err := checkName(name); err != nil {
 		return err
 	}
 	if a.hasContact(name) {

@@ -6,6 +6,7 @@
 // into a command and calls the app (chat, sessions, DHT). Results print as
 // lines that start with a keyword; events from the chat core arrive on other
 // goroutines and print through the same mutex, so lines never interleave.
+// Every refused line gets an "error" line, whichever way it came.
 package main
 
 import (
@@ -30,6 +31,22 @@ type ui struct {
 	out io.Writer
 	to  string // the contact plain lines go to; "" until /to
 	now func() time.Time
+
+	// onTarget, if set, learns each change of the /to target (the line
+	// editor shows it in the prompt). Called on handleLine's goroutine.
+	onTarget func(name string)
+}
+
+// ownName stands for us in the echo of our own messages; no contact may
+// take it, so an echo cannot be mistaken for a message received.
+const ownName = "me"
+
+// setTarget changes where plain lines go.
+func (u *ui) setTarget(name string) {
+	u.to = name
+	if u.onTarget != nil {
+		u.onTarget(name)
+	}
 }
 
 // printf writes one line; safe for concurrent use.
@@ -79,7 +96,7 @@ func init() {
 		{"/add", "/add NAME KEY", "add a contact by their key", (*ui).cmdAdd},
 		{"/invite", "/invite NAME", "make a short code to read to NAME, who types /accept", (*ui).cmdInvite},
 		{"/accept", "/accept NAME CODE", "add NAME with the code NAME read to you", (*ui).cmdAccept},
-		{"/remove", "/remove NAME", "remove a contact", (*ui).cmdRemove},
+		{"/remove", "/remove NAME [force]", "remove a contact (force: and drop its queued messages)", (*ui).cmdRemove},
 		{"/contacts", "/contacts", "list contacts, online or offline, last seen", (*ui).cmdContacts},
 		{"/msg", "/msg NAME TEXT", "send a message", (*ui).cmdMsg},
 		{"/to", "/to NAME", "send plain lines to NAME from now on", (*ui).cmdTo},
@@ -92,33 +109,66 @@ func init() {
 
 // handleLine runs one line. It returns errQuit for /quit; every other
 // problem is printed as an "error" line and the UI carries on.
+//
+// White space around a command is ignored and its name is case-insensitive
+// (" /MSG" is /msg); a line that is not a command is a message to the /to
+// target, sent as typed. "//text" sends "/text".
 func (u *ui) handleLine(ctx context.Context, line string) error {
 	line = strings.TrimRight(line, "\r\n")
-	if strings.TrimSpace(line) == "" {
+	trimmed := strings.TrimSpace(line)
+	if trimmed == "" {
 		return nil
 	}
-	if !strings.HasPrefix(line, "/") {
+	if !strings.HasPrefix(trimmed, "/") || strings.HasPrefix(trimmed, "//") {
+		if strings.HasPrefix(trimmed, "//") {
+			line = trimmed[1:]
+		}
 		if u.to == "" {
 			u.printf("error no recipient: use /to NAME or /msg NAME TEXT")
 			return nil
 		}
-		return u.sendText(ctx, u.to, line)
+		u.report(ctx, u.sendText(ctx, u.to, line))
+		return nil
 	}
-	name, rest, _ := strings.Cut(line, " ")
+	name, rest := trimmed, ""
+	if i := strings.IndexFunc(trimmed, unicode.IsSpace); i >= 0 {
+		name, rest = trimmed[:i], strings.TrimSpace(trimmed[i:])
+	}
+	name = strings.ToLower(name)
 	for _, c := range commands {
 		if c.name == name {
-			err := c.run(u, ctx, strings.TrimSpace(rest))
+			err := c.run(u, ctx, rest)
 			if err == errQuit {
 				return err
 			}
-			if err != nil {
-				u.printf("error %v", err)
-			}
+			u.report(ctx, err)
 			return nil
 		}
 	}
 	u.printf("error unknown command %q: try /help", name)
 	return nil
+}
+
+// report prints err, if any, as an "error" line; not when we are
+// quitting, which cut the command short.
+func (u *ui) report(ctx context.Context, err error) {
+	if err != nil && ctx.Err() == nil {
+		u.printf("error %v", err)
+	}
+}
+
+// untilDone is the DHT's command writer: what a command prints after ctx
+// ended (its "context canceled" errors as we quit) is dropped.
+type untilDone struct {
+	ctx context.Context
+	u   *ui
+}
+
+func (w untilDone) Write(p []byte) (int, error) {
+	if w.ctx.Err() != nil {
+		return len(p), nil
+	}
+	return w.u.Write(p)
 }
 
 func (u *ui) cmdHelp(_ context.Context, _ string) error {
@@ -149,11 +199,17 @@ func words(rest string, n int, usage string) ([]string, error) {
 }
 
 func (u *ui) cmdAdd(_ context.Context, rest string) error {
+	if hint := swappedAdd(rest); hint != "" {
+		return fmt.Errorf("ui: did you mean %s?", hint)
+	}
 	f, err := words(rest, 2, "/add NAME KEY")
 	if err != nil {
 		return err
 	}
-	key, err := parsePublicKey(f[1])
+	if err := checkName(f[0]); err != nil {
+		return err
+	}
+	key, err := parsePublicKey(cleanKey(f[1]))
 	if err != nil {
 		return err
 	}
@@ -164,19 +220,84 @@ func (u *ui) cmdAdd(_ context.Context, rest string) error {
 	return nil
 }
 
-func (u *ui) cmdRemove(_ context.Context, rest string) error {
-	f, err := words(rest, 1, "/remove NAME")
+// keyWrappers are what a key tends to arrive wrapped in when pasted from
+// a message, a web page or a document.
+const keyWrappers = "\"'`<>[](){}\u2018\u2019\u201c\u201d\u2039\u203a\u00ab\u00bb"
+
+// cleanKey undoes what copying and pasting adds to a key: quotes or
+// brackets around it, the "id " that /id prints before it, and white space
+// or line breaks inside it. What is left is parsed strictly.
+func cleanKey(s string) string {
+	s = strings.Trim(strings.TrimSpace(s), keyWrappers)
+	if rest, ok := strings.CutPrefix(s, "id"); ok && strings.TrimLeftFunc(rest, unicode.IsSpace) != rest &&
+		strings.HasPrefix(strings.TrimSpace(rest), idPrefix) {
+		s = rest
+	}
+	s = strings.Map(func(r rune) rune {
+		if unicode.IsSpace(r) {
+			return -1
+		}
+		return r
+	}, s)
+	return strings.Trim(s, keyWrappers)
+}
+
+// swappedAdd recognises "/add KEY NAME" and returns the command meant,
+// or "" if rest is not that.
+func swappedAdd(rest string) string {
+	i := strings.LastIndexFunc(rest, unicode.IsSpace)
+	if i < 0 {
+		return ""
+	}
+	keyText, name := rest[:i], strings.TrimSpace(rest[i:])
+	if validName(name) != nil {
+		return ""
+	}
+	key, err := parsePublicKey(cleanKey(keyText))
 	if err != nil {
+		return ""
+	}
+	return fmt.Sprintf("/add %s %s", name, key)
+}
+
+// checkName refuses a contact name that is invalid or reserved.
+func checkName(name string) error {
+	if err := validName(name); err != nil {
 		return err
 	}
-	if err := u.app.removeContact(f[0]); err != nil {
-		return err
+	if strings.EqualFold(name, ownName) {
+		return fmt.Errorf("ui: the name %q stands for you; choose another", name)
 	}
-	if u.to == f[0] {
-		u.to = ""
-	}
-	u.printf("* removed %s", f[0])
 	return nil
+}
+
+// cmdRemove removes a contact. Queued messages would be lost with it, so
+// then it wants "force" and says how many.
+func (u *ui) cmdRemove(_ context.Context, rest string) error {
+	f := strings.Fields(rest)
+	if len(f) < 1 || len(f) > 2 || len(f) == 2 && !strings.EqualFold(f[1], "force") {
+		return fmt.Errorf("ui: usage: /remove NAME [force]")
+	}
+	name := f[0]
+	if c, ok := u.app.chat.contactByName(name); ok && c.Outbox > 0 && len(f) == 1 {
+		return fmt.Errorf("ui: %s has %d queued %s that would be dropped: /remove %s force",
+			name, c.Outbox, plural(c.Outbox, "message", "messages"), name)
+	}
+	if err := u.app.removeContact(name); err != nil {
+		return err
+	}
+	if u.to == name {
+		u.setTarget("")
+	}
+	u.printf("* removed %s", name)
+	return nil
+}
+
+func plural(n int, one, many string) string {
+	if n == 1 {
+		return one
+	}
+	return many
 }
 
 func (u *ui) cmdMsg(ctx context.Context, rest string) error {
@@ -195,7 +316,7 @@ func (u *ui) cmdTo(_ context.Context, rest string) error {
 	if !u.app.hasContact(f[0]) {
 		return fmt.Errorf("ui: no contact %q", f[0])
 	}
-	u.to = f[0]
+	u.setTarget(f[0])
 	u.printf("* to %s", f[0])
 	return nil
 }
@@ -216,16 +337,18 @@ func (u *ui) cmdDHT(ctx context.Context, rest string) error {
 			args = f
 		}
 	}
-	u.app.dht.command(ctx, args, u)
+	u.app.dht.command(ctx, args, untilDone{ctx, u})
 	return nil
 }
 
 // sendText queues text for name. The message is durable in the outbox
-// before "* queued" prints.
+// before "* queued" prints; then it is echoed as a message line from
+// "me", so a conversation reads as one.
 func (u *ui) sendText(ctx context.Context, name, text string) error {
 	if _, err := u.app.chat.send(ctx, name, text); err != nil {
 		return err
 	}
+	u.printf("[%s] <%s> %s", u.now().Format("15:04"), ownName, printable(text))
 	return nil
 }
 
@@ -270,6 +393,9 @@ func (u *ui) cmdStatus(ctx context.Context, _ string) error {
 		}
 	}
 	u.printf("contacts %d online of %d", online, len(list))
+	if w := u.app.watch; w != nil {
+		u.printf("%s", w.reach())
+	}
 	return nil
 }
 
@@ -345,6 +471,9 @@ func (u *ui) cmdAccept(ctx context.Context, rest string) error {
 
 // finishInvite adds the contact an invitation produced, or says why not.
 func (u *ui) finishInvite(name string, key publicKey, err error) {
+	if errors.Is(err, context.Canceled) {
+		return // we are quitting: nobody is waiting for this any more
+	}
 	if err == nil {
 		err = u.app.addContact(name, key)
 	}

@@ -1,0 +1,147 @@
+// The DHT's state in plain words (README.md, "Output lines"): one "*" line
+// when it changes, and the "reach" line of /status. Logs stay on stderr and
+// only with -v: a person without a network should read one sentence, not a
+// screen of records repeated every minute.
+//
+// Flow: run wraps the log handler in a dhtHook, which notices the DHT's
+// reports of a failed bootstrap even when logs are off. dhtWatch polls the
+// routing table's count of good nodes once a second and, with the hook's
+// signal, steps a three-state machine (joining, joined, unreachable); each
+// change prints one line through the UI.
+package main
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"strings"
+	"sync/atomic"
+	"time"
+)
+
+const (
+	// dhtWatchPoll is how often the watcher counts the routing table.
+	dhtWatchPoll = time.Second
+	// dhtJoinGrace is how long a start may take before an empty table
+	// counts as unreachable without the DHT's own word for it.
+	dhtJoinGrace = 30 * time.Second
+	// dhtJoinSettle lets the first lookups fill the table before "joined"
+	// prints, so its count means something; a full bucket is enough too.
+	dhtJoinSettle = 3 * time.Second
+)
+
+// The "*" lines the watcher prints.
+const (
+	dhtLineUnreachable = "* dht: no nodes reachable (retrying; check the network or use -bootstrap)"
+	dhtLineJoined      = "* dht: joined, %d nodes"
+)
+
+// dhtState is what the watcher last said.
+type dhtState int32
+
+const (
+	dhtJoining dhtState = iota
+	dhtJoined
+	dhtUnreachable
+)
+
+// goodNodes counts the routing table's good nodes (BEP 5: heard from in
+// the last 15 minutes), the ones a lookup can start from.
+func (d *dht) goodNodes() int {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	good, _, _ := d.table.counts()
+	return good
+}
+
+// dhtWatch turns the node count into state changes. Its state is read by
+// /status on another goroutine, hence atomic.
+type dhtWatch struct {
+	state atomic.Int32
+	nodes atomic.Int64 // at the last poll
+}
+
+// step is one poll: n good nodes, whether the DHT reported a failed
+// bootstrap since the last poll, and the time since the start. It returns
+// the line to print, or "".
+func (w *dhtWatch) step(n int, failed bool, elapsed time.Duration) string {
+	w.nodes.Store(int64(n))
+	st := dhtState(w.state.Load())
+	switch {
+	case n > 0 && st != dhtJoined && (n >= bucketSize || st == dhtUnreachable || elapsed >= dhtJoinSettle):
+		w.state.Store(int32(dhtJoined))
+		return fmt.Sprintf(dhtLineJoined, n)
+	case n == 0 && (st == dhtJoined || st == dhtJoining && (failed || elapsed >= dhtJoinGrace)):
+		w.state.Store(int32(dhtUnreachable))
+		return dhtLineUnreachable
+	}
+	return ""
+}
+
+// run polls until ctx ends.
+func (w *dhtWatch) run(ctx context.Context, count func() int, failed <-chan struct{}, print func(string)) {
+	start := time.Now()
+	tick := time.NewTicker(dhtWatchPoll)
+	defer tick.Stop()
+	for {
+		sawFailure := false
+		select {
+		case <-ctx.Done():
+			return
+		case <-failed:
+			sawFailure = true
+		case <-tick.C:
+		}
+		if line := w.step(count(), sawFailure, time.Since(start)); line != "" {
+			print(line)
+		}
+	}
+}
+
+// reach says in words whether contacts can be reached, for /status.
+func (w *dhtWatch) reach() string {
+	n := w.nodes.Load()
+	switch dhtState(w.state.Load()) {
+	case dhtJoined:
+		return fmt.Sprintf("reach yes: the DHT answers (%d nodes), so contacts who are online can be found", n)
+	case dhtUnreachable:
+		return "reach no: no DHT node answers, so only contacts already online can be reached (retrying; check the network or use -bootstrap)"
+	}
+	return "reach not yet: joining the DHT"
+}
+
+// dhtHook passes log records on to next and signals the DHT's warnings
+// that its bootstrap failed, which it logs whether or not -v is set.
+type dhtHook struct {
+	next   slog.Handler
+	failed chan struct{} // buffered 1: one pending signal is enough
+}
+
+func newDHTHook(next slog.Handler) *dhtHook {
+	return &dhtHook{next: next, failed: make(chan struct{}, 1)}
+}
+
+func (h *dhtHook) Enabled(ctx context.Context, l slog.Level) bool {
+	return l >= slog.LevelWarn || h.next.Enabled(ctx, l)
+}
+
+func (h *dhtHook) Handle(ctx context.Context, r slog.Record) error {
+	if r.Level >= slog.LevelWarn && strings.HasPrefix(r.Message, "dht: bootstrap") {
+		select {
+		case h.failed <- struct{}{}:
+		default:
+		}
+	}
+	if h.next.Enabled(ctx, r.Level) {
+		return h.next.Handle(ctx, r)
+	}
+	return nil
+}
+
+func (h *dhtHook) WithAttrs(as []slog.Attr) slog.Handler {
+	return &dhtHook{next: h.next.WithAttrs(as), failed: h.failed}
+}
+
+func (h *dhtHook) WithGroup(name string) slog.Handler {
+	return &dhtHook{next: h.next.WithGroup(name), failed: h.failed}
+}
