@@ -1,5 +1,5 @@
-// KRPC messages (BEP 5, with BEP 32 "want"/"nodes6", BEP 42 "ip", BEP 43
-// "ro" and BEP 44 get/put): the codec, no state.
+// KRPC messages (SPEC.md 3.2; BEP 5, with BEP 32 "want"/"nodes6", BEP 42
+// "ip", BEP 43 "ro" and BEP 44 get/put): the codec, no state.
 //
 // Inbound flow: parseKRPC walks the datagram once. scanDict records where
 // the value of each key we know lies, at the top level and inside "a" and

@@ -1,5 +1,5 @@
-// Iterative lookups (Kademlia, BEP 5) and what is built on them: find_node,
-// get_peers, announce_peer and the BEP 44 get and put.
+// Iterative lookups (SPEC.md 3.4.3; Kademlia, BEP 5) and what is built on
+// them: find_node, get_peers, announce_peer and the BEP 44 get and put.
 //
 // Flow: lookup seeds a candidate list, sorted by XOR distance to the target,
 // from the routing table. It keeps up to alpha queries active to the closest

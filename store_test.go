@@ -969,3 +969,15 @@ func BenchmarkStoresFullMemory(b *testing.B) {
 		runtime.KeepAlive(is)
 	}
 }
+
+func (t *ttlMap[K, V]) len(now time.Time) int {
+	t.expire(now)
+	return len(t.m)
+}
+
+// infohashes returns the number of infohashes with peers that may be live.
+func (s *peerStore) infohashes() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.swarms.len(s.now())
+}
