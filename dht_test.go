@@ -282,7 +282,7 @@ func TestRetransmissionUnderLoss(t *testing.T) {
 		// Each ping gets its own bound: a shared one made the test depend
 		// on how fast the whole series ran on a loaded machine.
 		q := krpcMsg{Method: methodPing}
-		r := a.query(testCtx(t), b.addr(), &q, nil)
+		r := a.tx.query(testCtx(t), b.addr(), &q, nil)
 		if r.Err == nil {
 			ok++
 			if r.Attempts > 1 {
@@ -423,7 +423,7 @@ func TestTransactionTableBounded(t *testing.T) {
 	blackHole := newRawPeer(t).addr()
 	for i := range maxTransactions + 1 {
 		q := krpcMsg{Method: methodPing}
-		_, err := d.sendQuery(blackHole, &q, nil, nil, func(queryResult) {})
+		_, err := d.tx.send(blackHole, &q, nil, nil, func(queryResult) {})
 		if (err == nil) != (i < maxTransactions) {
 			t.Fatalf("query %d: err = %v", i, err)
 		}
@@ -527,7 +527,7 @@ func TestLateAnswerAccepted(t *testing.T) {
 	res := make(chan queryResult, 1)
 	go func() {
 		q := krpcMsg{Method: methodPing}
-		res <- d.query(testCtx(t), p.addr(), &q, nil)
+		res <- d.tx.query(testCtx(t), p.addr(), &q, nil)
 	}()
 	first, _ := p.recv(2 * time.Second)
 	second, _ := p.recv(2 * time.Second) // the retransmission
@@ -663,7 +663,7 @@ func TestBootstrapRetriedAfterDeadSavedTable(t *testing.T) {
 func TestRepliesLeaveOutRequester(t *testing.T) {
 	ds := newSwarm(t, 6, 0)
 	q := krpcMsg{Method: methodFindNode, Args: krpcArgs{Target: ds[0].id()}}
-	r := ds[0].query(testCtx(t), ds[1].addr(), &q, nil)
+	r := ds[0].tx.query(testCtx(t), ds[1].addr(), &q, nil)
 	if r.Err != nil {
 		t.Fatal(r.Err)
 	}

@@ -345,7 +345,7 @@ func (l *lookup) query(c *candidate) {
 	l.stats.Queried++
 	l.stats.Messages++
 	id := c.info.ID
-	_, err := l.d.sendQuery(c.info.Addr, &q, &id,
+	_, err := l.d.tx.send(c.info.Addr, &q, &id,
 		func(attempt int) { l.post(lookupEvent{c: c, retry: attempt}) },
 		func(r queryResult) { l.post(lookupEvent{c: c, res: &r}) })
 	if err != nil {
@@ -437,7 +437,7 @@ func (d *dht) storeAt(ctx context.Context, ns []lookupNode, mk func(tok []byte) 
 			toks = append(toks, n.Token)
 		}
 	}
-	for _, r := range d.queryAll(ctx, to, func(i int) krpcMsg { return mk(toks[i]) }) {
+	for _, r := range d.tx.queryAll(ctx, to, func(i int) krpcMsg { return mk(toks[i]) }) {
 		var kerr *krpcError
 		switch {
 		case r.Err == nil:

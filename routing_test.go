@@ -1005,7 +1005,7 @@ func TestServeVerifiesQuerier(t *testing.T) {
 	pong := krpcMsg{TID: ping.TID, Type: 'r', Reply: krpcReply{ID: nodeID(rawID)}}
 	p.send(d.addr(), pong.appendTo(nil))
 	// Verified, it is handed to others (though never to itself).
-	waitUntil(t, func() bool { return len(d.closestFamily(nodeID{1}, true, netip.AddrPort{})) == 1 })
+	waitUntil(t, func() bool { return len(d.srv.closestFamily(nodeID{1}, true, netip.AddrPort{})) == 1 })
 	other := newRawPeer(t)
 	r := other.exchange(d, rawQuery(methodFindNode, krpcArgs{Target: nodeID{1}}))
 	ns, err := parseCompactNodes(r.Reply.Nodes)
