@@ -2,7 +2,7 @@
 // BEP 5, 42, 43 and 44 on the Node's one socket.
 //
 // Inbound flow: Node.run -> handleKRPC parses the datagram (parseKRPC, pure).
-// A query goes to handleQuery, which records the sender in the routing table,
+// A query goes to server.handleQuery, which records the sender in the routing table,
 // answers from the table and the stores, and encodes the reply into a buffer
 // owned by the read goroutine. A response or error goes to handleResponse,
 // which finds the transaction by (tid, sender address), feeds the RTT
@@ -777,7 +777,7 @@ func (d *dht) refresh(ctx context.Context) {
 	probe := d.table.closest(d.table.self(), bucketSize)
 	d.mu.Unlock()
 	if good == 0 && len(d.cfg.Bootstrap) > 0 {
-		if !d.anyAnswers(ctx, probe) {
+		if d.pingAll(ctx, probe) == 0 {
 			if err := d.bootstrap(ctx); err != nil {
 				d.log.Warn("dht: bootstrap", "err", err)
 			}
@@ -824,12 +824,7 @@ func (d *dht) bootstrap(ctx context.Context) error {
 	saved := d.saved
 	d.saved = nil
 	d.mu.Unlock()
-	answered := 0
-	for _, r := range d.tx.queryAll(ctx, saved, func(int) krpcMsg { return krpcMsg{Method: methodPing} }) {
-		if r.Err == nil {
-			answered++
-		}
-	}
+	answered := d.pingAll(ctx, saved)
 	var seeds []nodeInfo
 	var problems []string
 	if answered == 0 && len(d.cfg.Bootstrap) > 0 {
@@ -854,15 +849,16 @@ func (d *dht) bootstrap(ctx context.Context) error {
 	return err
 }
 
-// anyAnswers pings ns and reports whether one answered; those that do not
-// are recorded as failed.
-func (d *dht) anyAnswers(ctx context.Context, ns []nodeInfo) bool {
+// pingAll pings ns in parallel and counts the answers; the routing table
+// records those that do not answer as failed.
+func (d *dht) pingAll(ctx context.Context, ns []nodeInfo) int {
+	answered := 0
 	for _, r := range d.tx.queryAll(ctx, ns, func(int) krpcMsg { return krpcMsg{Method: methodPing} }) {
 		if r.Err == nil {
-			return true
+			answered++
 		}
 	}
-	return false
+	return answered
 }
 
 // askRouters resolves every bootstrap HOST:PORT and sends it find_node(our
