@@ -12,6 +12,7 @@
 package main
 
 import (
+	"bytes"
 	"errors"
 	"math"
 	"strconv"
@@ -161,7 +162,7 @@ func (d *dictReader) next() (key []byte, ok bool, err error) {
 		return nil, false, err
 	}
 	if d.started {
-		switch c := compareKeys(key, d.prev); {
+		switch c := bytes.Compare(key, d.prev); {
 		case c == 0:
 			return nil, false, bencodeErr(at, errBencodeDupKey)
 		case c < 0:
@@ -170,25 +171,6 @@ func (d *dictReader) next() (key []byte, ok bool, err error) {
 	}
 	d.started, d.prev = true, key
 	return key, true, nil
-}
-
-// compareKeys is bytes.Compare, faster for the short keys of KRPC.
-func compareKeys(a, b []byte) int {
-	for i := 0; i < len(a) && i < len(b); i++ {
-		if a[i] != b[i] {
-			if a[i] < b[i] {
-				return -1
-			}
-			return 1
-		}
-	}
-	switch {
-	case len(a) < len(b):
-		return -1
-	case len(a) > len(b):
-		return 1
-	}
-	return 0
 }
 
 // skipValue validates the value at b[off] and returns the offset past it.
