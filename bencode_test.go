@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"os"
 	"reflect"
 	"slices"
 	"strings"
@@ -296,4 +297,28 @@ func appendBencode(dst []byte, v any) ([]byte, error) {
 		return append(dst, 'e'), nil
 	}
 	return nil, fmt.Errorf("bencode: cannot encode %T", v)
+}
+
+// BenchmarkDecodeTree decodes BenchmarkDecode's inputs with the tree
+// decoder: a floor for what a KRPC parser built on the tree would cost, to
+// weigh against parseKRPC's single pass (issue 7).
+func BenchmarkDecodeTree(b *testing.B) {
+	for _, bm := range []struct{ name, file string }{
+		{"get_peers_response", "testdata/krpc/get_peers_response.bin"},
+		{"ping_query", "testdata/krpc/ping_query.bin"},
+	} {
+		in, err := os.ReadFile(bm.file)
+		if err != nil {
+			b.Fatal(err)
+		}
+		b.Run(bm.name, func(b *testing.B) {
+			b.ReportAllocs()
+			b.SetBytes(int64(len(in)))
+			for b.Loop() {
+				if _, err := decodeBencode(in); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
 }
