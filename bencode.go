@@ -1,11 +1,12 @@
-// Bencode (BEP 3), strict: the encoding of every KRPC message and BEP 44 value.
+// Bencode, strict (SPEC.md 3.1; BEP 3): the encoding of every KRPC message
+// and BEP 44 value.
 //
 // Flow: bytes go through the scanner primitives below (scanInt, scanString,
 // dictReader, skipValue). They never copy and never allocate on success;
 // strings come back as slices aliasing the input. krpc.go builds its
 // single-pass message parser on them; checkBencode validates one whole
-// value; decodeBencode/appendBencode are the generic tree form used by the
-// fuzzer and tests. Only canonical input is accepted, so every value has
+// value (the tree form, decodeBencode, is test code in bencode_test.go).
+// Only canonical input is accepted, so every value has
 // exactly one encoding: BEP 44 signs and hashes encodings, and a lenient
 // decoder would let two different byte strings mean the same item.
 package main
@@ -13,9 +14,7 @@ package main
 import (
 	"bytes"
 	"errors"
-	"fmt"
 	"math"
-	"slices"
 	"strconv"
 )
 
@@ -163,7 +162,7 @@ func (d *dictReader) next() (key []byte, ok bool, err error) {
 		return nil, false, err
 	}
 	if d.started {
-		switch c := compareKeys(key, d.prev); {
+		switch c := bytes.Compare(key, d.prev); {
 		case c == 0:
 			return nil, false, bencodeErr(at, errBencodeDupKey)
 		case c < 0:
@@ -172,25 +171,6 @@ func (d *dictReader) next() (key []byte, ok bool, err error) {
 	}
 	d.started, d.prev = true, key
 	return key, true, nil
-}
-
-// compareKeys is bytes.Compare, faster for the short keys of KRPC.
-func compareKeys(a, b []byte) int {
-	for i := 0; i < len(a) && i < len(b); i++ {
-		if a[i] != b[i] {
-			if a[i] < b[i] {
-				return -1
-			}
-			return 1
-		}
-	}
-	switch {
-	case len(a) < len(b):
-		return -1
-	case len(a) > len(b):
-		return 1
-	}
-	return 0
 }
 
 // skipValue validates the value at b[off] and returns the offset past it.
@@ -272,121 +252,4 @@ func appendBencodeInt(dst []byte, i int64) []byte {
 	dst = append(dst, 'i')
 	dst = strconv.AppendInt(dst, i, 10)
 	return append(dst, 'e')
-}
-
-// decodeBencode decodes one canonical value into a tree: []byte (copied),
-// int64, []any and map[string]any. On error the value is nil.
-func decodeBencode(b []byte) (any, error) {
-	v, end, err := decodeValue(b, 0, 0)
-	if err != nil {
-		return nil, err
-	}
-	if end != len(b) {
-		return nil, bencodeErr(end, errBencodeTrailing)
-	}
-	return v, nil
-}
-
-// decodeValue is skipValue building the tree; the same primitives enforce
-// the same rules.
-func decodeValue(b []byte, off, depth int) (any, int, error) {
-	if off >= len(b) {
-		return nil, 0, bencodeErr(off, errBencodeEOF)
-	}
-	switch c := b[off]; {
-	case c == 'i':
-		n, end, err := scanInt(b, off)
-		if err != nil {
-			return nil, 0, err
-		}
-		return n, end, nil
-	case isDigit(c):
-		s, end, err := scanString(b, off)
-		if err != nil {
-			return nil, 0, err
-		}
-		return bytes.Clone(s), end, nil
-	case c != 'l' && c != 'd':
-		return nil, 0, bencodeErr(off, errBencodeSyntax)
-	case depth >= maxBencodeDepth:
-		return nil, 0, bencodeErr(off, errBencodeDepth)
-	case c == 'l':
-		return decodeList(b, off, depth)
-	}
-	return decodeDict(b, off, depth)
-}
-
-func decodeList(b []byte, off, depth int) (any, int, error) {
-	l := []any{}
-	for off++; ; {
-		if off >= len(b) {
-			return nil, 0, bencodeErr(off, errBencodeEOF)
-		}
-		if b[off] == 'e' {
-			return l, off + 1, nil
-		}
-		v, end, err := decodeValue(b, off, depth+1)
-		if err != nil {
-			return nil, 0, err
-		}
-		l, off = append(l, v), end
-	}
-}
-
-func decodeDict(b []byte, off, depth int) (any, int, error) {
-	m := map[string]any{}
-	d := dictReader{b: b, off: off + 1}
-	for {
-		key, ok, err := d.next()
-		if err != nil {
-			return nil, 0, err
-		}
-		if !ok {
-			return m, d.off, nil
-		}
-		var v any
-		if v, d.off, err = decodeValue(b, d.off, depth+1); err != nil {
-			return nil, 0, err
-		}
-		m[string(key)] = v
-	}
-}
-
-// appendBencode appends the canonical encoding of a tree as decodeBencode
-// returns it (string and int are accepted too). Dict keys are sorted.
-func appendBencode(dst []byte, v any) ([]byte, error) {
-	var err error
-	switch v := v.(type) {
-	case []byte:
-		return appendBencodeString(dst, v), nil
-	case string:
-		return appendBencodeKey(dst, v), nil
-	case int64:
-		return appendBencodeInt(dst, v), nil
-	case int:
-		return appendBencodeInt(dst, int64(v)), nil
-	case []any:
-		dst = append(dst, 'l')
-		for _, e := range v {
-			if dst, err = appendBencode(dst, e); err != nil {
-				return nil, err
-			}
-		}
-		return append(dst, 'e'), nil
-	case map[string]any:
-		dst = append(dst, 'd')
-		keys := make([]string, 0, len(v))
-		for k := range v {
-			keys = append(keys, k)
-		}
-		slices.Sort(keys) // Go compares strings bytewise, as BEP 3 wants
-		for _, k := range keys {
-			dst = appendBencodeKey(dst, k)
-			if dst, err = appendBencode(dst, v[k]); err != nil {
-				return nil, err
-			}
-		}
-		return append(dst, 'e'), nil
-	}
-	return nil, fmt.Errorf("bencode: cannot encode %T", v)
 }

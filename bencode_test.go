@@ -3,7 +3,10 @@ package main
 import (
 	"bytes"
 	"errors"
+	"fmt"
+	"os"
 	"reflect"
+	"slices"
 	"strings"
 	"testing"
 )
@@ -177,4 +180,145 @@ func FuzzBencode(f *testing.F) {
 			t.Fatalf("round trip of %q gave %q", b, out)
 		}
 	})
+}
+
+// decodeBencode decodes one canonical value into a tree: []byte (copied),
+// int64, []any and map[string]any. On error the value is nil.
+func decodeBencode(b []byte) (any, error) {
+	v, end, err := decodeValue(b, 0, 0)
+	if err != nil {
+		return nil, err
+	}
+	if end != len(b) {
+		return nil, bencodeErr(end, errBencodeTrailing)
+	}
+	return v, nil
+}
+
+// decodeValue is skipValue building the tree; the same primitives enforce
+// the same rules.
+func decodeValue(b []byte, off, depth int) (any, int, error) {
+	if off >= len(b) {
+		return nil, 0, bencodeErr(off, errBencodeEOF)
+	}
+	switch c := b[off]; {
+	case c == 'i':
+		n, end, err := scanInt(b, off)
+		if err != nil {
+			return nil, 0, err
+		}
+		return n, end, nil
+	case isDigit(c):
+		s, end, err := scanString(b, off)
+		if err != nil {
+			return nil, 0, err
+		}
+		return bytes.Clone(s), end, nil
+	case c != 'l' && c != 'd':
+		return nil, 0, bencodeErr(off, errBencodeSyntax)
+	case depth >= maxBencodeDepth:
+		return nil, 0, bencodeErr(off, errBencodeDepth)
+	case c == 'l':
+		return decodeList(b, off, depth)
+	}
+	return decodeDict(b, off, depth)
+}
+
+func decodeList(b []byte, off, depth int) (any, int, error) {
+	l := []any{}
+	for off++; ; {
+		if off >= len(b) {
+			return nil, 0, bencodeErr(off, errBencodeEOF)
+		}
+		if b[off] == 'e' {
+			return l, off + 1, nil
+		}
+		v, end, err := decodeValue(b, off, depth+1)
+		if err != nil {
+			return nil, 0, err
+		}
+		l, off = append(l, v), end
+	}
+}
+
+func decodeDict(b []byte, off, depth int) (any, int, error) {
+	m := map[string]any{}
+	d := dictReader{b: b, off: off + 1}
+	for {
+		key, ok, err := d.next()
+		if err != nil {
+			return nil, 0, err
+		}
+		if !ok {
+			return m, d.off, nil
+		}
+		var v any
+		if v, d.off, err = decodeValue(b, d.off, depth+1); err != nil {
+			return nil, 0, err
+		}
+		m[string(key)] = v
+	}
+}
+
+// appendBencode appends the canonical encoding of a tree as decodeBencode
+// returns it (string and int are accepted too). Dict keys are sorted.
+func appendBencode(dst []byte, v any) ([]byte, error) {
+	var err error
+	switch v := v.(type) {
+	case []byte:
+		return appendBencodeString(dst, v), nil
+	case string:
+		return appendBencodeKey(dst, v), nil
+	case int64:
+		return appendBencodeInt(dst, v), nil
+	case int:
+		return appendBencodeInt(dst, int64(v)), nil
+	case []any:
+		dst = append(dst, 'l')
+		for _, e := range v {
+			if dst, err = appendBencode(dst, e); err != nil {
+				return nil, err
+			}
+		}
+		return append(dst, 'e'), nil
+	case map[string]any:
+		dst = append(dst, 'd')
+		keys := make([]string, 0, len(v))
+		for k := range v {
+			keys = append(keys, k)
+		}
+		slices.Sort(keys) // Go compares strings bytewise, as BEP 3 wants
+		for _, k := range keys {
+			dst = appendBencodeKey(dst, k)
+			if dst, err = appendBencode(dst, v[k]); err != nil {
+				return nil, err
+			}
+		}
+		return append(dst, 'e'), nil
+	}
+	return nil, fmt.Errorf("bencode: cannot encode %T", v)
+}
+
+// BenchmarkDecodeTree decodes BenchmarkDecode's inputs with the tree
+// decoder: a floor for what a KRPC parser built on the tree would cost, to
+// weigh against parseKRPC's single pass (issue 7).
+func BenchmarkDecodeTree(b *testing.B) {
+	for _, bm := range []struct{ name, file string }{
+		{"get_peers_response", "testdata/krpc/get_peers_response.bin"},
+		{"ping_query", "testdata/krpc/ping_query.bin"},
+	} {
+		in, err := os.ReadFile(bm.file)
+		if err != nil {
+			b.Fatal(err)
+		}
+		b.Run(bm.name, func(b *testing.B) {
+			b.ReportAllocs()
+			b.SetBytes(int64(len(in)))
+			for b.Loop() {
+				if _, err := decodeBencode(in); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
 }

@@ -1,18 +1,18 @@
-// DHT node: the KRPC server and client of BEP 5, 42, 43 and 44 on the Node's
-// one socket.
+// DHT node (SPEC.md 3.4.1, 3.4.2, 3.4.4): the KRPC server and client of
+// BEP 5, 42, 43 and 44 on the Node's one socket.
 //
 // Inbound flow: Node.run -> handleKRPC parses the datagram (parseKRPC, pure).
-// A query goes to handleQuery, which records the sender in the routing table,
+// A query goes to server.handleQuery, which records the sender in the routing table,
 // answers from the table and the stores, and encodes the reply into a buffer
 // owned by the read goroutine. A response or error goes to handleResponse,
 // which finds the transaction by (tid, sender address), feeds the RTT
 // estimator and the external-address vote, records the responder and
 // completes the transaction.
-// Outbound flow: sendQuery picks a random tid, registers the transaction,
+// Outbound flow: txTable.send picks a random tid, registers the transaction,
 // sends, and arms a timer that retransmits the same bytes (same tid) with
 // exponential backoff from the adaptive RTO; when every attempt timed out the
 // node is reported failed() to the table. Lookups (lookup.go) and the /dht
-// commands are built on sendQuery.
+// commands are built on txTable.send.
 // Maintenance (run): ping the saved table, bootstrap, then one ticker
 // refreshes stale buckets and saves the table; the table is saved on exit.
 package main
@@ -20,10 +20,8 @@ package main
 import (
 	"bytes"
 	"context"
-	"crypto/ed25519"
 	"crypto/rand"
 	"encoding/binary"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -125,13 +123,14 @@ type dht struct {
 	saved    []nodeInfo // loaded from disk; pinged by run
 	evicting map[netip.AddrPort]struct{}
 
-	txMu   sync.Mutex // guards txs, closed, rng, rtt
-	txs    map[txKey]*transaction
-	closed bool           // run has ended: no more queries
-	rng    *mrand.ChaCha8 // transaction ids: a CSPRNG seeded from cfg.Rand
-	rtt    rttEstimator
+	tx  *txTable // our queries
+	srv *server  // answers theirs
+}
 
-	// owned by the read goroutine: replies are encoded here, never allocated
+// server answers queries. Only the Node's read goroutine calls it: it owns
+// the buffers replies are encoded into, so a reply costs no allocation.
+type server struct {
+	d                        *dht
 	sbuf, nbuf4, nbuf6, vbuf []byte
 }
 
@@ -160,9 +159,19 @@ func newDHT(n *Node, cfg dhtConfig) (*dht, error) {
 		timing: defaultTiming(),
 		tokens: newTokenBox(cfg.Rand, cfg.Now), peers: newPeerStore(cfg.Now, cfg.Rand), items: newItemStore(cfg.Now),
 		table: newRoutingTable(self, cfg.Now), saved: saved, evicting: map[netip.AddrPort]struct{}{},
-		txs: map[txKey]*transaction{}, rng: mrand.NewChaCha8(seed),
+	}
+	d.srv = &server{d: d,
 		sbuf: make([]byte, 0, maxDatagram), nbuf4: make([]byte, 0, 26*bucketSize),
 		nbuf6: make([]byte, 0, 38*bucketSize), vbuf: make([]byte, 0, 20*maxPeersReply),
+	}
+	d.tx = &txTable{
+		write: d.sendRaw, self: d.id, now: cfg.Now, timing: &d.timing, version: d.version,
+		failed: func(n nodeInfo) {
+			d.mu.Lock()
+			d.table.failed(n)
+			d.mu.Unlock()
+		},
+		txs: map[txKey]*transaction{}, rng: mrand.NewChaCha8(seed),
 	}
 	for _, sn := range saved { // questionable until they answer run's ping
 		d.table.heard(sn, false)
@@ -223,54 +232,54 @@ func (d *dht) handleKRPC(from netip.AddrPort, b []byte) {
 	if err != nil {
 		var bq *krpcBadQuery
 		if errors.As(err, &bq) {
-			d.replyError(from, bq.TID, krpcErrProtocol, "bad query")
+			d.srv.replyError(from, bq.TID, krpcErrProtocol, "bad query")
 		}
 		d.log.Debug("dht: dropped", "from", from, "err", err)
 		return
 	}
 	switch m.Type {
 	case 'q':
-		d.handleQuery(from, &m)
+		d.srv.handleQuery(from, &m)
 	case 'r', 'e':
 		d.handleResponse(from, &m, b)
 	}
 }
 
-func (d *dht) handleQuery(from netip.AddrPort, m *krpcMsg) {
+func (s *server) handleQuery(from netip.AddrPort, m *krpcMsg) {
 	if m.Method == methodUnknown {
-		d.replyError(from, m.TID, krpcErrMethodUnknown, "method unknown")
+		s.replyError(from, m.TID, krpcErrMethodUnknown, "method unknown")
 		return
 	}
 	if !m.ReadOnly { // BEP 43: read-only nodes are served but never added
-		d.heard(nodeInfo{ID: m.Args.ID, Addr: from}, false)
+		s.d.heard(nodeInfo{ID: m.Args.ID, Addr: from}, false)
 	}
-	r := krpcMsg{TID: m.TID, Type: 'r', Version: d.version, IP: from}
-	r.Reply.ID = d.id()
+	r := krpcMsg{TID: m.TID, Type: 'r', Version: s.d.version, IP: from}
+	r.Reply.ID = s.d.id()
 	switch m.Method {
 	case methodFindNode:
-		d.addNodes(&r.Reply, m.Args.Target, m.Args.Want, from)
+		s.addNodes(&r.Reply, m.Args.Target, m.Args.Want, from)
 	case methodGetPeers:
-		d.answerGetPeers(&r.Reply, &m.Args, from)
+		s.answerGetPeers(&r.Reply, &m.Args, from)
 	case methodAnnouncePeer:
-		if msg := d.acceptAnnounce(&m.Args, from); msg != "" {
-			d.replyError(from, m.TID, krpcErrProtocol, msg)
+		if msg := s.acceptAnnounce(&m.Args, from); msg != "" {
+			s.replyError(from, m.TID, krpcErrProtocol, msg)
 			return
 		}
 	case methodGet:
-		d.answerGet(&r.Reply, &m.Args, from)
+		s.answerGet(&r.Reply, &m.Args, from)
 	case methodPut:
-		if code, msg := d.acceptPut(&m.Args, from); code != 0 {
-			d.replyError(from, m.TID, code, msg)
+		if code, msg := s.acceptPut(&m.Args, from); code != 0 {
+			s.replyError(from, m.TID, code, msg)
 			return
 		}
 	}
-	d.sbuf = r.appendTo(d.sbuf[:0])
-	d.sendRaw(from, d.sbuf)
+	s.sbuf = r.appendTo(s.sbuf[:0])
+	s.d.sendRaw(from, s.sbuf)
 }
 
 // addNodes puts the k closest nodes into a reply, in the families the
 // requester wants (BEP 32); without "want", the requester's own family.
-func (d *dht) addNodes(rep *krpcReply, target nodeID, want uint8, from netip.AddrPort) {
+func (s *server) addNodes(rep *krpcReply, target nodeID, want uint8, from netip.AddrPort) {
 	if want == 0 {
 		want = wantN6
 		if from.Addr().Is4() {
@@ -278,20 +287,20 @@ func (d *dht) addNodes(rep *krpcReply, target nodeID, want uint8, from netip.Add
 		}
 	}
 	if want&wantN4 != 0 {
-		rep.Nodes = appendCompactNodes(d.nbuf4[:0], d.closestFamily(target, true, from))
+		rep.Nodes = appendCompactNodes(s.nbuf4[:0], s.closestFamily(target, true, from))
 	}
 	if want&wantN6 != 0 {
-		rep.Nodes6 = appendCompactNodes6(d.nbuf6[:0], d.closestFamily(target, false, from))
+		rep.Nodes6 = appendCompactNodes6(s.nbuf6[:0], s.closestFamily(target, false, from))
 	}
 }
 
 // closestFamily is the k closest nodes of one address family, so a table
 // holding both families still fills each list (BEP 32). The requester is
 // left out: telling a node about itself wastes a slot.
-func (d *dht) closestFamily(target nodeID, want4 bool, requester netip.AddrPort) []nodeInfo {
-	d.mu.Lock()
-	ns := d.table.closestFamily(target, bucketSize+1, want4, true)
-	d.mu.Unlock()
+func (s *server) closestFamily(target nodeID, want4 bool, requester netip.AddrPort) []nodeInfo {
+	s.d.mu.Lock()
+	ns := s.d.table.closestFamily(target, bucketSize+1, want4, true)
+	s.d.mu.Unlock()
 	ns = slices.DeleteFunc(ns, func(n nodeInfo) bool { return n.Addr == requester })
 	return ns[:min(len(ns), bucketSize)]
 }
@@ -299,22 +308,22 @@ func (d *dht) closestFamily(target nodeID, want4 bool, requester netip.AddrPort)
 // answerGetPeers returns a token, the peers we know and also the closest
 // nodes: with both, a lookup keeps converging on the k closest nodes (where
 // it will announce) even after it met a node that has peers.
-func (d *dht) answerGetPeers(rep *krpcReply, a *krpcArgs, from netip.AddrPort) {
-	rep.Token = d.tokens.issue(from.Addr())
+func (s *server) answerGetPeers(rep *krpcReply, a *krpcArgs, from netip.AddrPort) {
+	rep.Token = s.d.tokens.issue(from.Addr())
 	v4 := from.Addr().Unmap().Is4() // BEP 32: values in the requester's family, whatever "want" says
 	limit := maxPeersReply6
 	if v4 {
 		limit = maxPeersReply
 	}
-	if ps := d.peers.peersOf(a.InfoHash, limit, v4, !v4); len(ps) > 0 {
-		rep.Values = appendPeerList(d.vbuf[:0], ps)
+	if ps := s.d.peers.peersOf(a.InfoHash, limit, v4, !v4); len(ps) > 0 {
+		rep.Values = appendPeerList(s.vbuf[:0], ps)
 	}
-	d.addNodes(rep, a.InfoHash, a.Want, from)
+	s.addNodes(rep, a.InfoHash, a.Want, from)
 }
 
 // acceptAnnounce stores the announcing peer; it returns a 203 message if not.
-func (d *dht) acceptAnnounce(a *krpcArgs, from netip.AddrPort) string {
-	if !d.tokens.valid(a.Token, from.Addr()) {
+func (s *server) acceptAnnounce(a *krpcArgs, from netip.AddrPort) string {
+	if !s.d.tokens.valid(a.Token, from.Addr()) {
 		return "bad token"
 	}
 	port := a.Port
@@ -324,16 +333,16 @@ func (d *dht) acceptAnnounce(a *krpcArgs, from netip.AddrPort) string {
 	if port == 0 {
 		return "bad port"
 	}
-	d.peers.add(a.InfoHash, netip.AddrPortFrom(from.Addr(), port))
+	s.d.peers.add(a.InfoHash, netip.AddrPortFrom(from.Addr(), port))
 	return ""
 }
 
 // answerGet returns a token, the closest nodes and the item if we hold it.
 // BEP 44: with "seq" in the query, k, v and sig are left out unless ours is newer.
-func (d *dht) answerGet(rep *krpcReply, a *krpcArgs, from netip.AddrPort) {
-	rep.Token = d.tokens.issue(from.Addr())
-	d.addNodes(rep, a.Target, a.Want, from)
-	it, ok := d.items.get(a.Target)
+func (s *server) answerGet(rep *krpcReply, a *krpcArgs, from netip.AddrPort) {
+	rep.Token = s.d.tokens.issue(from.Addr())
+	s.addNodes(rep, a.Target, a.Want, from)
+	it, ok := s.d.items.get(a.Target)
 	if !ok {
 		return
 	}
@@ -348,8 +357,8 @@ func (d *dht) answerGet(rep *krpcReply, a *krpcArgs, from netip.AddrPort) {
 }
 
 // acceptPut stores a BEP 44 item; it returns a KRPC error code and message if not.
-func (d *dht) acceptPut(a *krpcArgs, from netip.AddrPort) (int, string) {
-	if !d.tokens.valid(a.Token, from.Addr()) {
+func (s *server) acceptPut(a *krpcArgs, from netip.AddrPort) (int, string) {
+	if !s.d.tokens.valid(a.Token, from.Addr()) {
 		return krpcErrProtocol, "bad token"
 	}
 	it := bep44Item{V: a.V}
@@ -359,7 +368,7 @@ func (d *dht) acceptPut(a *krpcArgs, from netip.AddrPort) (int, string) {
 		}
 		it = bep44Item{V: a.V, Mutable: true, K: a.K, Salt: a.Salt, Seq: a.Seq, Sig: a.Sig}
 	}
-	err := d.items.put(it, a.CAS, a.HasCAS, from)
+	err := s.d.items.put(it, a.CAS, a.HasCAS, from)
 	var be *bep44Error
 	switch {
 	case err == nil:
@@ -372,10 +381,10 @@ func (d *dht) acceptPut(a *krpcArgs, from netip.AddrPort) (int, string) {
 }
 
 // replyError sends an 'e' message; it also carries our "v" and BEP 42 "ip".
-func (d *dht) replyError(to netip.AddrPort, tid []byte, code int, msg string) {
-	e := krpcMsg{TID: tid, Type: 'e', Version: d.version, IP: to, ErrCode: code, ErrMsg: []byte(msg)}
-	d.sbuf = e.appendTo(d.sbuf[:0])
-	d.sendRaw(to, d.sbuf)
+func (s *server) replyError(to netip.AddrPort, tid []byte, code int, msg string) {
+	e := krpcMsg{TID: tid, Type: 'e', Version: s.d.version, IP: to, ErrCode: code, ErrMsg: []byte(msg)}
+	s.sbuf = e.appendTo(s.sbuf[:0])
+	s.d.sendRaw(to, s.sbuf)
 }
 
 func (d *dht) sendRaw(to netip.AddrPort, b []byte) {
@@ -407,17 +416,15 @@ func (d *dht) heard(n nodeInfo, responded bool) {
 	for _, c := range ping {
 		q := krpcMsg{Method: methodPing}
 		addr := c.Addr
-		_, err := d.sendQuery(addr, &q, &c.ID, nil, func(queryResult) { d.evicted(addr) })
-		if err != nil {
-			d.evicted(addr)
+		evicted := func(queryResult) {
+			d.mu.Lock()
+			delete(d.evicting, addr)
+			d.mu.Unlock()
+		}
+		if _, err := d.tx.send(addr, &q, &c.ID, nil, evicted); err != nil {
+			evicted(queryResult{})
 		}
 	}
-}
-
-func (d *dht) evicted(addr netip.AddrPort) {
-	d.mu.Lock()
-	delete(d.evicting, addr)
-	d.mu.Unlock()
 }
 
 // queryableAddr rejects addresses no node can answer from.
@@ -443,7 +450,7 @@ type transaction struct {
 	attempts  int
 	timer     *time.Timer
 	onRetry   func(attempt int) // may be nil; called with 2, 3, ... on each retransmission
-	done      func(queryResult) // called once, never with d.mu or d.txMu held
+	done      func(queryResult) // called once, never with d.mu or txTable.mu held
 }
 
 // queryResult is the outcome of one query. Msg aliases a private copy of the
@@ -494,83 +501,134 @@ func backoff(rto time.Duration, attempt int, t *dhtTiming) time.Duration {
 	return min(rto<<min(attempt-1, maxBackoffShift), t.rtoMax)
 }
 
-// sendQuery sends q (Method and Args set by the caller; tid, id and version
-// are filled in here) and returns at once; done reports the outcome. If
-// expect is non-nil, a timeout is reported to the routing table as a failure
-// of that node.
-func (d *dht) sendQuery(to netip.AddrPort, q *krpcMsg, expect *nodeID, onRetry func(int), done func(queryResult)) (txKey, error) {
-	q.Type, q.Version = 'q', d.version
-	q.Args.ID = d.id()
+// txTable is our queries awaiting an answer: it sends each one,
+// retransmits it on timeout and hands its outcome to the caller. Safe for
+// concurrent use; done callbacks run without its lock held.
+type txTable struct {
+	write   func(to netip.AddrPort, b []byte)
+	failed  func(n nodeInfo) // every attempt to query n timed out
+	self    func() nodeID
+	now     func() time.Time
+	timing  *dhtTiming
+	version []byte
+
+	mu     sync.Mutex // guards txs, closed, rng, rtt
+	txs    map[txKey]*transaction
+	closed bool           // run has ended: no more queries
+	rng    *mrand.ChaCha8 // transaction ids: a CSPRNG seeded from cfg.Rand
+	rtt    rttEstimator
+}
+
+// send sends q (Method and Args set by the caller; tid, id and version are
+// filled in here) and returns at once; done reports the outcome. If expect
+// is non-nil, a timeout is reported to the routing table as a failure of
+// that node.
+func (x *txTable) send(to netip.AddrPort, q *krpcMsg, expect *nodeID, onRetry func(int), done func(queryResult)) (txKey, error) {
+	q.Type, q.Version = 'q', x.version
+	q.Args.ID = x.self()
 	t := &transaction{onRetry: onRetry, done: done, attempts: 1}
 	if expect != nil {
 		t.expect, t.hasExpect = *expect, true
 	}
 	var tid [tidLen]byte
-	d.txMu.Lock()
-	if d.closed || len(d.txs) >= maxTransactions {
+	x.mu.Lock()
+	if x.closed || len(x.txs) >= maxTransactions {
 		err := errTooManyTx
-		if d.closed {
+		if x.closed {
 			err = errClosed
 		}
-		d.txMu.Unlock()
+		x.mu.Unlock()
 		return txKey{}, err
 	}
 	k := txKey{addr: to}
 	for {
-		k.tid = uint32(d.rng.Uint64())
-		if _, dup := d.txs[k]; !dup {
+		k.tid = uint32(x.rng.Uint64())
+		if _, dup := x.txs[k]; !dup {
 			break
 		}
 	}
 	binary.BigEndian.PutUint32(tid[:], k.tid)
 	q.TID = tid[:]
 	t.pkt = q.appendTo(make([]byte, 0, 128))
-	t.sent = d.now()
-	d.txs[k] = t
-	t.timer = time.AfterFunc(d.rtt.rto(&d.timing), func() { d.retry(k) })
-	d.txMu.Unlock()
-	d.sendRaw(to, t.pkt)
+	t.sent = x.now()
+	x.txs[k] = t
+	t.timer = time.AfterFunc(x.rtt.rto(x.timing), func() { x.retry(k) })
+	x.mu.Unlock()
+	x.write(to, t.pkt)
 	return k, nil
 }
 
 // retry retransmits a query whose timeout expired, or gives up on it.
-func (d *dht) retry(k txKey) {
-	d.txMu.Lock()
-	t, ok := d.txs[k]
+func (x *txTable) retry(k txKey) {
+	x.mu.Lock()
+	t, ok := x.txs[k]
 	if !ok {
-		d.txMu.Unlock()
+		x.mu.Unlock()
 		return
 	}
 	if t.attempts < maxAttempts {
 		t.attempts++
 		attempt := t.attempts
-		t.timer.Reset(backoff(d.rtt.rto(&d.timing), attempt, &d.timing))
-		d.txMu.Unlock()
-		d.sendRaw(k.addr, t.pkt)
+		t.timer.Reset(backoff(x.rtt.rto(x.timing), attempt, x.timing))
+		x.mu.Unlock()
+		x.write(k.addr, t.pkt)
 		if t.onRetry != nil {
 			t.onRetry(attempt)
 		}
 		return
 	}
-	delete(d.txs, k)
+	delete(x.txs, k)
 	attempts := t.attempts
-	d.txMu.Unlock()
+	x.mu.Unlock()
 	if t.hasExpect {
-		d.mu.Lock()
-		d.table.failed(nodeInfo{ID: t.expect, Addr: k.addr})
-		d.mu.Unlock()
+		x.failed(nodeInfo{ID: t.expect, Addr: k.addr})
 	}
 	t.done(queryResult{Err: errTimeout, Attempts: attempts})
 }
 
-// cancelQuery forgets a transaction without reporting it.
-func (d *dht) cancelQuery(k txKey) {
-	d.txMu.Lock()
-	if t, ok := d.txs[k]; ok {
+// cancel forgets a transaction without reporting it.
+func (x *txTable) cancel(k txKey) {
+	x.mu.Lock()
+	if t, ok := x.txs[k]; ok {
 		t.timer.Stop()
-		delete(d.txs, k)
+		delete(x.txs, k)
 	}
-	d.txMu.Unlock()
+	x.mu.Unlock()
+}
+
+// take removes and returns the transaction a response answers, if any, and
+// samples its RTT.
+func (x *txTable) take(k txKey) (*transaction, bool) {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	t, ok := x.txs[k]
+	if ok {
+		delete(x.txs, k)
+		t.timer.Stop()
+		if t.attempts == 1 { // Karn: a retransmitted query's RTT is ambiguous
+			x.rtt.sample(x.now().Sub(t.sent))
+		}
+	}
+	return t, ok
+}
+
+// close ends every open query (its caller learns errClosed) and refuses
+// new ones.
+func (x *txTable) close() {
+	x.mu.Lock()
+	x.closed = true
+	var open []*transaction
+	for k, t := range x.txs {
+		// Even if the timer fired, its retry finds the transaction gone
+		// and returns: done is ours to call, exactly once.
+		t.timer.Stop()
+		open = append(open, t)
+		delete(x.txs, k)
+	}
+	x.mu.Unlock()
+	for _, t := range open {
+		t.done(queryResult{Err: errClosed, Attempts: t.attempts})
+	}
 }
 
 // handleResponse completes the transaction an 'r' or 'e' message answers.
@@ -578,17 +636,7 @@ func (d *dht) handleResponse(from netip.AddrPort, m *krpcMsg, b []byte) {
 	if len(m.TID) != tidLen {
 		return
 	}
-	k := txKey{tid: binary.BigEndian.Uint32(m.TID), addr: from}
-	d.txMu.Lock()
-	t, ok := d.txs[k]
-	if ok {
-		delete(d.txs, k)
-		t.timer.Stop()
-		if t.attempts == 1 { // Karn: a retransmitted query's RTT is ambiguous
-			d.rtt.sample(d.now().Sub(t.sent))
-		}
-	}
-	d.txMu.Unlock()
+	t, ok := d.tx.take(txKey{tid: binary.BigEndian.Uint32(m.TID), addr: from})
 	if !ok {
 		return // unsolicited, or from an address we did not query
 	}
@@ -639,9 +687,9 @@ func (d *dht) learnExternal(from netip.AddrPort, seen netip.AddrPort) {
 }
 
 // query sends q and waits for its outcome or for ctx.
-func (d *dht) query(ctx context.Context, to netip.AddrPort, q *krpcMsg, expect *nodeID) queryResult {
+func (x *txTable) query(ctx context.Context, to netip.AddrPort, q *krpcMsg, expect *nodeID) queryResult {
 	ch := make(chan queryResult, 1)
-	k, err := d.sendQuery(to, q, expect, nil, func(r queryResult) { ch <- r })
+	k, err := x.send(to, q, expect, nil, func(r queryResult) { ch <- r })
 	if err != nil {
 		return queryResult{Err: err}
 	}
@@ -649,13 +697,13 @@ func (d *dht) query(ctx context.Context, to netip.AddrPort, q *krpcMsg, expect *
 	case r := <-ch:
 		return r
 	case <-ctx.Done():
-		d.cancelQuery(k)
+		x.cancel(k)
 		return queryResult{Err: ctx.Err(), Attempts: 1}
 	}
 }
 
 // queryAll sends one query per node in parallel and waits for all outcomes.
-func (d *dht) queryAll(ctx context.Context, to []nodeInfo, mk func(i int) krpcMsg) []queryResult {
+func (x *txTable) queryAll(ctx context.Context, to []nodeInfo, mk func(i int) krpcMsg) []queryResult {
 	res := make([]queryResult, len(to))
 	var wg sync.WaitGroup
 	for i, n := range to {
@@ -667,7 +715,7 @@ func (d *dht) queryAll(ctx context.Context, to []nodeInfo, mk func(i int) krpcMs
 			if n.ID != (nodeID{}) {
 				expect = &n.ID
 			}
-			res[i] = d.query(ctx, n.Addr, &q, expect)
+			res[i] = x.query(ctx, n.Addr, &q, expect)
 		}()
 	}
 	wg.Wait()
@@ -677,7 +725,7 @@ func (d *dht) queryAll(ctx context.Context, to []nodeInfo, mk func(i int) krpcMs
 // ping asks addr for its id.
 func (d *dht) ping(ctx context.Context, addr netip.AddrPort) (nodeID, error) {
 	q := krpcMsg{Method: methodPing}
-	r := d.query(ctx, addr, &q, nil)
+	r := d.tx.query(ctx, addr, &q, nil)
 	if r.Err != nil {
 		return nodeID{}, fmt.Errorf("dht: ping %v: %w", addr, r.Err)
 	}
@@ -729,7 +777,7 @@ func (d *dht) refresh(ctx context.Context) {
 	probe := d.table.closest(d.table.self(), bucketSize)
 	d.mu.Unlock()
 	if good == 0 && len(d.cfg.Bootstrap) > 0 {
-		if !d.anyAnswers(ctx, probe) {
+		if d.pingAll(ctx, probe) == 0 {
 			if err := d.bootstrap(ctx); err != nil {
 				d.log.Warn("dht: bootstrap", "err", err)
 			}
@@ -752,20 +800,7 @@ func (d *dht) refresh(ctx context.Context) {
 // shutdown ends every open query (its caller learns errClosed), refuses
 // new ones and saves the table.
 func (d *dht) shutdown() {
-	d.txMu.Lock()
-	d.closed = true
-	var open []*transaction
-	for k, t := range d.txs {
-		// Even if the timer fired, its retry finds the transaction gone
-		// and returns: done is ours to call, exactly once.
-		t.timer.Stop()
-		open = append(open, t)
-		delete(d.txs, k)
-	}
-	d.txMu.Unlock()
-	for _, t := range open {
-		t.done(queryResult{Err: errClosed, Attempts: t.attempts})
-	}
+	d.tx.close()
 	if err := d.save(); err != nil {
 		d.log.Warn("dht: save routing table", "err", err)
 	}
@@ -789,12 +824,7 @@ func (d *dht) bootstrap(ctx context.Context) error {
 	saved := d.saved
 	d.saved = nil
 	d.mu.Unlock()
-	answered := 0
-	for _, r := range d.queryAll(ctx, saved, func(int) krpcMsg { return krpcMsg{Method: methodPing} }) {
-		if r.Err == nil {
-			answered++
-		}
-	}
+	answered := d.pingAll(ctx, saved)
 	var seeds []nodeInfo
 	var problems []string
 	if answered == 0 && len(d.cfg.Bootstrap) > 0 {
@@ -819,15 +849,16 @@ func (d *dht) bootstrap(ctx context.Context) error {
 	return err
 }
 
-// anyAnswers pings ns and reports whether one answered; those that do not
-// are recorded as failed.
-func (d *dht) anyAnswers(ctx context.Context, ns []nodeInfo) bool {
-	for _, r := range d.queryAll(ctx, ns, func(int) krpcMsg { return krpcMsg{Method: methodPing} }) {
+// pingAll pings ns in parallel and counts the answers; the routing table
+// records those that do not answer as failed.
+func (d *dht) pingAll(ctx context.Context, ns []nodeInfo) int {
+	answered := 0
+	for _, r := range d.tx.queryAll(ctx, ns, func(int) krpcMsg { return krpcMsg{Method: methodPing} }) {
 		if r.Err == nil {
-			return true
+			answered++
 		}
 	}
-	return false
+	return answered
 }
 
 // askRouters resolves every bootstrap HOST:PORT and sends it find_node(our
@@ -849,7 +880,7 @@ func (d *dht) askRouters(ctx context.Context) ([]nodeInfo, int, []string) {
 		names = append(names, hp)
 	}
 	self := d.id()
-	res := d.queryAll(ctx, routers, func(int) krpcMsg {
+	res := d.tx.queryAll(ctx, routers, func(int) krpcMsg {
 		return krpcMsg{Method: methodFindNode, Args: krpcArgs{Target: self}}
 	})
 	var seeds []nodeInfo
@@ -905,224 +936,4 @@ func nodesOfReply(r *krpcReply) []nodeInfo {
 		}
 	}
 	return out
-}
-
-// --- the /dht commands
-
-// command runs one /dht command (args are the words after "/dht") and
-// writes its result lines to out; failures print "error <what>".
-func (d *dht) command(ctx context.Context, args []string, out io.Writer) {
-	ctx, cancel := context.WithTimeout(ctx, d.timing.command)
-	defer cancel()
-	if len(args) == 0 {
-		fmt.Fprintln(out, "error usage: /dht status|ping|find_node|get_peers|announce|put|get|mput|mget")
-		return
-	}
-	var err error
-	switch rest := args[1:]; args[0] {
-	case "status":
-		err = d.cmdStatus(rest, out)
-	case "ping":
-		err = d.cmdPing(ctx, rest, out)
-	case "find_node":
-		err = d.cmdFindNode(ctx, rest, out)
-	case "get_peers":
-		err = d.cmdGetPeers(ctx, rest, out)
-	case "announce":
-		err = d.cmdAnnounce(ctx, rest, out)
-	case "put":
-		err = d.cmdPut(ctx, rest, out)
-	case "get":
-		err = d.cmdGet(ctx, rest, out)
-	case "mput":
-		err = d.cmdMput(ctx, rest, out)
-	case "mget":
-		err = d.cmdMget(ctx, rest, out)
-	default:
-		err = fmt.Errorf("unknown command %q", args[0])
-	}
-	if errors.Is(err, errNotFound) {
-		err = errNotFound // print exactly "error not found"
-	}
-	if err != nil {
-		fmt.Fprintf(out, "error %v\n", err)
-	}
-}
-
-func wantArgs(args []string, lo, hi int, usage string) error {
-	if len(args) < lo || (hi >= 0 && len(args) > hi) {
-		return fmt.Errorf("usage: /dht %s", usage)
-	}
-	return nil
-}
-
-func (d *dht) cmdStatus(args []string, out io.Writer) error {
-	if err := wantArgs(args, 0, 0, "status"); err != nil {
-		return err
-	}
-	ext := "unknown"
-	if a, ok := d.external(); ok {
-		ext = a.String()
-	}
-	fmt.Fprintf(out, "node %v %s %d nodes\n", d.id(), ext, d.size())
-	return nil
-}
-
-func (d *dht) cmdPing(ctx context.Context, args []string, out io.Writer) error {
-	if err := wantArgs(args, 1, 1, "ping HOST:PORT"); err != nil {
-		return err
-	}
-	a, err := resolveUDP(ctx, args[0])
-	if err != nil {
-		return fmt.Errorf("dht: ping %w", err)
-	}
-	id, err := d.ping(ctx, a)
-	if err != nil {
-		return err
-	}
-	fmt.Fprintf(out, "pong %v\n", id)
-	return nil
-}
-
-func (d *dht) cmdFindNode(ctx context.Context, args []string, out io.Writer) error {
-	if err := wantArgs(args, 1, 1, "find_node ID"); err != nil {
-		return err
-	}
-	target, err := parseNodeID(args[0])
-	if err != nil {
-		return err
-	}
-	ns, err := d.findNode(ctx, target)
-	if err != nil {
-		return err
-	}
-	for _, n := range ns {
-		fmt.Fprintf(out, "node %v %v\n", n.ID, n.Addr)
-	}
-	fmt.Fprintf(out, "done %d nodes\n", len(ns))
-	return nil
-}
-
-func (d *dht) cmdGetPeers(ctx context.Context, args []string, out io.Writer) error {
-	if err := wantArgs(args, 1, 1, "get_peers INFOHASH"); err != nil {
-		return err
-	}
-	ih, err := parseNodeID(args[0])
-	if err != nil {
-		return err
-	}
-	ps, err := d.getPeers(ctx, ih)
-	if err != nil {
-		return err
-	}
-	for _, p := range ps {
-		fmt.Fprintf(out, "peer %v\n", p)
-	}
-	fmt.Fprintf(out, "done %d peers\n", len(ps))
-	return nil
-}
-
-func (d *dht) cmdAnnounce(ctx context.Context, args []string, out io.Writer) error {
-	if err := wantArgs(args, 1, 2, "announce INFOHASH [PORT]"); err != nil {
-		return err
-	}
-	ih, err := parseNodeID(args[0])
-	if err != nil {
-		return err
-	}
-	port, implied := 0, true
-	if len(args) == 2 {
-		p, err := strconv.ParseUint(args[1], 10, 16)
-		if err != nil || p == 0 {
-			return fmt.Errorf("bad port %q", args[1])
-		}
-		port, implied = int(p), false
-	}
-	n, err := d.announce(ctx, ih, port, implied)
-	if err != nil {
-		return err
-	}
-	fmt.Fprintf(out, "announced %d nodes\n", n)
-	return nil
-}
-
-func (d *dht) cmdPut(ctx context.Context, args []string, out io.Writer) error {
-	if err := wantArgs(args, 1, -1, "put TEXT"); err != nil {
-		return err
-	}
-	v := appendBencodeString(nil, []byte(strings.Join(args, " ")))
-	target, n, err := d.putImmutable(ctx, v)
-	if err != nil {
-		return err
-	}
-	fmt.Fprintf(out, "stored %v %d nodes\n", target, n)
-	return nil
-}
-
-func (d *dht) cmdGet(ctx context.Context, args []string, out io.Writer) error {
-	if err := wantArgs(args, 1, 1, "get TARGET"); err != nil {
-		return err
-	}
-	target, err := parseNodeID(args[0])
-	if err != nil {
-		return err
-	}
-	it, err := d.get(ctx, target)
-	if err != nil {
-		return err
-	}
-	fmt.Fprintf(out, "value %s\n", valueText(it.V))
-	return nil
-}
-
-func (d *dht) cmdMput(ctx context.Context, args []string, out io.Writer) error {
-	if err := wantArgs(args, 3, -1, "mput SEEDHEX SEQ TEXT"); err != nil {
-		return err
-	}
-	seed, err := hex.DecodeString(args[0])
-	if err != nil || len(seed) != ed25519.SeedSize {
-		return fmt.Errorf("bad seed: want %d hex digits", 2*ed25519.SeedSize)
-	}
-	seq, err := strconv.ParseInt(args[1], 10, 64)
-	if err != nil || seq < 0 {
-		return fmt.Errorf("bad seq %q", args[1])
-	}
-	v := appendBencodeString(nil, []byte(strings.Join(args[2:], " ")))
-	target, n, err := d.putMutable(ctx, ed25519.NewKeyFromSeed(seed), nil, seq, v)
-	if err != nil {
-		return err
-	}
-	fmt.Fprintf(out, "stored %v %d nodes\n", target, n)
-	return nil
-}
-
-func (d *dht) cmdMget(ctx context.Context, args []string, out io.Writer) error {
-	if err := wantArgs(args, 1, 1, "mget PUBKEYHEX"); err != nil {
-		return err
-	}
-	var k [32]byte
-	if b, err := hex.DecodeString(args[0]); err != nil || len(b) != len(k) {
-		return fmt.Errorf("bad public key: want %d hex digits", 2*len(k))
-	} else {
-		copy(k[:], b)
-	}
-	it, err := d.get(ctx, mutableTarget(k, nil))
-	if err != nil {
-		return err
-	}
-	fmt.Fprintf(out, "value %d %s\n", it.Seq, valueText(it.V))
-	return nil
-}
-
-// valueText shows a bencoded string value as its text, anything else raw.
-func valueText(v []byte) string {
-	i := bytes.IndexByte(v, ':')
-	if i <= 0 {
-		return string(v)
-	}
-	n, err := strconv.Atoi(string(v[:i]))
-	if err != nil || strconv.Itoa(n) != string(v[:i]) || n != len(v)-i-1 {
-		return string(v)
-	}
-	return string(v[i+1:])
 }

@@ -166,7 +166,7 @@ func settle(d *dht) {
 	defer cancel()
 	for _, n := range d.closest(d.id(), settlePings) {
 		q := krpcMsg{Method: methodPing}
-		d.query(ctx, n.Addr, &q, &n.ID)
+		d.tx.query(ctx, n.Addr, &q, &n.ID)
 	}
 }
 
@@ -188,9 +188,9 @@ func benchBootstrap(b *testing.B, d *dht) {
 func rtoSummary(ds []*dht) string {
 	var rtos []time.Duration
 	for _, d := range ds {
-		d.txMu.Lock()
-		rtos = append(rtos, d.rtt.rto(&d.timing))
-		d.txMu.Unlock()
+		d.tx.mu.Lock()
+		rtos = append(rtos, d.tx.rtt.rto(&d.timing))
+		d.tx.mu.Unlock()
 	}
 	slices.Sort(rtos)
 	return fmt.Sprintf("rto p50 %v p90 %v max %v", percentile(rtos, 50), percentile(rtos, 90), rtos[len(rtos)-1])

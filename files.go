@@ -1,5 +1,8 @@
-// Atomic file writes shared by everything kadchat keeps on disk: the
-// identity, the contacts, the outbox and the routing table. A reader sees
+// Atomic file writes (SPEC.md 6.7) shared by everything kadchat keeps on
+// disk: the identity, the contacts, the outbox and the routing table.
+//
+// Flow: writeFileAtomic writes a temporary file beside the target, fsyncs
+// it, renames it over the target and fsyncs the directory, so a reader sees
 // either the old file or the new one, never a torn mix, even after SIGKILL
 // or power loss.
 package main

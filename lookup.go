@@ -1,5 +1,5 @@
-// Iterative lookups (Kademlia, BEP 5) and what is built on them: find_node,
-// get_peers, announce_peer and the BEP 44 get and put.
+// Iterative lookups (SPEC.md 3.4.3; Kademlia, BEP 5) and what is built on
+// them: find_node, get_peers, announce_peer and the BEP 44 get and put.
 //
 // Flow: lookup seeds a candidate list, sorted by XOR distance to the target,
 // from the routing table. It keeps up to alpha queries active to the closest
@@ -345,7 +345,7 @@ func (l *lookup) query(c *candidate) {
 	l.stats.Queried++
 	l.stats.Messages++
 	id := c.info.ID
-	_, err := l.d.sendQuery(c.info.Addr, &q, &id,
+	_, err := l.d.tx.send(c.info.Addr, &q, &id,
 		func(attempt int) { l.post(lookupEvent{c: c, retry: attempt}) },
 		func(r queryResult) { l.post(lookupEvent{c: c, res: &r}) })
 	if err != nil {
@@ -408,36 +408,32 @@ func (d *dht) announce(ctx context.Context, infohash nodeID, port int, implied b
 	if implied {
 		port = int(d.node.LocalAddr().Port()) // BEP 5 keeps "port" even when implied
 	}
-	r, err := d.lookup(ctx, lookupOpts{target: infohash, method: methodGetPeers})
-	if err != nil {
-		return 0, err
-	}
-	n, refused := d.storeAt(ctx, r.Closest, func(tok []byte) krpcMsg {
+	o := lookupOpts{target: infohash, method: methodGetPeers}
+	return d.publish(ctx, o, "announce", func(tok []byte) krpcMsg {
 		return krpcMsg{Method: methodAnnouncePeer, Args: krpcArgs{
 			InfoHash: infohash, Port: uint16(port), ImpliedPort: implied, Token: tok}}
 	})
-	if n == 0 && refused != nil {
-		return 0, fmt.Errorf("dht: announce refused: %w", refused)
-	}
-	if n == 0 {
-		return 0, fmt.Errorf("dht: announce: %w", errNoneAnswered)
-	}
-	return n, nil
 }
 
-// storeAt sends a store query (announce_peer or put) to every node that gave
-// a token, in parallel, and counts the successes. refused is the first
-// error reply, so a caller whose store every node refused can say why.
-func (d *dht) storeAt(ctx context.Context, ns []lookupNode, mk func(tok []byte) krpcMsg) (ok int, refused error) {
+// publish runs the lookup o, then sends a store query (announce_peer or
+// put, built by mk around each token) to the k closest nodes that gave a
+// token, in parallel. It returns how many accepted; when none did, the
+// first error reply says why (e.g. 302: a newer seq is stored).
+func (d *dht) publish(ctx context.Context, o lookupOpts, what string, mk func(tok []byte) krpcMsg) (int, error) {
+	r, err := d.lookup(ctx, o)
+	if err != nil {
+		return 0, err
+	}
 	var to []nodeInfo
 	var toks [][]byte
-	for _, n := range ns {
+	for _, n := range r.Closest {
 		if n.Token != nil {
 			to = append(to, n.nodeInfo)
 			toks = append(toks, n.Token)
 		}
 	}
-	for _, r := range d.queryAll(ctx, to, func(i int) krpcMsg { return mk(toks[i]) }) {
+	ok, refused := 0, error(nil)
+	for _, r := range d.tx.queryAll(ctx, to, func(i int) krpcMsg { return mk(toks[i]) }) {
 		var kerr *krpcError
 		switch {
 		case r.Err == nil:
@@ -448,7 +444,13 @@ func (d *dht) storeAt(ctx context.Context, ns []lookupNode, mk func(tok []byte) 
 			d.log.Debug("dht: store", "err", r.Err)
 		}
 	}
-	return ok, refused
+	switch {
+	case ok == 0 && refused != nil:
+		return 0, fmt.Errorf("dht: %s refused: %w", what, refused)
+	case ok == 0:
+		return 0, fmt.Errorf("dht: %s: %w", what, errNoneAnswered)
+	}
+	return ok, nil
 }
 
 // putImmutable stores v (a bencoded value) under SHA-1(v) at the k closest
@@ -461,7 +463,8 @@ func (d *dht) putImmutable(ctx context.Context, v []byte) (nodeID, int, error) {
 		return nodeID{}, 0, fmt.Errorf("dht: put: value of %d bytes, max %d", len(v), maxItemValue)
 	}
 	target := immutableTarget(v)
-	n, err := d.putItem(ctx, target, nil, krpcArgs{V: v})
+	o := lookupOpts{target: target, method: methodGet}
+	n, err := d.publish(ctx, o, "put", putQuery(krpcArgs{V: v}))
 	return target, n, err
 }
 
@@ -473,28 +476,18 @@ func (d *dht) putMutable(ctx context.Context, priv ed25519.PrivateKey, salt []by
 	}
 	target := mutableTarget(it.K, salt)
 	a := krpcArgs{V: it.V, K: it.K, HasK: true, Sig: it.Sig, Salt: salt, Seq: seq, HasSeq: true}
-	n, err := d.putItem(ctx, target, salt, a)
+	o := lookupOpts{target: target, method: methodGet, salt: salt}
+	n, err := d.publish(ctx, o, "put", putQuery(a))
 	return target, n, err
 }
 
-// putItem collects tokens with a get lookup, then puts to the k closest.
-func (d *dht) putItem(ctx context.Context, target nodeID, salt []byte, a krpcArgs) (int, error) {
-	r, err := d.lookup(ctx, lookupOpts{target: target, method: methodGet, salt: salt})
-	if err != nil {
-		return 0, err
-	}
-	n, refused := d.storeAt(ctx, r.Closest, func(tok []byte) krpcMsg {
+// putQuery builds a put of a around each token publish collected.
+func putQuery(a krpcArgs) func(tok []byte) krpcMsg {
+	return func(tok []byte) krpcMsg {
 		q := krpcMsg{Method: methodPut, Args: a}
 		q.Args.Token = tok
 		return q
-	})
-	if n == 0 && refused != nil {
-		return 0, fmt.Errorf("dht: put refused: %w", refused) // e.g. 302: a newer seq is stored
 	}
-	if n == 0 {
-		return 0, fmt.Errorf("dht: put: %w", errNoneAnswered)
-	}
-	return n, nil
 }
 
 // get finds the BEP 44 item stored under target (a mutable one without salt,

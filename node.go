@@ -1,4 +1,5 @@
-// Node: one UDP socket carrying both the DHT and the chat.
+// Node (SPEC.md 2): one UDP socket carrying the DHT, the sessions and the
+// invitations.
 //
 // Inbound flow: readLoop reads a datagram, demux looks at its first byte and
 // hands it to the DHT (a bencoded KRPC dictionary starts with 'd') or to the

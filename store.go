@@ -1,5 +1,5 @@
-// Storage side of the DHT: write tokens, announced peers (BEP 5) and
-// BEP 44 items. It is kept apart from the KRPC codec and the routing table:
+// Storage side of the DHT (SPEC.md 3.5): write tokens, announced peers
+// (BEP 5) and BEP 44 items. It is kept apart from the KRPC codec and the routing table:
 // the codec only turns bytes into krpcArgs, the DHT then asks these stores.
 //
 // Flow: a get_peers or get query is answered with tokenBox.issue(requester
@@ -229,11 +229,6 @@ func (t *ttlMap[K, V]) delete(k K) {
 	}
 }
 
-func (t *ttlMap[K, V]) len(now time.Time) int {
-	t.expire(now)
-	return len(t.m)
-}
-
 // sourceKey is who counts as one source of writes: a public address by its
 // /24 (IPv4) or /64 (IPv6), since one host easily has many addresses in its
 // network; an exempt address (loopback, LAN: BEP 42's list) by address and
@@ -435,13 +430,6 @@ func (s *peerStore) peersOf(infohash nodeID, max int, want4, want6 bool) []netip
 		out[i], out[j] = out[j], out[i]
 	}
 	return out[:max:max]
-}
-
-// infohashes returns the number of infohashes with peers that may be live.
-func (s *peerStore) infohashes() int {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.swarms.len(s.now())
 }
 
 // bep44Item is an item of BEP 44. For an immutable item only V is used.

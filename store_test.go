@@ -881,27 +881,61 @@ func TestPeerStoreCapsUnderFlood(t *testing.T) {
 
 // TestStoresConcurrent only matters under -race.
 func TestStoresConcurrent(t *testing.T) {
+	const goroutines, rounds, swarmsEach = 4, 200, 4 // 50 peers a swarm: under maxSwarmPeers
 	clk := newStoreClock()
 	box := newTokenBox(storeRand(9), clk.now)
 	ps := newPeerStore(clk.now, storeRand(1))
 	is := newItemStore(clk.now)
+	swarm := func(g, i int) nodeID { return nodeID{byte(g), byte(i % swarmsEach)} }
+	value := func(g, i int) []byte { return appendBencodeString(nil, fmt.Appendf(nil, "%d-%d", g, i)) }
 	var wg sync.WaitGroup
-	for g := range 4 {
+	for g := range goroutines {
 		wg.Go(func() {
-			for i := range 200 {
-				ip := storePeer(uint32(g*1000+i), 1)
-				box.valid(box.issue(ip.Addr()), ip.Addr())
-				ps.add(nodeID{byte(i % 7)}, ip)
-				ps.peers(nodeID{byte(i % 7)}, 8)
+			for i := range rounds {
+				ip := storePeer(uint32(g*1000+i), 1) // its own source: no per-source limit is reached
+				tok := box.issue(ip.Addr())
+				if !box.valid(tok, ip.Addr()) {
+					t.Errorf("token for %v not valid for it", ip)
+				}
+				if box.valid(tok, storePeer(uint32(g*1000+i+1), 1).Addr()) {
+					t.Errorf("token for %v valid for another IP", ip)
+				}
+				ps.add(swarm(g, i), ip)
+				if !slices.Contains(ps.peers(swarm(g, i), maxSwarmPeers), ip) {
+					t.Errorf("peers(%v) lacks %v just added", swarm(g, i), ip)
+				}
 				ps.infohashes()
-				v := strconv.AppendInt([]byte("i"), int64(i), 10)
-				is.put(bep44Item{V: append(v, 'e')}, 0, false, storeSrc)
-				is.get(immutableTarget([]byte("i1e")))
+				v := value(g, i)
+				if err := is.put(bep44Item{V: v}, 0, false, ip); err != nil {
+					t.Errorf("put(%q): %v", v, err)
+				}
+				if it, ok := is.get(immutableTarget(v)); !ok || !bytes.Equal(it.V, v) {
+					t.Errorf("get(%q) just put = %q, %v", v, it.V, ok)
+				}
 				clk.advance(time.Second)
 			}
 		})
 	}
 	wg.Wait()
+	if n := ps.infohashes(); n != goroutines*swarmsEach {
+		t.Errorf("infohashes() = %d, want %d", n, goroutines*swarmsEach)
+	}
+	for g := range goroutines {
+		for i := range rounds {
+			if i < swarmsEach {
+				if n := len(ps.peers(swarm(g, i), maxSwarmPeers)); n != rounds/swarmsEach {
+					t.Errorf("swarm %v holds %d peers, want %d", swarm(g, i), n, rounds/swarmsEach)
+				}
+			}
+			if !slices.Contains(ps.peers(swarm(g, i), maxSwarmPeers), storePeer(uint32(g*1000+i), 1)) {
+				t.Errorf("peer %d of goroutine %d lost", i, g)
+			}
+			v := value(g, i)
+			if it, ok := is.get(immutableTarget(v)); !ok || !bytes.Equal(it.V, v) || it.Mutable {
+				t.Errorf("get(%q) after the run = %+v, %v", v, it, ok)
+			}
+		}
+	}
 }
 
 func BenchmarkTokenIssue(b *testing.B) {
@@ -968,4 +1002,16 @@ func BenchmarkStoresFullMemory(b *testing.B) {
 		runtime.KeepAlive(ps)
 		runtime.KeepAlive(is)
 	}
+}
+
+func (t *ttlMap[K, V]) len(now time.Time) int {
+	t.expire(now)
+	return len(t.m)
+}
+
+// infohashes returns the number of infohashes with peers that may be live.
+func (s *peerStore) infohashes() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.swarms.len(s.now())
 }
