@@ -114,6 +114,10 @@ func TestNATLab(t *testing.T) {
 		return slices.IndexFunc(natlabCases, func(c natlabCase) bool { return c.name == a.c.name }) -
 			slices.IndexFunc(natlabCases, func(c natlabCase) bool { return c.name == b.c.name })
 	})
+	if d, err := time.ParseDuration(os.Getenv("KADCHAT_NATLAB_HOLD")); err == nil {
+		t.Logf("NAT lab: holding the lab for %v (namespaces %s*)", d, lab.prefix)
+		time.Sleep(min(d, 10*time.Minute))
+	}
 	report := natlabReport(sums, trials, wait, time.Since(began))
 	t.Log("\n" + report)
 	if path := os.Getenv("KADCHAT_NATLAB_REPORT"); path != "" {

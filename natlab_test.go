@@ -146,7 +146,7 @@ func (l *natlab) deleteNS(ns string) {
 	out, _ := exec.Command("ip", "netns", "pids", ns).Output()
 	for _, f := range strings.Fields(string(out)) {
 		var pid int
-		if _, err := fmt.Sscan(f, &pid); err == nil && pid > 1 {
+		if _, err := fmt.Sscan(f, &pid); err == nil && pid > 1 && pid != os.Getpid() {
 			syscall.Kill(pid, syscall.SIGKILL)
 		}
 	}
@@ -407,23 +407,39 @@ func openTUN(nsPath, name string) (*os.File, error) {
 	}
 	rc := make(chan result, 1)
 	go func() {
-		runtime.LockOSThread() // not unlocked: the thread exits with the goroutine
-		f, err := openTUNHere(nsPath, name)
+		runtime.LockOSThread()
+		f, back, err := openTUNHere(nsPath, name)
+		if back {
+			runtime.UnlockOSThread()
+		} // else the thread stays locked and exits with the goroutine
 		rc <- result{f, err}
 	}()
 	r := <-rc
 	return r.f, r.err
 }
 
-func openTUNHere(nsPath, name string) (*os.File, error) {
+// openTUNHere does openTUN's work on a locked thread, and moves the thread
+// back to its own namespace; back reports whether it is there.
+func openTUNHere(nsPath, name string) (f *os.File, back bool, err error) {
+	home, err := syscall.Open("/proc/thread-self/ns/net", syscall.O_RDONLY|syscall.O_CLOEXEC, 0)
+	if err != nil {
+		return nil, true, fmt.Errorf("natlab: own namespace: %w", err)
+	}
+	defer syscall.Close(home)
 	nsfd, err := syscall.Open(nsPath, syscall.O_RDONLY|syscall.O_CLOEXEC, 0)
 	if err != nil {
-		return nil, fmt.Errorf("natlab: open %s: %w", nsPath, err)
+		return nil, true, fmt.Errorf("natlab: open %s: %w", nsPath, err)
 	}
 	defer syscall.Close(nsfd)
 	if err := unix.Setns(nsfd, unix.CLONE_NEWNET); err != nil {
-		return nil, fmt.Errorf("natlab: setns: %w", err)
+		return nil, true, fmt.Errorf("natlab: setns: %w", err)
 	}
+	f, err = createTUN(name)
+	return f, unix.Setns(home, unix.CLONE_NEWNET) == nil, err
+}
+
+// createTUN creates the TUN device in the calling thread's namespace.
+func createTUN(name string) (*os.File, error) {
 	fd, err := syscall.Open("/dev/net/tun", syscall.O_RDWR|syscall.O_CLOEXEC, 0)
 	if err != nil {
 		return nil, fmt.Errorf("natlab: open tun: %w", err)
