@@ -97,7 +97,7 @@ type site struct {
 // made.
 func newNATLab(t *testing.T) *natlab {
 	if os.Getenv(natlabEnv) == "" {
-		t.Skipf("NAT lab: set %s=1 to run it, as root (e.g. %s=1 %s=3 go test -v -count=1 -run TestNATLab .)", natlabEnv, natlabEnv, natlabTrialsEnv)
+		t.Skipf("NAT lab: set %s=1 to run it, as root (e.g. %s=1 %s=3 go test -v -count=1 -timeout 30m -run TestNATLab .)", natlabEnv, natlabEnv, natlabTrialsEnv)
 	}
 	if os.Geteuid() != 0 {
 		t.Skip("NAT lab: needs root to make network namespaces")
