@@ -17,7 +17,9 @@ import (
 	"math"
 	"math/rand/v2"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"regexp"
 	"slices"
 	"strconv"
 	"strings"
@@ -94,7 +96,14 @@ func TestNATLab(t *testing.T) {
 	// Every case at once, whatever -parallel says: the cases spend their
 	// time waiting, and t.Run may be called from several goroutines.
 	var wg sync.WaitGroup
+	only, err := regexp.Compile(os.Getenv(natlabCasesEnv))
+	if err != nil {
+		t.Fatalf("%s: %v", natlabCasesEnv, err)
+	}
 	for _, c := range natlabCases {
+		if !only.MatchString(c.name) {
+			continue
+		}
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
@@ -247,7 +256,7 @@ func (e *caseEnv) trial(t *testing.T, i int, wait time.Duration) trialResult {
 	ctx := context.Background()
 	deadline := time.Now().Add(wait)
 	fail := func(format string, args ...any) trialResult {
-		return trialResult{why: fmt.Sprintf(format, args...) + ps[0].tail() + ps[1].tail()}
+		return trialResult{why: fmt.Sprintf(format, args...) + ps[0].tail() + ps[1].tail() + e.conntrack()}
 	}
 	var delivered [2]time.Time
 	for u, p := range ps {
@@ -272,6 +281,26 @@ func (e *caseEnv) trial(t *testing.T, i int, wait time.Duration) trialResult {
 		return e.afterFlush(ps, names, wait, r)
 	}
 	return r
+}
+
+// conntrack lists the routers' UDP conntrack entries, for a failed trial.
+func (e *caseEnv) conntrack() string {
+	var b strings.Builder
+	for _, s := range e.sites {
+		if s.router == "" {
+			continue
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), natlabCmdWait)
+		out, _ := exec.CommandContext(ctx, "ip", "netns", "exec", s.router, "conntrack", "-L", "-p", "udp").CombinedOutput()
+		cancel()
+		fmt.Fprintf(&b, "\n  conntrack of router %d (%s, %s):", s.index, s.kind, s.wan4)
+		for _, ln := range strings.Split(strings.TrimSpace(string(out)), "\n") {
+			if !strings.Contains(ln, "198.18.") { // DHT traffic is not the point
+				fmt.Fprintf(&b, "\n    %s", ln)
+			}
+		}
+	}
+	return b.String()
 }
 
 // afterFlush flushes every router's conntrack mid-conversation and checks
