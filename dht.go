@@ -35,6 +35,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -215,6 +216,15 @@ func (d *dht) external() (netip.AddrPort, bool) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	return d.voter.external()
+}
+
+// externalPorts is our external address (voted, else the best guess) and
+// the ports voters saw at its IP (bep42.go guess, portsAt).
+func (d *dht) externalPorts() (netip.AddrPort, []uint16) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	ext := d.voter.guess()
+	return ext, d.voter.portsAt(ext.Addr())
 }
 
 func (d *dht) closest(target nodeID, count int) []nodeInfo {
@@ -511,6 +521,10 @@ type txTable struct {
 	now     func() time.Time
 	timing  *dhtTiming
 	version []byte
+	// readOnly, set by the app, marks our queries ro = 1 (BEP 43):
+	// behind a NAT we cannot serve, and a contact's query reaching our
+	// router unasked would break hole punching (SPEC.md 5.8.3).
+	readOnly atomic.Bool
 
 	mu     sync.Mutex // guards txs, closed, rng, rtt
 	txs    map[txKey]*transaction
@@ -526,6 +540,7 @@ type txTable struct {
 func (x *txTable) send(to netip.AddrPort, q *krpcMsg, expect *nodeID, onRetry func(int), done func(queryResult)) (txKey, error) {
 	q.Type, q.Version = 'q', x.version
 	q.Args.ID = x.self()
+	q.ReadOnly = x.readOnly.Load()
 	t := &transaction{onRetry: onRetry, done: done, attempts: 1}
 	if expect != nil {
 		t.expect, t.hasExpect = *expect, true

@@ -13,6 +13,7 @@ package main
 import (
 	"bufio"
 	"context"
+	"crypto/ed25519"
 	"crypto/rand"
 	"errors"
 	"flag"
@@ -48,6 +49,7 @@ type options struct {
 	bootstrap []string
 	demo      bool
 	verbose   bool
+	punchTTL  int // TTL of opening packets (SPEC.md 5.8.3); zero: the default
 
 	rekeyAfter time.Duration // the demo shortens it; zero: the default
 }
@@ -91,6 +93,7 @@ func parseFlags(args []string, stdout, stderr io.Writer) (options, error) {
 	boot := fs.String("bootstrap", strings.Join(defaultBootstrap, ","), "DHT bootstrap nodes, HOST:PORT[,HOST:PORT...]")
 	fs.BoolVar(&o.demo, "demo", false, "run a self-contained loopback demo and exit")
 	fs.BoolVar(&o.verbose, "v", false, "debug logs on stderr")
+	fs.IntVar(&o.punchTTL, "punch-ttl", defaultPunchTTL, "TTL of hole-punching packets: enough to cross your own NAT (raise it behind a carrier's NAT), too little to reach a contact's")
 	version := fs.Bool("version", false, "print the version and exit")
 	err := fs.Parse(args)
 	switch {
@@ -105,6 +108,9 @@ func parseFlags(args []string, stdout, stderr io.Writer) (options, error) {
 		return o, flag.ErrHelp
 	case fs.NArg() > 0:
 		fmt.Fprintf(stderr, "kadchat: unexpected argument %q\n", fs.Arg(0))
+		return o, errors.New("usage")
+	case o.punchTTL < 1 || o.punchTTL > 255:
+		fmt.Fprintf(stderr, "kadchat: -punch-ttl %d: want 1 to 255\n", o.punchTTL)
 		return o, errors.New("usage")
 	}
 	for _, b := range strings.Split(*boot, ",") {
@@ -263,6 +269,9 @@ type app struct {
 
 	busyPort string    // the port asked for, when it was busy; "" if we got it
 	watch    *dhtWatch // nil in the demo
+
+	punch *puncher     // hole punching (punch.go)
+	hosts *hostScanner // our interface addresses
 }
 
 // openApp opens the data directory and builds the layers on one socket.
@@ -312,14 +321,16 @@ func (a *app) build(o options) error {
 		Send:           a.node.send,
 		Allowed:        func(k publicKey) bool { return a.chat.isContact(k) },
 		Deliver:        func(k publicKey, from netip.AddrPort, b []byte) { a.chat.handlePayload(k, from, b) },
-		Established:    func(k publicKey, addr netip.AddrPort) { a.chat.setOnline(k, addr) },
-		Ended:          func(k publicKey) { a.chat.setOffline(k) },
+		Established:    func(k publicKey, addr netip.AddrPort) { a.chat.setOnline(k, addr); a.punch.online(k, addr) },
+		Ended:          func(k publicKey) { a.chat.setOffline(k); a.punch.offline(k) },
+		Stalled:        func(k publicKey) { a.punch.stalled(k) },
 		RekeyAfterTime: o.rekeyAfter,
 		Now:            time.Now,
 		Rand:           rand.Reader,
 		Log:            a.log,
 	})
 	a.node.onSession = a.sess.handlePacket
+	a.buildPuncher(o)
 	scrub, err := scrubAfterFromEnv()
 	if err != nil {
 		return err
@@ -332,7 +343,9 @@ func (a *app) build(o options) error {
 			return a.dht.announce(ctx, ih, 0, true)
 		},
 		GetPeers:    a.dht.getPeers,
-		SetEndpoint: a.sess.setEndpoint,
+		SetEndpoint: a.punch.found,
+		Announced:   a.punch.announced,
+		LookedUp:    a.punch.lookedUp,
 		IsSelf:      a.isSelf,
 		OwnIP:       a.isOwnIP,
 		Send:        a.sess.send,
@@ -366,6 +379,7 @@ func (a *app) start(ctx context.Context, wg *sync.WaitGroup) {
 		a.dht.run,
 		func(ctx context.Context) error { a.sess.run(ctx); return nil },
 		a.chat.run,
+		a.punch.run,
 	} {
 		wg.Add(1)
 		go func() {
@@ -394,6 +408,7 @@ func (a *app) removeContact(name string) error {
 	}
 	if ok {
 		a.sess.forget(c.Key)
+		a.punch.forget(c.Key)
 	}
 	return nil
 }
@@ -433,4 +448,43 @@ func (a *app) isOwnIP(ip netip.Addr) bool {
 	}
 	ext, ok := a.dht.external()
 	return ok && ip == ext.Addr()
+}
+
+// buildPuncher wires hole punching (punch.go) to the DHT, where endpoint
+// records live, and to the socket and sessions it opens paths for.
+func (a *app) buildPuncher(o options) {
+	a.hosts = newHostScanner(a.node.LocalAddr().Addr(), time.Now)
+	a.dht.tx.readOnly.Store(true) // until DHT nodes show we are public
+	a.punch = newPuncher(punchConfig{
+		Self:         a.id.public(),
+		StaticSecret: a.id.staticSecret,
+		Put: func(ctx context.Context, seed [32]byte, seq int64, v []byte) error {
+			_, _, err := a.dht.putMutable(ctx, ed25519.NewKeyFromSeed(seed[:]), nil, seq, v)
+			return err
+		},
+		Get: func(ctx context.Context, k [32]byte) (int64, []byte, error) {
+			it, err := a.dht.get(ctx, mutableTarget(k, nil))
+			return it.Seq, it.V, err
+		},
+		Open:    func(to netip.AddrPort, ttl int) error { return a.node.sendTTL(to, nil, ttl) },
+		Connect: a.sess.setEndpoint,
+		Forget:  a.sess.forgetPath,
+		Local:   a.localView,
+		TTL:     o.punchTTL,
+		Now:     time.Now,
+		Rand:    rand.Reader,
+		Log:     a.log,
+	})
+}
+
+// localView is what we know of our own addresses now (nat.go). It also
+// keeps the DHT read-only (BEP 43) unless we are on the internet itself,
+// as the puncher, which calls it every tick, needs (SPEC.md 5.8.3).
+func (a *app) localView() localView {
+	v := localView{Hosts: a.hosts.get(), Port: a.node.LocalAddr().Port()}
+	var ports []uint16
+	v.External, ports = a.dht.externalPorts()
+	v.Behaviour = classifyNAT(v.Hosts, v.Port, v.External, ports)
+	a.dht.tx.readOnly.Store(v.Behaviour != natPublic)
+	return v
 }

@@ -49,6 +49,10 @@ type Node struct {
 	rmu  sync.Mutex
 	rng  *rand.Rand // for drop decisions only, never for keys
 
+	// ttlMu is held shared by every send and alone by sendTTL, which
+	// changes the socket's TTL for one datagram (ttl_unix.go).
+	ttlMu sync.RWMutex
+
 	dropped   atomic.Uint64 // datagrams not recognised by the demux
 	lossDrops atomic.Uint64 // datagrams dropped by the lossy wrapper
 
@@ -122,7 +126,10 @@ func (n *Node) send(to netip.AddrPort, b []byte) error {
 	if n.trace != nil {
 		n.trace(true, to, b)
 	}
-	if _, err := n.conn.WriteToUDPAddrPort(b, to); err != nil {
+	n.ttlMu.RLock()
+	_, err := n.conn.WriteToUDPAddrPort(b, to)
+	n.ttlMu.RUnlock()
+	if err != nil {
 		return fmt.Errorf("node: send to %v: %w", to, err)
 	}
 	return nil

@@ -43,6 +43,8 @@ const (
 	maxCandidates             = 4 // addresses tried at once while there is no session
 	cookieRefreshTime         = 120 * time.Second
 	maxQueuedPerPeer          = 128
+	defaultPassiveKeepalive   = 10 * time.Second // a payload received is answered within this
+	defaultStallTimeout       = 15 * time.Second // a payload sent unanswered this long: the path broke
 )
 
 type sessionConfig struct {
@@ -66,6 +68,12 @@ type sessionConfig struct {
 	TickInterval       time.Duration
 	Keepalive          time.Duration // an idle session sends an empty packet this often
 	DeadAfter          time.Duration // silence after which a session counts as ended
+
+	// Stalled, optional, is told that a session is about to end because a
+	// payload sent on it stayed unanswered for StallTimeout (Ended follows).
+	Stalled          func(peer publicKey)
+	StallTimeout     time.Duration
+	PassiveKeepalive time.Duration // a payload received and nothing sent since: a keepalive
 }
 
 func (c *sessionConfig) setDefaults() {
@@ -81,6 +89,8 @@ func (c *sessionConfig) setDefaults() {
 	setDur(&c.TickInterval, defaultTickInterval)
 	setDur(&c.Keepalive, defaultKeepalive)
 	setDur(&c.DeadAfter, defaultDeadAfter)
+	setDur(&c.StallTimeout, defaultStallTimeout)
+	setDur(&c.PassiveKeepalive, defaultPassiveKeepalive)
 	if c.RekeyAfterMessages == 0 {
 		c.RekeyAfterMessages = defaultRekeyAfterMessages
 	}
@@ -107,6 +117,9 @@ func (c *sessionConfig) setDefaults() {
 	}
 	if c.Ended == nil {
 		c.Ended = func(publicKey) {}
+	}
+	if c.Stalled == nil {
+		c.Stalled = func(publicKey) {}
 	}
 }
 
@@ -279,12 +292,26 @@ type peerTimers struct {
 	lastSend time.Time // last payload or keepalive sent
 	lastRecv time.Time // last authenticated packet
 	online   bool      // Established reported and Ended not since
+
+	waitSince time.Time // first payload sent since the last packet received; zero: none
+	oweSince  time.Time // first payload received since our last send; zero: none
+}
+
+// sent records that we sent at now, a payload or not: we owe no answer
+// any more, and a payload waits for one (timers.go: stalls, passive
+// keepalives).
+func (t *peerTimers) sent(now time.Time, payload bool) {
+	t.lastSend, t.oweSince = now, time.Time{}
+	if payload && t.waitSince.IsZero() {
+		t.waitSince = now
+	}
 }
 
 // markLive records an authenticated packet from p: it is online, and the
 // candidates from the rendezvous are no longer needed.
 func (p *peer) markLive(now time.Time) {
 	p.timers.lastRecv, p.timers.online = now, true
+	p.timers.waitSince = time.Time{}
 	p.addrs.candidates, p.inits.packet = nil, nil
 }
 
@@ -595,6 +622,11 @@ func (m *sessionManager) handleTransport(from netip.AddrPort, b []byte) {
 		m.flush(e.peer, false)
 	}
 	if len(pt) > 0 {
+		m.mu.Lock()
+		if e.peer.timers.oweSince.IsZero() {
+			e.peer.timers.oweSince = now
+		}
+		m.mu.Unlock()
 		m.stats.delivered.Add(1)
 		m.cfg.Deliver(e.peer.key, from, pt)
 	}
@@ -634,7 +666,7 @@ func (m *sessionManager) flush(p *peer, keepalive bool) {
 	}
 	q := p.queue.take()
 	if len(q) > 0 || keepalive {
-		p.timers.lastSend = m.cfg.Now()
+		p.timers.sent(m.cfg.Now(), len(q) > 0)
 	}
 	m.mu.Unlock()
 	if len(q) == 0 && keepalive {
@@ -683,7 +715,7 @@ func (m *sessionManager) send(peerKey publicKey, payload []byte) error {
 		}
 		init = m.maybeInitiateLocked(p, now)
 	} else {
-		p.timers.lastSend = now
+		p.timers.sent(now, len(payload) > 0)
 		if p.needsRekey(kp, now, &m.cfg) {
 			init = m.maybeInitiateLocked(p, now)
 		}
@@ -774,6 +806,22 @@ func (m *sessionManager) setEndpoint(peerKey publicKey, addr netip.AddrPort) {
 	}
 	m.mu.Unlock()
 	m.sendRaw(init, to...)
+}
+
+// forgetPath erases peer's keys, its pending handshake and its addresses,
+// and keeps its queue: nothing goes to peer until setEndpoint gives an
+// address again. The puncher calls it when a path through a NAT ended,
+// where packets to the old address would only refresh stale NAT state.
+func (m *sessionManager) forgetPath(peerKey publicKey) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	p := m.peers[peerKey]
+	if p == nil {
+		return
+	}
+	p.inits.abandon(m.index)
+	p.keypairs.retireAll(m.index)
+	p.keypairs, p.addrs, p.inits.packet = peerKeypairs{}, peerAddrs{}, nil
 }
 
 // forget erases everything about peer: a removed contact.

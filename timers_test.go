@@ -157,8 +157,8 @@ func TestSessionKeepaliveAndEnded(t *testing.T) {
 	a.m.setEndpoint(b.id.public(), b.addr)
 	a.m.send(b.id.public(), []byte("hello"))
 	n.pump(t)
-	for range 4 { // keepalives both ways keep both sides alive
-		clock.advance(defaultKeepalive)
+	for range 4 * 25 { // keepalives both ways keep both sides alive
+		clock.advance(defaultKeepalive / 25) // ticks often enough for the passive keepalive
 		a.m.tick()
 		b.m.tick()
 		n.pump(t)
