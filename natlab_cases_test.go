@@ -36,24 +36,43 @@ type natlabCase struct {
 	delay   time.Duration // one-way delay between the two sites
 	flush   bool          // flush both routers' conntrack after the first exchange
 	note    string        // what the issue's measurement found
+	// fast: the case must succeed every time with addr->msg p50 under
+	// natlabP50 and p99 under natlabP99 (issue 9's targets). A flush
+	// case must lose no message. known: why the case is expected to fail.
+	fast  bool
+	known string
 }
 
+// Issue 9's targets for the cases that must be fast.
+const (
+	natlabP50 = time.Second
+	natlabP99 = 3 * time.Second
+	// natlabRecovery bounds the wait for messages after a flush: a path
+	// through a plain NAT recovers only once the half-open entries our
+	// packets left have expired (SPEC.md 5.8.4: stall 15 s, quiet 35 s).
+	natlabRecovery = 90 * time.Second
+)
+
+// natlabRandomKnown is why the port-randomising cases fail.
+const natlabRandomKnown = "known failure: a port-randomising NAT gives the flow toward the contact a port " +
+	"nobody can learn (SPEC.md 5.8.3); direct traversal would take the birthday method, a relay is not built"
+
 var natlabCases = []natlabCase{
-	{name: "public-public", a: sitePublic, b: sitePublic, note: "issue: 5/5, 0.04 s"},
-	{name: "public-plain", a: sitePublic, b: natPlain, note: "issue: 5/5, p50 5.05 s"},
-	{name: "a-plain-plain", a: natPlain, b: natPlain, note: "issue: 0/5"},
-	{name: "a-strict-strict", a: natStrict, b: natStrict, note: "issue: 5/5, 0.04 s"},
-	{name: "a-plain-strict", a: natPlain, b: natStrict},
-	{name: "b-plain-plain-50ms", a: natPlain, b: natPlain, delay: 50 * time.Millisecond},
-	{name: "b-strict-strict-50ms", a: natStrict, b: natStrict, delay: 50 * time.Millisecond},
-	{name: "c-random-forward", a: natRandom, b: natForward, note: "issue: 5/5, p50 5.1 s"},
-	{name: "d-random-plain", a: natRandom, b: natPlain, note: "issue: 0/5"},
-	{name: "d-random-random", a: natRandom, b: natRandom},
-	{name: "e-same-nat", a: natPlain, sameNAT: true, note: "issue: 0/5"},
-	{name: "f-strict-flush", a: natStrict, b: natStrict, flush: true},
-	{name: "f-plain-flush", a: natPlain, b: natPlain, flush: true},
-	{name: "g-v6-firewalls", a: v6Firewall, b: v6Firewall},
-	{name: "g-dual-stack", a: dualPlain, b: dualPlain},
+	{name: "public-public", a: sitePublic, b: sitePublic, note: "issue: 5/5, 0.04 s", fast: true},
+	{name: "public-plain", a: sitePublic, b: natPlain, note: "issue: 5/5, p50 5.05 s", fast: true},
+	{name: "a-plain-plain", a: natPlain, b: natPlain, note: "issue: 0/5", fast: true},
+	{name: "a-strict-strict", a: natStrict, b: natStrict, note: "issue: 5/5, 0.04 s", fast: true},
+	{name: "a-plain-strict", a: natPlain, b: natStrict, fast: true},
+	{name: "b-plain-plain-50ms", a: natPlain, b: natPlain, delay: 50 * time.Millisecond, fast: true},
+	{name: "b-strict-strict-50ms", a: natStrict, b: natStrict, delay: 50 * time.Millisecond, fast: true},
+	{name: "c-random-forward", a: natRandom, b: natForward, note: "issue: 5/5, p50 5.1 s", fast: true},
+	{name: "d-random-plain", a: natRandom, b: natPlain, note: "issue: 0/5", known: natlabRandomKnown},
+	{name: "d-random-random", a: natRandom, b: natRandom, known: natlabRandomKnown},
+	{name: "e-same-nat", a: natPlain, sameNAT: true, note: "issue: 0/5", fast: true},
+	{name: "f-strict-flush", a: natStrict, b: natStrict, flush: true, fast: true},
+	{name: "f-plain-flush", a: natPlain, b: natPlain, flush: true, fast: true},
+	{name: "g-v6-firewalls", a: v6Firewall, b: v6Firewall, fast: true},
+	{name: "g-dual-stack", a: dualPlain, b: dualPlain, fast: true},
 }
 
 // trialResult is what one trial measured.
@@ -137,6 +156,40 @@ func TestNATLab(t *testing.T) {
 	if path := os.Getenv("KADCHAT_NATLAB_REPORT"); path != "" {
 		os.WriteFile(path, []byte(report), 0o644)
 	}
+	for _, s := range sums {
+		if why := s.missed(); why != "" {
+			t.Errorf("NAT lab: %s missed its target: %s", s.c.name, why)
+		}
+		if s.c.known != "" {
+			t.Logf("NAT lab: %s: %s", s.c.name, s.c.known)
+		}
+	}
+}
+
+// missed says how a case that must be fast missed its target, or "".
+func (s *natlabSummary) missed() string {
+	if !s.c.fast {
+		return ""
+	}
+	var toMsg []time.Duration
+	for _, r := range s.results {
+		if !r.ok {
+			return "a trial failed: " + firstLine(r.why)
+		}
+		toMsg = append(toMsg, r.toMsg)
+	}
+	if s.c.flush {
+		return "" // the target is that no message is lost
+	}
+	if p50, p99 := natlabQuantile(toMsg, 0.5), natlabQuantile(toMsg, 0.99); p50 >= natlabP50 || p99 >= natlabP99 {
+		return fmt.Sprintf("addr->msg p50 %v, p99 %v; want under %v and %v", p50, p99, natlabP50, natlabP99)
+	}
+	return ""
+}
+
+func firstLine(s string) string {
+	first, _, _ := strings.Cut(s, "\n")
+	return first
 }
 
 // caseEnv is one case's sites and users' namespaces.
@@ -315,11 +368,11 @@ func (e *caseEnv) afterFlush(ps [2]*labProc, names [2]string, wait time.Duration
 	}
 	var last time.Time
 	for u, p := range ps {
-		ln, ok := p.wait(context.Background(), wait, func(l labLine) bool {
+		ln, ok := p.wait(context.Background(), max(wait, natlabRecovery), func(l labLine) bool {
 			return !l.log && l.at.After(flushed) && strings.HasPrefix(l.text, "* delivered ")
 		})
 		if !ok {
-			return trialResult{why: fmt.Sprintf("after the flush, %s's second message not delivered within %v", names[u], wait) + ps[0].tail() + ps[1].tail()}
+			return trialResult{why: fmt.Sprintf("after the flush, %s's second message not delivered within %v", names[u], max(wait, natlabRecovery)) + ps[0].tail() + ps[1].tail()}
 		}
 		last = maxTime(last, ln.at)
 	}
@@ -374,7 +427,7 @@ func natlabQuantile(ds []time.Duration, q float64) time.Duration {
 func natlabReport(sums []natlabSummary, trials int, wait, took time.Duration) string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "NAT lab: %d trials per case, %v bound per wait, %v in all\n", trials, wait, took.Round(time.Second))
-	fmt.Fprintf(&b, "%-22s %7s %16s %16s %16s  %s\n", "case", "ok", "addr->msg p50/99", "start->both p50/99", "flush->both p50/99", "issue said")
+	fmt.Fprintf(&b, "%-22s %7s %16s %16s %16s %-7s  %s\n", "case", "ok", "addr->msg p50/99", "start->both p50/99", "flush->both p50/99", "target", "issue said")
 	sec := func(d time.Duration) string {
 		if d < 0 {
 			return "-"
@@ -394,10 +447,17 @@ func natlabReport(sums []natlabSummary, trials int, wait, took time.Duration) st
 				}
 			}
 		}
-		fmt.Fprintf(&b, "%-22s %7s %16s %16s %16s  %s\n", s.c.name, fmt.Sprintf("%d/%d", ok, len(s.results)),
+		target := "met"
+		switch {
+		case s.c.known != "":
+			target = "known"
+		case s.missed() != "":
+			target = "MISSED"
+		}
+		fmt.Fprintf(&b, "%-22s %7s %16s %16s %16s %-7s  %s\n", s.c.name, fmt.Sprintf("%d/%d", ok, len(s.results)),
 			sec(natlabQuantile(toMsg, 0.5))+"/"+sec(natlabQuantile(toMsg, 0.99)),
 			sec(natlabQuantile(fromUp, 0.5))+"/"+sec(natlabQuantile(fromUp, 0.99)),
-			sec(natlabQuantile(rec, 0.5))+"/"+sec(natlabQuantile(rec, 0.99)), s.c.note)
+			sec(natlabQuantile(rec, 0.5))+"/"+sec(natlabQuantile(rec, 0.99)), target, s.c.note)
 	}
 	return b.String()
 }
