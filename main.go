@@ -488,3 +488,18 @@ func (a *app) localView() localView {
 	a.dht.tx.readOnly.Store(v.Behaviour != natPublic)
 	return v
 }
+
+// natLine is /status's "nat" line: what DHT nodes tell us about our way to
+// the internet (nat.go), and the external addresses they see.
+func (a *app) natLine() string {
+	v := a.localView()
+	ext, ports := a.dht.externalPorts()
+	seen := make([]string, 0, len(ports))
+	for _, p := range ports {
+		seen = append(seen, netip.AddrPortFrom(ext.Addr(), p).String())
+	}
+	if len(seen) == 0 {
+		seen = append(seen, "-")
+	}
+	return fmt.Sprintf("nat %s %s", v.Behaviour, strings.Join(seen, ","))
+}

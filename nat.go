@@ -54,6 +54,19 @@ func classifyNAT(hosts []netip.Prefix, port uint16, ext netip.AddrPort, ports []
 	return natConsistent
 }
 
+// pathKind names the way a session's address is reached, for /status:
+// "ipv6", "lan" (a private or loopback address: no NAT between us) or
+// "direct" (a public IPv4 address, through any NATs on the way).
+func pathKind(a netip.AddrPort) string {
+	switch ip := a.Addr().Unmap(); {
+	case ip.Is6():
+		return "ipv6"
+	case isExemptBEP42(ip):
+		return "lan"
+	}
+	return "direct"
+}
+
 // localView is what we know of our own addresses at one moment.
 type localView struct {
 	Hosts     []netip.Prefix // interface addresses and their networks

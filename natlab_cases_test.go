@@ -41,6 +41,11 @@ type natlabCase struct {
 	// case must lose no message. known: why the case is expected to fail.
 	fast  bool
 	known string
+	// idle: after the first exchange, both stay silent this long, then
+	// each sends again; the session must not have ended meanwhile (what
+	// keepalives are for). Such a case is long and runs only when
+	// KADCHAT_NATLAB_CASES names it.
+	idle time.Duration
 }
 
 // Issue 9's targets for the cases that must be fast.
@@ -73,6 +78,7 @@ var natlabCases = []natlabCase{
 	{name: "f-plain-flush", a: natPlain, b: natPlain, flush: true, fast: true},
 	{name: "g-v6-firewalls", a: v6Firewall, b: v6Firewall, fast: true},
 	{name: "g-dual-stack", a: dualPlain, b: dualPlain, fast: true},
+	{name: "h-plain-idle-150s", a: natPlain, b: natPlain, idle: 150 * time.Second},
 }
 
 // trialResult is what one trial measured.
@@ -80,7 +86,7 @@ type trialResult struct {
 	ok       bool
 	toMsg    time.Duration // both sides had the address -> first delivery
 	fromUp   time.Duration // the later user's start -> both deliveries
-	recovery time.Duration // flush -> both second messages delivered (flush cases)
+	recovery time.Duration // flush or idle -> both second messages delivered
 	why      string        // on failure
 }
 
@@ -120,7 +126,7 @@ func TestNATLab(t *testing.T) {
 		t.Fatalf("%s: %v", natlabCasesEnv, err)
 	}
 	for _, c := range natlabCases {
-		if !only.MatchString(c.name) {
+		if !only.MatchString(c.name) || c.idle > 0 && only.String() == "" {
 			continue
 		}
 		wg.Add(1)
@@ -330,8 +336,8 @@ func (e *caseEnv) trial(t *testing.T, i int, wait time.Duration) trialResult {
 		have[u] = firstAddress(p, names[1-u])
 	}
 	r.toMsg = max(0, firstMsg.Sub(maxTime(have[0], have[1])))
-	if e.c.flush {
-		return e.afterFlush(ps, names, wait, r)
+	if e.c.flush || e.c.idle > 0 {
+		return e.again(ps, names, wait, r)
 	}
 	return r
 }
@@ -356,12 +362,23 @@ func (e *caseEnv) conntrack() string {
 	return b.String()
 }
 
-// afterFlush flushes every router's conntrack mid-conversation and checks
-// that a second message each way still arrives.
-func (e *caseEnv) afterFlush(ps [2]*labProc, names [2]string, wait time.Duration, r trialResult) trialResult {
+// again flushes every router's conntrack mid-conversation (or lets the
+// conversation idle) and checks that a second message each way arrives.
+func (e *caseEnv) again(ps [2]*labProc, names [2]string, wait time.Duration, r trialResult) trialResult {
+	if e.c.idle > 0 {
+		idleFrom := time.Now()
+		time.Sleep(e.c.idle)
+		for _, p := range ps {
+			if ln, ok := p.first(func(l labLine) bool { return l.at.After(idleFrom) && strings.HasPrefix(l.text, "* offline ") }); ok {
+				return trialResult{why: fmt.Sprintf("%s went offline while idle: %s", p.name, ln.text) + ps[0].tail() + ps[1].tail()}
+			}
+		}
+	}
 	flushed := time.Now()
 	for _, s := range e.sites {
-		e.lab.flush(s)
+		if e.c.flush {
+			e.lab.flush(s)
+		}
 	}
 	for u, p := range ps {
 		p.send(fmt.Sprintf("/msg %s again-from-%s", names[1-u], names[u]))
@@ -427,7 +444,7 @@ func natlabQuantile(ds []time.Duration, q float64) time.Duration {
 func natlabReport(sums []natlabSummary, trials int, wait, took time.Duration) string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "NAT lab: %d trials per case, %v bound per wait, %v in all\n", trials, wait, took.Round(time.Second))
-	fmt.Fprintf(&b, "%-22s %7s %16s %16s %16s %-7s  %s\n", "case", "ok", "addr->msg p50/99", "start->both p50/99", "flush->both p50/99", "target", "issue said")
+	fmt.Fprintf(&b, "%-22s %7s %16s %16s %16s %-7s  %s\n", "case", "ok", "addr->msg p50/99", "start->both p50/99", "again->both p50/99", "target", "issue said")
 	sec := func(d time.Duration) string {
 		if d < 0 {
 			return "-"
@@ -442,7 +459,7 @@ func natlabReport(sums []natlabSummary, trials int, wait, took time.Duration) st
 				ok++
 				toMsg = append(toMsg, r.toMsg)
 				fromUp = append(fromUp, r.fromUp)
-				if s.c.flush {
+				if s.c.flush || s.c.idle > 0 {
 					rec = append(rec, r.recovery)
 				}
 			}

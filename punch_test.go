@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/rand"
 	"errors"
+	"io"
 	"net/netip"
 	"slices"
 	"sync"
@@ -332,5 +333,23 @@ func TestLocalCandidates(t *testing.T) {
 	}
 	if got := v.candidates(); !slices.Equal(got, want) {
 		t.Errorf("candidates = %v, want %v", got, want)
+	}
+}
+
+func TestPunchTTLFlag(t *testing.T) {
+	for _, tc := range []struct {
+		args    []string
+		want    int
+		wantErr bool
+	}{
+		{nil, defaultPunchTTL, false},
+		{[]string{"-punch-ttl", "5"}, 5, false},
+		{[]string{"-punch-ttl", "0"}, 0, true},
+		{[]string{"-punch-ttl", "256"}, 0, true},
+	} {
+		o, err := parseFlags(tc.args, io.Discard, io.Discard)
+		if (err != nil) != tc.wantErr || err == nil && o.punchTTL != tc.want {
+			t.Errorf("parseFlags(%q) = %d, %v; want %d, error %v", tc.args, o.punchTTL, err, tc.want, tc.wantErr)
+		}
 	}
 }

@@ -393,6 +393,12 @@ func (u *ui) cmdStatus(ctx context.Context, _ string) error {
 		}
 	}
 	u.printf("contacts %d online of %d", online, len(list))
+	u.printf("%s", u.app.natLine())
+	for _, c := range list {
+		if c.Online {
+			u.printf("path %s %s %s", c.Name, pathKind(c.Addr), c.Addr)
+		}
+	}
 	if w := u.app.watch; w != nil {
 		u.printf("%s", w.reach())
 	}
