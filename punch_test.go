@@ -7,6 +7,7 @@ import (
 	"io"
 	"net/netip"
 	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -352,4 +353,57 @@ func TestPunchTTLFlag(t *testing.T) {
 			t.Errorf("parseFlags(%q) = %d, %v; want %d, error %v", tc.args, o.punchTTL, err, tc.want, tc.wantErr)
 		}
 	}
+}
+
+// TestRendezvousHooks: the puncher hears of every announce and lookup the
+// rendezvous runs, with what the lookup found (our own address left out),
+// and of none for a contact removed meanwhile.
+func TestRendezvousHooks(t *testing.T) {
+	clock := &chatClock{t: time.Date(2026, 11, 25, 12, 20, 30, 0, time.UTC)}
+	self := netip.MustParseAddrPort("198.51.100.1:6881")
+	bob := netip.MustParseAddrPort("203.0.113.9:7000")
+	d := &chatFakeDHT{peers: []netip.AddrPort{self, bob}}
+	var mu sync.Mutex
+	var events []string
+	note := func(e string) { mu.Lock(); events = append(events, e); mu.Unlock() }
+	c, err := newChat(chatConfig{Dir: t.TempDir(), Self: chatKey(1), MaxPayload: 1100, Now: clock.now,
+		Send:         func(publicKey, []byte) error { return errors.New("offline") },
+		StaticSecret: func(publicKey) ([32]byte, error) { return [32]byte{1}, nil },
+		Announce:     d.announce, GetPeers: d.getPeers,
+		SetEndpoint: func(publicKey, netip.AddrPort) {},
+		IsSelf:      func(a netip.AddrPort) bool { return a == self },
+		Announced:   func(publicKey) { note("announced") },
+		LookedUp:    func(_ publicKey, found []netip.AddrPort) { note("looked up " + fmtAddrs(found)) },
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.close()
+	if err := c.addContact("bob", chatKey(2)); err != nil {
+		t.Fatal(err)
+	}
+	c.sched.start()
+	c.sched.tick(context.Background())
+	c.sched.waitOps()
+	mu.Lock()
+	got := slices.Sorted(slices.Values(events))
+	events = nil
+	mu.Unlock()
+	if want := []string{"announced", "looked up " + bob.String()}; !slices.Equal(got, want) {
+		t.Fatalf("hooks %q, want %q", got, want)
+	}
+	c.sched.remove(chatKey(2))
+	c.sched.wg.Add(1) // run's own bookkeeping, as tick does
+	c.sched.run(context.Background(), rendezvousJob{key: chatKey(2)}, rendezvousEpochs(clock.now()))
+	if len(events) != 0 {
+		t.Fatalf("hooks for a removed contact: %q", events)
+	}
+}
+
+func fmtAddrs(as []netip.AddrPort) string {
+	var s []string
+	for _, a := range as {
+		s = append(s, a.String())
+	}
+	return strings.Join(s, ",")
 }

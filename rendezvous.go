@@ -239,10 +239,13 @@ func (s *rendezvousScheduler) run(ctx context.Context, jb rendezvousJob, epochs 
 		cancel()
 	}
 	s.cfg.Log.Debug("chat: rendezvous", "peer", jb.key.String(), "announce", jb.announce, "ok", ok, "found", found)
+	s.mu.Lock()
+	_, still := s.contacts[jb.key] // not removed meanwhile
+	s.mu.Unlock()
 	switch {
-	case jb.announce && s.cfg.Announced != nil:
+	case still && jb.announce && s.cfg.Announced != nil:
 		s.cfg.Announced(jb.key)
-	case !jb.announce && s.cfg.LookedUp != nil:
+	case still && !jb.announce && s.cfg.LookedUp != nil:
 		s.cfg.LookedUp(jb.key, found)
 	}
 	if a, ok := s.pickCandidate(jb.key, found); ok {
