@@ -19,6 +19,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"slices"
 
 	"golang.org/x/crypto/chacha20poly1305"
 )
@@ -27,6 +28,7 @@ import (
 const (
 	endpointSignLabel      = "kadchat endpoints v1 sign"
 	endpointSealLabel      = "kadchat endpoints v1 seal"
+	relayTagLabel          = "kadchat relay v1"
 	endpointVersion        = 0x01
 	endpointFlagRandom     = 0x01 // the writer's NAT gives each destination its own port
 	endpointFlagsKnown     = endpointFlagRandom
@@ -38,7 +40,9 @@ const (
 	maxEndpointCandidates  = 8
 	endpointCand4Len       = 2 + 4 + 2  // type || family || address || port
 	endpointCand6Len       = 2 + 16 + 2 // the same with an IPv6 address
-	maxEndpointRecord      = endpointHeaderLen + maxEndpointCandidates*endpointCand6Len
+	maxRelayHints          = 4
+	relayTagLen            = 8
+	maxEndpointRecord      = endpointHeaderLen + maxEndpointCandidates*endpointCand6Len + 1 + maxRelayHints*relayTagLen
 	endpointSealedOverhead = chacha20poly1305.NonceSizeX + chacha20poly1305.Overhead // 24 + 16
 )
 
@@ -54,13 +58,17 @@ type endpointRecord struct {
 	Nonce uint64 // the writer's punch nonce, never 0
 	Ack   uint64 // the reader's nonce the writer has opened toward; 0: none
 	Cands []endpointCandidate
+	// Relays are tags (relayTag) of the writer's contacts that are online
+	// with it and relay (SPEC.md 5.9): the reader looks for its own among them.
+	Relays []uint64
 }
 
 var errEndpointRecord = errors.New("endpoints: malformed record")
 
 // parseEndpointRecord parses a record strictly: version 1, known flags, a
 // nonce, at most maxEndpointCandidates well-formed and distinct candidates,
-// nothing after them. It has no side effects; on error the record is zero.
+// at most maxRelayHints distinct relay tags, nothing after them. It has no
+// side effects; on error the record is zero.
 func parseEndpointRecord(b []byte) (endpointRecord, error) {
 	if len(b) < endpointHeaderLen {
 		return endpointRecord{}, fmt.Errorf("%w: %d bytes, want at least %d", errEndpointRecord, len(b), endpointHeaderLen)
@@ -91,8 +99,19 @@ func parseEndpointRecord(b []byte) (endpointRecord, error) {
 		r.Cands = append(r.Cands, c)
 		rest = rest[size:]
 	}
-	if len(rest) != 0 {
-		return endpointRecord{}, fmt.Errorf("%w: %d bytes after the candidates", errEndpointRecord, len(rest))
+	if len(rest) == 0 {
+		return endpointRecord{}, fmt.Errorf("%w: no relay count", errEndpointRecord)
+	}
+	n, rest = int(rest[0]), rest[1:]
+	if n > maxRelayHints || len(rest) != n*relayTagLen {
+		return endpointRecord{}, fmt.Errorf("%w: %d relay hints in %d bytes", errEndpointRecord, n, len(rest))
+	}
+	for i := range n {
+		tag := binary.BigEndian.Uint64(rest[i*relayTagLen:])
+		if slices.Contains(r.Relays, tag) {
+			return endpointRecord{}, fmt.Errorf("%w: relay hint %016x twice", errEndpointRecord, tag)
+		}
+		r.Relays = append(r.Relays, tag)
 	}
 	return r, nil
 }
@@ -152,7 +171,21 @@ func (r *endpointRecord) appendTo(dst []byte) []byte {
 		}
 		dst = appendCompactAddr(append(dst, c.Kind, family), c.Addr)
 	}
+	dst = append(dst, byte(len(r.Relays)))
+	for _, tag := range r.Relays {
+		dst = binary.BigEndian.AppendUint64(dst, tag)
+	}
 	return dst
+}
+
+// relayTag names a relay in a record for one pair of contacts: only a
+// reader who shares the pair's secret and knows the relay's key can tell
+// which contact it is (SPEC.md 5.9).
+func relayTag(secret [32]byte, relay publicKey) uint64 {
+	m := hmac.New(sha256.New, secret[:])
+	m.Write([]byte(relayTagLabel))
+	m.Write(relay[:])
+	return binary.BigEndian.Uint64(m.Sum(nil))
 }
 
 // endpointKeys derives the writer's keys for one epoch: the ed25519 seed

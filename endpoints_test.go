@@ -7,6 +7,7 @@ import (
 	"net/netip"
 	"reflect"
 	"strconv"
+	"strings"
 	"testing"
 )
 
@@ -49,6 +50,12 @@ func TestEndpointSpecVector(t *testing.T) {
 		{endpointCandHost, netip.MustParseAddrPort("[2001:db8:300:1::10]:6881")},
 		{endpointCandHost, netip.MustParseAddrPort("192.168.1.10:6881")},
 	}}
+	relay := publicKey(vectorHex(t, v["relay"]))
+	tag := relayTag(secret, relay)
+	if got := strconv.FormatUint(tag, 16); got != strings.TrimLeft(v["tag"], "0") {
+		t.Errorf("tag = %016x, want %s", tag, v["tag"])
+	}
+	want.Relays = []uint64{tag}
 	if !reflect.DeepEqual(r, want) {
 		t.Errorf("record parses to %+v, want %+v", r, want)
 	}
@@ -80,6 +87,8 @@ func TestEndpointSpecNegatives(t *testing.T) {
 	rec := vectorHex(t, v["record"])
 	edit := func(f func(b []byte) []byte) []byte { return f(bytes.Clone(rec)) }
 	const cand2 = endpointHeaderLen + endpointCand4Len // the IPv6 host candidate
+	const cand3 = cand2 + endpointCand6Len             // the IPv4 host candidate
+	const relays = cand3 + endpointCand4Len            // the relay count
 	for name, b := range map[string][]byte{
 		"version 02":       edit(func(b []byte) []byte { b[0] = 2; return b }),
 		"flags 02":         edit(func(b []byte) []byte { b[1] = 2; return b }),
@@ -88,9 +97,14 @@ func TestEndpointSpecNegatives(t *testing.T) {
 		"byte appended":    append(bytes.Clone(rec), 0),
 		"last byte gone":   rec[:len(rec)-1],
 		"family 04 for v6": edit(func(b []byte) []byte { b[cand2+1] = endpointFamily4; return b }),
-		"port 0":           edit(func(b []byte) []byte { b[len(b)-1], b[len(b)-2] = 0, 0; return b }),
+		"port 0":           edit(func(b []byte) []byte { b[relays-1], b[relays-2] = 0, 0; return b }),
 		"candidate twice": edit(func(b []byte) []byte {
-			return append(b[:cand2+endpointCand6Len], rec[endpointHeaderLen:cand2]...)
+			return append(append(b[:cand3], rec[endpointHeaderLen:cand2]...), rec[relays:]...)
+		}),
+		"relays 5": edit(func(b []byte) []byte { b[relays] = 5; return b }),
+		"hint twice": edit(func(b []byte) []byte {
+			b[relays] = 2
+			return append(b, rec[relays+1:]...)
 		}),
 	} {
 		if r, err := parseEndpointRecord(b); err == nil || !reflect.DeepEqual(r, endpointRecord{}) {
@@ -110,18 +124,24 @@ func TestParseEndpointRecord(t *testing.T) {
 	head := func(count byte) []byte {
 		return append([]byte{endpointVersion, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0}, count)
 	}
+	noRelays := []byte{0}
 	cand4 := func(kind byte, a string) []byte {
 		return appendCompactAddr([]byte{kind, endpointFamily4}, netip.MustParseAddrPort(a))
 	}
-	cat := func(bs ...[]byte) []byte { return bytes.Join(bs, nil) }
+	cat := func(bs ...[]byte) []byte { return append(bytes.Join(bs, nil), noRelays...) }
+	raw := func(bs ...[]byte) []byte { return bytes.Join(bs, nil) }
 	tests := []struct {
 		name    string
 		in      []byte
 		wantErr bool
 	}{
-		{"no candidates", head(0), false},
+		{"no candidates", cat(head(0)), false},
+		{"no relay count", head(0), true},
 		{"empty", nil, true},
 		{"header cut", head(0)[:18], true},
+		{"two hints", raw(head(0), []byte{2}, make([]byte, 7), []byte{1}, make([]byte, 7), []byte{2}), false},
+		{"hint cut", raw(head(0), []byte{1}, make([]byte, 7)), true},
+		{"five hints", raw(head(0), []byte{5}, make([]byte, 40)), true},
 		{"one reflexive", cat(head(1), cand4(endpointCandReflexive, "203.0.113.1:1")), false},
 		{"unknown type", cat(head(1), cand4(3, "203.0.113.1:1")), true},
 		{"type 0", cat(head(1), cand4(0, "203.0.113.1:1")), true},
@@ -154,7 +174,7 @@ func TestParseEndpointRecord(t *testing.T) {
 // TestEndpointRecordMax: eight IPv6 candidates make the longest record,
 // and its sealed value is a valid BEP 44 value well under the limit.
 func TestEndpointRecordMax(t *testing.T) {
-	r := endpointRecord{Flags: endpointFlagRandom, Nonce: 1}
+	r := endpointRecord{Flags: endpointFlagRandom, Nonce: 1, Relays: []uint64{1, 2, 3, 4}}
 	for i := range maxEndpointCandidates {
 		a := netip.AddrFrom16([16]byte{0x20, 0x01, 0x0d, 0xb8, 15: byte(i + 1)})
 		r.Cands = append(r.Cands, endpointCandidate{endpointCandHost, netip.AddrPortFrom(a, 6881)})
@@ -177,11 +197,12 @@ func TestEndpointRecordMax(t *testing.T) {
 
 func FuzzEndpointRecord(f *testing.F) {
 	for _, s := range []string{
-		"01000123456789abcdeffedcba9876543210030204cb0071071ae1010620010db80300000100000000000000101ae10104c0a8010a1ae1",
-		"01000000000000000001000000000000000000",
-		"0101000000000000000100000000000000000101047f0000011ae1",
-		"02000000000000000001000000000000000000",
-		"0100000000000000000000000000000000000000",
+		"01000123456789abcdeffedcba9876543210030204cb0071071ae1010620010db80300000100000000000000101ae10104c0a8010a1ae101471372e71ffb91a2",
+		"0100000000000000000100000000000000000000",
+		"0101000000000000000100000000000000000101047f0000011ae100",
+		"0200000000000000000100000000000000000000",
+		"010000000000000000000000000000000000000000",
+		"01000000000000000001000000000000000000020000000000000001000000000000000001",
 	} {
 		b, _ := hex.DecodeString(s)
 		f.Add(b)

@@ -49,7 +49,8 @@ type options struct {
 	bootstrap []string
 	demo      bool
 	verbose   bool
-	punchTTL  int // TTL of opening packets (SPEC.md 5.8.3); zero: the default
+	punchTTL  int  // TTL of opening packets (SPEC.md 5.8.3); zero: the default
+	relay     bool // forward between contacts (SPEC.md 5.9)
 
 	rekeyAfter time.Duration // the demo shortens it; zero: the default
 }
@@ -93,6 +94,7 @@ func parseFlags(args []string, stdout, stderr io.Writer) (options, error) {
 	boot := fs.String("bootstrap", strings.Join(defaultBootstrap, ","), "DHT bootstrap nodes, HOST:PORT[,HOST:PORT...]")
 	fs.BoolVar(&o.demo, "demo", false, "run a self-contained loopback demo and exit")
 	fs.BoolVar(&o.verbose, "v", false, "debug logs on stderr")
+	fs.BoolVar(&o.relay, "relay", false, "relay for contacts of yours who cannot reach each other directly: their messages stay encrypted end to end, but pass through your connection")
 	fs.IntVar(&o.punchTTL, "punch-ttl", defaultPunchTTL, "TTL of hole-punching packets: enough to cross your own NAT (raise it behind a carrier's NAT), too little to reach a contact's")
 	version := fs.Bool("version", false, "print the version and exit")
 	err := fs.Parse(args)
@@ -272,6 +274,7 @@ type app struct {
 
 	punch *puncher     // hole punching (punch.go)
 	hosts *hostScanner // our interface addresses
+	relay *relayer     // relaying for and through contacts (relay.go)
 }
 
 // openApp opens the data directory and builds the layers on one socket.
@@ -317,12 +320,20 @@ func (a *app) build(o options) error {
 		return err
 	}
 	a.sess = newSessionManager(sessionConfig{
-		Identity:       a.id,
-		Send:           a.node.send,
-		Allowed:        func(k publicKey) bool { return a.chat.isContact(k) },
-		Deliver:        func(k publicKey, from netip.AddrPort, b []byte) { a.chat.handlePayload(k, from, b) },
-		Established:    func(k publicKey, addr netip.AddrPort) { a.chat.setOnline(k, addr); a.punch.online(k, addr) },
-		Ended:          func(k publicKey) { a.chat.setOffline(k); a.punch.offline(k) },
+		Identity: a.id,
+		Send:     a.sendPacket,
+		Allowed:  func(k publicKey) bool { return a.chat.isContact(k) },
+		Deliver: func(k publicKey, from netip.AddrPort, b []byte) {
+			if !a.relay.handle(k, b) {
+				a.chat.handlePayload(k, from, b)
+			}
+		},
+		Established: func(k publicKey, addr netip.AddrPort) {
+			a.chat.setOnline(k, addr)
+			a.punch.online(k, addr)
+			a.relay.online(k)
+		},
+		Ended:          func(k publicKey) { a.chat.setOffline(k); a.punch.offline(k); a.relay.offline(k) },
 		Stalled:        func(k publicKey) { a.punch.stalled(k) },
 		RekeyAfterTime: o.rekeyAfter,
 		Now:            time.Now,
@@ -349,7 +360,7 @@ func (a *app) build(o options) error {
 		IsSelf:      a.isSelf,
 		OwnIP:       a.isOwnIP,
 		Send:        a.sess.send,
-		MaxPayload:  maxTransportPayload,
+		MaxPayload:  relayChatPayload, // so that a chat frame also fits a relay frame (SPEC.md 5.9)
 		ScrubAfter:  scrub,
 		Event:       a.ui.event,
 		Now:         time.Now,
@@ -451,8 +462,21 @@ func (a *app) isOwnIP(ip netip.Addr) bool {
 }
 
 // buildPuncher wires hole punching (punch.go) to the DHT, where endpoint
-// records live, and to the socket and sessions it opens paths for.
+// records live, and to the socket and sessions it opens paths for; and the
+// relay (relay.go) to the sessions it carries packets on.
 func (a *app) buildPuncher(o options) {
+	a.relay = newRelayer(relayConfig{
+		Enabled: o.relay,
+		Send:    a.sess.send,
+		Deliver: a.sess.handlePacket,
+		Online: func(k publicKey) bool {
+			c, ok := a.chat.contactByKey(k)
+			return ok && c.Online
+		},
+		Contact: func(k publicKey) bool { return a.chat.isContact(k) },
+		Now:     time.Now,
+		Log:     a.log,
+	})
 	a.hosts = newHostScanner(a.node.LocalAddr().Addr(), time.Now)
 	a.dht.tx.readOnly.Store(true) // until DHT nodes show we are public
 	a.punch = newPuncher(punchConfig{
@@ -470,6 +494,8 @@ func (a *app) buildPuncher(o options) {
 		Connect: a.sess.setEndpoint,
 		Forget:  a.sess.forgetPath,
 		Local:   a.localView,
+		Relays:  a.relay.relays,
+		Via:     a.relay.pathAddr,
 		TTL:     o.punchTTL,
 		Now:     time.Now,
 		Rand:    rand.Reader,
@@ -502,4 +528,34 @@ func (a *app) natLine() string {
 		seen = append(seen, "-")
 	}
 	return fmt.Sprintf("nat %s %s", v.Behaviour, strings.Join(seen, ","))
+}
+
+// sendPacket is the session layer's Send: a relay path's packets go through
+// the relay (relay.go), the rest out of the socket.
+func (a *app) sendPacket(to netip.AddrPort, b []byte) error {
+	if handled, err := a.relay.sendPacket(to, b); handled {
+		return err
+	}
+	return a.node.send(to, b)
+}
+
+// addrText shows where a contact is: its address, or "via NAME" for a
+// session through the relay NAME.
+func (a *app) addrText(addr netip.AddrPort) string {
+	if p, ok := a.relay.path(addr); ok {
+		if c, ok := a.chat.contactByKey(p.relay); ok {
+			return "via " + c.Name
+		}
+		return "via a former contact"
+	}
+	return addr.String()
+}
+
+// pathText is /status's account of a session's path: "direct|lan|ipv6
+// ADDR" (nat.go pathKind), or "relay NAME".
+func (a *app) pathText(addr netip.AddrPort) string {
+	if t := a.addrText(addr); strings.HasPrefix(t, "via ") {
+		return "relay " + strings.TrimPrefix(t, "via ")
+	}
+	return pathKind(addr) + " " + addr.String()
 }

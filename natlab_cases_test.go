@@ -46,6 +46,10 @@ type natlabCase struct {
 	// keepalives are for). Such a case is long and runs only when
 	// KADCHAT_NATLAB_CASES names it.
 	idle time.Duration
+	// relay: carol, on a public address with -relay, is a contact of both
+	// and online first; the case must succeed, directly or through her.
+	relay bool
+	wait  time.Duration // the bound of one trial's wait, if longer than the default
 }
 
 // Issue 9's targets for the cases that must be fast.
@@ -60,7 +64,8 @@ const (
 
 // natlabRandomKnown is why the port-randomising cases fail.
 const natlabRandomKnown = "known failure: a port-randomising NAT gives the flow toward the contact a port " +
-	"nobody can learn (SPEC.md 5.8.3); direct traversal would take the birthday method, a relay is not built"
+	"nobody can learn (SPEC.md 5.8.3); direct traversal would take the birthday method (many sockets), " +
+	"and without a relaying contact there is no other path (the -relay cases)"
 
 var natlabCases = []natlabCase{
 	{name: "public-public", a: sitePublic, b: sitePublic, note: "issue: 5/5, 0.04 s", fast: true},
@@ -73,6 +78,8 @@ var natlabCases = []natlabCase{
 	{name: "c-random-forward", a: natRandom, b: natForward, note: "issue: 5/5, p50 5.1 s", fast: true},
 	{name: "d-random-plain", a: natRandom, b: natPlain, note: "issue: 0/5", known: natlabRandomKnown},
 	{name: "d-random-random", a: natRandom, b: natRandom, known: natlabRandomKnown},
+	{name: "d-random-plain-relay", a: natRandom, b: natPlain, relay: true, wait: 40 * time.Second},
+	{name: "d-random-random-relay", a: natRandom, b: natRandom, relay: true, wait: 40 * time.Second},
 	{name: "e-same-nat", a: natPlain, sameNAT: true, note: "issue: 0/5", fast: true},
 	{name: "f-strict-flush", a: natStrict, b: natStrict, flush: true, fast: true},
 	{name: "f-plain-flush", a: natPlain, b: natPlain, flush: true, fast: true},
@@ -88,6 +95,7 @@ type trialResult struct {
 	fromUp   time.Duration // the later user's start -> both deliveries
 	recovery time.Duration // flush or idle -> both second messages delivered
 	why      string        // on failure
+	relayed  bool          // the session went through carol
 }
 
 // natlabSummary is one case's line in the report.
@@ -136,7 +144,7 @@ func TestNATLab(t *testing.T) {
 				env := lab.buildCase(t, c)
 				s := natlabSummary{c: c}
 				for i := range trials {
-					r := env.trial(t, i, wait)
+					r := env.trial(t, i, max(wait, c.wait))
 					if !r.ok {
 						t.Logf("trial %d: %s", i, r.why)
 					}
@@ -172,8 +180,34 @@ func TestNATLab(t *testing.T) {
 	}
 }
 
+// note is the report's last column: what the issue said, and how many
+// sessions went through the relay.
+func (s *natlabSummary) note() string {
+	n := 0
+	for _, r := range s.results {
+		if r.relayed {
+			n++
+		}
+	}
+	if n == 0 {
+		return s.c.note
+	}
+	if s.c.note == "" {
+		return fmt.Sprintf("%d relayed via carol", n)
+	}
+	return fmt.Sprintf("%d relayed via carol; %s", n, s.c.note)
+}
+
 // missed says how a case that must be fast missed its target, or "".
 func (s *natlabSummary) missed() string {
+	if s.c.relay {
+		for _, r := range s.results {
+			if !r.ok {
+				return "a trial failed: " + firstLine(r.why)
+			}
+		}
+		return ""
+	}
 	if !s.c.fast {
 		return ""
 	}
@@ -206,6 +240,7 @@ type caseEnv struct {
 	hosts [2]string // namespaces of alice and bob
 	kinds [2]routerKind
 	tmp   string
+	carol string // the relay's namespace (relay cases)
 }
 
 // buildCase makes the case's sites.
@@ -219,6 +254,9 @@ func (l *natlab) buildCase(t *testing.T, c natlabCase) *caseEnv {
 		return e
 	}
 	sa, sb := l.addSite(c.a, 1), l.addSite(c.b, 1)
+	if c.relay {
+		e.carol = l.addSite(sitePublic, 1).hosts[0]
+	}
 	e.sites = []*site{sa, sb}
 	e.hosts = [2]string{sa.hosts[0], sb.hosts[0]}
 	e.kinds = [2]routerKind{c.a, c.b}
@@ -240,13 +278,12 @@ func (l *natlab) bootstrap(k routerKind) string {
 	return strings.Join(b, ",")
 }
 
-// makeUsers creates alice's and bob's data directories, each holding an
-// identity and the other as a contact. It runs both in a namespace with
-// only loopback, so nothing they do reaches the lab's DHT.
-func (l *natlab) makeUsers(t *testing.T, dirs [2]string) error {
-	names := [2]string{"alice", "bob"}
-	var ps [2]*labProc
-	var keys [2]string
+// makeUsers creates the users' data directories, each holding an
+// identity and every other user as a contact. It runs them in a namespace
+// with only loopback, so nothing they do reaches the lab's DHT.
+func (l *natlab) makeUsers(t *testing.T, names, dirs []string) error {
+	ps := make([]*labProc, len(names))
+	keys := make([]string, len(names))
 	for i := range ps {
 		ps[i] = l.start(l.setupNS, "setup-"+names[i], dirs[i], "127.0.0.1:9", false)
 		defer ps[i].kill()
@@ -258,9 +295,14 @@ func (l *natlab) makeUsers(t *testing.T, dirs [2]string) error {
 		keys[i] = f[len(f)-1]
 	}
 	for i, p := range ps {
-		p.send(fmt.Sprintf("/add %s %s", names[1-i], keys[1-i]))
-		if _, ok := p.waitOut(context.Background(), natlabCmdWait, "* added "); !ok {
-			return fmt.Errorf("setup %s: /add failed:%s", names[i], p.tail())
+		for j := range names {
+			if j == i {
+				continue
+			}
+			p.send(fmt.Sprintf("/add %s %s", names[j], keys[j]))
+			if _, ok := p.waitOut(context.Background(), natlabCmdWait, "* added "+names[j]); !ok {
+				return fmt.Errorf("setup %s: /add failed:%s", names[i], p.tail())
+			}
 		}
 		p.send("/quit")
 	}
@@ -295,8 +337,20 @@ func (e *caseEnv) trial(t *testing.T, i int, wait time.Duration) trialResult {
 			os.RemoveAll(d)
 		}
 	}()
-	if err := l.makeUsers(t, dirs); err != nil {
+	users, udirs := names[:], dirs[:]
+	if e.c.relay {
+		users, udirs = append(users, "carol"), append(udirs, filepath.Join(e.tmp, fmt.Sprintf("t%d-carol", i)))
+		defer os.RemoveAll(udirs[2])
+	}
+	if err := l.makeUsers(t, users, udirs); err != nil {
 		return trialResult{why: err.Error()}
+	}
+	if e.c.relay {
+		carol := l.start(e.carol, "carol", udirs[2], l.bootstrap(sitePublic), true, "-relay")
+		defer carol.kill()
+		if _, ok := carol.waitOut(context.Background(), natlabCmdWait, "* dht: joined"); !ok {
+			return trialResult{why: "carol did not join the DHT" + carol.tail()}
+		}
 	}
 	// Up to 1 s of skew, either one first.
 	first := rand.IntN(2)
@@ -329,6 +383,11 @@ func (e *caseEnv) trial(t *testing.T, i int, wait time.Duration) trialResult {
 		}
 	}
 	r := trialResult{ok: true}
+	for u, p := range ps {
+		if _, ok := p.first(func(l labLine) bool { return l.text == "* online "+names[1-u]+" via carol" }); ok {
+			r.relayed = true
+		}
+	}
 	firstMsg := minTime(delivered[0], delivered[1])
 	r.fromUp = maxTime(delivered[0], delivered[1]).Sub(upAt)
 	var have [2]time.Time
@@ -474,7 +533,7 @@ func natlabReport(sums []natlabSummary, trials int, wait, took time.Duration) st
 		fmt.Fprintf(&b, "%-22s %7s %16s %16s %16s %-7s  %s\n", s.c.name, fmt.Sprintf("%d/%d", ok, len(s.results)),
 			sec(natlabQuantile(toMsg, 0.5))+"/"+sec(natlabQuantile(toMsg, 0.99)),
 			sec(natlabQuantile(fromUp, 0.5))+"/"+sec(natlabQuantile(fromUp, 0.99)),
-			sec(natlabQuantile(rec, 0.5))+"/"+sec(natlabQuantile(rec, 0.99)), target, s.c.note)
+			sec(natlabQuantile(rec, 0.5))+"/"+sec(natlabQuantile(rec, 0.99)), target, s.note())
 	}
 	return b.String()
 }

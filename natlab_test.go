@@ -494,12 +494,13 @@ type labProc struct {
 
 // start runs kadchat in ns with data directory dir. With verbose, the debug
 // log lines that say what the rendezvous found, and the session's, are kept.
-func (l *natlab) start(ns, name, dir, boot string, verbose bool) *labProc {
+func (l *natlab) start(ns, name, dir, boot string, verbose bool, flags ...string) *labProc {
 	l.t.Helper()
 	args := []string{"netns", "exec", ns, l.bin, "-dir", dir, "-listen", fmt.Sprintf(":%d", natlabPort), "-bootstrap", boot}
 	if verbose {
 		args = append(args, "-v")
 	}
+	args = append(args, flags...)
 	p := &labProc{name: name, changed: make(chan struct{})}
 	p.cmd = exec.Command("ip", args...)
 	// ip netns exec becomes kadchat (same pid); the signal reaches it if

@@ -53,10 +53,14 @@ type punchConfig struct {
 	Connect      func(peer publicKey, addr netip.AddrPort) // the session tries addr
 	Forget       func(peer publicKey)                      // the session forgets the peer's path
 	Local        func() localView
-	TTL          int // of opening packets; zero: defaultPunchTTL
-	Now          func() time.Time
-	Rand         io.Reader
-	Log          *slog.Logger
+	// Optional: our contacts online with us that relay (SPEC.md 5.9), and
+	// the session address of a path to peer through one of them.
+	Relays func() []publicKey
+	Via    func(relay, peer publicKey) netip.AddrPort
+	TTL    int // of opening packets; zero: defaultPunchTTL
+	Now    func() time.Time
+	Rand   io.Reader
+	Log    *slog.Logger
 }
 
 // punchPeer is one contact's punching state. Guarded by the puncher's mu.
@@ -66,6 +70,7 @@ type punchPeer struct {
 
 	rec    endpointRecord // the contact's latest record
 	recSeq int64          // its seq (Unix ms); 0: none
+	secret *[32]byte      // the pair's static secret, once needed (relay tags)
 
 	found   []netip.AddrPort // rendezvous addresses since the last session
 	foundAt time.Time        // first of them
@@ -244,7 +249,53 @@ func (s *puncher) quietLocked(p *punchPeer, now time.Time) {
 func (s *puncher) forget(k publicKey) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	if p := s.peers[k]; p != nil && p.secret != nil {
+		wipe(p.secret[:])
+	}
 	delete(s.peers, k)
+}
+
+// relayTagsLocked are the tags of our relaying contacts (but k) for k's
+// pair, and the relays they name (SPEC.md 5.9), at most maxRelayHints.
+func (s *puncher) relayTagsLocked(k publicKey, p *punchPeer) ([]uint64, []publicKey) {
+	if s.cfg.Relays == nil {
+		return nil, nil
+	}
+	relays := s.cfg.Relays()
+	if len(relays) == 0 {
+		return nil, nil
+	}
+	if p.secret == nil {
+		secret, err := s.cfg.StaticSecret(k)
+		if err != nil {
+			return nil, nil
+		}
+		p.secret = &secret
+	}
+	slices.SortFunc(relays, func(a, b publicKey) int { return bytes.Compare(a[:], b[:]) })
+	var tags []uint64
+	var named []publicKey
+	for _, r := range relays {
+		if r != k && len(tags) < maxRelayHints {
+			tags, named = append(tags, relayTag(*p.secret, r)), append(named, r)
+		}
+	}
+	return tags, named
+}
+
+// viaRelaysLocked are the paths to k through relays its record names
+// that are online with us too.
+func (s *puncher) viaRelaysLocked(k publicKey, p *punchPeer) []netip.AddrPort {
+	tags, relays := s.relayTagsLocked(k, p)
+	var out []netip.AddrPort
+	for i, tag := range tags {
+		if slices.Contains(p.rec.Relays, tag) && s.cfg.Via != nil {
+			if a := s.cfg.Via(relays[i], k); a.IsValid() {
+				out = append(out, a)
+			}
+		}
+	}
+	return out
 }
 
 func laterOf(a, b time.Time) time.Time {
@@ -305,7 +356,7 @@ func (s *puncher) tick(ctx context.Context) {
 	var reads, writes []publicKey
 	s.mu.Lock()
 	for k, p := range s.peers {
-		if a := s.stepLocked(p, now, &v); a.open != nil || a.connect != nil || a.forget {
+		if a := s.stepLocked(k, p, now, &v); a.open != nil || a.connect != nil || a.forget {
 			a.key = k
 			acts = append(acts, a)
 		}
@@ -313,7 +364,7 @@ func (s *puncher) tick(ctx context.Context) {
 			p.reading, p.nextPoll = true, now.Add(punchPoll)
 			reads = append(reads, k)
 		}
-		rec := s.recordLocked(p, &v)
+		rec := s.recordLocked(k, p, &v)
 		if !bytes.Equal(rec, p.wrote) {
 			p.dirty = true
 		}
@@ -337,7 +388,7 @@ func (s *puncher) tick(ctx context.Context) {
 }
 
 // stepLocked decides what p's state calls for now (SPEC.md 5.8.3).
-func (s *puncher) stepLocked(p *punchPeer, now time.Time, v *localView) (a punchActions) {
+func (s *puncher) stepLocked(k publicKey, p *punchPeer, now time.Time, v *localView) (a punchActions) {
 	if p.online {
 		return a
 	}
@@ -371,9 +422,10 @@ func (s *puncher) stepLocked(p *punchPeer, now time.Time, v *localView) (a punch
 		p.handedAt = now
 		a.connect = append(a.connect, p.once(punch...)...)
 	case !p.handedAt.IsZero() && now.Sub(p.handedAt) >= punchTimeout:
+		// Failed: quiet toward k's NAT, and try the relays we share.
 		s.quietLocked(p, now)
 		a.forget = true
-		a.open, a.connect = nil, nil
+		a.open, a.connect = nil, p.once(s.viaRelaysLocked(k, p)...)
 	}
 	return a
 }
@@ -454,9 +506,10 @@ func (s *puncher) apply(a punchActions) {
 	}
 }
 
-// recordLocked is our record for p as it stands, encoded.
-func (s *puncher) recordLocked(p *punchPeer, v *localView) []byte {
+// recordLocked is our record for k as it stands, encoded.
+func (s *puncher) recordLocked(k publicKey, p *punchPeer, v *localView) []byte {
 	r := endpointRecord{Nonce: p.nonce, Ack: p.opened, Cands: v.candidates()}
+	r.Relays, _ = s.relayTagsLocked(k, p)
 	if v.Behaviour == natRandomising {
 		r.Flags |= endpointFlagRandom
 	}
@@ -584,7 +637,7 @@ func (s *puncher) onRecord(k publicKey, r endpointRecord, seq int64) {
 	if changed && p.fresh(now) && !p.online {
 		p.pollUntil = laterOf(p.pollUntil, now.Add(punchPeriod))
 	}
-	a := s.stepLocked(p, now, &v)
+	a := s.stepLocked(k, p, now, &v)
 	a.key = k
 	s.mu.Unlock()
 	s.cfg.Log.Debug("punch: record", "peer", k.String(), "seq", seq, "nonce", r.Nonce, "ack", r.Ack, "cands", len(r.Cands))

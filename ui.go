@@ -357,7 +357,8 @@ func (u *ui) cmdContacts(_ context.Context, _ string) error {
 	for _, c := range list {
 		state, addr := "offline", "-"
 		if c.Online {
-			state, addr = "online", c.Addr.String()
+			// One word, as the line's format wants: "via:NAME" for a relay.
+			state, addr = "online", strings.Replace(u.app.addrText(c.Addr), "via ", "via:", 1)
 		}
 		seen := "never"
 		if !c.LastSeen.IsZero() {
@@ -396,7 +397,7 @@ func (u *ui) cmdStatus(ctx context.Context, _ string) error {
 	u.printf("%s", u.app.natLine())
 	for _, c := range list {
 		if c.Online {
-			u.printf("path %s %s %s", c.Name, pathKind(c.Addr), c.Addr)
+			u.printf("path %s %s", c.Name, u.app.pathText(c.Addr))
 		}
 	}
 	if w := u.app.watch; w != nil {
@@ -414,7 +415,7 @@ func (u *ui) event(e chatEvent) {
 	case eventQueued, eventDelivered:
 		u.printf("* %s %s %d", e.Kind, e.Contact, e.MsgID)
 	case eventOnline, eventMoved:
-		u.printf("* %s %s %s", e.Kind, e.Contact, e.Addr)
+		u.printf("* %s %s %s", e.Kind, e.Contact, u.app.addrText(e.Addr))
 	case eventOffline:
 		u.printf("* offline %s", e.Contact)
 	}
