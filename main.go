@@ -478,7 +478,9 @@ func (a *app) buildPuncher(o options) {
 		Log:     a.log,
 	})
 	a.hosts = newHostScanner(a.node.LocalAddr().Addr(), time.Now)
-	a.dht.tx.readOnly.Store(true) // until DHT nodes show we are public
+	// Read-only from the first query when we are surely behind a NAT;
+	// localView corrects it once DHT nodes have told us.
+	a.dht.tx.readOnly.Store(startsBehindNAT(a.hosts.get(), o.bootstrap))
 	a.punch = newPuncher(punchConfig{
 		Self:         a.id.public(),
 		StaticSecret: a.id.staticSecret,
@@ -504,14 +506,16 @@ func (a *app) buildPuncher(o options) {
 }
 
 // localView is what we know of our own addresses now (nat.go). It also
-// keeps the DHT read-only (BEP 43) unless we are on the internet itself,
-// as the puncher, which calls it every tick, needs (SPEC.md 5.8.3).
+// keeps the DHT read-only (BEP 43) while we are behind a NAT, as the
+// puncher, which calls it every tick, needs (SPEC.md 3.4.2, 5.8.3).
 func (a *app) localView() localView {
 	v := localView{Hosts: a.hosts.get(), Port: a.node.LocalAddr().Port()}
 	var ports []uint16
 	v.External, ports = a.dht.externalPorts()
 	v.Behaviour = classifyNAT(v.Hosts, v.Port, v.External, ports)
-	a.dht.tx.readOnly.Store(v.Behaviour != natPublic)
+	if v.Behaviour != natUnknown {
+		a.dht.tx.readOnly.Store(v.Behaviour != natPublic)
+	}
 	return v
 }
 

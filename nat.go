@@ -67,6 +67,25 @@ func pathKind(a netip.AddrPort) string {
 	return "direct"
 }
 
+// startsBehindNAT guesses, before any DHT node has answered, whether we
+// are behind a NAT: none of our addresses is public, and we join the DHT
+// through public nodes (a host name counts as public). On one machine or
+// a LAN of private addresses there is no NAT between the nodes to guess.
+func startsBehindNAT(hosts []netip.Prefix, bootstrap []string) bool {
+	for _, h := range hosts {
+		if !isExemptBEP42(h.Addr()) {
+			return false
+		}
+	}
+	for _, b := range bootstrap {
+		a, err := netip.ParseAddrPort(b)
+		if err != nil || !isExemptBEP42(a.Addr()) {
+			return true
+		}
+	}
+	return false
+}
+
 // localView is what we know of our own addresses at one moment.
 type localView struct {
 	Hosts     []netip.Prefix // interface addresses and their networks

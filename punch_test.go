@@ -407,3 +407,24 @@ func fmtAddrs(as []netip.AddrPort) string {
 	}
 	return strings.Join(s, ",")
 }
+
+func TestStartsBehindNAT(t *testing.T) {
+	private := []netip.Prefix{netip.MustParsePrefix("192.168.1.10/24")}
+	public := []netip.Prefix{netip.MustParsePrefix("192.168.1.10/24"), netip.MustParsePrefix("203.0.113.5/30")}
+	loop := []netip.Prefix{netip.MustParsePrefix("127.0.0.1/32")}
+	for _, tc := range []struct {
+		hosts []netip.Prefix
+		boot  []string
+		want  bool
+	}{
+		{private, []string{"router.bittorrent.com:6881"}, true},
+		{private, []string{"198.18.0.2:6881"}, true},
+		{public, []string{"198.18.0.2:6881"}, false},
+		{loop, []string{"127.0.0.1:7000"}, false},
+		{private, []string{"192.168.1.2:6881"}, false},
+	} {
+		if got := startsBehindNAT(tc.hosts, tc.boot); got != tc.want {
+			t.Errorf("startsBehindNAT(%v, %v) = %v, want %v", tc.hosts, tc.boot, got, tc.want)
+		}
+	}
+}
