@@ -5,8 +5,10 @@
 // erases keypairs older than RejectAfterTime and stale cookies, resends a
 // pending initiation every RekeyTimeout until RekeyAttemptTime, starts a
 // handshake for queued payloads or a session due for rekeying; then tick
-// sends keepalives to online peers idle for Keepalive and reports peers
-// silent for DeadAfter as ended. The sends happen after mu is released.
+// sends keepalives to online peers idle for Keepalive or owing an answer
+// to a payload (PassiveKeepalive), and reports peers whose payload stayed
+// unanswered for StallTimeout, or silent for DeadAfter, as ended. The
+// sends happen after mu is released.
 package main
 
 import (
