@@ -16,6 +16,7 @@ package main
 import (
 	"bytes"
 	"context"
+	cryptorand "crypto/rand"
 	"encoding/binary"
 	"io"
 	"log/slog"
@@ -106,6 +107,9 @@ func newPuncher(cfg punchConfig) *puncher {
 	}
 	if cfg.Log == nil {
 		cfg.Log = slog.New(slog.DiscardHandler)
+	}
+	if cfg.Rand == nil {
+		cfg.Rand = cryptorand.Reader
 	}
 	return &puncher{cfg: cfg, peers: map[publicKey]*punchPeer{}, sem: make(chan struct{}, maxPunchOps)}
 }
@@ -333,6 +337,13 @@ func (s *puncher) run(ctx context.Context) error {
 		select {
 		case <-ctx.Done():
 			s.wg.Wait()
+			s.mu.Lock()
+			for _, p := range s.peers { // the pairs' secrets do not outlive us
+				if p.secret != nil {
+					wipe(p.secret[:])
+				}
+			}
+			s.mu.Unlock()
 			return nil
 		case <-t.C:
 			s.tick(ctx)
