@@ -20,7 +20,6 @@ package main
 import (
 	"bytes"
 	"context"
-	"crypto/rand"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -137,15 +136,7 @@ type server struct {
 // newDHT creates the node's DHT and installs it as n.onKRPC. If cfg.Dir holds
 // a saved routing table, its id is reused and its nodes are pinged by run.
 func newDHT(n *Node, cfg dhtConfig) (*dht, error) {
-	if cfg.Now == nil {
-		cfg.Now = time.Now
-	}
-	if cfg.Rand == nil {
-		cfg.Rand = rand.Reader
-	}
-	if cfg.Log == nil {
-		cfg.Log = slog.New(slog.DiscardHandler)
-	}
+	defaultNowRandLog(&cfg.Now, &cfg.Rand, &cfg.Log)
 	self, saved, err := loadOrCreateID(cfg)
 	if err != nil {
 		return nil, err

@@ -17,7 +17,6 @@ package main
 import (
 	"context"
 	"crypto/hmac"
-	cryptorand "crypto/rand"
 	"crypto/sha256"
 	"crypto/sha512"
 	"encoding/binary"
@@ -454,15 +453,7 @@ type acceptRun struct {
 // newInviter makes an inviter; nil Now, Rand and Log get the defaults,
 // and nil Announce and GetPeers do nothing.
 func newInviter(cfg inviteConfig) *inviter {
-	if cfg.Now == nil {
-		cfg.Now = time.Now
-	}
-	if cfg.Rand == nil {
-		cfg.Rand = cryptorand.Reader
-	}
-	if cfg.Log == nil {
-		cfg.Log = slog.New(slog.DiscardHandler)
-	}
+	defaultNowRandLog(&cfg.Now, &cfg.Rand, &cfg.Log)
 	if cfg.Tick <= 0 {
 		cfg.Tick = inviteRetry
 	}

@@ -42,6 +42,22 @@ var defaultBootstrap = []string{
 // defaultListen is the mainline DHT's customary port.
 const defaultListen = ":6881"
 
+// defaultNowRandLog fills in the real clock, crypto/rand and a logger that
+// discards, where a layer's config left them nil. Every layer takes the
+// three from its config so that tests can pass a fake clock and a seeded
+// reader (STYLE 7); the program itself passes nothing or its own logger.
+func defaultNowRandLog(now *func() time.Time, r *io.Reader, log **slog.Logger) {
+	if *now == nil {
+		*now = time.Now
+	}
+	if *r == nil {
+		*r = rand.Reader
+	}
+	if *log == nil {
+		*log = slog.New(slog.DiscardHandler)
+	}
+}
+
 type options struct {
 	dir       string
 	listen    string

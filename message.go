@@ -14,7 +14,6 @@ package main
 import (
 	"bytes"
 	"context"
-	cryptorand "crypto/rand"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -408,15 +407,7 @@ func newChat(cfg chatConfig) (*chat, error) {
 	if cfg.Event == nil {
 		cfg.Event = func(chatEvent) {}
 	}
-	if cfg.Now == nil {
-		cfg.Now = time.Now
-	}
-	if cfg.Rand == nil {
-		cfg.Rand = cryptorand.Reader
-	}
-	if cfg.Log == nil {
-		cfg.Log = slog.New(slog.DiscardHandler)
-	}
+	defaultNowRandLog(&cfg.Now, &cfg.Rand, &cfg.Log)
 	c := &chat{cfg: cfg, peers: map[publicKey]*chatPeer{}, gone: goneStates{}, names: map[string]*chatPeer{},
 		ev: &eventQueue{emit: cfg.Event},
 		sched: newRendezvousScheduler(rendezvousConfig{StaticSecret: cfg.StaticSecret, Announce: cfg.Announce,

@@ -15,7 +15,6 @@ package main
 import (
 	"bytes"
 	"context"
-	cryptorand "crypto/rand"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -87,15 +86,7 @@ func (c *sessionConfig) setDefaults() {
 	if c.LoadThreshold == 0 {
 		c.LoadThreshold = defaultLoadThreshold
 	}
-	if c.Now == nil {
-		c.Now = time.Now
-	}
-	if c.Rand == nil {
-		c.Rand = cryptorand.Reader
-	}
-	if c.Log == nil {
-		c.Log = slog.New(slog.DiscardHandler)
-	}
+	defaultNowRandLog(&c.Now, &c.Rand, &c.Log)
 	if c.Allowed == nil {
 		c.Allowed = func(publicKey) bool { return false }
 	}
