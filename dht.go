@@ -202,6 +202,15 @@ func (d *dht) size() int {
 	return d.table.size()
 }
 
+// goodNodes counts the routing table's good nodes (BEP 5: heard from in
+// the last 15 minutes), the ones a lookup can start from.
+func (d *dht) goodNodes() int {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	good, _, _ := d.table.counts()
+	return good
+}
+
 func (d *dht) external() (netip.AddrPort, bool) {
 	d.mu.Lock()
 	defer d.mu.Unlock()

@@ -45,15 +45,6 @@ const (
 	dhtUnreachable
 )
 
-// goodNodes counts the routing table's good nodes (BEP 5: heard from in
-// the last 15 minutes), the ones a lookup can start from.
-func (d *dht) goodNodes() int {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	good, _, _ := d.table.counts()
-	return good
-}
-
 // dhtWatch turns the node count into state changes. Its state is read by
 // /status on another goroutine, hence atomic.
 type dhtWatch struct {
