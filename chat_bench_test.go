@@ -401,44 +401,19 @@ func (j *journal) syncCount() uint64 {
 	return j.syncs
 }
 
-// benchSwarm starts size DHT nodes on 127.0.0.1 in this process and waits
+// benchSwarm starts size DHT nodes that run as the program's do and waits
 // until their tables have filled; it returns a few of their addresses to
 // bootstrap from.
 func benchSwarm(b *testing.B, size int) []string {
 	b.Helper()
-	ctx, cancel := context.WithCancel(context.Background())
-	var wg sync.WaitGroup
-	b.Cleanup(func() { cancel(); wg.Wait() })
-	var seeds []string
-	var ds []*dht
-	for i := range size {
-		n, err := listenNode("127.0.0.1:0", nil)
-		if err != nil {
-			b.Fatal(err)
-		}
-		var boot []string
-		if i > 0 {
-			boot = seeds[:1]
-		}
-		d, err := newDHT(n, dhtConfig{Bootstrap: boot})
-		if err != nil {
-			b.Fatal(err)
-		}
-		if i < 3 {
-			seeds = append(seeds, n.LocalAddr().String())
-		}
-		ds = append(ds, d)
-		wg.Add(2)
-		go func() { defer wg.Done(); n.run(ctx) }()
-		go func() { defer wg.Done(); d.run(ctx) }()
-	}
+	s := startSwarm(b, size, swarmOpts{maintain: true})
 	deadline := time.Now().Add(20 * time.Second)
-	for _, d := range ds {
+	for _, d := range s.nodes {
 		for d.size() < bucketSize && time.Now().Before(deadline) {
 			time.Sleep(10 * time.Millisecond)
 		}
 	}
-	return seeds
+	return s.addrs(3)
 }
 
 // sessionDrops summarises why a stack's session layer dropped handshakes.

@@ -60,7 +60,7 @@ func TestContactsFile(t *testing.T) {
 }
 
 func TestContactsLastSeen(t *testing.T) {
-	clock := &chatClock{t: time.Date(2026, 11, 25, 12, 0, 0, 0, time.UTC)}
+	clock := newFakeClockAt(time.Date(2026, 11, 25, 12, 0, 0, 0, time.UTC))
 	dir := t.TempDir()
 	c, l := testChat(t, dir, chatKey(1), func(publicKey, []byte) error { return nil }, clock.now)
 	if err := c.addContact("alice", chatKey(2)); err != nil {
@@ -70,7 +70,7 @@ func TestContactsLastSeen(t *testing.T) {
 	c.setOnline(chatKey(2), addr)
 	c.setOnline(chatKey(2), addr)
 	c.setOnline(chatKey(2), netip.MustParseAddrPort("192.0.2.2:6881"))
-	clock.add(time.Minute)
+	clock.advance(time.Minute)
 	c.setOffline(chatKey(2))
 	var kinds []string
 	for _, e := range l.evs {

@@ -11,7 +11,7 @@ import (
 
 func TestWrongMAC1CostsNoDH(t *testing.T) {
 	var n fakeNet
-	clock := newTestClock()
+	clock := newFakeClock()
 	a, b := newTestPair(t, &n, clock, nil)
 	a.m.setEndpoint(b.id.public(), b.addr)
 	init := firstOfType(t, &n, packetInitiation)
@@ -45,7 +45,7 @@ func TestWrongMAC1CostsNoDH(t *testing.T) {
 
 func TestCookieReplyUnderLoad(t *testing.T) {
 	var n fakeNet
-	clock := newTestClock()
+	clock := newFakeClock()
 	fast := func(c *sessionConfig) { c.LoadThreshold = 1; c.RekeyTimeout = 100 * time.Millisecond }
 	a, b := newTestPair(t, &n, clock, fast)
 	c := newTestPeer(t, &n, clock, 3, 1003, fast)
@@ -82,7 +82,7 @@ func TestCookieReplyUnderLoad(t *testing.T) {
 
 func TestCookieReplyForgedIgnored(t *testing.T) {
 	var n fakeNet
-	a, b := newTestPair(t, &n, newTestClock(), nil)
+	a, b := newTestPair(t, &n, newFakeClock(), nil)
 	a.m.setEndpoint(b.id.public(), b.addr)
 	init := firstOfType(t, &n, packetInitiation)
 	sender := binary.LittleEndian.Uint32(init.b[initiationOffSender:])

@@ -12,7 +12,6 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
-	"os"
 	"slices"
 	"strings"
 	"sync"
@@ -479,25 +478,6 @@ func TestInviteTamper(t *testing.T) {
 // ---------------------------------------------------------------------------
 // Limits, with an injected clock and packets fed by hand.
 
-type invClock struct {
-	mu sync.Mutex
-	t  time.Time
-}
-
-func newInvClock() *invClock { return &invClock{t: time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)} }
-
-func (c *invClock) now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.t
-}
-
-func (c *invClock) advance(d time.Duration) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.t = c.t.Add(d)
-}
-
 // sendLog records what an inviter sends instead of sending it.
 type sendLog struct {
 	mu  sync.Mutex
@@ -524,7 +504,7 @@ func (l *sendLog) count(sub byte) int {
 	return n
 }
 
-func newBareInviter(clock *invClock, log *sendLog, tick time.Duration) *inviter {
+func newBareInviter(clock *fakeClock, log *sendLog, tick time.Duration) *inviter {
 	return newInviter(inviteConfig{
 		Send:     log.send,
 		Announce: func(context.Context, nodeID) (int, error) { return 1, nil },
@@ -546,7 +526,7 @@ func testAddr(port uint16) netip.AddrPort {
 }
 
 func TestInviteAttemptCap(t *testing.T) {
-	clock, log := newInvClock(), &sendLog{}
+	clock, log := newFakeClock(), &sendLog{}
 	v := newBareInviter(clock, log, time.Hour)
 	ctx := invCtx(t, 2*time.Second)
 	if _, _, err := v.inviteWith(ctx, 1234, "tumor-unicorn"); err != nil {
@@ -582,7 +562,7 @@ func TestInviteAttemptCap(t *testing.T) {
 }
 
 func TestInviteSessionCap(t *testing.T) {
-	clock, log := newInvClock(), &sendLog{}
+	clock, log := newFakeClock(), &sendLog{}
 	v := newBareInviter(clock, log, time.Hour)
 	ctx := invCtx(t, 2*time.Second)
 	for np := range uint16(inviteMaxActive) {
@@ -612,7 +592,7 @@ func TestInviteSessionCap(t *testing.T) {
 }
 
 func TestInviteExpiry(t *testing.T) {
-	clock, log := newInvClock(), &sendLog{}
+	clock, log := newFakeClock(), &sendLog{}
 	v := newBareInviter(clock, log, time.Millisecond)
 	ctx := invCtx(t, 2*time.Second)
 	_, done, err := v.inviteWith(ctx, 42, "tumor-unicorn")
@@ -636,7 +616,7 @@ func TestInviteExpiry(t *testing.T) {
 }
 
 func TestAcceptTimeout(t *testing.T) {
-	clock, log := newInvClock(), &sendLog{}
+	clock, log := newFakeClock(), &sendLog{}
 	v := newBareInviter(clock, log, time.Millisecond)
 	errc := make(chan error, 1)
 	go func() { _, err := v.accept(invCtx(t, 2*time.Second), "0042-tumor-unicorn"); errc <- err }()
@@ -777,11 +757,7 @@ func inviteVectorValues(t *testing.T) map[string]string {
 
 func TestInviteSpecVector(t *testing.T) {
 	want := inviteVectorValues(t)
-	if os.Getenv("KADCHAT_PRINT_INVITE_VECTOR") != "" {
-		for _, k := range inviteVectorOrder {
-			fmt.Printf("%s = %s\n", k, want[k])
-		}
-	}
+	updateSpecBlock(t, "invite-vector", "run", inviteVectorOrder, want)
 	var blk *specBlock
 	for _, b := range specBlocks(t, "invite-vector") {
 		if b.name == "run" {

@@ -18,74 +18,6 @@ import (
 	"time"
 )
 
-// specBlock is a fenced block of SPEC.md tagged "```<kind> name=<name>":
-// an optional first line that is not "key = value" (the body), then
-// "key = value" lines.
-type specBlock struct {
-	name   string
-	body   string
-	fields map[string]string
-	keys   []string // in order of appearance
-}
-
-// specBlocks returns every block of the given kind in SPEC.md.
-func specBlocks(t testing.TB, kind string) []specBlock {
-	t.Helper()
-	b, err := os.ReadFile("SPEC.md")
-	if err != nil {
-		t.Fatal(err)
-	}
-	var out []specBlock
-	lines := strings.Split(string(b), "\n")
-	for i := 0; i < len(lines); i++ {
-		head, ok := strings.CutPrefix(lines[i], "```"+kind+" ")
-		if !ok {
-			continue
-		}
-		name, ok := strings.CutPrefix(strings.TrimSpace(head), "name=")
-		if !ok {
-			t.Fatalf("SPEC.md line %d: block without name=", i+1)
-		}
-		blk := specBlock{name: name, fields: map[string]string{}}
-		for i++; i < len(lines) && lines[i] != "```"; i++ {
-			k, v, ok := strings.Cut(lines[i], " = ")
-			if !ok {
-				if len(blk.keys) > 0 || blk.body != "" {
-					t.Fatalf("SPEC.md line %d: want key = value, got %q", i+1, lines[i])
-				}
-				blk.body = lines[i]
-				continue
-			}
-			k = strings.TrimSpace(k)
-			if _, dup := blk.fields[k]; dup {
-				// A repeated key continues the value (long hex).
-				blk.fields[k] += strings.TrimSpace(v)
-				continue
-			}
-			blk.fields[k] = strings.TrimSpace(v)
-			blk.keys = append(blk.keys, k)
-		}
-		out = append(out, blk)
-	}
-	if len(out) == 0 {
-		t.Fatalf("SPEC.md has no %s blocks", kind)
-	}
-	return out
-}
-
-// specVectorMap returns the blocks of one kind as name -> key -> value.
-func specVectorMap(t testing.TB, kind string) map[string]map[string]string {
-	t.Helper()
-	out := map[string]map[string]string{}
-	for _, b := range specBlocks(t, kind) {
-		if b.body != "" {
-			t.Fatalf("SPEC.md %s %s: line %q is not key = value", kind, b.name, b.body)
-		}
-		out[b.name] = b.fields
-	}
-	return out
-}
-
 // The binary, built once by TestMain for the end-to-end tests.
 var kadchatBin string
 
@@ -276,37 +208,6 @@ func (p *proc) wait(t *testing.T) {
 		p.kill()
 		t.Fatalf("%s: no exit within 10s\n%s", p.name, p.tail())
 	}
-}
-
-// testSwarm starts size DHT nodes in this process on 127.0.0.1 for the
-// binaries to bootstrap from, and returns the -bootstrap value.
-func testSwarm(t *testing.T, size int) string {
-	t.Helper()
-	ctx, cancel := context.WithCancel(context.Background())
-	var wg sync.WaitGroup
-	t.Cleanup(func() { cancel(); wg.Wait() })
-	var seeds []string
-	for i := range size {
-		n, err := listenNode("127.0.0.1:0", nil)
-		if err != nil {
-			t.Fatal(err)
-		}
-		var boot []string
-		if i > 0 {
-			boot = seeds[:1]
-		}
-		d, err := newDHT(n, dhtConfig{Bootstrap: boot})
-		if err != nil {
-			t.Fatal(err)
-		}
-		if i < 3 {
-			seeds = append(seeds, n.LocalAddr().String())
-		}
-		wg.Add(2)
-		go func() { defer wg.Done(); n.run(ctx) }()
-		go func() { defer wg.Done(); d.run(ctx) }()
-	}
-	return strings.Join(seeds, ",")
 }
 
 // user is one person's data directory, run as a process when needed.

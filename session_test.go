@@ -18,17 +18,6 @@ import (
 // Session tests: an in-process network with an injected clock for the fast
 // deterministic ones, real UDP sockets on 127.0.0.1 for the end-to-end ones.
 
-type testClock struct {
-	mu sync.Mutex
-	t  time.Time
-}
-
-func newTestClock() *testClock { return &testClock{t: time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)} }
-
-func (c *testClock) now() time.Time { c.mu.Lock(); defer c.mu.Unlock(); return c.t }
-
-func (c *testClock) advance(d time.Duration) { c.mu.Lock(); c.t = c.t.Add(d); c.mu.Unlock() }
-
 type fakePacket struct {
 	from, to netip.AddrPort
 	b        []byte
@@ -113,7 +102,7 @@ func testIdentity(t testing.TB, seed byte) *identity {
 }
 
 // newTestPeer makes a manager with identity seed on the fake network.
-func newTestPeer(t testing.TB, n *fakeNet, clock *testClock, seed byte, port uint16, tweak func(*sessionConfig)) *testPeer {
+func newTestPeer(t testing.TB, n *fakeNet, clock *fakeClock, seed byte, port uint16, tweak func(*sessionConfig)) *testPeer {
 	p := &testPeer{id: testIdentity(t, seed), addr: netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), port), contacts: map[publicKey]bool{}}
 	cfg := sessionConfig{
 		Identity: p.id,
@@ -150,7 +139,7 @@ func befriend(a, b *testPeer) {
 
 // newTestPair returns two contacts; a's key is lower than b's, so a wins a
 // simultaneous open.
-func newTestPair(t testing.TB, n *fakeNet, clock *testClock, tweak func(*sessionConfig)) (a, b *testPeer) {
+func newTestPair(t testing.TB, n *fakeNet, clock *fakeClock, tweak func(*sessionConfig)) (a, b *testPeer) {
 	a = newTestPeer(t, n, clock, 1, 1001, tweak)
 	b = newTestPeer(t, n, clock, 2, 1002, tweak)
 	if bytes.Compare(a.id.keys.pub[:], b.id.keys.pub[:]) > 0 {
@@ -179,7 +168,7 @@ func sessionCount(m *sessionManager, k publicKey) (current, previous, next, pend
 
 func TestSessionHandshakeAndTransport(t *testing.T) {
 	var n fakeNet
-	clock := newTestClock()
+	clock := newFakeClock()
 	a, b := newTestPair(t, &n, clock, nil)
 	a.m.setEndpoint(b.id.public(), b.addr)
 	if err := a.m.send(b.id.public(), []byte("hello")); err != nil {
@@ -228,7 +217,7 @@ func firstOfType(t testing.TB, n *fakeNet, typ byte) fakePacket {
 
 func TestStrangerGetsNoReply(t *testing.T) {
 	var n fakeNet
-	clock := newTestClock()
+	clock := newFakeClock()
 	a, b := newTestPair(t, &n, clock, nil)
 	c := newTestPeer(t, &n, clock, 3, 1003, nil)
 	c.contacts[b.id.public()] = true // c knows b, b does not know c
@@ -259,7 +248,7 @@ func TestSimultaneousOpen(t *testing.T) {
 	for _, order := range []string{"lower first", "higher first", "interleaved"} {
 		t.Run(order, func(t *testing.T) {
 			var n fakeNet
-			a, b := newTestPair(t, &n, newTestClock(), nil) // a is lower
+			a, b := newTestPair(t, &n, newFakeClock(), nil) // a is lower
 			a.m.setEndpoint(b.id.public(), b.addr)
 			b.m.setEndpoint(a.id.public(), a.addr)
 			a.m.send(b.id.public(), []byte("from a"))
@@ -404,7 +393,7 @@ func TestSessionsOverUDP(t *testing.T) {
 // the datagrams of one complete exchange, used as seeds.
 func fuzzPair(t testing.TB) (n *fakeNet, a, b *testPeer, seeds [][]byte) {
 	n = &fakeNet{}
-	clock := newTestClock()
+	clock := newFakeClock()
 	a, b = newTestPair(t, n, clock, nil)
 	a.m.setEndpoint(b.id.public(), b.addr)
 	for _, p := range n.take() {
@@ -419,7 +408,7 @@ func fuzzPair(t testing.TB) (n *fakeNet, a, b *testPeer, seeds [][]byte) {
 
 func FuzzTransport(f *testing.F) {
 	n := &fakeNet{}
-	a, b := newTestPair(f, n, newTestClock(), nil)
+	a, b := newTestPair(f, n, newFakeClock(), nil)
 	establish(f, n, a, b)
 	sealed := map[string]string{}
 	for i := range 4 {
@@ -456,7 +445,7 @@ func FuzzTransport(f *testing.F) {
 
 func TestRoamingUpdatesEndpoint(t *testing.T) {
 	var n fakeNet
-	a, b := newTestPair(t, &n, newTestClock(), nil)
+	a, b := newTestPair(t, &n, newFakeClock(), nil)
 	establish(t, &n, a, b)
 	var seen netip.AddrPort
 	b.m.cfg.Established = func(_ publicKey, addr netip.AddrPort) { seen = addr }
@@ -477,7 +466,7 @@ func TestRoamingUpdatesEndpoint(t *testing.T) {
 
 func TestForgetErasesSessions(t *testing.T) {
 	var n fakeNet
-	a, b := newTestPair(t, &n, newTestClock(), nil)
+	a, b := newTestPair(t, &n, newFakeClock(), nil)
 	establish(t, &n, a, b)
 	kp := b.m.peers[a.id.public()].keypairs.current
 	b.mu.Lock()
@@ -508,7 +497,7 @@ func TestForgetErasesSessions(t *testing.T) {
 // where the peer is, and the session comes up without waiting.
 func TestSimultaneousOpenStaleAddress(t *testing.T) {
 	var n fakeNet
-	a, b := newTestPair(t, &n, newTestClock(), nil)                        // a is lower
+	a, b := newTestPair(t, &n, newFakeClock(), nil)                        // a is lower
 	a.m.setEndpoint(b.id.public(), netip.MustParseAddrPort("127.0.0.1:9")) // nobody there
 	b.m.setEndpoint(a.id.public(), a.addr)
 	b.m.send(a.id.public(), []byte("from b"))
@@ -529,7 +518,7 @@ func TestSimultaneousOpenStaleAddress(t *testing.T) {
 // waiting RekeyTimeout for a retransmission.
 func TestSessionCandidateAddresses(t *testing.T) {
 	var n fakeNet
-	clock := newTestClock()
+	clock := newFakeClock()
 	a, b := newTestPair(t, &n, clock, nil)
 	stale := netip.MustParseAddrPort("127.0.0.1:9")
 	a.m.setEndpoint(b.id.public(), stale)
@@ -558,7 +547,7 @@ func TestSessionCandidateAddresses(t *testing.T) {
 // A contact removed while a rendezvous lookup ran gets no initiation.
 func TestSetEndpointIgnoresNonContact(t *testing.T) {
 	var n fakeNet
-	clock := newTestClock()
+	clock := newFakeClock()
 	a, b := newTestPair(t, &n, clock, nil)
 	a.mu.Lock()
 	delete(a.contacts, b.id.public())

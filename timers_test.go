@@ -10,7 +10,7 @@ import (
 
 func TestRekeyUnderTrafficWithoutLoss(t *testing.T) {
 	var n fakeNet
-	clock := newTestClock()
+	clock := newFakeClock()
 	short := func(c *sessionConfig) {
 		c.RekeyAfterTime = 2 * time.Second
 		c.RejectAfterTime = 3 * time.Second
@@ -51,7 +51,7 @@ func TestRekeyUnderTrafficWithoutLoss(t *testing.T) {
 
 func TestExpiredKeysRejected(t *testing.T) {
 	var n fakeNet
-	clock := newTestClock()
+	clock := newFakeClock()
 	a, b := newTestPair(t, &n, clock, nil)
 	establish(t, &n, a, b)
 	a.m.send(b.id.public(), []byte("late"))
@@ -105,7 +105,7 @@ func TestRekeyOverUDP(t *testing.T) {
 
 func TestRekeyAfterMessages(t *testing.T) {
 	var n fakeNet
-	a, b := newTestPair(t, &n, newTestClock(), func(c *sessionConfig) { c.RekeyAfterMessages = 10 })
+	a, b := newTestPair(t, &n, newFakeClock(), func(c *sessionConfig) { c.RekeyAfterMessages = 10 })
 	establish(t, &n, a, b)
 	first := a.m.peers[b.id.public()].keypairs.current
 	for i := range 30 {
@@ -119,7 +119,7 @@ func TestRekeyAfterMessages(t *testing.T) {
 
 func TestHandshakeGivesUp(t *testing.T) {
 	var n fakeNet
-	clock := newTestClock()
+	clock := newFakeClock()
 	a, b := newTestPair(t, &n, clock, nil)
 	n.filter = func(fakePacket) bool { return false } // b is unreachable
 	a.m.setEndpoint(b.id.public(), b.addr)
@@ -148,7 +148,7 @@ func TestHandshakeGivesUp(t *testing.T) {
 // reported once after DeadAfter without a packet, and a packet revives it.
 func TestSessionKeepaliveAndEnded(t *testing.T) {
 	var n fakeNet
-	clock := newTestClock()
+	clock := newFakeClock()
 	var mu sync.Mutex
 	ended := map[publicKey]int{}
 	a, b := newTestPair(t, &n, clock, func(c *sessionConfig) {
@@ -202,7 +202,7 @@ func TestSessionKeepaliveAndEnded(t *testing.T) {
 // after the session is confirmed, and only one.
 func TestResponderKeepaliveAfterConfirm(t *testing.T) {
 	var n fakeNet
-	a, b := newTestPair(t, &n, newTestClock(), nil)
+	a, b := newTestPair(t, &n, newFakeClock(), nil)
 	a.m.setEndpoint(b.id.public(), b.addr)
 	n.pump(t) // initiation, response, a's keepalive confirms the session at b
 	b.m.tick()
@@ -222,7 +222,7 @@ func TestResponderKeepaliveAfterConfirm(t *testing.T) {
 // 210 s, and nothing after.
 func TestSilentPeerTimeline(t *testing.T) {
 	var n fakeNet
-	clock := newTestClock()
+	clock := newFakeClock()
 	start := clock.now()
 	var endedAt []time.Duration
 	a, b := newTestPair(t, &n, clock, func(c *sessionConfig) {
