@@ -330,20 +330,24 @@ func TestE2EUIErrorsAndCleanExit(t *testing.T) {
 	u := newUser(t, "carol", "127.0.0.1:1")
 	p := u.start(t)
 	tests := []struct{ line, want string }{
-		{"/nope", "error unknown command"},
+		{"/nope", `error unknown command "/nope": try /help`},
 		{"/add", "error ui: usage: /add NAME KEY"},
-		{"/add dave kc1notakey", "error "},
-		{"/msg nobody hi", "error "},
-		{"hello", "error no recipient"},
-		{"/to nobody", "error "},
-		{"/dht ping nowhere", "error "},
-		{"/dht get_peers 12", "error "},
-		{"/help", "help /help"},
+		{"/add dave kc1notakey", "error identity: wrong length: 10 characters, want 61"},
+		{"/msg nobody hi", `error chat: no such contact "nobody"`},
+		{"hello", "error no recipient: use /to NAME or /msg NAME TEXT"},
+		{"/to nobody", `error ui: no contact "nobody"`},
+		{"/dht ping nowhere", `error dht: ping "nowhere": want HOST:PORT`},
+		{"/dht get_peers 12", `error routing: id "12": want 40 hex digits`},
+		{"/help", "help /help                    list the commands"},
 		{"/contacts", "done 0 contacts"},
 	}
 	for _, tc := range tests {
 		p.send("%s", tc.line)
-		p.expect(tc.want, 15*time.Second)
+		// The line's first word finds it; then all of it must match.
+		first, _, _ := strings.Cut(tc.want, " ")
+		if got := p.expect(first+" ", 15*time.Second); got != tc.want {
+			t.Errorf("%s: got %q, want %q", tc.line, got, tc.want)
+		}
 	}
 	p.quit() // end of input exits cleanly
 }
