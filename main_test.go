@@ -5,9 +5,9 @@ package main
 import (
 	"bufio"
 	"context"
+	"errors"
 	"fmt"
 	"io"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -376,22 +376,6 @@ func TestE2ESignalsExitCleanly(t *testing.T) {
 	}
 }
 
-// A busy -listen port falls back to a free one instead of failing.
-func TestE2EListenFallback(t *testing.T) {
-	busy, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer busy.Close()
-	u := newUser(t, "gina", "127.0.0.1:1")
-	p := startProc(t, u.name, nil, "-listen", busy.LocalAddr().String(), "-bootstrap", u.boot, "-dir", u.dir)
-	ready := p.expect("* ready", 10*time.Second)
-	if strings.Contains(ready, busy.LocalAddr().String()) {
-		t.Fatalf("listening on the busy port: %q", ready)
-	}
-	p.quit()
-}
-
 // The simpler way: alice reads a short code to bob, and both end up as each
 // other's contacts with the right keys, then chat.
 func TestE2EInviteCode(t *testing.T) {
@@ -416,28 +400,6 @@ func TestE2EInviteCode(t *testing.T) {
 	pb.quit()
 }
 
-// The README's first command: the demo runs on loopback only, rekeys, and
-// ends well.
-func TestDemo(t *testing.T) {
-	if testing.Short() {
-		t.Skip("runs a 30-node DHT and two users")
-	}
-	var out strings.Builder
-	w := &lockedWriter{mu: &sync.Mutex{}, w: &out}
-	if err := runDemo(context.Background(), w); err != nil {
-		t.Fatalf("runDemo: %v\n%s", err, out.String())
-	}
-	for _, want := range []string{
-		"alice sees: * online bob", "bob sees: * online alice",
-		"handshake initiation", "handshake response",
-		"bob sees: [", "alice sees: * delivered bob 3", "done:",
-	} {
-		if !strings.Contains(out.String(), want) {
-			t.Errorf("transcript lacks %q\n%s", want, out.String())
-		}
-	}
-}
-
 // An overlong line is refused whole, also as the last line without a
 // newline, and the lines around it still arrive.
 func TestReadLinesOverlong(t *testing.T) {
@@ -460,19 +422,40 @@ func TestReadLinesOverlong(t *testing.T) {
 	}
 }
 
-func TestPrintable(t *testing.T) {
-	tests := []struct{ in, want string }{
-		{"hello", "hello"},
-		{"two\nlines", "two\uFFFDlines"},
-		{"fake\r* delivered bob 1", "fake\uFFFD* delivered bob 1"},
-		{"\x1b[2Jclear", "\uFFFD[2Jclear"},
-		{"abc\u202edcba", "abc\uFFFDdcba"}, // bidi override
-		{"line\u2028sep", "line\uFFFDsep"},
-		{"émoji 🙂", "émoji 🙂"},
-	}
-	for _, tc := range tests {
-		if got := printable(tc.in); got != tc.want {
-			t.Errorf("printable(%q) = %q, want %q", tc.in, got, tc.want)
+// Issue 8 item 11: -h prints the usage to stdout and exits 0; -version
+// prints one line; a bad flag exits 2; a startup error is said once.
+func TestE2EFlagsAndStartupErrors(t *testing.T) {
+	bin := kadchatBinary(t)
+	run := func(args ...string) (stdout, stderr string, code int) {
+		cmd := exec.Command(bin, args...)
+		cmd.Stdin = strings.NewReader("")
+		var o, e strings.Builder
+		cmd.Stdout, cmd.Stderr = &o, &e
+		err := cmd.Run()
+		var exit *exec.ExitError
+		if errors.As(err, &exit) {
+			code = exit.ExitCode()
+		} else if err != nil {
+			t.Fatal(err)
 		}
+		return o.String(), e.String(), code
+	}
+	if o, e, code := run("-h"); code != 0 || !strings.Contains(o, "-listen") || e != "" {
+		t.Errorf("-h: exit %d, stdout %q, stderr %q", code, o, e)
+	}
+	if o, e, code := run("-version"); code != 0 || !strings.HasPrefix(o, "kadchat ") || strings.Count(o, "\n") != 1 || e != "" {
+		t.Errorf("-version: exit %d, stdout %q, stderr %q", code, o, e)
+	}
+	if o, e, code := run("-nope"); code != 2 || o != "" || !strings.Contains(e, "-nope") {
+		t.Errorf("-nope: exit %d, stdout %q, stderr %q", code, o, e)
+	}
+	// A data directory that is a file: the error is said once, prefixed once.
+	file := t.TempDir() + "/file"
+	if err := writeFileAtomic(file, []byte("x"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	o, e, code := run("-dir", file, "-listen", "127.0.0.1:0", "-bootstrap", "127.0.0.1:1")
+	if code != 1 || o != "" || strings.Count(e, "\n") != 1 || !strings.HasPrefix(e, "error: ") || strings.Count(e, "kadchat:") > 1 {
+		t.Errorf("bad -dir: exit %d, stdout %q, stderr %q", code, o, e)
 	}
 }

@@ -1,10 +1,7 @@
 package main
 
 import (
-	"errors"
 	"fmt"
-	"net"
-	"os/exec"
 	"strings"
 	"syscall"
 	"testing"
@@ -106,133 +103,6 @@ func TestE2ERemoveQueued(t *testing.T) {
 	p.quit()
 }
 
-// Issue 8 item 11: -h prints the usage to stdout and exits 0; -version
-// prints one line; a bad flag exits 2; a startup error is said once.
-func TestE2EFlagsAndStartupErrors(t *testing.T) {
-	bin := kadchatBinary(t)
-	run := func(args ...string) (stdout, stderr string, code int) {
-		cmd := exec.Command(bin, args...)
-		cmd.Stdin = strings.NewReader("")
-		var o, e strings.Builder
-		cmd.Stdout, cmd.Stderr = &o, &e
-		err := cmd.Run()
-		var exit *exec.ExitError
-		if errors.As(err, &exit) {
-			code = exit.ExitCode()
-		} else if err != nil {
-			t.Fatal(err)
-		}
-		return o.String(), e.String(), code
-	}
-	if o, e, code := run("-h"); code != 0 || !strings.Contains(o, "-listen") || e != "" {
-		t.Errorf("-h: exit %d, stdout %q, stderr %q", code, o, e)
-	}
-	if o, e, code := run("-version"); code != 0 || !strings.HasPrefix(o, "kadchat ") || strings.Count(o, "\n") != 1 || e != "" {
-		t.Errorf("-version: exit %d, stdout %q, stderr %q", code, o, e)
-	}
-	if o, e, code := run("-nope"); code != 2 || o != "" || !strings.Contains(e, "-nope") {
-		t.Errorf("-nope: exit %d, stdout %q, stderr %q", code, o, e)
-	}
-	// A data directory that is a file: the error is said once, prefixed once.
-	file := t.TempDir() + "/file"
-	if err := writeFileAtomic(file, []byte("x"), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	o, e, code := run("-dir", file, "-listen", "127.0.0.1:0", "-bootstrap", "127.0.0.1:1")
-	if code != 1 || o != "" || strings.Count(e, "\n") != 1 || !strings.HasPrefix(e, "error: ") || strings.Count(e, "kadchat:") > 1 {
-		t.Errorf("bad -dir: exit %d, stdout %q, stderr %q", code, o, e)
-	}
-}
-
-// Issue 8 item 9: without a reachable DHT node, one plain line and no
-// logs; /status says it in words. With a swarm, "joined".
-func TestE2EDHTStateLines(t *testing.T) {
-	u := newUser(t, "nora", "127.0.0.1:1")
-	p := u.start(t)
-	p.expect("* dht: no nodes reachable (retrying; check the network or use -bootstrap)", 40*time.Second)
-	p.send("/status")
-	p.expect("reach no: ", 5*time.Second)
-	p.quit()
-	p.mu.Lock()
-	stderr := p.stderr.String()
-	p.mu.Unlock()
-	if stderr != "" {
-		t.Errorf("stderr without -v: %q", stderr)
-	}
-	boot := testSwarm(t, 8)
-	v := newUser(t, "olga", boot)
-	p = v.start(t)
-	p.expect("* dht: joined, ", 30*time.Second)
-	p.send("/status")
-	p.expect("reach yes: ", 5*time.Second)
-	p.quit()
-}
-
-func TestDHTWatchStep(t *testing.T) {
-	var w dhtWatch
-	steps := []struct {
-		n       int
-		failed  bool
-		elapsed time.Duration
-		want    string
-	}{
-		{0, false, time.Second, ""},
-		{2, false, time.Second, ""}, // still filling
-		{0, true, 2 * time.Second, dhtLineUnreachable},
-		{0, true, 70 * time.Second, ""}, // said once
-		{3, false, 80 * time.Second, "* dht: joined, 3 nodes"},
-		{9, false, 81 * time.Second, ""},
-		{0, false, 99 * time.Minute, dhtLineUnreachable},
-	}
-	for i, s := range steps {
-		if got := w.step(s.n, s.failed, s.elapsed); got != s.want {
-			t.Errorf("step %d (%d nodes, failed %v) = %q, want %q", i, s.n, s.failed, got, s.want)
-		}
-	}
-}
-
-// Issue 8 item 10: when the port asked for is busy, the one used instead
-// is said, remembered, and used again at the next start.
-func TestE2EPortRemembered(t *testing.T) {
-	busy, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer busy.Close()
-	addr := busy.LocalAddr().String()
-	_, busyPort, _ := net.SplitHostPort(addr)
-	u := newUser(t, "pia", "127.0.0.1:1")
-	var first string
-	for i := range 2 {
-		p := startProc(t, u.name, nil, "-listen", addr, "-bootstrap", u.boot, "-dir", u.dir)
-		l := p.expect("* listening on ", 10*time.Second)
-		f := strings.Fields(l)
-		if len(f) != 7 || f[4] != "("+busyPort || f[3] == addr {
-			t.Fatalf("start %d: %q", i, l)
-		}
-		if i == 0 {
-			first = f[3]
-		} else if f[3] != first {
-			t.Fatalf("second start on %s, first on %s: want the same port", f[3], first)
-		}
-		p.expect("* ready "+f[3], 5*time.Second)
-		p.quit()
-	}
-}
-
-func TestParseSavedPort(t *testing.T) {
-	good := savedPort{listen: ":6881", port: 35839}
-	got, err := parseSavedPort(good.format())
-	if err != nil || got != good {
-		t.Fatalf("round trip: %v, %v", got, err)
-	}
-	for _, bad := range []string{"", ":6881", ":6881 0", ":6881 70000", ":6881 x", "a b c"} {
-		if _, err := parseSavedPort([]byte(bad)); err == nil {
-			t.Errorf("parseSavedPort(%q) accepted", bad)
-		}
-	}
-}
-
 // Issue 8 item 11: quitting in the middle of an invitation or a DHT
 // command does not print "context canceled".
 func TestE2EQuitQuietly(t *testing.T) {
@@ -249,5 +119,22 @@ func TestE2EQuitQuietly(t *testing.T) {
 	<-p.done
 	if out := p.tail(); strings.Contains(out, "context canceled") {
 		t.Errorf("quitting printed context canceled:\n%s", out)
+	}
+}
+
+func TestPrintable(t *testing.T) {
+	tests := []struct{ in, want string }{
+		{"hello", "hello"},
+		{"two\nlines", "two\uFFFDlines"},
+		{"fake\r* delivered bob 1", "fake\uFFFD* delivered bob 1"},
+		{"\x1b[2Jclear", "\uFFFD[2Jclear"},
+		{"abc\u202edcba", "abc\uFFFDdcba"}, // bidi override
+		{"line\u2028sep", "line\uFFFDsep"},
+		{"émoji 🙂", "émoji 🙂"},
+	}
+	for _, tc := range tests {
+		if got := printable(tc.in); got != tc.want {
+			t.Errorf("printable(%q) = %q, want %q", tc.in, got, tc.want)
+		}
 	}
 }
