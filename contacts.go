@@ -1,6 +1,6 @@
-// Contacts and the verify code (SPEC.md 5.1), and the contacts file (5.5).
+// Contacts, the verify code and the contacts file (SPEC.md 5.1, 5.5).
 //
-// The contacts file is read once, by newChat (parseContacts), and rewritten
+// Flow: the contacts file is read once, by newChat (parseContacts), and rewritten
 // whole by saveContacts after every change, a contact going offline and at
 // exit. addContact and removeContact change the file first and memory only
 // once it is written, so the two agree; removing a contact also logs a

@@ -1,9 +1,11 @@
-// The demo (`kadchat -demo`): one process, no network. It starts a loopback
-// DHT of demoSwarm nodes and two users, alice and bob, with fresh keys and
-// data directories. They add each other through the real line UI, find each
-// other at their rendezvous infohash, shake hands, exchange messages with
-// receipts and rekey once; a trace of their datagrams shows the wire.
-// The demo is its own file because it is a second program on the same parts.
+// The demo (`kadchat -demo`): one process, no network; its own file because
+// it is a second program on the same parts.
+//
+// Flow: runDemo starts a loopback DHT of demoSwarm nodes and two users,
+// alice and bob, with fresh keys and data directories. They add each other
+// through the real line UI, find each other at their rendezvous infohash,
+// shake hands, exchange messages with receipts and rekey once; a trace of
+// their datagrams shows the wire.
 package main
 
 import (

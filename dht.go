@@ -2,19 +2,15 @@
 // BEP 5, 42, 43 and 44 on the Node's one socket.
 //
 // Inbound flow: Node.run -> handleKRPC parses the datagram (parseKRPC, pure).
-// A query goes to server.handleQuery, which records the sender in the routing table,
-// answers from the table and the stores, and encodes the reply into a buffer
-// owned by the read goroutine. A response or error goes to handleResponse,
-// which finds the transaction by (tid, sender address), feeds the RTT
-// estimator and the external-address vote, records the responder and
-// completes the transaction.
-// Outbound flow: txTable.send picks a random tid, registers the transaction,
-// sends, and arms a timer that retransmits the same bytes (same tid) with
-// exponential backoff from the adaptive RTO; when every attempt timed out the
-// node is reported failed() to the table. Lookups (lookup.go) and the /dht
-// commands are built on txTable.send.
-// Maintenance (run): ping the saved table, bootstrap, then one ticker
-// refreshes stale buckets and saves the table; the table is saved on exit.
+// server.handleQuery records a querier in the routing table and answers from
+// the table and the stores into the read goroutine's buffers; handleResponse
+// finds the transaction by (tid, sender address), feeds the RTT estimator and
+// the address vote, records the responder and completes the transaction.
+// Outbound flow: txTable.send registers a random tid, sends, and retransmits
+// the same bytes with exponential backoff from the adaptive RTO; a node that
+// never answers is reported failed() to the table. Lookups (lookup.go) and
+// the /dht commands are built on it. run pings the saved table, bootstraps,
+// then refreshes stale buckets and saves the table on a ticker and at exit.
 package main
 
 import (

@@ -1,5 +1,5 @@
-// Noise_IKpsk2_25519_ChaChaPoly_BLAKE2s sessions (SPEC.md section 4): the
-// packets (4.2, 4.3) and the handshake steps (4.3, 4.4).
+// Session packets and the handshake steps (SPEC.md 4.2-4.4) of the
+// Noise_IKpsk2_25519_ChaChaPoly_BLAKE2s sessions of SPEC.md section 4.
 //
 //	IKpsk2:
 //	  <- s
@@ -25,8 +25,10 @@
 //	cookie.go    mac1, mac2 and cookie replies under load (4.5)
 //	keypair.go   transport keys: seal, open, wipe (4.6)
 //	replay.go    the replay window (4.6)
-//	session.go   the manager: dispatch, simultaneous open, rotation, send
-//	             queue, addresses (4.6-4.8)
+//	session.go   the manager: dispatch, simultaneous open, rotation,
+//	             sending (4.2, 4.6-4.8)
+//	peer.go      what the manager holds per peer: pending initiation,
+//	             keypairs, addresses, send queue, timers (4.6-4.8)
 //	timers.go    retransmission, rekeying, expiry, keepalives (4.7)
 package main
 

@@ -1,7 +1,7 @@
-// Invitations: a short code read aloud becomes a contact (SPEC.md 7.1,
-// 7.2, 7.4-7.8: the code, rendezvous, messages, key schedule, processing,
-// retransmission, limits, outcomes). CPace (7.3) is in cpace.go, the word
-// lists (7.1) in invite_words.go. Packet type 5 on the shared socket.
+// Invitations (SPEC.md 7.1, 7.2, 7.4-7.8): a short code read aloud becomes
+// a contact. The code, rendezvous, messages, key schedule, processing,
+// retransmission, limits and outcomes are here; CPace (7.3) is in cpace.go,
+// the word lists (7.1) in invite_words.go. Packet type 5 on the shared socket.
 //
 // Flow: invite draws a code NNNN-even-odd and announces the nameplate's
 // infohash. The acceptor looks it up, sends msg1 (sid, Ya) to each address

@@ -1,8 +1,8 @@
-// The outbox log: record format, group commit, loading and compaction
-// (SPEC.md 5.5), and the rule that the chat shows and acknowledges only what
-// is on disk (5.4).
+// The outbox log (SPEC.md 5.4, 5.5): record format, group commit, loading
+// and compaction, and the rule that the chat shows and acknowledges only
+// what is on disk.
 //
-// Every change to what the chat must not forget (a stream started, a message
+// Flow: every change to what the chat must not forget (a stream started, a message
 // queued, acknowledged or delivered, a contact forgotten) is a record
 // appended to the journal's current batch. One committer goroutine writes
 // and fsyncs each batch, then calls back (chat.afterSync), which releases
