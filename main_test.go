@@ -1,5 +1,7 @@
-// Tests of the whole program: SPEC.md's examples, and end-to-end runs of
+// Tests of the whole program (main.go): its flags, and end-to-end runs of
 // the real binary, several processes on 127.0.0.1 driven through stdin.
+// SPEC.md's examples are checked by each layer's tests, through
+// harness_test.go.
 package main
 
 import (
