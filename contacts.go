@@ -220,8 +220,12 @@ func (c *chat) removeContact(name string) error {
 		key = es[i].Key
 		return slices.Delete(es, i, i+1), nil
 	}, func() {
-		if p := c.peers[key]; p != nil && p.rstream != 0 {
+		p := c.peers[key]
+		if p != nil && p.rstream != 0 {
 			c.gone.keep(key, p.recvState)
+		}
+		if p != nil && len(p.out) > 0 {
+			c.ob.dropped(c.cfg.Now()) // its undelivered text is dropped too
 		}
 		delete(c.peers, key)
 		delete(c.names, name)

@@ -336,6 +336,10 @@ func (a *app) build(o options) error {
 		Log:            a.log,
 	})
 	a.node.onSession = a.sess.handlePacket
+	scrub, err := scrubAfterFromEnv()
+	if err != nil {
+		return err
+	}
 	a.chat, err = newChat(chatConfig{
 		Dir:          o.dir,
 		Self:         a.id.public(),
@@ -349,6 +353,7 @@ func (a *app) build(o options) error {
 		OwnIP:       a.isOwnIP,
 		Send:        a.sess.send,
 		MaxPayload:  maxTransportPayload,
+		ScrubAfter:  scrub,
 		Event:       a.ui.event,
 		Now:         time.Now,
 		Rand:        rand.Reader,

@@ -13,6 +13,7 @@ package main
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"encoding/binary"
 	"errors"
@@ -152,6 +153,7 @@ type chatConfig struct {
 	OwnIP        func(ip netip.Addr) bool                   // optional: an IP we announce from (candidates there are tried last)
 	Send         func(peer publicKey, payload []byte) error // one session payload; may fail: we retransmit
 	MaxPayload   int                                        // the session's plaintext limit per packet
+	ScrubAfter   time.Duration                              // dropped text leaves the outbox log this soon; zero: scrubAfter
 	// Event receives events in order, without chat locks held. It may run on
 	// the outbox committer, so it must not block nor call send.
 	Event func(chatEvent)
@@ -423,7 +425,7 @@ func newChat(cfg chatConfig) (*chat, error) {
 	for _, e := range es {
 		c.insertLocked(e, time.Time{})
 	}
-	ob, recs, err := openOutbox(cfg.Dir)
+	ob, recs, err := openOutbox(cfg.Dir, cmp.Or(cfg.ScrubAfter, scrubAfter))
 	if err != nil {
 		return nil, err
 	}
@@ -431,6 +433,14 @@ func newChat(cfg chatConfig) (*chat, error) {
 		ob.j.f.Close()
 		return nil, err
 	}
+	// Before anything else: a log a crash left with delivered messages'
+	// text in it keeps that text no longer than this start.
+	old, err := ob.settle(outboxSnapshot(c.peers, c.gone))
+	if err != nil {
+		ob.j.f.Close()
+		return nil, err
+	}
+	wipeRetired(old, cfg.Log)
 	c.ob = ob
 	ob.start(c.afterSync, c.compactNow)
 	c.out = newFrameSender(cfg.Send, cfg.Log)
@@ -720,6 +730,7 @@ func (c *chat) onAckLocked(p *chatPeer, f chatFrame, now time.Time) [][]byte {
 		if _, err := c.ob.record(outboxRec{Type: recAcked, Key: p.Key, Seq: f.Seq}); err != nil {
 			c.cfg.Log.Warn("chat: cannot log ack", "err", err)
 		}
+		c.ob.dropped(now)
 	}
 	for seq := first; seq < first+uint64(n); seq++ {
 		c.ev.push(chatEvent{Kind: eventDelivered, Contact: p.Name, Key: p.Key, MsgID: seq, Time: now})
@@ -767,17 +778,19 @@ func markAcked(out []*outMsg, f chatFrame, now time.Time, progress bool) {
 	}
 }
 
-// compactNow replaces the outbox log by a snapshot of the live state. It is
-// called by the committer when the log has grown, and by close.
+// compactNow replaces the outbox log by a snapshot of the live state and
+// wipes the old file. The committer calls it when the log has grown or
+// dropped text is due to leave it (scrubAfter), and close at exit.
 func (c *chat) compactNow() {
 	c.mu.Lock()
-	gen, err := c.ob.compact(outboxSnapshot(c.peers, c.gone))
+	gen, old, err := c.ob.compact(outboxSnapshot(c.peers, c.gone))
 	c.mu.Unlock()
 	if err != nil {
 		c.cfg.Log.Warn("chat: compact outbox", "err", err)
 		return
 	}
 	c.afterSync(gen)
+	wipeRetired(old, c.cfg.Log)
 }
 
 // setOnline records that a session with the contact is up at addr (the UI
@@ -842,6 +855,7 @@ func (c *chat) run(ctx context.Context) error {
 			return c.saveContacts(nil, nil)
 		case <-t.C:
 			c.retransmit()
+			c.ob.scrubIfDue(c.cfg.Now())
 			c.sched.tick(ctx)
 		}
 	}
