@@ -144,8 +144,7 @@ func newLogHandler(verbose bool, stderr io.Writer) slog.Handler {
 // can run it in-process. Lines come from src; results and events go to
 // stdout, logs (with -v) to stderr.
 func run(ctx context.Context, o options, src lineSource, stdout, stderr io.Writer) error {
-	hook := newDHTHook(newLogHandler(o.verbose, stderr))
-	a, err := openApp(o, slog.New(hook), stdout)
+	a, err := openApp(o, slog.New(newLogHandler(o.verbose, stderr)), stdout)
 	if err != nil {
 		return err
 	}
@@ -157,7 +156,7 @@ func run(ctx context.Context, o options, src lineSource, stdout, stderr io.Write
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
-		a.watch.run(ctx, a.dht.goodNodes, hook.failed, func(l string) { a.ui.printf("%s", l) })
+		a.watch.run(ctx, a.dht.goodNodes, a.dhtFailed, func(l string) { a.ui.printf("%s", l) })
 	}()
 	if a.busyPort != "" {
 		a.ui.printf("* listening on %s (%s was busy)", a.node.LocalAddr(), a.busyPort)
@@ -261,8 +260,9 @@ type app struct {
 	ui   *ui
 	lock *dirLock
 
-	busyPort string    // the port asked for, when it was busy; "" if we got it
-	watch    *dhtWatch // nil in the demo
+	busyPort  string        // the port asked for, when it was busy; "" if we got it
+	watch     *dhtWatch     // nil in the demo
+	dhtFailed chan struct{} // a bootstrap failed (buffered 1: one pending signal is enough)
 }
 
 // openApp opens the data directory and builds the layers on one socket.
@@ -303,7 +303,15 @@ func (a *app) open(o options) error {
 // build wires the DHT, the sessions and the chat core to each other.
 func (a *app) build(o options) error {
 	var err error
-	a.dht, err = newDHT(a.node, dhtConfig{Bootstrap: o.bootstrap, Dir: o.dir, Now: time.Now, Rand: rand.Reader, Log: a.log})
+	a.dhtFailed = make(chan struct{}, 1)
+	a.dht, err = newDHT(a.node, dhtConfig{Bootstrap: o.bootstrap, Dir: o.dir, Now: time.Now, Rand: rand.Reader, Log: a.log,
+		BootstrapFailed: func(error) {
+			select {
+			case a.dhtFailed <- struct{}{}:
+			default:
+			}
+		},
+	})
 	if err != nil {
 		return err
 	}
