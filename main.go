@@ -6,8 +6,9 @@
 //
 // Flow: main parses flags, opens the data directory and the one UDP socket,
 // then starts the DHT, the session layer and the chat core on it, and reads
-// commands from stdin until /quit, end of input, SIGINT or SIGTERM; then it
-// stops everything and saves state.
+// commands from stdin until /quit, end of input, SIGINT or SIGTERM; then the
+// sessions say goodbye to the contacts, and it stops everything and saves
+// state.
 package main
 
 import (
@@ -149,21 +150,26 @@ func run(ctx context.Context, o options, src lineSource, stdout, stderr io.Write
 		return err
 	}
 	src.attach(a.ui)
-	ctx, cancel := context.WithCancel(ctx)
+	// A signal ends the commands (ctx) but not the layers: the sessions
+	// must still say goodbye on an open socket before everything stops.
+	cmds, stopCmds := context.WithCancel(ctx)
+	layers, stopLayers := context.WithCancel(context.WithoutCancel(ctx))
 	var wg sync.WaitGroup
-	a.start(ctx, &wg)
+	a.start(layers, &wg)
 	a.watch = &dhtWatch{}
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
-		a.watch.run(ctx, a.dht.goodNodes, a.dhtFailed, func(l string) { a.ui.printf("%s", l) })
+		a.watch.run(layers, a.dht.goodNodes, a.dhtFailed, func(l string) { a.ui.printf("%s", l) })
 	}()
 	if a.busyPort != "" {
 		a.ui.printf("* listening on %s (%s was busy)", a.node.LocalAddr(), a.busyPort)
 	}
 	a.ui.printf("* ready %s %s", a.node.LocalAddr(), a.id.public())
-	err = a.readCommands(ctx, src)
-	cancel()
+	err = a.readCommands(cmds, src)
+	stopCmds()
+	a.sess.sayGoodbye() // /quit, end of input, SIGINT and SIGTERM alike
+	stopLayers()
 	wg.Wait()
 	if cerr := a.close(); err == nil {
 		err = cerr
@@ -321,7 +327,7 @@ func (a *app) build(o options) error {
 		Allowed:        func(k publicKey) bool { return a.chat.isContact(k) },
 		Deliver:        func(k publicKey, from netip.AddrPort, b []byte) { a.chat.handlePayload(k, from, b) },
 		Established:    func(k publicKey, addr netip.AddrPort) { a.chat.setOnline(k, addr) },
-		Ended:          func(k publicKey) { a.chat.setOffline(k) },
+		Ended:          func(k publicKey, seen time.Time) { a.chat.setOffline(k, seen) },
 		RekeyAfterTime: o.rekeyAfter,
 		Now:            time.Now,
 		Rand:           rand.Reader,
