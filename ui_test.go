@@ -297,7 +297,7 @@ func TestE2EQuitQuietly(t *testing.T) {
 // exit says goodbye, so the other side shows it offline at once (not after
 // 80 s of silence) with the last packet's time as last seen; a contact who
 // restarts at once, on the same address, comes back online, and what was
-// queued for it meanwhile is delivered.
+// queued for it meanwhile is delivered; SIGTERM says goodbye as /quit does.
 func TestE2EGoodbye(t *testing.T) {
 	boot := testSwarm(t, 8)
 	alice, bob := newUser(t, "alice", boot), newUser(t, "bob", boot)
@@ -335,8 +335,14 @@ func TestE2EGoodbye(t *testing.T) {
 	pb.expectMessage("<alice> sent while you restarted", e2eWait)
 	pa.expect("* delivered bob", e2eWait)
 	t.Logf("bob back and the queued message delivered %v after his restart", time.Since(restartAt))
+
+	// A signal is a clean exit too: bob still says goodbye.
+	if err := pb.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	pa.expect("* offline bob", 3*time.Second)
+	pb.wait(t)
 	pa.quit()
-	pb.quit()
 }
 
 func TestContactLine(t *testing.T) {
