@@ -70,7 +70,12 @@ func TestContactsLastSeen(t *testing.T) {
 	c.setOnline(chatKey(2), addr)
 	c.setOnline(chatKey(2), addr)
 	c.setOnline(chatKey(2), netip.MustParseAddrPort("192.0.2.2:6881"))
-	clock.add(time.Minute)
+	clock.add(20 * time.Second)
+	c.handlePayload(chatKey(2), addr, nil) // a keepalive is a sign of life
+	if ci, _ := c.contactByKey(chatKey(2)); !ci.LastSeen.Equal(clock.now()) {
+		t.Errorf("last seen %v after a keepalive at %v", ci.LastSeen, clock.now())
+	}
+	clock.add(40 * time.Second)
 	// Its last packet came half a minute before its silence was noticed:
 	// that is when it was last seen.
 	c.setOffline(chatKey(2), clock.now().Add(-30*time.Second))
