@@ -83,7 +83,7 @@ func startBenchStack(tb testing.TB, o benchStackOpts) *benchStack {
 		Allowed:     func(k publicKey) bool { return s.chat.isContact(k) },
 		Deliver:     func(k publicKey, from netip.AddrPort, b []byte) { s.chat.handlePayload(k, from, b) },
 		Established: func(k publicKey, addr netip.AddrPort) { s.chat.setOnline(k, addr) },
-		Ended:       func(k publicKey) { s.chat.setOffline(k) },
+		Ended:       func(k publicKey, seen time.Time) { s.chat.setOffline(k, seen) },
 	})
 	s.node.onSession = s.sess.handlePacket
 	cfg := chatConfig{

@@ -22,7 +22,7 @@ func TestDemo(t *testing.T) {
 	for _, want := range []string{
 		"alice sees: * online bob", "bob sees: * online alice",
 		"handshake initiation", "handshake response",
-		"bob sees: [", "alice sees: * delivered bob 3", "done:",
+		"bob sees: [", "alice sees: * delivered bob 3", "alice sees: * offline bob", "done:",
 	} {
 		if !strings.Contains(out.String(), want) {
 			t.Errorf("transcript lacks %q\n%s", want, out.String())

@@ -72,6 +72,10 @@ type dhtConfig struct {
 	Now       func() time.Time
 	Rand      io.Reader
 	Log       *slog.Logger
+	// BootstrapFailed, if set, hears of each bootstrap that ended with no
+	// node answering, so the UI can say so in words whether or not logs
+	// are on. It runs on the DHT's goroutine and must not block.
+	BootstrapFailed func(error)
 }
 
 // dhtTiming holds every interval of the node so tests and benchmarks can
@@ -742,6 +746,7 @@ func (d *dht) run(ctx context.Context) error {
 		// Keep serving and retry from refresh: a node that comes up
 		// before its bootstrap nodes (or offline) must still join later.
 		d.log.Error("dht: bootstrap failed; retrying every maintenance interval", "err", err)
+		d.bootstrapFailed(err)
 	}
 	tick := time.NewTicker(d.timing.maintenance)
 	defer tick.Stop()
@@ -776,6 +781,7 @@ func (d *dht) refresh(ctx context.Context) {
 		if d.pingAll(ctx, probe) == 0 {
 			if err := d.bootstrap(ctx); err != nil {
 				d.log.Warn("dht: bootstrap", "err", err)
+				d.bootstrapFailed(err)
 			}
 		}
 		return
@@ -843,6 +849,13 @@ func (d *dht) bootstrap(ctx context.Context) error {
 	self := d.id()
 	_, err := d.lookup(ctx, lookupOpts{target: self, method: methodFindNode, seeds: seeds})
 	return err
+}
+
+// bootstrapFailed tells cfg.BootstrapFailed of a bootstrap that failed.
+func (d *dht) bootstrapFailed(err error) {
+	if d.cfg.BootstrapFailed != nil {
+		d.cfg.BootstrapFailed(err)
+	}
 }
 
 // pingAll pings ns in parallel and counts the answers; the routing table

@@ -308,6 +308,7 @@ func handshakeVector(t *testing.T) (map[string]string, []byte, [macLen]byte) {
 	}
 	kp := newKeypair(send, recv, 0x11223344, 0x55667788, true, time.Time{})
 	first, _ := kp.seal(nil, []byte("hello"))
+	goodbye, _ := kp.seal(nil, []byte{sessionControl})
 	return map[string]string{
 		"protocol_name":         hx([]byte(noiseProtocolName(&patternIKpsk2))),
 		"prologue":              hx([]byte(sessionPrologue)),
@@ -330,6 +331,8 @@ func handshakeVector(t *testing.T) (map[string]string, []byte, [macLen]byte) {
 		"initiator_receive_key": hx(recv[:]),
 		"transport_payload":     hx([]byte("hello")),
 		"transport_0":           hx(first),
+		"goodbye_payload":       hx([]byte{sessionControl}),
+		"goodbye":               hx(goodbye),
 	}, initBytes, mac1
 }
 

@@ -582,9 +582,10 @@ func appendFrames(frames [][]byte, maxPayload int, stream uint64, m *outMsg) [][
 
 // handlePayload takes one decrypted session payload from peer. The session
 // layer calls it with b valid only during the call; an empty payload is a
-// keepalive.
+// keepalive, which only says the contact is there (last seen).
 func (c *chat) handlePayload(key publicKey, from netip.AddrPort, b []byte) {
 	if len(b) == 0 {
+		c.seen(key)
 		return
 	}
 	f, err := parseChatFrame(b)
@@ -818,9 +819,19 @@ func (c *chat) setOnline(key publicKey, addr netip.AddrPort) {
 	c.ev.flush()
 }
 
-// setOffline records that the contact's session ended; rendezvous lookups
-// for it go back to the fast schedule.
-func (c *chat) setOffline(key publicKey) {
+// seen records a keepalive from the contact as its last-seen time.
+func (c *chat) seen(key publicKey) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if p := c.peers[key]; p != nil {
+		p.LastSeen = c.cfg.Now()
+	}
+}
+
+// setOffline records that the contact's session ended, lastSeen being the
+// time of its last packet (not now: silence is noticed DeadAfter late);
+// rendezvous lookups for it go back to the fast schedule.
+func (c *chat) setOffline(key publicKey, lastSeen time.Time) {
 	c.mu.Lock()
 	p := c.peers[key]
 	if p == nil || !p.online {
@@ -828,7 +839,10 @@ func (c *chat) setOffline(key publicKey) {
 		return
 	}
 	now := c.cfg.Now()
-	p.online, p.LastSeen = false, now
+	p.online = false
+	if !lastSeen.IsZero() {
+		p.LastSeen = lastSeen
+	}
 	c.sched.offline(key, now)
 	c.ev.push(chatEvent{Kind: eventOffline, Contact: p.Name, Key: key, Time: now, Addr: p.addr})
 	c.mu.Unlock()

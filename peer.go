@@ -91,6 +91,7 @@ func (k *peerKeypairs) retireAll(index indexTable) {
 	index.retire(k.current)
 	index.retire(k.previous)
 	index.retire(k.next)
+	*k = peerKeypairs{}
 }
 
 // peerAddrs is where a peer may be reached.

@@ -157,7 +157,7 @@ func TestRendezvousSchedule(t *testing.T) {
 	c.setOnline(chatKey(2), bob)
 	step(150 * time.Second) // 300 s after start
 	want("online at 5 min", 2, 14)
-	c.setOffline(chatKey(2))
+	c.setOffline(chatKey(2), time.Time{})
 	step(0)
 	want("offline again: fast lookups", 2, 15)
 	step(5 * time.Second)

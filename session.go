@@ -7,9 +7,11 @@
 // keypair waits as "next" until the initiator's first packet confirms it; a
 // response completes our own initiation and its keypair becomes current at
 // once. Transport packets are opened on the keypair their receiver index
-// names and delivered. send seals on the current keypair, or queues the
-// payload and starts a handshake to the peer's endpoint and candidates;
-// timers.go resends, rekeys and expires.
+// names and delivered, except the session layer's own goodbye, which ends
+// the peer's sessions at once. send seals on the current keypair, or queues
+// the payload and starts a handshake to the peer's endpoint and candidates;
+// timers.go resends, rekeys and expires. sayGoodbye, on a clean exit, sends
+// the goodbye on every live session and closes the manager.
 package main
 
 import (
@@ -43,13 +45,22 @@ const (
 	maxQueuedPerPeer          = 128
 )
 
+// The session layer's own payload (SPEC.md 4.6): a transport payload whose
+// first byte is sessionControl is never handed to the chat layer, whose
+// frames start with 01 or 02. The goodbye is that byte alone.
+const (
+	sessionControl = 0x00
+	goodbyeLen     = 1 // the goodbye's plaintext: sessionControl alone
+	goodbyeCopies  = 2 // one lost datagram must not leave the contact waiting DeadAfter
+)
+
 type sessionConfig struct {
 	Identity    *identity
 	Send        func(to netip.AddrPort, b []byte) error
 	Allowed     func(peer publicKey) bool                                   // is peer a contact?
-	Deliver     func(peer publicKey, from netip.AddrPort, plaintext []byte) // plaintext valid only during call
+	Deliver     func(peer publicKey, from netip.AddrPort, plaintext []byte) // every authenticated payload, keepalives (empty) included; valid only during call
 	Established func(peer publicKey, addr netip.AddrPort)                   // a new session (also after rekey/roam: addr may differ)
-	Ended       func(peer publicKey)                                        // the session expired or the peer fell silent for DeadAfter
+	Ended       func(peer publicKey, lastSeen time.Time)                    // the peer said goodbye, its session expired or it fell silent for DeadAfter; lastSeen is its last authenticated packet
 	Now         func() time.Time
 	Rand        io.Reader
 	Log         *slog.Logger
@@ -96,7 +107,7 @@ func (c *sessionConfig) setDefaults() {
 		c.Established = func(publicKey, netip.AddrPort) {}
 	}
 	if c.Ended == nil {
-		c.Ended = func(publicKey) {}
+		c.Ended = func(publicKey, time.Time) {}
 	}
 }
 
@@ -116,6 +127,8 @@ type sessionStats struct {
 	expired       atomic.Uint64
 	queueDropped  atomic.Uint64
 	delivered     atomic.Uint64
+	goodbyes      atomic.Uint64 // goodbyes received
+	controlDrops  atomic.Uint64 // session-layer payloads other than the goodbye
 }
 
 // indexEntry is what a receiver index names: our pending initiation, or a keypair.
@@ -164,10 +177,11 @@ type sessionManager struct {
 	bufs    sync.Pool // *[]byte of maxDatagram bytes: zero allocations per packet
 	debugOn bool
 
-	evMu  sync.Mutex // orders Established and Ended callbacks
-	mu    sync.Mutex
-	peers map[publicKey]*peer
-	index indexTable
+	evMu   sync.Mutex // orders Established and Ended callbacks
+	mu     sync.Mutex
+	peers  map[publicKey]*peer
+	index  indexTable
+	closed atomic.Bool // set under mu by sayGoodbye: no packet, send or timer does anything after it
 }
 
 func newSessionManager(cfg sessionConfig) *sessionManager {
@@ -201,6 +215,9 @@ func (m *sessionManager) peerLocked(k publicKey) *peer {
 
 // handlePacket is Node.onSession: b is valid only during the call.
 func (m *sessionManager) handlePacket(from netip.AddrPort, b []byte) {
+	if m.closed.Load() {
+		return
+	}
 	if len(b) == 0 {
 		m.stats.malformed.Add(1)
 		return
@@ -272,6 +289,9 @@ func (m *sessionManager) replyToInitiation(from netip.AddrPort, h *handshake) ([
 	now := m.cfg.Now()
 	m.mu.Lock()
 	defer m.mu.Unlock()
+	if m.closed.Load() {
+		return nil, errSessionsClosed
+	}
 	p := m.peerLocked(h.peer)
 	if bytes.Compare(h.timestamp[:], p.inits.recvTS[:]) <= 0 {
 		m.stats.staleInit.Add(1)
@@ -343,6 +363,9 @@ func (m *sessionManager) completeHandshake(from netip.AddrPort, msg *responseMsg
 	now := m.cfg.Now()
 	m.mu.Lock()
 	defer m.mu.Unlock()
+	if m.closed.Load() {
+		return nil, errSessionsClosed
+	}
 	e, ok := m.index[msg.receiver]
 	if !ok || e.kp != nil || e.peer.inits.pending == nil || e.peer.inits.pending.localIndex != msg.receiver {
 		m.stats.unknownIndex.Add(1)
@@ -405,13 +428,44 @@ func (m *sessionManager) handleTransport(from netip.AddrPort, b []byte) {
 		m.debug("transport", from, err)
 		return
 	}
+	if len(pt) > 0 && pt[0] == sessionControl {
+		m.handleControl(e.peer, pt, now)
+		return
+	}
 	if m.confirm(e.peer, e.kp, from) {
 		m.established(e.peer.key, from)
 		m.flush(e.peer, false)
 	}
 	if len(pt) > 0 {
 		m.stats.delivered.Add(1)
-		m.cfg.Deliver(e.peer.key, from, pt)
+	}
+	m.cfg.Deliver(e.peer.key, from, pt)
+}
+
+// handleControl takes an authenticated session-layer payload from p. The
+// only one defined is the goodbye; any other is dropped (a later version's).
+func (m *sessionManager) handleControl(p *peer, pt []byte, now time.Time) {
+	if len(pt) != goodbyeLen {
+		m.stats.controlDrops.Add(1)
+		return
+	}
+	m.stats.goodbyes.Add(1)
+	m.mu.Lock()
+	if m.peers[p.key] != p {
+		m.mu.Unlock()
+		return // forgotten meanwhile
+	}
+	// The goodbye is the peer's last packet: it is gone, and so are the
+	// keys of every session with it. Our next send to it starts a new
+	// handshake; what is queued stays queued.
+	p.timers.lastRecv = now
+	p.keypairs.retireAll(m.index)
+	p.inits.abandon(m.index)
+	wasOnline := p.timers.online
+	p.timers.online = false
+	m.mu.Unlock()
+	if wasOnline {
+		m.ended(p.key)
 	}
 }
 
@@ -473,8 +527,9 @@ func (m *sessionManager) sendTransport(kp *keypair, to netip.AddrPort, payload [
 }
 
 var (
-	errPayloadTooBig = fmt.Errorf("session: payload larger than %d bytes", maxTransportPayload)
-	errNoEndpoint    = errors.New("session: no address known for this contact")
+	errPayloadTooBig  = fmt.Errorf("session: payload larger than %d bytes", maxTransportPayload)
+	errNoEndpoint     = errors.New("session: no address known for this contact")
+	errSessionsClosed = errors.New("session: closed: the program is stopping")
 )
 
 // send encrypts payload for peerKey on the current session, or queues it
@@ -485,6 +540,10 @@ func (m *sessionManager) send(peerKey publicKey, payload []byte) error {
 	}
 	now := m.cfg.Now()
 	m.mu.Lock()
+	if m.closed.Load() {
+		m.mu.Unlock()
+		return errSessionsClosed
+	}
 	p := m.peers[peerKey]
 	if p == nil || (!p.addrs.endpoint.IsValid() && p.keypairs.current == nil) {
 		m.mu.Unlock()
@@ -566,6 +625,10 @@ func (m *sessionManager) setEndpoint(peerKey publicKey, addr netip.AddrPort) {
 	}
 	now := m.cfg.Now()
 	m.mu.Lock()
+	if m.closed.Load() {
+		m.mu.Unlock()
+		return
+	}
 	p := m.peerLocked(peerKey)
 	if p.timers.online && p.keypairs.usable(now, m.cfg.RejectAfterTime) != nil {
 		m.mu.Unlock()
@@ -603,4 +666,36 @@ func (m *sessionManager) forget(peerKey publicKey) {
 	p.keypairs.retireAll(m.index)
 	p.queue.drop()
 	delete(m.peers, peerKey)
+}
+
+// sayGoodbye ends every session for a clean exit. Each live session gets
+// the goodbye, goodbyeCopies times, so the contact shows us offline at once
+// instead of after DeadAfter; then every key is erased, and the manager
+// stays closed: no packet is answered, no send or timer starts a handshake,
+// so the stopping program does not bring back the sessions it just ended.
+// The socket must still be open.
+func (m *sessionManager) sayGoodbye() {
+	type bye struct {
+		kp *keypair
+		to netip.AddrPort
+	}
+	var byes []bye
+	goodbye := []byte{sessionControl}
+	now := m.cfg.Now()
+	m.mu.Lock()
+	m.closed.Store(true)
+	for _, p := range m.peers {
+		if kp := p.keypairs.usable(now, m.cfg.RejectAfterTime); kp != nil && p.addrs.endpoint.IsValid() {
+			byes = append(byes, bye{kp, p.addrs.endpoint})
+		}
+	}
+	m.mu.Unlock()
+	for _, b := range byes {
+		for range goodbyeCopies {
+			if err := m.sendTransport(b.kp, b.to, goodbye); err != nil {
+				m.debug("goodbye", b.to, err)
+			}
+		}
+	}
+	m.eraseAll()
 }

@@ -87,6 +87,16 @@ type testPeer struct {
 	contacts    map[publicKey]bool
 }
 
+// deliver records a payload; keepalives (empty) are not messages.
+func (p *testPeer) deliver(b []byte) {
+	if len(b) == 0 {
+		return
+	}
+	p.mu.Lock()
+	p.got = append(p.got, string(b))
+	p.mu.Unlock()
+}
+
 func (p *testPeer) delivered() []string {
 	p.mu.Lock()
 	defer p.mu.Unlock()
@@ -105,14 +115,10 @@ func testIdentity(t testing.TB, seed byte) *identity {
 func newTestPeer(t testing.TB, n *fakeNet, clock *fakeClock, seed byte, port uint16, tweak func(*sessionConfig)) *testPeer {
 	p := &testPeer{id: testIdentity(t, seed), addr: netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), port), contacts: map[publicKey]bool{}}
 	cfg := sessionConfig{
-		Identity: p.id,
-		Send:     n.sendFrom(p.addr),
-		Allowed:  func(k publicKey) bool { p.mu.Lock(); defer p.mu.Unlock(); return p.contacts[k] },
-		Deliver: func(_ publicKey, _ netip.AddrPort, b []byte) {
-			p.mu.Lock()
-			p.got = append(p.got, string(b))
-			p.mu.Unlock()
-		},
+		Identity:    p.id,
+		Send:        n.sendFrom(p.addr),
+		Allowed:     func(k publicKey) bool { p.mu.Lock(); defer p.mu.Unlock(); return p.contacts[k] },
+		Deliver:     func(_ publicKey, _ netip.AddrPort, b []byte) { p.deliver(b) },
 		Established: func(publicKey, netip.AddrPort) { p.mu.Lock(); p.established++; p.mu.Unlock() },
 		Now:         clock.now,
 		Rand:        mrand.NewChaCha8([32]byte{seed}),
@@ -303,12 +309,8 @@ func newUDPPeer(t *testing.T, seed byte, tweak func(*sessionConfig)) *udpPeer {
 			_, err := conn.WriteToUDPAddrPort(b, to)
 			return err
 		},
-		Allowed: func(k publicKey) bool { p.mu.Lock(); defer p.mu.Unlock(); return p.contacts[k] },
-		Deliver: func(_ publicKey, _ netip.AddrPort, b []byte) {
-			p.mu.Lock()
-			p.got = append(p.got, string(b))
-			p.mu.Unlock()
-		},
+		Allowed:      func(k publicKey) bool { p.mu.Lock(); defer p.mu.Unlock(); return p.contacts[k] },
+		Deliver:      func(_ publicKey, _ netip.AddrPort, b []byte) { p.deliver(b) },
 		Established:  func(publicKey, netip.AddrPort) { p.mu.Lock(); p.established++; p.mu.Unlock() },
 		TickInterval: 10 * time.Millisecond,
 	}
@@ -564,4 +566,133 @@ func (m *sessionManager) hasSession(peerKey publicKey) bool {
 	defer m.mu.Unlock()
 	p := m.peers[peerKey]
 	return p != nil && p.keypairs.usable(m.cfg.Now(), m.cfg.RejectAfterTime) != nil
+}
+
+// endedLog records Ended callbacks with their last-seen times.
+type endedLog struct {
+	mu   sync.Mutex
+	seen []time.Time
+}
+
+func (l *endedLog) ended(_ publicKey, seen time.Time) {
+	l.mu.Lock()
+	l.seen = append(l.seen, seen)
+	l.mu.Unlock()
+}
+
+func (l *endedLog) times() []time.Time {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return slices.Clone(l.seen)
+}
+
+// The goodbye (SPEC.md 4.6): the quitting side sends it twice on its live
+// session and then does nothing at all; the other side ends the session at
+// once, with the goodbye's time as last seen, keeps what it queued, and
+// takes neither the second copy nor a replay.
+func TestGoodbye(t *testing.T) {
+	var n fakeNet
+	clock := newFakeClock()
+	var log endedLog
+	a, b := newTestPair(t, &n, clock, func(c *sessionConfig) { c.Ended = log.ended })
+	establish(t, &n, a, b)
+	clock.advance(10 * time.Second)
+	a.m.sayGoodbye()
+	byes := n.take()
+	if len(byes) != goodbyeCopies {
+		t.Fatalf("sayGoodbye sent %d datagrams, want %d", len(byes), goodbyeCopies)
+	}
+	for i, p := range byes {
+		m, err := parseTransport(p.b)
+		if err != nil || len(p.b) != transportMinSize+goodbyeLen || p.to != b.addr || m.counter != uint64(i+1) {
+			t.Fatalf("goodbye %d: %d bytes to %v, counter %d, %v", i, len(p.b), p.to, m.counter, err)
+		}
+	}
+	if c, prev, next, pending := sessionCount(a.m, b.id.public()); c+prev+next+pending != 0 {
+		t.Errorf("a kept keys after its goodbye: %d %d %d %d", c, prev, next, pending)
+	}
+
+	clock.advance(time.Second)
+	byeAt := clock.now()
+	n.deliver(byes[0])
+	if got := log.times(); len(got) != 1 || !got[0].Equal(byeAt) {
+		t.Fatalf("b's Ended calls %v, want one at the goodbye's time %v", got, byeAt)
+	}
+	if c, prev, next, pending := sessionCount(b.m, a.id.public()); c+prev+next+pending != 0 {
+		t.Errorf("b kept keys after the goodbye: %d %d %d %d", c, prev, next, pending)
+	}
+	unknown := b.m.stats.unknownIndex.Load()
+	n.deliver(byes[1])
+	n.deliver(byes[0]) // a replay
+	if got := log.times(); len(got) != 1 || b.m.stats.goodbyes.Load() != 1 || b.m.stats.unknownIndex.Load() != unknown+2 {
+		t.Errorf("second copy and replay: Ended %d times, goodbyes %d, unknown index +%d; want 1, 1, +2",
+			len(got), b.m.stats.goodbyes.Load(), b.m.stats.unknownIndex.Load()-unknown)
+	}
+	if len(b.delivered()) != 0 {
+		t.Errorf("the goodbye reached the layer above: %q", b.delivered())
+	}
+
+	// b's next message starts a new handshake; a, stopping, answers
+	// nothing and starts nothing, and b's message stays queued.
+	if err := b.m.send(a.id.public(), []byte("are you there?")); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.m.send(b.id.public(), []byte("x")); !errors.Is(err, errSessionsClosed) {
+		t.Errorf("send after goodbye: %v, want errSessionsClosed", err)
+	}
+	a.m.setEndpoint(b.id.public(), b.addr)
+	clock.advance(defaultKeepalive) // a keepalive would be due, were a not closed
+	a.m.tick()
+	for _, p := range n.take() {
+		if p.from == a.addr {
+			t.Fatalf("a sent a type %d packet after its goodbye", p.b[0])
+		}
+		n.deliver(p)
+	}
+	if q := n.take(); len(q) != 0 {
+		t.Fatalf("a answered b's initiation after its goodbye: %d packets", len(q))
+	}
+
+	// a runs again: the same key, the same address, a fresh manager. b's
+	// next resend reaches it and the queued message goes out.
+	a2 := newTestPeer(t, &n, clock, seedOf(t, a), a.addr.Port(), nil)
+	befriend(a2, b)
+	clock.advance(defaultRekeyTimeout)
+	b.m.tick()
+	n.pump(t)
+	if got := a2.delivered(); !slices.Equal(got, []string{"are you there?"}) {
+		t.Errorf("after a restarted it got %q", got)
+	}
+}
+
+// seedOf is the seed newTestPair gave p's identity.
+func seedOf(t *testing.T, p *testPeer) byte {
+	for seed := byte(1); seed <= 2; seed++ {
+		if testIdentity(t, seed).public() == p.id.public() {
+			return seed
+		}
+	}
+	t.Fatal("not a newTestPair identity")
+	return 0
+}
+
+// A session-layer payload other than the goodbye is dropped after it
+// authenticated: the session lives on and nothing reaches the chat.
+func TestSessionControlUnknown(t *testing.T) {
+	var n fakeNet
+	var log endedLog
+	a, b := newTestPair(t, &n, newFakeClock(), func(c *sessionConfig) { c.Ended = log.ended })
+	establish(t, &n, a, b)
+	kp := a.m.peers[b.id.public()].keypairs.current
+	for _, pt := range [][]byte{{sessionControl, 0}, {sessionControl, 1, 2, 3}} {
+		pkt, err := kp.seal(nil, pt)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b.m.handlePacket(a.addr, pkt)
+	}
+	if len(log.times()) != 0 || b.m.stats.controlDrops.Load() != 2 || len(b.delivered()) != 0 || !b.m.hasSession(a.id.public()) {
+		t.Errorf("unknown control payloads: Ended %d, dropped %d, delivered %q, session %v",
+			len(log.times()), b.m.stats.controlDrops.Load(), b.delivered(), b.m.hasSession(a.id.public()))
+	}
 }

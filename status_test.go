@@ -3,6 +3,9 @@
 package main
 
 import (
+	"context"
+	"errors"
+	"sync"
 	"testing"
 	"time"
 )
@@ -52,4 +55,42 @@ func TestE2EDHTStateLines(t *testing.T) {
 	p.send("/status")
 	p.expect("reach yes: ", 5*time.Second)
 	p.quit()
+}
+
+// The DHT says itself that a bootstrap failed (status.go reads no logs):
+// BootstrapFailed hears of it, once per attempt, and not when a router
+// answers.
+func TestDHTReportsBootstrapFailure(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	defer func() { cancel(); wg.Wait() }()
+	start := func(boot string) (*dht, chan error) {
+		failed := make(chan error, 4)
+		d := newTestDHT(t, dhtConfig{Bootstrap: []string{boot}, BootstrapFailed: func(err error) { failed <- err }}, 0)
+		d.timing.bootstrap = 200 * time.Millisecond
+		wg.Add(1)
+		go func() { defer wg.Done(); d.run(ctx) }()
+		return d, failed
+	}
+	_, failed := start("127.0.0.1:1")
+	select {
+	case err := <-failed:
+		if !errors.Is(err, errNoneAnswered) {
+			t.Errorf("BootstrapFailed(%v), want errNoneAnswered", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("no BootstrapFailed from a bootstrap that nobody answered")
+	}
+
+	router := newTestDHT(t, dhtConfig{}, 0)
+	joined, failed := start(router.addr().String())
+	for deadline := time.Now().Add(5 * time.Second); joined.goodNodes() == 0; time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("no node joined through the router")
+		}
+	}
+	time.Sleep(100 * time.Millisecond) // the bootstrap's own lookup ends
+	if len(failed) != 0 {
+		t.Errorf("BootstrapFailed(%v) although the router answered", <-failed)
+	}
 }

@@ -6,7 +6,8 @@
 // pending initiation every RekeyTimeout until RekeyAttemptTime, starts a
 // handshake for queued payloads or a session due for rekeying; then tick
 // sends keepalives to online peers idle for Keepalive and reports peers
-// silent for DeadAfter as ended. The sends happen after mu is released.
+// silent for DeadAfter as ended (a goodbye, session.go, ends them at once).
+// The sends happen after mu is released.
 package main
 
 import (
@@ -46,6 +47,9 @@ func (m *sessionManager) eraseAll() {
 // tick runs the timers once: retransmit or give up pending handshakes,
 // rekey busy sessions, erase expired keys.
 func (m *sessionManager) tick() {
+	if m.closed.Load() {
+		return // sayGoodbye ended everything
+	}
 	now := m.cfg.Now()
 	type out struct {
 		to []netip.AddrPort
@@ -142,7 +146,9 @@ func (p *peer) checkEnded(now time.Time, deadAfter time.Duration) bool {
 
 // established and ended report a peer's session state in the order it
 // changed: evMu orders the callbacks, and ended re-checks under mu, so a
-// packet that revived the peer after tick decided it had ended wins.
+// packet that revived the peer after tick decided it had ended wins. Ended
+// carries the time of the peer's last authenticated packet, not the time
+// its silence was noticed.
 func (m *sessionManager) established(k publicKey, addr netip.AddrPort) {
 	m.evMu.Lock()
 	defer m.evMu.Unlock()
@@ -155,8 +161,12 @@ func (m *sessionManager) ended(k publicKey) {
 	m.mu.Lock()
 	p := m.peers[k]
 	still := p != nil && !p.timers.online
+	var lastSeen time.Time
+	if still {
+		lastSeen = p.timers.lastRecv
+	}
 	m.mu.Unlock()
 	if still {
-		m.cfg.Ended(k)
+		m.cfg.Ended(k, lastSeen)
 	}
 }

@@ -145,14 +145,16 @@ func TestHandshakeGivesUp(t *testing.T) {
 }
 
 // An idle session sends keepalives, so silence means absence: Ended is
-// reported once after DeadAfter without a packet, and a packet revives it.
+// reported once after DeadAfter without a packet, with the time of the last
+// packet (not of the detection), and a packet revives it.
 func TestSessionKeepaliveAndEnded(t *testing.T) {
 	var n fakeNet
 	clock := newFakeClock()
 	var mu sync.Mutex
 	ended := map[publicKey]int{}
+	var lastSeen time.Time
 	a, b := newTestPair(t, &n, clock, func(c *sessionConfig) {
-		c.Ended = func(k publicKey) { mu.Lock(); ended[k]++; mu.Unlock() }
+		c.Ended = func(k publicKey, seen time.Time) { mu.Lock(); ended[k]++; lastSeen = seen; mu.Unlock() }
 	})
 	a.m.setEndpoint(b.id.public(), b.addr)
 	a.m.send(b.id.public(), []byte("hello"))
@@ -168,6 +170,7 @@ func TestSessionKeepaliveAndEnded(t *testing.T) {
 		t.Fatalf("ended while keepalives flowed: %v", ended)
 	}
 	mu.Unlock()
+	lastFromB := clock.now()                                       // b's keepalive of the last round
 	n.filter = func(p fakePacket) bool { return p.from != b.addr } // b falls silent
 	for range 5 {
 		clock.advance(defaultDeadAfter / 4)
@@ -177,6 +180,9 @@ func TestSessionKeepaliveAndEnded(t *testing.T) {
 	mu.Lock()
 	if got := ended[b.id.public()]; got != 1 {
 		t.Fatalf("Ended(b) reported %d times, want 1", got)
+	}
+	if !lastSeen.Equal(lastFromB) {
+		t.Errorf("Ended(b) last seen %v, want %v (its last keepalive, %v before the detection)", lastSeen, lastFromB, clock.now().Sub(lastFromB))
 	}
 	mu.Unlock()
 	n.filter = nil
@@ -226,7 +232,7 @@ func TestSilentPeerTimeline(t *testing.T) {
 	start := clock.now()
 	var endedAt []time.Duration
 	a, b := newTestPair(t, &n, clock, func(c *sessionConfig) {
-		c.Ended = func(publicKey) { endedAt = append(endedAt, clock.now().Sub(start)) }
+		c.Ended = func(publicKey, time.Time) { endedAt = append(endedAt, clock.now().Sub(start)) }
 	})
 	a.m.setEndpoint(b.id.public(), b.addr)
 	n.pump(t)

@@ -355,18 +355,29 @@ func (u *ui) sendText(ctx context.Context, name, text string) error {
 func (u *ui) cmdContacts(_ context.Context, _ string) error {
 	list := u.app.chat.contactList()
 	for _, c := range list {
-		state, addr := "offline", "-"
-		if c.Online {
-			state, addr = "online", c.Addr.String()
-		}
-		seen := "never"
-		if !c.LastSeen.IsZero() {
-			seen = c.LastSeen.Format(time.RFC3339)
-		}
-		u.printf("contact %s %s %s last-seen %s outbox %d key %s", c.Name, state, addr, seen, c.Outbox, c.Key)
+		u.printf("%s", contactLine(c))
 	}
 	u.printf("done %d contacts", len(list))
 	return nil
+}
+
+// contactLine is one line of /contacts. A contact never seen since it was
+// added is "waiting", not "offline": we cannot tell whether it has not
+// added us (its rendezvous is keyed by a secret only the two of us hold,
+// so it announces nothing we could see until it does) or has simply not
+// been online at the same time as us; the line's end says both.
+func contactLine(c contactInfo) string {
+	state, addr, seen, why := "offline", "-", "never", ""
+	switch {
+	case c.Online:
+		state, addr = "online", c.Addr.String()
+	case c.LastSeen.IsZero():
+		state, why = "waiting", fmt.Sprintf(" (waiting for %s to add you, or for you both to be online at once)", c.Name)
+	}
+	if !c.LastSeen.IsZero() {
+		seen = c.LastSeen.Format(time.RFC3339)
+	}
+	return fmt.Sprintf("contact %s %s %s last-seen %s outbox %d key %s%s", c.Name, state, addr, seen, c.Outbox, c.Key, why)
 }
 
 func (u *ui) cmdVerify(_ context.Context, rest string) error {

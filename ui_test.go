@@ -2,6 +2,7 @@ package main
 
 import (
 	"fmt"
+	"net/netip"
 	"strings"
 	"syscall"
 	"testing"
@@ -28,7 +29,7 @@ func TestE2ETypedLines(t *testing.T) {
 		{"", "<me> by msg"},
 		{"//etc/passwd is a path", "* queued bob 3"},
 		{"", "<me> /etc/passwd is a path"},
-		{"/Contacts", "contact bob offline"},
+		{"/Contacts", "contact bob waiting"},
 		{"/nope", `error unknown command "/nope"`},
 	}
 	for _, s := range steps {
@@ -135,6 +136,80 @@ func TestPrintable(t *testing.T) {
 	for _, tc := range tests {
 		if got := printable(tc.in); got != tc.want {
 			t.Errorf("printable(%q) = %q, want %q", tc.in, got, tc.want)
+		}
+	}
+}
+
+// Issue 8 item 8: a contact who has not added us shows as waiting; a clean
+// exit says goodbye, so the other side shows it offline at once (not after
+// 80 s of silence) with the last packet's time as last seen; a contact who
+// restarts at once, on the same address, comes back online, and what was
+// queued for it meanwhile is delivered; SIGTERM says goodbye as /quit does.
+func TestE2EGoodbye(t *testing.T) {
+	boot := testSwarm(t, 8)
+	alice, bob := newUser(t, "alice", boot), newUser(t, "bob", boot)
+	pa, pb := alice.start(t), bob.start(t)
+	pa.send("/add bob %s", bob.key)
+	pa.expect("* added bob", 5*time.Second)
+	pa.send("/contacts")
+	want := "contact bob waiting - last-seen never outbox 0 key " + bob.key + " (waiting for bob to add you, or for you both to be online at once)"
+	if got := pa.expect("contact bob ", 5*time.Second); got != want {
+		t.Errorf("before bob adds alice:\n got %q\nwant %q", got, want)
+	}
+	pb.send("/add alice %s", alice.key)
+	pa.expect("* online bob", e2eWait)
+	pb.expect("* online alice", e2eWait)
+	pb.send("/status")
+	bobAddr := strings.Fields(pb.expect("status ", 5*time.Second))[3]
+
+	quitAt := time.Now()
+	pb.send("/quit")
+	pa.expect("* offline bob", 3*time.Second)
+	t.Logf("alice saw bob offline %v after his /quit", time.Since(quitAt))
+	pb.wait(t)
+	pa.send("/contacts")
+	f := strings.Fields(pa.expect("contact bob ", 5*time.Second))
+	seen, err := time.Parse(time.RFC3339, f[5])
+	if len(f) != 10 || f[2] != "offline" || err != nil || seen.Before(quitAt.Truncate(time.Second)) || seen.After(time.Now()) {
+		t.Errorf("after bob quit: %q; want offline, last seen at his goodbye (%v)", f, quitAt)
+	}
+
+	pa.send("/msg bob sent while you restarted")
+	pa.expect("* queued bob", 5*time.Second)
+	restartAt := time.Now()
+	pb = startProc(t, bob.name, nil, "-listen", bobAddr, "-bootstrap", bob.boot, "-dir", bob.dir)
+	pb.expect("* ready "+bobAddr, 10*time.Second)
+	pb.expectMessage("<alice> sent while you restarted", e2eWait)
+	pa.expect("* delivered bob", e2eWait)
+	t.Logf("bob back and the queued message delivered %v after his restart", time.Since(restartAt))
+
+	// A signal is a clean exit too: bob still says goodbye.
+	if err := pb.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	pa.expect("* offline bob", 3*time.Second)
+	pb.wait(t)
+	pa.quit()
+}
+
+func TestContactLine(t *testing.T) {
+	k := chatKey(2)
+	seen := time.Date(2026, 11, 25, 12, 0, 30, 0, time.UTC)
+	addr := netip.MustParseAddrPort("192.0.2.1:6881")
+	tests := []struct {
+		in   contactInfo
+		want string
+	}{
+		{contactInfo{Name: "bob", Key: k, Online: true, Addr: addr, LastSeen: seen, Outbox: 1},
+			"contact bob online 192.0.2.1:6881 last-seen 2026-11-25T12:00:30Z outbox 1 key " + k.String()},
+		{contactInfo{Name: "bob", Key: k, LastSeen: seen},
+			"contact bob offline - last-seen 2026-11-25T12:00:30Z outbox 0 key " + k.String()},
+		{contactInfo{Name: "bob", Key: k, Outbox: 2},
+			"contact bob waiting - last-seen never outbox 2 key " + k.String() + " (waiting for bob to add you, or for you both to be online at once)"},
+	}
+	for _, tc := range tests {
+		if got := contactLine(tc.in); got != tc.want {
+			t.Errorf("contactLine(%+v) =\n %q\nwant %q", tc.in, got, tc.want)
 		}
 	}
 }

@@ -7,9 +7,10 @@
 // (/add), then sends an initiation (flynn's IKpsk2 first message inside the
 // SPEC's framing, with mac1), reads the response, and sends one chat data
 // frame in a transport packet; the binary shows the message and answers
-// with an ack frame in a transport packet. Before each genuine packet it
-// sends every one-byte corruption of it and checks the binary stays silent;
-// every corruption of the binary's packets must fail the client's checks.
+// with an ack frame in a transport packet; when it quits it says goodbye in
+// two transport packets. Before each genuine packet it sends every one-byte
+// corruption of it and checks the binary stays silent; every corruption of
+// the binary's packets must fail the client's checks.
 package interop
 
 import (
@@ -66,6 +67,10 @@ const (
 	transportOffReceiver   = 4
 	transportOffCounter    = 8
 	transportOffData       = 16
+
+	goodbye       = 0x00 // the session layer's goodbye: this one byte is the whole payload
+	goodbyeSize   = 33   // header 16, the encrypted byte, tag 16
+	goodbyeCopies = 2
 )
 
 // Chat frames, SPEC.md section 5.
@@ -302,6 +307,38 @@ func TestNoiseSessionWithFlynn(t *testing.T) {
 	}
 
 	c.messageFromKadchat(k)
+	c.goodbyeFromKadchat(k)
+}
+
+// goodbyeFromKadchat has the binary quit and checks that it says goodbye
+// on the session (SPEC.md 4.6): two 33-byte transport packets with
+// consecutive counters whose payload is the single byte 00.
+func (c *noiseClient) goodbyeFromKadchat(k *kadchat) {
+	c.t.Helper()
+	k.send("/quit")
+	var counters []uint64
+	for range maxTransportReads {
+		pkt := c.read(answerTimeout)
+		if pkt == nil {
+			break
+		}
+		p, err := c.openTransport(pkt)
+		if err != nil {
+			k.fatalf("transport packet % x: %v", pkt, err)
+		}
+		if len(p) > 0 && p[0] == goodbye {
+			if len(p) != 1 || len(pkt) != goodbyeSize {
+				k.fatalf("goodbye % x: payload % x, want the one byte 00 in %d bytes", pkt, p, goodbyeSize)
+			}
+			counters = append(counters, binary.LittleEndian.Uint64(pkt[transportOffCounter:]))
+			if len(counters) == goodbyeCopies {
+				break
+			}
+		}
+	}
+	if len(counters) != goodbyeCopies || counters[1] != counters[0]+1 {
+		k.fatalf("after /quit: goodbyes with counters %v, want %d consecutive ones", counters, goodbyeCopies)
+	}
 }
 
 // handshake sends every corruption of an initiation, then the initiation,
