@@ -332,12 +332,12 @@ func TestE2EUIErrorsAndCleanExit(t *testing.T) {
 	u := newUser(t, "carol", "127.0.0.1:1")
 	p := u.start(t)
 	tests := []struct{ line, want string }{
-		{"/nope", `error unknown command "/nope": try /help`},
+		{"/nope", `error ui: unknown command "/nope": try /help`},
 		{"/add", "error ui: usage: /add NAME KEY"},
 		{"/add dave kc1notakey", "error identity: wrong length: 10 characters, want 61"},
 		{"/msg nobody hi", `error chat: no such contact "nobody"`},
-		{"hello", "error no recipient: use /to NAME or /msg NAME TEXT"},
-		{"/to nobody", `error ui: no contact "nobody"`},
+		{"hello", "error ui: no recipient: use /to NAME or /msg NAME TEXT"},
+		{"/to nobody", `error chat: no such contact "nobody"`},
 		{"/dht ping nowhere", `error dht: ping "nowhere": want HOST:PORT`},
 		{"/dht get_peers 12", `error routing: id "12": want 40 hex digits`},
 		{"/help", "help /help                    list the commands"},

@@ -124,7 +124,7 @@ func (u *ui) handleLine(ctx context.Context, line string) error {
 			line = trimmed[1:]
 		}
 		if u.to == "" {
-			u.printf("error no recipient: use /to NAME or /msg NAME TEXT")
+			u.printf("error ui: no recipient: use /to NAME or /msg NAME TEXT")
 			return nil
 		}
 		u.report(ctx, u.sendText(ctx, u.to, line))
@@ -145,7 +145,7 @@ func (u *ui) handleLine(ctx context.Context, line string) error {
 			return nil
 		}
 	}
-	u.printf("error unknown command %q: try /help", name)
+	u.printf("error ui: unknown command %q: try /help", name)
 	return nil
 }
 
@@ -314,7 +314,7 @@ func (u *ui) cmdTo(_ context.Context, rest string) error {
 		return err
 	}
 	if !u.app.hasContact(f[0]) {
-		return fmt.Errorf("ui: no contact %q", f[0])
+		return fmt.Errorf("%w %q", errNoContact, f[0])
 	}
 	u.setTarget(f[0])
 	u.printf("* to %s", f[0])

@@ -30,7 +30,7 @@ func TestE2ETypedLines(t *testing.T) {
 		{"//etc/passwd is a path", "* queued bob 3"},
 		{"", "<me> /etc/passwd is a path"},
 		{"/Contacts", "contact bob waiting"},
-		{"/nope", `error unknown command "/nope"`},
+		{"/nope", `error ui: unknown command "/nope"`},
 	}
 	for _, s := range steps {
 		if s.line != "" {
