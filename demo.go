@@ -1,7 +1,8 @@
 // The demo (`kadchat -demo`): one process, no network. It starts a loopback
 // DHT of demoSwarm nodes and two users, alice and bob, with fresh keys and
 // data directories. They add each other through the real line UI, find each
-// other at their rendezvous infohash, shake hands, exchange messages with
+// other at their rendezvous infohash, shake hands, run the post-quantum
+// exchange and shake hands again with its secret, exchange messages with
 // receipts and rekey once, and bob quits; a trace of their datagrams shows
 // the wire.
 // The demo is its own file because it is a second program on the same parts.
@@ -77,7 +78,11 @@ func demoScript(tr *demoTranscript, alice, bob *demoUser) error {
 		{bob, "/msg alice hi alice! no server saw this", "* delivered alice"},
 		{alice, "/msg bob let us wait for a rekey", "* delivered bob"},
 	}
-	for _, s := range steps {
+	for i, s := range steps {
+		if i == 4 {
+			tr.say("their first session was classical: it carried only an ML-KEM-768 exchange (a key in two halves, a ciphertext)")
+			tr.say("the handshake after it mixed the exchange's secret as its PSK; messages go only on sessions keyed so")
+		}
 		if s.line != "" {
 			tr.say("%s types: %s", s.who.name, shorten(s.line))
 			if err := s.who.app.ui.handleLine(s.who.ctx, s.line); err != nil {
@@ -343,6 +348,20 @@ func (t *demoTranscript) waitRekey(d time.Duration) error {
 	}
 }
 
+// sizeHint says what a transport packet of n bytes carries, where its
+// size alone tells (SPEC.md 4.6, 4.11).
+func sizeHint(n int) string {
+	switch n {
+	case transportMinSize:
+		return " (a keepalive)"
+	case transportMinSize + pqKeyFrameLen:
+		return " (by its size: half of an ML-KEM-768 key)"
+	case transportMinSize + pqCipherFrameLen:
+		return " (by its size: an ML-KEM-768 ciphertext)"
+	}
+	return ""
+}
+
 // describeSessionPacket names a session packet and its public fields, as a
 // network observer sees them (SPEC.md section 4).
 func describeSessionPacket(b []byte) string {
@@ -359,7 +378,7 @@ func describeSessionPacket(b []byte) string {
 		return fmt.Sprintf("cookie reply, %d bytes", len(b))
 	case packetTransport:
 		if m, err := parseTransport(b); err == nil {
-			return fmt.Sprintf("transport, %d bytes, receiver %08x, counter %d", len(b), m.receiver, m.counter)
+			return fmt.Sprintf("transport, %d bytes, receiver %08x, counter %d%s", len(b), m.receiver, m.counter, sizeHint(len(b)))
 		}
 	}
 	return fmt.Sprintf("malformed, %d bytes", len(b))

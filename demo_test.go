@@ -21,7 +21,7 @@ func TestDemo(t *testing.T) {
 	}
 	for _, want := range []string{
 		"alice sees: * online bob", "bob sees: * online alice",
-		"handshake initiation", "handshake response",
+		"handshake initiation", "handshake response", "half of an ML-KEM-768 key", "an ML-KEM-768 ciphertext",
 		"bob sees: [", "alice sees: * delivered bob 3", "alice sees: * offline bob", "done:",
 	} {
 		if !strings.Contains(out.String(), want) {

@@ -337,6 +337,10 @@ func (a *app) build(o options) error {
 	if err != nil {
 		return err
 	}
+	pq, err := openPQStore(o.dir)
+	if err != nil {
+		return err
+	}
 	a.sess = newSessionManager(sessionConfig{
 		Identity:       a.id,
 		Send:           a.node.send,
@@ -344,6 +348,8 @@ func (a *app) build(o options) error {
 		Deliver:        func(k publicKey, from netip.AddrPort, b []byte) { a.chat.handlePayload(k, from, b) },
 		Established:    func(k publicKey, addr netip.AddrPort) { a.chat.setOnline(k, addr) },
 		Ended:          func(k publicKey, seen time.Time) { a.chat.setOffline(k, seen) },
+		PQEvent:        a.ui.pqEvent,
+		PQ:             pq,
 		RekeyAfterTime: o.rekeyAfter,
 		Now:            time.Now,
 		Rand:           rand.Reader,

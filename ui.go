@@ -425,6 +425,22 @@ func (u *ui) event(e chatEvent) {
 	}
 }
 
+// pqEvent prints what the session layer says about a contact's
+// post-quantum secret (SPEC.md 4.11). It runs on the session layer's
+// goroutines and must not block.
+func (u *ui) pqEvent(k publicKey, e pqEvent) {
+	name := k.String()
+	if c, ok := u.app.chat.contactByKey(k); ok {
+		name = c.Name
+	}
+	switch e {
+	case pqClassical:
+		u.printf("* classical %s: its kadchat made no post-quantum exchange; this session is not protected against a future quantum computer", name)
+	case pqRefused:
+		u.printf("* refused %s: it answered without your shared post-quantum secret (its data directory was reset, or someone else holds its key)", name)
+	}
+}
+
 // printable replaces control and format characters (bidi overrides
 // among them) and line separators, so a contact's text cannot break a line,
 // forge an event line on a script's stdout, or reorder what a person sees.
