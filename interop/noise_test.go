@@ -1,16 +1,20 @@
 // Noise interop: a kadchat peer built on flynn/noise, framed only from
-// SPEC.md sections 4 and 5, completes a session with the running binary and
-// exchanges transport packets both ways; a single changed byte in any packet
-// makes that packet count for nothing.
+// SPEC.md sections 4 and 5, completes a session with the running binary,
+// runs the post-quantum exchange of 4.11 in it, completes a second session
+// with the PSK it derived and exchanges transport packets both ways; a
+// single changed byte in any packet makes that packet count for nothing.
 //
 // Flow: the test learns the binary's key (/id), adds the client as a contact
 // (/add), then sends an initiation (flynn's IKpsk2 first message inside the
-// SPEC's framing, with mac1), reads the response, and sends one chat data
-// frame in a transport packet; the binary shows the message and answers
-// with an ack frame in a transport packet; when it quits it says goodbye in
-// two transport packets. Before each genuine packet it sends every one-byte
+// SPEC's framing, with mac1) and reads the response; it sends an ML-KEM-768
+// key in two transport packets, reads the ciphertext and derives the PSK;
+// it shakes hands again with that PSK and sends one chat data frame in a
+// transport packet; the binary shows the message and answers with an ack
+// frame in a transport packet; when it quits it says goodbye in two
+// transport packets. Before each genuine packet it sends every one-byte
 // corruption of it and checks the binary stays silent; every corruption of
-// the binary's packets must fail the client's checks.
+// the binary's packets must fail the client's checks. A client that skips
+// the exchange (a version-1 client) still gets its messages through.
 package interop
 
 import (
@@ -101,6 +105,7 @@ type noiseClient struct {
 	local, remote uint32       // our index and the binary's
 	send, recv    noise.Cipher // transport keys, nonces managed by hand
 	sendCounter   uint64
+	psk           []byte // the psk slot of our next initiation; nil: zeros
 }
 
 func newNoiseClient(t *testing.T, to netip.AddrPort, peer []byte) *noiseClient {
@@ -126,7 +131,11 @@ var suite = noise.NewCipherSuite(noise.DH25519, noise.CipherChaChaPoly, noise.Ha
 // initiation is a fresh first handshake message to the binary.
 func (c *noiseClient) initiation(now time.Time) []byte {
 	c.t.Helper()
-	hs, err := newHandshake(true, c.static, c.peer, rand.Reader)
+	psk := c.psk
+	if psk == nil {
+		psk = make([]byte, pskLen)
+	}
+	hs, err := newHandshakePSK(true, c.static, c.peer, rand.Reader, psk)
 	if err != nil {
 		c.t.Fatal(err)
 	}
@@ -138,12 +147,17 @@ func (c *noiseClient) initiation(now time.Time) []byte {
 	return b
 }
 
-// newHandshake is flynn's IKpsk2 with SPEC.md 4.3's parameters. rng supplies
-// the ephemeral private key (32 bytes).
+// newHandshake is flynn's IKpsk2 with SPEC.md 4.3's parameters and the zero
+// PSK. rng supplies the ephemeral private key (32 bytes).
 func newHandshake(initiator bool, static noise.DHKey, peer []byte, rng io.Reader) (*noise.HandshakeState, error) {
+	return newHandshakePSK(initiator, static, peer, rng, make([]byte, pskLen))
+}
+
+// newHandshakePSK is newHandshake with psk in the psk slot (SPEC.md 4.11).
+func newHandshakePSK(initiator bool, static noise.DHKey, peer []byte, rng io.Reader, psk []byte) (*noise.HandshakeState, error) {
 	return noise.NewHandshakeState(noise.Config{
 		CipherSuite: suite, Random: rng, Pattern: noise.HandshakeIK, Initiator: initiator,
-		Prologue: []byte(sessionPrologue), PresharedKey: make([]byte, pskLen), PresharedKeyPlacement: 2,
+		Prologue: []byte(sessionPrologue), PresharedKey: psk, PresharedKeyPlacement: 2,
 		StaticKeypair: static, PeerStatic: peer,
 	})
 }
@@ -208,6 +222,7 @@ func (c *noiseClient) consumeResponse(b []byte) error {
 	// Split: the first key is the initiator's sending key.
 	c.remote = binary.LittleEndian.Uint32(b[responseOffSender:])
 	c.send, c.recv = cs1.Cipher(), cs2.Cipher()
+	c.sendCounter = 0
 	return nil
 }
 
@@ -296,7 +311,9 @@ func TestNoiseSessionWithFlynn(t *testing.T) {
 		k.fatalf("/add: %s", line)
 	}
 
-	init := c.handshake(k)
+	c.handshake(k)
+	c.pqExchange(k)
+	init := c.handshake(k) // with the PSK: the binary answers with it
 	pkt := c.messageToKadchat(k)
 
 	// Replays are dropped: the same transport packet, the same initiation.
@@ -375,14 +392,7 @@ func (c *noiseClient) messageToKadchat(k *kadchat) []byte {
 	c.write(pkt)
 	c.t.Logf("kadchat shows %q", k.expectContaining(text))
 
-	ackPkt := c.read(answerTimeout)
-	if ackPkt == nil {
-		k.fatalf("no ack for the data frame")
-	}
-	ack, err := c.openTransport(ackPkt)
-	if err != nil {
-		k.fatalf("transport packet % x: %v", ackPkt, err)
-	}
+	ackPkt, ack := c.readPayload(k, answerTimeout, "an ack for the data frame")
 	if len(ack) < chatAckHeaderLen || ack[0] != chatFrameAck || !bytes.Equal(ack[1:9], stream[:]) ||
 		binary.BigEndian.Uint64(ack[9:17]) != 1 {
 		k.fatalf("got frame % x, want an ack of stream % x up to 1", ack, stream)
@@ -435,6 +445,26 @@ func (c *noiseClient) messageFromKadchat(k *kadchat) {
 
 // maxTransportReads bounds the packets read while waiting for a data frame.
 const maxTransportReads = 10
+
+// readPayload reads transport packets from the binary until one carries a
+// payload (an empty one is a keepalive), within d each, and returns it.
+func (c *noiseClient) readPayload(k *kadchat, d time.Duration, what string) (pkt, payload []byte) {
+	c.t.Helper()
+	for range maxTransportReads {
+		if pkt = c.read(d); pkt == nil {
+			break
+		}
+		p, err := c.openTransport(pkt)
+		if err != nil {
+			k.fatalf("transport packet % x: %v", pkt, err)
+		}
+		if len(p) > 0 {
+			return pkt, p
+		}
+	}
+	k.fatalf("no transport packet with %s", what)
+	return nil, nil
+}
 
 func (c *noiseClient) openOnly(b []byte) error {
 	_, err := c.openTransport(b)
