@@ -103,10 +103,11 @@ func pqDerive(h [noiseHashLen]byte, ek, ct, shared []byte) [noiseKeyLen]byte {
 // handshake has used a post-quantum PSK, never again. Not safe for
 // concurrent use: the manager's mu guards it.
 type pqSecrets struct {
-	psks   [pqKept][noiseKeyLen]byte
-	n      int
-	used   bool // a handshake used one: the zero PSK is refused from now on
-	missed int  // responder: our responses not confirmed since the last one that was
+	psks    [pqKept][noiseKeyLen]byte
+	n       int
+	used    bool // a handshake used one: the zero PSK is refused from now on
+	missed  int  // responder: our responses not confirmed since the last one that was
+	retried bool // initiator: a response opened with none of them since the last handshake
 }
 
 // candidates are the PSKs a handshake with the contact may use, newest
@@ -139,7 +140,7 @@ func (s *pqSecrets) forResponse(unconfirmed bool) [noiseKeyLen]byte {
 // is no longer among ours (an exchange on the previous session replaced
 // it while this one waited for its confirmation), it is all we keep.
 func (s *pqSecrets) commit(psk [noiseKeyLen]byte) {
-	s.missed = 0
+	s.missed, s.retried = 0, false
 	if psk == zeroPSK {
 		return
 	}

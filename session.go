@@ -369,8 +369,9 @@ func (m *sessionManager) handleResponse(from netip.AddrPort, b []byte) {
 	if !m.checkMACs(from, b, responseOffMAC1, responseOffMAC2, msg.sender) {
 		return
 	}
-	p, frames, err := m.completeHandshake(from, &msg)
-	if errors.Is(err, errPSKRefused) && p != nil {
+	p, out, err := m.completeHandshake(from, &msg)
+	m.sendRaw(out.resend, out.targets...)
+	if out.refused {
 		m.cfg.PQEvent(p.key, pqRefused)
 	}
 	if err != nil {
@@ -378,8 +379,8 @@ func (m *sessionManager) handleResponse(from netip.AddrPort, b []byte) {
 		return
 	}
 	m.sessionReady(p, true)
-	for _, f := range frames.payloads {
-		m.sendTransport(frames.kp, frames.to, f)
+	for _, f := range out.frames.payloads {
+		m.sendTransport(out.frames.kp, out.frames.to, f)
 	}
 }
 
@@ -390,25 +391,32 @@ type sessionFrames struct {
 	payloads [][]byte
 }
 
+// handshakeOut is what completeHandshake leaves to send once mu is free.
+type handshakeOut struct {
+	frames  sessionFrames    // the new session's post-quantum key
+	resend  []byte           // or a new initiation at once, to targets
+	targets []netip.AddrPort //
+	refused bool             // the user is to hear of a refused PSK
+}
+
 // completeHandshake takes a response to our pending initiation: the PSK the
 // responder used is found by trial (SPEC.md 4.11), the new session becomes
-// current, and its post-quantum exchange starts. On errPSKRefused it
-// returns p too, if the refusal is to be reported.
-func (m *sessionManager) completeHandshake(from netip.AddrPort, msg *responseMsg) (*peer, sessionFrames, error) {
+// current, and its post-quantum exchange starts.
+func (m *sessionManager) completeHandshake(from netip.AddrPort, msg *responseMsg) (*peer, handshakeOut, error) {
 	now := m.cfg.Now()
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	if m.closed.Load() {
-		return nil, sessionFrames{}, errSessionsClosed
+		return nil, handshakeOut{}, errSessionsClosed
 	}
 	e, ok := m.index[msg.receiver]
 	if !ok || e.kp != nil || e.peer.inits.pending == nil || e.peer.inits.pending.localIndex != msg.receiver {
 		m.stats.unknownIndex.Add(1)
-		return nil, sessionFrames{}, errors.New("session: response to no pending handshake")
+		return nil, handshakeOut{}, errors.New("session: response to no pending handshake")
 	}
 	p := e.peer
 	if !m.cfg.Allowed(p.key) {
-		return nil, sessionFrames{}, errors.New("session: response from a removed contact")
+		return nil, handshakeOut{}, errors.New("session: response from a removed contact")
 	}
 	h := p.inits.pending
 	psks := p.pq.secrets.candidates()
@@ -422,17 +430,24 @@ func (m *sessionManager) completeHandshake(from netip.AddrPort, msg *responseMsg
 		m.pq.stats.refused.Add(1)
 		report := !p.pq.refused
 		p.pq.refused = true
-		if report {
-			return p, sessionFrames{}, err
-		}
+		return p, handshakeOut{refused: report}, err
 	}
 	if err != nil {
 		m.stats.handshakeFail.Add(1)
-		return nil, sessionFrames{}, err
+		var out handshakeOut
+		if !p.pq.secrets.retried {
+			// Opened with none of our PSKs: the responder may hold a newer
+			// one we never got (SPEC.md 4.11), and its next response takes
+			// an older one, so initiate again at once rather than after
+			// RekeyTimeout; once, lest forged responses set the pace.
+			p.pq.secrets.retried = true
+			out.resend, out.targets = m.initiateLocked(p, now), p.addrs.targets()
+		}
+		return p, out, err
 	}
 	send, recv, hash, err := h.beginSession()
 	if err != nil {
-		return nil, sessionFrames{}, err
+		return nil, handshakeOut{}, err
 	}
 	kp := newKeypair(send, recv, h.localIndex, msg.sender, true, now)
 	kp.psk, kp.hash = psks[which], hash
@@ -447,7 +462,7 @@ func (m *sessionManager) completeHandshake(from netip.AddrPort, msg *responseMsg
 	if frames != nil {
 		p.timers.lastSend = now
 	}
-	return p, sessionFrames{kp, from, frames}, nil
+	return p, handshakeOut{frames: sessionFrames{kp, from, frames}}, nil
 }
 
 // handleTransport authenticates a transport packet and delivers it. It

@@ -571,12 +571,13 @@ func TestSetEndpointIgnoresNonContact(t *testing.T) {
 	}
 }
 
-// hasSession reports whether peer has a confirmed, unexpired session.
+// hasSession reports whether peer has a confirmed, unexpired session that
+// may carry the layer above's payloads (SPEC.md 4.11).
 func (m *sessionManager) hasSession(peerKey publicKey) bool {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	p := m.peers[peerKey]
-	return p != nil && p.keypairs.usable(m.cfg.Now(), m.cfg.RejectAfterTime) != nil
+	return p != nil && p.mayCarryChat(p.keypairs.usable(m.cfg.Now(), m.cfg.RejectAfterTime))
 }
 
 // endedLog records Ended callbacks with their last-seen times.
