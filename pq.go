@@ -259,8 +259,8 @@ type pqLayer struct {
 	mu    sync.Mutex
 }
 
-// start begins the exchange on kp, a session we initiated that has just
-// become current, and returns the frames to send on it.
+// startLocked begins the exchange on kp, a session we initiated that has
+// just become current, and returns the frames to send on it.
 func (l *pqLayer) startLocked(p *peer, kp *keypair, now time.Time) [][]byte {
 	var seed [pqSeedLen]byte
 	defer wipe(seed[:])
@@ -310,6 +310,9 @@ func (l *pqLayer) onKeyFragment(p *peer, kp *keypair, f pqFrame) {
 		l.sent(p)
 		m.sendTransport(kp, to, again)
 		return
+	}
+	if ek == nil {
+		return // the other half is still to come
 	}
 	key, err := mlkem.NewEncapsulationKey768(ek)
 	if err != nil {

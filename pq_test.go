@@ -844,3 +844,52 @@ func TestPQForget(t *testing.T) {
 		t.Error("the corrupt file was changed")
 	}
 }
+
+// TestPQFramesOutOfPlace: a frame the receiver has no use for is dropped
+// and counted, a half key alone is not, and a key repeated on the same
+// session gets the same ciphertext without a second encapsulation.
+func TestPQFramesOutOfPlace(t *testing.T) {
+	var n fakeNet
+	a, b := newTestPair(t, &n, newFakeClock(), nil)
+	establishPQ(t, &n, a, b) // a initiated the current session
+	if bad := a.m.pq.stats.bad.Load() + b.m.pq.stats.bad.Load(); bad != 0 {
+		t.Fatalf("%d frames counted bad in a clean exchange", bad)
+	}
+	seal := func(from, to *testPeer, pt []byte) {
+		from.m.mu.Lock()
+		kp := from.m.peers[to.id.public()].keypairs.current
+		from.m.mu.Unlock()
+		pkt, err := kp.seal(nil, pt)
+		if err != nil {
+			t.Fatal(err)
+		}
+		to.m.handlePacket(from.addr, pkt)
+	}
+	x := pqExchange{}
+	half := x.keyFrames()[0]
+	ct := (&pqFrame{kind: pqCiphertext, body: make([]byte, pqCiphertextLen)}).appendTo(nil)
+	seal(b, a, half) // a key fragment from the session's responder
+	seal(a, b, ct)   // a ciphertext from the session's initiator
+	seal(b, a, ct)   // a second ciphertext: the exchange is over
+	if got := a.m.pq.stats.bad.Load() + b.m.pq.stats.bad.Load(); got != 3 {
+		t.Errorf("%d frames counted bad, want 3", got)
+	}
+	// b answered a's key once; the same key again gets the same answer.
+	b.m.mu.Lock()
+	ex := b.m.peers[a.id.public()].pq.ex
+	b.m.mu.Unlock()
+	exchanges := b.m.pq.stats.exchanges.Load()
+	for _, f := range ex.keyFrames() {
+		seal(a, b, f)
+	}
+	q := n.take()
+	if len(q) != 1 || len(q[0].b) != pqCipherDatagram || b.m.pq.stats.exchanges.Load() != exchanges {
+		t.Fatalf("a repeated key drew %d datagrams and %d new exchanges, want the ciphertext again and none", len(q), b.m.pq.stats.exchanges.Load()-exchanges)
+	}
+	b.m.mu.Lock()
+	again := bytes.Clone(b.m.peers[a.id.public()].pq.ex.ct)
+	b.m.mu.Unlock()
+	if !bytes.Equal(again, ex.ct) {
+		t.Error("the answer changed")
+	}
+}
