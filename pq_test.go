@@ -315,8 +315,9 @@ func (s *pqSecrets) holds(psk [noiseKeyLen]byte) bool {
 	return slices.Contains(s.psks[:s.n], psk)
 }
 
-// TestPQLostCiphertext: a lost ciphertext is asked for again by the key
-// being resent, and answered with the same one; lost for good, the two
+// TestPQLostCiphertext: a lost key fragment is sent again; a lost
+// ciphertext is asked for again by the key being resent, and answered
+// with the same one; lost for good, the two
 // sides hold different newest PSKs and still connect, whoever initiates:
 // the initiator tries each of its PSKs, the responder falls back to an
 // older one after a response that was not confirmed.
@@ -344,6 +345,31 @@ func TestPQLostCiphertext(t *testing.T) {
 		n.pump(t)
 		if !slices.Equal(b.delivered(), []string{"waits"}) || b.m.pq.stats.exchanges.Load() != 2 || !pqConnected(a, b) {
 			t.Fatalf("after the resent key: b got %q, answered %d exchanges", b.delivered(), b.m.pq.stats.exchanges.Load())
+		}
+	})
+	t.Run("key fragment lost", func(t *testing.T) {
+		var n fakeNet
+		clock := newFakeClock()
+		a, b := newTestPair(t, &n, clock, nil)
+		lost := false
+		n.filter = func(p fakePacket) bool {
+			if len(p.b) == pqKeyDatagram && !lost {
+				lost = true
+				return false
+			}
+			return true
+		}
+		a.m.setEndpoint(b.id.public(), b.addr)
+		a.m.send(b.id.public(), []byte("waits"))
+		n.pump(t)
+		if len(b.delivered()) != 0 || b.m.pq.stats.exchanges.Load() != 0 {
+			t.Fatal("b answered half a key")
+		}
+		clock.advance(pqRetry)
+		a.m.tick()
+		n.pump(t)
+		if !slices.Equal(b.delivered(), []string{"waits"}) || !pqConnected(a, b) {
+			t.Fatalf("after the resent key: b got %q", b.delivered())
 		}
 	})
 	for _, who := range []string{"loser initiates", "winner initiates"} {

@@ -395,7 +395,7 @@ type sessionFrames struct {
 type handshakeOut struct {
 	frames  sessionFrames    // the new session's post-quantum key
 	resend  []byte           // or a new initiation at once, to targets
-	targets []netip.AddrPort //
+	targets []netip.AddrPort // where resend goes
 	refused bool             // the user is to hear of a refused PSK
 }
 
