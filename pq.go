@@ -130,6 +130,9 @@ func (s *pqSecrets) forResponse(unconfirmed bool) [noiseKeyLen]byte {
 		s.missed++
 	}
 	c := s.candidates()
+	if len(c) == 0 {
+		return zeroPSK // cannot happen: used is set only with a PSK held
+	}
 	psk := c[s.missed%len(c)]
 	wipeKeys(c)
 	return psk

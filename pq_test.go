@@ -919,3 +919,44 @@ func TestPQFramesOutOfPlace(t *testing.T) {
 		t.Error("the answer changed")
 	}
 }
+
+// TestPQSecrets walks pqSecrets through SPEC.md 4.11's rules: which PSK a
+// response mixes, what an exchange keeps, what a handshake lets go.
+func TestPQSecrets(t *testing.T) {
+	k := func(b byte) [noiseKeyLen]byte { return [noiseKeyLen]byte{b} }
+	var s pqSecrets
+	want := func(step string, psks ...[noiseKeyLen]byte) {
+		t.Helper()
+		if got := s.candidates(); !slices.Equal(got, psks) {
+			t.Errorf("%s: candidates %x, want %x", step, got, psks)
+		}
+	}
+	want("new contact", zeroPSK)
+	s.add(k(1), zeroPSK)
+	want("first exchange, on a classical session", k(1), zeroPSK)
+	for i, w := range []struct {
+		unconfirmed bool
+		psk         [noiseKeyLen]byte
+	}{{false, k(1)}, {true, zeroPSK}, {true, k(1)}, {false, k(1)}} {
+		if got := s.forResponse(w.unconfirmed); got != w.psk {
+			t.Errorf("response %d (unconfirmed before: %v) mixes %x, want %x", i, w.unconfirmed, got, w.psk)
+		}
+	}
+	s.commit(k(1))
+	want("a handshake used it", k(1))
+	if !s.used || s.missed != 0 {
+		t.Errorf("after a commit: used %v, missed %d", s.used, s.missed)
+	}
+	s.add(k(2), k(1))
+	want("second exchange", k(2), k(1))
+	s.commit(k(1))
+	want("a handshake used the older one", k(2), k(1))
+	s.add(k(3), k(1))
+	want("third exchange, on that session", k(3), k(1))
+	s.commit(k(3))
+	want("a handshake used the newest", k(3))
+	s.commit(k(4))
+	want("a handshake used one replaced meanwhile", k(4))
+	s.wipe()
+	want("forgotten", zeroPSK)
+}
