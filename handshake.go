@@ -30,6 +30,8 @@
 //	peer.go      what the manager holds per peer: pending initiation,
 //	             keypairs, addresses, send queue, timers (4.6-4.8)
 //	timers.go    retransmission, rekeying, expiry, keepalives (4.7)
+//	pq.go        the post-quantum exchange, and which PSK a handshake
+//	             mixes (4.11); pqfile.go keeps the PSKs on disk
 package main
 
 import (

@@ -3,15 +3,14 @@
 //
 // Flow: Node hands every session packet to handlePacket, which dispatches
 // on the type. An initiation that passes the cookie checker (cookie.go) and
-// the Noise message (handshake.go) is answered with a response, and its new
-// keypair waits as "next" until the initiator's first packet confirms it; a
-// response completes our own initiation and its keypair becomes current at
-// once. Transport packets are opened on the keypair their receiver index
-// names and delivered, except the session layer's own goodbye, which ends
-// the peer's sessions at once. send seals on the current keypair, or queues
-// the payload and starts a handshake to the peer's endpoint and candidates;
-// timers.go resends, rekeys and expires. sayGoodbye, on a clean exit, sends
-// the goodbye on every live session and closes the manager.
+// the Noise message (handshake.go) is answered; the new keypair waits as
+// "next" until the initiator's first packet confirms it. A response makes
+// our initiation's keypair current at once. Transport packets are opened on
+// the keypair their index names and delivered, but for the session layer's
+// own: the goodbye ends the peer's sessions, post-quantum frames go to pq.go.
+// send seals on a current keypair that may carry payloads (SPEC.md 4.11), or
+// queues and starts a handshake; timers.go resends, rekeys and expires.
+// sayGoodbye, on a clean exit, says goodbye on every session and closes.
 package main
 
 import (
