@@ -332,6 +332,8 @@ func (a *app) build(o options) error {
 			return a.dht.announce(ctx, ih, 0, true)
 		},
 		GetPeers:    a.dht.getPeers,
+		PutItem:     a.dht.putMutableN,
+		GetItem:     a.dht.getMutable,
 		SetEndpoint: a.sess.setEndpoint,
 		IsSelf:      a.isSelf,
 		OwnIP:       a.isOwnIP,

@@ -405,7 +405,7 @@ func (u *ui) event(e chatEvent) {
 	switch e.Kind {
 	case eventMessage:
 		u.printf("[%s] <%s> %s", e.Time.Format("15:04"), e.Contact, printable(e.Text))
-	case eventQueued, eventDelivered:
+	case eventQueued, eventDelivered, eventDropped:
 		u.printf("* %s %s %d", e.Kind, e.Contact, e.MsgID)
 	case eventOnline, eventMoved:
 		u.printf("* %s %s %s", e.Kind, e.Contact, e.Addr)
