@@ -20,6 +20,7 @@ import (
 	"maps"
 	"path/filepath"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 )
@@ -75,7 +76,10 @@ type dropper struct {
 	delay time.Duration // dropDelay; tests shorten it
 	peers map[publicKey]*dropPeer
 
-	gen, savedGen uint64 // the state changed (gen) and what the file holds
+	gen, savedGen uint64    // the state changed (gen) and what the file holds
+	saving        bool      // a background save runs
+	saveRetry     time.Time // after a failed background save, none before this
+	saveFails     int
 	maintAt       time.Time
 
 	saveMu sync.Mutex
@@ -170,8 +174,9 @@ func (d *dropper) tick(ctx context.Context) {
 		}
 		dp.run.online = p.online
 	}
-	if d.gen != d.savedGen && len(jobs) == 0 {
-		jobs = append(jobs, func(context.Context) { d.save() })
+	if d.gen != d.savedGen && len(jobs) == 0 && !d.saving && !now.Before(d.saveRetry) {
+		d.saving = true
+		jobs = append(jobs, func(context.Context) { d.saveInBackground() })
 	}
 	c.mu.Unlock()
 	for _, f := range frames {
@@ -214,6 +219,11 @@ func (d *dropper) makeLocked(jobs []dropJob, p *chatPeer, dp *dropPeer, now time
 	}
 	if dp.run.pending == nil {
 		dp.run.pending = map[uint64]time.Time{}
+	}
+	for seq := range dp.run.pending {
+		if seq <= p.acked {
+			delete(dp.run.pending, seq) // delivered before it was dropped
+		}
 	}
 	for _, m := range p.out {
 		if m.seq > p.acked+chatWindow {
@@ -551,6 +561,20 @@ func (d *dropper) save() error {
 	return nil
 }
 
+// saveInBackground saves what changed without another job's save; a
+// failure is retried later, not on every tick.
+func (d *dropper) saveInBackground() {
+	err := d.save()
+	d.c.mu.Lock()
+	defer d.c.mu.Unlock()
+	d.saving = false
+	if err != nil {
+		d.saveRetry = dropRetry(&d.saveFails, d.c.cfg.Now())
+	} else {
+		d.saveFails = 0
+	}
+}
+
 // wait returns once the jobs started so far have ended.
 func (d *dropper) wait() { d.wg.Wait() }
 
@@ -572,4 +596,26 @@ func dropX25519(priv, pub [32]byte) ([32]byte, bool) {
 	copy(out[:], s)
 	clear(s)
 	return out, true
+}
+
+// dropSummary is one contact's line of /status: our messages in the DHT
+// not yet acknowledged, and how many of its prekeys we hold (so how many
+// more can be dropped with forward secrecy).
+type dropSummary struct {
+	Name                 string
+	Outstanding, Prekeys int
+}
+
+// dropSummaries lists, by name, the contacts with outstanding drops.
+func (c *chat) dropSummaries() []dropSummary {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	var out []dropSummary
+	for k, dp := range c.drops.peers {
+		if p := c.peers[k]; p != nil && len(dp.drops) > 0 {
+			out = append(out, dropSummary{p.Name, len(dp.drops), len(dp.theirs)})
+		}
+	}
+	slices.SortFunc(out, func(a, b dropSummary) int { return strings.Compare(a.Name, b.Name) })
+	return out
 }

@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -19,7 +20,11 @@ type dropFakeDHT struct {
 	store      *itemStore
 	src        atomic.Uint32 // a new source per put, so no source bound applies
 	puts, gets atomic.Int64
-	down       atomic.Bool // every operation fails, as when no node answers
+	down       atomic.Bool  // every operation fails, as when no node answers
+	getDelay   atomic.Int64 // nanoseconds each get takes
+
+	mu  sync.Mutex
+	log []bep44Item // every accepted put
 }
 
 func newDropFakeDHT() *dropFakeDHT { return &dropFakeDHT{store: newItemStore(time.Now)} }
@@ -30,14 +35,19 @@ func (f *dropFakeDHT) put(_ context.Context, priv ed25519.PrivateKey, salt []byt
 		return 0, errNoneAnswered
 	}
 	src := netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), uint16(f.src.Add(1)))
-	if err := f.store.put(signItem(priv, salt, seq, v), 0, false, src); err != nil {
+	it := signItem(priv, salt, seq, v)
+	if err := f.store.put(it, 0, false, src); err != nil {
 		return 0, err
 	}
+	f.mu.Lock()
+	f.log = append(f.log, it)
+	f.mu.Unlock()
 	return 1, nil
 }
 
 func (f *dropFakeDHT) get(_ context.Context, k [32]byte, salt []byte) (bep44Item, bool, error) {
 	f.gets.Add(1)
+	time.Sleep(time.Duration(f.getDelay.Load()))
 	if f.down.Load() {
 		return bep44Item{}, false, errNoneAnswered
 	}
@@ -245,5 +255,122 @@ func TestDropFileMode(t *testing.T) {
 		if fi.Mode().Perm() != 0o600 {
 			t.Errorf("%s: mode %v, want 0600", fi.Name(), fi.Mode().Perm())
 		}
+	}
+}
+
+// putsAt returns every value put at the location of key k and salt.
+func (f *dropFakeDHT) putsAt(k [32]byte, salt []byte) []bep44Item {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	var out []bep44Item
+	for _, it := range f.log {
+		if it.K == k && string(it.Salt) == string(salt) {
+			out = append(out, it)
+		}
+	}
+	return out
+}
+
+// TestDropRaceSessionWhileCollecting: alice comes online while bob is
+// collecting her drops; both paths deliver, and every message is shown
+// once, in order, and acknowledged.
+func TestDropRaceSessionWhileCollecting(t *testing.T) {
+	p := newDropPair(t)
+	ka, kb := p.ida.public(), p.idb.public()
+	p.bob.stop()
+	const n = 20
+	for i := range n {
+		if _, err := p.alice.c.send(context.Background(), "bob", fmt.Sprintf("race %d", i+1)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	p.alice.ev.waitFor(t, eventDropped, n, 10*time.Second)
+	p.dht.getDelay.Store(int64(3 * time.Millisecond)) // a collection takes a while
+	p.bob = startDropNode(t, "bob", p.idb, p.dirB, p.dht, p.link, 1002)
+	p.bob.ev.waitFor(t, eventMessage, 3, 10*time.Second)
+	// Mid-collection, the session comes up: alice sends her window again.
+	p.alice.c.setOnline(kb, p.link.addrs[kb])
+	p.bob.c.setOnline(ka, p.link.addrs[ka])
+	p.bob.ev.waitFor(t, eventMessage, n, 10*time.Second)
+	p.alice.ev.waitFor(t, eventDelivered, n, 10*time.Second)
+	p.alice.waitDrops("drops retired", kb, func(dp *dropPeer) bool { return len(dp.drops) == 0 })
+	p.bob.c.drops.wait()
+	time.Sleep(100 * time.Millisecond)
+	got := p.bob.ev.of(eventMessage)
+	if len(got) != n {
+		t.Fatalf("bob shows %d messages, want %d", len(got), n)
+	}
+	for i, e := range got {
+		if e.MsgID != uint64(i+1) || e.Text != fmt.Sprintf("race %d", i+1) {
+			t.Fatalf("message %d = %d %q", i, e.MsgID, e.Text)
+		}
+	}
+	if del := p.alice.ev.of(eventDelivered); len(del) != n {
+		t.Fatalf("alice saw %d delivered events, want %d", len(del), n)
+	}
+	p.alice.stop()
+	p.bob.stop()
+}
+
+// thiefOpens reports whether someone holding bob's key and a copy of bob's
+// data directory opens the item: with the static key, or any prekey in
+// the drops file on disk.
+func thiefOpens(t *testing.T, bob *identity, alice publicKey, dirB string, it bep44Item) bool {
+	t.Helper()
+	peers, err := loadDropFile(filepath.Join(dirB, dropsFile))
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, _ := bob.staticSecret(alice)
+	dir := dropDirKey(s, alice, bob.public())
+	di, err := parseDropValue(it.V)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, _, err = openDropItem(dir, di, 0, func(id uint32, eph [32]byte) ([32]byte, bool) {
+		if id == 0 {
+			sb, err := bob.staticSecret(publicKey(eph))
+			return sb, err == nil
+		}
+		if dp := peers[alice]; dp != nil && dp.mine[id] != nil {
+			return dropX25519(dp.mine[id].priv, eph)
+		}
+		return [32]byte{}, false
+	})
+	return err == nil
+}
+
+// TestDropKeyThief: once bob has read a drop, his key file and his data
+// directory no longer open the item, though they did before.
+func TestDropKeyThief(t *testing.T) {
+	p := newDropPair(t)
+	ka, kb := p.ida.public(), p.idb.public()
+	p.bob.stop()
+	if _, err := p.alice.c.send(context.Background(), "bob", "for bob's eyes only"); err != nil {
+		t.Fatal(err)
+	}
+	p.alice.ev.waitFor(t, eventDropped, 1, 10*time.Second)
+	var dirOut [32]byte
+	var made int64
+	p.alice.dropState(kb, func(dp *dropPeer) {
+		dirOut = *dp.run.dirOut
+		made = dp.drops[1].made
+	})
+	p.alice.stop()
+	day := dropDayOf(time.UnixMilli(made))
+	items := p.dht.putsAt([32]byte(dropDayKey(dirOut, day).Public().(ed25519.PublicKey)), dropSlotSalt(dirOut, day, 1, 0))
+	if len(items) == 0 {
+		t.Fatal("no item was put at the drop's location")
+	}
+	stolen := items[0]
+	if !thiefOpens(t, p.idb, ka, p.dirB, stolen) {
+		t.Fatal("before bob read it, his own directory does not open the drop: the test proves nothing")
+	}
+	p.bob = startDropNode(t, "bob", p.idb, p.dirB, p.dht, p.link, 1002)
+	p.bob.ev.waitFor(t, eventMessage, 1, 10*time.Second)
+	p.bob.waitDrops("prekey erased", ka, func(dp *dropPeer) bool { return len(dp.mine) == prekeyTarget-1 })
+	p.bob.stop() // saves the drops file
+	if thiefOpens(t, p.idb, ka, p.dirB, stolen) {
+		t.Fatal("after bob read the drop, his key file and directory still open it")
 	}
 }

@@ -393,6 +393,9 @@ func (u *ui) cmdStatus(ctx context.Context, _ string) error {
 		}
 	}
 	u.printf("contacts %d online of %d", online, len(list))
+	for _, d := range u.app.chat.dropSummaries() {
+		u.printf("drops %s %d outstanding, %d prekeys left", d.Name, d.Outstanding, d.Prekeys)
+	}
 	if w := u.app.watch; w != nil {
 		u.printf("%s", w.reach())
 	}
