@@ -100,9 +100,15 @@ func (d *dropPeer) empty() bool {
 
 var errDropsFile = errors.New("drop: damaged drops file")
 
+// dropRecRank orders the record types within one contact's records.
+var dropRecRank = map[byte]int{dropRecContact: 0, dropRecMine: 1, dropRecTheirs: 2, dropRecDrop: 3}
+
 // parseDropFile parses the whole file strictly: magic, records of known
-// types and exact sizes, the CRC-32C of everything before it last. It has
-// no side effects.
+// types and exact sizes in the one order appendDropFile writes (contacts
+// by key, each starting with its "C" record, then "P", "K" and "D"
+// records by id or seq), no contact with nothing to keep, and the CRC-32C
+// of everything before it last. So a file parses only if it re-encodes to
+// the same bytes. It has no side effects.
 func parseDropFile(b []byte) (map[publicKey]*dropPeer, error) {
 	if len(b) < len(dropsMagic)+dropsCRC || string(b[:len(dropsMagic)]) != dropsMagic {
 		return nil, fmt.Errorf("%w: bad magic", errDropsFile)
@@ -112,6 +118,9 @@ func parseDropFile(b []byte) (map[publicKey]*dropPeer, error) {
 		return nil, fmt.Errorf("%w: bad checksum", errDropsFile)
 	}
 	peers := map[publicKey]*dropPeer{}
+	var cur *dropPeer
+	var curKey publicKey
+	lastRank, lastNum := 0, uint64(0)
 	for off := len(dropsMagic); off < len(body); {
 		if len(body)-off < dropRecHead {
 			return nil, fmt.Errorf("%w: record at offset %d cut short", errDropsFile, off)
@@ -121,19 +130,41 @@ func parseDropFile(b []byte) (map[publicKey]*dropPeer, error) {
 		if !ok || len(body)-off-dropRecHead < n {
 			return nil, fmt.Errorf("%w: record at offset %d: type 0x%02x", errDropsFile, off, typ)
 		}
-		var key publicKey
-		copy(key[:], body[off+1:])
-		p := peers[key]
-		if p == nil {
-			p = newDropPeer()
-			peers[key] = p
+		key := publicKey(body[off+1 : off+dropRecHead])
+		rec := body[off+dropRecHead : off+dropRecHead+n]
+		rank, num := dropRecRank[typ], dropRecNum(typ, rec)
+		switch {
+		case cur != nil && key == curKey:
+			if rank < lastRank || rank == lastRank && num <= lastNum {
+				return nil, fmt.Errorf("%w: record at offset %d out of order", errDropsFile, off)
+			}
+		case cur != nil && (bytes.Compare(key[:], curKey[:]) < 0 || cur.empty()), typ != dropRecContact:
+			return nil, fmt.Errorf("%w: record at offset %d: contacts out of order, or one without its first record", errDropsFile, off)
+		default:
+			cur, curKey = newDropPeer(), key
+			peers[key] = cur
 		}
-		if err := p.apply(typ, body[off+dropRecHead:off+dropRecHead+n]); err != nil {
+		lastRank, lastNum = rank, num
+		if err := cur.apply(typ, rec); err != nil {
 			return nil, fmt.Errorf("%w: record at offset %d: %v", errDropsFile, off, err)
 		}
 		off += dropRecHead + n
 	}
+	if cur != nil && cur.empty() {
+		return nil, fmt.Errorf("%w: a contact with nothing to keep", errDropsFile)
+	}
 	return peers, nil
+}
+
+// dropRecNum is what orders records of one type: the id or the seq.
+func dropRecNum(typ byte, rec []byte) uint64 {
+	switch typ {
+	case dropRecMine, dropRecTheirs:
+		return uint64(binary.BigEndian.Uint32(rec))
+	case dropRecDrop:
+		return binary.BigEndian.Uint64(rec[8:])
+	}
+	return 0
 }
 
 // apply reads one record body into the peer.
