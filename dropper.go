@@ -314,6 +314,12 @@ func (d *dropper) scheduleLocked(jobs []dropJob, p *chatPeer, dp *dropPeer, now 
 		if !dp.run.online {
 			dp.run.statusAt = now // a new session: sync prekeys at once
 		}
+		if p.rstream != 0 && (p.rstream != dp.ackStream || p.onDisk > dp.ackSeq) {
+			// The session acknowledges this far: no item is needed for it,
+			// now or after a restart, and none is refreshed.
+			dp.ackStream, dp.ackSeq, dp.ackAt = p.rstream, p.onDisk, 0
+			d.gen++
+		}
 		return jobs
 	}
 	k := p.Key
@@ -618,4 +624,14 @@ func (c *chat) dropSummaries() []dropSummary {
 	}
 	slices.SortFunc(out, func(a, b dropSummary) int { return strings.Compare(a.Name, b.Name) })
 	return out
+}
+
+// dropAckPut reports whether an acknowledgement item covers everything
+// we delivered of the contact's stream (the demo waits for it: no line
+// says so).
+func (c *chat) dropAckPut(k publicKey) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	dp, p := c.drops.peers[k], c.peers[k]
+	return dp != nil && p != nil && p.onDisk > 0 && dp.ackStream == p.rstream && dp.ackSeq >= p.onDisk && dp.ackAt != 0
 }

@@ -50,6 +50,7 @@ type options struct {
 	verbose   bool
 
 	rekeyAfter time.Duration // the demo shortens it; zero: the default
+	dropDelay  time.Duration // the demo shortens it; zero: the default (dropDelay)
 }
 
 func main() {
@@ -347,6 +348,9 @@ func (a *app) build(o options) error {
 	})
 	if err != nil {
 		return err
+	}
+	if o.dropDelay > 0 {
+		a.chat.drops.delay = o.dropDelay
 	}
 	a.inv = newInviter(inviteConfig{
 		Self:     a.id.public(),

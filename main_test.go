@@ -525,7 +525,8 @@ func TestDemo(t *testing.T) {
 	for _, want := range []string{
 		"alice sees: * online bob", "bob sees: * online alice",
 		"handshake initiation", "handshake response",
-		"bob sees: [", "alice sees: * delivered bob 3", "done:",
+		"bob sees: [", "alice sees: * delivered bob 3",
+		"alice sees: * dropped bob 4", "alice sees: * delivered bob 4", "done:",
 	} {
 		if !strings.Contains(out.String(), want) {
 			t.Errorf("transcript lacks %q\n%s", want, out.String())
