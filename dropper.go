@@ -53,6 +53,7 @@ type dropRun struct {
 	ackBusy       bool
 	ackFails      int
 	statusAt      time.Time            // next prekey status frame, while online
+	onlineSince   time.Time            // the session's start, as the tick saw it
 	want          int                  // prekeys the contact lacks, from its last status
 	wantAbove     uint32               // its status's Max: ours above it are unconfirmed
 	issuing       bool                 // issuePrekeys is running
@@ -312,7 +313,7 @@ func (d *dropper) republishLocked(jobs []dropJob, p *chatPeer, dp *dropPeer, now
 func (d *dropper) scheduleLocked(jobs []dropJob, p *chatPeer, dp *dropPeer, now time.Time) []dropJob {
 	if p.online {
 		if !dp.run.online {
-			dp.run.statusAt = now // a new session: sync prekeys at once
+			dp.run.statusAt, dp.run.onlineSince = now, now // a new session: sync prekeys at once
 		}
 		if p.rstream != 0 && (p.rstream != dp.ackStream || p.onDisk > dp.ackSeq) {
 			// The session acknowledges this far: no item is needed for it,

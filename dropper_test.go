@@ -199,7 +199,17 @@ func TestDropOfflineDeliveryExactlyOnce(t *testing.T) {
 		t.Fatalf("bob shows %d messages, want %d exactly once", len(again), n)
 	}
 
+	var dirOut [32]byte
+	made := map[uint64]int64{}
+	parts := map[uint64]int{}
 	p.alice = startDropNode(t, "alice", p.ida, p.dirA, p.dht, p.link, 1001)
+	p.alice.dropState(kb, func(dp *dropPeer) {
+		p.alice.c.drops.dirsLocked(kb, dp)
+		dirOut = *dp.run.dirOut
+		for seq, r := range dp.drops {
+			made[seq], parts[seq] = r.made, r.parts
+		}
+	})
 	del := p.alice.ev.waitFor(t, eventDelivered, n, 10*time.Second)
 	for i, e := range del {
 		if e.MsgID != uint64(i+1) {
@@ -209,6 +219,30 @@ func TestDropOfflineDeliveryExactlyOnce(t *testing.T) {
 	p.alice.waitDrops("drops retired", kb, func(dp *dropPeer) bool { return len(dp.drops) == 0 })
 	if len(p.alice.ev.of(eventDropped)) != 0 {
 		t.Error("a restart re-announced drops")
+	}
+	// Every item of every drop becomes filler under a higher seq: it opens
+	// for nobody, and the store holds it instead of the message.
+	if len(made) != n {
+		t.Fatalf("alice restarted with %d drops, want %d", len(made), n)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for seq, m := range made {
+		day := dropDayOf(time.UnixMilli(m))
+		k := [32]byte(dropDayKey(dirOut, day).Public().(ed25519.PublicKey))
+		for part := range parts[seq] {
+			salt := dropSlotSalt(dirOut, day, seq, uint8(part))
+			it, ok := p.dht.store.get(mutableTarget(k, salt))
+			for (!ok || it.Seq != m+1) && time.Now().Before(deadline) {
+				time.Sleep(5 * time.Millisecond)
+				it, ok = p.dht.store.get(mutableTarget(k, salt))
+			}
+			if !ok || it.Seq != m+1 || len(it.V) != len(dropValuePrefix)+dropItemLen {
+				t.Fatalf("drop %d part %d: stored seq %d (found %v), want filler at seq %d", seq, part, it.Seq, ok, m+1)
+			}
+			if thiefOpens(t, p.idb, ka, p.dirB, it) {
+				t.Fatalf("drop %d part %d: the filler opens", seq, part)
+			}
+		}
 	}
 	p.alice.stop()
 	p.bob.stop()
@@ -294,7 +328,6 @@ func TestDropRaceSessionWhileCollecting(t *testing.T) {
 	p.bob.ev.waitFor(t, eventMessage, n, 10*time.Second)
 	p.alice.ev.waitFor(t, eventDelivered, n, 10*time.Second)
 	p.alice.waitDrops("drops retired", kb, func(dp *dropPeer) bool { return len(dp.drops) == 0 })
-	p.bob.c.drops.wait()
 	time.Sleep(100 * time.Millisecond)
 	got := p.bob.ev.of(eventMessage)
 	if len(got) != n {

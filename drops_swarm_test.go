@@ -241,7 +241,11 @@ func runDropTrial(t *testing.T, sw *dropSwarm, loss float64, kill func()) dropTr
 		}
 	}
 	alice.waitDrop("drops retired", kb, 30*time.Second, func(dp *dropPeer) bool { return len(dp.drops) == 0 })
-	alice.s.chat.drops.wait() // the filler puts
+	// The filler puts: 8 stores each at most, one item per message.
+	for end := time.Now().Add(10 * time.Second); alice.count.put.Load() < dropTrialMessages && time.Now().Before(end); {
+		time.Sleep(10 * time.Millisecond)
+	}
+	time.Sleep(200 * time.Millisecond)
 	alice.stop()
 	tr.finish[0], tr.finish[1] = alice.count.take()
 	phase()

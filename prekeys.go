@@ -32,6 +32,7 @@ const (
 	prekeyMaxTheirs       = 2 * prekeyTarget   // a contact's prekeys we keep
 	prekeyKeep            = 8 * 24 * time.Hour // a prekey the holder no longer lists is erased after this
 	prekeySyncEvery       = time.Minute
+	prekeySyncFast        = 5 * time.Second // in a session's first minute, while we hold fewer than prekeyTarget
 )
 
 var errPrekeyFrame = errors.New("chat: bad prekey frame")
@@ -189,13 +190,19 @@ func (d *dropper) onStatusLocked(dp *dropPeer, st prekeyStatus, now time.Time) {
 	dp.run.wantAbove = max(dp.run.wantAbove, st.Max)
 }
 
-// statusDueLocked returns our status frame for a contact with a session,
-// once a minute and at once when the session starts.
+// statusDueLocked returns our status frame for a contact with a session:
+// at once when the session starts, then every 5 s in its first minute
+// while we lack prekeys (a lost frame is repaired quickly), then once a
+// minute.
 func (d *dropper) statusDueLocked(p *chatPeer, dp *dropPeer, now time.Time) []byte {
 	if !p.online || now.Before(dp.run.statusAt) {
 		return nil
 	}
-	dp.run.statusAt = now.Add(prekeySyncEvery)
+	every := prekeySyncEvery
+	if len(dp.theirs) < prekeyTarget && now.Sub(dp.run.onlineSince) < prekeySyncEvery {
+		every = prekeySyncFast
+	}
+	dp.run.statusAt = now.Add(every)
 	held := slices.Sorted(maps.Keys(dp.theirs))
 	if room := (d.c.cfg.MaxPayload - prekeyStatusHead) / 4; len(held) > room {
 		held = held[:room]
