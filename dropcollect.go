@@ -18,6 +18,10 @@ import (
 	"time"
 )
 
+// dropCollector runs the collection rounds of a dropper; its state is
+// the dropper's.
+type dropCollector struct{ d *dropper }
+
 // dropDays lists the days from `from` to `to` (each less the clock skew
 // allowed, rendezvousSkew), at most dropDays+1 of them.
 func dropDaysBetween(from, to time.Time) []uint64 {
@@ -53,12 +57,13 @@ type collectPlan struct {
 }
 
 // collect runs one round for contact k and schedules the next.
-func (d *dropper) collect(ctx context.Context, k publicKey) {
-	plan, ok := d.planCollect(k)
+func (x dropCollector) collect(ctx context.Context, k publicKey) {
+	d := x.d
+	plan, ok := x.planCollect(k)
 	complete := false
 	if ok {
-		complete = d.collectAcks(ctx, k, plan)
-		complete = d.collectDrops(ctx, k, plan) && complete
+		complete = x.collectAcks(ctx, k, plan)
+		complete = x.collectDrops(ctx, k, plan) && complete
 	}
 	c := d.c
 	c.mu.Lock()
@@ -81,7 +86,8 @@ func (d *dropper) collect(ctx context.Context, k publicKey) {
 }
 
 // planCollect reads what the round needs.
-func (d *dropper) planCollect(k publicKey) (*collectPlan, bool) {
+func (x dropCollector) planCollect(k publicKey) (*collectPlan, bool) {
+	d := x.d
 	c := d.c
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -127,19 +133,19 @@ func (pl *collectPlan) dayKey(day uint64) [32]byte {
 // collectDrops fetches the contact's messages to us. It reports whether
 // the round was complete: every lookup answered and every message found
 // was whole (otherwise the days are looked at again next round).
-func (d *dropper) collectDrops(ctx context.Context, k publicKey, pl *collectPlan) bool {
+func (x dropCollector) collectDrops(ctx context.Context, k publicKey, pl *collectPlan) bool {
 	complete := true
 	start := pl.next
 	probes := make([]dropFetch, len(pl.days))
 	restarts := make([]dropFetch, len(pl.days)) // seq 1: a stream the contact started anew
 	parallel(len(pl.days), func(i int) {
-		probes[i] = d.fetchMessage(ctx, k, pl, pl.days[i], start)
+		probes[i] = x.fetchMessage(ctx, k, pl, pl.days[i], start)
 		if start > 1 {
-			restarts[i] = d.fetchMessage(ctx, k, pl, pl.days[i], 1)
+			restarts[i] = x.fetchMessage(ctx, k, pl, pl.days[i], 1)
 		}
 	})
 	for i := range pl.days {
-		if d.newStream(restarts[i], pl.rstream) {
+		if isNewerStream(restarts[i], pl.rstream) {
 			start, probes = 1, restarts // its seqs start again from 1
 			break
 		}
@@ -148,21 +154,21 @@ func (d *dropper) collectDrops(ctx context.Context, k publicKey, pl *collectPlan
 	for i, day := range pl.days {
 		f := probes[i]
 		if next != start {
-			f = d.fetchMessage(ctx, k, pl, day, next)
+			f = x.fetchMessage(ctx, k, pl, day, next)
 		}
 		complete = complete && f.err == nil
 		if f.frames == nil {
 			continue
 		}
-		n, ok := d.scanDay(ctx, k, pl, day, next, f)
+		n, ok := x.scanDay(ctx, k, pl, day, next, f)
 		next, complete = max(next, n), complete && ok
 	}
 	return complete
 }
 
-// newStream reports whether a fetched seq-1 message is of a stream newer
+// isNewerStream reports whether a fetched seq-1 message is of a stream newer
 // than the one we receive.
-func (d *dropper) newStream(f dropFetch, rstream uint64) bool {
+func isNewerStream(f dropFetch, rstream uint64) bool {
 	if f.frames == nil {
 		return false
 	}
@@ -173,12 +179,12 @@ func (d *dropper) newStream(f dropFetch, rstream uint64) bool {
 // scanDay feeds the message first found at seq on day, then fetches the
 // following seqs dropWindow at a time until one is missing; it returns
 // that seq, and whether everything it met was whole and answered.
-func (d *dropper) scanDay(ctx context.Context, k publicKey, pl *collectPlan, day, seq uint64, first dropFetch) (uint64, bool) {
+func (x dropCollector) scanDay(ctx context.Context, k publicKey, pl *collectPlan, day, seq uint64, first dropFetch) (uint64, bool) {
 	complete := first.whole
-	d.feed(k, first)
+	x.feed(k, first)
 	for seq++; seq < pl.next+chatWindow; seq += dropWindow {
 		fs := make([]dropFetch, dropWindow)
-		parallel(dropWindow, func(i int) { fs[i] = d.fetchMessage(ctx, k, pl, day, seq+uint64(i)) })
+		parallel(dropWindow, func(i int) { fs[i] = x.fetchMessage(ctx, k, pl, day, seq+uint64(i)) })
 		miss := -1
 		for i, f := range fs {
 			complete = complete && f.err == nil && (f.frames == nil || f.whole)
@@ -186,7 +192,7 @@ func (d *dropper) scanDay(ctx context.Context, k publicKey, pl *collectPlan, day
 				miss = i
 			}
 			if f.frames != nil {
-				d.feed(k, f) // those after a gap are held for reassembly
+				x.feed(k, f) // those after a gap are held for reassembly
 			}
 		}
 		if miss >= 0 {
@@ -199,8 +205,8 @@ func (d *dropper) scanDay(ctx context.Context, k publicKey, pl *collectPlan, day
 // fetchMessage gets message seq of day: part 0 first, which says how many
 // parts there are, then the others at once. Each part must open and be
 // the data frame of that seq and part.
-func (d *dropper) fetchMessage(ctx context.Context, k publicKey, pl *collectPlan, day, seq uint64) dropFetch {
-	f0, id0, err := d.fetchPart(ctx, k, pl, day, seq, 0, nil)
+func (x dropCollector) fetchMessage(ctx context.Context, k publicKey, pl *collectPlan, day, seq uint64) dropFetch {
+	f0, id0, err := x.fetchPart(ctx, k, pl, day, seq, 0, nil)
 	if f0 == nil {
 		return dropFetch{err: err}
 	}
@@ -208,7 +214,7 @@ func (d *dropper) fetchMessage(ctx context.Context, k publicKey, pl *collectPlan
 	out := dropFetch{frames: make([][]byte, head.Count), ids: make([]uint32, head.Count), whole: true}
 	out.frames[0], out.ids[0] = f0, id0
 	parallel(int(head.Count)-1, func(i int) {
-		out.frames[i+1], out.ids[i+1], _ = d.fetchPart(ctx, k, pl, day, seq, uint8(i+1), &head)
+		out.frames[i+1], out.ids[i+1], _ = x.fetchPart(ctx, k, pl, day, seq, uint8(i+1), &head)
 	})
 	for i := len(out.frames) - 1; i > 0; i-- {
 		if out.frames[i] == nil {
@@ -222,12 +228,13 @@ func (d *dropper) fetchMessage(ctx context.Context, k publicKey, pl *collectPlan
 // fetchPart gets and opens one part; like is part 0's frame, which the
 // other parts must agree with. A nil frame with a nil error: nothing of
 // ours is there (empty, filler, or not openable any more).
-func (d *dropper) fetchPart(ctx context.Context, k publicKey, pl *collectPlan, day, seq uint64, part uint8, like *chatFrame) ([]byte, uint32, error) {
+func (x dropCollector) fetchPart(ctx context.Context, k publicKey, pl *collectPlan, day, seq uint64, part uint8, like *chatFrame) ([]byte, uint32, error) {
+	d := x.d
 	it, found, err := d.getItem(ctx, pl.dayKey(day), dropSlotSalt(pl.dirIn, day, seq, part))
 	if err != nil || !found {
 		return nil, 0, err
 	}
-	frame, id, ok := d.open(k, pl.dirIn, it.V, part)
+	frame, id, ok := x.open(k, pl.dirIn, it.V, part)
 	if !ok {
 		return nil, 0, nil
 	}
@@ -241,7 +248,8 @@ func (d *dropper) fetchPart(ctx context.Context, k publicKey, pl *collectPlan, d
 }
 
 // open opens a value sealed to us in direction dir.
-func (d *dropper) open(k publicKey, dir [32]byte, v []byte, part uint8) ([]byte, uint32, bool) {
+func (x dropCollector) open(k publicKey, dir [32]byte, v []byte, part uint8) ([]byte, uint32, bool) {
+	d := x.d
 	it, err := parseDropValue(v)
 	if err != nil {
 		return nil, 0, false
@@ -251,7 +259,7 @@ func (d *dropper) open(k publicKey, dir [32]byte, v []byte, part uint8) ([]byte,
 			s, err := d.c.cfg.StaticSecret(publicKey(eph))
 			return s, err == nil
 		}
-		return d.prekeyDH(k, id, eph)
+		return d.pk.prekeyDH(k, id, eph)
 	})
 	return frame, id, err == nil
 }
@@ -259,7 +267,8 @@ func (d *dropper) open(k publicKey, dir [32]byte, v []byte, part uint8) ([]byte,
 // collectAcks reads the contact's acknowledgement items of the days of our
 // outstanding drops and applies each; it reports whether every lookup
 // answered.
-func (d *dropper) collectAcks(ctx context.Context, k publicKey, pl *collectPlan) bool {
+func (x dropCollector) collectAcks(ctx context.Context, k publicKey, pl *collectPlan) bool {
+	d := x.d
 	errs := make([]error, len(pl.ackDays))
 	parallel(len(pl.ackDays), func(i int) {
 		day := pl.ackDays[i]
@@ -268,9 +277,9 @@ func (d *dropper) collectAcks(ctx context.Context, k publicKey, pl *collectPlan)
 		if !found {
 			return
 		}
-		if frame, _, ok := d.open(k, pl.dirIn, it.V, 0); ok {
+		if frame, _, ok := x.open(k, pl.dirIn, it.V, 0); ok {
 			if f, err := parseChatFrame(frame); err == nil && f.Type == chatFrameAck {
-				d.feed(k, dropFetch{frames: [][]byte{frame}})
+				x.feed(k, dropFetch{frames: [][]byte{frame}})
 			}
 		}
 	})
@@ -285,7 +294,8 @@ func (d *dropper) collectAcks(ctx context.Context, k publicKey, pl *collectPlan)
 // feed hands frames read from drops to the chat, as if they had come over
 // a session (but without making the contact "seen"), and notes the
 // prekeys to erase once their messages are on disk.
-func (d *dropper) feed(k publicKey, f dropFetch) {
+func (x dropCollector) feed(k publicKey, f dropFetch) {
+	d := x.d
 	c := d.c
 	c.mu.Lock()
 	p := c.peers[k]

@@ -83,6 +83,9 @@ type dropper struct {
 	saveFails     int
 	maintAt       time.Time
 
+	col dropCollector  // collection rounds (dropcollect.go)
+	pk  prekeyExchange // the prekey frames (prekeys.go)
+
 	saveMu sync.Mutex
 	sem    chan struct{}
 	wg     sync.WaitGroup
@@ -92,6 +95,7 @@ type dropper struct {
 // contacts are dropped (the next save removes them).
 func newDropper(c *chat) (*dropper, error) {
 	d := &dropper{c: c, path: filepath.Join(c.cfg.Dir, dropsFile), delay: dropDelay, sem: make(chan struct{}, maxDropOps)}
+	d.col, d.pk = dropCollector{d}, prekeyExchange{d}
 	peers, err := loadDropFile(d.path)
 	if err != nil {
 		return nil, err
@@ -165,13 +169,13 @@ func (d *dropper) tick(ctx context.Context) {
 		jobs = d.makeLocked(jobs, p, dp, now)
 		jobs = d.republishLocked(jobs, p, dp, now)
 		jobs = d.scheduleLocked(jobs, p, dp, now)
-		jobs = d.prekeysDueLocked(jobs, p, dp)
+		jobs = d.pk.prekeysDueLocked(jobs, p, dp)
 		d.eraseReadLocked(p, dp)
-		if f := d.statusDueLocked(p, dp, now); f != nil {
+		if f := d.pk.statusDueLocked(p, dp, now); f != nil {
 			frames = append(frames, queuedFrames{k, [][]byte{f}})
 		}
 		if maint {
-			d.expirePrekeysLocked(dp, now)
+			d.pk.expirePrekeysLocked(dp, now)
 		}
 		dp.run.online = p.online
 	}
@@ -326,7 +330,7 @@ func (d *dropper) scheduleLocked(jobs []dropJob, p *chatPeer, dp *dropPeer, now 
 	k := p.Key
 	if !dp.run.collectBusy && !now.Before(dp.run.collectAt) {
 		dp.run.collectBusy = true
-		jobs = append(jobs, func(ctx context.Context) { d.collect(ctx, k) })
+		jobs = append(jobs, func(ctx context.Context) { d.col.collect(ctx, k) })
 	}
 	if d.ackDueLocked(p, dp, now) {
 		dp.run.ackBusy = true

@@ -37,6 +37,10 @@ const (
 
 var errPrekeyFrame = errors.New("chat: bad prekey frame")
 
+// prekeyExchange runs the prekey frames of a dropper; its state is the
+// dropper's (dropPeer.mine, theirs, run).
+type prekeyExchange struct{ d *dropper }
+
 // prekeyEntry is one prekey in a prekeys frame.
 type prekeyEntry struct {
 	ID  uint32
@@ -134,9 +138,9 @@ func (d *dropper) handleFrame(k publicKey, b []byte) {
 	}
 	dp := d.peerLocked(k)
 	if b[0] == chatFramePrekeys {
-		d.takePrekeysLocked(dp, es)
+		d.pk.takePrekeysLocked(dp, es)
 	} else {
-		d.onStatusLocked(dp, st, c.cfg.Now())
+		d.pk.onStatusLocked(dp, st, c.cfg.Now())
 	}
 }
 
@@ -145,7 +149,8 @@ func (d *dropper) handleFrame(k publicKey, b []byte) {
 // batch may arrive out of order). Any other id we hold already or used (a
 // resend that crossed our status): using one twice would make the second
 // drop unreadable, since the owner erases it once the first is read.
-func (d *dropper) takePrekeysLocked(dp *dropPeer, es []prekeyEntry) {
+func (x prekeyExchange) takePrekeysLocked(dp *dropPeer, es []prekeyEntry) {
+	d := x.d
 	if dp.run.gaps == nil {
 		dp.run.gaps = map[uint32]bool{}
 	}
@@ -174,7 +179,8 @@ func (d *dropper) takePrekeysLocked(dp *dropPeer, es []prekeyEntry) {
 // longer holds are marked gone (erased prekeyKeep later, unless a drop
 // with them is read first); and it records how many it lacks, for the
 // next tick to send (issuePrekeys).
-func (d *dropper) onStatusLocked(dp *dropPeer, st prekeyStatus, now time.Time) {
+func (x prekeyExchange) onStatusLocked(dp *dropPeer, st prekeyStatus, now time.Time) {
+	d := x.d
 	for id, k := range dp.mine {
 		_, held := slices.BinarySearch(st.Held, id)
 		switch {
@@ -194,7 +200,8 @@ func (d *dropper) onStatusLocked(dp *dropPeer, st prekeyStatus, now time.Time) {
 // at once when the session starts, then every 5 s in its first minute
 // while we lack prekeys (a lost frame is repaired quickly), then once a
 // minute.
-func (d *dropper) statusDueLocked(p *chatPeer, dp *dropPeer, now time.Time) []byte {
+func (x prekeyExchange) statusDueLocked(p *chatPeer, dp *dropPeer, now time.Time) []byte {
+	d := x.d
 	if !p.online || now.Before(dp.run.statusAt) {
 		return nil
 	}
@@ -211,26 +218,27 @@ func (d *dropper) statusDueLocked(p *chatPeer, dp *dropPeer, now time.Time) []by
 }
 
 // prekeysDueLocked starts sending a contact the prekeys it lacks.
-func (d *dropper) prekeysDueLocked(jobs []dropJob, p *chatPeer, dp *dropPeer) []dropJob {
+func (x prekeyExchange) prekeysDueLocked(jobs []dropJob, p *chatPeer, dp *dropPeer) []dropJob {
 	if !p.online || dp.run.want == 0 || dp.run.issuing {
 		return jobs
 	}
 	dp.run.issuing = true
 	k := p.Key
-	return append(jobs, func(context.Context) { d.issuePrekeys(k) })
+	return append(jobs, func(context.Context) { x.issuePrekeys(k) })
 }
 
 // issuePrekeys resends the prekeys the contact has not confirmed, makes
 // new ones for the rest of what it lacks, saves them, and only then sends
 // the public halves: a crash in between must not leave the contact
 // holding a prekey whose private half is lost.
-func (d *dropper) issuePrekeys(k publicKey) {
+func (x prekeyExchange) issuePrekeys(k publicKey) {
+	d := x.d
 	c := d.c
 	c.mu.Lock()
 	dp := d.peers[k]
 	var es []prekeyEntry
 	if dp != nil {
-		es = d.pickPrekeysLocked(dp)
+		es = x.pickPrekeysLocked(dp)
 		dp.run.want = 0
 	}
 	c.mu.Unlock()
@@ -254,7 +262,8 @@ func (d *dropper) issuePrekeys(k publicKey) {
 // pickPrekeysLocked chooses what to send: the prekeys above the contact's
 // Max (sent, not yet confirmed), then new ones, want in all, and never
 // more than prekeyMaxMine privates kept.
-func (d *dropper) pickPrekeysLocked(dp *dropPeer) []prekeyEntry {
+func (x prekeyExchange) pickPrekeysLocked(dp *dropPeer) []prekeyEntry {
+	d := x.d
 	var es []prekeyEntry
 	for _, id := range slices.Sorted(maps.Keys(dp.mine)) {
 		if id > dp.run.wantAbove && len(es) < dp.run.want {
@@ -290,7 +299,8 @@ func prekeyPublic(priv [32]byte) ([32]byte, bool) {
 // expirePrekeysLocked erases the prekeys the contact stopped listing
 // prekeyKeep ago: a drop sealed with one has been unfindable for a day
 // (drops are renewed before they are dropDays old).
-func (d *dropper) expirePrekeysLocked(dp *dropPeer, now time.Time) {
+func (x prekeyExchange) expirePrekeysLocked(dp *dropPeer, now time.Time) {
+	d := x.d
 	for id, k := range dp.mine {
 		if k.goneAt != 0 && now.Sub(time.Unix(k.goneAt, 0)) > prekeyKeep {
 			clear(k.priv[:])
@@ -301,7 +311,8 @@ func (d *dropper) expirePrekeysLocked(dp *dropPeer, now time.Time) {
 }
 
 // prekeyDH is X25519 of our prekey id with eph, for openDropItem.
-func (d *dropper) prekeyDH(k publicKey, id uint32, eph [32]byte) ([32]byte, bool) {
+func (x prekeyExchange) prekeyDH(k publicKey, id uint32, eph [32]byte) ([32]byte, bool) {
+	d := x.d
 	d.c.mu.Lock()
 	var priv [32]byte
 	ok := false
