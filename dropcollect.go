@@ -22,7 +22,7 @@ import (
 // the dropper's.
 type dropCollector struct{ d *dropper }
 
-// dropDays lists the days from `from` to `to` (each less the clock skew
+// dropDaysBetween lists the days from `from` to `to` (each less the clock skew
 // allowed, rendezvousSkew), at most dropDays+1 of them.
 func dropDaysBetween(from, to time.Time) []uint64 {
 	first, last := dropDayOf(from.Add(-rendezvousSkew)), dropDayOf(to.Add(rendezvousSkew))
@@ -50,6 +50,7 @@ type collectPlan struct {
 	dirIn        [32]byte
 	rstream      uint64
 	next         uint64   // the contact's next message we lack
+	restarts     bool     // look for a restarted stream too (the first round since the start)
 	days         []uint64 // of their drops to us
 	ackDays      []uint64 // of their acknowledgements of our drops; nil: none outstanding
 	dayKeys      map[uint64]ed25519.PublicKey
@@ -105,7 +106,7 @@ func (x dropCollector) planCollect(k publicKey) (*collectPlan, bool) {
 		from = t
 	}
 	plan := &collectPlan{start: now, dirIn: dirIn, rstream: p.rstream, next: p.delivered + 1,
-		days: dropDaysBetween(from, now), dayKeys: map[uint64]ed25519.PublicKey{}}
+		restarts: !dp.run.collectedOnce, days: dropDaysBetween(from, now), dayKeys: map[uint64]ed25519.PublicKey{}}
 	if len(dp.drops) > 0 {
 		oldest := now
 		for _, r := range dp.drops {
@@ -140,7 +141,7 @@ func (x dropCollector) collectDrops(ctx context.Context, k publicKey, pl *collec
 	restarts := make([]dropFetch, len(pl.days)) // seq 1: a stream the contact started anew
 	parallel(len(pl.days), func(i int) {
 		probes[i] = x.fetchMessage(ctx, k, pl, pl.days[i], start)
-		if start > 1 {
+		if start > 1 && pl.restarts {
 			restarts[i] = x.fetchMessage(ctx, k, pl, pl.days[i], 1)
 		}
 	})
