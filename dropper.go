@@ -623,8 +623,18 @@ func (c *chat) dropSummaries() []dropSummary {
 	defer c.mu.Unlock()
 	var out []dropSummary
 	for k, dp := range c.drops.peers {
-		if p := c.peers[k]; p != nil && len(dp.drops) > 0 {
-			out = append(out, dropSummary{p.Name, len(dp.drops), len(dp.theirs)})
+		p := c.peers[k]
+		if p == nil {
+			continue
+		}
+		n := 0
+		for _, r := range dp.drops {
+			if r.stream == p.stream && r.seq > p.acked { // not retired by the tick yet
+				n++
+			}
+		}
+		if n > 0 {
+			out = append(out, dropSummary{p.Name, n, len(dp.theirs)})
 		}
 	}
 	slices.SortFunc(out, func(a, b dropSummary) int { return strings.Compare(a.Name, b.Name) })
