@@ -1,6 +1,7 @@
 package main
 
 import (
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -17,7 +18,7 @@ func TestE2EDropWhileBothAway(t *testing.T) {
 	befriendProcs(t, alice, bob, pa, pb)
 	pa.expect("* online bob", e2eWait)
 	pb.expect("* online alice", e2eWait)
-	time.Sleep(time.Second) // the prekeys cross the session
+	waitDropFile(t, alice, bob, "bob's prekeys", func(dp *dropPeer) bool { return len(dp.theirs) == prekeyTarget })
 	pa.quit()
 	pb.quit()
 
@@ -31,7 +32,7 @@ func TestE2EDropWhileBothAway(t *testing.T) {
 
 	pb = bob.start(t)
 	pb.expectMessage("<alice> left for you in the DHT", e2eWait)
-	time.Sleep(2 * time.Second) // bob's acknowledgement item goes out
+	waitDropFile(t, bob, alice, "an acknowledgement item", func(dp *dropPeer) bool { return dp.ackSeq > 0 && dp.ackAt != 0 })
 	pb.quit()
 
 	pa = alice.start(t)
@@ -46,5 +47,26 @@ func TestE2EDropWhileBothAway(t *testing.T) {
 		if strings.HasPrefix(l, "drops bob") {
 			t.Errorf("after the acknowledgement /status still shows %q", l)
 		}
+	}
+}
+
+// waitDropFile waits until u's drops file shows what cond wants of
+// contact's state: no output line says so.
+func waitDropFile(t *testing.T, u, contact *user, what string, cond func(*dropPeer) bool) {
+	t.Helper()
+	k, err := parsePublicKey(contact.key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(e2eWait)
+	for {
+		peers, err := loadDropFile(filepath.Join(u.dir, dropsFile))
+		if err == nil && peers[k] != nil && cond(peers[k]) {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s's drops file shows no %s within %v (%v)", u.name, what, e2eWait, err)
+		}
+		time.Sleep(20 * time.Millisecond)
 	}
 }
