@@ -321,9 +321,10 @@ func (d *dropper) scheduleLocked(jobs []dropJob, p *chatPeer, dp *dropPeer, now 
 		}
 		if p.rstream != 0 && (p.rstream != dp.ackStream || p.onDisk > dp.ackSeq) {
 			// The session acknowledges this far: no item is needed for it,
-			// now or after a restart, and none is refreshed.
+			// now or after a restart, and none is refreshed. Not saved
+			// for this alone (a busy session would rewrite the file every
+			// tick): after a crash, one item too many is put.
 			dp.ackStream, dp.ackSeq, dp.ackAt = p.rstream, p.onDisk, 0
-			d.gen++
 		}
 		return jobs
 	}
