@@ -235,20 +235,45 @@ func (c *noiseClient) write(b []byte) {
 	}
 }
 
-// read returns the next datagram within d, or nil.
+// read returns the next datagram within d, or nil. A transport packet
+// that carries a prekey frame (SPEC.md 8.3: kadchat sends its prekey status,
+// unasked, when a session starts and then every few seconds while it lacks
+// the peer's prekeys) is skipped: it answers nothing the test sent, and a
+// client that does not use drops ignores it as any frame it does not know.
 func (c *noiseClient) read(d time.Duration) []byte {
 	c.t.Helper()
-	buf := make([]byte, 2048)
-	c.conn.SetReadDeadline(time.Now().Add(d))
-	n, _, err := c.conn.ReadFromUDPAddrPort(buf)
-	if err != nil {
-		var ne net.Error
-		if errors.As(err, &ne) && ne.Timeout() {
-			return nil
+	deadline := time.Now().Add(d)
+	for {
+		buf := make([]byte, 2048)
+		c.conn.SetReadDeadline(deadline)
+		n, _, err := c.conn.ReadFromUDPAddrPort(buf)
+		if err != nil {
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() {
+				return nil
+			}
+			c.t.Fatal(err)
 		}
-		c.t.Fatal(err)
+		if !c.isPrekeyFrame(buf[:n]) {
+			return buf[:n]
+		}
 	}
-	return buf[:n]
+}
+
+// Prekey frame types (SPEC.md 8.3).
+const (
+	chatFramePrekeys      = 0x10
+	chatFramePrekeyStatus = 0x11
+)
+
+// isPrekeyFrame reports whether b is a transport packet of our session
+// whose payload is a prekey frame.
+func (c *noiseClient) isPrekeyFrame(b []byte) bool {
+	if c.recv == nil {
+		return false
+	}
+	p, err := c.openTransport(b)
+	return err == nil && len(p) > 0 && (p[0] == chatFramePrekeys || p[0] == chatFramePrekeyStatus)
 }
 
 // sendCorruptions sends b with each byte in [0, upto) changed in turn, then
