@@ -110,8 +110,10 @@ func newDropper(c *chat) (*dropper, error) {
 	return d, nil
 }
 
-// enabled reports whether the DHT functions are there.
-func (d *dropper) enabled() bool { return d.c.cfg.PutItem != nil && d.c.cfg.GetItem != nil }
+// enabled reports whether the DHT functions and the static secret are there.
+func (d *dropper) enabled() bool {
+	return d.c.cfg.PutItem != nil && d.c.cfg.GetItem != nil && d.c.cfg.StaticSecret != nil
+}
 
 // peerLocked returns the state of a contact, made on first use.
 func (d *dropper) peerLocked(k publicKey) *dropPeer {
