@@ -436,14 +436,19 @@ func (u *ui) cmdInvite(ctx context.Context, rest string) error {
 	if err := u.app.checkNewContact(f[0]); err != nil {
 		return err
 	}
-	code, done, err := u.app.inv.invite(ctx)
+	code, events, err := u.app.inv.invite(ctx)
 	if err != nil {
 		return err
 	}
 	u.printf("invite %s %s", f[0], code)
 	go func() {
-		r := <-done
-		u.finishInvite(f[0], r.Key, r.Err)
+		for ev := range events {
+			if ev.Wrong {
+				u.printf("* invite %s: a wrong code was tried (%d %s left)", f[0], ev.TriesLeft, plural(ev.TriesLeft, "try", "tries"))
+				continue
+			}
+			u.finishInvite(f[0], ev.Key, ev.Err)
+		}
 	}()
 	return nil
 }
@@ -463,23 +468,27 @@ func (u *ui) cmdAccept(ctx context.Context, rest string) error {
 	}
 	u.printf("* accepting %s", f[0])
 	go func() {
-		key, err := u.app.inv.accept(ctx, f[1])
-		u.finishInvite(f[0], key, err)
+		res, err := u.app.inv.accept(ctx, f[1])
+		if u.finishInvite(f[0], res.Key, err) && res.warning() != "" {
+			u.printf("* invite %s: someone may have tried the code (%s); compare /verify %s", f[0], res.warning(), f[0])
+		}
 	}()
 	return nil
 }
 
-// finishInvite adds the contact an invitation produced, or says why not.
-func (u *ui) finishInvite(name string, key publicKey, err error) {
+// finishInvite adds the contact an invitation produced, or says why not;
+// it reports whether the contact was added.
+func (u *ui) finishInvite(name string, key publicKey, err error) bool {
 	if errors.Is(err, context.Canceled) {
-		return // we are quitting: nobody is waiting for this any more
+		return false // we are quitting: nobody is waiting for this any more
 	}
 	if err == nil {
 		err = u.app.addContact(name, key)
 	}
 	if err != nil {
 		u.printf("error invite %s: %v", name, err)
-		return
+		return false
 	}
 	u.printf("* added %s", name)
+	return true
 }
