@@ -502,12 +502,34 @@ func TestInvitePoisoned(t *testing.T) {
 	for _, f := range append(slices.Clone(fakes), silent...) {
 		d.announcer(f.addr)(ctx, inviteInfohash(np))
 	}
+	// The inviter answers only once every address has been tried (its
+	// NAT opens then), so that a quick success does not end the run
+	// before the test has seen the attempts.
+	a.nat.Store(true)
+	a.v.cfg.GetPeers = func(context.Context, nodeID) ([]netip.AddrPort, error) { return nil, nil }
 	code, events, err := a.v.inviteWith(ctx, np, pw)
 	if err != nil {
 		t.Fatal(err)
 	}
 	waitFor(t, "the announce", func() bool { p, _ := d.getPeers(ctx, inviteInfohash(np)); return slices.Contains(p, a.addr) })
-	r, err := b.v.accept(ctx, code)
+	type res struct {
+		r   acceptResult
+		err error
+	}
+	got := make(chan res, 1)
+	go func() { r, err := b.v.accept(ctx, code); got <- res{r, err} }()
+	waitFor(t, "every address tried", func() bool {
+		n := 0
+		for _, f := range append(slices.Clone(fakes), silent...) {
+			if f.msg1s.Load() > 0 {
+				n++
+			}
+		}
+		return n == 6+inviteMaxPerGroup+2
+	})
+	a.nat.Store(false)
+	x := <-got
+	r, err := x.r, x.err
 	if err != nil || r.Key != a.key {
 		t.Fatalf("accept on a poisoned nameplate = %+v, %v; want A's key", r, err)
 	}
