@@ -309,8 +309,8 @@ func (a *app) build(o options) error {
 	}
 	a.sess = newSessionManager(sessionConfig{
 		Identity:       a.id,
+		Dir:            o.dir,
 		Send:           a.node.send,
-		Allowed:        func(k publicKey) bool { return a.chat.isContact(k) },
 		Deliver:        func(k publicKey, from netip.AddrPort, b []byte) { a.chat.handlePayload(k, from, b) },
 		Established:    func(k publicKey, addr netip.AddrPort) { a.chat.setOnline(k, addr) },
 		Ended:          func(k publicKey) { a.chat.setOffline(k) },
@@ -319,6 +319,9 @@ func (a *app) build(o options) error {
 		Rand:           rand.Reader,
 		Log:            a.log,
 	})
+	if err := a.sess.loadTimestamps(); err != nil {
+		return err
+	}
 	a.node.onSession = a.sess.handlePacket
 	a.chat, err = newChat(chatConfig{
 		Dir:          o.dir,
@@ -340,6 +343,13 @@ func (a *app) build(o options) error {
 	})
 	if err != nil {
 		return err
+	}
+	// The session layer answers contacts only: it learns them here and
+	// from addContact and removeContact.
+	for _, c := range a.chat.contactList() {
+		if err := a.sess.addContact(c.Key); err != nil {
+			return err
+		}
 	}
 	a.inv = newInviter(inviteConfig{
 		Self:     a.id.public(),
@@ -380,7 +390,12 @@ func (a *app) close() error {
 	return err
 }
 
-func (a *app) addContact(name string, k publicKey) error { return a.chat.addContact(name, k) }
+func (a *app) addContact(name string, k publicKey) error {
+	if err := a.chat.addContact(name, k); err != nil {
+		return err
+	}
+	return a.sess.addContact(k)
+}
 
 func (a *app) removeContact(name string) error {
 	c, ok := a.chat.contactByName(name)
