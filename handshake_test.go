@@ -313,7 +313,7 @@ func handshakeVector(t *testing.T) (map[string]string, []byte, [macLen]byte) {
 	}
 	epoch, _ := tai64nEpoch(ts)
 	i2r.sealOuter(&init, ts)
-	pad := maskStamp(&i2r.stamp, &init.ephemeral, [timestampLen]byte{})
+	pad := maskStamp(&i2r.stamp, init.ephemeral, [timestampLen]byte{})
 	initBytes := init.appendTo(nil)
 	mac1 := keyedMAC(i2r.mac1[:], initBytes[:initiationOffMAC1])
 	copy(initBytes[initiationOffMAC1:], mac1[:])

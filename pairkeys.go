@@ -78,7 +78,10 @@ func sessionTag(key *[noiseHashLen]byte, epoch uint64) [tagLen]byte {
 // maskStamp masks (and unmasks) a timestamp: XOR with the first 12 bytes
 // of MAC(stamp key, ephemeral), a pad that is fresh with every ephemeral
 // key, so the stamp reveals neither the clock nor an order to observers.
-func maskStamp(key *[noiseHashLen]byte, ephemeral *[noiseDHLen]byte, ts [timestampLen]byte) [timestampLen]byte {
+// The ephemeral key is taken by value: the MAC moves its input to the heap,
+// and a handler's message must stay on the stack for strangers' packets,
+// which never get here.
+func maskStamp(key *[noiseHashLen]byte, ephemeral [noiseDHLen]byte, ts [timestampLen]byte) [timestampLen]byte {
 	pad := keyedMAC(key[:], ephemeral[:])
 	for i := range ts {
 		ts[i] ^= pad[i]
@@ -91,7 +94,7 @@ func maskStamp(key *[noiseHashLen]byte, ephemeral *[noiseDHLen]byte, ts [timesta
 func (k *pairDir) sealOuter(m *initiationMsg, ts [timestampLen]byte) {
 	e, _ := tai64nEpoch(ts)
 	m.tag = sessionTag(&k.tag, e)
-	m.stamp = maskStamp(&k.stamp, &m.ephemeral, ts)
+	m.stamp = maskStamp(&k.stamp, m.ephemeral, ts)
 }
 
 // tagEntry is a contact whose tag for epoch is the key of the entry.
@@ -175,7 +178,7 @@ func (m *sessionManager) identifyInitiation(from netip.AddrPort, b []byte, msg *
 		if !hmac.Equal(mac1[:], msg.mac1[:]) {
 			continue
 		}
-		ts := maskStamp(&k.stamp, &msg.ephemeral, msg.stamp)
+		ts := maskStamp(&k.stamp, msg.ephemeral, msg.stamp)
 		if te, ok := tai64nEpoch(ts); !ok || te != e.epoch || bytes.Compare(ts[:], e.peer.inits.recvTS[:]) <= 0 {
 			m.stats.staleInit.Add(1)
 			m.debug("replayed, old or mistimed initiation", from, nil)

@@ -302,7 +302,7 @@ type udpPeer struct {
 	stop func() // ends its goroutines, as a quitting program does; idempotent
 }
 
-func newUDPPeer(t *testing.T, seed byte, tweak func(*sessionConfig)) *udpPeer {
+func newUDPPeer(t testing.TB, seed byte, tweak func(*sessionConfig)) *udpPeer {
 	ctx, cancel := context.WithCancel(context.Background())
 	conn, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
 	if err != nil {
