@@ -89,6 +89,14 @@ func (c *cookieChecker) underLoad(now time.Time, from netip.AddrPort) (cookie [c
 	return keyedMAC(c.secret[:], addrBytes(from)), true, err
 }
 
+// checkMAC1 reports whether b's mac1 field (at off) is right under key, the
+// sender's mac1 key of the pair, and returns the mac1 a cookie reply would
+// be bound to.
+func checkMAC1(key *[noiseHashLen]byte, b []byte, off int) ([macLen]byte, bool) {
+	mac1 := keyedMAC(key[:], b[:off])
+	return mac1, hmac.Equal(mac1[:], b[off:off+macLen])
+}
+
 // checkMAC2 reports whether b's mac2 field (at offMAC2) carries cookie.
 func checkMAC2(cookie [cookieLen]byte, b []byte, offMAC2 int) bool {
 	mac2 := keyedMAC(cookie[:], b[:offMAC2])

@@ -22,17 +22,18 @@
 // functions, the handshake steps with their stages, and TAI64N. The rest of
 // the session layer:
 //
-//	noise.go     the Noise core: hash, HKDF, CipherState, SymmetricState,
-//	             HandshakeState, the IKpsk2 pattern
-//	identity.go  the long-term key, its text form and the key file (4.1)
-//	pairkeys.go  pair keys, tags and stamps: contacts told from strangers
-//	             before any DH (4.3, 4.5); the timestamps file (4.11)
-//	cookie.go    mac1, mac2 and cookie replies under load (4.5)
-//	keypair.go   transport keys: seal, open, wipe (4.6)
-//	replay.go    the replay window (4.6)
-//	session.go   the manager: dispatch, simultaneous open, rotation, send
-//	             queue, addresses (4.6-4.8)
-//	timers.go    retransmission, rekeying, expiry, keepalives (4.7)
+//	noise.go       the Noise core: hash, HKDF, CipherState, SymmetricState,
+//	               HandshakeState, the IKpsk2 pattern
+//	identity.go    the long-term key, its text form and the key file (4.1)
+//	pairkeys.go    pair keys, tags and stamps: contacts told from strangers
+//	               before any DH (4.3)
+//	timestamps.go  the last timestamp accepted per contact, on disk (4.11)
+//	cookie.go      mac1, mac2 and cookie replies under load (4.5)
+//	keypair.go     transport keys: seal, open, wipe (4.6)
+//	replay.go      the replay window (4.6)
+//	session.go     the manager: dispatch, simultaneous open, rotation, send
+//	               queue, addresses (4.6-4.8)
+//	timers.go      retransmission, rekeying, expiry, keepalives (4.7)
 package main
 
 import (

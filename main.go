@@ -307,9 +307,14 @@ func (a *app) build(o options) error {
 	if err != nil {
 		return err
 	}
+	timestamps, err := loadTimestamps(o.dir)
+	if err != nil {
+		return err
+	}
 	a.sess = newSessionManager(sessionConfig{
 		Identity:       a.id,
 		Dir:            o.dir,
+		Timestamps:     timestamps,
 		Send:           a.node.send,
 		Deliver:        func(k publicKey, from netip.AddrPort, b []byte) { a.chat.handlePayload(k, from, b) },
 		Established:    func(k publicKey, addr netip.AddrPort) { a.chat.setOnline(k, addr) },
@@ -319,9 +324,6 @@ func (a *app) build(o options) error {
 		Rand:           rand.Reader,
 		Log:            a.log,
 	})
-	if err := a.sess.loadTimestamps(); err != nil {
-		return err
-	}
 	a.node.onSession = a.sess.handlePacket
 	a.chat, err = newChat(chatConfig{
 		Dir:          o.dir,
@@ -390,11 +392,21 @@ func (a *app) close() error {
 	return err
 }
 
+// addContact adds k to the session layer first, so that neither the
+// rendezvous's first address nor the contact's first initiation finds it
+// missing there.
 func (a *app) addContact(name string, k publicKey) error {
-	if err := a.chat.addContact(name, k); err != nil {
+	_, known := a.chat.contactByKey(k)
+	if err := a.sess.addContact(k); err != nil {
 		return err
 	}
-	return a.sess.addContact(k)
+	if err := a.chat.addContact(name, k); err != nil {
+		if !known {
+			a.sess.forget(k)
+		}
+		return err
+	}
+	return nil
 }
 
 func (a *app) removeContact(name string) error {

@@ -14,10 +14,8 @@
 package main
 
 import (
-	"bytes"
-	"crypto/hmac"
 	"encoding/binary"
-	"net/netip"
+	"errors"
 	"slices"
 	"time"
 )
@@ -153,6 +151,13 @@ func (t *tagTable) refresh(now time.Time, peers map[publicKey]*peer) bool {
 	return false
 }
 
+// Why an initiation was dropped before any DH (sessionStats.countDrop).
+var (
+	errStranger  = errors.New("session: initiation from a stranger")
+	errBadMAC1   = errors.New("session: bad mac1")
+	errStaleInit = errors.New("session: replayed, old or mistimed initiation")
+)
+
 // identified is what the checks before any DH learned of an initiation.
 type identified struct {
 	peer *peer
@@ -160,59 +165,29 @@ type identified struct {
 	mac1 [macLen]byte       // a cookie reply is bound to it
 }
 
-// identifyInitiation runs the checks of an initiation that come before any
+// identify runs the checks of an initiation that come before any
 // Diffie-Hellman work and before it counts towards load: its tag must name
 // a contact for an epoch around our clock (a stranger's packet ends here,
 // after one map lookup), mac1 must be right under that contact's key, and
-// the unmasked timestamp must lie in the tag's epoch and be newer than the
-// contact's last accepted one (a replayed initiation ends here, across
-// restarts too, as the timestamps are kept on disk).
-func (m *sessionManager) identifyInitiation(from netip.AddrPort, b []byte, msg *initiationMsg) (identified, bool) {
-	now := m.cfg.Now()
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	m.tags.refresh(now, m.peers)
-	for _, e := range m.tags.tags[msg.tag] {
+// the unmasked timestamp must lie in the tag's epoch. The caller then
+// checks that the timestamp is newer than the contact's last accepted one
+// (timestampStore.newer), which ends a replayed initiation here too.
+func (t *tagTable) identify(b []byte, msg *initiationMsg) (identified, error) {
+	es := t.tags[msg.tag]
+	if len(es) == 0 {
+		return identified{}, errStranger
+	}
+	for _, e := range es {
 		k := &e.peer.keys.recv
-		mac1 := keyedMAC(k.mac1[:], b[:initiationOffMAC1])
-		if !hmac.Equal(mac1[:], msg.mac1[:]) {
+		mac1, ok := checkMAC1(&k.mac1, b, initiationOffMAC1)
+		if !ok {
 			continue
 		}
 		ts := maskStamp(&k.stamp, msg.ephemeral, msg.stamp)
-		if te, ok := tai64nEpoch(ts); !ok || te != e.epoch || bytes.Compare(ts[:], e.peer.inits.recvTS[:]) <= 0 {
-			m.stats.staleInit.Add(1)
-			m.debug("replayed, old or mistimed initiation", from, nil)
-			return identified{}, false
+		if te, ok := tai64nEpoch(ts); !ok || te != e.epoch {
+			return identified{}, errStaleInit
 		}
-		return identified{peer: e.peer, ts: ts, mac1: mac1}, true
+		return identified{peer: e.peer, ts: ts, mac1: mac1}, nil
 	}
-	if len(m.tags.tags[msg.tag]) > 0 {
-		m.stats.badMAC.Add(1)
-		m.debug("bad mac1", from, nil)
-	} else {
-		m.stats.stranger.Add(1)
-		m.debug("initiation from a stranger", from, nil)
-	}
-	return identified{}, false
-}
-
-// responsePeer finds the contact whose pending initiation a response's
-// receiver index names, and checks mac1 under that contact's key: a
-// stranger cannot know the index, nor compute the MAC. It also returns
-// mac1, which a cookie reply is bound to.
-func (m *sessionManager) responsePeer(from netip.AddrPort, b []byte, msg *responseMsg) (*peer, [macLen]byte, bool) {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	e, ok := m.index[msg.receiver]
-	if !ok || e.kp != nil || e.peer.inits.pending == nil || e.peer.inits.pending.localIndex != msg.receiver {
-		m.stats.unknownIndex.Add(1)
-		return nil, [macLen]byte{}, false
-	}
-	mac1 := keyedMAC(e.peer.keys.recv.mac1[:], b[:responseOffMAC1])
-	if !hmac.Equal(mac1[:], msg.mac1[:]) {
-		m.stats.badMAC.Add(1)
-		m.debug("bad mac1", from, nil)
-		return nil, [macLen]byte{}, false
-	}
-	return e.peer, mac1, true
+	return identified{}, errBadMAC1
 }

@@ -48,7 +48,8 @@ const (
 
 type sessionConfig struct {
 	Identity    *identity
-	Dir         string // holds the timestamps file; "" keeps timestamps in memory only
+	Dir         string                           // holds the timestamps file; "" keeps timestamps in memory only
+	Timestamps  map[publicKey][timestampLen]byte // from loadTimestamps; taken as contacts are added
 	Send        func(to netip.AddrPort, b []byte) error
 	Deliver     func(peer publicKey, from netip.AddrPort, plaintext []byte) // plaintext valid only during call
 	Established func(peer publicKey, addr netip.AddrPort)                   // a new session (also after rekey/roam: addr may differ)
@@ -126,6 +127,18 @@ type sessionStats struct {
 	delivered     atomic.Uint64
 }
 
+// countDrop counts an initiation dropped before any DH, by why.
+func (s *sessionStats) countDrop(err error) {
+	switch {
+	case errors.Is(err, errStranger):
+		s.stranger.Add(1)
+	case errors.Is(err, errBadMAC1):
+		s.badMAC.Add(1)
+	default:
+		s.staleInit.Add(1)
+	}
+}
+
 // peer is everything we hold about one contact, in one small struct per
 // concern. Guarded by the manager's mu.
 type peer struct {
@@ -140,14 +153,13 @@ type peer struct {
 }
 
 // peerInitiations holds our pending initiation to a peer and the
-// timestamps that order initiations in each direction.
+// timestamp of our last one (the peer's are in the timestampStore).
 type peerInitiations struct {
 	pending  *handshake // our pending initiation, nil if none
 	started  time.Time  // first attempt of the pending handshake
 	lastSent time.Time  // last (re)send of it
 	packet   []byte     // its bytes, to send to a new candidate at once
 	sentTS   [timestampLen]byte
-	recvTS   [timestampLen]byte // greatest accepted from the peer; kept on disk
 }
 
 // erasePending forgets our pending initiation and its receiver index.
@@ -302,6 +314,15 @@ func (p *peer) yields(self publicKey, now time.Time, rekeyTimeout time.Duration)
 	return p.inits.pending == nil || !selfLower
 }
 
+// pending returns the peer whose pending initiation index names, or nil.
+func (t indexTable) pending(index uint32) *peer {
+	e, ok := t[index]
+	if !ok || e.kp != nil || e.peer.inits.pending == nil || e.peer.inits.pending.localIndex != index {
+		return nil
+	}
+	return e.peer
+}
+
 // indexEntry is what a receiver index names: our pending initiation, or a keypair.
 type indexEntry struct {
 	peer *peer
@@ -347,21 +368,19 @@ type sessionManager struct {
 	stats   sessionStats
 	bufs    sync.Pool // *[]byte of maxDatagram bytes: zero allocations per packet
 	debugOn bool
-	tsDirty chan struct{} // a contact's accepted timestamp changed: save the file
-
-	lastSavedTS []byte // the timestamps file as last written; run's goroutine only
+	ts      *timestampStore // the greatest timestamp accepted from each contact
 
 	evMu  sync.Mutex // orders Established and Ended callbacks
 	mu    sync.Mutex
 	peers map[publicKey]*peer // the contacts, and only them
 	index indexTable
 	tags  tagTable
-	saved map[publicKey][timestampLen]byte // loaded from disk, for contacts not yet added
 }
 
 func newSessionManager(cfg sessionConfig) *sessionManager {
 	cfg.setDefaults()
-	m := &sessionManager{cfg: cfg, peers: map[publicKey]*peer{}, index: indexTable{}, tsDirty: make(chan struct{}, 1)}
+	m := &sessionManager{cfg: cfg, peers: map[publicKey]*peer{}, index: indexTable{}}
+	m.ts = newTimestampStore(cfg.Dir, cfg.Timestamps, cfg.Log)
 	m.pub = cfg.Identity.public()
 	m.cookies = newCookieChecker(cfg.LoadThreshold, cfg.Rand)
 	m.bufs.New = func() any { b := make([]byte, maxDatagram); return &b }
@@ -395,8 +414,7 @@ func (m *sessionManager) addContact(k publicKey) error {
 		return nil
 	}
 	p := &peer{key: k, keys: keys}
-	p.inits.recvTS = m.saved[k]
-	delete(m.saved, k)
+	m.ts.add(k)
 	m.peers[k] = p
 	if !m.tags.refresh(m.cfg.Now(), m.peers) {
 		m.tags.add(p)
@@ -444,8 +462,19 @@ func (m *sessionManager) handleInitiation(from netip.AddrPort, b []byte) {
 		m.debug("drop", from, err)
 		return
 	}
-	id, ok := m.identifyInitiation(from, b, &msg)
-	if !ok || !m.admit(from, b, initiationOffMAC2, msg.sender, id.mac1, id.peer) {
+	m.mu.Lock()
+	m.tags.refresh(m.cfg.Now(), m.peers)
+	id, err := m.tags.identify(b, &msg)
+	m.mu.Unlock()
+	if err == nil && !m.ts.newer(id.peer.key, id.ts) {
+		err = errStaleInit
+	}
+	if err != nil {
+		m.stats.countDrop(err)
+		m.debug("initiation", from, err)
+		return
+	}
+	if !m.admit(from, b, initiationOffMAC2, msg.sender, id.mac1, id.peer) {
 		return
 	}
 	h := &handshake{}
@@ -485,15 +514,13 @@ func (m *sessionManager) replyToInitiation(from netip.AddrPort, h *handshake, p 
 	if m.peers[p.key] != p {
 		return nil, errors.New("session: initiation from a removed contact")
 	}
-	if bytes.Compare(h.timestamp[:], p.inits.recvTS[:]) <= 0 {
-		m.stats.staleInit.Add(1) // a copy raced the original through the DH
-		return nil, errors.New("session: replayed or old initiation")
-	}
 	// Record the timestamp before anything else uses the initiation, so
-	// that even one we drop below cannot be replayed, and keep it on disk
-	// so that a restart does not forget it.
-	p.inits.recvTS = h.timestamp
-	m.timestampsChanged()
+	// that even one we drop below cannot be replayed; the store keeps it
+	// on disk so that a restart does not forget it.
+	if !m.ts.accept(p.key, h.timestamp) {
+		m.stats.staleInit.Add(1) // a copy raced the original through the DH
+		return nil, errStaleInit
+	}
 	if !p.yields(m.pub, now, m.cfg.RekeyTimeout) {
 		m.stats.simultaneous.Add(1)
 		h.erase()
@@ -541,8 +568,26 @@ func (m *sessionManager) handleResponse(from netip.AddrPort, b []byte) {
 		m.debug("drop", from, err)
 		return
 	}
-	p, mac1, ok := m.responsePeer(from, b, &msg)
-	if !ok || !m.admit(from, b, responseOffMAC2, msg.sender, mac1, p) {
+	// Before any DH: the index must name a pending initiation of ours (a
+	// stranger cannot know it) and mac1 must be right under that
+	// contact's key.
+	m.mu.Lock()
+	p := m.index.pending(msg.receiver)
+	var mac1 [macLen]byte
+	ok := p != nil
+	if ok {
+		mac1, ok = checkMAC1(&p.keys.recv.mac1, b, responseOffMAC1)
+	}
+	m.mu.Unlock()
+	switch {
+	case p == nil:
+		m.stats.unknownIndex.Add(1)
+		return
+	case !ok:
+		m.stats.badMAC.Add(1)
+		m.debug("response", from, errBadMAC1)
+		return
+	case !m.admit(from, b, responseOffMAC2, msg.sender, mac1, p):
 		return
 	}
 	p, err = m.completeHandshake(from, &msg)
@@ -558,12 +603,11 @@ func (m *sessionManager) completeHandshake(from netip.AddrPort, msg *responseMsg
 	now := m.cfg.Now()
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	e, ok := m.index[msg.receiver]
-	if !ok || e.kp != nil || e.peer.inits.pending == nil || e.peer.inits.pending.localIndex != msg.receiver {
+	p := m.index.pending(msg.receiver)
+	if p == nil {
 		m.stats.unknownIndex.Add(1)
 		return nil, errors.New("session: response to no pending handshake")
 	}
-	p := e.peer
 	h := p.inits.pending
 	if err := h.consumeResponse(msg); err != nil {
 		m.stats.handshakeFail.Add(1)
@@ -823,5 +867,5 @@ func (m *sessionManager) forget(peerKey publicKey) {
 	p.queue.drop()
 	p.keys.wipe()
 	delete(m.peers, peerKey)
-	m.timestampsChanged()
+	m.ts.drop(peerKey)
 }

@@ -25,13 +25,13 @@ func (m *sessionManager) run(ctx context.Context) {
 	for {
 		select {
 		case <-ctx.Done():
-			m.saveTimestamps()
+			m.ts.save()
 			m.eraseAll()
 			return
 		case <-t.C:
 			m.tick()
-		case <-m.tsDirty:
-			m.saveTimestamps()
+		case <-m.ts.dirty:
+			m.ts.save()
 		}
 	}
 }
