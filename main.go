@@ -337,10 +337,15 @@ func (a *app) build(o options) error {
 	if err != nil {
 		return err
 	}
+	timestamps, err := loadTimestamps(o.dir)
+	if err != nil {
+		return err
+	}
 	a.sess = newSessionManager(sessionConfig{
 		Identity:       a.id,
+		Dir:            o.dir,
+		Timestamps:     timestamps,
 		Send:           a.node.send,
-		Allowed:        func(k publicKey) bool { return a.chat.isContact(k) },
 		Deliver:        func(k publicKey, from netip.AddrPort, b []byte) { a.chat.handlePayload(k, from, b) },
 		Established:    func(k publicKey, addr netip.AddrPort) { a.chat.setOnline(k, addr) },
 		Ended:          func(k publicKey, seen time.Time) { a.chat.setOffline(k, seen) },
@@ -375,6 +380,13 @@ func (a *app) build(o options) error {
 	})
 	if err != nil {
 		return err
+	}
+	// The session layer answers contacts only: it learns them here and
+	// from addContact and removeContact.
+	for _, c := range a.chat.contactList() {
+		if err := a.sess.addContact(c.Key); err != nil {
+			return err
+		}
 	}
 	a.inv = newInviter(inviteConfig{
 		Self:     a.id.public(),
@@ -415,7 +427,22 @@ func (a *app) close() error {
 	return err
 }
 
-func (a *app) addContact(name string, k publicKey) error { return a.chat.addContact(name, k) }
+// addContact adds k to the session layer first, so that neither the
+// rendezvous's first address nor the contact's first initiation finds it
+// missing there.
+func (a *app) addContact(name string, k publicKey) error {
+	_, known := a.chat.contactByKey(k)
+	if err := a.sess.addContact(k); err != nil {
+		return err
+	}
+	if err := a.chat.addContact(name, k); err != nil {
+		if !known {
+			a.sess.forget(k)
+		}
+		return err
+	}
+	return nil
+}
 
 func (a *app) removeContact(name string) error {
 	c, ok := a.chat.contactByName(name)

@@ -1,7 +1,8 @@
 // Timers (SPEC.md 4.7): retransmission, rekeying, expiry, keepalives and
 // the end of a session.
 //
-// Flow: run calls tick every TickInterval. For each peer, tickPeerLocked
+// Flow: run calls tick every TickInterval (and saves the timestamps file
+// when asked, timestamps.go). For each peer, tickPeerLocked
 // erases keypairs older than RejectAfterTime and stale cookies, resends a
 // pending initiation every RekeyTimeout until RekeyAttemptTime, starts a
 // handshake for queued payloads or a session due for rekeying; then tick
@@ -16,18 +17,22 @@ import (
 	"time"
 )
 
-// run drives the timers until ctx ends, then erases every session: keys are
-// never written to disk and do not outlive the process.
+// run drives the timers and saves the timestamps file until ctx ends,
+// then saves it a last time and erases every session: keys are never
+// written to disk and do not outlive the process.
 func (m *sessionManager) run(ctx context.Context) {
 	t := time.NewTicker(m.cfg.TickInterval)
 	defer t.Stop()
 	for {
 		select {
 		case <-ctx.Done():
+			m.ts.save()
 			m.eraseAll()
 			return
 		case <-t.C:
 			m.tick()
+		case <-m.ts.dirty:
+			m.ts.save()
 		}
 	}
 }
