@@ -1,5 +1,4 @@
-// BEP 42 secure node ids and the external-address vote (SPEC.md 3.3,
-// 3.4.2 "External address").
+// BEP 42 secure node ids and the external-address vote (SPEC.md 3.3, 3.4.2).
 //
 // Flow: every response's "ip" field (our address as the responder saw it)
 // goes to ipVoter.voteFrom; once enough distinct voters agree, the winner is

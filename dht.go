@@ -2,25 +2,20 @@
 // BEP 5, 42, 43 and 44 on the Node's one socket.
 //
 // Inbound flow: Node.run -> handleKRPC parses the datagram (parseKRPC, pure).
-// A query goes to server.handleQuery, which records the sender in the routing table,
-// answers from the table and the stores, and encodes the reply into a buffer
-// owned by the read goroutine. A response or error goes to handleResponse,
-// which finds the transaction by (tid, sender address), feeds the RTT
-// estimator and the external-address vote, records the responder and
-// completes the transaction.
-// Outbound flow: txTable.send picks a random tid, registers the transaction,
-// sends, and arms a timer that retransmits the same bytes (same tid) with
-// exponential backoff from the adaptive RTO; when every attempt timed out the
-// node is reported failed() to the table. Lookups (lookup.go) and the /dht
-// commands are built on txTable.send.
-// Maintenance (run): ping the saved table, bootstrap, then one ticker
-// refreshes stale buckets and saves the table; the table is saved on exit.
+// server.handleQuery records a querier in the routing table and answers from
+// the table and the stores into the read goroutine's buffers; handleResponse
+// finds the transaction by (tid, sender address), feeds the RTT estimator and
+// the address vote, records the responder and completes the transaction.
+// Outbound flow: txTable.send registers a random tid, sends, and retransmits
+// the same bytes with exponential backoff from the adaptive RTO; a node that
+// never answers is reported failed() to the table. Lookups (lookup.go) and
+// the /dht commands are built on it. run pings the saved table, bootstraps,
+// then refreshes stale buckets and saves the table on a ticker and at exit.
 package main
 
 import (
 	"bytes"
 	"context"
-	"crypto/rand"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -77,6 +72,10 @@ type dhtConfig struct {
 	Now       func() time.Time
 	Rand      io.Reader
 	Log       *slog.Logger
+	// BootstrapFailed, if set, hears of each bootstrap that ended with no
+	// node answering, so the UI can say so in words whether or not logs
+	// are on. It runs on the DHT's goroutine and must not block.
+	BootstrapFailed func(error)
 }
 
 // dhtTiming holds every interval of the node so tests and benchmarks can
@@ -137,15 +136,7 @@ type server struct {
 // newDHT creates the node's DHT and installs it as n.onKRPC. If cfg.Dir holds
 // a saved routing table, its id is reused and its nodes are pinged by run.
 func newDHT(n *Node, cfg dhtConfig) (*dht, error) {
-	if cfg.Now == nil {
-		cfg.Now = time.Now
-	}
-	if cfg.Rand == nil {
-		cfg.Rand = rand.Reader
-	}
-	if cfg.Log == nil {
-		cfg.Log = slog.New(slog.DiscardHandler)
-	}
+	defaultNowRandLog(&cfg.Now, &cfg.Rand, &cfg.Log)
 	self, saved, err := loadOrCreateID(cfg)
 	if err != nil {
 		return nil, err
@@ -209,6 +200,15 @@ func (d *dht) size() int {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	return d.table.size()
+}
+
+// goodNodes counts the routing table's good nodes (BEP 5: heard from in
+// the last 15 minutes), the ones a lookup can start from.
+func (d *dht) goodNodes() int {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	good, _, _ := d.table.counts()
+	return good
 }
 
 func (d *dht) external() (netip.AddrPort, bool) {
@@ -746,6 +746,7 @@ func (d *dht) run(ctx context.Context) error {
 		// Keep serving and retry from refresh: a node that comes up
 		// before its bootstrap nodes (or offline) must still join later.
 		d.log.Error("dht: bootstrap failed; retrying every maintenance interval", "err", err)
+		d.bootstrapFailed(err)
 	}
 	tick := time.NewTicker(d.timing.maintenance)
 	defer tick.Stop()
@@ -780,6 +781,7 @@ func (d *dht) refresh(ctx context.Context) {
 		if d.pingAll(ctx, probe) == 0 {
 			if err := d.bootstrap(ctx); err != nil {
 				d.log.Warn("dht: bootstrap", "err", err)
+				d.bootstrapFailed(err)
 			}
 		}
 		return
@@ -847,6 +849,13 @@ func (d *dht) bootstrap(ctx context.Context) error {
 	self := d.id()
 	_, err := d.lookup(ctx, lookupOpts{target: self, method: methodFindNode, seeds: seeds})
 	return err
+}
+
+// bootstrapFailed tells cfg.BootstrapFailed of a bootstrap that failed.
+func (d *dht) bootstrapFailed(err error) {
+	if d.cfg.BootstrapFailed != nil {
+		d.cfg.BootstrapFailed(err)
+	}
 }
 
 // pingAll pings ns in parallel and counts the answers; the routing table

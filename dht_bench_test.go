@@ -65,35 +65,10 @@ func raiseFileLimit(b *testing.B, need uint64) {
 	}
 }
 
-// benchNet is a network of DHT nodes in this process.
+// benchNet is a swarm and the nodes of it still alive.
 type benchNet struct {
-	all  []*dht
+	*swarm
 	live []*dht
-	stop []func()
-}
-
-// startBenchNode starts one node; drop is its datagram loss per direction.
-func startBenchNode(b *testing.B, boot []string, drop float64) (*dht, func()) {
-	n, err := listenNode("127.0.0.1:0", nil)
-	if err != nil {
-		b.Fatal(err)
-	}
-	n.drop = drop // before run: the read goroutine reads it
-	d, err := newDHT(n, dhtConfig{Bootstrap: boot})
-	if err != nil {
-		b.Fatal(err)
-	}
-	d.timing.rtoInitial = 100 * time.Millisecond // see newTestDHT
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() {
-		n.run(ctx)
-		close(done)
-	}()
-	return d, func() {
-		cancel()
-		<-done
-	}
 }
 
 // buildNet starts size nodes: lookupSeeds seeds join one another, then
@@ -104,33 +79,15 @@ func startBenchNode(b *testing.B, boot []string, drop float64) (*dht, func()) {
 func buildNet(b, owner *testing.B, size int, drop float64) *benchNet {
 	raiseFileLimit(b, uint64(size))
 	start := time.Now()
-	nw := &benchNet{}
-	var boot []string
-	for i := range size {
-		var bs []string
-		if i > 0 {
-			bs = boot[:min(len(boot), lookupSeeds)]
-		}
-		d, stop := startBenchNode(b, bs, drop)
-		nw.all = append(nw.all, d)
-		nw.stop = append(nw.stop, stop)
-		if i < lookupSeeds {
-			boot = append(boot, d.addr().String())
-		}
-	}
-	owner.Cleanup(nw.close)
-	for _, d := range nw.all[1:lookupSeeds] {
-		benchBootstrap(b, d)
-	}
-	inParallel(nw.all[lookupSeeds:], func(d *dht) { benchBootstrap(b, d) })
-	b.Logf("bootstrapped in %v; %s", time.Since(start).Round(time.Millisecond), rtoSummary(nw.all))
-	inParallel(nw.all, refreshAll)
-	b.Logf("refreshed at %v; %s", time.Since(start).Round(time.Millisecond), rtoSummary(nw.all))
-	inParallel(nw.all, settle)
-	b.Logf("settled at %v; %s", time.Since(start).Round(time.Millisecond), rtoSummary(nw.all))
-	nw.live = slices.Clone(nw.all)
+	nw := &benchNet{swarm: startSwarm(b, size, swarmOpts{drop: drop, seeds: lookupSeeds, parallel: buildParallel, owner: owner})}
+	b.Logf("bootstrapped in %v; %s", time.Since(start).Round(time.Millisecond), rtoSummary(nw.nodes))
+	inParallel(nw.nodes, buildParallel, refreshAll)
+	b.Logf("refreshed at %v; %s", time.Since(start).Round(time.Millisecond), rtoSummary(nw.nodes))
+	inParallel(nw.nodes, buildParallel, settle)
+	b.Logf("settled at %v; %s", time.Since(start).Round(time.Millisecond), rtoSummary(nw.nodes))
+	nw.live = slices.Clone(nw.nodes)
 	total := 0
-	for _, d := range nw.all {
+	for _, d := range nw.nodes {
 		total += d.size()
 	}
 	b.Logf("built %d nodes (drop %v) in %v, %.1f nodes per table", size, drop,
@@ -170,20 +127,6 @@ func settle(d *dht) {
 	}
 }
 
-// benchBootstrap bootstraps d; on a lossy network it may take a retry.
-func benchBootstrap(b *testing.B, d *dht) {
-	var err error
-	for range 3 {
-		ctx, cancel := context.WithTimeout(context.Background(), buildTimeout)
-		err = d.bootstrap(ctx)
-		cancel()
-		if err == nil {
-			return
-		}
-	}
-	b.Errorf("bootstrap: %v", err)
-}
-
 // rtoSummary describes the nodes' retransmission timeouts, for the log.
 func rtoSummary(ds []*dht) string {
 	var rtos []time.Duration
@@ -196,40 +139,17 @@ func rtoSummary(ds []*dht) string {
 	return fmt.Sprintf("rto p50 %v p90 %v max %v", percentile(rtos, 50), percentile(rtos, 90), rtos[len(rtos)-1])
 }
 
-// inParallel calls f for every node, buildParallel at a time.
-func inParallel(ds []*dht, f func(*dht)) {
-	sem := make(chan struct{}, buildParallel)
-	var wg sync.WaitGroup
-	for _, d := range ds {
-		sem <- struct{}{}
-		wg.Add(1)
-		go func() {
-			defer func() { <-sem; wg.Done() }()
-			f(d)
-		}()
-	}
-	wg.Wait()
-}
-
-func (nw *benchNet) close() {
-	for _, s := range nw.stop {
-		s()
-	}
-	nw.stop = nil
-}
-
 // kill closes the sockets of a fraction of the nodes, telling nobody.
 func (nw *benchNet) kill(frac float64, rng *mrand.Rand) {
-	n := int(frac * float64(len(nw.all)))
-	perm := rng.Perm(len(nw.all))
+	n := int(frac * float64(len(nw.nodes)))
+	perm := rng.Perm(len(nw.nodes))
 	dead := map[int]bool{}
 	for _, i := range perm[:n] {
 		dead[i] = true
-		nw.stop[i]()
-		nw.stop[i] = func() {}
+		nw.stop(i)
 	}
 	nw.live = nw.live[:0]
-	for i, d := range nw.all {
+	for i, d := range nw.nodes {
 		if !dead[i] {
 			nw.live = append(nw.live, d)
 		}
@@ -407,7 +327,7 @@ func (g *loadGen) drive(c *net.UDPConn, s, n, window int, next func(int, []byte)
 
 // benchServer is one node whose table holds tableSize made-up nodes.
 func benchServer(b *testing.B, tableSize int) (*dht, func()) {
-	d, stop := startBenchNode(b, nil, 0)
+	d, stop := startTestDHT(b, dhtConfig{}, 0, false)
 	rng := mrand.New(mrand.NewPCG(3, 4))
 	for i := range tableSize {
 		var id nodeID

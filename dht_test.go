@@ -15,65 +15,6 @@ import (
 	"time"
 )
 
-// newTestDHT starts a Node on 127.0.0.1 with a DHT on it. drop is the
-// fraction of datagrams the Node loses in each direction.
-func newTestDHT(t testing.TB, cfg dhtConfig, drop float64) *dht {
-	t.Helper()
-	n, err := listenNode("127.0.0.1:0", nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	n.drop = drop // before run: the read goroutine reads it
-	d, err := newDHT(n, cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	// Before the first RTT sample: loopback needs no 500 ms, and a lost
-	// first datagram would dominate the tests' run time.
-	d.timing.rtoInitial = 100 * time.Millisecond
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() {
-		n.run(ctx)
-		close(done)
-	}()
-	t.Cleanup(func() {
-		cancel()
-		<-done
-	})
-	return d
-}
-
-func (d *dht) addr() netip.AddrPort { return d.node.LocalAddr() }
-
-// newSwarm starts size nodes; each bootstraps from the first one.
-func newSwarm(t testing.TB, size int, drop float64) []*dht {
-	t.Helper()
-	ds := []*dht{newTestDHT(t, dhtConfig{}, drop)}
-	boot := []string{ds[0].addr().String()}
-	for range size - 1 {
-		d := newTestDHT(t, dhtConfig{Bootstrap: boot}, drop)
-		bootstrapRetrying(t, d)
-		ds = append(ds, d)
-	}
-	return ds
-}
-
-// bootstrapRetrying bootstraps d; a lossy node may need a second go.
-func bootstrapRetrying(t testing.TB, d *dht) {
-	t.Helper()
-	var err error
-	for range 3 {
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		err = d.bootstrap(ctx)
-		cancel()
-		if err == nil {
-			return
-		}
-	}
-	t.Fatalf("bootstrap: %v", err)
-}
-
 func testCtx(t testing.TB) context.Context {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	t.Cleanup(cancel)

@@ -1,6 +1,6 @@
-// Invitations: a short code read aloud becomes a contact (SPEC.md 7.2,
-// 7.4-7.8: rendezvous, messages, key schedule, processing, limits,
-// outcomes), and the inviter's side. The acceptor's side is in
+// Invitations (SPEC.md 7.2, 7.4-7.8): a short code read aloud becomes a
+// contact. Rendezvous, messages, key schedule, processing, limits and
+// outcomes, and the inviter's side, are here; the acceptor's side is in
 // invite_accept.go, the code and its words (7.1) in invite_words.go,
 // CPace (7.3) in cpace.go. Packet type 5 on the shared socket.
 //
@@ -17,7 +17,6 @@ package main
 import (
 	"context"
 	"crypto/hmac"
-	cryptorand "crypto/rand"
 	"crypto/sha256"
 	"crypto/sha512"
 	"encoding/binary"
@@ -443,15 +442,7 @@ type invitation struct {
 // newInviter makes an inviter; nil Now, Rand and Log get the defaults,
 // and nil Announce and GetPeers do nothing.
 func newInviter(cfg inviteConfig) *inviter {
-	if cfg.Now == nil {
-		cfg.Now = time.Now
-	}
-	if cfg.Rand == nil {
-		cfg.Rand = cryptorand.Reader
-	}
-	if cfg.Log == nil {
-		cfg.Log = slog.New(slog.DiscardHandler)
-	}
+	defaultNowRandLog(&cfg.Now, &cfg.Rand, &cfg.Log)
 	if cfg.Tick <= 0 {
 		cfg.Tick = inviteRetry
 	}

@@ -543,25 +543,6 @@ func TestInviteTamper(t *testing.T) {
 // ---------------------------------------------------------------------------
 // Limits, with an injected clock and packets fed by hand.
 
-type invClock struct {
-	mu sync.Mutex
-	t  time.Time
-}
-
-func newInvClock() *invClock { return &invClock{t: time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)} }
-
-func (c *invClock) now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.t
-}
-
-func (c *invClock) advance(d time.Duration) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.t = c.t.Add(d)
-}
-
 // sendLog records what an inviter sends instead of sending it.
 type sendLog struct {
 	mu  sync.Mutex
@@ -597,7 +578,7 @@ func (l *sendLog) last() []byte {
 	return l.msg[len(l.msg)-1]
 }
 
-func newBareInviter(clock *invClock, log *sendLog, tick time.Duration) *inviter {
+func newBareInviter(clock *fakeClock, log *sendLog, tick time.Duration) *inviter {
 	return newInviter(inviteConfig{
 		Send:     log.send,
 		Announce: func(context.Context, nodeID) (int, error) { return 1, nil },
@@ -633,7 +614,7 @@ func testAddr(port uint16) netip.AddrPort {
 // TestInviteStateless: msg1s cost the inviter no state and no tries, a
 // repeat gets the same msg2, and a tick answers at most inviteMaxAnswers.
 func TestInviteStateless(t *testing.T) {
-	clock, log := newInvClock(), &sendLog{}
+	clock, log := newFakeClock(), &sendLog{}
 	v := newBareInviter(clock, log, time.Hour)
 	ctx := invCtx(t, 2*time.Second)
 	if _, _, err := v.inviteWith(ctx, 123456, "tumor-unicorn"); err != nil {
@@ -682,7 +663,7 @@ func TestInviteStateless(t *testing.T) {
 // refused again without counting; the third closes the code, which then
 // refuses msg1 and msg3 as closed until its lifetime is over.
 func TestInviteTries(t *testing.T) {
-	clock, log := newInvClock(), &sendLog{}
+	clock, log := newFakeClock(), &sendLog{}
 	v := newBareInviter(clock, log, time.Hour)
 	_, events, err := v.inviteWith(invCtx(t, 2*time.Second), 42, "tumor-unicorn")
 	if err != nil {
@@ -724,7 +705,7 @@ func TestInviteTries(t *testing.T) {
 }
 
 func TestInviteExpiry(t *testing.T) {
-	clock, log := newInvClock(), &sendLog{}
+	clock, log := newFakeClock(), &sendLog{}
 	v := newBareInviter(clock, log, time.Millisecond)
 	ctx := invCtx(t, 2*time.Second)
 	_, done, err := v.inviteWith(ctx, 42, "tumor-unicorn")
@@ -753,7 +734,7 @@ func TestInviteExpiry(t *testing.T) {
 }
 
 func TestAcceptTimeout(t *testing.T) {
-	clock, log := newInvClock(), &sendLog{}
+	clock, log := newFakeClock(), &sendLog{}
 	v := newBareInviter(clock, log, time.Millisecond)
 	errc := make(chan error, 1)
 	go func() { _, err := v.accept(invCtx(t, 2*time.Second), "000042-tumor-unicorn"); errc <- err }()
@@ -950,11 +931,7 @@ func inviteVectorValues(t *testing.T) map[string]string {
 
 func TestInviteSpecVector(t *testing.T) {
 	want := inviteVectorValues(t)
-	if os.Getenv("KADCHAT_PRINT_INVITE_VECTOR") != "" {
-		for _, k := range inviteVectorOrder {
-			fmt.Printf("%s = %s\n", k, want[k])
-		}
-	}
+	updateSpecBlock(t, "invite-vector", "run", inviteVectorOrder, want)
 	var blk *specBlock
 	for _, b := range specBlocks(t, "invite-vector") {
 		if b.name == "run" {

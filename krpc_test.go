@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bufio"
 	"bytes"
 	"encoding/hex"
 	"errors"
@@ -404,11 +403,7 @@ func TestKRPCBenchInputs(t *testing.T) {
 		"testdata/krpc/ping_query.bin":         benchPingQuery(),
 	} {
 		want := m.appendTo(nil)
-		if os.Getenv("KADCHAT_WRITE_TESTDATA") == "1" {
-			if err := os.WriteFile(file, want, 0o644); err != nil {
-				t.Fatal(err)
-			}
-		}
+		updateFile(t, file, want)
 		got, err := os.ReadFile(file)
 		if err != nil {
 			t.Fatal(err)
@@ -419,88 +414,30 @@ func TestKRPCBenchInputs(t *testing.T) {
 	}
 }
 
-// krpcExample is one ```krpc-example block of SPEC.md.
+// krpcExample is one ```krpc-example block of SPEC.md: a Go-quoted
+// datagram (the body), then the fields it states.
 type krpcExample struct {
-	name   string
-	line   int
-	wire   []byte
-	fields map[string]string
+	specBlock
+	wire []byte
 }
 
-// specKRPCExamples extracts the krpc-example blocks: a Go-quoted string on
-// the first line, then "key = value" lines.
 func specKRPCExamples(t testing.TB) []krpcExample {
-	f, err := os.Open("SPEC.md")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
+	t.Helper()
 	var out []krpcExample
-	var cur *krpcExample
-	sc := bufio.NewScanner(f)
-	for n := 1; sc.Scan(); n++ {
-		line := sc.Text()
-		switch {
-		case cur == nil && strings.HasPrefix(line, "```krpc-example name="):
-			out = append(out, krpcExample{name: strings.TrimPrefix(line, "```krpc-example name="), line: n, fields: map[string]string{}})
-			cur = &out[len(out)-1]
-		case cur == nil:
-		case line == "```":
-			cur = nil
-		case cur.wire == nil:
-			s, err := strconv.Unquote(line)
-			if err != nil {
-				t.Fatalf("SPEC.md:%d: %v", n, err)
-			}
-			cur.wire = []byte(s)
-		default:
-			k, v, ok := strings.Cut(line, " = ")
-			if !ok {
-				t.Fatalf("SPEC.md:%d: want key = value, got %q", n, line)
-			}
-			cur.fields[k] = v
+	for _, b := range specBlocks(t, "krpc-example") {
+		w, err := strconv.Unquote(b.body)
+		if err != nil {
+			t.Fatalf("SPEC.md:%d: %s: %q: %v", b.line, b.name, b.body, err)
 		}
-	}
-	if err := sc.Err(); err != nil {
-		t.Fatal(err)
+		out = append(out, krpcExample{specBlock: b, wire: []byte(w)})
 	}
 	return out
 }
 
-// quoteBytes quotes b as SPEC.md writes wire bytes: a Go string literal with
-// printable ASCII as is and every other byte as \xNN.
-func quoteBytes(b []byte) string {
-	var sb strings.Builder
-	sb.WriteByte('"')
-	for _, c := range b {
-		switch {
-		case c == '"' || c == '\\':
-			sb.WriteByte('\\')
-			sb.WriteByte(c)
-		case c >= 0x20 && c < 0x7f:
-			sb.WriteByte(c)
-		default:
-			fmt.Fprintf(&sb, "\\x%02x", c)
-		}
-	}
-	sb.WriteByte('"')
-	return sb.String()
-}
-
-func TestQuoteBytes(t *testing.T) {
-	in := []byte("a\"\\\x00\xde\xad~")
-	q := quoteBytes(in)
-	if q != `"a\"\\\x00\xde\xad~"` {
-		t.Fatalf("quoteBytes = %s", q)
-	}
-	if s, err := strconv.Unquote(q); err != nil || s != string(in) {
-		t.Fatalf("Unquote(%s) = %q, %v", q, s, err)
-	}
-}
-
-// krpcFieldText renders the fields an example may state, as SPEC.md 3.2 writes them.
+// krpcFieldText renders the fields an example may state, as SPEC.md 3.2
+// writes them; byte strings (which SPEC.md writes Go-quoted) as they are.
 func krpcFieldText(m krpcMsg) map[string]string {
-	f := map[string]string{"type": string(m.Type), "tid": quoteBytes(m.TID)}
+	f := map[string]string{"type": string(m.Type), "tid": string(m.TID)}
 	if m.Type == 'q' {
 		f["method"] = m.Method.String()
 		f["id"] = m.Args.ID.String()
@@ -511,7 +448,7 @@ func krpcFieldText(m krpcMsg) map[string]string {
 		f["implied_port"] = strconv.FormatBool(m.Args.ImpliedPort)
 		f["token"] = hex.EncodeToString(m.Args.Token)
 		f["want"] = fmt.Sprintf("n4=%v n6=%v", m.Args.Want&wantN4 != 0, m.Args.Want&wantN6 != 0)
-		f["v_item"] = quoteBytes(m.Args.V)
+		f["v_item"] = string(m.Args.V)
 		if m.Args.HasSeq {
 			f["seq"] = strconv.FormatInt(m.Args.Seq, 10)
 		}
@@ -532,9 +469,9 @@ func krpcFieldText(m krpcMsg) map[string]string {
 	}
 	if m.Type == 'e' {
 		f["code"] = strconv.Itoa(m.ErrCode)
-		f["message"] = quoteBytes(m.ErrMsg)
+		f["message"] = string(m.ErrMsg)
 	}
-	f["v"] = quoteBytes(m.Version)
+	f["v"] = string(m.Version)
 	if m.IP.IsValid() {
 		f["ip"] = m.IP.String()
 	}
@@ -560,9 +497,16 @@ func TestSpecKRPCExamples(t *testing.T) {
 			}
 		}
 		have := krpcFieldText(m)
-		for k, want := range ex.fields {
+		for k, stated := range ex.fields {
+			want := stated
+			if strings.HasPrefix(stated, `"`) {
+				var err error
+				if want, err = strconv.Unquote(stated); err != nil {
+					t.Fatalf("SPEC.md:%d %s: %s = %s: %v", ex.line, ex.name, k, stated, err)
+				}
+			}
 			if got, ok := have[k]; !ok || got != want {
-				t.Errorf("SPEC.md:%d %s: %s = %s, parsed %q", ex.line, ex.name, k, want, got)
+				t.Errorf("SPEC.md:%d %s: %s = %s, parsed %q", ex.line, ex.name, k, stated, got)
 			}
 		}
 		if got := m.appendTo(nil); !bytes.Equal(got, ex.wire) {

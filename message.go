@@ -13,8 +13,8 @@ package main
 
 import (
 	"bytes"
+	"cmp"
 	"context"
-	cryptorand "crypto/rand"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -153,6 +153,7 @@ type chatConfig struct {
 	OwnIP        func(ip netip.Addr) bool                   // optional: an IP we announce from (candidates there are tried last)
 	Send         func(peer publicKey, payload []byte) error // one session payload; may fail: we retransmit
 	MaxPayload   int                                        // the session's plaintext limit per packet
+	ScrubAfter   time.Duration                              // dropped text leaves the outbox log this soon; zero: scrubAfter
 	// Event receives events in order, without chat locks held. It may run on
 	// the outbox committer, so it must not block nor call send.
 	Event func(chatEvent)
@@ -408,15 +409,7 @@ func newChat(cfg chatConfig) (*chat, error) {
 	if cfg.Event == nil {
 		cfg.Event = func(chatEvent) {}
 	}
-	if cfg.Now == nil {
-		cfg.Now = time.Now
-	}
-	if cfg.Rand == nil {
-		cfg.Rand = cryptorand.Reader
-	}
-	if cfg.Log == nil {
-		cfg.Log = slog.New(slog.DiscardHandler)
-	}
+	defaultNowRandLog(&cfg.Now, &cfg.Rand, &cfg.Log)
 	c := &chat{cfg: cfg, peers: map[publicKey]*chatPeer{}, gone: goneStates{}, names: map[string]*chatPeer{},
 		ev: &eventQueue{emit: cfg.Event},
 		sched: newRendezvousScheduler(rendezvousConfig{StaticSecret: cfg.StaticSecret, Announce: cfg.Announce,
@@ -432,7 +425,7 @@ func newChat(cfg chatConfig) (*chat, error) {
 	for _, e := range es {
 		c.insertLocked(e, time.Time{})
 	}
-	ob, recs, err := openOutbox(cfg.Dir)
+	ob, recs, err := openOutbox(cfg.Dir, cmp.Or(cfg.ScrubAfter, scrubAfter))
 	if err != nil {
 		return nil, err
 	}
@@ -440,6 +433,14 @@ func newChat(cfg chatConfig) (*chat, error) {
 		ob.j.f.Close()
 		return nil, err
 	}
+	// Before anything else: a log a crash left with delivered messages'
+	// text in it keeps that text no longer than this start.
+	old, err := ob.settle(outboxSnapshot(c.peers, c.gone))
+	if err != nil {
+		ob.j.f.Close()
+		return nil, err
+	}
+	wipeRetired(old, cfg.Log)
 	c.ob = ob
 	ob.start(c.afterSync, c.compactNow)
 	c.out = newFrameSender(cfg.Send, cfg.Log)
@@ -581,9 +582,10 @@ func appendFrames(frames [][]byte, maxPayload int, stream uint64, m *outMsg) [][
 
 // handlePayload takes one decrypted session payload from peer. The session
 // layer calls it with b valid only during the call; an empty payload is a
-// keepalive.
+// keepalive, which only says the contact is there (last seen).
 func (c *chat) handlePayload(key publicKey, from netip.AddrPort, b []byte) {
 	if len(b) == 0 {
+		c.seen(key)
 		return
 	}
 	f, err := parseChatFrame(b)
@@ -729,6 +731,7 @@ func (c *chat) onAckLocked(p *chatPeer, f chatFrame, now time.Time) [][]byte {
 		if _, err := c.ob.record(outboxRec{Type: recAcked, Key: p.Key, Seq: f.Seq}); err != nil {
 			c.cfg.Log.Warn("chat: cannot log ack", "err", err)
 		}
+		c.ob.dropped(now)
 	}
 	for seq := first; seq < first+uint64(n); seq++ {
 		c.ev.push(chatEvent{Kind: eventDelivered, Contact: p.Name, Key: p.Key, MsgID: seq, Time: now})
@@ -776,17 +779,19 @@ func markAcked(out []*outMsg, f chatFrame, now time.Time, progress bool) {
 	}
 }
 
-// compactNow replaces the outbox log by a snapshot of the live state. It is
-// called by the committer when the log has grown, and by close.
+// compactNow replaces the outbox log by a snapshot of the live state and
+// wipes the old file. The committer calls it when the log has grown or
+// dropped text is due to leave it (scrubAfter), and close at exit.
 func (c *chat) compactNow() {
 	c.mu.Lock()
-	gen, err := c.ob.compact(outboxSnapshot(c.peers, c.gone))
+	gen, old, err := c.ob.compact(outboxSnapshot(c.peers, c.gone))
 	c.mu.Unlock()
 	if err != nil {
 		c.cfg.Log.Warn("chat: compact outbox", "err", err)
 		return
 	}
 	c.afterSync(gen)
+	wipeRetired(old, c.cfg.Log)
 }
 
 // setOnline records that a session with the contact is up at addr (the UI
@@ -814,9 +819,19 @@ func (c *chat) setOnline(key publicKey, addr netip.AddrPort) {
 	c.ev.flush()
 }
 
-// setOffline records that the contact's session ended; rendezvous lookups
-// for it go back to the fast schedule.
-func (c *chat) setOffline(key publicKey) {
+// seen records a keepalive from the contact as its last-seen time.
+func (c *chat) seen(key publicKey) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if p := c.peers[key]; p != nil {
+		p.LastSeen = c.cfg.Now()
+	}
+}
+
+// setOffline records that the contact's session ended, lastSeen being the
+// time of its last packet (not now: silence is noticed DeadAfter late);
+// rendezvous lookups for it go back to the fast schedule.
+func (c *chat) setOffline(key publicKey, lastSeen time.Time) {
 	c.mu.Lock()
 	p := c.peers[key]
 	if p == nil || !p.online {
@@ -824,7 +839,10 @@ func (c *chat) setOffline(key publicKey) {
 		return
 	}
 	now := c.cfg.Now()
-	p.online, p.LastSeen = false, now
+	p.online = false
+	if !lastSeen.IsZero() {
+		p.LastSeen = lastSeen
+	}
 	c.sched.offline(key, now)
 	c.ev.push(chatEvent{Kind: eventOffline, Contact: p.Name, Key: key, Time: now, Addr: p.addr})
 	c.mu.Unlock()
@@ -851,6 +869,7 @@ func (c *chat) run(ctx context.Context) error {
 			return c.saveContacts(nil, nil)
 		case <-t.C:
 			c.retransmit()
+			c.ob.scrubIfDue(c.cfg.Now())
 			c.sched.tick(ctx)
 		}
 	}

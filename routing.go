@@ -1,19 +1,16 @@
 // Routing table (SPEC.md 3.3; BEP 5): 160-bit ids, k-buckets, XOR metric,
 // and the routing file.
 //
-// Flow: the DHT calls heard() for every valid message from a node (a
-// response to our query, or a query of its own) and failed() when one of our
-// queries to it went unanswered. heard() updates a known node, or inserts a
-// new one: into free room, over a bad node, by splitting the bucket that
-// holds our own id, or over an unverified node when the newcomer has a BEP 42
-// id; otherwise the newcomer waits in the bucket's replacement cache and
-// heard() returns the bucket's questionable nodes for the caller to ping
-// (ping-before-evict); a querier that took a slot is returned too, to be
-// pinged once, as replies only pass on nodes that have answered us. A node
-// whose pings keep failing turns bad, and failed() promotes the best
-// replacement into its slot. closest() answers lookups, closestFamily()
-// replies; refreshTargets() names the stale buckets to search again.
-// BEP 42 ids and the external-address voter are in bep42.go.
+// Flow: the DHT calls heard() for every valid message from a node and
+// failed() when one of our queries to it went unanswered. heard() updates a
+// known node or inserts a new one: into free room, over a bad node, by
+// splitting our own id's bucket, or over an unverified node if the newcomer
+// has a BEP 42 id; otherwise the newcomer waits in the replacement cache and
+// heard() returns the questionable nodes to ping (ping-before-evict), and a
+// querier that took a slot, to be pinged once (replies pass on only nodes
+// that answered us). failed() turns a node bad after repeated failures and
+// promotes the best replacement. closest() answers lookups, closestFamily()
+// replies; refreshTargets() names stale buckets. BEP 42 is in bep42.go.
 package main
 
 import (

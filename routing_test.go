@@ -16,12 +16,6 @@ import (
 	"time"
 )
 
-type fakeClock struct{ t time.Time }
-
-func newFakeClock() *fakeClock               { return &fakeClock{t: time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)} }
-func (c *fakeClock) now() time.Time          { return c.t }
-func (c *fakeClock) advance(d time.Duration) { c.t = c.t.Add(d) }
-
 // idCPL returns an id sharing exactly cpl leading bits with self; n varies
 // the trailing bits so distinct n give distinct ids (cpl < 144).
 func idCPL(self nodeID, cpl int, n int) nodeID {
@@ -877,19 +871,8 @@ func TestRoutingFileMissing(t *testing.T) {
 // TestRoutingFileSpecExample parses the example in SPEC.md 3.3 so the spec
 // and the code cannot drift apart.
 func TestRoutingFileSpecExample(t *testing.T) {
-	spec, err := os.ReadFile("SPEC.md")
-	if err != nil {
-		t.Fatal(err)
-	}
-	const marker = "<!-- routing-file-example -->"
-	_, rest, ok := strings.Cut(string(spec), marker)
-	if !ok {
-		t.Fatalf("SPEC.md has no %s", marker)
-	}
-	_, rest, _ = strings.Cut(rest, "```\n")
-	block, _, _ := strings.Cut(rest, "```")
 	var hexText strings.Builder
-	for _, line := range strings.Split(block, "\n") {
+	for _, line := range specRawBlocks(t, "routing-file")[0].lines {
 		line, _, _ = strings.Cut(line, "#")
 		hexText.WriteString(strings.Join(strings.Fields(line), ""))
 	}
@@ -1016,8 +999,7 @@ func TestServeVerifiesQuerier(t *testing.T) {
 
 // A new id (BEP 42) keeps what we know of each node and drops bad ones.
 func TestRebuiltKeepsStates(t *testing.T) {
-	now := time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
-	tb := newRoutingTable(nodeID{0x80}, func() time.Time { return now })
+	tb := newRoutingTable(nodeID{0x80}, newFakeClock().now)
 	good := nodeInfo{ID: nodeID{0x01}, Addr: netip.MustParseAddrPort("10.0.0.1:1")}
 	bad := nodeInfo{ID: nodeID{0x02}, Addr: netip.MustParseAddrPort("10.0.0.2:1")}
 	asked := nodeInfo{ID: nodeID{0x03}, Addr: netip.MustParseAddrPort("10.0.0.3:1")}

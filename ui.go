@@ -124,7 +124,7 @@ func (u *ui) handleLine(ctx context.Context, line string) error {
 			line = trimmed[1:]
 		}
 		if u.to == "" {
-			u.printf("error no recipient: use /to NAME or /msg NAME TEXT")
+			u.printf("error ui: no recipient: use /to NAME or /msg NAME TEXT")
 			return nil
 		}
 		u.report(ctx, u.sendText(ctx, u.to, line))
@@ -145,7 +145,7 @@ func (u *ui) handleLine(ctx context.Context, line string) error {
 			return nil
 		}
 	}
-	u.printf("error unknown command %q: try /help", name)
+	u.printf("error ui: unknown command %q: try /help", name)
 	return nil
 }
 
@@ -314,7 +314,7 @@ func (u *ui) cmdTo(_ context.Context, rest string) error {
 		return err
 	}
 	if !u.app.hasContact(f[0]) {
-		return fmt.Errorf("ui: no contact %q", f[0])
+		return fmt.Errorf("%w %q", errNoContact, f[0])
 	}
 	u.setTarget(f[0])
 	u.printf("* to %s", f[0])
@@ -355,18 +355,29 @@ func (u *ui) sendText(ctx context.Context, name, text string) error {
 func (u *ui) cmdContacts(_ context.Context, _ string) error {
 	list := u.app.chat.contactList()
 	for _, c := range list {
-		state, addr := "offline", "-"
-		if c.Online {
-			state, addr = "online", c.Addr.String()
-		}
-		seen := "never"
-		if !c.LastSeen.IsZero() {
-			seen = c.LastSeen.Format(time.RFC3339)
-		}
-		u.printf("contact %s %s %s last-seen %s outbox %d key %s", c.Name, state, addr, seen, c.Outbox, c.Key)
+		u.printf("%s", contactLine(c))
 	}
 	u.printf("done %d contacts", len(list))
 	return nil
+}
+
+// contactLine is one line of /contacts. A contact never seen since it was
+// added is "waiting", not "offline": we cannot tell whether it has not
+// added us (its rendezvous is keyed by a secret only the two of us hold,
+// so it announces nothing we could see until it does) or has simply not
+// been online at the same time as us; the line's end says both.
+func contactLine(c contactInfo) string {
+	state, addr, seen, why := "offline", "-", "never", ""
+	switch {
+	case c.Online:
+		state, addr = "online", c.Addr.String()
+	case c.LastSeen.IsZero():
+		state, why = "waiting", fmt.Sprintf(" (waiting for %s to add you, or for you both to be online at once)", c.Name)
+	}
+	if !c.LastSeen.IsZero() {
+		seen = c.LastSeen.Format(time.RFC3339)
+	}
+	return fmt.Sprintf("contact %s %s %s last-seen %s outbox %d key %s%s", c.Name, state, addr, seen, c.Outbox, c.Key, why)
 }
 
 func (u *ui) cmdVerify(_ context.Context, rest string) error {

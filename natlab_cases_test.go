@@ -1,0 +1,374 @@
+//go:build linux
+
+// The NAT lab's cases, trials and report (issue 9).
+//
+// Each case builds its sites once; each trial then flushes the routers'
+// conntrack tables, makes two fresh users (identities and each other as
+// contacts, made offline in an isolated namespace), starts them with up to
+// 1 s of skew, each queueing one message to the other at once, and waits
+// for both messages to be delivered. The report per case: successes, and
+// the time from both sides having the other's address (a rendezvous lookup
+// found it, or a session brought it) to the first delivered message.
+package main
+
+import (
+	"context"
+	"fmt"
+	"math"
+	"math/rand/v2"
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+// natlabCase is one arrangement of two users.
+type natlabCase struct {
+	name    string
+	a, b    routerKind
+	sameNAT bool          // both users behind site a's router (b unused)
+	delay   time.Duration // one-way delay between the two sites
+	flush   bool          // flush both routers' conntrack after the first exchange
+	note    string        // what the issue's measurement found
+}
+
+var natlabCases = []natlabCase{
+	{name: "public-public", a: sitePublic, b: sitePublic, note: "issue: 5/5, 0.04 s"},
+	{name: "public-plain", a: sitePublic, b: natPlain, note: "issue: 5/5, p50 5.05 s"},
+	{name: "a-plain-plain", a: natPlain, b: natPlain, note: "issue: 0/5"},
+	{name: "a-strict-strict", a: natStrict, b: natStrict, note: "issue: 5/5, 0.04 s"},
+	{name: "a-plain-strict", a: natPlain, b: natStrict},
+	{name: "b-plain-plain-50ms", a: natPlain, b: natPlain, delay: 50 * time.Millisecond},
+	{name: "b-strict-strict-50ms", a: natStrict, b: natStrict, delay: 50 * time.Millisecond},
+	{name: "c-random-forward", a: natRandom, b: natForward, note: "issue: 5/5, p50 5.1 s"},
+	{name: "d-random-plain", a: natRandom, b: natPlain, note: "issue: 0/5"},
+	{name: "d-random-random", a: natRandom, b: natRandom},
+	{name: "e-same-nat", a: natPlain, sameNAT: true, note: "issue: 0/5"},
+	{name: "f-strict-flush", a: natStrict, b: natStrict, flush: true},
+	{name: "f-plain-flush", a: natPlain, b: natPlain, flush: true},
+	{name: "g-v6-firewalls", a: v6Firewall, b: v6Firewall},
+	{name: "g-dual-stack", a: dualPlain, b: dualPlain},
+}
+
+// trialResult is what one trial measured.
+type trialResult struct {
+	ok       bool
+	toMsg    time.Duration // both sides had the address -> first delivery
+	fromUp   time.Duration // the later user's start -> both deliveries
+	recovery time.Duration // flush -> both second messages delivered (flush cases)
+	why      string        // on failure
+}
+
+// natlabSummary is one case's line in the report.
+type natlabSummary struct {
+	c       natlabCase
+	results []trialResult
+}
+
+func TestNATLab(t *testing.T) {
+	lab := newNATLab(t)
+	lab.setupNS = lab.addNS("u")
+	trials := 3
+	if s := os.Getenv(natlabTrialsEnv); s != "" {
+		n, err := strconv.Atoi(s)
+		if err != nil || n < 1 {
+			t.Fatalf("%s=%q: want a positive count", natlabTrialsEnv, s)
+		}
+		trials = n
+	}
+	wait := 20 * time.Second
+	if s := os.Getenv(natlabWaitEnv); s != "" {
+		d, err := time.ParseDuration(s)
+		if err != nil || d <= 0 {
+			t.Fatalf("%s=%q: want a duration", natlabWaitEnv, s)
+		}
+		wait = d
+	}
+	began := time.Now()
+	var mu sync.Mutex
+	var sums []natlabSummary
+	// Every case at once, whatever -parallel says: the cases spend their
+	// time waiting, and t.Run may be called from several goroutines.
+	var wg sync.WaitGroup
+	for _, c := range natlabCases {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			t.Run(c.name, func(t *testing.T) {
+				env := lab.buildCase(t, c)
+				s := natlabSummary{c: c}
+				for i := range trials {
+					r := env.trial(t, i, wait)
+					if !r.ok {
+						t.Logf("trial %d: %s", i, r.why)
+					}
+					s.results = append(s.results, r)
+				}
+				mu.Lock()
+				sums = append(sums, s)
+				mu.Unlock()
+			})
+		}()
+	}
+	wg.Wait()
+	slices.SortFunc(sums, func(a, b natlabSummary) int {
+		return slices.IndexFunc(natlabCases, func(c natlabCase) bool { return c.name == a.c.name }) -
+			slices.IndexFunc(natlabCases, func(c natlabCase) bool { return c.name == b.c.name })
+	})
+	if d, err := time.ParseDuration(os.Getenv("KADCHAT_NATLAB_HOLD")); err == nil {
+		t.Logf("NAT lab: holding the lab for %v (namespaces %s*)", d, lab.prefix)
+		time.Sleep(min(d, 10*time.Minute))
+	}
+	report := natlabReport(sums, trials, wait, time.Since(began))
+	t.Log("\n" + report)
+	if path := os.Getenv("KADCHAT_NATLAB_REPORT"); path != "" {
+		os.WriteFile(path, []byte(report), 0o644)
+	}
+}
+
+// caseEnv is one case's sites and users' namespaces.
+type caseEnv struct {
+	lab   *natlab
+	c     natlabCase
+	sites []*site
+	hosts [2]string // namespaces of alice and bob
+	kinds [2]routerKind
+	tmp   string
+}
+
+// buildCase makes the case's sites.
+func (l *natlab) buildCase(t *testing.T, c natlabCase) *caseEnv {
+	e := &caseEnv{lab: l, c: c, tmp: t.TempDir()}
+	if c.sameNAT {
+		s := l.addSite(c.a, 2)
+		e.sites = []*site{s}
+		e.hosts = [2]string{s.hosts[0], s.hosts[1]}
+		e.kinds = [2]routerKind{c.a, c.a}
+		return e
+	}
+	sa, sb := l.addSite(c.a, 1), l.addSite(c.b, 1)
+	e.sites = []*site{sa, sb}
+	e.hosts = [2]string{sa.hosts[0], sb.hosts[0]}
+	e.kinds = [2]routerKind{c.a, c.b}
+	if c.delay > 0 {
+		l.delayBetween(sa, sb, c.delay)
+	}
+	return e
+}
+
+// bootstrap is the DHT node list a host of kind can reach.
+func (l *natlab) bootstrap(k routerKind) string {
+	var b []string
+	if k.hasV4() {
+		b = append(b, l.dht4...)
+	}
+	if k.hasV6() {
+		b = append(b, l.dht6...)
+	}
+	return strings.Join(b, ",")
+}
+
+// makeUsers creates alice's and bob's data directories, each holding an
+// identity and the other as a contact. It runs both in a namespace with
+// only loopback, so nothing they do reaches the lab's DHT.
+func (l *natlab) makeUsers(t *testing.T, dirs [2]string) error {
+	names := [2]string{"alice", "bob"}
+	var ps [2]*labProc
+	var keys [2]string
+	for i := range ps {
+		ps[i] = l.start(l.setupNS, "setup-"+names[i], dirs[i], "127.0.0.1:9", false)
+		defer ps[i].kill()
+		ln, ok := ps[i].waitOut(context.Background(), natlabCmdWait, "* ready ")
+		if !ok {
+			return fmt.Errorf("setup %s: no ready line:%s", names[i], ps[i].tail())
+		}
+		f := strings.Fields(ln.text)
+		keys[i] = f[len(f)-1]
+	}
+	for i, p := range ps {
+		p.send(fmt.Sprintf("/add %s %s", names[1-i], keys[1-i]))
+		if _, ok := p.waitOut(context.Background(), natlabCmdWait, "* added "); !ok {
+			return fmt.Errorf("setup %s: /add failed:%s", names[i], p.tail())
+		}
+		p.send("/quit")
+	}
+	for _, p := range ps {
+		done := make(chan struct{})
+		go func() { p.cmd.Wait(); close(done) }()
+		select {
+		case <-done:
+			p.mu.Lock()
+			p.killed = true
+			p.mu.Unlock()
+		case <-time.After(natlabCmdWait):
+			return fmt.Errorf("setup %s: did not quit", p.name)
+		}
+	}
+	return nil
+}
+
+// trial runs one trial of the case.
+func (e *caseEnv) trial(t *testing.T, i int, wait time.Duration) trialResult {
+	l := e.lab
+	for _, s := range e.sites {
+		l.flush(s)
+	}
+	names := [2]string{"alice", "bob"}
+	var dirs [2]string
+	for u := range dirs {
+		dirs[u] = filepath.Join(e.tmp, fmt.Sprintf("t%d-%s", i, names[u]))
+	}
+	defer func() {
+		for _, d := range dirs {
+			os.RemoveAll(d)
+		}
+	}()
+	if err := l.makeUsers(t, dirs); err != nil {
+		return trialResult{why: err.Error()}
+	}
+	// Up to 1 s of skew, either one first.
+	first := rand.IntN(2)
+	skew := rand.N(time.Second)
+	var ps [2]*labProc
+	for k := range 2 {
+		u := (first + k) % 2
+		if k == 1 {
+			time.Sleep(skew)
+		}
+		ps[u] = l.start(e.hosts[u], names[u], dirs[u], l.bootstrap(e.kinds[u]), true)
+		defer ps[u].kill()
+		ps[u].send(fmt.Sprintf("/msg %s hello-from-%s", names[1-u], names[u]))
+	}
+	upAt := ps[1-first].start
+	ctx := context.Background()
+	deadline := time.Now().Add(wait)
+	fail := func(format string, args ...any) trialResult {
+		return trialResult{why: fmt.Sprintf(format, args...) + ps[0].tail() + ps[1].tail()}
+	}
+	var delivered [2]time.Time
+	for u, p := range ps {
+		ln, ok := p.waitOut(ctx, time.Until(deadline), "* delivered ")
+		if !ok {
+			return fail("%s's message not delivered within %v (skew %v, %s first)", names[u], wait, skew, names[first])
+		}
+		delivered[u] = ln.at
+		if _, ok := ps[1-u].waitOut(ctx, time.Until(deadline), "["); !ok {
+			return fail("%s saw no message from %s", names[1-u], names[u])
+		}
+	}
+	r := trialResult{ok: true}
+	firstMsg := minTime(delivered[0], delivered[1])
+	r.fromUp = maxTime(delivered[0], delivered[1]).Sub(upAt)
+	var have [2]time.Time
+	for u, p := range ps {
+		have[u] = firstAddress(p, names[1-u])
+	}
+	r.toMsg = max(0, firstMsg.Sub(maxTime(have[0], have[1])))
+	if e.c.flush {
+		return e.afterFlush(ps, names, wait, r)
+	}
+	return r
+}
+
+// afterFlush flushes every router's conntrack mid-conversation and checks
+// that a second message each way still arrives.
+func (e *caseEnv) afterFlush(ps [2]*labProc, names [2]string, wait time.Duration, r trialResult) trialResult {
+	flushed := time.Now()
+	for _, s := range e.sites {
+		e.lab.flush(s)
+	}
+	for u, p := range ps {
+		p.send(fmt.Sprintf("/msg %s again-from-%s", names[1-u], names[u]))
+	}
+	var last time.Time
+	for u, p := range ps {
+		ln, ok := p.wait(context.Background(), wait, func(l labLine) bool {
+			return !l.log && l.at.After(flushed) && strings.HasPrefix(l.text, "* delivered ")
+		})
+		if !ok {
+			return trialResult{why: fmt.Sprintf("after the flush, %s's second message not delivered within %v", names[u], wait) + ps[0].tail() + ps[1].tail()}
+		}
+		last = maxTime(last, ln.at)
+	}
+	r.recovery = last.Sub(flushed)
+	return r
+}
+
+// firstAddress is when p first had peer's address: its first rendezvous
+// lookup that found anything, or the session coming online, whichever was
+// first.
+func firstAddress(p *labProc, peer string) time.Time {
+	var at time.Time
+	if ln, ok := p.first(func(l labLine) bool {
+		return l.log && strings.Contains(l.text, `msg="chat: rendezvous"`) &&
+			strings.Contains(l.text, "announce=false") && !strings.Contains(l.text, "found=[]")
+	}); ok {
+		at = ln.at
+	}
+	if ln, ok := p.first(func(l labLine) bool {
+		return !l.log && strings.HasPrefix(l.text, "* online "+peer+" ")
+	}); ok && (at.IsZero() || ln.at.Before(at)) {
+		at = ln.at
+	}
+	return at
+}
+
+func minTime(a, b time.Time) time.Time {
+	if a.Before(b) {
+		return a
+	}
+	return b
+}
+
+func maxTime(a, b time.Time) time.Time {
+	if a.After(b) {
+		return a
+	}
+	return b
+}
+
+// natlabQuantile is the nearest-rank q-quantile of ds (q in (0,1]).
+func natlabQuantile(ds []time.Duration, q float64) time.Duration {
+	if len(ds) == 0 {
+		return -1
+	}
+	s := slices.Clone(ds)
+	slices.Sort(s)
+	return s[max(0, int(math.Ceil(q*float64(len(s))))-1)]
+}
+
+// natlabReport formats the table the issue asks for.
+func natlabReport(sums []natlabSummary, trials int, wait, took time.Duration) string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "NAT lab: %d trials per case, %v bound per wait, %v in all\n", trials, wait, took.Round(time.Second))
+	fmt.Fprintf(&b, "%-22s %7s %16s %16s %16s  %s\n", "case", "ok", "addr->msg p50/99", "start->both p50/99", "flush->both p50/99", "issue said")
+	sec := func(d time.Duration) string {
+		if d < 0 {
+			return "-"
+		}
+		return fmt.Sprintf("%.2f", d.Seconds())
+	}
+	for _, s := range sums {
+		var toMsg, fromUp, rec []time.Duration
+		ok := 0
+		for _, r := range s.results {
+			if r.ok {
+				ok++
+				toMsg = append(toMsg, r.toMsg)
+				fromUp = append(fromUp, r.fromUp)
+				if s.c.flush {
+					rec = append(rec, r.recovery)
+				}
+			}
+		}
+		fmt.Fprintf(&b, "%-22s %7s %16s %16s %16s  %s\n", s.c.name, fmt.Sprintf("%d/%d", ok, len(s.results)),
+			sec(natlabQuantile(toMsg, 0.5))+"/"+sec(natlabQuantile(toMsg, 0.99)),
+			sec(natlabQuantile(fromUp, 0.5))+"/"+sec(natlabQuantile(fromUp, 0.99)),
+			sec(natlabQuantile(rec, 0.5))+"/"+sec(natlabQuantile(rec, 0.99)), s.c.note)
+	}
+	return b.String()
+}
