@@ -44,8 +44,8 @@ const (
 	maxTransactions = 2048 // outstanding queries per node
 	maxAttempts     = 6    // one transmission and five retransmissions
 	maxBackoffShift = 2    // the timeout doubles at most twice: 1, 2, 4, 4, 4, 4 x RTO
-	maxPeersReply   = 50   // IPv4 peers in one get_peers reply: worst reply 1,045 bytes (SPEC.md 3.5.2)
-	maxPeersReply6  = 27   // IPv6 peers (21 bytes each): worst reply 1,225 of 1,232 bytes
+	maxPeersReply   = 50   // IPv4 peers in one get_peers reply: worst reply 1,036 bytes (SPEC.md 3.5.2)
+	maxPeersReply6  = 27   // IPv6 peers (21 bytes each): worst reply 1,216 of 1,232 bytes
 	maxEvictPings   = 64   // ping-before-evict queries in flight at once
 	routingFile     = "routing"
 
@@ -106,12 +106,11 @@ func (e *krpcError) Error() string { return fmt.Sprintf("krpc: error %d: %s", e.
 // dht is the DHT node. Safe for concurrent use, except that handleKRPC must
 // only be called by the Node's read goroutine (it owns the reply buffers).
 type dht struct {
-	node    *Node
-	cfg     dhtConfig
-	log     *slog.Logger
-	now     func() time.Time
-	version []byte
-	timing  dhtTiming
+	node   *Node
+	cfg    dhtConfig
+	log    *slog.Logger
+	now    func() time.Time
+	timing dhtTiming
 
 	tokens *tokenBox
 	peers  *peerStore
@@ -155,7 +154,7 @@ func newDHT(n *Node, cfg dhtConfig) (*dht, error) {
 		return nil, fmt.Errorf("dht: seed: %w", err)
 	}
 	d := &dht{
-		node: n, cfg: cfg, log: cfg.Log, now: cfg.Now, version: []byte(krpcVersion),
+		node: n, cfg: cfg, log: cfg.Log, now: cfg.Now,
 		timing: defaultTiming(),
 		tokens: newTokenBox(cfg.Rand, cfg.Now), peers: newPeerStore(cfg.Now, cfg.Rand), items: newItemStore(cfg.Now),
 		table: newRoutingTable(self, cfg.Now), saved: saved, evicting: map[netip.AddrPort]struct{}{},
@@ -165,7 +164,7 @@ func newDHT(n *Node, cfg dhtConfig) (*dht, error) {
 		nbuf6: make([]byte, 0, 38*bucketSize), vbuf: make([]byte, 0, 20*maxPeersReply),
 	}
 	d.tx = &txTable{
-		write: d.sendRaw, self: d.id, now: cfg.Now, timing: &d.timing, version: d.version,
+		write: d.sendRaw, self: d.id, now: cfg.Now, timing: &d.timing,
 		failed: func(n nodeInfo) {
 			d.mu.Lock()
 			d.table.failed(n)
@@ -253,7 +252,7 @@ func (s *server) handleQuery(from netip.AddrPort, m *krpcMsg) {
 	if !m.ReadOnly { // BEP 43: read-only nodes are served but never added
 		s.d.heard(nodeInfo{ID: m.Args.ID, Addr: from}, false)
 	}
-	r := krpcMsg{TID: m.TID, Type: 'r', Version: s.d.version, IP: from}
+	r := krpcMsg{TID: m.TID, Type: 'r', IP: from}
 	r.Reply.ID = s.d.id()
 	switch m.Method {
 	case methodFindNode:
@@ -380,9 +379,9 @@ func (s *server) acceptPut(a *krpcArgs, from netip.AddrPort) (int, string) {
 	}
 }
 
-// replyError sends an 'e' message; it also carries our "v" and BEP 42 "ip".
+// replyError sends an 'e' message; it also carries the BEP 42 "ip".
 func (s *server) replyError(to netip.AddrPort, tid []byte, code int, msg string) {
-	e := krpcMsg{TID: tid, Type: 'e', Version: s.d.version, IP: to, ErrCode: code, ErrMsg: []byte(msg)}
+	e := krpcMsg{TID: tid, Type: 'e', IP: to, ErrCode: code, ErrMsg: []byte(msg)}
 	s.sbuf = e.appendTo(s.sbuf[:0])
 	s.d.sendRaw(to, s.sbuf)
 }
@@ -505,12 +504,11 @@ func backoff(rto time.Duration, attempt int, t *dhtTiming) time.Duration {
 // retransmits it on timeout and hands its outcome to the caller. Safe for
 // concurrent use; done callbacks run without its lock held.
 type txTable struct {
-	write   func(to netip.AddrPort, b []byte)
-	failed  func(n nodeInfo) // every attempt to query n timed out
-	self    func() nodeID
-	now     func() time.Time
-	timing  *dhtTiming
-	version []byte
+	write  func(to netip.AddrPort, b []byte)
+	failed func(n nodeInfo) // every attempt to query n timed out
+	self   func() nodeID
+	now    func() time.Time
+	timing *dhtTiming
 
 	mu     sync.Mutex // guards txs, closed, rng, rtt
 	txs    map[txKey]*transaction
@@ -519,12 +517,12 @@ type txTable struct {
 	rtt    rttEstimator
 }
 
-// send sends q (Method and Args set by the caller; tid, id and version are
-// filled in here) and returns at once; done reports the outcome. If expect
+// send sends q (Method and Args set by the caller; tid and id are filled
+// in here; no "v", SPEC.md 3.2) and returns at once; done reports the outcome. If expect
 // is non-nil, a timeout is reported to the routing table as a failure of
 // that node.
 func (x *txTable) send(to netip.AddrPort, q *krpcMsg, expect *nodeID, onRetry func(int), done func(queryResult)) (txKey, error) {
-	q.Type, q.Version = 'q', x.version
+	q.Type = 'q'
 	q.Args.ID = x.self()
 	t := &transaction{onRetry: onRetry, done: done, attempts: 1}
 	if expect != nil {

@@ -162,15 +162,16 @@ func TestPingBothWays(t *testing.T) {
 	}
 }
 
-func TestReplyCarriesVersionAndIP(t *testing.T) {
+// Replies carry the BEP 42 "ip" and no "v": nothing in them says kadchat.
+func TestReplyCarriesIPNotVersion(t *testing.T) {
 	d := newTestDHT(t, dhtConfig{}, 0)
 	p := newRawPeer(t)
 	m := p.exchange(d, rawPing(""))
 	if m.Type != 'r' || string(m.TID) != "aa" || m.Reply.ID != d.id() {
 		t.Fatalf("reply %+v, want an 'r' with tid aa and id %v", m, d.id())
 	}
-	if string(m.Version) != krpcVersion || m.IP != p.addr() {
-		t.Errorf("v=%q ip=%v, want %q and %v", m.Version, m.IP, krpcVersion, p.addr())
+	if m.Version != nil || m.IP != p.addr() {
+		t.Errorf("v=%q ip=%v, want no v and %v", m.Version, m.IP, p.addr())
 	}
 	if d.size() != 1 {
 		t.Errorf("size %d after a query, want 1", d.size())
@@ -209,8 +210,8 @@ func TestQueryErrors(t *testing.T) {
 		if m.Type != 'e' || m.ErrCode != tc.code || string(m.TID) != "aa" {
 			t.Errorf("%s: got type %q code %d tid %q, want 'e' %d \"aa\"", tc.name, m.Type, m.ErrCode, m.TID, tc.code)
 		}
-		if string(m.Version) != krpcVersion || m.IP != p.addr() {
-			t.Errorf("%s: v=%q ip=%v, want %q %v", tc.name, m.Version, m.IP, krpcVersion, p.addr())
+		if m.Version != nil || m.IP != p.addr() {
+			t.Errorf("%s: v=%q ip=%v, want no v and %v", tc.name, m.Version, m.IP, p.addr())
 		}
 	}
 }
