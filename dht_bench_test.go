@@ -166,7 +166,7 @@ func settle(d *dht) {
 	defer cancel()
 	for _, n := range d.closest(d.id(), settlePings) {
 		q := krpcMsg{Method: methodPing}
-		d.tx.query(ctx, n.Addr, &q, &n.ID)
+		d.tx.query(ctx, n.Addr, &q, txOpts{expect: &n.ID})
 	}
 }
 
