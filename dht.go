@@ -137,6 +137,7 @@ type dht struct {
 // the buffers replies are encoded into, so a reply costs no allocation.
 type server struct {
 	d                        *dht
+	limit                    *sourceLimiter // what each source can draw (ratelimit.go)
 	sbuf, nbuf4, nbuf6, vbuf []byte
 }
 
@@ -172,12 +173,12 @@ func newDHT(n *Node, cfg dhtConfig) (*dht, error) {
 	if d.source == nil && n.LocalAddr().Addr().IsUnspecified() {
 		d.source = routeSource
 	}
-	d.srv = &server{d: d,
+	d.srv = &server{d: d, limit: newSourceLimiter(srcQueryRate, srcQueryBurst),
 		sbuf: make([]byte, 0, maxDatagram), nbuf4: make([]byte, 0, 26*bucketSize),
 		nbuf6: make([]byte, 0, 38*bucketSize), vbuf: make([]byte, 0, 20*maxPeersReply),
 	}
 	d.tx = &txTable{
-		write: d.sendRaw, self: d.id, now: cfg.Now, timing: &d.timing, beforeSend: d.checkSource,
+		write: d.sendRaw, self: d.id, now: cfg.Now, timing: &d.timing, beforeSend: d.checkSource, moves: d.movesSoFar,
 		failed: func(n nodeInfo) {
 			d.mu.Lock()
 			d.table.failed(n)
@@ -237,7 +238,7 @@ func (d *dht) handleKRPC(from netip.AddrPort, b []byte) {
 	m, err := parseKRPC(b)
 	if err != nil {
 		var bq *krpcBadQuery
-		if errors.As(err, &bq) {
+		if errors.As(err, &bq) && d.srv.allow(from) {
 			d.srv.replyError(from, bq.TID, krpcErrProtocol, "bad query")
 		}
 		d.log.Debug("dht: dropped", "from", from, "err", err)
@@ -245,10 +246,24 @@ func (d *dht) handleKRPC(from netip.AddrPort, b []byte) {
 	}
 	switch m.Type {
 	case 'q':
-		d.srv.handleQuery(from, &m)
+		if d.srv.allow(from) {
+			d.srv.handleQuery(from, &m)
+		}
 	case 'r', 'e':
 		d.handleResponse(from, &m, b)
 	}
+}
+
+// allow reports whether from may have one more query answered now; a query
+// beyond its rate is dropped unanswered and unrecorded (SPEC.md 3.4.1).
+func (s *server) allow(from netip.AddrPort) bool {
+	if s.limit.allow(from, s.d.now()) {
+		return true
+	}
+	if s.d.log.Enabled(context.Background(), slog.LevelDebug) { // no allocation under a flood
+		s.d.log.Debug("dht: over its rate", "from", from, "dropped", s.limit.dropped.Load())
+	}
+	return false
 }
 
 func (s *server) handleQuery(from netip.AddrPort, m *krpcMsg) {
@@ -542,7 +557,7 @@ func (d *dht) refresh(ctx context.Context) {
 		if ctx.Err() != nil || d.movesSoFar() != moves {
 			return // after a move the targets, drawn near the old id, would tie it to us
 		}
-		if _, err := d.lookup(ctx, lookupOpts{target: t, method: methodFindNode, ownID: true}); err != nil {
+		if _, err := d.lookup(ctx, lookupOpts{target: t, method: methodFindNode, ownID: true, epoch: moves}); err != nil {
 			d.log.Debug("dht: refresh", "target", t, "err", err)
 		}
 	}
@@ -595,8 +610,8 @@ func (d *dht) bootstrap(ctx context.Context) error {
 		}
 		return fmt.Errorf("dht: bootstrap: %w: %s", errNoneAnswered, strings.Join(problems, "; "))
 	}
-	self := d.id()
-	_, err := d.lookup(ctx, lookupOpts{target: self, method: methodFindNode, seeds: seeds, ownID: true})
+	self, epoch := d.idAndMoves()
+	_, err := d.lookup(ctx, lookupOpts{target: self, method: methodFindNode, seeds: seeds, ownID: true, epoch: epoch})
 	return err
 }
 
@@ -630,8 +645,8 @@ func (d *dht) askRouters(ctx context.Context) ([]nodeInfo, int, []string) {
 		routers = append(routers, nodeInfo{Addr: a})
 		names = append(names, hp)
 	}
-	self := d.id()
-	res := d.tx.queryAll(ctx, routers, txOpts{ownID: true}, func(int) krpcMsg {
+	self, epoch := d.idAndMoves()
+	res := d.tx.queryAll(ctx, routers, txOpts{ownID: true, epoch: epoch}, func(int) krpcMsg {
 		return krpcMsg{Method: methodFindNode, Args: krpcArgs{Target: self}}
 	})
 	var seeds []nodeInfo

@@ -301,10 +301,10 @@ func TestMoveEndsLookupOfOwnID(t *testing.T) {
 		n.silent = true
 		n.mu.Unlock()
 	}
-	oldID := d.id()
+	oldID, epoch := d.idAndMoves()
 	errc := make(chan error, 1)
 	go func() {
-		_, err := d.lookup(testCtx(t), lookupOpts{target: oldID, method: methodFindNode, ownID: true})
+		_, err := d.lookup(testCtx(t), lookupOpts{target: oldID, method: methodFindNode, ownID: true, epoch: epoch})
 		errc <- err
 	}()
 	waitUntil(t, func() bool { return len(ns[len(ns)-1].queries()) > 1 })
@@ -340,5 +340,124 @@ func TestRouteSource(t *testing.T) {
 	}
 	if a := routeSource(true); a.IsValid() && (a.Is4() || a.IsUnspecified()) {
 		t.Errorf("routeSource(true) = %v, want an IPv6 address or none", a)
+	}
+}
+
+// reflectProbe is one source's traffic with a node: what it sent, what came
+// back.
+type reflectProbe struct {
+	sent, answers, pings int
+	bytesIn, bytesOut    int // bytes the node received from the source, and sent it
+	elapsed              time.Duration
+}
+
+// burst sends count copies of the query q (each with its own tid) from p
+// to d as fast as it can, and counts what comes back until settle after
+// the last one. A reader runs throughout, so the probe's own receive buffer
+// does not hide answers.
+func (p *rawPeer) burst(d *dht, q krpcMsg, count int, settle time.Duration) reflectProbe {
+	p.conn.SetReadBuffer(8 << 20)
+	var r reflectProbe
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		buf := make([]byte, maxDatagram)
+		for {
+			p.conn.SetReadDeadline(time.Now().Add(settle))
+			n, _, err := p.conn.ReadFromUDPAddrPort(buf)
+			if err != nil {
+				return
+			}
+			r.bytesOut += n
+			if m, err := parseKRPC(buf[:n]); err == nil && m.Type == 'q' {
+				r.pings++
+			} else {
+				r.answers++
+			}
+		}
+	}()
+	start := time.Now()
+	for i := range count {
+		q.TID = []byte{byte(i >> 8), byte(i)}
+		b := q.appendTo(nil)
+		p.send(d.addr(), b)
+		r.sent++
+		r.bytesIn += len(b)
+	}
+	r.elapsed = time.Since(start)
+	<-done
+	return r
+}
+
+// withFullTable gives d 20 answered nodes, so that its replies carry full
+// node lists, as on the real DHT.
+func withFullTable(d *dht) {
+	for i := range 20 {
+		d.heard(nodeInfo{ID: nodeID{byte(i * 13), 1}, Addr: netip.AddrPortFrom(netip.MustParseAddr("127.0.0.3"), uint16(1000+i))}, true)
+	}
+}
+
+// Issue 13 item 5: 2,000 BEP 44 gets of a 1,000-byte item, in a burst from
+// one source, draw srcQueryBurst answers and what srcQueryRate adds while
+// the burst lasts; the node sends that source a fraction of what it got.
+func TestReflectorBurstOfGets(t *testing.T) {
+	d := newTestDHT(t, dhtConfig{}, 0)
+	withFullTable(d)
+	v := appendBencodeString(nil, bytes.Repeat([]byte{'x'}, maxItemValue-4)) // "996:xxx...": 1,000 bytes
+	if err := d.items.put(bep44Item{V: v}, 0, false, netip.MustParseAddrPort("127.0.0.9:9")); err != nil {
+		t.Fatal(err)
+	}
+	q := krpcMsg{Type: 'q', Method: methodGet, Args: krpcArgs{ID: nodeID(rawID), Target: immutableTarget(v)}}
+	r := newRawPeer(t).burst(d, q, 2000, 500*time.Millisecond)
+	t.Logf("2,000 gets of a %d-byte item in %v: %d answers, %d pings; %d bytes in, %d out (%.2fx); one answer is %.1fx its query",
+		len(v), r.elapsed.Round(time.Millisecond), r.answers, r.pings, r.bytesIn, r.bytesOut,
+		float64(r.bytesOut)/float64(r.bytesIn), float64(r.bytesOut)/float64(max(r.answers, 1))/float64(r.bytesIn/r.sent))
+	maxAnswers := srcQueryBurst + int(srcQueryRate*r.elapsed.Seconds()) + 1
+	if r.answers < srcQueryBurst || r.answers > maxAnswers || r.bytesOut >= 4*r.bytesIn || r.pings > 1 {
+		t.Errorf("%d answers (want %d to %d), %d pings, %d bytes out for %d in (want under 4x)",
+			r.answers, srcQueryBurst, maxAnswers, r.pings, r.bytesOut, r.bytesIn)
+	}
+	if got := d.srv.limit.dropped.Load(); got != uint64(r.sent-r.answers) {
+		t.Errorf("limiter counted %d drops, the probe %d", got, r.sent-r.answers)
+	}
+}
+
+// Issue 13 item 5: a query from a new source, which never answers, draws
+// one verification ping (the querier took a table slot), not a ping and
+// its five retransmissions.
+func TestFreshQuerierGetsOnePing(t *testing.T) {
+	d := newTestDHT(t, dhtConfig{}, 0)
+	for _, m := range []krpcMethod{methodGet, methodGetPeers, methodFindNode, methodPing} {
+		p := newRawPeer(t) // a new port: a new source, and a new node
+		q := krpcMsg{Type: 'q', Method: m, Args: krpcArgs{ID: nodeID{0x77, byte(m)}, Target: nodeID{9}, InfoHash: nodeID{9}}}
+		// Retransmissions come at most 4 RTOs apart (rtoInitial: no RTT
+		// sample yet): wait longer than that after each datagram.
+		r := p.burst(d, q, 1, 5*d.timing.rtoInitial)
+		t.Logf("%v from a new source: %d answer, %d pings; %d bytes in, %d out", m, r.answers, r.pings, r.bytesIn, r.bytesOut)
+		if r.answers != 1 || r.pings != 1 {
+			t.Errorf("%v: %d answers and %d pings, want 1 and 1", m, r.answers, r.pings)
+		}
+	}
+}
+
+// A source that keeps within the limits is always answered: a burst of
+// srcQueryBurst queries, then queries below srcQueryRate. The limit costs
+// ordinary use nothing.
+func TestSteadySourceAnswered(t *testing.T) {
+	d := newTestDHT(t, dhtConfig{}, 0)
+	p := newRawPeer(t)
+	const steady = 8
+	answered := 0
+	start := time.Now()
+	for i := range srcQueryBurst + steady {
+		if i >= srcQueryBurst { // 4 a second: each finds 1.25 tokens
+			time.Sleep(time.Until(start.Add(time.Duration(i-srcQueryBurst+1) * time.Second * 5 / (4 * srcQueryRate))))
+		}
+		if m := p.exchange(d, rawQuery(methodPing, krpcArgs{})); m.Type == 'r' {
+			answered++
+		}
+	}
+	if answered != srcQueryBurst+steady {
+		t.Errorf("%d of %d queries answered", answered, srcQueryBurst+steady)
 	}
 }

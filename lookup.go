@@ -63,6 +63,7 @@ type lookupOpts struct {
 	salt        []byte     // get: the salt of a mutable item
 	stopOnValue bool       // get: end as soon as an immutable value verified
 	ownID       bool       // the target derives from our id: end if we move (nodeid.go)
+	epoch       uint64     // with ownID: d.movesSoFar() when the target was derived
 }
 
 type candState uint8
@@ -101,7 +102,7 @@ type lookup struct {
 	item     bep44Item
 	hasItem  bool
 	stop     bool
-	moves    uint64 // d's moves when the lookup started
+	moves    uint64 // with opts.ownID: opts.epoch
 	stats    lookupStats
 
 	mu     sync.Mutex // guards events, filled by transaction callbacks
@@ -114,7 +115,7 @@ type lookup struct {
 func (d *dht) lookup(ctx context.Context, o lookupOpts) (*lookupResult, error) {
 	start := d.now()
 	l := &lookup{d: d, opts: o, self: d.id(), seen: map[netip.AddrPort]*candidate{},
-		peerSeen: map[netip.AddrPort]struct{}{}, wake: make(chan struct{}, 1), moves: d.movesSoFar()}
+		peerSeen: map[netip.AddrPort]struct{}{}, wake: make(chan struct{}, 1), moves: o.epoch}
 	l.add(d.closest(o.target, 2*bucketSize), 1)
 	l.add(o.seeds, 1)
 	if len(l.cands) == 0 {
@@ -352,7 +353,7 @@ func (l *lookup) query(c *candidate) {
 	l.stats.Queried++
 	l.stats.Messages++
 	id := c.info.ID
-	o := txOpts{expect: &id, ownID: l.opts.ownID,
+	o := txOpts{expect: &id, ownID: l.opts.ownID, epoch: l.opts.epoch,
 		onRetry: func(attempt int) { l.post(lookupEvent{c: c, retry: attempt}) }}
 	_, err := l.d.tx.send(c.info.Addr, &q, o, func(r queryResult) { l.post(lookupEvent{c: c, res: &r}) })
 	if err != nil {

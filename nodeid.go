@@ -127,12 +127,10 @@ func (d *dht) renewIDLocked(ip netip.Addr, moved bool) {
 
 // checkSource runs before each of our queries leaves for to. If the kernel
 // would now send it from another local address than the last one, we
-// moved, and the id changes before any datagram carries it from there. It
-// reports whether we moved: a query naming an id derived from ours, built
-// before, must then be dropped.
-func (d *dht) checkSource(to netip.AddrPort) bool {
+// moved, and the id changes before any datagram carries it from there.
+func (d *dht) checkSource(to netip.AddrPort) {
 	if d.source == nil {
-		return false
+		return
 	}
 	fam := 0
 	if to.Addr().Unmap().Is6() {
@@ -140,7 +138,7 @@ func (d *dht) checkSource(to netip.AddrPort) bool {
 	}
 	src := d.source(fam == 1)
 	if !src.IsValid() {
-		return false // no route: nothing leaves, nothing to compare
+		return // no route: nothing leaves, nothing to compare
 	}
 	d.mu.Lock()
 	last := d.ids.source[fam]
@@ -154,14 +152,21 @@ func (d *dht) checkSource(to netip.AddrPort) bool {
 	if moved {
 		d.tx.abortOwn()
 	}
-	return moved
 }
 
-// movesSoFar is how many times we moved; lookups compare it.
+// movesSoFar is how many times we moved; queries naming an id derived
+// from ours carry it, and are dropped once it changed.
 func (d *dht) movesSoFar() uint64 {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	return d.ids.moves
+}
+
+// idAndMoves is our id and movesSoFar at once, for a query that names it.
+func (d *dht) idAndMoves() (nodeID, uint64) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.table.self(), d.ids.moves
 }
 
 // routeSource asks the kernel which local address it would send from to

@@ -39,8 +39,10 @@ type txOpts struct {
 	// whose address may be forged (SPEC.md 3.4.1).
 	once bool
 	// ownID: the query names an id derived from ours (a lookup of our own
-	// id or of a bucket's range); it ends if we move (nodeid.go).
+	// id or of a bucket's range), derived when we had moved epoch times; it
+	// is not sent, or ends, once we have moved again (nodeid.go).
 	ownID bool
+	epoch uint64
 }
 
 type transaction struct {
@@ -115,8 +117,9 @@ type txTable struct {
 	timing *dhtTiming
 	// beforeSend, if set, runs before each transmission; it may find that
 	// our address changed, and then renews our id (nodeid.go), which calls
-	// abortOwn. It reports whether it did.
-	beforeSend func(to netip.AddrPort) bool
+	// abortOwn. moves counts such changes.
+	beforeSend func(to netip.AddrPort)
+	moves      func() uint64
 
 	mu     sync.Mutex // guards txs, closed, rng, rtt
 	txs    map[txKey]*transaction
@@ -129,8 +132,11 @@ type txTable struct {
 // in here; no "v", SPEC.md 3.2) and returns at once; done reports the
 // outcome.
 func (x *txTable) send(to netip.AddrPort, q *krpcMsg, o txOpts, done func(queryResult)) (txKey, error) {
-	if x.beforeSend != nil && x.beforeSend(to) && o.ownID {
-		return txKey{}, errMoved // q names our old id
+	if x.beforeSend != nil {
+		x.beforeSend(to)
+	}
+	if o.ownID && x.moved(o.epoch) {
+		return txKey{}, errMoved // q names an id we dropped
 	}
 	q.Type = 'q'
 	t := &transaction{opts: o, done: done, attempts: 1, tries: maxAttempts, id: x.self()}
@@ -177,11 +183,21 @@ func (x *txTable) retry(k txKey) {
 	if x.beforeSend != nil {
 		x.beforeSend(k.addr) // may end k (abortOwn)
 	}
-	self := x.self()
+	self := x.self() // and moves: neither under x.mu, which nests no lock
+	var moves uint64
+	if x.moves != nil {
+		moves = x.moves()
+	}
 	x.mu.Lock()
 	t, ok := x.txs[k]
 	if !ok {
 		x.mu.Unlock()
+		return
+	}
+	if t.opts.ownID && x.moves != nil && moves != t.opts.epoch { // registered while a move was being handled
+		delete(x.txs, k)
+		x.mu.Unlock()
+		t.done(queryResult{Err: errMoved, Attempts: t.attempts})
 		return
 	}
 	if t.attempts < t.tries {
@@ -242,6 +258,11 @@ func (x *txTable) close() {
 	x.closed = true
 	x.mu.Unlock()
 	x.abort(errClosed, func(*transaction) bool { return true })
+}
+
+// moved reports whether we moved since we had moved epoch times.
+func (x *txTable) moved(epoch uint64) bool {
+	return x.moves != nil && x.moves() != epoch
 }
 
 // abortOwn ends the open queries that name an id derived from ours (their
