@@ -2,17 +2,16 @@
 // BEP 5, 42, 43 and 44 on the Node's one socket.
 //
 // Inbound flow: Node.run -> handleKRPC parses the datagram (parseKRPC, pure).
-// A query goes to server.handleQuery, which records the sender in the routing table,
-// answers from the table and the stores, and encodes the reply into a buffer
-// owned by the read goroutine. A response or error goes to handleResponse,
-// which finds the transaction by (tid, sender address), feeds the RTT
-// estimator and the external-address vote, records the responder and
+// A query within its source's rate (ratelimit.go) goes to
+// server.handleQuery, which records the sender in the routing table,
+// answers from the table and the stores, and encodes the reply into a
+// buffer owned by the read goroutine. A response or error goes to
+// handleResponse, which takes the transaction by (tid, sender address),
+// feeds the external-address vote (nodeid.go), records the responder and
 // completes the transaction.
-// Outbound flow: txTable.send picks a random tid, registers the transaction,
-// sends, and arms a timer that retransmits the same bytes (same tid) with
-// exponential backoff from the adaptive RTO; when every attempt timed out the
-// node is reported failed() to the table. Lookups (lookup.go) and the /dht
-// commands are built on txTable.send.
+// Outbound flow: our queries go through the transaction table
+// (transactions.go), which retransmits them and reports failed nodes to the
+// table. Lookups (lookup.go) and the /dht commands are built on it.
 // Maintenance (run): ping the saved table, bootstrap, then one ticker
 // refreshes stale buckets and saves the table; the table is saved on exit.
 package main
@@ -121,10 +120,9 @@ type dht struct {
 	peers  *peerStore
 	items  *itemStore
 
-	mu       sync.Mutex // guards table, voter, ids, saved, evicting
+	mu       sync.Mutex // guards table, ids, saved, evicting
 	table    *routingTable
-	voter    ipVoter
-	ids      idState
+	ids      idState    // our external address and what our id is bound to (nodeid.go)
 	saved    []nodeInfo // loaded from disk; pinged by run
 	evicting map[netip.AddrPort]struct{}
 	source   func(v6 bool) netip.Addr // see dhtConfig.Source; nil: no check
@@ -178,7 +176,7 @@ func newDHT(n *Node, cfg dhtConfig) (*dht, error) {
 		nbuf6: make([]byte, 0, 38*bucketSize), vbuf: make([]byte, 0, 20*maxPeersReply),
 	}
 	d.tx = &txTable{
-		write: d.sendRaw, self: d.id, now: cfg.Now, timing: &d.timing, beforeSend: d.checkSource, moves: d.movesSoFar,
+		write: d.sendRaw, self: d.id, now: cfg.Now, timing: &d.timing, beforeSend: d.checkSource, moves: func() uint64 { _, m := d.idAndMoves(); return m },
 		failed: func(n nodeInfo) {
 			d.mu.Lock()
 			d.table.failed(n)
@@ -221,7 +219,7 @@ func (d *dht) size() int {
 func (d *dht) external() (netip.AddrPort, bool) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	return d.voter.external()
+	return d.ids.voter.external()
 }
 
 func (d *dht) closest(target nodeID, count int) []nodeInfo {
@@ -554,7 +552,7 @@ func (d *dht) refresh(ctx context.Context) {
 	moves := d.ids.moves
 	d.mu.Unlock()
 	for _, t := range targets {
-		if ctx.Err() != nil || d.movesSoFar() != moves {
+		if _, now := d.idAndMoves(); ctx.Err() != nil || now != moves {
 			return // after a move the targets, drawn near the old id, would tie it to us
 		}
 		if _, err := d.lookup(ctx, lookupOpts{target: t, method: methodFindNode, ownID: true, epoch: moves}); err != nil {

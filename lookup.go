@@ -63,7 +63,7 @@ type lookupOpts struct {
 	salt        []byte     // get: the salt of a mutable item
 	stopOnValue bool       // get: end as soon as an immutable value verified
 	ownID       bool       // the target derives from our id: end if we move (nodeid.go)
-	epoch       uint64     // with ownID: d.movesSoFar() when the target was derived
+	epoch       uint64     // with ownID: the moves of d.idAndMoves when the target was derived
 }
 
 type candState uint8
@@ -124,7 +124,7 @@ func (d *dht) lookup(ctx context.Context, o lookupOpts) (*lookupResult, error) {
 	var err error
 	for {
 		l.handleEvents()
-		if o.ownID && d.movesSoFar() != l.moves {
+		if _, moves := d.idAndMoves(); o.ownID && moves != l.moves {
 			// Its target would tie our new address to the old id.
 			err = fmt.Errorf("dht: %v lookup: %w", o.method, errMoved)
 			break

@@ -39,10 +39,11 @@ var (
 // idState is what the DHT knows about the address its id belongs to.
 // The dht's mu guards it.
 type idState struct {
+	voter       ipVoter       // our external address, by vote (bep42.go)
 	boundTo     netip.Addr    // external IP the id was made for; zero: none yet
 	source      [2]netip.Addr // local address toward the Internet, IPv4 and IPv6, as last seen
 	lastWitness time.Time     // when one response's "ip" last moved us
-	moves       uint64        // moves so far; lookups of our own id end when it changes
+	moves       uint64        // moves so far; queries naming an id derived from ours carry it
 }
 
 // newNodeID draws an id for the external address ip: BEP 42 for a public
@@ -63,49 +64,56 @@ func sameKind(a, b netip.Addr) bool {
 	return a.Is4() == b.Is4() && isExemptBEP42(a) == isExemptBEP42(b)
 }
 
+// isMove reports whether our external address going from prev to next is
+// a move we have not yet taken an id for (boundTo).
+func isMove(prev, next, boundTo netip.Addr) bool {
+	return sameKind(prev, next) && next != prev && next != boundTo
+}
+
 // learnExternal votes on our external address with the "ip" a responder
 // saw (BEP 42) and renews our id when that address moved or was first
 // learned (see the flow comment at the top).
 func (d *dht) learnExternal(from netip.AddrPort, seen netip.AddrPort) {
 	seen = unmapAddrPort(seen)
-	if !seen.IsValid() || !usableAddr(seen) {
+	if !usableAddr(seen) {
 		return
 	}
 	d.mu.Lock()
-	prev, had := d.voter.external()
-	ext, changed := d.voter.voteFrom(from, seen)
-	now := d.now()
-	var to netip.Addr
-	moved := false
-	switch {
-	case had && sameKind(prev.Addr(), seen.Addr()) && seen.Addr() != prev.Addr() &&
-		seen.Addr() != d.ids.boundTo && now.Sub(d.ids.lastWitness) >= moveWitnessSpacing:
-		// One witness suffices: every datagram until the vote settles
-		// would carry the old id from the new address.
-		d.ids.lastWitness = now
-		to, moved = seen.Addr(), true
-		d.voter = ipVoter{}
-		d.voter.voteFrom(from, seen)
-	case changed && had && sameKind(prev.Addr(), ext.Addr()) && ext.Addr() != prev.Addr() && ext.Addr() != d.ids.boundTo:
-		to, moved = ext.Addr(), true
-	case ext.IsValid() && ext.Addr() != d.ids.boundTo:
-		// Learned, not moved: we were at this address all along, so
-		// the id changes only if BEP 42 wants another one.
-		d.ids.boundTo = ext.Addr()
-		if isExemptBEP42(ext.Addr()) || isSecureNodeID(d.table.self(), ext.Addr()) {
-			d.mu.Unlock()
-			return
-		}
-		to = ext.Addr()
-	default:
-		d.mu.Unlock()
-		return
+	to, renew, moved := d.ids.weigh(d.table.self(), from, seen, d.now())
+	if renew {
+		d.renewIDLocked(to, moved)
 	}
-	d.renewIDLocked(to, moved)
 	d.mu.Unlock()
 	if moved {
 		d.tx.abortOwn()
 	}
+}
+
+// weigh votes with one response's "ip" (seen, from the node at from) and
+// says whether our id (self) must change, for which address, and whether
+// that is a move.
+func (s *idState) weigh(self nodeID, from, seen netip.AddrPort, now time.Time) (to netip.Addr, renew, moved bool) {
+	prev, had := s.voter.external()
+	ext, changed := s.voter.voteFrom(from, seen)
+	switch {
+	case had && isMove(prev.Addr(), seen.Addr(), s.boundTo) && now.Sub(s.lastWitness) >= moveWitnessSpacing:
+		// One witness suffices: every datagram until the vote settles
+		// would carry the old id from the new address. The votes
+		// describe the old address; this one starts the new count.
+		s.lastWitness = now
+		s.voter = ipVoter{}
+		s.voter.voteFrom(from, seen)
+		return seen.Addr(), true, true
+	case had && changed && isMove(prev.Addr(), ext.Addr(), s.boundTo):
+		return ext.Addr(), true, true
+	case ext.IsValid() && ext.Addr() != s.boundTo:
+		// Learned, not moved: we were at this address all along, so
+		// the id changes only if BEP 42 wants another one.
+		s.boundTo = ext.Addr()
+		keep := isExemptBEP42(ext.Addr()) || isSecureNodeID(self, ext.Addr())
+		return ext.Addr(), !keep, false
+	}
+	return netip.Addr{}, false, false
 }
 
 // renewIDLocked (d.mu held) takes a new id for the external address ip
@@ -145,7 +153,7 @@ func (d *dht) checkSource(to netip.AddrPort) {
 	d.ids.source[fam] = src
 	moved := last.IsValid() && last != src
 	if moved {
-		d.voter = ipVoter{}
+		d.ids.voter = ipVoter{}
 		d.renewIDLocked(netip.Addr{}, true)
 	}
 	d.mu.Unlock()
@@ -154,15 +162,9 @@ func (d *dht) checkSource(to netip.AddrPort) {
 	}
 }
 
-// movesSoFar is how many times we moved; queries naming an id derived
-// from ours carry it, and are dropped once it changed.
-func (d *dht) movesSoFar() uint64 {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	return d.ids.moves
-}
-
-// idAndMoves is our id and movesSoFar at once, for a query that names it.
+// idAndMoves is our id and how many times we moved, read at once: a
+// query that names an id derived from ours carries that count, and is
+// dropped once it changed.
 func (d *dht) idAndMoves() (nodeID, uint64) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
