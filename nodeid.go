@@ -93,10 +93,16 @@ func (d *dht) learnExternal(from netip.AddrPort, seen netip.AddrPort) {
 // says whether our id (self) must change, for which address, and whether
 // that is a move.
 func (s *idState) weigh(self nodeID, from, seen netip.AddrPort, now time.Time) (to netip.Addr, renew, moved bool) {
+	// Where we were: the voted address, or while a new vote is under way
+	// after a move, the address the id was made for.
 	prev, had := s.voter.external()
+	ref := prev.Addr()
+	if !had {
+		ref = s.boundTo
+	}
 	ext, changed := s.voter.voteFrom(from, seen)
 	switch {
-	case had && isMove(prev.Addr(), seen.Addr(), s.boundTo) && now.Sub(s.lastWitness) >= moveWitnessSpacing:
+	case ref.IsValid() && isMove(ref, seen.Addr(), s.boundTo) && now.Sub(s.lastWitness) >= moveWitnessSpacing:
 		// One witness suffices: every datagram until the vote settles
 		// would carry the old id from the new address. The votes
 		// describe the old address; this one starts the new count.
@@ -104,7 +110,7 @@ func (s *idState) weigh(self nodeID, from, seen netip.AddrPort, now time.Time) (
 		s.voter = ipVoter{}
 		s.voter.voteFrom(from, seen)
 		return seen.Addr(), true, true
-	case had && changed && isMove(prev.Addr(), ext.Addr(), s.boundTo):
+	case ref.IsValid() && changed && isMove(ref, ext.Addr(), s.boundTo):
 		return ext.Addr(), true, true
 	case ext.IsValid() && ext.Addr() != s.boundTo:
 		// Learned, not moved: we were at this address all along, so
