@@ -176,7 +176,8 @@ func newDHT(n *Node, cfg dhtConfig) (*dht, error) {
 		nbuf6: make([]byte, 0, 38*bucketSize), vbuf: make([]byte, 0, 20*maxPeersReply),
 	}
 	d.tx = &txTable{
-		write: d.sendRaw, self: d.id, now: cfg.Now, timing: &d.timing, beforeSend: d.checkSource, moves: func() uint64 { _, m := d.idAndMoves(); return m },
+		write: d.sendRaw, self: d.id, now: cfg.Now, timing: &d.timing,
+		beforeSend: d.checkSource, moves: func() uint64 { _, m := d.idAndMoves(); return m },
 		failed: func(n nodeInfo) {
 			d.mu.Lock()
 			d.table.failed(n)

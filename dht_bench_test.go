@@ -262,7 +262,9 @@ func (nw *benchNet) closestLive(from *dht, target nodeID) nodeID {
 // than the querying node), by global knowledge, is among the k closest
 // responders it returns. Metrics: success-%, rounds-p50 and rounds-p99
 // (lookupStats.Rounds), msgs/lookup (datagrams sent, retransmissions
-// included) and ms-p99 (duration).
+// included), ms-p99 (duration) and limited (queries dropped over their
+// source's rate in the whole network since it was built; ordinary use
+// should never meet the limit).
 func BenchmarkLookup(b *testing.B) {
 	rng := mrand.New(mrand.NewPCG(1, 2))
 	// A sub-benchmark's function runs once per b.N tried: build lazily,
@@ -319,6 +321,11 @@ func runLookups(b *testing.B, nw *benchNet, rng *mrand.Rand) {
 	b.ReportMetric(float64(percentile(rounds, 99)), "rounds-p99")
 	b.ReportMetric(float64(msgs)/float64(b.N), "msgs/lookup")
 	b.ReportMetric(float64(percentile(durs, 99))/float64(time.Millisecond), "ms-p99")
+	var limited uint64 // queries over a source's rate (SPEC.md 3.4.1), building included: 0
+	for _, d := range nw.all {
+		limited += d.srv.limit.dropped.Load()
+	}
+	b.ReportMetric(float64(limited), "limited")
 }
 
 // percentile of sorted values (nearest rank).
