@@ -417,8 +417,9 @@ func TestReflectorBurstOfGets(t *testing.T) {
 		t.Errorf("%d answers (want %d to %d), %d pings, %d bytes out for %d in (want under 4x)",
 			r.answers, srcQueryBurst, maxAnswers, r.pings, r.bytesOut, r.bytesIn)
 	}
-	if got := d.srv.limit.dropped.Load(); got != uint64(r.sent-r.answers) {
-		t.Errorf("limiter counted %d drops, the probe %d", got, r.sent-r.answers)
+	// The kernel may drop some of the burst before the node reads it.
+	if got := d.srv.limit.dropped.Load(); got == 0 || got > uint64(r.sent-r.answers) {
+		t.Errorf("limiter counted %d drops, the probe %d unanswered", got, r.sent-r.answers)
 	}
 }
 
