@@ -4,14 +4,13 @@
 //
 // Flow: newDHT draws a random id. Every response's "ip" goes to
 // learnExternal: the vote (bep42.go) settles our external address, and the
-// id is then bound to it (a BEP 42 id for a public IPv4 or IPv6 address).
-// One "ip" naming another address of the same kind is taken as a move at
-// once, at most once per moveWitnessSpacing so that a liar cannot keep us
-// moving. Before each query leaves, checkSource asks the kernel which local
-// address it would send from; a change there is a move seen before any
-// datagram leaves the new address. A move draws a new id, forgets the
-// votes, rebuilds the table around the id (keeping its nodes) and ends the
-// open queries that name an id derived from the old one (lookups of our own
+// id is bound to it (BEP 42 for a public IPv4 or IPv6 address). One "ip"
+// naming another address of the same kind is a move at once (at most once
+// per moveWitnessSpacing, so a liar cannot keep us moving). Before each
+// query leaves, checkSource asks the kernel which local address it would
+// send from: a change is a move seen before any datagram leaves. A move
+// draws a new id, forgets the votes, rebuilds the table around it (keeping
+// its nodes) and ends the queries that name the old id (lookups of our own
 // id); the others go on, retransmitted with the new id.
 package main
 
