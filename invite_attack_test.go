@@ -65,7 +65,7 @@ func announcePorts(ctx context.Context, d *dht, ih nodeID, ports []uint16) int {
 	}
 	stored := 0
 	for _, p := range ports {
-		for _, res := range d.tx.queryAll(ctx, to, func(i int) krpcMsg {
+		for _, res := range d.tx.queryAll(ctx, to, txOpts{}, func(i int) krpcMsg {
 			return krpcMsg{Method: methodAnnouncePeer, Args: krpcArgs{InfoHash: ih, Port: p, Token: toks[i]}}
 		}) {
 			if res.Err == nil {
