@@ -2,9 +2,9 @@
 // DHT of demoSwarm nodes and two users, alice and bob, with fresh keys and
 // data directories. They add each other through the real line UI, find each
 // other at their rendezvous infohash, shake hands, exchange messages with
-// receipts and rekey once; then, never online together again, they pass a
-// message and its receipt through the DHT (SPEC.md 8). A trace of their
-// datagrams shows the wire.
+// receipts and rekey once, and bob quits; then, never online together
+// again, they pass a message and its receipt through the DHT (SPEC.md 8).
+// A trace of their datagrams shows the wire.
 // The demo is its own file because it is a second program on the same parts.
 package main
 
@@ -112,34 +112,37 @@ func demoScript(tr *demoTranscript, alice, bob *demoUser) error {
 	if _, err := bob.wait("[", demoStepWait); err != nil {
 		return err
 	}
-	tr.say("every message delivered and acknowledged; the old session keys are erased")
+	// A clean exit says goodbye inside the session, so alice sees bob
+	// leave at once rather than after 80 s of silence.
+	tr.say("bob types: /quit")
+	if err := bob.app.ui.handleLine(bob.ctx, "/quit"); !errors.Is(err, errQuit) {
+		return fmt.Errorf("demo: /quit: %v", err)
+	}
+	bob.app.sess.sayGoodbye()
+	if _, err := alice.wait("* offline bob", demoStepWait); err != nil {
+		return err
+	}
+	tr.say("every message delivered and acknowledged; the session keys are erased")
 	return nil
 }
 
-// demoDrop: alice and bob quit and are never online together again; a
-// message and its receipt still pass, through the DHT.
+// demoDrop: bob is gone, and alice and he are never online together
+// again; a message and its receipt still pass, through the DHT.
 func demoDrop(ctx context.Context, tr *demoTranscript, seed netip.AddrPort, alice, bob *demoUser) error {
-	tr.say("bob quits, then alice: from now on they are never online at the same time")
 	bob.stop()
-	alice.stop()
 	tr.mu.Lock()
 	tr.showDrops = true
 	tr.mu.Unlock()
-	a, err := startDemoUser(ctx, tr, "alice", alice.dir, seed)
-	if err != nil {
-		return err
-	}
-	defer a.stop()
 	line := "/msg bob are you there? this waits for you in the DHT"
 	tr.say("alice types: %s", line)
-	if err := a.app.ui.handleLine(a.ctx, line); err != nil {
+	if err := alice.app.ui.handleLine(alice.ctx, line); err != nil {
 		return err
 	}
-	if _, err := a.wait("* dropped bob", demoStepWait); err != nil {
+	if _, err := alice.wait("* dropped bob", demoStepWait); err != nil {
 		return err
 	}
 	tr.say("alice quits; bob starts")
-	a.stop()
+	alice.stop()
 	b, err := startDemoUser(ctx, tr, "bob", bob.dir, seed)
 	if err != nil {
 		return err
@@ -148,12 +151,12 @@ func demoDrop(ctx context.Context, tr *demoTranscript, seed netip.AddrPort, alic
 	if _, err := b.wait("[", demoStepWait); err != nil {
 		return err
 	}
-	if err := b.waitAckPut(a.app.id.public(), demoStepWait); err != nil {
+	if err := b.waitAckPut(alice.app.id.public(), demoStepWait); err != nil {
 		return err
 	}
 	tr.say("bob left his receipt in the DHT and quits; alice starts")
 	b.stop()
-	a, err = startDemoUser(ctx, tr, "alice", alice.dir, seed)
+	a, err := startDemoUser(ctx, tr, "alice", alice.dir, seed)
 	if err != nil {
 		return err
 	}

@@ -151,8 +151,8 @@ func newDropPair(t testing.TB) *dropPair {
 	full := func(dp *dropPeer) bool { return len(dp.theirs) == prekeyTarget }
 	p.alice.waitDrops("full batch of bob's prekeys", p.idb.public(), full)
 	p.bob.waitDrops("full batch of alice's prekeys", p.ida.public(), full)
-	p.alice.c.setOffline(p.idb.public())
-	p.bob.c.setOffline(p.ida.public())
+	p.alice.c.setOffline(p.idb.public(), time.Now())
+	p.bob.c.setOffline(p.ida.public(), time.Now())
 	return p
 }
 

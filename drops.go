@@ -1,5 +1,4 @@
-// Offline messages: the dead-drop locations, the item format and its
-// sealing (SPEC.md 8.1, 8.2).
+// Dead drops: their locations, the item format and sealing (SPEC.md 8.1, 8.2).
 //
 // Flow: both contacts derive, from their static-static secret, one key per
 // direction (dropDirKey); from it a signing key per day (dropDayKey) and a

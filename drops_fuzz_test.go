@@ -7,6 +7,7 @@ import (
 	"encoding/hex"
 	"hash/crc32"
 	"reflect"
+	"strings"
 	"testing"
 )
 
@@ -17,7 +18,7 @@ import (
 func FuzzDropItem(f *testing.F) {
 	vs := specVectorMap(f, "drop-vector")
 	for _, name := range []string{"message", "ack"} {
-		item, _ := hex.DecodeString(vs[name]["item"])
+		item, _ := hex.DecodeString(strings.ReplaceAll(vs[name]["item"], " ", ""))
 		f.Add(appendDropValue(nil, item))
 		frame, _ := hex.DecodeString(vs[name]["frame"])
 		plain := make([]byte, dropPlainLen)
