@@ -79,6 +79,7 @@ type dropper struct {
 
 	gen, savedGen uint64    // the state changed (gen) and what the file holds
 	saving        bool      // a background save runs
+	sessionAcked  bool      // a session's acknowledgement moved ackSeq: save at exit
 	saveRetry     time.Time // after a failed background save, none before this
 	saveFails     int
 	maintAt       time.Time
@@ -323,10 +324,11 @@ func (d *dropper) scheduleLocked(jobs []dropJob, p *chatPeer, dp *dropPeer, now 
 		}
 		if p.rstream != 0 && (p.rstream != dp.ackStream || p.onDisk > dp.ackSeq) {
 			// The session acknowledges this far: no item is needed for it,
-			// now or after a restart, and none is refreshed. Not saved
-			// for this alone (a busy session would rewrite the file every
-			// tick): after a crash, one item too many is put.
+			// now or after a restart, and none is refreshed. Saved at exit,
+			// not for this alone (a busy session would rewrite the file
+			// every tick): after a crash, one item too many is put.
 			dp.ackStream, dp.ackSeq, dp.ackAt = p.rstream, p.onDisk, 0
+			d.sessionAcked = true
 		}
 		return jobs
 	}
@@ -587,6 +589,16 @@ func (d *dropper) saveInBackground() {
 	} else {
 		d.saveFails = 0
 	}
+}
+
+// close saves the state at exit, with what only an exit saves.
+func (d *dropper) close() error {
+	d.c.mu.Lock()
+	if d.sessionAcked {
+		d.gen++
+	}
+	d.c.mu.Unlock()
+	return d.save()
 }
 
 // wait returns once the jobs started so far have ended.

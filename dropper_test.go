@@ -407,3 +407,26 @@ func TestDropKeyThief(t *testing.T) {
 		t.Fatal("after bob read the drop, his key file and directory still open it")
 	}
 }
+
+// TestDropNoAckItemAfterSession: what a session acknowledged needs no
+// acknowledgement item, also after a restart with the contact away.
+func TestDropNoAckItemAfterSession(t *testing.T) {
+	p := newDropPair(t)
+	ka, kb := p.ida.public(), p.idb.public()
+	p.alice.c.setOnline(kb, p.link.addrs[kb])
+	p.bob.c.setOnline(ka, p.link.addrs[ka])
+	if _, err := p.alice.c.send(context.Background(), "bob", "over the session"); err != nil {
+		t.Fatal(err)
+	}
+	p.alice.ev.waitFor(t, eventDelivered, 1, 10*time.Second)
+	p.bob.waitDrops("the session's acknowledgement noted", ka, func(dp *dropPeer) bool { return dp.ackSeq == 1 })
+	p.alice.stop()
+	p.bob.stop()
+	before := p.dht.puts.Load()
+	p.bob = startDropNode(t, "bob", p.idb, p.dirB, p.dht, p.link, 1002)
+	time.Sleep(300 * time.Millisecond) // a start round and several ticks
+	p.bob.stop()
+	if n := p.dht.puts.Load() - before; n != 0 {
+		t.Fatalf("bob put %d items after a restart, though the session acknowledged everything", n)
+	}
+}

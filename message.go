@@ -926,7 +926,7 @@ func (c *chat) close() error {
 	c.compactNow()
 	c.out.stop() // frames still queued are dropped: the peer retransmits
 	err := c.ob.close()
-	if derr := c.drops.save(); err == nil {
+	if derr := c.drops.close(); err == nil {
 		err = derr
 	}
 	if serr := c.saveContacts(nil, nil); err == nil {
