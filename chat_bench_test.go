@@ -84,7 +84,6 @@ func startBenchStack(tb testing.TB, o benchStackOpts) *benchStack {
 		Log:         lg,
 		Identity:    s.id,
 		Send:        s.node.send,
-		Allowed:     func(k publicKey) bool { return s.chat.isContact(k) },
 		Deliver:     func(k publicKey, from netip.AddrPort, b []byte) { s.chat.handlePayload(k, from, b) },
 		Established: func(k publicKey, addr netip.AddrPort) { s.chat.setOnline(k, addr) },
 		Ended:       func(k publicKey, seen time.Time) { s.chat.setOffline(k, seen) },
@@ -110,10 +109,16 @@ func startBenchStack(tb testing.TB, o benchStackOpts) *benchStack {
 	if s.dht != nil {
 		cfg.Announce = func(ctx context.Context, ih nodeID) (int, error) { return s.dht.announce(ctx, ih, 0, true) }
 		cfg.GetPeers = s.dht.getPeers
+		cfg.PutItem, cfg.GetItem = s.dht.putMutableN, s.dht.getMutable
 	}
 	if s.chat, err = newChat(cfg); err != nil {
 		s.node.Close()
 		tb.Fatal(err)
+	}
+	for _, c := range s.chat.contactList() {
+		if err := s.sess.addContact(c.Key); err != nil {
+			tb.Fatal(err)
+		}
 	}
 	return s
 }
@@ -163,11 +168,16 @@ func benchDir(tb testing.TB, root, name string) string {
 // benchBefriend makes a and b contacts named "b" and "a".
 func benchBefriend(tb testing.TB, a, b *benchStack) {
 	tb.Helper()
-	if err := a.chat.addContact("b", b.id.public()); err != nil {
-		tb.Fatal(err)
-	}
-	if err := b.chat.addContact("a", a.id.public()); err != nil {
-		tb.Fatal(err)
+	for _, x := range []struct {
+		s, other *benchStack
+		name     string
+	}{{a, b, "b"}, {b, a, "a"}} {
+		if err := x.s.chat.addContact(x.name, x.other.id.public()); err != nil {
+			tb.Fatal(err)
+		}
+		if err := x.s.sess.addContact(x.other.id.public()); err != nil {
+			tb.Fatal(err)
+		}
 	}
 }
 
@@ -428,9 +438,9 @@ func sessionDrops(s *benchStack) string {
 	if ci.Name == "" {
 		ci, _ = s.chat.contactByName("a")
 	}
-	return fmt.Sprintf("contact online %v at %v; simultaneous %d, stale %d, failed %d, unknown index %d, not allowed %d, bad mac %d, cookies %d",
+	return fmt.Sprintf("contact online %v at %v; simultaneous %d, stale %d, failed %d, unknown index %d, strangers %d, bad mac %d, cookies %d",
 		ci.Online, ci.Addr, st.simultaneous.Load(), st.staleInit.Load(), st.handshakeFail.Load(), st.unknownIndex.Load(),
-		st.notAllowed.Load(), st.badMAC.Load(), st.cookiesSent.Load())
+		st.stranger.Load(), st.badMAC.Load(), st.cookiesSent.Load())
 }
 
 // BenchmarkTimeToFirstMessage: a sender is online with a message queued

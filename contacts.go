@@ -279,12 +279,6 @@ func (c *chat) contactByKey(key publicKey) (contactInfo, bool) {
 	return contactInfo{}, false
 }
 
-// isContact is the session layer's Allowed check.
-func (c *chat) isContact(key publicKey) bool {
-	_, ok := c.contactByKey(key)
-	return ok
-}
-
 // verifyCode is the safety code to compare with the contact aloud.
 func (c *chat) verifyCode(name string) (string, error) {
 	ci, ok := c.contactByName(name)

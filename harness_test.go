@@ -225,6 +225,13 @@ const swarmJoinTimeout = 20 * time.Second
 // does.
 func startTestDHT(tb testing.TB, cfg dhtConfig, drop float64, maintain bool) (*dht, func()) {
 	tb.Helper()
+	return startTunedTestDHT(tb, cfg, drop, maintain, nil)
+}
+
+// startTunedTestDHT is startTestDHT with tune, if not nil, applied before
+// the node runs.
+func startTunedTestDHT(tb testing.TB, cfg dhtConfig, drop float64, maintain bool, tune func(*dht)) (*dht, func()) {
+	tb.Helper()
 	n, err := listenNode("127.0.0.1:0", nil)
 	if err != nil {
 		tb.Fatal(err)
@@ -238,6 +245,9 @@ func startTestDHT(tb testing.TB, cfg dhtConfig, drop float64, maintain bool) (*d
 	// Before the first RTT sample: loopback needs no 500 ms, and a lost
 	// first datagram would dominate the tests' run time.
 	d.timing.rtoInitial = 100 * time.Millisecond
+	if tune != nil {
+		tune(d)
+	}
 	ctx, cancel := context.WithCancel(context.Background())
 	var wg sync.WaitGroup
 	wg.Add(1)
@@ -258,6 +268,20 @@ func newTestDHT(tb testing.TB, cfg dhtConfig, drop float64) *dht {
 	tb.Cleanup(stop)
 	return d
 }
+
+// newTunedTestDHT is newTestDHT with tune, if not nil, applied before the
+// node runs.
+func newTunedTestDHT(tb testing.TB, cfg dhtConfig, drop float64, tune func(*dht)) *dht {
+	tb.Helper()
+	d, stop := startTunedTestDHT(tb, cfg, drop, false, tune)
+	tb.Cleanup(stop)
+	return d
+}
+
+// unlimited lifts d's per-source query limit (SPEC.md 3.4.1), for tests
+// and benchmarks that hammer one node from one socket to measure something
+// else.
+func unlimited(d *dht) { d.srv.limit = newSourceLimiter(1e9, 1e9) }
 
 func (d *dht) addr() netip.AddrPort { return d.node.LocalAddr() }
 

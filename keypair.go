@@ -47,7 +47,7 @@ type keypair struct {
 	remoteIndex uint32
 	created     time.Time
 	initiator   bool
-	// What the session's post-quantum exchange needs (SPEC.md 4.11): the
+	// What the session's post-quantum exchange needs (SPEC.md 4.12): the
 	// PSK its handshake mixed (zero: a classical session), kept until the
 	// keypair retires, and the handshake hash the exchange is bound to.
 	psk  [noiseKeyLen]byte

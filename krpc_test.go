@@ -23,7 +23,7 @@ func testID(b byte) nodeID {
 }
 
 // benchGetPeersResponse is the typical get_peers response of the benchmark:
-// 8 nodes, 8 peers, a token, our "ip" and "v".
+// 8 nodes, 8 peers, a token and our "ip" (no "v": SPEC.md 3.2).
 func benchGetPeersResponse() krpcMsg {
 	var ns []nodeInfo
 	var peers []netip.AddrPort
@@ -32,10 +32,9 @@ func benchGetPeersResponse() krpcMsg {
 		peers = append(peers, netip.AddrPortFrom(netip.AddrFrom4([4]byte{192, 0, 2, byte(1 + i)}), uint16(51413+i)))
 	}
 	return krpcMsg{
-		TID:     []byte{0x8a, 0x1f},
-		Type:    'r',
-		Version: []byte(krpcVersion),
-		IP:      netip.MustParseAddrPort("203.0.113.7:6881"),
+		TID:  []byte{0x8a, 0x1f},
+		Type: 'r',
+		IP:   netip.MustParseAddrPort("203.0.113.7:6881"),
 		Reply: krpcReply{
 			ID:     testID(0x42),
 			Nodes:  appendCompactNodes(nil, ns),
@@ -46,7 +45,7 @@ func benchGetPeersResponse() krpcMsg {
 }
 
 func benchPingQuery() krpcMsg {
-	return krpcMsg{TID: []byte{0x8a, 0x20}, Type: 'q', Method: methodPing, Version: []byte(krpcVersion), Args: krpcArgs{ID: testID(0x42)}}
+	return krpcMsg{TID: []byte{0x8a, 0x20}, Type: 'q', Method: methodPing, Args: krpcArgs{ID: testID(0x42)}}
 }
 
 // sampleMsgs covers every message kind we send, with optional fields set.
@@ -629,15 +628,15 @@ func BenchmarkCheckBencode(b *testing.B) {
 const maxGetPeersReply = 1280 - 40 - 8
 
 // worstGetPeersReply is the longest get_peers reply we send to a requester
-// of the family of ip with n peers: a 16-byte tid, our "v", both node lists
-// full (want n4 and n6), a token and the BEP 42 "ip".
+// of the family of ip with n peers: a 16-byte tid, both node lists full
+// (want n4 and n6), a token and the BEP 42 "ip" (and no "v", SPEC.md 3.2).
 func worstGetPeersReply(ip netip.Addr, n int) []byte {
 	peers := make([]netip.AddrPort, n)
 	for i := range peers {
 		peers[i] = netip.AddrPortFrom(ip, uint16(i+1))
 	}
 	m := krpcMsg{
-		TID: make([]byte, maxTIDLen), Type: 'r', Version: []byte(krpcVersion), IP: netip.AddrPortFrom(ip, 1),
+		TID: make([]byte, maxTIDLen), Type: 'r', IP: netip.AddrPortFrom(ip, 1),
 		Reply: krpcReply{
 			Nodes: make([]byte, bucketSize*compactNodeLen), Nodes6: make([]byte, bucketSize*compactNode6Len),
 			Token: make([]byte, tokenLen), Values: appendPeerList(nil, peers),
@@ -655,8 +654,8 @@ func TestGetPeersReplyFits(t *testing.T) {
 		ip        netip.Addr
 		max, want int // peers allowed; the worst reply's length
 	}{
-		{"ipv4", netip.MustParseAddr("192.0.2.1"), maxPeersReply, 1045},
-		{"ipv6", netip.MustParseAddr("2001:db8::1"), maxPeersReply6, 1225},
+		{"ipv4", netip.MustParseAddr("192.0.2.1"), maxPeersReply, 1036},
+		{"ipv6", netip.MustParseAddr("2001:db8::1"), maxPeersReply6, 1216},
 	}
 	for _, tt := range tests {
 		got := len(worstGetPeersReply(tt.ip, tt.max))

@@ -67,6 +67,7 @@ type options struct {
 	verbose   bool
 
 	rekeyAfter time.Duration // the demo shortens it; zero: the default
+	dropDelay  time.Duration // the demo shortens it; zero: the default (dropDelay)
 }
 
 func main() {
@@ -341,10 +342,15 @@ func (a *app) build(o options) error {
 	if err != nil {
 		return err
 	}
+	timestamps, err := loadTimestamps(o.dir)
+	if err != nil {
+		return err
+	}
 	a.sess = newSessionManager(sessionConfig{
 		Identity:       a.id,
+		Dir:            o.dir,
+		Timestamps:     timestamps,
 		Send:           a.node.send,
-		Allowed:        func(k publicKey) bool { return a.chat.isContact(k) },
 		Deliver:        func(k publicKey, from netip.AddrPort, b []byte) { a.chat.handlePayload(k, from, b) },
 		Established:    func(k publicKey, addr netip.AddrPort) { a.chat.setOnline(k, addr) },
 		Ended:          func(k publicKey, seen time.Time) { a.chat.setOffline(k, seen) },
@@ -368,6 +374,8 @@ func (a *app) build(o options) error {
 			return a.dht.announce(ctx, ih, 0, true)
 		},
 		GetPeers:    a.dht.getPeers,
+		PutItem:     a.dht.putMutableN,
+		GetItem:     a.dht.getMutable,
 		SetEndpoint: a.sess.setEndpoint,
 		IsSelf:      a.isSelf,
 		OwnIP:       a.isOwnIP,
@@ -381,6 +389,16 @@ func (a *app) build(o options) error {
 	})
 	if err != nil {
 		return err
+	}
+	if o.dropDelay > 0 {
+		a.chat.drops.delay = o.dropDelay
+	}
+	// The session layer answers contacts only: it learns them here and
+	// from addContact and removeContact.
+	for _, c := range a.chat.contactList() {
+		if err := a.sess.addContact(c.Key); err != nil {
+			return err
+		}
 	}
 	a.inv = newInviter(inviteConfig{
 		Self:     a.id.public(),
@@ -421,7 +439,22 @@ func (a *app) close() error {
 	return err
 }
 
-func (a *app) addContact(name string, k publicKey) error { return a.chat.addContact(name, k) }
+// addContact adds k to the session layer first, so that neither the
+// rendezvous's first address nor the contact's first initiation finds it
+// missing there.
+func (a *app) addContact(name string, k publicKey) error {
+	_, known := a.chat.contactByKey(k)
+	if err := a.sess.addContact(k); err != nil {
+		return err
+	}
+	if err := a.chat.addContact(name, k); err != nil {
+		if !known {
+			a.sess.forget(k)
+		}
+		return err
+	}
+	return nil
+}
 
 func (a *app) removeContact(name string) error {
 	c, ok := a.chat.contactByName(name)

@@ -435,7 +435,7 @@ func (hs *noiseHandshakeState) readMessage(dst, msg []byte) ([]byte, error) {
 }
 
 // readMessageTrial is readMessage for a message whose last token is "psk",
-// when the reader holds several candidate PSKs (SPEC.md 4.11): the tokens
+// when the reader holds several candidate PSKs (SPEC.md 4.12): the tokens
 // before "psk", with their Diffie-Hellman work, run once; then each
 // candidate in turn costs one HKDF and one AEAD open of the payload, and
 // the first that authenticates wins. It returns the payload and the index

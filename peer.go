@@ -22,6 +22,7 @@ import (
 // concern. Guarded by the manager's mu.
 type peer struct {
 	key      publicKey
+	keys     pairKeys        // from the static-static secret: tags, MACs, stamps, cookies
 	cookies  cookieGenerator // MACs of what we send it, its cookie replies
 	inits    peerInitiations // handshakes: ours pending, timestamps both ways
 	keypairs peerKeypairs
@@ -32,14 +33,13 @@ type peer struct {
 }
 
 // peerInitiations holds our pending initiation to a peer and the
-// timestamps that order initiations in each direction.
+// timestamp of our last one (the peer's are in the timestampStore).
 type peerInitiations struct {
 	pending  *handshake // our pending initiation, nil if none
 	started  time.Time  // first attempt of the pending handshake
 	lastSent time.Time  // last (re)send of it
 	packet   []byte     // its bytes, to send to a new candidate at once
 	sentTS   [timestampLen]byte
-	recvTS   [timestampLen]byte // greatest accepted from the peer
 }
 
 // erasePending forgets our pending initiation and its receiver index.

@@ -1,4 +1,4 @@
-// Post-quantum secrets (SPEC.md 4.11): an ML-KEM-768 exchange inside every
+// Post-quantum secrets (SPEC.md 4.12): an ML-KEM-768 exchange inside every
 // session, whose result is the PSK of the next handshakes with the contact.
 //
 // Flow: when a session we initiated becomes current, start makes a fresh
@@ -26,7 +26,7 @@ import (
 	"golang.org/x/crypto/blake2s"
 )
 
-// Wire format and limits (SPEC.md 4.11). Both frames are session payloads
+// Wire format and limits (SPEC.md 4.12). Both frames are session payloads
 // (sessionControl first, 4.6), so a version-1 peer drops them unread.
 const (
 	pqKeyFragment    = 0x01                          // 00 || 01 || index || one half of the encapsulation key
@@ -60,7 +60,7 @@ type pqFrame struct {
 	body  []byte // the half of the key, or the ciphertext; aliases the input
 }
 
-// parsePQFrame accepts exactly the two frames of SPEC.md 4.11, each of its
+// parsePQFrame accepts exactly the two frames of SPEC.md 4.12, each of its
 // exact size; anything else after the session-control byte is an error.
 func parsePQFrame(b []byte) (pqFrame, error) {
 	if len(b) < 2 || b[0] != sessionControl {
@@ -260,6 +260,21 @@ type pqLayer struct {
 	store *pqStore // nil: PSKs live in memory only (tests)
 	stats pqStats
 	mu    sync.Mutex
+	// unclaimed holds what the file held for keys that are not (yet)
+	// contacts: addContact claims a record, saves keep the rest. Under m.mu.
+	unclaimed map[publicKey]pqRecord
+}
+
+// claimLocked gives p the PSKs the file held for it, if any.
+func (l *pqLayer) claimLocked(p *peer) {
+	r, ok := l.unclaimed[p.key]
+	if !ok {
+		return
+	}
+	delete(l.unclaimed, p.key)
+	p.pq.secrets.n = copy(p.pq.secrets.psks[:], r.psks)
+	p.pq.secrets.used = r.used
+	wipeKeys(r.psks)
 }
 
 // startLocked begins the exchange on kp, a session we initiated that has
@@ -454,6 +469,9 @@ func (l *pqLayer) snapshotLocked(p *peer, next *pqSecrets) []pqRecord {
 			recs = append(recs, pqRecord{key: k, used: s.used, psks: append([][noiseKeyLen]byte(nil), s.psks[:s.n]...)})
 		}
 	}
+	for k, r := range l.unclaimed {
+		recs = append(recs, pqRecord{key: k, used: r.used, psks: append([][noiseKeyLen]byte(nil), r.psks...)})
+	}
 	return recs
 }
 
@@ -497,13 +515,15 @@ func (l *pqLayer) forget(k publicKey) {
 	m := l.m
 	m.mu.Lock()
 	p := m.peers[k]
+	r, had := l.unclaimed[k]
+	delete(l.unclaimed, k)
+	wipeKeys(r.psks)
 	if p != nil {
-		p.erase(m.index)
-		delete(m.peers, k)
+		m.forgetLocked(p)
 	}
 	recs := l.snapshotLocked(nil, nil)
 	m.mu.Unlock()
-	if p == nil {
+	if p == nil && !had {
 		return
 	}
 	if err := l.save(recs); err != nil {

@@ -64,7 +64,7 @@ func pqConnected(a, b *testPeer) bool {
 
 // TestPQNeverLocksOut: whatever is lost, in whatever order things happen,
 // and whoever crashes and restarts, two contacts whose network heals meet
-// again on a session keyed with a post-quantum PSK (SPEC.md 4.11: the
+// again on a session keyed with a post-quantum PSK (SPEC.md 4.12: the
 // responder's fallback through its PSKs, the initiator's trial, and the
 // PSKs written before they are used).
 func TestPQNeverLocksOut(t *testing.T) {
@@ -229,7 +229,7 @@ func TestParsePQFrame(t *testing.T) {
 // carries only the exchange; the session that follows at once is keyed
 // with its PSK and carries what waited; its own exchange gives the PSK of
 // the next handshake. Both sides hold the same PSKs, and what crossed the
-// wire is what SPEC.md 4.11 counts.
+// wire is what SPEC.md 4.12 counts.
 func TestPQExchange(t *testing.T) {
 	var n fakeNet
 	clock := newFakeClock()
@@ -420,7 +420,7 @@ func TestPQLostCiphertext(t *testing.T) {
 }
 
 // TestPQRestart: the PSKs outlive a restart on either side, written as
-// SPEC.md 4.11 says (mode 0600), so the first session after it is keyed
+// SPEC.md 4.12 says (mode 0600), so the first session after it is keyed
 // with a post-quantum PSK at once: no classical session, nothing waits.
 func TestPQRestart(t *testing.T) {
 	var n fakeNet
@@ -555,7 +555,7 @@ func TestPQClassicalPeer(t *testing.T) {
 	}
 }
 
-// --- SPEC.md 4.11's vector
+// --- SPEC.md 4.12's vector
 
 // pqVectorHandshake runs the handshake of vector `handshake` (fixed keys,
 // timestamp, indices) with psk in its psk slot, and returns the initiation
@@ -569,9 +569,15 @@ func pqVectorHandshake(t *testing.T, psk [noiseKeyLen]byte) (init, resp []byte, 
 	if err != nil {
 		t.Fatal(err)
 	}
+	secret, err := ini.staticSecret(res.public())
+	if err != nil {
+		t.Fatal(err)
+	}
+	i2r := derivePairKeys(&secret, ini.public(), res.public()).send
+	r2i := derivePairKeys(&secret, res.public(), ini.public()).send
+	i2r.sealOuter(&im, ts)
 	init = im.appendTo(nil)
-	rk, ik := mac1Key(res.public()), mac1Key(ini.public())
-	mac := keyedMAC(rk[:], init[:initiationOffMAC1])
+	mac := keyedMAC(i2r.mac1[:], init[:initiationOffMAC1])
 	copy(init[initiationOffMAC1:], mac[:])
 	if err := hr.consumeInitiation(res, &im, nil); err != nil {
 		t.Fatal(err)
@@ -581,7 +587,7 @@ func pqVectorHandshake(t *testing.T, psk [noiseKeyLen]byte) (init, resp []byte, 
 		t.Fatal(err)
 	}
 	resp = rm.appendTo(nil)
-	mac = keyedMAC(ik[:], resp[:responseOffMAC1])
+	mac = keyedMAC(r2i.mac1[:], resp[:responseOffMAC1])
 	copy(resp[responseOffMAC1:], mac[:])
 	if _, err := hi.consumeResponse(&rm, [][noiseKeyLen]byte{psk}, 1); err != nil {
 		t.Fatal(err)
@@ -720,7 +726,7 @@ func TestPQSpecVector(t *testing.T) {
 
 // BenchmarkMLKEM768 measures the CPU an exchange adds to a session: the
 // initiator's key generation and decapsulation, the responder's
-// encapsulation, and each side's derivation (SPEC.md 4.11, "Cost").
+// encapsulation, and each side's derivation (SPEC.md 4.12, "Cost").
 //
 //	go test -run='^$' -bench=BenchmarkMLKEM768 .
 func BenchmarkMLKEM768(b *testing.B) {
@@ -799,7 +805,7 @@ func FuzzPQFrame(f *testing.F) {
 	})
 }
 
-// TestPQFile: the file's strict layout (SPEC.md 4.11): what parses
+// TestPQFile: the file's strict layout (SPEC.md 4.12): what parses
 // re-encodes to the same bytes, and every variation below is refused.
 func TestPQFile(t *testing.T) {
 	ka, kb := testIdentity(t, 1).public(), testIdentity(t, 2).public()
@@ -920,7 +926,7 @@ func TestPQFramesOutOfPlace(t *testing.T) {
 	}
 }
 
-// TestPQSecrets walks pqSecrets through SPEC.md 4.11's rules: which PSK a
+// TestPQSecrets walks pqSecrets through SPEC.md 4.12's rules: which PSK a
 // response mixes, what an exchange keeps, what a handshake lets go.
 func TestPQSecrets(t *testing.T) {
 	k := func(b byte) [noiseKeyLen]byte { return [noiseKeyLen]byte{b} }

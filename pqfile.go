@@ -1,4 +1,4 @@
-// The post-quantum secrets file (SPEC.md 4.11, 5.5, 6.7).
+// The post-quantum secrets file (SPEC.md 4.12, 5.5, 6.7).
 //
 // Flow: openPQStore reads the file once at start (a corrupt one stops the
 // start, and is never replaced) and wipes what a crash left of earlier

@@ -2,19 +2,19 @@
 // rotation and sending; what it holds per peer is in peer.go.
 //
 // Flow: Node hands every session packet to handlePacket, which dispatches
-// on the type. An initiation that passes the cookie checker (cookie.go) and
-// the Noise message (handshake.go) is answered; the new keypair waits as
-// "next" until the initiator's first packet confirms it. A response makes
-// our initiation's keypair current at once. Transport packets are opened on
-// the keypair their index names and delivered, but for the session layer's
-// own: the goodbye ends the peer's sessions, post-quantum frames go to pq.go.
-// send seals on a current keypair that may carry payloads (SPEC.md 4.11), or
-// queues and starts a handshake; timers.go resends, rekeys and expires.
-// sayGoodbye, on a clean exit, says goodbye on every session and closes.
+// on the type. An initiation whose tag, mac1 and stamp name a contact
+// (pairkeys.go) and that passes the cookie checker (cookie.go) and the Noise
+// message (handshake.go) is answered; its keypair waits as "next" until the
+// initiator's first packet confirms it (only then does the endpoint move).
+// A response makes our initiation's keypair current at once. Transport
+// packets are opened on the keypair their index names and delivered, but
+// for the session layer's own: the goodbye ends the peer's sessions,
+// post-quantum frames go to pq.go. send seals on a current keypair that may
+// carry payloads (SPEC.md 4.12), or queues and starts a handshake; timers.go
+// resends, rekeys and expires. sayGoodbye says goodbye on every session.
 package main
 
 import (
-	"bytes"
 	"context"
 	"encoding/binary"
 	"errors"
@@ -55,12 +55,13 @@ const (
 
 type sessionConfig struct {
 	Identity    *identity
+	Dir         string                           // holds the timestamps file; "" keeps timestamps in memory only
+	Timestamps  map[publicKey][timestampLen]byte // from loadTimestamps; taken as contacts are added
 	Send        func(to netip.AddrPort, b []byte) error
-	Allowed     func(peer publicKey) bool                                   // is peer a contact?
 	Deliver     func(peer publicKey, from netip.AddrPort, plaintext []byte) // every authenticated payload, keepalives (empty) included; valid only during call
 	Established func(peer publicKey, addr netip.AddrPort)                   // a new session (also after rekey/roam: addr may differ)
 	Ended       func(peer publicKey, lastSeen time.Time)                    // the peer said goodbye, its session expired or it fell silent for DeadAfter; lastSeen is its last authenticated packet
-	PQEvent     func(peer publicKey, e pqEvent)                             // the user should know: a classical session, a refused PSK (SPEC.md 4.11)
+	PQEvent     func(peer publicKey, e pqEvent)                             // the user should know: a classical session, a refused PSK (SPEC.md 4.12)
 	PQ          *pqStore                                                    // where post-quantum secrets are kept; nil: in memory only
 	Now         func() time.Time
 	Rand        io.Reader
@@ -98,9 +99,6 @@ func (c *sessionConfig) setDefaults() {
 		c.LoadThreshold = defaultLoadThreshold
 	}
 	defaultNowRandLog(&c.Now, &c.Rand, &c.Log)
-	if c.Allowed == nil {
-		c.Allowed = func(publicKey) bool { return false }
-	}
 	if c.Deliver == nil {
 		c.Deliver = func(publicKey, netip.AddrPort, []byte) {}
 	}
@@ -119,11 +117,11 @@ func (c *sessionConfig) setDefaults() {
 // is silent on the wire.
 type sessionStats struct {
 	malformed     atomic.Uint64 // not exactly well-formed
+	stranger      atomic.Uint64 // initiation whose tag names no contact: dropped before any MAC
 	badMAC        atomic.Uint64 // mac1 wrong: dropped before any DH
 	cookiesSent   atomic.Uint64
 	handshakeFail atomic.Uint64 // did not authenticate
-	notAllowed    atomic.Uint64 // initiator is not a contact: no reply
-	staleInit     atomic.Uint64 // replayed or older timestamp
+	staleInit     atomic.Uint64 // replayed, older or mistimed timestamp: dropped before any DH
 	simultaneous  atomic.Uint64 // initiation dropped by the simultaneous-open rule
 	unknownIndex  atomic.Uint64
 	authFail      atomic.Uint64 // transport packet did not authenticate
@@ -133,6 +131,27 @@ type sessionStats struct {
 	delivered     atomic.Uint64
 	goodbyes      atomic.Uint64 // goodbyes received
 	controlDrops  atomic.Uint64 // session-layer payloads other than the goodbye
+}
+
+// countDrop counts an initiation dropped before any DH, by why.
+func (s *sessionStats) countDrop(err error) {
+	switch {
+	case errors.Is(err, errStranger):
+		s.stranger.Add(1)
+	case errors.Is(err, errBadMAC1):
+		s.badMAC.Add(1)
+	default:
+		s.staleInit.Add(1)
+	}
+}
+
+// pending returns the peer whose pending initiation index names, or nil.
+func (t indexTable) pending(index uint32) *peer {
+	e, ok := t[index]
+	if !ok || e.kp != nil || e.peer.inits.pending == nil || e.peer.inits.pending.localIndex != index {
+		return nil
+	}
+	return e.peer
 }
 
 // indexEntry is what a receiver index names: our pending initiation, or a keypair.
@@ -181,28 +200,30 @@ type sessionManager struct {
 	stats   sessionStats
 	bufs    sync.Pool // *[]byte of maxDatagram bytes: zero allocations per packet
 	debugOn bool
+	ts      *timestampStore // the greatest timestamp accepted from each contact
 
 	evMu   sync.Mutex // orders Established and Ended callbacks
 	mu     sync.Mutex
-	peers  map[publicKey]*peer
+	peers  map[publicKey]*peer // the contacts, and only them
 	index  indexTable
+	tags   tagTable
 	closed atomic.Bool // set under mu by sayGoodbye: no packet, send or timer does anything after it
 }
 
 func newSessionManager(cfg sessionConfig) *sessionManager {
 	cfg.setDefaults()
 	m := &sessionManager{cfg: cfg, peers: map[publicKey]*peer{}, index: indexTable{}}
+	m.ts = newTimestampStore(cfg.Dir, cfg.Timestamps, cfg.Log)
 	m.pub = cfg.Identity.public()
-	m.cookies = newCookieChecker(m.pub, cfg.LoadThreshold, cfg.Rand)
+	m.cookies = newCookieChecker(cfg.LoadThreshold, cfg.Rand)
 	m.bufs.New = func() any { b := make([]byte, maxDatagram); return &b }
 	m.debugOn = cfg.Log.Enabled(context.Background(), slog.LevelDebug)
 	m.pq = &pqLayer{m: m, store: cfg.PQ}
 	if cfg.PQ != nil {
+		// The records wait for addContact: only contacts have peers.
+		m.pq.unclaimed = map[publicKey]pqRecord{}
 		for _, r := range cfg.PQ.loaded {
-			p := m.peerLocked(r.key)
-			p.pq.secrets.n = copy(p.pq.secrets.psks[:], r.psks)
-			p.pq.secrets.used = r.used
-			wipeKeys(r.psks)
+			m.pq.unclaimed[r.key] = r
 		}
 		cfg.PQ.loaded = nil
 	}
@@ -218,14 +239,30 @@ func (m *sessionManager) debug(msg string, from netip.AddrPort, err error) {
 	}
 }
 
-// peerLocked returns the peer record for k, creating it.
-func (m *sessionManager) peerLocked(k publicKey) *peer {
-	p := m.peers[k]
-	if p == nil {
-		p = &peer{key: k, cookies: newCookieGenerator(k)}
-		m.peers[k] = p
+// addContact lets k in: only a contact's handshake messages are answered.
+// It derives the pair keys from the static-static secret (one DH, once)
+// and enters k's tags. Adding a contact twice changes nothing.
+func (m *sessionManager) addContact(k publicKey) error {
+	secret, err := m.cfg.Identity.staticSecret(k)
+	if err != nil {
+		return fmt.Errorf("session: contact: %w", err)
 	}
-	return p
+	keys := derivePairKeys(&secret, m.pub, k)
+	wipe(secret[:])
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.peers[k] != nil {
+		keys.wipe()
+		return nil
+	}
+	p := &peer{key: k, keys: keys}
+	m.ts.add(k)
+	m.pq.claimLocked(p)
+	m.peers[k] = p
+	if !m.tags.refresh(m.cfg.Now(), m.peers) {
+		m.tags.add(p)
+	}
+	return nil
 }
 
 // handlePacket is Node.onSession: b is valid only during the call.
@@ -260,9 +297,10 @@ func (m *sessionManager) sendRaw(b []byte, to ...netip.AddrPort) {
 	}
 }
 
-// handleInitiation: parse, mac1 (and mac2 under load) before any DH, then
-// the Noise message, then the contact and timestamp checks, then the
-// simultaneous-open rule, then the reply.
+// handleInitiation: parse; tag, mac1 and stamp (a stranger or a replay
+// ends there, before any DH); under load mac2; then the Noise message,
+// which must carry the static key of the contact the tag named and the
+// timestamp of the stamp; then the simultaneous-open rule and the reply.
 func (m *sessionManager) handleInitiation(from netip.AddrPort, b []byte) {
 	msg, err := parseInitiation(b)
 	if err != nil {
@@ -270,7 +308,19 @@ func (m *sessionManager) handleInitiation(from netip.AddrPort, b []byte) {
 		m.debug("drop", from, err)
 		return
 	}
-	if !m.checkMACs(from, b, initiationOffMAC1, initiationOffMAC2, msg.sender) {
+	m.mu.Lock()
+	m.tags.refresh(m.cfg.Now(), m.peers)
+	id, err := m.tags.identify(b, &msg)
+	m.mu.Unlock()
+	if err == nil && !m.ts.newer(id.peer.key, id.ts) {
+		err = errStaleInit
+	}
+	if err != nil {
+		m.stats.countDrop(err)
+		m.debug("initiation", from, err)
+		return
+	}
+	if !m.admit(from, b, initiationOffMAC2, msg.sender, id.mac1, id.peer) {
 		return
 	}
 	h := &handshake{}
@@ -279,14 +329,15 @@ func (m *sessionManager) handleInitiation(from netip.AddrPort, b []byte) {
 		m.debug("initiation", from, err)
 		return
 	}
-	if !m.cfg.Allowed(h.peer) {
-		// Stay silent: a stranger learns nothing, not even that we exist.
+	if h.peer != id.peer.key || h.timestamp != id.ts {
+		// Only the contact itself can make mac1, so this is the contact
+		// misbehaving; drop it all the same.
 		h.erase()
-		m.stats.notAllowed.Add(1)
-		m.debug("initiation from a stranger", from, nil)
+		m.stats.handshakeFail.Add(1)
+		m.debug("initiation: static key or timestamp differs from tag and stamp", from, nil)
 		return
 	}
-	reply, err := m.replyToInitiation(from, h)
+	reply, err := m.replyToInitiation(from, h, id.peer)
 	if err != nil {
 		h.erase()
 		m.debug("initiation", from, err)
@@ -296,33 +347,38 @@ func (m *sessionManager) handleInitiation(from netip.AddrPort, b []byte) {
 }
 
 // replyToInitiation applies the per-peer rules to an authenticated
-// initiation and returns the packet to send back to from. That is our
-// response, except when the simultaneous-open rule keeps our own pending
-// initiation and the peer has moved: then it is that initiation, built
-// afresh for the new address.
-func (m *sessionManager) replyToInitiation(from netip.AddrPort, h *handshake) ([]byte, error) {
+// initiation from p and returns the packet to send back to from. That is
+// our response, except when the simultaneous-open rule keeps our own
+// pending initiation and the peer has moved: then it is that initiation,
+// built afresh for the new address. The endpoint does not move here: only
+// a packet that confirms the keys (4.6) moves it, so a replayed
+// initiation could not divert the session even if it got this far.
+func (m *sessionManager) replyToInitiation(from netip.AddrPort, h *handshake, p *peer) ([]byte, error) {
 	now := m.cfg.Now()
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	if m.closed.Load() {
 		return nil, errSessionsClosed
 	}
-	p := m.peerLocked(h.peer)
-	if bytes.Compare(h.timestamp[:], p.inits.recvTS[:]) <= 0 {
-		m.stats.staleInit.Add(1)
-		return nil, errors.New("session: replayed or old initiation")
+	if m.peers[p.key] != p {
+		return nil, errors.New("session: initiation from a removed contact")
 	}
 	// Record the timestamp before anything else uses the initiation, so
-	// that even one we drop below cannot be replayed to move us.
-	p.inits.recvTS = h.timestamp
+	// that even one we drop below cannot be replayed; the store keeps it
+	// on disk so that a restart does not forget it.
+	if !m.ts.accept(p.key, h.timestamp) {
+		m.stats.staleInit.Add(1) // a copy raced the original through the DH
+		return nil, errStaleInit
+	}
 	if !p.yields(m.pub, now, m.cfg.RekeyTimeout) {
 		m.stats.simultaneous.Add(1)
 		h.erase()
 		if p.inits.pending != nil && p.addrs.endpoint != from {
 			// The initiation authenticated, so from is where the peer
 			// is now: aim our own pending initiation there at once
-			// rather than keep sending to an old address.
-			p.addrs.endpoint = from
+			// rather than keep sending to an old address. It is a
+			// candidate; the response from it makes it the endpoint.
+			p.addrs.addCandidate(from)
 			if init := m.initiateLocked(p, now); init != nil {
 				return init, nil
 			}
@@ -330,7 +386,6 @@ func (m *sessionManager) replyToInitiation(from netip.AddrPort, h *handshake) ([
 		return nil, errors.New("session: simultaneous open, keeping ours")
 	}
 	p.inits.abandon(m.index)
-	p.addrs.endpoint = from
 	local, err := m.index.add(m.cfg.Rand, indexEntry{peer: p})
 	if err != nil {
 		return nil, err
@@ -353,7 +408,7 @@ func (m *sessionManager) replyToInitiation(from netip.AddrPort, h *handshake) ([
 	m.index.retire(p.keypairs.next)
 	p.keypairs.next = kp
 	out := resp.appendTo(make([]byte, 0, responseSize))
-	p.cookies.addMACs(out, responseOffMAC1, responseOffMAC2, now, m.cfg.RekeyTimeout)
+	p.cookies.addMACs(out, responseOffMAC1, responseOffMAC2, &p.keys.send.mac1, now, m.cfg.RekeyTimeout)
 	return out, nil
 }
 
@@ -365,7 +420,26 @@ func (m *sessionManager) handleResponse(from netip.AddrPort, b []byte) {
 		m.debug("drop", from, err)
 		return
 	}
-	if !m.checkMACs(from, b, responseOffMAC1, responseOffMAC2, msg.sender) {
+	// Before any DH: the index must name a pending initiation of ours (a
+	// stranger cannot know it) and mac1 must be right under that
+	// contact's key.
+	m.mu.Lock()
+	p := m.index.pending(msg.receiver)
+	var mac1 [macLen]byte
+	ok := p != nil
+	if ok {
+		mac1, ok = checkMAC1(&p.keys.recv.mac1, b, responseOffMAC1)
+	}
+	m.mu.Unlock()
+	switch {
+	case p == nil:
+		m.stats.unknownIndex.Add(1)
+		return
+	case !ok:
+		m.stats.badMAC.Add(1)
+		m.debug("response", from, errBadMAC1)
+		return
+	case !m.admit(from, b, responseOffMAC2, msg.sender, mac1, p):
 		return
 	}
 	p, out, err := m.completeHandshake(from, &msg)
@@ -399,7 +473,7 @@ type handshakeOut struct {
 }
 
 // completeHandshake takes a response to our pending initiation: the PSK the
-// responder used is found by trial (SPEC.md 4.11), the new session becomes
+// responder used is found by trial (SPEC.md 4.12), the new session becomes
 // current, and its post-quantum exchange starts.
 func (m *sessionManager) completeHandshake(from netip.AddrPort, msg *responseMsg) (*peer, handshakeOut, error) {
 	now := m.cfg.Now()
@@ -408,14 +482,10 @@ func (m *sessionManager) completeHandshake(from netip.AddrPort, msg *responseMsg
 	if m.closed.Load() {
 		return nil, handshakeOut{}, errSessionsClosed
 	}
-	e, ok := m.index[msg.receiver]
-	if !ok || e.kp != nil || e.peer.inits.pending == nil || e.peer.inits.pending.localIndex != msg.receiver {
+	p := m.index.pending(msg.receiver)
+	if p == nil {
 		m.stats.unknownIndex.Add(1)
 		return nil, handshakeOut{}, errors.New("session: response to no pending handshake")
-	}
-	p := e.peer
-	if !m.cfg.Allowed(p.key) {
-		return nil, handshakeOut{}, errors.New("session: response from a removed contact")
 	}
 	h := p.inits.pending
 	psks := p.pq.secrets.candidates()
@@ -436,7 +506,7 @@ func (m *sessionManager) completeHandshake(from netip.AddrPort, msg *responseMsg
 		var out handshakeOut
 		if !p.pq.secrets.retried {
 			// Opened with none of our PSKs: the responder may hold a newer
-			// one we never got (SPEC.md 4.11), and its next response takes
+			// one we never got (SPEC.md 4.12), and its next response takes
 			// an older one, so initiate again at once rather than after
 			// RekeyTimeout; once, lest forged responses set the pace.
 			p.pq.secrets.retried = true
@@ -573,7 +643,7 @@ func (m *sessionManager) confirm(p *peer, kp *keypair, from netip.AddrPort) bool
 }
 
 // sessionReady runs when p's current session is new, confirmed or has
-// moved: if it may carry the layer above's payloads (SPEC.md 4.11), the
+// moved: if it may carry the layer above's payloads (SPEC.md 4.12), the
 // layer above hears of it and what was queued goes out.
 func (m *sessionManager) sessionReady(p *peer, keepalive bool) {
 	m.mu.Lock()
@@ -643,7 +713,10 @@ func (m *sessionManager) send(peerKey publicKey, payload []byte) error {
 		return errSessionsClosed
 	}
 	p := m.peers[peerKey]
-	if p == nil || (!p.addrs.endpoint.IsValid() && p.keypairs.current == nil) {
+	if p == nil || (!p.addrs.endpoint.IsValid() && p.keypairs.current == nil && p.keypairs.next == nil) {
+		// With only a next keypair (we answered the peer, whose
+		// address becomes the endpoint when it confirms), the payload
+		// waits in the queue for that confirmation.
 		m.mu.Unlock()
 		return errNoEndpoint
 	}
@@ -714,8 +787,9 @@ func (m *sessionManager) initiateLocked(p *peer, now time.Time) []byte {
 	if p.inits.started.IsZero() {
 		p.inits.started = now
 	}
+	p.keys.send.sealOuter(&msg, ts)
 	out := msg.appendTo(make([]byte, 0, initiationSize))
-	p.cookies.addMACs(out, initiationOffMAC1, initiationOffMAC2, now, m.cfg.RekeyTimeout)
+	p.cookies.addMACs(out, initiationOffMAC1, initiationOffMAC2, &p.keys.send.mac1, now, m.cfg.RekeyTimeout)
 	p.inits.packet = out
 	return out
 }
@@ -725,16 +799,17 @@ func (m *sessionManager) initiateLocked(p *peer, now time.Time) []byte {
 // address changes only with authenticated packets (roaming), never with
 // what the DHT says: an old announcement must not divert a session.
 func (m *sessionManager) setEndpoint(peerKey publicKey, addr netip.AddrPort) {
-	if !m.cfg.Allowed(peerKey) {
-		return // removed while a lookup ran: no session with a non-contact
-	}
 	now := m.cfg.Now()
 	m.mu.Lock()
 	if m.closed.Load() {
 		m.mu.Unlock()
 		return
 	}
-	p := m.peerLocked(peerKey)
+	p := m.peers[peerKey]
+	if p == nil {
+		m.mu.Unlock()
+		return // removed while a lookup ran: no session with a non-contact
+	}
 	if p.timers.online && p.keypairs.usable(now, m.cfg.RejectAfterTime) != nil {
 		m.mu.Unlock()
 		return
@@ -760,8 +835,18 @@ func (m *sessionManager) setEndpoint(peerKey publicKey, addr netip.AddrPort) {
 }
 
 // forget erases everything about peer, its post-quantum secrets on disk
-// included: a removed contact.
+// included: a removed contact. Its tags go at once, so from now on it is a
+// stranger: its packets draw nothing.
 func (m *sessionManager) forget(peerKey publicKey) { m.pq.forget(peerKey) }
+
+// forgetLocked is the part of forget under mu.
+func (m *sessionManager) forgetLocked(p *peer) {
+	m.tags.remove(p)
+	p.erase(m.index)
+	p.keys.wipe()
+	delete(m.peers, p.key)
+	m.ts.drop(p.key)
+}
 
 // sayGoodbye ends every session for a clean exit. Each live session gets
 // the goodbye, goodbyeCopies times, so the contact shows us offline at once

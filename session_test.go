@@ -84,7 +84,6 @@ type testPeer struct {
 	mu          sync.Mutex
 	got         []string
 	established int
-	contacts    map[publicKey]bool
 }
 
 // deliver records a payload; keepalives (empty) are not messages.
@@ -113,11 +112,10 @@ func testIdentity(t testing.TB, seed byte) *identity {
 
 // newTestPeer makes a manager with identity seed on the fake network.
 func newTestPeer(t testing.TB, n *fakeNet, clock *fakeClock, seed byte, port uint16, tweak func(*sessionConfig)) *testPeer {
-	p := &testPeer{id: testIdentity(t, seed), addr: netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), port), contacts: map[publicKey]bool{}}
+	p := &testPeer{id: testIdentity(t, seed), addr: netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), port)}
 	cfg := sessionConfig{
 		Identity:    p.id,
 		Send:        n.sendFrom(p.addr),
-		Allowed:     func(k publicKey) bool { p.mu.Lock(); defer p.mu.Unlock(); return p.contacts[k] },
 		Deliver:     func(_ publicKey, _ netip.AddrPort, b []byte) { p.deliver(b) },
 		Established: func(publicKey, netip.AddrPort) { p.mu.Lock(); p.established++; p.mu.Unlock() },
 		Now:         clock.now,
@@ -134,13 +132,17 @@ func newTestPeer(t testing.TB, n *fakeNet, clock *fakeClock, seed byte, port uin
 	return p
 }
 
+// befriend makes a and b each other's contacts.
 func befriend(a, b *testPeer) {
-	a.mu.Lock()
-	a.contacts[b.id.public()] = true
-	a.mu.Unlock()
-	b.mu.Lock()
-	b.contacts[a.id.public()] = true
-	b.mu.Unlock()
+	a.addContact(b)
+	b.addContact(a)
+}
+
+// addContact makes other a contact of p (one way).
+func (p *testPeer) addContact(other *testPeer) {
+	if err := p.m.addContact(other.id.public()); err != nil {
+		panic(err)
+	}
 }
 
 // newTestPair returns two contacts; a's key is lower than b's, so a wins a
@@ -226,7 +228,7 @@ func TestStrangerGetsNoReply(t *testing.T) {
 	clock := newFakeClock()
 	a, b := newTestPair(t, &n, clock, nil)
 	c := newTestPeer(t, &n, clock, 3, 1003, nil)
-	c.contacts[b.id.public()] = true // c knows b, b does not know c
+	c.addContact(b) // c knows b, b does not know c
 	c.m.setEndpoint(b.id.public(), b.addr)
 	init := firstOfType(t, &n, packetInitiation)
 	dh := b.m.dh.n.Load()
@@ -234,8 +236,8 @@ func TestStrangerGetsNoReply(t *testing.T) {
 	if q := n.take(); len(q) != 0 {
 		t.Errorf("b answered a stranger: %d packets", len(q))
 	}
-	if b.m.stats.notAllowed.Load() != 1 || b.m.dh.n.Load() == dh {
-		t.Errorf("notAllowed %d, dh ops %d", b.m.stats.notAllowed.Load(), b.m.dh.n.Load()-dh)
+	if b.m.stats.stranger.Load() != 1 || b.m.dh.n.Load() != dh {
+		t.Errorf("strangers %d, dh ops %d", b.m.stats.stranger.Load(), b.m.dh.n.Load()-dh)
 	}
 	_ = a
 }
@@ -289,16 +291,17 @@ func TestSimultaneousOpen(t *testing.T) {
 type udpPeer struct {
 	*testPeer
 	conn *net.UDPConn
+	stop func() // ends its goroutines, as a quitting program does; idempotent
 }
 
-func newUDPPeer(t *testing.T, seed byte, tweak func(*sessionConfig)) *udpPeer {
+func newUDPPeer(t testing.TB, seed byte, tweak func(*sessionConfig)) *udpPeer {
 	ctx, cancel := context.WithCancel(context.Background())
 	conn, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { conn.Close() })
-	p := &udpPeer{testPeer: &testPeer{id: testIdentity(t, seed), contacts: map[publicKey]bool{}}, conn: conn}
+	p := &udpPeer{testPeer: &testPeer{id: testIdentity(t, seed)}, conn: conn}
 	p.addr = conn.LocalAddr().(*net.UDPAddr).AddrPort()
 	cfg := sessionConfig{
 		Identity: p.id,
@@ -306,7 +309,6 @@ func newUDPPeer(t *testing.T, seed byte, tweak func(*sessionConfig)) *udpPeer {
 			_, err := conn.WriteToUDPAddrPort(b, to)
 			return err
 		},
-		Allowed:      func(k publicKey) bool { p.mu.Lock(); defer p.mu.Unlock(); return p.contacts[k] },
 		Deliver:      func(_ publicKey, _ netip.AddrPort, b []byte) { p.deliver(b) },
 		Established:  func(publicKey, netip.AddrPort) { p.mu.Lock(); p.established++; p.mu.Unlock() },
 		TickInterval: 10 * time.Millisecond,
@@ -329,7 +331,8 @@ func newUDPPeer(t *testing.T, seed byte, tweak func(*sessionConfig)) *udpPeer {
 			p.m.handlePacket(netip.AddrPortFrom(from.Addr().Unmap(), from.Port()), buf[:n])
 		}
 	}()
-	t.Cleanup(func() { cancel(); conn.Close(); wg.Wait() })
+	p.stop = sync.OnceFunc(func() { cancel(); conn.Close(); wg.Wait() })
+	t.Cleanup(p.stop)
 	return p
 }
 
@@ -382,7 +385,7 @@ func TestSessionsOverUDP(t *testing.T) {
 
 // wantOneSession checks that m holds one session with k, keyed with a
 // post-quantum PSK, and nothing pending; the classical first session it
-// replaced (SPEC.md 4.11) may still be there, to receive.
+// replaced (SPEC.md 4.12) may still be there, to receive.
 func wantOneSession(t *testing.T, m *sessionManager, k publicKey) {
 	t.Helper()
 	c, p, nx, hs := sessionCount(m, k)
@@ -482,9 +485,6 @@ func TestForgetErasesSessions(t *testing.T) {
 	a, b := newTestPair(t, &n, newFakeClock(), nil)
 	establish(t, &n, a, b)
 	kp := b.m.peers[a.id.public()].keypairs.current
-	b.mu.Lock()
-	delete(b.contacts, a.id.public())
-	b.mu.Unlock()
 	b.m.forget(a.id.public())
 	if b.m.hasSession(a.id.public()) || !kp.wiped {
 		t.Fatal("forget kept the session")
@@ -498,10 +498,11 @@ func TestForgetErasesSessions(t *testing.T) {
 		t.Error("b delivered a message from a forgotten contact")
 	}
 	a.m.forget(b.id.public())
+	a.addContact(b) // a still has b, b removed a
 	a.m.setEndpoint(b.id.public(), b.addr)
 	n.pump(t)
-	if a.m.hasSession(b.id.public()) || b.m.stats.notAllowed.Load() != 1 {
-		t.Errorf("handshake with a removed contact: session %v, notAllowed %d", a.m.hasSession(b.id.public()), b.m.stats.notAllowed.Load())
+	if a.m.hasSession(b.id.public()) || b.m.stats.stranger.Load() != 1 {
+		t.Errorf("handshake with a removed contact: session %v, strangers %d", a.m.hasSession(b.id.public()), b.m.stats.stranger.Load())
 	}
 }
 
@@ -562,9 +563,7 @@ func TestSetEndpointIgnoresNonContact(t *testing.T) {
 	var n fakeNet
 	clock := newFakeClock()
 	a, b := newTestPair(t, &n, clock, nil)
-	a.mu.Lock()
-	delete(a.contacts, b.id.public())
-	a.mu.Unlock()
+	a.m.forget(b.id.public())
 	a.m.setEndpoint(b.id.public(), b.addr)
 	if q := n.take(); len(q) != 0 {
 		t.Fatalf("sent %d datagrams to a removed contact", len(q))
@@ -572,7 +571,7 @@ func TestSetEndpointIgnoresNonContact(t *testing.T) {
 }
 
 // hasSession reports whether peer has a confirmed, unexpired session that
-// may carry the layer above's payloads (SPEC.md 4.11).
+// may carry the layer above's payloads (SPEC.md 4.12).
 func (m *sessionManager) hasSession(peerKey publicKey) bool {
 	m.mu.Lock()
 	defer m.mu.Unlock()

@@ -1,7 +1,8 @@
 // Timers (SPEC.md 4.7): retransmission, rekeying, expiry, keepalives and
 // the end of a session.
 //
-// Flow: run calls tick every TickInterval. For each peer, tickPeerLocked
+// Flow: run calls tick every TickInterval (and saves the timestamps file
+// when asked, timestamps.go). For each peer, tickPeerLocked
 // erases keypairs older than RejectAfterTime and stale cookies, resends a
 // pending initiation every RekeyTimeout until RekeyAttemptTime, starts a
 // handshake for queued payloads or a session due for rekeying; then tick
@@ -16,18 +17,22 @@ import (
 	"time"
 )
 
-// run drives the timers until ctx ends, then erases every session: keys are
-// never written to disk and do not outlive the process.
+// run drives the timers and saves the timestamps file until ctx ends,
+// then saves it a last time and erases every session: keys are never
+// written to disk and do not outlive the process.
 func (m *sessionManager) run(ctx context.Context) {
 	t := time.NewTicker(m.cfg.TickInterval)
 	defer t.Stop()
 	for {
 		select {
 		case <-ctx.Done():
+			m.ts.save()
 			m.eraseAll()
 			return
 		case <-t.C:
 			m.tick()
+		case <-m.ts.dirty:
+			m.ts.save()
 		}
 	}
 }
@@ -128,7 +133,7 @@ func (m *sessionManager) tickPeerLocked(p *peer, now time.Time) []byte {
 // awaitsSession reports whether p has payloads waiting for want of a
 // session that may carry them: none is usable, or the usable one is
 // classical, a post-quantum PSK exists and the exchange that should have
-// led to a post-quantum session did not within pqWait (SPEC.md 4.11).
+// led to a post-quantum session did not within pqWait (SPEC.md 4.12).
 func (p *peer) awaitsSession(now time.Time, rejectAfterTime time.Duration) bool {
 	kp := p.keypairs.usable(now, rejectAfterTime)
 	return kp == nil || (!p.mayCarryChat(kp) && p.pq.secrets.n > 0 && now.Sub(kp.created) >= pqWait)

@@ -205,7 +205,7 @@ func TestSessionKeepaliveAndEnded(t *testing.T) {
 
 // TestResponderKeepaliveAfterConfirm pins SPEC.md 4.6: the Keepalive timer
 // runs from the last packet sent. A responder's first packet on a new
-// session is its post-quantum ciphertext (4.11), so no keepalive is due at
+// session is its post-quantum ciphertext (4.12), so no keepalive is due at
 // its first timer check; one is due Keepalive later, and only one.
 func TestResponderKeepaliveAfterConfirm(t *testing.T) {
 	var n fakeNet

@@ -404,6 +404,9 @@ func (u *ui) cmdStatus(ctx context.Context, _ string) error {
 		}
 	}
 	u.printf("contacts %d online of %d", online, len(list))
+	for _, d := range u.app.chat.dropSummaries() {
+		u.printf("drops %s %d outstanding, %d prekeys left", d.Name, d.Outstanding, d.Prekeys)
+	}
 	if w := u.app.watch; w != nil {
 		u.printf("%s", w.reach())
 	}
@@ -416,7 +419,7 @@ func (u *ui) event(e chatEvent) {
 	switch e.Kind {
 	case eventMessage:
 		u.printf("[%s] <%s> %s", e.Time.Format("15:04"), e.Contact, printable(e.Text))
-	case eventQueued, eventDelivered:
+	case eventQueued, eventDelivered, eventDropped:
 		u.printf("* %s %s %d", e.Kind, e.Contact, e.MsgID)
 	case eventOnline, eventMoved:
 		u.printf("* %s %s %s", e.Kind, e.Contact, e.Addr)
@@ -426,7 +429,7 @@ func (u *ui) event(e chatEvent) {
 }
 
 // pqEvent prints what the session layer says about a contact's
-// post-quantum secret (SPEC.md 4.11). It runs on the session layer's
+// post-quantum secret (SPEC.md 4.12). It runs on the session layer's
 // goroutines and must not block.
 func (u *ui) pqEvent(k publicKey, e pqEvent) {
 	name := k.String()
@@ -463,14 +466,19 @@ func (u *ui) cmdInvite(ctx context.Context, rest string) error {
 	if err := u.app.checkNewContact(f[0]); err != nil {
 		return err
 	}
-	code, done, err := u.app.inv.invite(ctx)
+	code, events, err := u.app.inv.invite(ctx)
 	if err != nil {
 		return err
 	}
 	u.printf("invite %s %s", f[0], code)
 	go func() {
-		r := <-done
-		u.finishInvite(f[0], r.Key, r.Err)
+		for ev := range events {
+			if ev.Wrong {
+				u.printf("* invite %s: a wrong code was tried (%d %s left)", f[0], ev.TriesLeft, plural(ev.TriesLeft, "try", "tries"))
+				continue
+			}
+			u.finishInvite(f[0], ev.Key, ev.Err)
+		}
 	}()
 	return nil
 }
@@ -490,23 +498,27 @@ func (u *ui) cmdAccept(ctx context.Context, rest string) error {
 	}
 	u.printf("* accepting %s", f[0])
 	go func() {
-		key, err := u.app.inv.accept(ctx, f[1])
-		u.finishInvite(f[0], key, err)
+		res, err := u.app.inv.accept(ctx, f[1])
+		if u.finishInvite(f[0], res.Key, err) && res.warning() != "" {
+			u.printf("* invite %s: someone may have tried the code (%s); compare /verify %s", f[0], res.warning(), f[0])
+		}
 	}()
 	return nil
 }
 
-// finishInvite adds the contact an invitation produced, or says why not.
-func (u *ui) finishInvite(name string, key publicKey, err error) {
+// finishInvite adds the contact an invitation produced, or says why not;
+// it reports whether the contact was added.
+func (u *ui) finishInvite(name string, key publicKey, err error) bool {
 	if errors.Is(err, context.Canceled) {
-		return // we are quitting: nobody is waiting for this any more
+		return false // we are quitting: nobody is waiting for this any more
 	}
 	if err == nil {
 		err = u.app.addContact(name, key)
 	}
 	if err != nil {
 		u.printf("error invite %s: %v", name, err)
-		return
+		return false
 	}
 	u.printf("* added %s", name)
+	return true
 }

@@ -109,7 +109,7 @@ func TestE2ERemoveQueued(t *testing.T) {
 func TestE2EQuitQuietly(t *testing.T) {
 	u := newUser(t, "quin", "127.0.0.1:1")
 	p := u.start(t)
-	p.send("/accept alice 4821-tumor-unicorn")
+	p.send("/accept alice 482193-tumor-unicorn")
 	p.expect("* accepting alice", 5*time.Second)
 	p.send("/dht get_peers 0123456789abcdef0123456789abcdef01234567")
 	time.Sleep(200 * time.Millisecond)

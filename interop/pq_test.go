@@ -1,4 +1,4 @@
-// Post-quantum interop (SPEC.md 4.11): the exchange and its PSK derived from
+// Post-quantum interop (SPEC.md 4.12): the exchange and its PSK derived from
 // the SPEC's text alone, with the standard library's ML-KEM, crypto/hmac
 // over x/crypto's BLAKE2s, and flynn/noise for the handshake that mixes the
 // PSK: vector `pq` recomputed, and the exchange run with the binary.
@@ -26,7 +26,7 @@ import (
 	"golang.org/x/crypto/blake2s"
 )
 
-// Post-quantum frames, SPEC.md 4.11.
+// Post-quantum frames, SPEC.md 4.12.
 const (
 	sessionControl   = 0x00
 	pqKeyFragment    = 0x01
@@ -39,7 +39,7 @@ const (
 	pqCipherDatagram = transportOffData + 2 + pqCiphertextLen + tagLen
 )
 
-// pqPSK is SPEC.md 4.11's derivation: HMAC-BLAKE2s keyed with the
+// pqPSK is SPEC.md 4.12's derivation: HMAC-BLAKE2s keyed with the
 // handshake hash over the label, HASH(ek), HASH(ciphertext) and the shared key.
 func pqPSK(h, ek, ct, shared []byte) []byte {
 	ekHash, ctHash := blake2s.Sum256(ek), blake2s.Sum256(ct)
@@ -99,7 +99,7 @@ func TestSpecPQVector(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	init, err := writeInitiation(ihs, binary.LittleEndian.Uint32(hexField(t, hs, "initiator_index")), ts, rst.Public)
+	init, err := writeInitiation(ihs, binary.LittleEndian.Uint32(hexField(t, hs, "initiator_index")), ts, pairKeys(t, ist, rst.Public))
 	if err != nil || !bytes.Equal(init, hexField(t, v, "next_initiation")) || !bytes.Equal(init, hexField(t, hs, "initiation")) {
 		t.Fatalf("initiation with the psk (%v) differs from the vectors'", err)
 	}
@@ -107,7 +107,7 @@ func TestSpecPQVector(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	resp, _, _, _, err := writeResponse(rhs, binary.LittleEndian.Uint32(hexField(t, hs, "responder_index")), init, ist.Public)
+	resp, _, _, _, err := writeResponse(rhs, binary.LittleEndian.Uint32(hexField(t, hs, "responder_index")), init, pairKeys(t, rst, ist.Public))
 	if err != nil || !bytes.Equal(resp, hexField(t, v, "next_response")) {
 		t.Fatalf("response with the psk (%v):\n got %x\nwant %s", err, resp, v["next_response"])
 	}
@@ -124,7 +124,7 @@ func TestSpecPQVector(t *testing.T) {
 	// An initiator holding the psk cannot open the zero-PSK response of
 	// vector handshake: what it authenticates with is not its psk.
 	ihs, _ = newHandshakePSK(true, ist, rst.Public, bytes.NewReader(hexField(t, hs, "initiator_ephemeral")), psk)
-	writeInitiation(ihs, binary.LittleEndian.Uint32(hexField(t, hs, "initiator_index")), ts, rst.Public)
+	writeInitiation(ihs, binary.LittleEndian.Uint32(hexField(t, hs, "initiator_index")), ts, pairKeys(t, ist, rst.Public))
 	zero := hexField(t, hs, "response")
 	if _, _, _, err := ihs.ReadMessage(nil, zero[responseOffEphemeral:responseOffMAC1]); err == nil || v["zero_psk_response_outcome"] != "refused" {
 		t.Errorf("the zero-PSK response: %v, SPEC says %s", err, v["zero_psk_response_outcome"])
@@ -134,7 +134,7 @@ func TestSpecPQVector(t *testing.T) {
 	}
 }
 
-// pqExchange runs SPEC.md 4.11's exchange on the current session as its
+// pqExchange runs SPEC.md 4.12's exchange on the current session as its
 // initiator: a fresh key in two fragments (every corruption of the first
 // dropped unread), the binary's ciphertext (every corruption of it failing
 // our checks), and the PSK of our next initiation.
