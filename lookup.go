@@ -62,6 +62,8 @@ type lookupOpts struct {
 	seeds       []nodeInfo // extra starting nodes (bootstrap routers' answers)
 	salt        []byte     // get: the salt of a mutable item
 	stopOnValue bool       // get: end as soon as an immutable value verified
+	ownID       bool       // the target derives from our id: end if we move (nodeid.go)
+	epoch       uint64     // with ownID: the moves of d.idAndMoves when the target was derived
 }
 
 type candState uint8
@@ -100,6 +102,7 @@ type lookup struct {
 	item     bep44Item
 	hasItem  bool
 	stop     bool
+	moves    uint64 // with opts.ownID: opts.epoch
 	stats    lookupStats
 
 	mu     sync.Mutex // guards events, filled by transaction callbacks
@@ -112,7 +115,7 @@ type lookup struct {
 func (d *dht) lookup(ctx context.Context, o lookupOpts) (*lookupResult, error) {
 	start := d.now()
 	l := &lookup{d: d, opts: o, self: d.id(), seen: map[netip.AddrPort]*candidate{},
-		peerSeen: map[netip.AddrPort]struct{}{}, wake: make(chan struct{}, 1)}
+		peerSeen: map[netip.AddrPort]struct{}{}, wake: make(chan struct{}, 1), moves: o.epoch}
 	l.add(d.closest(o.target, 2*bucketSize), 1)
 	l.add(o.seeds, 1)
 	if len(l.cands) == 0 {
@@ -121,6 +124,11 @@ func (d *dht) lookup(ctx context.Context, o lookupOpts) (*lookupResult, error) {
 	var err error
 	for {
 		l.handleEvents()
+		if _, moves := d.idAndMoves(); o.ownID && moves != l.moves {
+			// Its target would tie our new address to the old id.
+			err = fmt.Errorf("dht: %v lookup: %w", o.method, errMoved)
+			break
+		}
 		if l.finished() {
 			break
 		}
@@ -345,9 +353,9 @@ func (l *lookup) query(c *candidate) {
 	l.stats.Queried++
 	l.stats.Messages++
 	id := c.info.ID
-	_, err := l.d.tx.send(c.info.Addr, &q, &id,
-		func(attempt int) { l.post(lookupEvent{c: c, retry: attempt}) },
-		func(r queryResult) { l.post(lookupEvent{c: c, res: &r}) })
+	o := txOpts{expect: &id, ownID: l.opts.ownID, epoch: l.opts.epoch,
+		onRetry: func(attempt int) { l.post(lookupEvent{c: c, retry: attempt}) }}
+	_, err := l.d.tx.send(c.info.Addr, &q, o, func(r queryResult) { l.post(lookupEvent{c: c, res: &r}) })
 	if err != nil {
 		c.state = candFailed
 		l.active--
@@ -433,7 +441,7 @@ func (d *dht) publish(ctx context.Context, o lookupOpts, what string, mk func(to
 		}
 	}
 	ok, refused := 0, error(nil)
-	for _, r := range d.tx.queryAll(ctx, to, func(i int) krpcMsg { return mk(toks[i]) }) {
+	for _, r := range d.tx.queryAll(ctx, to, txOpts{}, func(i int) krpcMsg { return mk(toks[i]) }) {
 		var kerr *krpcError
 		switch {
 		case r.Err == nil:
@@ -508,4 +516,30 @@ func (d *dht) get(ctx context.Context, target nodeID) (bep44Item, error) {
 		return bep44Item{}, err
 	}
 	return bep44Item{}, fmt.Errorf("dht: get %v: %w", target, errNotFound)
+}
+
+// putMutableN is putMutable without the target: how many nodes stored it.
+func (d *dht) putMutableN(ctx context.Context, priv ed25519.PrivateKey, salt []byte, seq int64, v []byte) (int, error) {
+	_, n, err := d.putMutable(ctx, priv, salt, seq, v)
+	return n, err
+}
+
+// getMutable finds the mutable item of key k and salt (BEP 44), verified:
+// the highest seq among our own store and the nodes near its target.
+// found is false when nobody has it; err is set only when the lookup
+// failed (no node answered).
+func (d *dht) getMutable(ctx context.Context, k [32]byte, salt []byte) (it bep44Item, found bool, err error) {
+	target := mutableTarget(k, salt)
+	local, ok := d.items.get(target)
+	ok = ok && local.Mutable && local.K == k
+	r, err := d.lookup(ctx, lookupOpts{target: target, method: methodGet, salt: salt})
+	switch {
+	case r.HasItem && r.Item.Mutable && (!ok || r.Item.Seq > local.Seq):
+		return r.Item, true, nil
+	case ok:
+		return local, true, nil
+	case err != nil:
+		return bep44Item{}, false, err
+	}
+	return bep44Item{}, false, nil
 }

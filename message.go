@@ -15,7 +15,7 @@ import (
 	"bytes"
 	"cmp"
 	"context"
-	cryptorand "crypto/rand"
+	"crypto/ed25519"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -155,6 +155,10 @@ type chatConfig struct {
 	Send         func(peer publicKey, payload []byte) error // one session payload; may fail: we retransmit
 	MaxPayload   int                                        // the session's plaintext limit per packet
 	ScrubAfter   time.Duration                              // dropped text leaves the outbox log this soon; zero: scrubAfter
+	// BEP 44 mutable items with salt, for offline messages (drops,
+	// SPEC.md 8); both nil: no drops are made or collected.
+	PutItem func(ctx context.Context, priv ed25519.PrivateKey, salt []byte, seq int64, v []byte) (int, error)
+	GetItem func(ctx context.Context, k [32]byte, salt []byte) (it bep44Item, found bool, err error)
 	// Event receives events in order, without chat locks held. It may run on
 	// the outbox committer, so it must not block nor call send.
 	Event func(chatEvent)
@@ -176,11 +180,12 @@ const (
 	eventMessage                            // a message from a contact
 	eventOnline
 	eventOffline
-	eventMoved // the contact's session moved to another address
+	eventMoved   // the contact's session moved to another address
+	eventDropped // our message was placed in the DHT for the offline contact (SPEC.md 8)
 )
 
 func (k chatEventKind) String() string {
-	names := [...]string{"", "queued", "delivered", "message", "online", "offline", "moved"}
+	names := [...]string{"", "queued", "delivered", "message", "online", "offline", "moved", "dropped"}
 	if int(k) < len(names) && k != 0 {
 		return names[k]
 	}
@@ -284,6 +289,7 @@ type chat struct {
 	sched *rendezvousScheduler
 	out   *frameSender
 	ev    *eventQueue
+	drops *dropper // offline messages (drops.go)
 
 	saveMu sync.Mutex // serialises contact-file writes; taken before mu
 	mu     sync.Mutex
@@ -413,15 +419,7 @@ func newChat(cfg chatConfig) (*chat, error) {
 	if cfg.Event == nil {
 		cfg.Event = func(chatEvent) {}
 	}
-	if cfg.Now == nil {
-		cfg.Now = time.Now
-	}
-	if cfg.Rand == nil {
-		cfg.Rand = cryptorand.Reader
-	}
-	if cfg.Log == nil {
-		cfg.Log = slog.New(slog.DiscardHandler)
-	}
+	defaultNowRandLog(&cfg.Now, &cfg.Rand, &cfg.Log)
 	c := &chat{cfg: cfg, peers: map[publicKey]*chatPeer{}, gone: goneStates{}, names: map[string]*chatPeer{},
 		ev: &eventQueue{emit: cfg.Event},
 		sched: newRendezvousScheduler(rendezvousConfig{StaticSecret: cfg.StaticSecret, Announce: cfg.Announce,
@@ -454,6 +452,10 @@ func newChat(cfg chatConfig) (*chat, error) {
 		return nil, err
 	}
 	wipeRetired(old, cfg.Log)
+	if c.drops, err = newDropper(c); err != nil {
+		ob.j.f.Close()
+		return nil, err
+	}
 	c.ob = ob
 	ob.start(c.afterSync, c.compactNow)
 	c.out = newFrameSender(cfg.Send, cfg.Log)
@@ -595,9 +597,14 @@ func appendFrames(frames [][]byte, maxPayload int, stream uint64, m *outMsg) [][
 
 // handlePayload takes one decrypted session payload from peer. The session
 // layer calls it with b valid only during the call; an empty payload is a
-// keepalive.
+// keepalive, which only says the contact is there (last seen).
 func (c *chat) handlePayload(key publicKey, from netip.AddrPort, b []byte) {
 	if len(b) == 0 {
+		c.seen(key)
+		return
+	}
+	if isPrekeyFrame(b) {
+		c.drops.handleFrame(key, b)
 		return
 	}
 	f, err := parseChatFrame(b)
@@ -831,9 +838,19 @@ func (c *chat) setOnline(key publicKey, addr netip.AddrPort) {
 	c.ev.flush()
 }
 
-// setOffline records that the contact's session ended; rendezvous lookups
-// for it go back to the fast schedule.
-func (c *chat) setOffline(key publicKey) {
+// seen records a keepalive from the contact as its last-seen time.
+func (c *chat) seen(key publicKey) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if p := c.peers[key]; p != nil {
+		p.LastSeen = c.cfg.Now()
+	}
+}
+
+// setOffline records that the contact's session ended, lastSeen being the
+// time of its last packet (not now: silence is noticed DeadAfter late);
+// rendezvous lookups for it go back to the fast schedule.
+func (c *chat) setOffline(key publicKey, lastSeen time.Time) {
 	c.mu.Lock()
 	p := c.peers[key]
 	if p == nil || !p.online {
@@ -841,7 +858,10 @@ func (c *chat) setOffline(key publicKey) {
 		return
 	}
 	now := c.cfg.Now()
-	p.online, p.LastSeen = false, now
+	p.online = false
+	if !lastSeen.IsZero() {
+		p.LastSeen = lastSeen
+	}
 	c.sched.offline(key, now)
 	c.ev.push(chatEvent{Kind: eventOffline, Contact: p.Name, Key: key, Time: now, Addr: p.addr})
 	c.mu.Unlock()
@@ -865,11 +885,13 @@ func (c *chat) run(ctx context.Context) error {
 		select {
 		case <-ctx.Done():
 			c.sched.waitOps()
+			c.drops.wait()
 			return c.saveContacts(nil, nil)
 		case <-t.C:
 			c.retransmit()
 			c.ob.scrubIfDue(c.cfg.Now())
 			c.sched.tick(ctx)
+			c.drops.tick(ctx)
 		}
 	}
 }
@@ -908,6 +930,9 @@ func (c *chat) close() error {
 	c.compactNow()
 	c.out.stop() // frames still queued are dropped: the peer retransmits
 	err := c.ob.close()
+	if derr := c.drops.close(); err == nil {
+		err = derr
+	}
 	if serr := c.saveContacts(nil, nil); err == nil {
 		err = serr
 	}

@@ -52,7 +52,7 @@ type punchSide struct {
 	t     *testing.T
 	id    *identity
 	p     *puncher
-	clock *testClock
+	clock *fakeClock
 
 	mu      sync.Mutex
 	view    localView
@@ -74,7 +74,7 @@ func (s *punchSide) take() []string {
 	return out
 }
 
-func newPunchSide(t *testing.T, d *punchDHT, clock *testClock, seed byte, view localView) *punchSide {
+func newPunchSide(t *testing.T, d *punchDHT, clock *fakeClock, seed byte, view localView) *punchSide {
 	s := &punchSide{t: t, id: testIdentity(t, seed), clock: clock, view: view}
 	s.p = newPuncher(punchConfig{
 		Self:         s.id.public(),
@@ -111,7 +111,7 @@ func natView(lan, ext string) localView {
 }
 
 // step advances both sides by one punch tick, n times.
-func stepBoth(clock *testClock, n int, sides ...*punchSide) {
+func stepBoth(clock *fakeClock, n int, sides ...*punchSide) {
 	for range n {
 		clock.advance(punchTick)
 		for _, s := range sides {
@@ -125,7 +125,7 @@ func stepBoth(clock *testClock, n int, sides ...*punchSide) {
 // only once the other's record acks its nonce.
 func TestPunchBothBehindNAT(t *testing.T) {
 	d := &punchDHT{items: map[[32]byte]punchItem{}}
-	clock := newTestClock()
+	clock := newFakeClock()
 	a := newPunchSide(t, d, clock, 1, natView("192.168.1.10", "203.0.113.1"))
 	b := newPunchSide(t, d, clock, 2, natView("192.168.1.10", "203.0.113.2"))
 	a.p.announced(b.id.public())
@@ -184,7 +184,7 @@ func TestPunchDirect(t *testing.T) {
 			External: netip.MustParseAddrPort("[2001:db8:300:2::10]:6881")}, "connect [2001:db8:300:2::10]:6881", false},
 	} {
 		d := &punchDHT{items: map[[32]byte]punchItem{}}
-		clock := newTestClock()
+		clock := newFakeClock()
 		a := newPunchSide(t, d, clock, 1, tc.va)
 		b := newPunchSide(t, d, clock, 2, tc.vb)
 		b.p.announced(a.id.public())
@@ -205,7 +205,7 @@ func TestPunchDirect(t *testing.T) {
 // unless they lie behind a NAT.
 func TestPunchFound(t *testing.T) {
 	d := &punchDHT{items: map[[32]byte]punchItem{}}
-	clock := newTestClock()
+	clock := newFakeClock()
 	a := newPunchSide(t, d, clock, 1, natView("192.168.1.10", "203.0.113.1"))
 	k := testIdentity(t, 2).public()
 	for addr, want := range map[string]bool{
@@ -233,7 +233,7 @@ func TestPunchFound(t *testing.T) {
 // contact for punchQuiet; then a new attempt opens again.
 func TestPunchFailureGoesQuiet(t *testing.T) {
 	d := &punchDHT{items: map[[32]byte]punchItem{}}
-	clock := newTestClock()
+	clock := newFakeClock()
 	a := newPunchSide(t, d, clock, 1, natView("192.168.1.10", "203.0.113.1"))
 	b := newPunchSide(t, d, clock, 2, natView("192.168.1.10", "203.0.113.2"))
 	a.p.announced(b.id.public())
@@ -280,7 +280,7 @@ func TestPunchFailureGoesQuiet(t *testing.T) {
 // the session forget the path and the puncher quiet; one on a LAN does not.
 func TestPunchStallOnGatedPath(t *testing.T) {
 	d := &punchDHT{items: map[[32]byte]punchItem{}}
-	clock := newTestClock()
+	clock := newFakeClock()
 	a := newPunchSide(t, d, clock, 1, natView("192.168.1.10", "203.0.113.1"))
 	k := testIdentity(t, 2).public()
 	a.p.online(k, netip.MustParseAddrPort("203.0.113.2:6881"))
@@ -359,7 +359,7 @@ func TestPunchTTLFlag(t *testing.T) {
 // rendezvous runs, with what the lookup found (our own address left out),
 // and of none for a contact removed meanwhile.
 func TestRendezvousHooks(t *testing.T) {
-	clock := &chatClock{t: time.Date(2026, 11, 25, 12, 20, 30, 0, time.UTC)}
+	clock := newFakeClockAt(time.Date(2026, 11, 25, 12, 20, 30, 0, time.UTC))
 	self := netip.MustParseAddrPort("198.51.100.1:6881")
 	bob := netip.MustParseAddrPort("203.0.113.9:7000")
 	d := &chatFakeDHT{peers: []netip.AddrPort{self, bob}}

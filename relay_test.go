@@ -78,7 +78,7 @@ type relayNode struct {
 	on map[publicKey]bool // live sessions
 }
 
-func newRelayNode(t *testing.T, n *fakeNet, clock *testClock, seed byte, port uint16, enabled bool) *relayNode {
+func newRelayNode(t *testing.T, n *fakeNet, clock *fakeClock, seed byte, port uint16, enabled bool) *relayNode {
 	rn := &relayNode{on: map[publicKey]bool{}}
 	rn.testPeer = newTestPeer(t, n, clock, seed, port, func(c *sessionConfig) {
 		netSend := c.Send
@@ -106,7 +106,7 @@ func newRelayNode(t *testing.T, n *fakeNet, clock *testClock, seed byte, port ui
 		Send:    func(k publicKey, b []byte) error { return rn.m.send(k, b) },
 		Deliver: func(from netip.AddrPort, b []byte) { rn.m.handlePacket(from, b) },
 		Online:  func(k publicKey) bool { rn.mu.Lock(); defer rn.mu.Unlock(); return rn.on[k] },
-		Contact: func(k publicKey) bool { rn.testPeer.mu.Lock(); defer rn.testPeer.mu.Unlock(); return rn.contacts[k] },
+		Contact: func(k publicKey) bool { rn.m.mu.Lock(); defer rn.m.mu.Unlock(); return rn.m.peers[k] != nil },
 		Now:     clock.now,
 	})
 	return rn
@@ -116,7 +116,7 @@ func newRelayNode(t *testing.T, n *fakeNet, clock *testClock, seed byte, port ui
 // each other's, and every datagram between alice and bob is lost.
 func relayTrio(t *testing.T, enabled bool) (n *fakeNet, alice, bob, carol *relayNode) {
 	n = &fakeNet{}
-	clock := newTestClock()
+	clock := newFakeClock()
 	alice = newRelayNode(t, n, clock, 1, 1001, false)
 	bob = newRelayNode(t, n, clock, 2, 1002, false)
 	carol = newRelayNode(t, n, clock, 3, 1003, enabled)
@@ -212,7 +212,7 @@ func TestRelayRefuses(t *testing.T) {
 // through a relay both contacts named in their records.
 func TestRelayHintsInPunch(t *testing.T) {
 	d := &punchDHT{items: map[[32]byte]punchItem{}}
-	clock := newTestClock()
+	clock := newFakeClock()
 	carol := testIdentity(t, 9).public()
 	via := netip.MustParseAddrPort("[100::1]:1")
 	a := newPunchSide(t, d, clock, 1, natView("192.168.1.10", "203.0.113.1"))

@@ -13,13 +13,18 @@ import (
 // and Stalled comes just before Ended.
 func TestStallEndsSession(t *testing.T) {
 	var n fakeNet
-	clock := newTestClock()
+	clock := newFakeClock()
 	var mu sync.Mutex
 	var events []string
 	var endedAt time.Time
 	a, b := newTestPair(t, &n, clock, func(c *sessionConfig) {
 		c.Stalled = func(publicKey) { mu.Lock(); events = append(events, "stalled"); mu.Unlock() }
-		c.Ended = func(publicKey) { mu.Lock(); events = append(events, "ended"); endedAt = clock.now(); mu.Unlock() }
+		c.Ended = func(publicKey, time.Time) {
+			mu.Lock()
+			events = append(events, "ended")
+			endedAt = clock.now()
+			mu.Unlock()
+		}
 	})
 	a.m.setEndpoint(b.id.public(), b.addr)
 	n.pump(t)
@@ -49,7 +54,7 @@ func TestStallEndsSession(t *testing.T) {
 // keepalive per side per Keepalive.
 func TestPassiveKeepaliveAnswers(t *testing.T) {
 	var n fakeNet
-	clock := newTestClock()
+	clock := newFakeClock()
 	var mu sync.Mutex
 	stalls := 0
 	a, b := newTestPair(t, &n, clock, func(c *sessionConfig) {
@@ -90,7 +95,7 @@ func TestPassiveKeepaliveAnswers(t *testing.T) {
 // carries them.
 func TestForgetPath(t *testing.T) {
 	var n fakeNet
-	clock := newTestClock()
+	clock := newFakeClock()
 	a, b := newTestPair(t, &n, clock, nil)
 	a.m.setEndpoint(b.id.public(), b.addr)
 	n.pump(t)

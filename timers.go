@@ -1,14 +1,16 @@
 // Timers (SPEC.md 4.7): retransmission, rekeying, expiry, keepalives and
 // the end of a session.
 //
-// Flow: run calls tick every TickInterval. For each peer, tickPeerLocked
+// Flow: run calls tick every TickInterval (and saves the timestamps file
+// when asked, timestamps.go). For each peer, tickPeerLocked
 // erases keypairs older than RejectAfterTime and stale cookies, resends a
 // pending initiation every RekeyTimeout until RekeyAttemptTime, starts a
 // handshake for queued payloads or a session due for rekeying; then tick
 // sends keepalives to online peers idle for Keepalive or owing an answer
 // to a payload (PassiveKeepalive), and reports peers whose payload stayed
-// unanswered for StallTimeout, or silent for DeadAfter, as ended. The
-// sends happen after mu is released.
+// unanswered for StallTimeout, or silent for DeadAfter, as ended (a
+// goodbye, session.go, ends them at once). The sends happen after mu is
+// released.
 package main
 
 import (
@@ -17,49 +19,63 @@ import (
 	"time"
 )
 
-// run drives the timers until ctx ends, then erases every session: keys are
-// never written to disk and do not outlive the process.
+// run drives the timers and saves the timestamps file until ctx ends,
+// then saves it a last time and erases every session: keys are never
+// written to disk and do not outlive the process.
 func (m *sessionManager) run(ctx context.Context) {
 	t := time.NewTicker(m.cfg.TickInterval)
 	defer t.Stop()
 	for {
 		select {
 		case <-ctx.Done():
+			m.ts.save()
 			m.eraseAll()
 			return
 		case <-t.C:
 			m.tick()
+		case <-m.ts.dirty:
+			m.ts.save()
 		}
 	}
 }
 
+// eraseAll erases every key in memory; the post-quantum secrets stay on
+// disk for the next run.
 func (m *sessionManager) eraseAll() {
 	m.mu.Lock()
-	keys := make([]publicKey, 0, len(m.peers))
-	for k := range m.peers {
-		keys = append(keys, k)
-	}
-	m.mu.Unlock()
-	for _, k := range keys {
-		m.forget(k)
+	defer m.mu.Unlock()
+	for k, p := range m.peers {
+		p.erase(m.index)
+		delete(m.peers, k)
 	}
 }
 
 // tick runs the timers once: retransmit or give up pending handshakes,
 // rekey busy sessions, erase expired keys.
 func (m *sessionManager) tick() {
+	if m.closed.Load() {
+		return // sayGoodbye ended everything
+	}
 	now := m.cfg.Now()
 	type out struct {
 		to []netip.AddrPort
 		b  []byte
 	}
 	var sends []out
-	var keepalive []*peer
+	var pqSends []sessionFrames
+	var keepalive, classical []*peer
 	var ended, stalled []publicKey
 	m.mu.Lock()
 	for _, p := range m.peers {
 		if b := m.tickPeerLocked(p, now); b != nil {
 			sends = append(sends, out{p.addrs.targets(), b})
+		}
+		frames, fallback := m.pq.tickLocked(p, now)
+		if frames != nil {
+			pqSends = append(pqSends, sessionFrames{p.keypairs.current, p.addrs.endpoint, frames})
+		}
+		if fallback {
+			classical = append(classical, p)
 		}
 		if p.timers.online && p.timers.stalled(now, m.cfg.StallTimeout) {
 			p.timers.online = false
@@ -75,6 +91,15 @@ func (m *sessionManager) tick() {
 	m.mu.Unlock()
 	for _, s := range sends {
 		m.sendRaw(s.b, s.to...)
+	}
+	for _, s := range pqSends {
+		for _, f := range s.payloads {
+			m.sendTransport(s.kp, s.to, f)
+		}
+	}
+	for _, p := range classical {
+		m.cfg.PQEvent(p.key, pqClassical)
+		m.sessionReady(p, false)
 	}
 	for _, p := range keepalive {
 		m.flush(p, true)
@@ -119,7 +144,7 @@ func (m *sessionManager) tickPeerLocked(p *peer, now time.Time) []byte {
 		}
 		return nil
 	}
-	if len(p.queue.payloads) > 0 && p.keypairs.usable(now, m.cfg.RejectAfterTime) == nil {
+	if len(p.queue.payloads) > 0 && p.awaitsSession(now, m.cfg.RejectAfterTime) {
 		return m.maybeInitiateLocked(p, now)
 	}
 	// A session in use is rekeyed before it expires, even if only the
@@ -128,6 +153,15 @@ func (m *sessionManager) tickPeerLocked(p *peer, now time.Time) []byte {
 		return m.maybeInitiateLocked(p, now)
 	}
 	return nil
+}
+
+// awaitsSession reports whether p has payloads waiting for want of a
+// session that may carry them: none is usable, or the usable one is
+// classical, a post-quantum PSK exists and the exchange that should have
+// led to a post-quantum session did not within pqWait (SPEC.md 4.12).
+func (p *peer) awaitsSession(now time.Time, rejectAfterTime time.Duration) bool {
+	kp := p.keypairs.usable(now, rejectAfterTime)
+	return kp == nil || (!p.mayCarryChat(kp) && p.pq.secrets.n > 0 && now.Sub(kp.created) >= pqWait)
 }
 
 // expire erases the keypairs older than rejectAfterTime.
@@ -167,7 +201,9 @@ func (p *peer) checkEnded(now time.Time, deadAfter time.Duration) bool {
 
 // established and ended report a peer's session state in the order it
 // changed: evMu orders the callbacks, and ended re-checks under mu, so a
-// packet that revived the peer after tick decided it had ended wins.
+// packet that revived the peer after tick decided it had ended wins. Ended
+// carries the time of the peer's last authenticated packet, not the time
+// its silence was noticed.
 func (m *sessionManager) established(k publicKey, addr netip.AddrPort) {
 	m.evMu.Lock()
 	defer m.evMu.Unlock()
@@ -180,8 +216,12 @@ func (m *sessionManager) ended(k publicKey) {
 	m.mu.Lock()
 	p := m.peers[k]
 	still := p != nil && !p.timers.online
+	var lastSeen time.Time
+	if still {
+		lastSeen = p.timers.lastRecv
+	}
 	m.mu.Unlock()
 	if still {
-		m.cfg.Ended(k)
+		m.cfg.Ended(k, lastSeen)
 	}
 }

@@ -1,11 +1,12 @@
-//go:build unix
-
 // Opening packets (SPEC.md 5.8.3): an empty datagram with a small TTL, so
 // that it makes our own NAT's mapping and dies before the contact's router.
 //
 // Flow: sendTTL takes the socket for itself (Node.ttlMu, which every other
 // send holds shared), lowers the socket's unicast TTL and hop limit, writes,
 // and puts the old values back, so no other datagram leaves with them.
+
+//go:build unix
+
 package main
 
 import (
