@@ -395,6 +395,9 @@ func (e *caseEnv) trial(t *testing.T, i int, wait time.Duration) trialResult {
 		have[u] = firstAddress(p, names[1-u])
 	}
 	r.toMsg = max(0, firstMsg.Sub(maxTime(have[0], have[1])))
+	if d, err := time.ParseDuration(os.Getenv(natlabSlowEnv)); err == nil && r.fromUp > d {
+		t.Logf("trial %d took %v (skew %v, %s first):%s%s", i, r.fromUp, skew, names[first], ps[0].tail(), ps[1].tail())
+	}
 	if e.c.flush || e.c.idle > 0 {
 		return e.again(ps, names, wait, r)
 	}

@@ -39,6 +39,7 @@ const (
 	natlabTrialsEnv = "KADCHAT_NATLAB_N"       // trials per case
 	natlabWaitEnv   = "KADCHAT_NATLAB_TIMEOUT" // bound on one trial's wait, a Go duration
 	natlabCasesEnv  = "KADCHAT_NATLAB_CASES"   // a regular expression: only the cases it matches
+	natlabSlowEnv   = "KADCHAT_NATLAB_SLOW"    // a duration: log the lines of trials slower than it
 	natlabDHTNodes  = 10
 	natlabPort      = 6881 // every kadchat in the lab listens here, as users do
 	natlabCmdWait   = 15 * time.Second

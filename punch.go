@@ -40,6 +40,7 @@ const (
 	recordWait      = 20 * time.Second       // no record of a contact found this long: try without
 	recordMaxAge    = 20 * time.Minute       // older records are ignored
 	punchOpTimeout  = 10 * time.Second
+	v6OpenLead      = 200 * time.Millisecond // an IPv6 firewall opened this long before our initiation
 	maxPunchOps     = 4
 	maxFound        = 8 // rendezvous addresses kept per contact
 )
@@ -76,6 +77,8 @@ type punchPeer struct {
 	found   []netip.AddrPort // rendezvous addresses since the last session
 	foundAt time.Time        // first of them
 	tried   []netip.AddrPort // handed to the session in this attempt
+	pre6    []netip.AddrPort // IPv6 addresses opened toward, this attempt
+	pre6At  time.Time        // when the last of them was
 
 	online, gatedPath, stalled bool
 	handedAt, nextOpen         time.Time
@@ -137,7 +140,7 @@ func (s *puncher) newAttemptLocked(p *punchPeer, now time.Time) {
 		p.nonce = uint64(now.UnixNano())
 	}
 	p.nonce = max(p.nonce, 1)
-	p.opened, p.handedAt, p.tried, p.dirty = 0, time.Time{}, nil, true
+	p.opened, p.handedAt, p.tried, p.pre6, p.dirty = 0, time.Time{}, nil, nil, true
 	p.pollUntil, p.nextPoll = now.Add(punchPeriod), now
 }
 
@@ -405,7 +408,7 @@ func (s *puncher) stepLocked(k publicKey, p *punchPeer, now time.Time, v *localV
 	}
 	fresh := p.fresh(now)
 	if fresh {
-		a.connect = p.once(directTargets(&p.rec, v)...)
+		a.open, a.connect = p.directLocked(directTargets(&p.rec, v), now)
 	}
 	if now.Before(p.quietUntil) {
 		return a
@@ -426,7 +429,7 @@ func (s *puncher) stepLocked(k publicKey, p *punchPeer, now time.Time, v *localV
 		p.opened, p.dirty, p.nextOpen, p.handedAt = p.rec.Nonce, true, now, time.Time{}
 	}
 	if !now.Before(p.nextOpen) {
-		a.open, p.nextOpen = punch, now.Add(punchReopen)
+		a.open, p.nextOpen = append(a.open, punch...), now.Add(punchReopen)
 	}
 	switch {
 	case p.rec.Ack == p.nonce && p.handedAt.IsZero():
@@ -439,6 +442,25 @@ func (s *puncher) stepLocked(k publicKey, p *punchPeer, now time.Time, v *localV
 		a.open, a.connect = nil, p.once(s.viaRelaysLocked(k, p)...)
 	}
 	return a
+}
+
+// directLocked splits the direct targets: an IPv6 address first gets an
+// opening packet, and reaches the session v6OpenLead later. Two stateful
+// firewalls would otherwise drop both sides' first initiations when they
+// cross, and the session's resend comes only after RekeyTimeout (5 s);
+// an opening packet lets the other side's initiation in, whenever it comes.
+func (p *punchPeer) directLocked(targets []netip.AddrPort, now time.Time) (open, connect []netip.AddrPort) {
+	var ready []netip.AddrPort
+	for _, t := range targets {
+		switch {
+		case !t.Addr().Is6() || slices.Contains(p.pre6, t) && now.Sub(p.pre6At) >= v6OpenLead:
+			ready = append(ready, t)
+		case !slices.Contains(p.pre6, t):
+			p.pre6, p.pre6At = append(p.pre6, t), now
+			open = append(open, t)
+		}
+	}
+	return open, p.once(ready...)
 }
 
 // directTargets are the contact's candidates the session may try at once:

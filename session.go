@@ -396,6 +396,12 @@ func (m *sessionManager) replyToInitiation(from netip.AddrPort, h *handshake, p 
 				return init, nil
 			}
 		}
+		if p.inits.pending != nil && p.inits.packet != nil {
+			// Ours went there and may have met a stateful firewall
+			// before the peer's initiation opened it: send it again
+			// now (a copy that did arrive is refused by its timestamp).
+			return p.inits.packet, nil
+		}
 		return nil, errors.New("session: simultaneous open, keeping ours")
 	}
 	p.inits.abandon(m.index)

@@ -125,3 +125,25 @@ func TestForgetPath(t *testing.T) {
 		t.Errorf("b got %q", got)
 	}
 }
+
+// TestSimultaneousOpenResend pins SPEC.md 4.8's last rule: the lower side,
+// whose initiation a firewall dropped, sends it again as soon as it drops
+// the higher side's initiation, instead of after RekeyTimeout.
+func TestSimultaneousOpenResend(t *testing.T) {
+	var n fakeNet
+	a, b := newTestPair(t, &n, newTestClock(), nil) // a is lower
+	a.m.setEndpoint(b.id.public(), b.addr)
+	q := n.take() // a's first initiation: lost at b's firewall
+	if len(q) != 1 || q[0].b[0] != packetInitiation {
+		t.Fatalf("a sent %d packets, want its initiation", len(q))
+	}
+	b.m.setEndpoint(a.id.public(), a.addr)
+	n.pump(t) // b's initiation, a's resend, b's response, a's keepalive
+	if !a.m.hasSession(b.id.public()) || !b.m.hasSession(a.id.public()) {
+		t.Fatal("no session without waiting for a resend")
+	}
+	ak := a.m.peers[b.id.public()].keypairs.current
+	if !ak.initiator {
+		t.Error("the lower key is not the initiator")
+	}
+}
