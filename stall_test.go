@@ -131,7 +131,7 @@ func TestForgetPath(t *testing.T) {
 // the higher side's initiation, instead of after RekeyTimeout.
 func TestSimultaneousOpenResend(t *testing.T) {
 	var n fakeNet
-	a, b := newTestPair(t, &n, newTestClock(), nil) // a is lower
+	a, b := newTestPair(t, &n, newFakeClock(), nil) // a is lower
 	a.m.setEndpoint(b.id.public(), b.addr)
 	q := n.take() // a's first initiation: lost at b's firewall
 	if len(q) != 1 || q[0].b[0] != packetInitiation {
