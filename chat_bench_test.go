@@ -102,7 +102,7 @@ func startBenchStack(tb testing.TB, o benchStackOpts) *benchStack {
 		},
 	}
 	if s.dht != nil {
-		cfg.Announce = func(ctx context.Context, ih nodeID) (int, error) { return s.dht.announce(ctx, ih, 0, true) }
+		cfg.Announce = s.dht.announceFinding
 		cfg.GetPeers = s.dht.getPeers
 	}
 	if s.chat, err = newChat(cfg); err != nil {

@@ -65,6 +65,7 @@ type options struct {
 	bootstrap []string
 	demo      bool
 	verbose   bool
+	metered   bool // BEP 43 read-only DHT node
 
 	rekeyAfter time.Duration // the demo shortens it; zero: the default
 }
@@ -107,6 +108,7 @@ func parseFlags(args []string, stdout, stderr io.Writer) (options, error) {
 	fs.StringVar(&o.listen, "listen", defaultListen, "UDP address to listen on (if busy: the port used last time, else a free one)")
 	boot := fs.String("bootstrap", strings.Join(defaultBootstrap, ","), "DHT bootstrap nodes, HOST:PORT[,HOST:PORT...]")
 	fs.BoolVar(&o.demo, "demo", false, "run a self-contained loopback demo and exit")
+	fs.BoolVar(&o.metered, "metered", false, "metered connection: a read-only DHT node (BEP 43) that answers no one's queries")
 	fs.BoolVar(&o.verbose, "v", false, "debug logs on stderr")
 	version := fs.Bool("version", false, "print the version and exit")
 	err := fs.Parse(args)
@@ -326,7 +328,7 @@ func (a *app) open(o options) error {
 func (a *app) build(o options) error {
 	var err error
 	a.dhtFailed = make(chan struct{}, 1)
-	a.dht, err = newDHT(a.node, dhtConfig{Bootstrap: o.bootstrap, Dir: o.dir, Now: time.Now, Rand: rand.Reader, Log: a.log,
+	a.dht, err = newDHT(a.node, dhtConfig{Bootstrap: o.bootstrap, Dir: o.dir, Now: time.Now, Rand: rand.Reader, Log: a.log, ReadOnly: o.metered,
 		BootstrapFailed: func(error) {
 			select {
 			case a.dhtFailed <- struct{}{}:
@@ -363,20 +365,18 @@ func (a *app) build(o options) error {
 		Dir:          o.dir,
 		Self:         a.id.public(),
 		StaticSecret: a.id.staticSecret,
-		Announce: func(ctx context.Context, ih nodeID) (int, error) {
-			return a.dht.announce(ctx, ih, 0, true)
-		},
-		GetPeers:    a.dht.getPeers,
-		SetEndpoint: a.sess.setEndpoint,
-		IsSelf:      a.isSelf,
-		OwnIP:       a.isOwnIP,
-		Send:        a.sess.send,
-		MaxPayload:  maxTransportPayload,
-		ScrubAfter:  scrub,
-		Event:       a.ui.event,
-		Now:         time.Now,
-		Rand:        rand.Reader,
-		Log:         a.log,
+		Announce:     a.dht.announceFinding,
+		GetPeers:     a.dht.getPeers,
+		SetEndpoint:  a.sess.setEndpoint,
+		IsSelf:       a.isSelf,
+		OwnIP:        a.isOwnIP,
+		Send:         a.sess.send,
+		MaxPayload:   maxTransportPayload,
+		ScrubAfter:   scrub,
+		Event:        a.ui.event,
+		Now:          time.Now,
+		Rand:         rand.Reader,
+		Log:          a.log,
 	})
 	if err != nil {
 		return err

@@ -120,6 +120,7 @@ type txTable struct {
 	// abortOwn. moves counts such changes.
 	beforeSend func(to netip.AddrPort)
 	moves      func() uint64
+	readOnly   bool // BEP 43: "ro" 1 in every query
 
 	mu     sync.Mutex // guards txs, closed, rng, rtt
 	txs    map[txKey]*transaction
@@ -138,7 +139,7 @@ func (x *txTable) send(to netip.AddrPort, q *krpcMsg, o txOpts, done func(queryR
 	if o.ownID && x.moved(o.epoch) {
 		return txKey{}, errMoved // q names an id we dropped
 	}
-	q.Type = 'q'
+	q.Type, q.ReadOnly = 'q', x.readOnly
 	t := &transaction{opts: o, done: done, attempts: 1, tries: maxAttempts, id: x.self()}
 	if o.once {
 		t.tries = 1
