@@ -102,7 +102,9 @@ func startBenchStack(tb testing.TB, o benchStackOpts) *benchStack {
 		},
 	}
 	if s.dht != nil {
-		cfg.Announce = s.dht.announceFinding
+		cfg.Announce = func(ctx context.Context, ih nodeID) ([]netip.AddrPort, int, error) {
+			return s.dht.announcePeers(ctx, ih, 0, true)
+		}
 		cfg.GetPeers = s.dht.getPeers
 	}
 	if s.chat, err = newChat(cfg); err != nil {

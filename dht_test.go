@@ -647,7 +647,7 @@ func TestMeteredReadOnly(t *testing.T) {
 	bootstrapRetrying(t, ro)
 	ctx := testCtx(t)
 	ih := nodeID{0x43}
-	if _, n, err := ro.announceFinding(ctx, ih); err != nil || n == 0 {
+	if _, n, err := ro.announcePeers(ctx, ih, 0, true); err != nil || n == 0 {
 		t.Fatalf("read-only announce: %d stored, %v", n, err)
 	}
 	if peers, err := s.nodes[3].getPeers(ctx, ih); err != nil || !slices.Contains(peers, ro.addr()) {

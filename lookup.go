@@ -419,13 +419,9 @@ func (d *dht) announce(ctx context.Context, infohash nodeID, port int, implied b
 	return n, err
 }
 
-// announceFinding announces us on our source port and returns the peers
-// the lookup before it found as well, as getPeers would: the rendezvous
-// looks up the infohash it announces (SPEC.md 5.2).
-func (d *dht) announceFinding(ctx context.Context, infohash nodeID) ([]netip.AddrPort, int, error) {
-	return d.announcePeers(ctx, infohash, 0, true)
-}
-
+// announcePeers is announce that also returns the peers its lookup found,
+// as getPeers would: the rendezvous looks up the infohash it announces
+// (SPEC.md 5.2), and one lookup serves both.
 func (d *dht) announcePeers(ctx context.Context, infohash nodeID, port int, implied bool) ([]netip.AddrPort, int, error) {
 	if !implied && (port <= 0 || port > 0xffff) {
 		return nil, 0, fmt.Errorf("dht: announce: bad port %d", port)

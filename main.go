@@ -365,18 +365,20 @@ func (a *app) build(o options) error {
 		Dir:          o.dir,
 		Self:         a.id.public(),
 		StaticSecret: a.id.staticSecret,
-		Announce:     a.dht.announceFinding,
-		GetPeers:     a.dht.getPeers,
-		SetEndpoint:  a.sess.setEndpoint,
-		IsSelf:       a.isSelf,
-		OwnIP:        a.isOwnIP,
-		Send:         a.sess.send,
-		MaxPayload:   maxTransportPayload,
-		ScrubAfter:   scrub,
-		Event:        a.ui.event,
-		Now:          time.Now,
-		Rand:         rand.Reader,
-		Log:          a.log,
+		Announce: func(ctx context.Context, ih nodeID) ([]netip.AddrPort, int, error) {
+			return a.dht.announcePeers(ctx, ih, 0, true)
+		},
+		GetPeers:    a.dht.getPeers,
+		SetEndpoint: a.sess.setEndpoint,
+		IsSelf:      a.isSelf,
+		OwnIP:       a.isOwnIP,
+		Send:        a.sess.send,
+		MaxPayload:  maxTransportPayload,
+		ScrubAfter:  scrub,
+		Event:       a.ui.event,
+		Now:         time.Now,
+		Rand:        rand.Reader,
+		Log:         a.log,
 	})
 	if err != nil {
 		return err

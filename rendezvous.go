@@ -5,8 +5,10 @@
 // the epochs within the clock skew (rendezvousEpochs). The scheduler keeps,
 // per contact, when to announce and when to look the contact up; the chat's
 // tick calls tick, which starts the due DHT operations (at most maxDHTOps at
-// once). A lookup hands one found address, picked by pickCandidate, to the
-// session layer; done schedules the retry of a failed operation.
+// once), for contacts without a session only. An announce (whose lookup is
+// also the contact's) or a lookup hands one found address, picked by
+// pickCandidate, to the session layer; done records the epochs announced
+// and schedules the retry of a failed operation.
 package main
 
 import (
