@@ -5,6 +5,7 @@ import (
 	"crypto/ecdh"
 	cryptorand "crypto/rand"
 	"errors"
+	"log/slog"
 	"net/netip"
 	"slices"
 	"sync"
@@ -313,5 +314,50 @@ func TestPickCandidate(t *testing.T) {
 	}
 	if _, ok := c.sched.pickCandidate(chatKey(3), []netip.AddrPort{live}); ok {
 		t.Fatal("a candidate for a stranger")
+	}
+}
+
+// TestStaleCandidateInitiations: the session layer and the scheduler
+// together, on a fake clock, for a contact whose only address in the DHT
+// is stale (nobody answers there). Each handover is one handshake attempt
+// (18 initiations, every RekeyTimeout for RekeyAttemptTime), and the
+// address is handed over again only after candidateQuiet, at the next
+// announce: three times in two hours, where a lookup every 90 s would
+// have kept initiations going all the time.
+func TestStaleCandidateInitiations(t *testing.T) {
+	var n fakeNet
+	clock := newFakeClockAt(time.Date(2026, 11, 25, 12, 20, 30, 0, time.UTC))
+	a, b := newTestPair(t, &n, clock, nil)
+	stale := netip.MustParseAddrPort("127.0.0.9:9")
+	d := &chatFakeDHT{peers: []netip.AddrPort{stale}}
+	handovers := 0
+	s := newRendezvousScheduler(rendezvousConfig{
+		StaticSecret: func(publicKey) ([32]byte, error) { return [32]byte{5}, nil },
+		Announce:     d.announce, GetPeers: d.getPeers,
+		SetEndpoint: func(k publicKey, addr netip.AddrPort) {
+			handovers++
+			a.m.setEndpoint(k, addr)
+		},
+		Now: clock.now, Log: slog.New(slog.DiscardHandler),
+	})
+	s.add(b.id.public(), time.Time{})
+	s.start()
+	ctx := context.Background()
+	inits := 0
+	for i := range int(2 * time.Hour / defaultTickInterval) {
+		if i%4 == 0 {
+			s.tick(ctx)
+			s.waitOps()
+		}
+		a.m.tick()
+		for _, p := range n.take() {
+			if p.to == stale && p.b[0] == packetInitiation {
+				inits++
+			}
+		}
+		clock.advance(defaultTickInterval)
+	}
+	if handovers != 3 || inits != 18*handovers {
+		t.Errorf("%d handovers, %d initiations to the stale address in 2 hours; want 3 and 18 each", handovers, inits)
 	}
 }
