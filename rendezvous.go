@@ -53,13 +53,18 @@ func rendezvousInfohash(secret [32]byte, epoch uint64) nodeID {
 	return id
 }
 
+// rendezvousEpochOf is epoch(t) of SPEC.md 5.2.
+func rendezvousEpochOf(t time.Time) uint64 {
+	return uint64(t.Unix()) / uint64(rendezvousEpoch/time.Second)
+}
+
 // rendezvousEpochs lists, in order and without repeats, the epochs of t-skew,
 // t and t+skew: two contacts whose clocks differ by less than the skew then
 // always share at least one infohash.
 func rendezvousEpochs(t time.Time) []uint64 {
 	var es []uint64
 	for _, d := range []time.Duration{-rendezvousSkew, 0, rendezvousSkew} {
-		e := uint64(t.Add(d).Unix()) / uint64(rendezvousEpoch/time.Second)
+		e := rendezvousEpochOf(t.Add(d))
 		if len(es) == 0 || es[len(es)-1] != e {
 			es = append(es, e)
 		}
@@ -181,7 +186,7 @@ type rendezvousJob struct {
 // epochs and again every announceInterval while it stays there, as DHT
 // nodes forget an announce after peerTTL. A contact is looked up at start,
 // add or going offline, then after 5 s, 10 s, ... while lookupFastPeriod
-// lasts; after that only the lookups that announces make anyway find it: a
+// lasts, on the current epoch only; after that only the lookups that announces make anyway find it: a
 // contact who comes online looks us up and initiates. At most maxDHTOps
 // run at once.
 func (s *rendezvousScheduler) tick(ctx context.Context) {
@@ -189,7 +194,9 @@ func (s *rendezvousScheduler) tick(ctx context.Context) {
 		return
 	}
 	now := s.cfg.Now()
-	epochs := rendezvousEpochs(now)
+	// A lookup needs the current epoch only: with clocks less than
+	// rendezvousSkew apart, it is among the epochs the contact announces.
+	epochs, current := rendezvousEpochs(now), rendezvousEpochOf(now)
 	s.mu.Lock()
 	var jobs []rendezvousJob
 	for k, r := range s.contacts {
@@ -200,15 +207,15 @@ func (s *rendezvousScheduler) tick(ctx context.Context) {
 		if due := r.dueEpochs(epochs, now); len(due) > 0 && !r.announceBusy && !now.Before(r.nextAnnounce) {
 			r.announceBusy = true
 			jobs = append(jobs, rendezvousJob{k, true, due})
-			if lookupDue && len(due) == len(epochs) {
-				r.advanceLookup(now) // the announce looks up every epoch: it is this lookup
+			if lookupDue && slices.Contains(due, current) {
+				r.advanceLookup(now) // the announce looks the current epoch up: it is this lookup
 				lookupDue = false
 			}
 		}
 		if lookupDue {
 			r.lookupBusy = true
 			r.advanceLookup(now)
-			jobs = append(jobs, rendezvousJob{k, false, epochs})
+			jobs = append(jobs, rendezvousJob{k, false, []uint64{current}})
 		}
 	}
 	s.mu.Unlock()

@@ -361,3 +361,32 @@ func TestStaleCandidateInitiations(t *testing.T) {
 		t.Errorf("%d handovers, %d initiations to the stale address in 2 hours; want 3 and 18 each", handovers, inits)
 	}
 }
+
+// TestRendezvousLookupCurrentEpoch: near an epoch boundary an announce
+// covers both current epochs, but a lookup of our own asks for epoch(now)
+// alone, which is always among the epochs the contact announces.
+func TestRendezvousLookupCurrentEpoch(t *testing.T) {
+	clock := newFakeClockAt(time.Date(2026, 11, 25, 12, 55, 0, 0, time.UTC))
+	d := &chatFakeDHT{}
+	secret := [32]byte{6}
+	s := newRendezvousScheduler(rendezvousConfig{
+		StaticSecret: func(publicKey) ([32]byte, error) { return secret, nil },
+		Announce:     d.announce, GetPeers: d.getPeers,
+		SetEndpoint: func(publicKey, netip.AddrPort) {},
+		Now:         clock.now, Log: slog.New(slog.DiscardHandler),
+	})
+	s.add(chatKey(2), time.Time{})
+	s.start()
+	for range 4 {
+		s.tick(context.Background())
+		s.waitOps()
+		clock.advance(5 * time.Second)
+	}
+	cur := rendezvousInfohash(secret, rendezvousEpochOf(clock.now()))
+	if a, l := d.counts(); a != 2 || l != 2 {
+		t.Fatalf("%d announces, %d lookups; want 2 (both epochs) and 2 (at 5 and 15 s)", a, l)
+	}
+	if d.lookups[0] != cur || d.lookups[1] != cur {
+		t.Errorf("looked up %v, want the current epoch's %v twice", d.lookups, cur)
+	}
+}
