@@ -445,6 +445,10 @@ func (d *dht) heard(n nodeInfo, responded bool) {
 		d.mu.Unlock()
 		return
 	}
+	if responded {
+		// The source answers: its next new node may be verified at once.
+		delete(d.verified, rateKey(n.Addr))
+	}
 	check := d.table.heard(n, responded)
 	var ping []nodeInfo
 	var once []bool
@@ -476,9 +480,10 @@ func (d *dht) heard(n nodeInfo, responded bool) {
 
 // mayVerifyLocked reports whether a node that has never answered us may
 // be sent a ping at addr now, and records it: one per source (rateKey)
-// per verifyEvery (SPEC.md 3.4.1). The record is bounded: when it holds
-// maxRateSources sources, the stale ones go; if none is stale, no such
-// ping is sent until one is, as a flood of new sources deserves.
+// per verifyEvery, until a node there answers (heard; SPEC.md 3.4.1).
+// The record is bounded: when it holds maxRateSources sources, the stale
+// ones go; if none is stale, no such ping is sent until one is, as a flood
+// of new sources deserves.
 func (d *dht) mayVerifyLocked(addr netip.AddrPort) bool {
 	now, key := d.now(), rateKey(addr)
 	if t, ok := d.verified[key]; ok && now.Sub(t) < verifyEvery {

@@ -246,14 +246,8 @@ func TestMoveBehindNATRenewsID(t *testing.T) {
 // (a move to another network), the id changes before any datagram leaves:
 // no datagram from the new address carries the old id.
 func TestLocalMoveRenewsIDBeforeSending(t *testing.T) {
-	var mu sync.Mutex
-	src := netip.MustParseAddr("192.168.1.20")
-	source := func(bool) netip.Addr {
-		mu.Lock()
-		defer mu.Unlock()
-		return src
-	}
-	d := newTestDHT(t, dhtConfig{Source: source}, 0)
+	src := newMovableSource("192.168.1.20")
+	d := newTestDHT(t, dhtConfig{Source: src.get}, 0)
 	ns := newRawNodes(t, 4)
 	for _, n := range ns {
 		if _, err := d.ping(testCtx(t), n.addr()); err != nil {
@@ -262,9 +256,7 @@ func TestLocalMoveRenewsIDBeforeSending(t *testing.T) {
 	}
 	oldID := d.id()
 	from := marks(ns)
-	mu.Lock()
-	src = netip.MustParseAddr("10.0.0.7")
-	mu.Unlock()
+	src.move("10.0.0.7")
 	for _, n := range ns {
 		if _, err := d.ping(testCtx(t), n.addr()); err != nil {
 			t.Fatal(err)
@@ -283,14 +275,8 @@ func TestLocalMoveRenewsIDBeforeSending(t *testing.T) {
 // changed, and then silence, where a query would otherwise be retransmitted
 // up to maxAttempts times.
 func TestMoveEndsLookupOfOwnID(t *testing.T) {
-	var mu sync.Mutex
-	src := netip.MustParseAddr("192.168.1.20")
-	source := func(bool) netip.Addr {
-		mu.Lock()
-		defer mu.Unlock()
-		return src
-	}
-	d := newTestDHT(t, dhtConfig{Source: source}, 0)
+	src := newMovableSource("192.168.1.20")
+	d := newTestDHT(t, dhtConfig{Source: src.get}, 0)
 	d.timing.rtoInitial, d.timing.rtoMin = 50*time.Millisecond, 50*time.Millisecond
 	ns := newRawNodes(t, 3)
 	for _, n := range ns {
@@ -308,10 +294,8 @@ func TestMoveEndsLookupOfOwnID(t *testing.T) {
 		errc <- err
 	}()
 	waitUntil(t, func() bool { return len(ns[len(ns)-1].queries()) > 1 })
-	mu.Lock()
-	src = netip.MustParseAddr("10.0.0.7")
+	src.move("10.0.0.7")
 	from := marks(ns)
-	mu.Unlock()
 	if err := <-errc; !errors.Is(err, errMoved) {
 		t.Fatalf("lookup of our own id across a move: %v, want errMoved", err)
 	}
@@ -461,4 +445,60 @@ func TestSteadySourceAnswered(t *testing.T) {
 	if answered != srcQueryBurst+steady {
 		t.Errorf("%d of %d queries answered", answered, srcQueryBurst+steady)
 	}
+}
+
+// A source that never answered gets one verification ping per
+// verifyEvery; once a node there answers, the next node behind the same
+// address is verified at once (SPEC.md 3.4.1, item 4).
+func TestVerifyPingPerSource(t *testing.T) {
+	clock := newFakeClock()
+	d := newTestDHT(t, dhtConfig{Now: clock.now}, 0)
+	a := netip.MustParseAddrPort("198.51.100.7:6881")
+	b := netip.MustParseAddrPort("198.51.100.7:7000") // same IPv4 source, another port
+	steps := []struct {
+		name string
+		do   func()
+		addr netip.AddrPort
+		want bool
+	}{
+		{"first node of a source", nil, a, true},
+		{"again at once", nil, b, false},
+		{"just before verifyEvery", func() { clock.advance(verifyEvery - time.Second) }, b, false},
+		{"at verifyEvery", func() { clock.advance(time.Second) }, b, true},
+		{"after a node there answered", func() { d.heard(nodeInfo{ID: nodeID{1: 9}, Addr: a}, true) }, b, true},
+	}
+	for _, s := range steps {
+		if s.do != nil {
+			s.do()
+		}
+		d.mu.Lock()
+		got := d.mayVerifyLocked(s.addr)
+		d.mu.Unlock()
+		if got != s.want {
+			t.Errorf("%s: mayVerifyLocked(%v) = %v, want %v", s.name, s.addr, got, s.want)
+		}
+	}
+}
+
+// movableSource stands for the kernel's choice of local address
+// (dhtConfig.Source), which a test moves to another network.
+type movableSource struct {
+	mu   sync.Mutex
+	addr netip.Addr
+}
+
+func newMovableSource(addr string) *movableSource {
+	return &movableSource{addr: netip.MustParseAddr(addr)}
+}
+
+func (s *movableSource) get(bool) netip.Addr {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.addr
+}
+
+func (s *movableSource) move(addr string) {
+	s.mu.Lock()
+	s.addr = netip.MustParseAddr(addr)
+	s.mu.Unlock()
 }
