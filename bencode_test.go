@@ -303,10 +303,7 @@ func appendBencode(dst []byte, v any) ([]byte, error) {
 // decoder: a floor for what a KRPC parser built on the tree would cost, to
 // weigh against parseKRPC's single pass (issue 7).
 func BenchmarkDecodeTree(b *testing.B) {
-	for _, bm := range []struct{ name, file string }{
-		{"get_peers_response", "testdata/krpc/get_peers_response.bin"},
-		{"ping_query", "testdata/krpc/ping_query.bin"},
-	} {
+	for _, bm := range decodeBenchInputs {
 		in, err := os.ReadFile(bm.file)
 		if err != nil {
 			b.Fatal(err)
