@@ -1,0 +1,163 @@
+// kadchat's DHT on the emulated internet (emunet_test.go): the driver that
+// runs its nodes there, and TestEmunet, which runs the issue 11 scenarios.
+//
+// Short by default (emuShort: 200 nodes, a few seconds of real time, in
+// every `go test`); KADCHAT_EMUNET=full runs emuFull (1,000 nodes), and
+// KADCHAT_EMUNET_REPORT=FILE writes the report as JSON for the interop
+// module's side-by-side comparison with anacrolix/dht.
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"log/slog"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"slices"
+	"sync"
+	"testing"
+	"testing/synctest"
+	"time"
+)
+
+// kadchatDriver is an emuDriver for kadchat's DHT: one Node and dht per
+// host, with production timings, run as `run` would except that the join
+// (bootstrap) happens before start returns.
+type kadchatDriver struct {
+	dir string // where stopped nodes save their tables
+
+	mu    sync.Mutex
+	nodes map[int]*kadchatHost
+}
+
+type kadchatHost struct {
+	d      *dht
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+}
+
+func newKadchatDriver(dir string) *kadchatDriver {
+	return &kadchatDriver{dir: dir, nodes: map[int]*kadchatHost{}}
+}
+
+func (k *kadchatDriver) node(host int) *dht {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	return k.nodes[host].d
+}
+
+func (k *kadchatDriver) start(ctx context.Context, host int, c *emuConn, id [20]byte, boot []netip.AddrPort, saved any) error {
+	n := &Node{conn: c, log: slog.New(slog.DiscardHandler), now: time.Now}
+	cfg := dhtConfig{}
+	for _, b := range boot {
+		cfg.Bootstrap = append(cfg.Bootstrap, b.String())
+	}
+	if saved != nil {
+		cfg.Dir = saved.(string)
+	}
+	d, err := newDHT(n, cfg)
+	if err != nil {
+		return err
+	}
+	if saved == nil {
+		d.table = newRoutingTable(nodeID(id), d.now)
+	}
+	runCtx, cancel := context.WithCancel(context.Background())
+	h := &kadchatHost{d: d, cancel: cancel}
+	h.wg.Add(2)
+	go func() {
+		defer h.wg.Done()
+		n.run(runCtx)
+	}()
+	k.mu.Lock()
+	k.nodes[host] = h
+	k.mu.Unlock()
+	err = d.bootstrap(ctx)
+	go func() {
+		defer h.wg.Done()
+		maintain(runCtx, d)
+	}()
+	return err
+}
+
+// maintain is dht.run after its bootstrap: refresh every maintenance
+// interval (saving is left out: stop saves).
+func maintain(ctx context.Context, d *dht) {
+	tick := time.NewTicker(d.timing.maintenance)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		}
+		d.refresh(ctx)
+	}
+}
+
+func (k *kadchatDriver) stop(host int) any {
+	k.mu.Lock()
+	h := k.nodes[host]
+	delete(k.nodes, host)
+	k.mu.Unlock()
+	if h == nil {
+		return nil
+	}
+	h.cancel()
+	h.d.tx.close()
+	h.wg.Wait()
+	dir, err := os.MkdirTemp(k.dir, "node")
+	if err != nil {
+		return nil
+	}
+	h.d.mu.Lock()
+	self, ns := h.d.table.self(), h.d.table.nodes()
+	h.d.mu.Unlock()
+	if saveRoutingTable(filepath.Join(dir, routingFile), self, ns) != nil {
+		return nil
+	}
+	return dir
+}
+
+func (k *kadchatDriver) announce(ctx context.Context, host int, ih [20]byte) error {
+	_, err := k.node(host).announce(ctx, nodeID(ih), 0, true)
+	return err
+}
+
+func (k *kadchatDriver) getPeers(ctx context.Context, host int, ih [20]byte, _ netip.AddrPort) ([]netip.AddrPort, error) {
+	return k.node(host).getPeers(ctx, nodeID(ih))
+}
+
+func (k *kadchatDriver) holds(host int, ih [20]byte, peer netip.AddrPort) bool {
+	return slices.Contains(k.node(host).peers.peers(nodeID(ih), maxLookupPeers), peer)
+}
+
+// emunetEnv selects the full run; emunetReportEnv names a JSON report file.
+const (
+	emunetEnv       = "KADCHAT_EMUNET"
+	emunetReportEnv = "KADCHAT_EMUNET_REPORT"
+)
+
+func TestEmunet(t *testing.T) {
+	cfg := emuShort
+	if os.Getenv(emunetEnv) == "full" {
+		cfg = emuFull
+	}
+	dir := t.TempDir()
+	start := time.Now()
+	defer func() { t.Logf("real time: %v", time.Since(start).Round(time.Millisecond)) }()
+	synctest.Test(t, func(t *testing.T) {
+		rep, err := runEmunet(context.Background(), "kadchat", cfg, func() emuDriver { return newKadchatDriver(dir) })
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Logf("\n%v", rep)
+		if f := os.Getenv(emunetReportEnv); f != "" {
+			b, _ := json.MarshalIndent(rep, "", "  ")
+			if err := os.WriteFile(f, b, 0o644); err != nil {
+				t.Error(err)
+			}
+		}
+	})
+}
