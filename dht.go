@@ -10,8 +10,8 @@
 // completes the transaction.
 // Outbound flow: txTable.send picks a random tid, registers the transaction,
 // sends, and arms a timer that retransmits the same bytes (same tid) with
-// exponential backoff from the adaptive RTO; when every attempt timed out the
-// node is reported failed() to the table. Lookups (lookup.go) and the /dht
+// backoff from the peer's RTO (rtt.go); when every attempt timed out and the
+// query's patience ran out the node is reported failed() to the table. Lookups (lookup.go) and the /dht
 // commands are built on txTable.send.
 // Maintenance (run): ping the saved table, bootstrap, then one ticker
 // refreshes stale buckets and saves the table; the table is saved on exit.
@@ -42,8 +42,8 @@ import (
 const (
 	tidLen          = 4    // bytes in our transaction ids: 32 random bits
 	maxTransactions = 2048 // outstanding queries per node
-	maxAttempts     = 6    // one transmission and five retransmissions
-	maxBackoffShift = 2    // the timeout doubles at most twice: 1, 2, 4, 4, 4, 4 x RTO
+	maxAttempts     = 6    // at most one transmission and five retransmissions (rtt.go: tries)
+	maxBackoffShift = 2    // the timeout doubles at most twice: 1, 1, 2, 4, 4, 4 x RTO
 	maxPeersReply   = 50   // IPv4 peers in one get_peers reply: worst reply 1,045 bytes (SPEC.md 3.5.2)
 	maxPeersReply6  = 27   // IPv6 peers (21 bytes each): worst reply 1,225 of 1,232 bytes
 	maxEvictPings   = 64   // ping-before-evict queries in flight at once
@@ -51,7 +51,7 @@ const (
 
 	rtoInitial     = 500 * time.Millisecond // before the first RTT sample
 	rtoMin         = 10 * time.Millisecond
-	rtoMax         = time.Second
+	rtoMax         = 2 * time.Second      // the slowest round trips on the Internet
 	rtoGranularity = 5 * time.Millisecond // G of RFC 6298
 
 	maintenanceInterval = time.Minute
@@ -171,7 +171,7 @@ func newDHT(n *Node, cfg dhtConfig) (*dht, error) {
 			d.table.failed(n)
 			d.mu.Unlock()
 		},
-		txs: map[txKey]*transaction{}, rng: mrand.NewChaCha8(seed),
+		txs: map[txKey]*transaction{}, rng: mrand.NewChaCha8(seed), times: newPeerTimes(),
 	}
 	for _, sn := range saved { // questionable until they answer run's ping
 		d.table.heard(sn, false)
@@ -447,9 +447,13 @@ type transaction struct {
 	expect    nodeID // the id we believe the node has (zero: unknown)
 	hasExpect bool
 	sent      time.Time
-	attempts  int
+	attempts  int // transmissions so far
+	tries     int // transmissions allowed (peerTimes.tries)
+	timeouts  int // timeouts expired so far
 	timer     *time.Timer
-	onRetry   func(attempt int) // may be nil; called with 2, 3, ... on each retransmission
+	// onTimeout may be nil; it is called with 1, 2, ... as each timeout
+	// expires, resent saying whether a retransmission followed.
+	onTimeout func(n int, resent bool)
 	done      func(queryResult) // called once, never with d.mu or txTable.mu held
 }
 
@@ -461,8 +465,7 @@ type queryResult struct {
 	Attempts int
 }
 
-// rttEstimator is RFC 6298's smoothed RTT for all peers together: lookups
-// talk to each node once or twice, too few samples for a per-peer estimate.
+// rttEstimator is RFC 6298's smoothed RTT of one peer (rtt.go).
 type rttEstimator struct {
 	srtt, rttvar time.Duration
 	has          bool
@@ -490,15 +493,16 @@ func (e *rttEstimator) rto(t *dhtTiming) time.Duration {
 	return min(max(r, t.rtoMin), t.rtoMax)
 }
 
-// backoff doubles the timeout with each attempt (attempt 1 is the first
-// send) up to 2^maxBackoffShift x RTO, then keeps it there. Why stop
-// doubling: two doublings already cover an RTO estimate that was too short,
-// and the rest is random loss, where waiting longer buys nothing; one query
-// is one small datagram, adding no congestion worth backing off from.
-// Doubling all the way would make a dead node among a lookup's k closest
-// hold it up for 63 RTOs instead of 19.
+// backoff is the timeout after transmission attempt (1 is the first send):
+// 1, 1, 2, 4, 4, 4 x RTO, at most rtoMax. The first retransmission waits
+// one RTO like the first send: a datagram lost at random is answered
+// within it, and a lookup stops waiting for a node whose second timeout
+// expired. Then the timeout doubles twice, to cover an RTO estimate that
+// was too short, and stops: the rest is random loss, where waiting longer
+// buys nothing, and one query is one small datagram, adding no congestion
+// worth backing off from.
 func backoff(rto time.Duration, attempt int, t *dhtTiming) time.Duration {
-	return min(rto<<min(attempt-1, maxBackoffShift), t.rtoMax)
+	return min(rto<<min(max(attempt-2, 0), maxBackoffShift), t.rtoMax)
 }
 
 // txTable is our queries awaiting an answer: it sends each one,
@@ -512,21 +516,21 @@ type txTable struct {
 	timing  *dhtTiming
 	version []byte
 
-	mu     sync.Mutex // guards txs, closed, rng, rtt
+	mu     sync.Mutex // guards txs, closed, rng, times
 	txs    map[txKey]*transaction
 	closed bool           // run has ended: no more queries
 	rng    *mrand.ChaCha8 // transaction ids: a CSPRNG seeded from cfg.Rand
-	rtt    rttEstimator
+	times  peerTimes
 }
 
 // send sends q (Method and Args set by the caller; tid, id and version are
 // filled in here) and returns at once; done reports the outcome. If expect
 // is non-nil, a timeout is reported to the routing table as a failure of
 // that node.
-func (x *txTable) send(to netip.AddrPort, q *krpcMsg, expect *nodeID, onRetry func(int), done func(queryResult)) (txKey, error) {
+func (x *txTable) send(to netip.AddrPort, q *krpcMsg, expect *nodeID, onTimeout func(int, bool), done func(queryResult)) (txKey, error) {
 	q.Type, q.Version = 'q', x.version
 	q.Args.ID = x.self()
-	t := &transaction{onRetry: onRetry, done: done, attempts: 1}
+	t := &transaction{onTimeout: onTimeout, done: done, attempts: 1}
 	if expect != nil {
 		t.expect, t.hasExpect = *expect, true
 	}
@@ -551,14 +555,16 @@ func (x *txTable) send(to netip.AddrPort, q *krpcMsg, expect *nodeID, onRetry fu
 	q.TID = tid[:]
 	t.pkt = q.appendTo(make([]byte, 0, 128))
 	t.sent = x.now()
+	t.tries = x.times.tries()
 	x.txs[k] = t
-	t.timer = time.AfterFunc(x.rtt.rto(x.timing), func() { x.retry(k) })
+	t.timer = time.AfterFunc(x.times.rto(to, t.sent, x.timing), func() { x.retry(k) })
 	x.mu.Unlock()
 	x.write(to, t.pkt)
 	return k, nil
 }
 
-// retry retransmits a query whose timeout expired, or gives up on it.
+// retry retransmits a query whose timeout expired; after the last
+// transmission's timeout it waits out the query's patience, then gives up.
 func (x *txTable) retry(k txKey) {
 	x.mu.Lock()
 	t, ok := x.txs[k]
@@ -566,18 +572,28 @@ func (x *txTable) retry(k txKey) {
 		x.mu.Unlock()
 		return
 	}
-	if t.attempts < maxAttempts {
+	t.timeouts++
+	n, now := t.timeouts, x.now()
+	if t.attempts < t.tries {
 		t.attempts++
-		attempt := t.attempts
-		t.timer.Reset(backoff(x.rtt.rto(x.timing), attempt, x.timing))
+		t.timer.Reset(backoff(x.times.rto(k.addr, now, x.timing), t.attempts, x.timing))
 		x.mu.Unlock()
 		x.write(k.addr, t.pkt)
-		if t.onRetry != nil {
-			t.onRetry(attempt)
+		if t.onTimeout != nil {
+			t.onTimeout(n, true)
+		}
+		return
+	}
+	if wait := t.sent.Add(x.times.patience(x.timing)).Sub(now); n == t.attempts && wait > 0 {
+		t.timer.Reset(wait) // a slow node's answer may still come
+		x.mu.Unlock()
+		if t.onTimeout != nil {
+			t.onTimeout(n, false)
 		}
 		return
 	}
 	delete(x.txs, k)
+	x.times.failed(k.addr, now)
 	attempts := t.attempts
 	x.mu.Unlock()
 	if t.hasExpect {
@@ -597,7 +613,7 @@ func (x *txTable) cancel(k txKey) {
 }
 
 // take removes and returns the transaction a response answers, if any, and
-// samples its RTT.
+// records the answer's timing.
 func (x *txTable) take(k txKey) (*transaction, bool) {
 	x.mu.Lock()
 	defer x.mu.Unlock()
@@ -605,11 +621,18 @@ func (x *txTable) take(k txKey) (*transaction, bool) {
 	if ok {
 		delete(x.txs, k)
 		t.timer.Stop()
-		if t.attempts == 1 { // Karn: a retransmitted query's RTT is ambiguous
-			x.rtt.sample(x.now().Sub(t.sent))
-		}
+		now := x.now()
+		x.times.answered(k.addr, now.Sub(t.sent), t.attempts, now)
 	}
 	return t, ok
+}
+
+// dead reports whether a query to addr recently went unanswered (and none
+// was answered since): lookups skip it.
+func (x *txTable) dead(addr netip.AddrPort) bool {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	return x.times.dead(addr, x.now())
 }
 
 // close ends every open query (its caller learns errClosed) and refuses

@@ -189,7 +189,7 @@ func rtoSummary(ds []*dht) string {
 	var rtos []time.Duration
 	for _, d := range ds {
 		d.tx.mu.Lock()
-		rtos = append(rtos, d.tx.rtt.rto(&d.timing))
+		rtos = append(rtos, d.tx.times.strangerRTO(&d.timing))
 		d.tx.mu.Unlock()
 	}
 	slices.Sort(rtos)

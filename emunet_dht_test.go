@@ -161,3 +161,66 @@ func TestEmunet(t *testing.T) {
 		}
 	})
 }
+
+// emuSwarm starts n kadchat nodes on a clean emulated internet, each
+// joining through the first; the caller runs inside a synctest bubble and
+// must call stop.
+func emuSwarm(t *testing.T, n int) (*emuNet, *kadchatDriver, func()) {
+	net := newEmuNet(n, 7)
+	drv := newKadchatDriver(t.TempDir())
+	for i := range n {
+		c, err := net.listen(i)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var boot []netip.AddrPort
+		if i > 0 {
+			boot = []netip.AddrPort{net.addr(0)}
+		}
+		if err := drv.start(context.Background(), i, c, emuID(7, "node", i), boot, nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return net, drv, func() {
+		for i := range n {
+			drv.stop(i)
+		}
+		time.Sleep(emuSettle)
+	}
+}
+
+// getPeers ends once peersQuorum nodes handed over peers other than us,
+// before the lookup would have converged on the k closest; our own
+// announcement does not count (two contacts announce one infohash, and
+// each must find the other).
+func TestGetPeersStopsAtQuorum(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		net, drv, stop := emuSwarm(t, 40)
+		defer stop()
+		ih := nodeID(emuID(7, "quorum", 0))
+		ctx := context.Background()
+		d := drv.node(2)
+		if err := drv.announce(ctx, 2, ih); err != nil {
+			t.Fatal(err)
+		}
+		own, err := d.lookup(ctx, lookupOpts{target: ih, method: methodGetPeers, stopOnPeers: true})
+		if err != nil || own.Stats.Responded < bucketSize {
+			t.Fatalf("with only our own announcement: %d answers, %v; want the whole lookup", own.Stats.Responded, err)
+		}
+		if err := drv.announce(ctx, 1, ih); err != nil {
+			t.Fatal(err)
+		}
+		r, err := d.lookup(ctx, lookupOpts{target: ih, method: methodGetPeers, stopOnPeers: true})
+		if err != nil || !slices.Contains(r.Peers, net.addr(1)) {
+			t.Fatalf("lookup = %v, %v; want %v among the peers", r.Peers, err, net.addr(1))
+		}
+		full, err := d.lookup(ctx, lookupOpts{target: ih, method: methodGetPeers})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if r.Stats.Responded >= full.Stats.Responded || r.Stats.Duration >= full.Stats.Duration {
+			t.Errorf("stopping at the quorum took %d answers in %v, the full lookup %d in %v",
+				r.Stats.Responded, r.Stats.Duration, full.Stats.Responded, full.Stats.Duration)
+		}
+	})
+}

@@ -6,11 +6,13 @@
 // candidates not yet asked, among the k closest that have not failed. The
 // transaction layer reports back through callbacks that only queue an event
 // and wake the lookup goroutine, which alone touches the candidates. A query
-// whose first timeout expires (the adaptive RTO) stops counting as active —
+// whose first timeout expires (the peer's RTO) stops counting as active —
 // a "soft timeout" — so another query starts while its late answer is still
-// accepted. The lookup ends when the k closest candidates that have not
-// failed have all answered. announce and put then send their store query to
-// the k closest responders that gave a token.
+// accepted; after its second it no longer holds up the end. Nodes that
+// recently failed us are not asked. The lookup ends when the k closest
+// candidates still worth waiting for have all answered, or, for getPeers,
+// once peersQuorum nodes handed over peers. announce and put then send
+// their store query to the k closest responders that gave a token.
 package main
 
 import (
@@ -30,6 +32,7 @@ const (
 	maxLookupCandidates = 256  // candidates a lookup remembers
 	maxLookupQueries    = 256  // queries one lookup may send (not counting retransmissions)
 	maxLookupPeers      = 1000 // peers a get_peers lookup collects
+	peersQuorum         = 2    // nodes with peers after which getPeers stops
 )
 
 // lookupStats measures one lookup; benchmarks report them.
@@ -62,6 +65,8 @@ type lookupOpts struct {
 	seeds       []nodeInfo // extra starting nodes (bootstrap routers' answers)
 	salt        []byte     // get: the salt of a mutable item
 	stopOnValue bool       // get: end as soon as an immutable value verified
+	stopOnPeers bool       // get_peers: end once peersQuorum nodes gave peers
+	toStore     bool       // announce, put: a slow node does not hold up the end
 }
 
 type candState uint8
@@ -70,6 +75,7 @@ const (
 	candFresh   candState = iota
 	candWaiting           // queried, within its first timeout
 	candSlow              // queried, first timeout passed: no longer holds an alpha slot
+	candLate              // queried, second timeout passed: no longer holds up the end
 	candDone              // answered
 	candFailed            // every attempt timed out, or it answered with an error
 )
@@ -82,9 +88,10 @@ type candidate struct {
 }
 
 type lookupEvent struct {
-	c     *candidate
-	retry int          // > 0: a retransmission with this attempt number
-	res   *queryResult // non-nil: the query is over
+	c       *candidate
+	timeout int          // > 0: the query's timeout number timeout expired
+	resent  bool         // and a retransmission followed
+	res     *queryResult // non-nil: the query is over
 }
 
 type lookup struct {
@@ -93,13 +100,15 @@ type lookup struct {
 	self     nodeID
 	cands    []*candidate // sorted by distance to the target
 	seen     map[netip.AddrPort]*candidate
-	active   int // queries holding an alpha slot
 	inflight int // queries not yet over
 	peers    []netip.AddrPort
 	peerSeen map[netip.AddrPort]struct{}
+	givers   int          // nodes that handed over peers other than us
+	ownIPs   []netip.Addr // ours: local, and external if known
 	item     bep44Item
 	hasItem  bool
 	stop     bool
+	askDead  bool // ask nodes that failed us lately too
 	stats    lookupStats
 
 	mu     sync.Mutex // guards events, filled by transaction callbacks
@@ -113,8 +122,17 @@ func (d *dht) lookup(ctx context.Context, o lookupOpts) (*lookupResult, error) {
 	start := d.now()
 	l := &lookup{d: d, opts: o, self: d.id(), seen: map[netip.AddrPort]*candidate{},
 		peerSeen: map[netip.AddrPort]struct{}{}, wake: make(chan struct{}, 1)}
-	l.add(d.closest(o.target, 2*bucketSize), 1)
-	l.add(o.seeds, 1)
+	l.ownIPs = []netip.Addr{d.node.LocalAddr().Addr()}
+	if ext, ok := d.external(); ok {
+		l.ownIPs = append(l.ownIPs, ext.Addr())
+	}
+	seeds := append(d.closest(o.target, 2*bucketSize), o.seeds...)
+	l.add(seeds, 1)
+	if len(l.cands) == 0 && len(seeds) > 0 {
+		// Every seed failed us lately: perhaps we were the one cut off.
+		l.askDead = true
+		l.add(seeds, 1)
+	}
 	if len(l.cands) == 0 {
 		return &lookupResult{}, fmt.Errorf("dht: %v lookup: %w", o.method, errNoNodes)
 	}
@@ -164,17 +182,10 @@ func (l *lookup) handleEvents() {
 	for _, e := range evs {
 		c := e.c
 		if e.res == nil {
-			l.stats.Messages++
-			if c.state == candWaiting { // soft timeout: free the slot
-				c.state = candSlow
-				l.active--
-			}
+			l.timedOut(c, e.timeout, e.resent)
 			continue
 		}
 		l.inflight--
-		if c.state == candWaiting {
-			l.active--
-		}
 		if e.res.Err != nil {
 			c.state = candFailed
 			l.stats.Failed++
@@ -183,6 +194,21 @@ func (l *lookup) handleEvents() {
 		c.state = candDone
 		l.stats.Responded++
 		l.absorb(c, &e.res.Msg)
+	}
+}
+
+// timedOut moves a candidate on when its query's nth timeout expires.
+func (l *lookup) timedOut(c *candidate, n int, resent bool) {
+	if resent {
+		l.stats.Messages++
+	}
+	switch {
+	case n == 1 && c.state == candWaiting: // soft timeout: free the slot
+		c.state = candSlow
+	case n >= 2 && c.state == candSlow:
+		// A random loss would have been answered by now: it is dead, or
+		// far slower than most. Its answer still counts if it comes.
+		c.state = candLate
 	}
 }
 
@@ -210,6 +236,12 @@ func (l *lookup) addPeers(values []byte) {
 	ps, err := parsePeers(values)
 	if err != nil {
 		return
+	}
+	// Our own announcement does not count: two contacts announce and look
+	// up one infohash, and each must find the other, not itself.
+	if slices.ContainsFunc(ps, func(p netip.AddrPort) bool { return !slices.Contains(l.ownIPs, p.Addr()) }) {
+		l.givers++
+		l.stop = l.stop || (l.opts.stopOnPeers && l.givers >= peersQuorum)
 	}
 	for _, p := range ps {
 		if _, dup := l.peerSeen[p]; !dup && len(l.peers) < maxLookupPeers {
@@ -245,11 +277,15 @@ func (l *lookup) considerItem(r *krpcReply) {
 }
 
 // add inserts new candidates in distance order, dropping the farthest
-// unasked ones beyond maxLookupCandidates.
+// unasked ones beyond maxLookupCandidates, and those that recently failed
+// us: other nodes go on handing out a dead node until they find out.
 func (l *lookup) add(ns []nodeInfo, round int) {
 	changed := false
 	for _, n := range ns {
 		if !queryableAddr(n.Addr) || n.ID == l.self {
+			continue
+		}
+		if _, dup := l.seen[n.Addr]; !dup && !l.askDead && l.d.tx.dead(n.Addr) {
 			continue
 		}
 		if c, dup := l.seen[n.Addr]; dup {
@@ -287,18 +323,24 @@ func (l *lookup) sort() {
 	})
 }
 
-// finished: the k closest candidates that have not failed have all answered
-// (classic Kademlia termination), or a get found its immutable value.
+// finished: the k closest candidates that have neither failed nor gone
+// late have all answered (classic Kademlia termination, not held up by a
+// dead node past its second timeout; for a store, past its first), or a
+// get found its immutable value, or a getPeers its quorum.
 func (l *lookup) finished() bool {
 	if l.stop {
 		return true
 	}
 	n := 0
 	for _, c := range l.cands {
-		switch c.state {
-		case candFailed:
+		switch {
+		case c.state == candFailed || c.state == candLate:
 			continue
-		case candDone:
+		case c.state == candSlow && l.opts.toStore:
+			// The store goes to the next closest instead, which the
+			// lookups of those who read it ask too.
+			continue
+		case c.state == candDone:
 			n++
 		default:
 			return false
@@ -310,23 +352,36 @@ func (l *lookup) finished() bool {
 	return n > 0
 }
 
-// launch starts queries to the closest unasked candidates among the k
-// closest that have neither failed nor gone slow, while fewer than alpha
-// are active. A slow candidate is probably dead: looking past it now means
-// its replacement has answered by the time it fails, instead of a second
-// wait for every dead node among the k closest.
+// launch starts queries to the closest unasked candidates of the window,
+// the k closest that have neither failed nor gone slow, while fewer than
+// alpha queries to the window are active. A slow candidate is probably
+// dead: looking past it now means its replacement has answered by the time
+// it fails, instead of a second wait for every dead node among the k
+// closest. A query to a node that closer ones pushed out of the window no
+// longer takes a slot either (libtorrent's "aggressive lookups", after
+// Jimenez et al. 2011): the alpha queries stay at the front.
 func (l *lookup) launch() {
-	rank := 0
+	window := make([]*candidate, 0, bucketSize)
+	active := 0
 	for _, c := range l.cands {
-		if l.active >= dhtAlpha || l.stats.Queried >= maxLookupQueries || rank >= bucketSize {
-			return
+		if len(window) == bucketSize {
+			break
 		}
-		if c.state == candFailed || c.state == candSlow {
+		if c.state == candFailed || c.state == candSlow || c.state == candLate {
 			continue
 		}
-		rank++
+		window = append(window, c)
+		if c.state == candWaiting {
+			active++
+		}
+	}
+	for _, c := range window {
+		if active >= dhtAlpha || l.stats.Queried >= maxLookupQueries {
+			return
+		}
 		if c.state == candFresh {
 			l.query(c)
+			active++
 		}
 	}
 }
@@ -340,17 +395,15 @@ func (l *lookup) query(c *candidate) {
 		q.Args.InfoHash = l.opts.target
 	}
 	c.state = candWaiting
-	l.active++
 	l.inflight++
 	l.stats.Queried++
 	l.stats.Messages++
 	id := c.info.ID
 	_, err := l.d.tx.send(c.info.Addr, &q, &id,
-		func(attempt int) { l.post(lookupEvent{c: c, retry: attempt}) },
+		func(n int, resent bool) { l.post(lookupEvent{c: c, timeout: n, resent: resent}) },
 		func(r queryResult) { l.post(lookupEvent{c: c, res: &r}) })
 	if err != nil {
 		c.state = candFailed
-		l.active--
 		l.inflight--
 		l.stats.Failed++
 	}
@@ -386,7 +439,7 @@ func (d *dht) findNode(ctx context.Context, target nodeID) ([]nodeInfo, error) {
 // lookup never asks us.
 func (d *dht) getPeers(ctx context.Context, infohash nodeID) ([]netip.AddrPort, error) {
 	local := d.peers.peers(infohash, maxLookupPeers)
-	r, err := d.lookup(ctx, lookupOpts{target: infohash, method: methodGetPeers})
+	r, err := d.lookup(ctx, lookupOpts{target: infohash, method: methodGetPeers, stopOnPeers: true})
 	if err != nil && len(local) == 0 {
 		return nil, err
 	}
@@ -420,6 +473,7 @@ func (d *dht) announce(ctx context.Context, infohash nodeID, port int, implied b
 // token, in parallel. It returns how many accepted; when none did, the
 // first error reply says why (e.g. 302: a newer seq is stored).
 func (d *dht) publish(ctx context.Context, o lookupOpts, what string, mk func(tok []byte) krpcMsg) (int, error) {
+	o.toStore = true
 	r, err := d.lookup(ctx, o)
 	if err != nil {
 		return 0, err

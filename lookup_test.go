@@ -203,6 +203,7 @@ func TestLookupFinished(t *testing.T) {
 		F = candFresh
 		W = candWaiting
 		S = candSlow
+		L = candLate
 		D = candDone
 		X = candFailed
 	)
@@ -215,6 +216,7 @@ func TestLookupFinished(t *testing.T) {
 		{"k answered", []candState{D, D, D, D, D, D, D, D}, false, true},
 		{"one of k waiting", []candState{D, D, D, W, D, D, D, D}, false, false},
 		{"one of k slow", []candState{D, D, D, D, D, D, D, S}, false, false},
+		{"late ones do not hold it up", []candState{L, D, D, D, L, D, D, D, D, D}, false, true},
 		{"one of k not asked", []candState{F, D, D, D, D, D, D, D}, false, false},
 		{"failed ones do not count", []candState{X, D, X, D, D, D, D, D, D, D}, false, true},
 		{"beyond k does not matter", []candState{D, D, D, D, D, D, D, D, F, W}, false, true},
@@ -247,5 +249,38 @@ func TestPutRefusedSaysWhy(t *testing.T) {
 	var kerr *krpcError
 	if !errors.As(err, &kerr) || kerr.Code != bep44ErrSeq {
 		t.Fatalf("put seq 3 after 5: %v, want KRPC error %d", err, bep44ErrSeq)
+	}
+}
+
+// A node that failed us lately is not asked again (others go on handing
+// it out until they notice), unless every node we know failed: then we
+// may be the one who was cut off, and ask them all the same.
+func TestLookupSkipsDeadNodes(t *testing.T) {
+	ds := newSwarm(t, 12, 0)
+	d := ds[0]
+	target := ds[5].id()
+	markDead := func(addrs ...netip.AddrPort) {
+		d.tx.mu.Lock()
+		for _, a := range addrs {
+			d.tx.times.failed(a, d.now())
+		}
+		d.tx.mu.Unlock()
+	}
+	markDead(ds[5].addr())
+	ns, err := d.findNode(testCtx(t), target)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if slices.ContainsFunc(ns, func(n nodeInfo) bool { return n.Addr == ds[5].addr() }) {
+		t.Errorf("findNode asked a node remembered as dead: %v", ns)
+	}
+	var all []netip.AddrPort
+	for _, o := range ds[1:] {
+		all = append(all, o.addr())
+	}
+	markDead(all...)
+	ns, err = d.findNode(testCtx(t), target)
+	if err != nil || len(ns) == 0 || ns[0].ID != target {
+		t.Errorf("with every node remembered as dead: findNode = %v, %v; want %v first", ns, err, target)
 	}
 }

@@ -226,7 +226,8 @@ func (n *emuNet) send(from int, to netip.AddrPort, b []byte) {
 	n.mu.Unlock()
 	d := emuDatagram{from: n.hosts[from].addr, b: bytes.Clone(b)}
 	delay := n.oneWay(from, j)
-	time.AfterFunc(delay+time.Duration(jitter*float64(delay)), func() { n.deliver(j, d) })
+	delay = min(delay+time.Duration(jitter*float64(delay)), emuMaxOneWay)
+	time.AfterFunc(delay, func() { n.deliver(j, d) })
 }
 
 func (n *emuNet) deliver(j int, d emuDatagram) {
@@ -420,13 +421,21 @@ type emuOpStats struct {
 	N, OK    int
 	P50, P99 time.Duration
 	Msgs     float64 // queries per operation (get_peers and announce_peer, retransmissions included)
+	// Its time in round trips: each operation's time over the median round
+	// trip to the nodes it asked (get_peers only), so that a querier behind
+	// a slow access link is measured against its own network.
+	RTTs50, RTTs99 float64
 }
 
 func (s emuOpStats) Success() float64 { return 100 * float64(s.OK) / float64(max(s.N, 1)) }
 
 func (s emuOpStats) String() string {
-	return fmt.Sprintf("%5.1f%% of %3d  p50 %6v  p99 %6v  %5.1f msgs", s.Success(), s.N,
+	t := fmt.Sprintf("%5.1f%% of %3d  p50 %6v  p99 %6v  %5.1f msgs", s.Success(), s.N,
 		s.P50.Round(time.Millisecond), s.P99.Round(time.Millisecond), s.Msgs)
+	if s.RTTs50 > 0 {
+		t += fmt.Sprintf("  %.1f/%.1f RTTs", s.RTTs50, s.RTTs99)
+	}
+	return t
 }
 
 type emuScenario struct {
@@ -649,11 +658,12 @@ type emuSample struct {
 	ok   bool
 	took time.Duration
 	msgs int64
+	rtt  time.Duration // median round trip to the nodes it asked, if known
 }
 
 func emuSummarise(ss []emuSample) emuOpStats {
 	st := emuOpStats{N: len(ss)}
-	var durs []time.Duration
+	var durs, rtts []time.Duration
 	var msgs int64
 	for _, s := range ss {
 		if s.ok {
@@ -661,9 +671,14 @@ func emuSummarise(ss []emuSample) emuOpStats {
 		}
 		durs = append(durs, s.took)
 		msgs += s.msgs
+		if s.rtt > 0 { // in thousandths of a round trip
+			rtts = append(rtts, time.Duration(1000*float64(s.took)/float64(s.rtt)))
+		}
 	}
 	slices.Sort(durs)
+	slices.Sort(rtts)
 	st.P50, st.P99 = emuPercentile(durs, 50), emuPercentile(durs, 99)
+	st.RTTs50, st.RTTs99 = float64(emuPercentile(rtts, 50))/1000, float64(emuPercentile(rtts, 99))/1000
 	st.Msgs = float64(msgs) / float64(max(len(ss), 1))
 	return st
 }
@@ -737,7 +752,12 @@ func (r *emuRun) announceThenLookup(ctx context.Context, a, q int, ih [20]byte) 
 		ps, err := r.drv.getPeers(ctx, q, ih, r.net.addr(a))
 		return err == nil && slices.Contains(ps, r.net.addr(a))
 	})
-	return ann, gp, c.trackRTT(false)
+	rt := c.trackRTT(false)
+	if len(rt) > 0 {
+		s := slices.Sorted(slices.Values(rt))
+		gp.rtt = emuPercentile(s, 50)
+	}
+	return ann, gp, rt
 }
 
 // rendezvous: hosts a and b both announce ih, then look it up until each
