@@ -187,13 +187,17 @@ func benchBootstrap(b *testing.B, d *dht) {
 // rtoSummary describes the nodes' retransmission timeouts, for the log.
 func rtoSummary(ds []*dht) string {
 	var rtos []time.Duration
+	var tries []int
 	for _, d := range ds {
 		d.tx.mu.Lock()
 		rtos = append(rtos, d.tx.times.strangerRTO(&d.timing))
+		tries = append(tries, d.tx.times.tries())
 		d.tx.mu.Unlock()
 	}
 	slices.Sort(rtos)
-	return fmt.Sprintf("rto p50 %v p90 %v max %v", percentile(rtos, 50), percentile(rtos, 90), rtos[len(rtos)-1])
+	slices.Sort(tries)
+	return fmt.Sprintf("rto p50 %v p90 %v max %v; tries p10 %d p50 %d p90 %d", percentile(rtos, 50), percentile(rtos, 90),
+		rtos[len(rtos)-1], percentile(tries, 10), percentile(tries, 50), percentile(tries, 90))
 }
 
 // inParallel calls f for every node, buildParallel at a time.

@@ -153,6 +153,7 @@ func TestEmunet(t *testing.T) {
 			t.Fatal(err)
 		}
 		t.Logf("\n%v", rep)
+		checkEmunetTargets(t, rep, cfg == emuFull)
 		if f := os.Getenv(emunetReportEnv); f != "" {
 			b, _ := json.MarshalIndent(rep, "", "  ")
 			if err := os.WriteFile(f, b, 0o644); err != nil {
@@ -223,4 +224,41 @@ func TestGetPeersStopsAtQuorum(t *testing.T) {
 				r.Stats.Responded, r.Stats.Duration, full.Stats.Responded, full.Stats.Duration)
 		}
 	})
+}
+
+// checkEmunetTargets checks issue 11's targets: success of at least 99.5%
+// where 30% of the nodes are dead, get_peers in under 3 round trips (the
+// median one to the nodes it asked) at the median, at most 40 queries per
+// lookup, retransmissions included, and a rendezvous in under 1 s at the
+// median. The short run, with a tenth of the samples, gets some slack. A
+// p99 over 2 s is only logged: in this model it comes from the few hosts
+// whose own access link adds half a second each way, and there every round
+// trip takes a second.
+func checkEmunetTargets(t *testing.T, rep *emuReport, full bool) {
+	minSuccess, maxRTTs, maxRendezvous := 95.0, 3.5, 1500*time.Millisecond
+	if full {
+		minSuccess, maxRTTs, maxRendezvous = 99.5, 3.0, time.Second
+	}
+	for _, s := range rep.Scenarios {
+		for _, op := range []struct {
+			name string
+			st   emuOpStats
+		}{{"get_peers", s.GetPeers}, {"announce", s.Announce}, {"rendezvous", s.Rendezvous}} {
+			if op.st.Success() < minSuccess {
+				t.Errorf("%s %s: success %.1f%%, want at least %.1f%%", s.Name, op.name, op.st.Success(), minSuccess)
+			}
+			if op.name != "rendezvous" && op.st.Lookup > 40 {
+				t.Errorf("%s %s: %.1f get_peers queries per lookup, want at most 40", s.Name, op.name, op.st.Lookup)
+			}
+		}
+		if s.GetPeers.RTTs50 >= maxRTTs {
+			t.Errorf("%s get_peers: %.1f round trips at the median, want under %.1f", s.Name, s.GetPeers.RTTs50, maxRTTs)
+		}
+		if s.GetPeers.P99 >= 2*time.Second {
+			t.Logf("%s get_peers: p99 %v (%.1f round trips)", s.Name, s.GetPeers.P99, s.GetPeers.RTTs99)
+		}
+	}
+	if s := rep.scenario("(ii) dead"); s != nil && s.Rendezvous.P50 >= maxRendezvous {
+		t.Errorf("(ii) rendezvous: p50 %v, want under %v", s.Rendezvous.P50, maxRendezvous)
+	}
 }

@@ -8,7 +8,8 @@
 // and wake the lookup goroutine, which alone touches the candidates. A query
 // whose first timeout expires (the peer's RTO) stops counting as active —
 // a "soft timeout" — so another query starts while its late answer is still
-// accepted; after its second it no longer holds up the end. Nodes that
+// accepted; once its last transmission timed out it no longer holds up
+// the end. Nodes that
 // recently failed us are not asked. The lookup ends when the k closest
 // candidates still worth waiting for have all answered, or, for getPeers,
 // once peersQuorum nodes handed over peers. announce and put then send
@@ -75,7 +76,7 @@ const (
 	candFresh   candState = iota
 	candWaiting           // queried, within its first timeout
 	candSlow              // queried, first timeout passed: no longer holds an alpha slot
-	candLate              // queried, second timeout passed: no longer holds up the end
+	candLate              // queried, last transmission timed out: no longer holds up the end
 	candDone              // answered
 	candFailed            // every attempt timed out, or it answered with an error
 )
@@ -205,8 +206,9 @@ func (l *lookup) timedOut(c *candidate, n int, resent bool) {
 	switch {
 	case n == 1 && c.state == candWaiting: // soft timeout: free the slot
 		c.state = candSlow
-	case n >= 2 && c.state == candSlow:
-		// A random loss would have been answered by now: it is dead, or
+	case !resent && c.state == candSlow:
+		// Its last transmission timed out: had a live node lost them
+		// all at random, so few would (peerTimes.tries); it is dead, or
 		// far slower than most. Its answer still counts if it comes.
 		c.state = candLate
 	}
@@ -325,8 +327,8 @@ func (l *lookup) sort() {
 
 // finished: the k closest candidates that have neither failed nor gone
 // late have all answered (classic Kademlia termination, not held up by a
-// dead node past its second timeout; for a store, past its first), or a
-// get found its immutable value, or a getPeers its quorum.
+// dead node once its last transmission timed out; for a store, its
+// first), or a get found its immutable value, or a getPeers its quorum.
 func (l *lookup) finished() bool {
 	if l.stop {
 		return true

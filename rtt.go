@@ -20,7 +20,7 @@ import (
 // Limits of peerTimes; SPEC.md 3.4.2 lists them.
 const (
 	maxPeerTimes    = 4096             // peers remembered: an RTT estimate or a failure
-	peerRTTHalfLife = 30 * time.Second // a peer's own estimate counts half as much after this
+	peerRTTHalfLife = 10 * time.Second // a peer's own estimate counts half as much after this
 	deadMemory      = 10 * time.Minute // lookups skip a node that failed for this long
 	lossTarget      = 0.002            // chance that a live node misses every transmission
 	minAttempts     = 2                // transmissions of a query, at least
@@ -121,17 +121,19 @@ func (p *peerTimes) strangerRTO(t *dhtTiming) time.Duration {
 }
 
 // rto is the first timeout of a query to addr. A peer's own estimate
-// fades into the strangers' one with age, so that an estimate learned in
-// a burst of load or loss cannot stay high (nor one learned in a lull stay
-// low) once the peer has gone quiet.
+// fades into the strangers' one with age, so that an estimate learned in a
+// burst of load cannot stay high (nor one learned in a lull stay low): a
+// dead peer must not hold a lookup for long on the strength of an old
+// estimate, as it did when per-peer estimates did not fade.
 func (p *peerTimes) rto(addr netip.AddrPort, now time.Time, t *dhtTiming) time.Duration {
 	g := p.strangerRTO(t)
 	pt, ok := p.peers[addr]
 	if !ok || !pt.rtt.has {
 		return g
 	}
+	own := pt.rtt.rto(t)
 	w := math.Exp2(-float64(now.Sub(pt.sampled)) / float64(peerRTTHalfLife))
-	return g + time.Duration(w*float64(pt.rtt.rto(t)-g))
+	return g + time.Duration(w*float64(own-g))
 }
 
 // patience is how long after its first transmission a query stays open,
@@ -150,14 +152,19 @@ func (p *peerTimes) patience(t *dhtTiming) time.Duration {
 // (L^n ≤ lossTarget), between minAttempts and maxAttempts. A dead node
 // costs that many datagrams, so on a clean network it costs two.
 func (p *peerTimes) tries() int {
-	l := p.lost / p.sent
+	return lossTries(p.lost/p.sent, lossTarget)
+}
+
+// lossTries is the smallest n with l^n ≤ target, between minAttempts and
+// maxAttempts.
+func lossTries(l, target float64) int {
 	if l <= 0 {
 		return minAttempts
 	}
 	if l >= 1 {
 		return maxAttempts
 	}
-	n := int(math.Ceil(math.Log(lossTarget) / math.Log(l)))
+	n := int(math.Ceil(math.Log(target) / math.Log(l)))
 	return min(max(n, minAttempts), maxAttempts)
 }
 

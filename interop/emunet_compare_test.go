@@ -8,7 +8,9 @@
 // meanwhile. Both reports must carry the same topology fingerprint. The
 // short run (200 nodes) is part of `go test ./...`; KADCHAT_EMUNET=full runs
 // 1,000 nodes. KADCHAT_EMUNET_KADCHAT=FILE takes kadchat's report from FILE
-// instead of running it.
+// instead of running it (.ci/run hands over the one its `go test -race`
+// wrote: virtual time makes -race change no figure), and
+// KADCHAT_EMUNET_COMPARE=FILE writes the comparison there.
 package interop
 
 import (
@@ -37,7 +39,8 @@ import (
 const (
 	emunetEnv        = "KADCHAT_EMUNET"
 	emunetReportEnv  = "KADCHAT_EMUNET_REPORT"
-	emunetKadchatEnv = "KADCHAT_EMUNET_KADCHAT"
+	emunetKadchatEnv = "KADCHAT_EMUNET_KADCHAT" // take kadchat's report from this file
+	emunetCompareEnv = "KADCHAT_EMUNET_COMPARE" // write the comparison to this file
 )
 
 // anacrolixDriver is an emuDriver for anacrolix/dht as shipped: default
@@ -186,10 +189,12 @@ func (a *anacrolixDriver) holds(host int, ih [20]byte, peer netip.AddrPort) bool
 }
 
 // kadchatEmunetReport runs the main module's TestEmunet and returns its
-// report.
+// report, or reads the one named by KADCHAT_EMUNET_KADCHAT if it exists.
 func kadchatEmunetReport(full bool) (*emuReport, error) {
 	if f := os.Getenv(emunetKadchatEnv); f != "" {
-		return readEmuReport(f)
+		if _, err := os.Stat(f); err == nil {
+			return readEmuReport(f)
+		}
 	}
 	dir, err := tmpRoot()
 	if err != nil {
@@ -253,8 +258,31 @@ func TestEmunetCompare(t *testing.T) {
 	if kad.Config != ana.Config || kad.Fingerprint != ana.Fingerprint {
 		t.Fatalf("not the same network: kadchat %+v %s, anacrolix %+v %s", kad.Config, kad.Fingerprint, ana.Config, ana.Fingerprint)
 	}
-	t.Logf("real time: kadchat %v, anacrolix %v\n%v%v\n%s", kadWall.Round(time.Second), anaWall.Round(time.Second),
+	text := fmt.Sprintf("real time: kadchat %v, anacrolix %v\n%v%v\n%s", kadWall.Round(time.Second), anaWall.Round(time.Second),
 		kad, ana, compareEmu(kad, ana))
+	t.Log(text)
+	if f := os.Getenv(emunetCompareEnv); f != "" {
+		if err := os.WriteFile(f, []byte(text), 0o644); err != nil {
+			t.Error(err)
+		}
+	}
+	if full { // the short run's 60 samples leave too much to chance
+		for _, ks := range kad.Scenarios {
+			as := ana.scenario(ks.Name)
+			if as == nil {
+				t.Errorf("anacrolix ran no %s", ks.Name)
+				continue
+			}
+			for _, op := range []struct {
+				name string
+				k, a emuOpStats
+			}{{"get_peers", ks.GetPeers, as.GetPeers}, {"announce", ks.Announce, as.Announce}, {"rendezvous", ks.Rendezvous, as.Rendezvous}} {
+				if op.k.Success() < op.a.Success() {
+					t.Errorf("%s %s: kadchat's success %.1f%% below anacrolix's %.1f%%", ks.Name, op.name, op.k.Success(), op.a.Success())
+				}
+			}
+		}
+	}
 }
 
 // compareEmu prints kadchat's figures as ratios to anacrolix's.

@@ -421,6 +421,7 @@ type emuOpStats struct {
 	N, OK    int
 	P50, P99 time.Duration
 	Msgs     float64 // queries per operation (get_peers and announce_peer, retransmissions included)
+	Lookup   float64 // of which get_peers
 	// Its time in round trips: each operation's time over the median round
 	// trip to the nodes it asked (get_peers only), so that a querier behind
 	// a slow access link is measured against its own network.
@@ -430,8 +431,13 @@ type emuOpStats struct {
 func (s emuOpStats) Success() float64 { return 100 * float64(s.OK) / float64(max(s.N, 1)) }
 
 func (s emuOpStats) String() string {
-	t := fmt.Sprintf("%5.1f%% of %3d  p50 %6v  p99 %6v  %5.1f msgs", s.Success(), s.N,
-		s.P50.Round(time.Millisecond), s.P99.Round(time.Millisecond), s.Msgs)
+	t := fmt.Sprintf("%5.1f%% of %3d  p50 %6v  p99 %6v", s.Success(), s.N, s.P50.Round(time.Millisecond), s.P99.Round(time.Millisecond))
+	if s.Msgs > 0 {
+		t += fmt.Sprintf("  %5.1f msgs", s.Msgs)
+	}
+	if s.Lookup != s.Msgs {
+		t += fmt.Sprintf(" (%.1f get_peers)", s.Lookup)
+	}
 	if s.RTTs50 > 0 {
 		t += fmt.Sprintf("  %.1f/%.1f RTTs", s.RTTs50, s.RTTs99)
 	}
@@ -658,19 +664,20 @@ type emuSample struct {
 	ok   bool
 	took time.Duration
 	msgs int64
+	gets int64         // of which get_peers
 	rtt  time.Duration // median round trip to the nodes it asked, if known
 }
 
 func emuSummarise(ss []emuSample) emuOpStats {
 	st := emuOpStats{N: len(ss)}
 	var durs, rtts []time.Duration
-	var msgs int64
+	var msgs, gets int64
 	for _, s := range ss {
 		if s.ok {
 			st.OK++
 		}
 		durs = append(durs, s.took)
-		msgs += s.msgs
+		msgs, gets = msgs+s.msgs, gets+s.gets
 		if s.rtt > 0 { // in thousandths of a round trip
 			rtts = append(rtts, time.Duration(1000*float64(s.took)/float64(s.rtt)))
 		}
@@ -680,6 +687,7 @@ func emuSummarise(ss []emuSample) emuOpStats {
 	st.P50, st.P99 = emuPercentile(durs, 50), emuPercentile(durs, 99)
 	st.RTTs50, st.RTTs99 = float64(emuPercentile(rtts, 50))/1000, float64(emuPercentile(rtts, 99))/1000
 	st.Msgs = float64(msgs) / float64(max(len(ss), 1))
+	st.Lookup = float64(gets) / float64(max(len(ss), 1))
 	return st
 }
 
@@ -769,12 +777,15 @@ func (r *emuRun) rendezvous(ctx context.Context, a, b int, ih [20]byte) emuSampl
 	start := time.Now()
 	var wg sync.WaitGroup
 	var okA, okB bool
-	var msgs atomic.Int64
+	var msgs, gets atomic.Int64
 	side := func(self, other int, ok *bool) {
 		defer wg.Done()
 		c := r.conn(self)
-		before := c.opQueries()
-		defer func() { msgs.Add(c.opQueries() - before) }()
+		before, getsBefore := c.opQueries(), c.queries[emuGetPeers].Load()
+		defer func() {
+			msgs.Add(c.opQueries() - before)
+			gets.Add(c.queries[emuGetPeers].Load() - getsBefore)
+		}()
 		if r.drv.announce(ctx, self, ih) != nil {
 			return
 		}
@@ -792,7 +803,7 @@ func (r *emuRun) rendezvous(ctx context.Context, a, b int, ih [20]byte) emuSampl
 	go side(a, b, &okA)
 	go side(b, a, &okB)
 	wg.Wait()
-	return emuSample{ok: okA && okB, took: time.Since(start), msgs: msgs.Load()}
+	return emuSample{ok: okA && okB, took: time.Since(start), msgs: msgs.Load(), gets: gets.Load()}
 }
 
 // timed runs op from host h within emuOpTimeout and counts its queries.
@@ -800,10 +811,10 @@ func (r *emuRun) timed(ctx context.Context, h int, op func(context.Context) bool
 	ctx, cancel := context.WithTimeout(ctx, emuOpTimeout)
 	defer cancel()
 	c := r.conn(h)
-	before := c.opQueries()
+	before, gets := c.opQueries(), c.queries[emuGetPeers].Load()
 	start := time.Now()
 	ok := op(ctx)
-	return emuSample{ok: ok, took: time.Since(start), msgs: c.opQueries() - before}
+	return emuSample{ok: ok, took: time.Since(start), msgs: c.opQueries() - before, gets: c.queries[emuGetPeers].Load() - gets}
 }
 
 // closestLive is the k running hosts closest to target by XOR distance.
