@@ -1,11 +1,9 @@
-// BEP 42 secure node ids and the external-address vote (SPEC.md 3.3,
-// 3.4.2 "External address").
+// BEP 42 secure node ids and the external-address vote (SPEC.md 3.3, 3.4.2).
 //
 // Flow: every response's "ip" field (our address as the responder saw it)
 // goes to ipVoter.voteFrom; once enough distinct voters agree, the winner is
-// our external address. When it moves to a public IPv4 address that our id
-// does not match, the DHT draws a new id with secureNodeID and rebuilds the
-// routing table around it. The table asks isSecureNodeID whether a
+// our external address. nodeid.go renews our id from it, drawing BEP 42
+// ids with secureNodeID. The table asks isSecureNodeID whether a
 // newcomer's id is bound to its address, preferring such nodes over
 // unverified ones; isExemptBEP42 addresses (loopback, LAN) are never checked.
 package main

@@ -80,10 +80,9 @@ func startBenchStack(tb testing.TB, o benchStackOpts) *benchStack {
 		Log:         lg,
 		Identity:    s.id,
 		Send:        s.node.send,
-		Allowed:     func(k publicKey) bool { return s.chat.isContact(k) },
 		Deliver:     func(k publicKey, from netip.AddrPort, b []byte) { s.chat.handlePayload(k, from, b) },
 		Established: func(k publicKey, addr netip.AddrPort) { s.chat.setOnline(k, addr) },
-		Ended:       func(k publicKey) { s.chat.setOffline(k) },
+		Ended:       func(k publicKey, seen time.Time) { s.chat.setOffline(k, seen) },
 	})
 	s.node.onSession = s.sess.handlePacket
 	cfg := chatConfig{
@@ -109,6 +108,11 @@ func startBenchStack(tb testing.TB, o benchStackOpts) *benchStack {
 	if s.chat, err = newChat(cfg); err != nil {
 		s.node.Close()
 		tb.Fatal(err)
+	}
+	for _, c := range s.chat.contactList() {
+		if err := s.sess.addContact(c.Key); err != nil {
+			tb.Fatal(err)
+		}
 	}
 	return s
 }
@@ -158,11 +162,16 @@ func benchDir(tb testing.TB, root, name string) string {
 // benchBefriend makes a and b contacts named "b" and "a".
 func benchBefriend(tb testing.TB, a, b *benchStack) {
 	tb.Helper()
-	if err := a.chat.addContact("b", b.id.public()); err != nil {
-		tb.Fatal(err)
-	}
-	if err := b.chat.addContact("a", a.id.public()); err != nil {
-		tb.Fatal(err)
+	for _, x := range []struct {
+		s, other *benchStack
+		name     string
+	}{{a, b, "b"}, {b, a, "a"}} {
+		if err := x.s.chat.addContact(x.name, x.other.id.public()); err != nil {
+			tb.Fatal(err)
+		}
+		if err := x.s.sess.addContact(x.other.id.public()); err != nil {
+			tb.Fatal(err)
+		}
 	}
 }
 
@@ -401,44 +410,19 @@ func (j *journal) syncCount() uint64 {
 	return j.syncs
 }
 
-// benchSwarm starts size DHT nodes on 127.0.0.1 in this process and waits
+// benchSwarm starts size DHT nodes that run as the program's do and waits
 // until their tables have filled; it returns a few of their addresses to
 // bootstrap from.
 func benchSwarm(b *testing.B, size int) []string {
 	b.Helper()
-	ctx, cancel := context.WithCancel(context.Background())
-	var wg sync.WaitGroup
-	b.Cleanup(func() { cancel(); wg.Wait() })
-	var seeds []string
-	var ds []*dht
-	for i := range size {
-		n, err := listenNode("127.0.0.1:0", nil)
-		if err != nil {
-			b.Fatal(err)
-		}
-		var boot []string
-		if i > 0 {
-			boot = seeds[:1]
-		}
-		d, err := newDHT(n, dhtConfig{Bootstrap: boot})
-		if err != nil {
-			b.Fatal(err)
-		}
-		if i < 3 {
-			seeds = append(seeds, n.LocalAddr().String())
-		}
-		ds = append(ds, d)
-		wg.Add(2)
-		go func() { defer wg.Done(); n.run(ctx) }()
-		go func() { defer wg.Done(); d.run(ctx) }()
-	}
+	s := startSwarm(b, size, swarmOpts{maintain: true})
 	deadline := time.Now().Add(20 * time.Second)
-	for _, d := range ds {
+	for _, d := range s.nodes {
 		for d.size() < bucketSize && time.Now().Before(deadline) {
 			time.Sleep(10 * time.Millisecond)
 		}
 	}
-	return seeds
+	return s.addrs(3)
 }
 
 // sessionDrops summarises why a stack's session layer dropped handshakes.
@@ -448,9 +432,9 @@ func sessionDrops(s *benchStack) string {
 	if ci.Name == "" {
 		ci, _ = s.chat.contactByName("a")
 	}
-	return fmt.Sprintf("contact online %v at %v; simultaneous %d, stale %d, failed %d, unknown index %d, not allowed %d, bad mac %d, cookies %d",
+	return fmt.Sprintf("contact online %v at %v; simultaneous %d, stale %d, failed %d, unknown index %d, strangers %d, bad mac %d, cookies %d",
 		ci.Online, ci.Addr, st.simultaneous.Load(), st.staleInit.Load(), st.handshakeFail.Load(), st.unknownIndex.Load(),
-		st.notAllowed.Load(), st.badMAC.Load(), st.cookiesSent.Load())
+		st.stranger.Load(), st.badMAC.Load(), st.cookiesSent.Load())
 }
 
 // BenchmarkTimeToFirstMessage: a sender is online with a message queued

@@ -1,6 +1,6 @@
-// Contacts and the verify code (SPEC.md 5.1), and the contacts file (5.5).
+// Contacts, the verify code and the contacts file (SPEC.md 5.1, 5.5).
 //
-// The contacts file is read once, by newChat (parseContacts), and rewritten
+// Flow: the contacts file is read once, by newChat (parseContacts), and rewritten
 // whole by saveContacts after every change, a contact going offline and at
 // exit. addContact and removeContact change the file first and memory only
 // once it is written, so the two agree; removing a contact also logs a
@@ -277,12 +277,6 @@ func (c *chat) contactByKey(key publicKey) (contactInfo, bool) {
 		return p.info(), true
 	}
 	return contactInfo{}, false
-}
-
-// isContact is the session layer's Allowed check.
-func (c *chat) isContact(key publicKey) bool {
-	_, ok := c.contactByKey(key)
-	return ok
 }
 
 // verifyCode is the safety code to compare with the contact aloud.

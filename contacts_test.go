@@ -60,7 +60,7 @@ func TestContactsFile(t *testing.T) {
 }
 
 func TestContactsLastSeen(t *testing.T) {
-	clock := &chatClock{t: time.Date(2026, 11, 25, 12, 0, 0, 0, time.UTC)}
+	clock := newFakeClockAt(time.Date(2026, 11, 25, 12, 0, 0, 0, time.UTC))
 	dir := t.TempDir()
 	c, l := testChat(t, dir, chatKey(1), func(publicKey, []byte) error { return nil }, clock.now)
 	if err := c.addContact("alice", chatKey(2)); err != nil {
@@ -70,8 +70,15 @@ func TestContactsLastSeen(t *testing.T) {
 	c.setOnline(chatKey(2), addr)
 	c.setOnline(chatKey(2), addr)
 	c.setOnline(chatKey(2), netip.MustParseAddrPort("192.0.2.2:6881"))
-	clock.add(time.Minute)
-	c.setOffline(chatKey(2))
+	clock.advance(20 * time.Second)
+	c.handlePayload(chatKey(2), addr, nil) // a keepalive is a sign of life
+	if ci, _ := c.contactByKey(chatKey(2)); !ci.LastSeen.Equal(clock.now()) {
+		t.Errorf("last seen %v after a keepalive at %v", ci.LastSeen, clock.now())
+	}
+	clock.advance(40 * time.Second)
+	// Its last packet came half a minute before its silence was noticed:
+	// that is when it was last seen.
+	c.setOffline(chatKey(2), clock.now().Add(-30*time.Second))
 	var kinds []string
 	for _, e := range l.evs {
 		kinds = append(kinds, e.Kind.String())
@@ -81,7 +88,7 @@ func TestContactsLastSeen(t *testing.T) {
 	}
 	c.close()
 	b, _ := os.ReadFile(filepath.Join(dir, contactsFile))
-	want := contactsHeader + "\nalice " + chatKey(2).String() + " 2026-11-25T12:01:00Z\n"
+	want := contactsHeader + "\nalice " + chatKey(2).String() + " 2026-11-25T12:00:30Z\n"
 	if string(b) != want {
 		t.Errorf("contacts file:\n%s\nwant:\n%s", b, want)
 	}

@@ -1,12 +1,14 @@
-// Cookies under load (SPEC.md 4.5), as WireGuard's device/cookie.go.
+// Cookies under load (SPEC.md 4.5), as WireGuard's device/cookie.go, with
+// pairwise keys.
 //
-// Flow, receiving: every handshake message sent to us passes the
-// cookieChecker first: mac1 proves the sender knows our public key; the
-// checker counts those messages, and under load mac2 must carry the cookie
-// of the source address, or the sender gets a cookie reply instead of any
-// Diffie-Hellman work. Sending: each peer's cookieGenerator puts mac1 (and,
-// with a fresh cookie from that peer, mac2) on the handshake messages we
-// send it, and takes the cookie out of a cookie reply to the last of them.
+// Flow, receiving: a handshake message whose mac1 proved it comes from a
+// contact (pairkeys.go: strangers never get this far) is counted by the
+// cookieChecker; under load mac2 must carry the cookie of the source
+// address, or the sender gets a cookie reply, sealed with the pair's cookie
+// key, instead of any Diffie-Hellman work. Sending: each peer's
+// cookieGenerator puts mac1 (and, with a fresh cookie from that peer, mac2)
+// on the handshake messages we send it, and takes the cookie out of a
+// cookie reply to the last of them.
 package main
 
 import (
@@ -33,11 +35,6 @@ func keyedMAC(key []byte, data ...[]byte) [macLen]byte {
 	return out
 }
 
-// mac1Key and cookieKey are derived from the public key of the party that
-// receives the message (mac1) or sends the cookie reply (cookie).
-func mac1Key(pub publicKey) [32]byte     { return noiseHash([]byte(labelMAC1), pub[:]) }
-func cookieKeyOf(pub publicKey) [32]byte { return noiseHash([]byte(labelCookie), pub[:]) }
-
 // addrBytes is the source address as the cookie covers it: the IP (4 or 16
 // bytes) then the port, big-endian.
 func addrBytes(a netip.AddrPort) []byte {
@@ -45,12 +42,10 @@ func addrBytes(a netip.AddrPort) []byte {
 	return binary.BigEndian.AppendUint16(ip, a.Port())
 }
 
-// cookieChecker checks the MACs of handshake messages sent to us and makes
+// cookieChecker counts the handshake messages contacts send us and makes
 // the cookies and cookie replies for them. It is safe for concurrent use.
 type cookieChecker struct {
-	mac1Key   [32]byte // for messages sent to us
-	cookieKey [32]byte // for cookie replies we send
-	threshold int      // mac1-valid handshake messages per second before load
+	threshold int // mac1-valid handshake messages per second before load
 	rand      io.Reader
 
 	mu        sync.Mutex
@@ -61,18 +56,12 @@ type cookieChecker struct {
 	loadUntil time.Time
 }
 
-func newCookieChecker(self publicKey, threshold int, rand io.Reader) *cookieChecker {
-	return &cookieChecker{mac1Key: mac1Key(self), cookieKey: cookieKeyOf(self), threshold: threshold, rand: rand}
+func newCookieChecker(threshold int, rand io.Reader) *cookieChecker {
+	return &cookieChecker{threshold: threshold, rand: rand}
 }
 
-// checkMAC1 reports whether b's mac1 field (at offMAC1, 16 bytes) is right,
-// and returns the mac1 a cookie reply would be bound to.
-func (c *cookieChecker) checkMAC1(b []byte, offMAC1 int) ([macLen]byte, bool) {
-	mac1 := keyedMAC(c.mac1Key[:], b[:offMAC1])
-	return mac1, hmac.Equal(mac1[:], b[offMAC1:offMAC1+macLen])
-}
-
-// underLoad counts a handshake message that passed mac1 and reports
+// underLoad counts a handshake message that passed mac1 (so it comes from
+// a contact, or is a copy of a contact's message) and reports
 // whether we are under load: more than threshold of them in the current
 // one-second window puts us under load for the next second. The window
 // starts at the first message counted after the previous one ended. Under
@@ -100,6 +89,14 @@ func (c *cookieChecker) underLoad(now time.Time, from netip.AddrPort) (cookie [c
 	return keyedMAC(c.secret[:], addrBytes(from)), true, err
 }
 
+// checkMAC1 reports whether b's mac1 field (at off) is right under key, the
+// sender's mac1 key of the pair, and returns the mac1 a cookie reply would
+// be bound to.
+func checkMAC1(key *[noiseHashLen]byte, b []byte, off int) ([macLen]byte, bool) {
+	mac1 := keyedMAC(key[:], b[:off])
+	return mac1, hmac.Equal(mac1[:], b[off:off+macLen])
+}
+
 // checkMAC2 reports whether b's mac2 field (at offMAC2) carries cookie.
 func checkMAC2(cookie [cookieLen]byte, b []byte, offMAC2 int) bool {
 	mac2 := keyedMAC(cookie[:], b[:offMAC2])
@@ -107,32 +104,28 @@ func checkMAC2(cookie [cookieLen]byte, b []byte, offMAC2 int) bool {
 }
 
 // createReply seals cookie for the sender of the message with index
-// receiver, bound to that message's mac1.
-func (c *cookieChecker) createReply(receiver uint32, mac1 [macLen]byte, cookie [cookieLen]byte) (cookieReplyMsg, error) {
+// receiver, bound to that message's mac1, under the cookie key of our
+// direction of the pair.
+func (c *cookieChecker) createReply(key *[noiseHashLen]byte, receiver uint32, mac1 [macLen]byte, cookie [cookieLen]byte) (cookieReplyMsg, error) {
 	r := cookieReplyMsg{receiver: receiver}
 	if _, err := io.ReadFull(c.rand, r.nonce[:]); err != nil {
 		return cookieReplyMsg{}, err
 	}
-	aead, _ := chacha20poly1305.NewX(c.cookieKey[:])
+	aead, _ := chacha20poly1305.NewX(key[:])
 	aead.Seal(r.cookie[:0], r.nonce[:], cookie[:], mac1[:])
 	return r, nil
 }
 
 // cookieGenerator is the sending side towards one peer: it fills the MACs
 // of the handshake messages we send the peer and keeps the cookie the peer
-// last gave us. Guarded by the manager's mu.
+// last gave us. The keys are the peer's pairKeys. Guarded by the manager's
+// mu.
 type cookieGenerator struct {
-	mac1Key     [32]byte     // for messages we send to the peer
-	cookieKey   [32]byte     // for cookie replies the peer sends us
 	lastMAC1    [macLen]byte // of the last handshake message we sent it
 	hasLastMAC1 bool
 	cookie      [cookieLen]byte
 	cookieTime  time.Time
 	hasCookie   bool
-}
-
-func newCookieGenerator(peer publicKey) cookieGenerator {
-	return cookieGenerator{mac1Key: mac1Key(peer), cookieKey: cookieKeyOf(peer)}
 }
 
 // Errors of consumeReply; the caller counts them apart.
@@ -141,11 +134,12 @@ var (
 	errCookieDecrypt    = errors.New("session: cookie reply did not authenticate")
 )
 
-// addMACs fills mac1 of a handshake message b we send, and mac2 if we hold
-// a cookie younger than cookieRefreshTime - rekeyTimeout (so it cannot
-// expire in flight), and remembers mac1 for a cookie reply.
-func (g *cookieGenerator) addMACs(b []byte, offMAC1, offMAC2 int, now time.Time, rekeyTimeout time.Duration) {
-	mac1 := keyedMAC(g.mac1Key[:], b[:offMAC1])
+// addMACs fills mac1 of a handshake message b we send, under our mac1 key
+// of the pair, and mac2 if we hold a cookie younger than cookieRefreshTime
+// - rekeyTimeout (so it cannot expire in flight), and remembers mac1 for a
+// cookie reply.
+func (g *cookieGenerator) addMACs(b []byte, offMAC1, offMAC2 int, key *[noiseHashLen]byte, now time.Time, rekeyTimeout time.Duration) {
+	mac1 := keyedMAC(key[:], b[:offMAC1])
 	copy(b[offMAC1:], mac1[:])
 	g.lastMAC1, g.hasLastMAC1 = mac1, true
 	if g.hasCookie && now.Sub(g.cookieTime) < cookieRefreshTime-rekeyTimeout {
@@ -156,13 +150,14 @@ func (g *cookieGenerator) addMACs(b []byte, offMAC1, offMAC2 int, now time.Time,
 	}
 }
 
-// consumeReply stores the cookie of a reply that authenticates against the
-// mac1 we last sent; one cookie reply per message we sent.
-func (g *cookieGenerator) consumeReply(msg *cookieReplyMsg, now time.Time) error {
+// consumeReply stores the cookie of a reply that authenticates, under the
+// peer's cookie key of the pair, against the mac1 we last sent; one cookie
+// reply per message we sent.
+func (g *cookieGenerator) consumeReply(msg *cookieReplyMsg, key *[noiseHashLen]byte, now time.Time) error {
 	if !g.hasLastMAC1 {
 		return errCookieUnexpected
 	}
-	aead, _ := chacha20poly1305.NewX(g.cookieKey[:])
+	aead, _ := chacha20poly1305.NewX(key[:])
 	var cookie [cookieLen]byte
 	if _, err := aead.Open(cookie[:0], msg.nonce[:], msg.cookie[:], g.lastMAC1[:]); err != nil {
 		return errCookieDecrypt
@@ -180,16 +175,10 @@ func (g *cookieGenerator) expire(now time.Time) {
 	}
 }
 
-// checkMACs runs before any DH work: mac1 must be right; under load mac2
-// must be too, or the sender gets a cookie reply instead. It reports
-// whether to go on.
-func (m *sessionManager) checkMACs(from netip.AddrPort, b []byte, offMAC1, offMAC2 int, sender uint32) bool {
-	mac1, ok := m.cookies.checkMAC1(b, offMAC1)
-	if !ok {
-		m.stats.badMAC.Add(1)
-		m.debug("bad mac1", from, nil)
-		return false
-	}
+// admit counts a handshake message from contact p whose mac1 was right,
+// before any DH work; under load its mac2 must be right too, or the sender
+// gets a cookie reply instead. It reports whether to go on.
+func (m *sessionManager) admit(from netip.AddrPort, b []byte, offMAC2 int, sender uint32, mac1 [macLen]byte, p *peer) bool {
 	cookie, loaded, err := m.cookies.underLoad(m.cfg.Now(), from)
 	if err != nil {
 		m.debug("cookie secret", from, err)
@@ -197,7 +186,14 @@ func (m *sessionManager) checkMACs(from netip.AddrPort, b []byte, offMAC1, offMA
 	if !loaded || checkMAC2(cookie, b, offMAC2) {
 		return true
 	}
-	r, err := m.cookies.createReply(sender, mac1, cookie)
+	m.mu.Lock()
+	key, current := p.keys.send.cookie, m.peers[p.key] == p
+	m.mu.Unlock()
+	if !current {
+		return false // removed meanwhile: a stranger now
+	}
+	r, err := m.cookies.createReply(&key, sender, mac1, cookie)
+	wipe(key[:])
 	if err != nil {
 		m.debug("cookie nonce", from, err)
 		return false
@@ -223,7 +219,7 @@ func (m *sessionManager) handleCookieReply(from netip.AddrPort, b []byte) {
 		m.stats.unknownIndex.Add(1)
 		return
 	}
-	switch err := e.peer.cookies.consumeReply(&msg, m.cfg.Now()); {
+	switch err := e.peer.cookies.consumeReply(&msg, &e.peer.keys.recv.cookie, m.cfg.Now()); {
 	case errors.Is(err, errCookieUnexpected):
 		m.stats.unknownIndex.Add(1)
 	case err != nil:

@@ -5,35 +5,48 @@ import (
 	"encoding/binary"
 	mrand "math/rand/v2"
 	"net/netip"
+	"sync/atomic"
 	"testing"
 	"time"
 )
 
+// oldMAC1 puts into b the mac1 of SPEC version 1, keyed by the receiver's
+// public key alone: what anyone who knows that key can compute.
+func oldMAC1(b []byte, receiver publicKey) {
+	off := initiationOffMAC1
+	if b[0] == packetResponse {
+		off = responseOffMAC1
+	}
+	k := noiseHash([]byte("kadchat mac1 v1"), receiver[:])
+	mac := keyedMAC(k[:], b[:off])
+	copy(b[off:], mac[:])
+}
+
 func TestWrongMAC1CostsNoDH(t *testing.T) {
 	var n fakeNet
-	clock := newTestClock()
+	clock := newFakeClock()
 	a, b := newTestPair(t, &n, clock, nil)
 	a.m.setEndpoint(b.id.public(), b.addr)
 	init := firstOfType(t, &n, packetInitiation)
+	st := &b.m.stats
 	tests := []struct {
-		name string
-		mut  func([]byte)
+		name    string
+		mut     func([]byte)
+		counter *atomic.Uint64
 	}{
-		{"flipped mac1", func(p []byte) { p[initiationOffMAC1] ^= 1 }},
-		{"flipped ephemeral", func(p []byte) { p[initiationOffEphemeral] ^= 1 }},
-		{"mac1 for another key", func(p []byte) {
-			k := mac1Key(a.id.public())
-			mac := keyedMAC(k[:], p[:initiationOffMAC1])
-			copy(p[initiationOffMAC1:], mac[:])
-		}},
+		{"flipped mac1", func(p []byte) { p[initiationOffMAC1] ^= 1 }, &st.badMAC},
+		{"flipped ephemeral", func(p []byte) { p[initiationOffEphemeral] ^= 1 }, &st.badMAC},
+		{"flipped stamp", func(p []byte) { p[initiationOffStamp] ^= 1 }, &st.badMAC},
+		{"mac1 keyed by the responder's public key (SPEC v1)", func(p []byte) { oldMAC1(p, b.id.public()) }, &st.badMAC},
+		{"flipped tag", func(p []byte) { p[initiationOffTag] ^= 1 }, &st.stranger},
 	}
 	for _, tt := range tests {
 		p := bytes.Clone(init.b)
 		tt.mut(p)
-		dh, bad := b.m.dh.n.Load(), b.m.stats.badMAC.Load()
+		dh, before := b.m.dh.n.Load(), tt.counter.Load()
 		b.m.handlePacket(a.addr, p)
-		if b.m.dh.n.Load() != dh || b.m.stats.badMAC.Load() != bad+1 || len(n.take()) != 0 {
-			t.Errorf("%s: dh ops %d, badMAC %d", tt.name, b.m.dh.n.Load()-dh, b.m.stats.badMAC.Load()-bad)
+		if b.m.dh.n.Load() != dh || tt.counter.Load() != before+1 || len(n.take()) != 0 {
+			t.Errorf("%s: dh ops %d, counted %d", tt.name, b.m.dh.n.Load()-dh, tt.counter.Load()-before)
 		}
 	}
 	dh := b.m.dh.n.Load()
@@ -45,7 +58,7 @@ func TestWrongMAC1CostsNoDH(t *testing.T) {
 
 func TestCookieReplyUnderLoad(t *testing.T) {
 	var n fakeNet
-	clock := newTestClock()
+	clock := newFakeClock()
 	fast := func(c *sessionConfig) { c.LoadThreshold = 1; c.RekeyTimeout = 100 * time.Millisecond }
 	a, b := newTestPair(t, &n, clock, fast)
 	c := newTestPeer(t, &n, clock, 3, 1003, fast)
@@ -82,12 +95,12 @@ func TestCookieReplyUnderLoad(t *testing.T) {
 
 func TestCookieReplyForgedIgnored(t *testing.T) {
 	var n fakeNet
-	a, b := newTestPair(t, &n, newTestClock(), nil)
+	a, b := newTestPair(t, &n, newFakeClock(), nil)
 	a.m.setEndpoint(b.id.public(), b.addr)
 	init := firstOfType(t, &n, packetInitiation)
 	sender := binary.LittleEndian.Uint32(init.b[initiationOffSender:])
 	var wrongMAC1 [macLen]byte
-	r, err := b.m.cookies.createReply(sender, wrongMAC1, [cookieLen]byte{1})
+	r, err := b.m.cookies.createReply(&b.m.peers[a.id.public()].keys.send.cookie, sender, wrongMAC1, [cookieLen]byte{1})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -105,7 +118,7 @@ func TestCookieReplyForgedIgnored(t *testing.T) {
 // and the 65th message of a window is itself checked under load, which
 // lasts one second after the last message over the threshold.
 func TestCookieLoadWindow(t *testing.T) {
-	c := newCookieChecker(publicKey{9}, defaultLoadThreshold, mrand.NewChaCha8([32]byte{1}))
+	c := newCookieChecker(defaultLoadThreshold, mrand.NewChaCha8([32]byte{1}))
 	from := netip.MustParseAddrPort("127.0.0.1:1")
 	t0 := time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
 	at := func(d time.Duration) bool {

@@ -2,7 +2,8 @@
 // DHT of demoSwarm nodes and two users, alice and bob, with fresh keys and
 // data directories. They add each other through the real line UI, find each
 // other at their rendezvous infohash, shake hands, exchange messages with
-// receipts and rekey once; a trace of their datagrams shows the wire.
+// receipts and rekey once, and bob quits; a trace of their datagrams shows
+// the wire.
 // The demo is its own file because it is a second program on the same parts.
 package main
 
@@ -106,7 +107,17 @@ func demoScript(tr *demoTranscript, alice, bob *demoUser) error {
 	if _, err := bob.wait("[", demoStepWait); err != nil {
 		return err
 	}
-	tr.say("done: every message delivered and acknowledged; the old session keys are erased")
+	// A clean exit says goodbye inside the session, so alice sees bob
+	// leave at once rather than after 80 s of silence.
+	tr.say("bob types: /quit")
+	if err := bob.app.ui.handleLine(bob.ctx, "/quit"); !errors.Is(err, errQuit) {
+		return fmt.Errorf("demo: /quit: %v", err)
+	}
+	bob.app.sess.sayGoodbye()
+	if _, err := alice.wait("* offline bob", demoStepWait); err != nil {
+		return err
+	}
+	tr.say("done: every message delivered and acknowledged; the session keys are erased")
 	return nil
 }
 

@@ -2,17 +2,16 @@
 // BEP 5, 42, 43 and 44 on the Node's one socket.
 //
 // Inbound flow: Node.run -> handleKRPC parses the datagram (parseKRPC, pure).
-// A query goes to server.handleQuery, which records the sender in the routing table,
-// answers from the table and the stores, and encodes the reply into a buffer
-// owned by the read goroutine. A response or error goes to handleResponse,
-// which finds the transaction by (tid, sender address), feeds the RTT
-// estimator and the external-address vote, records the responder and
+// A query within its source's rate (ratelimit.go) goes to
+// server.handleQuery, which records the sender in the routing table,
+// answers from the table and the stores, and encodes the reply into a
+// buffer owned by the read goroutine. A response or error goes to
+// handleResponse, which takes the transaction by (tid, sender address),
+// feeds the external-address vote (nodeid.go), records the responder and
 // completes the transaction.
-// Outbound flow: txTable.send picks a random tid, registers the transaction,
-// sends, and arms a timer that retransmits the same bytes (same tid) with
-// backoff from the peer's RTO (rtt.go); when every attempt timed out and the
-// query's patience ran out the node is reported failed() to the table. Lookups (lookup.go) and the /dht
-// commands are built on txTable.send.
+// Outbound flow: our queries go through the transaction table
+// (transactions.go), which retransmits them and reports failed nodes to the
+// table. Lookups (lookup.go) and the /dht commands are built on it.
 // Maintenance (run): ping the saved table, bootstrap, then one ticker
 // refreshes stale buckets and saves the table; the table is saved on exit.
 package main
@@ -20,7 +19,6 @@ package main
 import (
 	"bytes"
 	"context"
-	"crypto/rand"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -44,8 +42,8 @@ const (
 	maxTransactions = 2048 // outstanding queries per node
 	maxAttempts     = 6    // at most one transmission and five retransmissions (rtt.go: tries)
 	maxBackoffShift = 2    // the timeout doubles at most twice: 1, 1, 2, 4, 4, 4 x RTO
-	maxPeersReply   = 50   // IPv4 peers in one get_peers reply: worst reply 1,045 bytes (SPEC.md 3.5.2)
-	maxPeersReply6  = 27   // IPv6 peers (21 bytes each): worst reply 1,225 of 1,232 bytes
+	maxPeersReply   = 50   // IPv4 peers in one get_peers reply: worst reply 1,036 bytes (SPEC.md 3.5.2)
+	maxPeersReply6  = 27   // IPv6 peers (21 bytes each): worst reply 1,216 of 1,232 bytes
 	maxEvictPings   = 64   // ping-before-evict queries in flight at once
 	routingFile     = "routing"
 
@@ -77,6 +75,15 @@ type dhtConfig struct {
 	Now       func() time.Time
 	Rand      io.Reader
 	Log       *slog.Logger
+	// BootstrapFailed, if set, hears of each bootstrap that ended with no
+	// node answering, so the UI can say so in words whether or not logs
+	// are on. It runs on the DHT's goroutine and must not block.
+	BootstrapFailed func(error)
+	// Source names the local address the kernel would send from to reach
+	// the Internet (v6: over IPv6), the zero Addr if none (nodeid.go).
+	// Nil: routeSource if the socket is bound to a wildcard address, else
+	// none, as the address cannot change under a bound socket.
+	Source func(v6 bool) netip.Addr
 }
 
 // dhtTiming holds every interval of the node so tests and benchmarks can
@@ -106,22 +113,22 @@ func (e *krpcError) Error() string { return fmt.Sprintf("krpc: error %d: %s", e.
 // dht is the DHT node. Safe for concurrent use, except that handleKRPC must
 // only be called by the Node's read goroutine (it owns the reply buffers).
 type dht struct {
-	node    *Node
-	cfg     dhtConfig
-	log     *slog.Logger
-	now     func() time.Time
-	version []byte
-	timing  dhtTiming
+	node   *Node
+	cfg    dhtConfig
+	log    *slog.Logger
+	now    func() time.Time
+	timing dhtTiming
 
 	tokens *tokenBox
 	peers  *peerStore
 	items  *itemStore
 
-	mu       sync.Mutex // guards table, voter, saved, evicting
+	mu       sync.Mutex // guards table, ids, saved, evicting
 	table    *routingTable
-	voter    ipVoter
+	ids      idState    // our external address and what our id is bound to (nodeid.go)
 	saved    []nodeInfo // loaded from disk; pinged by run
 	evicting map[netip.AddrPort]struct{}
+	source   func(v6 bool) netip.Addr // see dhtConfig.Source; nil: no check
 
 	tx  *txTable // our queries
 	srv *server  // answers theirs
@@ -131,41 +138,41 @@ type dht struct {
 // the buffers replies are encoded into, so a reply costs no allocation.
 type server struct {
 	d                        *dht
+	limit                    *sourceLimiter // what each source can draw (ratelimit.go)
 	sbuf, nbuf4, nbuf6, vbuf []byte
 }
 
-// newDHT creates the node's DHT and installs it as n.onKRPC. If cfg.Dir holds
-// a saved routing table, its id is reused and its nodes are pinged by run.
+// newDHT creates the node's DHT and installs it as n.onKRPC. Its id is
+// fresh and random; if cfg.Dir holds a saved routing table, its nodes are
+// pinged by run.
 func newDHT(n *Node, cfg dhtConfig) (*dht, error) {
-	if cfg.Now == nil {
-		cfg.Now = time.Now
+	defaultNowRandLog(&cfg.Now, &cfg.Rand, &cfg.Log)
+	var self nodeID
+	if _, err := io.ReadFull(cfg.Rand, self[:]); err != nil {
+		return nil, fmt.Errorf("dht: id: %w", err)
 	}
-	if cfg.Rand == nil {
-		cfg.Rand = rand.Reader
-	}
-	if cfg.Log == nil {
-		cfg.Log = slog.New(slog.DiscardHandler)
-	}
-	self, saved, err := loadOrCreateID(cfg)
-	if err != nil {
-		return nil, err
-	}
+	saved := loadSavedNodes(cfg)
 	var seed [32]byte
 	if _, err := io.ReadFull(cfg.Rand, seed[:]); err != nil {
 		return nil, fmt.Errorf("dht: seed: %w", err)
 	}
 	d := &dht{
-		node: n, cfg: cfg, log: cfg.Log, now: cfg.Now, version: []byte(krpcVersion),
+		node: n, cfg: cfg, log: cfg.Log, now: cfg.Now,
 		timing: defaultTiming(),
 		tokens: newTokenBox(cfg.Rand, cfg.Now), peers: newPeerStore(cfg.Now, cfg.Rand), items: newItemStore(cfg.Now),
 		table: newRoutingTable(self, cfg.Now), saved: saved, evicting: map[netip.AddrPort]struct{}{},
+		source: cfg.Source,
 	}
-	d.srv = &server{d: d,
+	if d.source == nil && n.LocalAddr().Addr().IsUnspecified() {
+		d.source = routeSource
+	}
+	d.srv = &server{d: d, limit: newSourceLimiter(srcQueryRate, srcQueryBurst),
 		sbuf: make([]byte, 0, maxDatagram), nbuf4: make([]byte, 0, 26*bucketSize),
 		nbuf6: make([]byte, 0, 38*bucketSize), vbuf: make([]byte, 0, 20*maxPeersReply),
 	}
 	d.tx = &txTable{
-		write: d.sendRaw, self: d.id, now: cfg.Now, timing: &d.timing, version: d.version,
+		write: d.sendRaw, self: d.id, now: cfg.Now, timing: &d.timing,
+		beforeSend: d.checkSource, moves: func() uint64 { _, m := d.idAndMoves(); return m },
 		failed: func(n nodeInfo) {
 			d.mu.Lock()
 			d.table.failed(n)
@@ -180,23 +187,17 @@ func newDHT(n *Node, cfg dhtConfig) (*dht, error) {
 	return d, nil
 }
 
-// loadOrCreateID reads the saved table; without one (or with a corrupt one,
-// which is only a cache) it draws a fresh random id.
-func loadOrCreateID(cfg dhtConfig) (nodeID, []nodeInfo, error) {
-	if cfg.Dir != "" {
-		self, ns, err := loadRoutingTable(filepath.Join(cfg.Dir, routingFile))
-		if err == nil {
-			return self, ns, nil
-		}
-		if !errors.Is(err, os.ErrNotExist) {
-			cfg.Log.Warn("dht: ignoring the saved routing table", "err", err)
-		}
+// loadSavedNodes reads the saved table. A missing or corrupt file (it is
+// only a cache) gives none; the routers are then asked.
+func loadSavedNodes(cfg dhtConfig) []nodeInfo {
+	if cfg.Dir == "" {
+		return nil
 	}
-	var id nodeID
-	if _, err := io.ReadFull(cfg.Rand, id[:]); err != nil {
-		return id, nil, fmt.Errorf("dht: id: %w", err)
+	ns, err := loadRoutingTable(filepath.Join(cfg.Dir, routingFile))
+	if err != nil && !errors.Is(err, os.ErrNotExist) {
+		cfg.Log.Warn("dht: ignoring the saved routing table", "err", err)
 	}
-	return id, nil, nil
+	return ns
 }
 
 func (d *dht) id() nodeID {
@@ -211,10 +212,19 @@ func (d *dht) size() int {
 	return d.table.size()
 }
 
+// goodNodes counts the routing table's good nodes (BEP 5: heard from in
+// the last 15 minutes), the ones a lookup can start from.
+func (d *dht) goodNodes() int {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	good, _, _ := d.table.counts()
+	return good
+}
+
 func (d *dht) external() (netip.AddrPort, bool) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	return d.voter.external()
+	return d.ids.voter.external()
 }
 
 func (d *dht) closest(target nodeID, count int) []nodeInfo {
@@ -231,7 +241,7 @@ func (d *dht) handleKRPC(from netip.AddrPort, b []byte) {
 	m, err := parseKRPC(b)
 	if err != nil {
 		var bq *krpcBadQuery
-		if errors.As(err, &bq) {
+		if errors.As(err, &bq) && d.srv.allow(from) {
 			d.srv.replyError(from, bq.TID, krpcErrProtocol, "bad query")
 		}
 		d.log.Debug("dht: dropped", "from", from, "err", err)
@@ -239,10 +249,24 @@ func (d *dht) handleKRPC(from netip.AddrPort, b []byte) {
 	}
 	switch m.Type {
 	case 'q':
-		d.srv.handleQuery(from, &m)
+		if d.srv.allow(from) {
+			d.srv.handleQuery(from, &m)
+		}
 	case 'r', 'e':
 		d.handleResponse(from, &m, b)
 	}
+}
+
+// allow reports whether from may have one more query answered now; a query
+// beyond its rate is dropped unanswered and unrecorded (SPEC.md 3.4.1).
+func (s *server) allow(from netip.AddrPort) bool {
+	if s.limit.allow(from, s.d.now()) {
+		return true
+	}
+	if s.d.log.Enabled(context.Background(), slog.LevelDebug) { // no allocation under a flood
+		s.d.log.Debug("dht: over its rate", "from", from, "dropped", s.limit.dropped.Load())
+	}
+	return false
 }
 
 func (s *server) handleQuery(from netip.AddrPort, m *krpcMsg) {
@@ -253,7 +277,7 @@ func (s *server) handleQuery(from netip.AddrPort, m *krpcMsg) {
 	if !m.ReadOnly { // BEP 43: read-only nodes are served but never added
 		s.d.heard(nodeInfo{ID: m.Args.ID, Addr: from}, false)
 	}
-	r := krpcMsg{TID: m.TID, Type: 'r', Version: s.d.version, IP: from}
+	r := krpcMsg{TID: m.TID, Type: 'r', IP: from}
 	r.Reply.ID = s.d.id()
 	switch m.Method {
 	case methodFindNode:
@@ -380,9 +404,9 @@ func (s *server) acceptPut(a *krpcArgs, from netip.AddrPort) (int, string) {
 	}
 }
 
-// replyError sends an 'e' message; it also carries our "v" and BEP 42 "ip".
+// replyError sends an 'e' message; it also carries the BEP 42 "ip".
 func (s *server) replyError(to netip.AddrPort, tid []byte, code int, msg string) {
-	e := krpcMsg{TID: tid, Type: 'e', Version: s.d.version, IP: to, ErrCode: code, ErrMsg: []byte(msg)}
+	e := krpcMsg{TID: tid, Type: 'e', IP: to, ErrCode: code, ErrMsg: []byte(msg)}
 	s.sbuf = e.appendTo(s.sbuf[:0])
 	s.d.sendRaw(to, s.sbuf)
 }
@@ -394,7 +418,10 @@ func (d *dht) sendRaw(to netip.AddrPort, b []byte) {
 }
 
 // heard records a node in the routing table and pings the questionable
-// nodes the table wants checked before it evicts one of them.
+// nodes the table wants checked before it evicts one of them, and a new
+// querier, to verify its address. A node that has never answered us gets
+// one transmission, no retransmissions: its address may be forged, and a
+// forged querier must not draw six pings to its victim (SPEC.md 3.4.1).
 func (d *dht) heard(n nodeInfo, responded bool) {
 	if !queryableAddr(n.Addr) {
 		return
@@ -406,14 +433,16 @@ func (d *dht) heard(n nodeInfo, responded bool) {
 	}
 	check := d.table.heard(n, responded)
 	var ping []nodeInfo
+	var once []bool
 	for _, c := range check {
 		if _, busy := d.evicting[c.Addr]; !busy && len(d.evicting) < maxEvictPings {
 			d.evicting[c.Addr] = struct{}{}
 			ping = append(ping, c)
+			once = append(once, !d.table.hasAnswered(c))
 		}
 	}
 	d.mu.Unlock()
-	for _, c := range ping {
+	for i, c := range ping {
 		q := krpcMsg{Method: methodPing}
 		addr := c.Addr
 		evicted := func(queryResult) {
@@ -421,7 +450,7 @@ func (d *dht) heard(n nodeInfo, responded bool) {
 			delete(d.evicting, addr)
 			d.mu.Unlock()
 		}
-		if _, err := d.tx.send(addr, &q, &c.ID, nil, evicted); err != nil {
+		if _, err := d.tx.send(addr, &q, txOpts{expect: &c.ID, once: once[i]}, evicted); err != nil {
 			evicted(queryResult{})
 		}
 	}
@@ -431,227 +460,6 @@ func (d *dht) heard(n nodeInfo, responded bool) {
 func queryableAddr(a netip.AddrPort) bool {
 	ip := a.Addr()
 	return a.IsValid() && a.Port() != 0 && !ip.IsUnspecified() && !ip.IsMulticast()
-}
-
-// --- transactions
-
-// txKey identifies a transaction: a response counts only if it comes from
-// the address we queried and echoes our tid.
-type txKey struct {
-	tid  uint32
-	addr netip.AddrPort
-}
-
-type transaction struct {
-	pkt       []byte // the encoded query, resent as is
-	expect    nodeID // the id we believe the node has (zero: unknown)
-	hasExpect bool
-	sent      time.Time
-	attempts  int // transmissions so far
-	tries     int // transmissions allowed (peerTimes.tries)
-	timeouts  int // timeouts expired so far
-	timer     *time.Timer
-	// onTimeout may be nil; it is called with 1, 2, ... as each timeout
-	// expires, resent saying whether a retransmission followed.
-	onTimeout func(n int, resent bool)
-	done      func(queryResult) // called once, never with d.mu or txTable.mu held
-}
-
-// queryResult is the outcome of one query. Msg aliases a private copy of the
-// datagram, so it may be kept.
-type queryResult struct {
-	Msg      krpcMsg
-	Err      error
-	Attempts int
-}
-
-// rttEstimator is RFC 6298's smoothed RTT of one peer (rtt.go).
-type rttEstimator struct {
-	srtt, rttvar time.Duration
-	has          bool
-}
-
-func (e *rttEstimator) sample(r time.Duration) {
-	if !e.has {
-		e.srtt, e.rttvar, e.has = r, r/2, true
-		return
-	}
-	dev := e.srtt - r
-	if dev < 0 {
-		dev = -dev
-	}
-	e.rttvar = (3*e.rttvar + dev) / 4 // beta = 1/4
-	e.srtt = (7*e.srtt + r) / 8       // alpha = 1/8
-}
-
-// rto is SRTT + max(G, 4*RTTVAR), clamped to [min, max].
-func (e *rttEstimator) rto(t *dhtTiming) time.Duration {
-	if !e.has {
-		return t.rtoInitial
-	}
-	r := e.srtt + max(rtoGranularity, 4*e.rttvar)
-	return min(max(r, t.rtoMin), t.rtoMax)
-}
-
-// backoff is the timeout after transmission attempt (1 is the first send):
-// 1, 1, 2, 4, 4, 4 x RTO, at most rtoMax. The first retransmission waits
-// one RTO like the first send: a datagram lost at random is answered
-// within it, and a lookup stops waiting for a node whose second timeout
-// expired. Then the timeout doubles twice, to cover an RTO estimate that
-// was too short, and stops: the rest is random loss, where waiting longer
-// buys nothing, and one query is one small datagram, adding no congestion
-// worth backing off from.
-func backoff(rto time.Duration, attempt int, t *dhtTiming) time.Duration {
-	return min(rto<<min(max(attempt-2, 0), maxBackoffShift), t.rtoMax)
-}
-
-// txTable is our queries awaiting an answer: it sends each one,
-// retransmits it on timeout and hands its outcome to the caller. Safe for
-// concurrent use; done callbacks run without its lock held.
-type txTable struct {
-	write   func(to netip.AddrPort, b []byte)
-	failed  func(n nodeInfo) // every attempt to query n timed out
-	self    func() nodeID
-	now     func() time.Time
-	timing  *dhtTiming
-	version []byte
-
-	mu     sync.Mutex // guards txs, closed, rng, times
-	txs    map[txKey]*transaction
-	closed bool           // run has ended: no more queries
-	rng    *mrand.ChaCha8 // transaction ids: a CSPRNG seeded from cfg.Rand
-	times  peerTimes
-}
-
-// send sends q (Method and Args set by the caller; tid, id and version are
-// filled in here) and returns at once; done reports the outcome. If expect
-// is non-nil, a timeout is reported to the routing table as a failure of
-// that node.
-func (x *txTable) send(to netip.AddrPort, q *krpcMsg, expect *nodeID, onTimeout func(int, bool), done func(queryResult)) (txKey, error) {
-	q.Type, q.Version = 'q', x.version
-	q.Args.ID = x.self()
-	t := &transaction{onTimeout: onTimeout, done: done, attempts: 1}
-	if expect != nil {
-		t.expect, t.hasExpect = *expect, true
-	}
-	var tid [tidLen]byte
-	x.mu.Lock()
-	if x.closed || len(x.txs) >= maxTransactions {
-		err := errTooManyTx
-		if x.closed {
-			err = errClosed
-		}
-		x.mu.Unlock()
-		return txKey{}, err
-	}
-	k := txKey{addr: to}
-	for {
-		k.tid = uint32(x.rng.Uint64())
-		if _, dup := x.txs[k]; !dup {
-			break
-		}
-	}
-	binary.BigEndian.PutUint32(tid[:], k.tid)
-	q.TID = tid[:]
-	t.pkt = q.appendTo(make([]byte, 0, 128))
-	t.sent = x.now()
-	t.tries = x.times.tries()
-	x.txs[k] = t
-	t.timer = time.AfterFunc(x.times.rto(to, t.sent, x.timing), func() { x.retry(k) })
-	x.mu.Unlock()
-	x.write(to, t.pkt)
-	return k, nil
-}
-
-// retry retransmits a query whose timeout expired; after the last
-// transmission's timeout it waits out the query's patience, then gives up.
-func (x *txTable) retry(k txKey) {
-	x.mu.Lock()
-	t, ok := x.txs[k]
-	if !ok {
-		x.mu.Unlock()
-		return
-	}
-	t.timeouts++
-	n, now := t.timeouts, x.now()
-	if t.attempts < t.tries {
-		t.attempts++
-		t.timer.Reset(backoff(x.times.rto(k.addr, now, x.timing), t.attempts, x.timing))
-		x.mu.Unlock()
-		x.write(k.addr, t.pkt)
-		if t.onTimeout != nil {
-			t.onTimeout(n, true)
-		}
-		return
-	}
-	if wait := t.sent.Add(x.times.patience(x.timing)).Sub(now); n == t.attempts && wait > 0 {
-		t.timer.Reset(wait) // a slow node's answer may still come
-		x.mu.Unlock()
-		if t.onTimeout != nil {
-			t.onTimeout(n, false)
-		}
-		return
-	}
-	delete(x.txs, k)
-	x.times.failed(k.addr, now)
-	attempts := t.attempts
-	x.mu.Unlock()
-	if t.hasExpect {
-		x.failed(nodeInfo{ID: t.expect, Addr: k.addr})
-	}
-	t.done(queryResult{Err: errTimeout, Attempts: attempts})
-}
-
-// cancel forgets a transaction without reporting it.
-func (x *txTable) cancel(k txKey) {
-	x.mu.Lock()
-	if t, ok := x.txs[k]; ok {
-		t.timer.Stop()
-		delete(x.txs, k)
-	}
-	x.mu.Unlock()
-}
-
-// take removes and returns the transaction a response answers, if any, and
-// records the answer's timing.
-func (x *txTable) take(k txKey) (*transaction, bool) {
-	x.mu.Lock()
-	defer x.mu.Unlock()
-	t, ok := x.txs[k]
-	if ok {
-		delete(x.txs, k)
-		t.timer.Stop()
-		now := x.now()
-		x.times.answered(k.addr, now.Sub(t.sent), t.attempts, now)
-	}
-	return t, ok
-}
-
-// dead reports whether a query to addr recently went unanswered (and none
-// was answered since): lookups skip it.
-func (x *txTable) dead(addr netip.AddrPort) bool {
-	x.mu.Lock()
-	defer x.mu.Unlock()
-	return x.times.dead(addr, x.now())
-}
-
-// close ends every open query (its caller learns errClosed) and refuses
-// new ones.
-func (x *txTable) close() {
-	x.mu.Lock()
-	x.closed = true
-	var open []*transaction
-	for k, t := range x.txs {
-		// Even if the timer fired, its retry finds the transaction gone
-		// and returns: done is ours to call, exactly once.
-		t.timer.Stop()
-		open = append(open, t)
-		delete(x.txs, k)
-	}
-	x.mu.Unlock()
-	for _, t := range open {
-		t.done(queryResult{Err: errClosed, Attempts: t.attempts})
-	}
 }
 
 // handleResponse completes the transaction an 'r' or 'e' message answers.
@@ -670,7 +478,7 @@ func (d *dht) handleResponse(from netip.AddrPort, m *krpcMsg, b []byte) {
 		return
 	}
 	d.learnExternal(from, m.IP)
-	if t.hasExpect && t.expect != m.Reply.ID {
+	if t.opts.expect != nil && t.expect != m.Reply.ID {
 		// another node now answers on that address
 		d.mu.Lock()
 		d.table.failed(nodeInfo{ID: t.expect, Addr: from})
@@ -682,73 +490,10 @@ func (d *dht) handleResponse(from netip.AddrPort, m *krpcMsg, b []byte) {
 	t.done(res)
 }
 
-// learnExternal votes on our external address with the "ip" a responder saw
-// (BEP 42). When it moves to a public IPv4 address our id no longer matches
-// it, so we take a secure id for it and rebuild the table around the new id,
-// keeping its nodes. Loopback and private addresses are exempt.
-func (d *dht) learnExternal(from netip.AddrPort, seen netip.AddrPort) {
-	if !seen.IsValid() {
-		return
-	}
-	d.mu.Lock()
-	ext, changed := d.voter.voteFrom(from, seen)
-	self := d.table.self()
-	d.mu.Unlock()
-	ip := ext.Addr()
-	if !changed || !ip.Is4() || isExemptBEP42(ip) || isSecureNodeID(self, ip) {
-		return
-	}
-	id, err := secureNodeID(ip, d.cfg.Rand)
-	if err != nil {
-		d.log.Warn("dht: secure id", "err", err)
-		return
-	}
-	d.mu.Lock()
-	d.table = d.table.rebuilt(id)
-	d.mu.Unlock()
-	d.log.Info("dht: new secure node id", "external", ext, "id", id)
-}
-
-// query sends q and waits for its outcome or for ctx.
-func (x *txTable) query(ctx context.Context, to netip.AddrPort, q *krpcMsg, expect *nodeID) queryResult {
-	ch := make(chan queryResult, 1)
-	k, err := x.send(to, q, expect, nil, func(r queryResult) { ch <- r })
-	if err != nil {
-		return queryResult{Err: err}
-	}
-	select {
-	case r := <-ch:
-		return r
-	case <-ctx.Done():
-		x.cancel(k)
-		return queryResult{Err: ctx.Err(), Attempts: 1}
-	}
-}
-
-// queryAll sends one query per node in parallel and waits for all outcomes.
-func (x *txTable) queryAll(ctx context.Context, to []nodeInfo, mk func(i int) krpcMsg) []queryResult {
-	res := make([]queryResult, len(to))
-	var wg sync.WaitGroup
-	for i, n := range to {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			q := mk(i)
-			var expect *nodeID
-			if n.ID != (nodeID{}) {
-				expect = &n.ID
-			}
-			res[i] = x.query(ctx, n.Addr, &q, expect)
-		}()
-	}
-	wg.Wait()
-	return res
-}
-
 // ping asks addr for its id.
 func (d *dht) ping(ctx context.Context, addr netip.AddrPort) (nodeID, error) {
 	q := krpcMsg{Method: methodPing}
-	r := d.tx.query(ctx, addr, &q, nil)
+	r := d.tx.query(ctx, addr, &q, txOpts{})
 	if r.Err != nil {
 		return nodeID{}, fmt.Errorf("dht: ping %v: %w", addr, r.Err)
 	}
@@ -769,6 +514,7 @@ func (d *dht) run(ctx context.Context) error {
 		// Keep serving and retry from refresh: a node that comes up
 		// before its bootstrap nodes (or offline) must still join later.
 		d.log.Error("dht: bootstrap failed; retrying every maintenance interval", "err", err)
+		d.bootstrapFailed(err)
 	}
 	tick := time.NewTicker(d.timing.maintenance)
 	defer tick.Stop()
@@ -803,18 +549,20 @@ func (d *dht) refresh(ctx context.Context) {
 		if d.pingAll(ctx, probe) == 0 {
 			if err := d.bootstrap(ctx); err != nil {
 				d.log.Warn("dht: bootstrap", "err", err)
+				d.bootstrapFailed(err)
 			}
 		}
 		return
 	}
 	d.mu.Lock()
 	targets := d.table.refreshTargets()
+	moves := d.ids.moves
 	d.mu.Unlock()
 	for _, t := range targets {
-		if ctx.Err() != nil {
-			return
+		if _, now := d.idAndMoves(); ctx.Err() != nil || now != moves {
+			return // after a move the targets, drawn near the old id, would tie it to us
 		}
-		if _, err := d.lookup(ctx, lookupOpts{target: t, method: methodFindNode}); err != nil {
+		if _, err := d.lookup(ctx, lookupOpts{target: t, method: methodFindNode, ownID: true, epoch: moves}); err != nil {
 			d.log.Debug("dht: refresh", "target", t, "err", err)
 		}
 	}
@@ -834,9 +582,9 @@ func (d *dht) save() error {
 		return nil
 	}
 	d.mu.Lock()
-	self, ns := d.table.self(), d.table.nodes()
+	ns := d.table.nodes()
 	d.mu.Unlock()
-	return saveRoutingTable(filepath.Join(d.cfg.Dir, routingFile), self, ns)
+	return saveRoutingTable(filepath.Join(d.cfg.Dir, routingFile), ns)
 }
 
 // bootstrap pings the saved nodes; if none answers it asks the configured
@@ -867,16 +615,23 @@ func (d *dht) bootstrap(ctx context.Context) error {
 		}
 		return fmt.Errorf("dht: bootstrap: %w: %s", errNoneAnswered, strings.Join(problems, "; "))
 	}
-	self := d.id()
-	_, err := d.lookup(ctx, lookupOpts{target: self, method: methodFindNode, seeds: seeds})
+	self, epoch := d.idAndMoves()
+	_, err := d.lookup(ctx, lookupOpts{target: self, method: methodFindNode, seeds: seeds, ownID: true, epoch: epoch})
 	return err
+}
+
+// bootstrapFailed tells cfg.BootstrapFailed of a bootstrap that failed.
+func (d *dht) bootstrapFailed(err error) {
+	if d.cfg.BootstrapFailed != nil {
+		d.cfg.BootstrapFailed(err)
+	}
 }
 
 // pingAll pings ns in parallel and counts the answers; the routing table
 // records those that do not answer as failed.
 func (d *dht) pingAll(ctx context.Context, ns []nodeInfo) int {
 	answered := 0
-	for _, r := range d.tx.queryAll(ctx, ns, func(int) krpcMsg { return krpcMsg{Method: methodPing} }) {
+	for _, r := range d.tx.queryAll(ctx, ns, txOpts{}, func(int) krpcMsg { return krpcMsg{Method: methodPing} }) {
 		if r.Err == nil {
 			answered++
 		}
@@ -902,8 +657,8 @@ func (d *dht) askRouters(ctx context.Context) ([]nodeInfo, int, []string) {
 		routers = append(routers, nodeInfo{Addr: a})
 		names = append(names, hp)
 	}
-	self := d.id()
-	res := d.tx.queryAll(ctx, routers, func(int) krpcMsg {
+	self, epoch := d.idAndMoves()
+	res := d.tx.queryAll(ctx, routers, txOpts{ownID: true, epoch: epoch}, func(int) krpcMsg {
 		return krpcMsg{Method: methodFindNode, Args: krpcArgs{Target: self}}
 	})
 	var seeds []nodeInfo

@@ -8,8 +8,11 @@
 package main
 
 import (
+	"bytes"
 	"context"
+	"crypto/rand"
 	"encoding/json"
+	"io"
 	"log/slog"
 	"net/netip"
 	"os"
@@ -49,7 +52,8 @@ func (k *kadchatDriver) node(host int) *dht {
 
 func (k *kadchatDriver) start(ctx context.Context, host int, c *emuConn, id [20]byte, boot []netip.AddrPort, saved any) error {
 	n := &Node{conn: c, log: slog.New(slog.DiscardHandler), now: time.Now}
-	cfg := dhtConfig{}
+	// newDHT draws its id first: make it ours.
+	cfg := dhtConfig{Rand: io.MultiReader(bytes.NewReader(id[:]), rand.Reader)}
 	for _, b := range boot {
 		cfg.Bootstrap = append(cfg.Bootstrap, b.String())
 	}
@@ -59,9 +63,6 @@ func (k *kadchatDriver) start(ctx context.Context, host int, c *emuConn, id [20]
 	d, err := newDHT(n, cfg)
 	if err != nil {
 		return err
-	}
-	if saved == nil {
-		d.table = newRoutingTable(nodeID(id), d.now)
 	}
 	runCtx, cancel := context.WithCancel(context.Background())
 	h := &kadchatHost{d: d, cancel: cancel}
@@ -112,9 +113,9 @@ func (k *kadchatDriver) stop(host int) any {
 		return nil
 	}
 	h.d.mu.Lock()
-	self, ns := h.d.table.self(), h.d.table.nodes()
+	ns := h.d.table.nodes()
 	h.d.mu.Unlock()
-	if saveRoutingTable(filepath.Join(dir, routingFile), self, ns) != nil {
+	if saveRoutingTable(filepath.Join(dir, routingFile), ns) != nil {
 		return nil
 	}
 	return dir

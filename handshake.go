@@ -1,5 +1,5 @@
-// Noise_IKpsk2_25519_ChaChaPoly_BLAKE2s sessions (SPEC.md section 4): the
-// packets (4.2, 4.3) and the handshake steps (4.3, 4.4).
+// Session packets and the handshake steps (SPEC.md 4.2-4.4) of the
+// Noise_IKpsk2_25519_ChaChaPoly_BLAKE2s sessions of SPEC.md section 4.
 //
 //	IKpsk2:
 //	  <- s
@@ -8,9 +8,12 @@
 //	  <- e, ee, se, psk
 //
 // Flow: an initiation (type 1) carries "-> e, es, s, ss" plus a TAI64N
-// timestamp; the responder checks mac1 (and, under load, mac2) before any
-// Diffie-Hellman work, answers only contacts, and sends a response (type 2)
-// carrying "<- e, ee, se, psk". Split gives one transport key per direction;
+// timestamp, and outside the Noise message a tag, the masked timestamp and
+// mac1, all keyed by the pair's static-static secret (pairkeys.go). The
+// responder finds the contact by the tag and checks mac1 and the timestamp
+// (and, under load, mac2) before any Diffie-Hellman work, so a stranger
+// gets nothing; it answers with a response (type 2) carrying
+// "<- e, ee, se, psk". Split gives one transport key per direction;
 // transport packets (type 4) carry a receiver index and a 64-bit counter
 // (the nonce), checked against a replay window (replay.go) after they
 // authenticate. A loaded responder sends a cookie reply (type 3) instead.
@@ -19,15 +22,20 @@
 // functions, the handshake steps with their stages, and TAI64N. The rest of
 // the session layer:
 //
-//	noise.go     the Noise core: hash, HKDF, CipherState, SymmetricState,
-//	             HandshakeState, the IKpsk2 pattern
-//	identity.go  the long-term key, its text form and the key file (4.1)
-//	cookie.go    mac1, mac2 and cookie replies under load (4.5)
-//	keypair.go   transport keys: seal, open, wipe (4.6)
-//	replay.go    the replay window (4.6)
-//	session.go   the manager: dispatch, simultaneous open, rotation, send
-//	             queue, addresses (4.6-4.8)
-//	timers.go    retransmission, rekeying, expiry, keepalives (4.7)
+//	noise.go       the Noise core: hash, HKDF, CipherState, SymmetricState,
+//	               HandshakeState, the IKpsk2 pattern
+//	identity.go    the long-term key, its text form and the key file (4.1)
+//	pairkeys.go    pair keys, tags and stamps: contacts told from strangers
+//	               before any DH (4.3)
+//	timestamps.go  the last timestamp accepted per contact, on disk (4.11)
+//	cookie.go      mac1, mac2 and cookie replies under load (4.5)
+//	keypair.go     transport keys: seal, open, wipe (4.6)
+//	replay.go      the replay window (4.6)
+//	session.go     the manager: dispatch, simultaneous open, rotation,
+//	               sending (4.2, 4.6-4.8)
+//	peer.go        what the manager holds per peer: pending initiation,
+//	               keypairs, addresses, send queue, timers (4.6-4.8)
+//	timers.go      retransmission, rekeying, expiry, keepalives (4.7)
 package main
 
 import (
@@ -66,16 +74,19 @@ const (
 	macLen       = 16
 	cookieLen    = 16
 	timestampLen = 12 // TAI64N
+	tagLen       = 8  // names the contact an initiation comes from
 	counterLen   = 8  // transport counter, little-endian
 	xNonceLen    = 24 // XChaCha20-Poly1305
 
 	initiationOffSender    = 4
 	initiationOffEphemeral = 8
-	initiationOffStatic    = 40 // 32 + 16
-	initiationOffTimestamp = 88 // 12 + 16
-	initiationOffMAC1      = 116
-	initiationOffMAC2      = 132
-	initiationSize         = 148
+	initiationOffStatic    = 40  // 32 + 16
+	initiationOffTimestamp = 88  // 12 + 16
+	initiationOffTag       = 116 // end of the Noise message
+	initiationOffStamp     = 124
+	initiationOffMAC1      = 136
+	initiationOffMAC2      = 152
+	initiationSize         = 168
 	responseOffSender      = 4
 	responseOffReceiver    = 8
 	responseOffEphemeral   = 12
@@ -94,8 +105,13 @@ const (
 	maxTransportSize       = 1200                                              // whole datagram
 	maxTransportPayload    = maxTransportSize - transportOffData - noiseTagLen // 1168
 
-	labelMAC1   = "kadchat mac1 v1"
-	labelCookie = "kadchat cookie v1"
+	// Labels of the pair keys (SPEC.md 4.3): each key is the hash of its
+	// label, the static-static secret, the sender's and the receiver's
+	// public keys.
+	labelMAC1   = "kadchat mac1 v2"
+	labelTag    = "kadchat tag v1"
+	labelStamp  = "kadchat stamp v1"
+	labelCookie = "kadchat cookie v2"
 )
 
 var errMalformed = errors.New("session: malformed packet")
@@ -106,6 +122,8 @@ type initiationMsg struct {
 	ephemeral [noiseDHLen]byte
 	static    [noiseDHLen + noiseTagLen]byte
 	timestamp [timestampLen + noiseTagLen]byte
+	tag       [tagLen]byte
+	stamp     [timestampLen]byte // the timestamp, masked
 	mac1      [macLen]byte
 	mac2      [macLen]byte
 }
@@ -144,7 +162,9 @@ func parseInitiation(b []byte) (initiationMsg, error) {
 	m.sender = binary.LittleEndian.Uint32(b[initiationOffSender:])
 	copy(m.ephemeral[:], b[initiationOffEphemeral:initiationOffStatic])
 	copy(m.static[:], b[initiationOffStatic:initiationOffTimestamp])
-	copy(m.timestamp[:], b[initiationOffTimestamp:initiationOffMAC1])
+	copy(m.timestamp[:], b[initiationOffTimestamp:initiationOffTag])
+	copy(m.tag[:], b[initiationOffTag:initiationOffStamp])
+	copy(m.stamp[:], b[initiationOffStamp:initiationOffMAC1])
 	copy(m.mac1[:], b[initiationOffMAC1:initiationOffMAC2])
 	copy(m.mac2[:], b[initiationOffMAC2:])
 	return m, nil
@@ -156,6 +176,8 @@ func (m *initiationMsg) appendTo(dst []byte) []byte {
 	dst = append(dst, m.ephemeral[:]...)
 	dst = append(dst, m.static[:]...)
 	dst = append(dst, m.timestamp[:]...)
+	dst = append(dst, m.tag[:]...)
+	dst = append(dst, m.stamp[:]...)
 	dst = append(dst, m.mac1[:]...)
 	return append(dst, m.mac2[:]...)
 }
@@ -275,7 +297,7 @@ func (h *handshake) advance(from, to handshakeStage) error {
 }
 
 // createInitiation writes "-> e, es, s, ss" with the timestamp as payload.
-// mac1 and mac2 are left zero for the caller.
+// The fields outside the Noise message are left zero for the caller.
 func (h *handshake) createInitiation(id *identity, peer publicKey, index uint32, ts [timestampLen]byte, rand io.Reader, dh *dhCounter) (initiationMsg, error) {
 	if err := h.advance(stageZeroed, stageInitiationCreated); err != nil {
 		return initiationMsg{}, err
@@ -284,7 +306,7 @@ func (h *handshake) createInitiation(id *identity, peer publicKey, index uint32,
 	h.noise.initialize(noiseHandshakeParams{pattern: &patternIKpsk2, initiator: true, prologue: []byte(sessionPrologue),
 		s: &id.keys, rs: &rs, psk: sessionPSK, rand: rand, dh: dh})
 	h.peer, h.localIndex, h.timestamp = peer, index, ts
-	var buf [initiationOffMAC1 - initiationOffEphemeral]byte
+	var buf [initiationOffTag - initiationOffEphemeral]byte
 	// e, es, s, ss, then the encrypted timestamp.
 	out, err := h.noise.writeMessage(buf[:0], ts[:])
 	if err != nil || len(out) != len(buf) {
@@ -305,7 +327,7 @@ func (h *handshake) consumeInitiation(id *identity, m *initiationMsg, dh *dhCoun
 	}
 	h.noise.initialize(noiseHandshakeParams{pattern: &patternIKpsk2, prologue: []byte(sessionPrologue),
 		s: &id.keys, psk: sessionPSK, dh: dh})
-	var msg [initiationOffMAC1 - initiationOffEphemeral]byte
+	var msg [initiationOffTag - initiationOffEphemeral]byte
 	copy(msg[:], m.ephemeral[:])
 	copy(msg[noiseDHLen:], m.static[:])
 	copy(msg[initiationOffTimestamp-initiationOffEphemeral:], m.timestamp[:])

@@ -11,18 +11,16 @@ import (
 	"maps"
 	mrand "math/rand/v2"
 	"net/netip"
-	"os"
 	"slices"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
-
-	"golang.org/x/crypto/chacha20poly1305"
 )
 
 func TestReplayedInitiationDropped(t *testing.T) {
 	var n fakeNet
-	a, b := newTestPair(t, &n, newTestClock(), nil)
+	a, b := newTestPair(t, &n, newFakeClock(), nil)
 	a.m.setEndpoint(b.id.public(), b.addr)
 	init := firstOfType(t, &n, packetInitiation)
 	n.deliver(init)
@@ -39,7 +37,7 @@ func TestReplayedInitiationDropped(t *testing.T) {
 
 func TestOlderInitiationDropped(t *testing.T) {
 	var n fakeNet
-	clock := newTestClock()
+	clock := newFakeClock()
 	a, b := newTestPair(t, &n, clock, nil)
 	a.m.setEndpoint(b.id.public(), b.addr)
 	older := firstOfType(t, &n, packetInitiation)
@@ -183,10 +181,11 @@ func (r *fixedReader) Read(p []byte) (int, error) {
 func specVectors(t *testing.T) map[string]map[string]string {
 	hs, initBytes, mac1 := handshakeVector(t)
 	return map[string]map[string]string{
-		"identity":  identityVector(t),
-		"handshake": hs,
-		"cookie":    cookieVector(t, initBytes, mac1),
-		"negative":  negativeVector(t, initBytes),
+		"identity":   identityVector(t),
+		"handshake":  hs,
+		"cookie":     cookieVector(t, initBytes, mac1),
+		"negative":   negativeVector(t, initBytes),
+		"timestamps": timestampsVector(t),
 	}
 }
 
@@ -195,12 +194,14 @@ func specVectors(t *testing.T) map[string]map[string]string {
 // records what it does with each.
 func negativeVector(t *testing.T, initBytes []byte) map[string]string {
 	var n fakeNet
-	res := newTestPeer(t, &n, newTestClock(), 0x40, 2, nil)
+	res := newTestPeer(t, &n, newFakeClock(), 0x40, 2, nil)
 	ini := testIdentity(t, 0x10)
-	res.contacts[ini.public()] = true
+	if err := res.m.addContact(ini.public()); err != nil {
+		t.Fatal(err)
+	}
+	macKey := res.m.peers[ini.public()].keys.recv.mac1
 	remac := func(p []byte) []byte {
-		k := mac1Key(res.id.public())
-		mac := keyedMAC(k[:], p[:initiationOffMAC1])
+		mac := keyedMAC(macKey[:], p[:initiationOffMAC1])
 		copy(p[initiationOffMAC1:], mac[:])
 		return p
 	}
@@ -211,38 +212,60 @@ func negativeVector(t *testing.T, initBytes []byte) map[string]string {
 	}{
 		{"reserved", remac(flip(initBytes, 1))},
 		{"truncated", initBytes[:initiationSize-1]},
+		{"unknown_tag", remac(flip(initBytes, initiationOffTag))},
 		{"bad_mac1", flip(initBytes, initiationOffMAC2-1)},
 		{"bad_static", remac(flip(initBytes, initiationOffStatic))},
+		{"stamp_mismatch", remac(flip(initBytes, initiationOffMAC1-1))},
 		{"genuine", initBytes},
 		{"replayed", initBytes},
 	}
 	out := map[string]string{}
+	st := &res.m.stats
+	counters := []struct {
+		c       *atomic.Uint64
+		outcome string
+	}{
+		{&st.malformed, "drop malformed"},
+		{&st.stranger, "drop stranger before any MAC"},
+		{&st.badMAC, "drop bad-mac1 before DH"},
+		{&st.staleInit, "drop stale-timestamp before DH"},
+		{&st.handshakeFail, "drop not-authentic"},
+	}
 	for i, c := range cases {
-		st := &res.m.stats
-		before := [4]uint64{st.malformed.Load(), st.badMAC.Load(), st.handshakeFail.Load(), st.staleInit.Load()}
+		var before [5]uint64
+		for j, k := range counters {
+			before[j] = k.c.Load()
+		}
 		dh := res.m.dh.n.Load()
 		res.m.handlePacket(netip.MustParseAddrPort("192.0.2.1:4242"), c.pkt)
-		after := [4]uint64{st.malformed.Load(), st.badMAC.Load(), st.handshakeFail.Load(), st.staleInit.Load()}
 		sent := n.take()
 		outcome := "unexpected"
-		switch {
-		case len(sent) == 1 && sent[0].b[0] == packetResponse:
+		if len(sent) == 1 && sent[0].b[0] == packetResponse {
 			outcome = "response"
-		case len(sent) > 0:
-		case after[0] > before[0]:
-			outcome = "drop malformed"
-		case after[1] > before[1] && res.m.dh.n.Load() == dh:
-			outcome = "drop bad-mac1 before DH"
-		case after[2] > before[2]:
-			outcome = "drop not-authentic"
-		case after[3] > before[3]:
-			outcome = "drop stale-timestamp"
+		}
+		for j, k := range counters {
+			beforeDH := !strings.Contains(k.outcome, "before") || res.m.dh.n.Load() == dh
+			if len(sent) == 0 && k.c.Load() == before[j]+1 && beforeDH {
+				outcome = k.outcome
+			}
 		}
 		key := fmt.Sprintf("%d_%s", i+1, c.name)
 		out[key] = hex.EncodeToString(c.pkt)
 		out[key+"_outcome"] = outcome
 	}
 	return out
+}
+
+// timestampsVector: the timestamps file of the handshake vector's responder
+// once it accepted the initiation.
+func timestampsVector(t *testing.T) map[string]string {
+	ini := testIdentity(t, 0x10)
+	ts := tai64n(time.Date(2026, 1, 2, 3, 4, 5, 600000000, time.UTC))
+	file := formatTimestamps(map[publicKey][timestampLen]byte{ini.public(): ts})
+	if got, err := parseTimestamps(file); err != nil || len(got) != 1 || got[ini.public()] != ts {
+		t.Fatalf("parseTimestamps(formatTimestamps) = %v, %v", got, err)
+	}
+	return map[string]string{"contact": ini.public().String(), "timestamp": hex.EncodeToString(ts[:]), "file": hex.EncodeToString(file)}
 }
 
 // identityVector: a fixed private key, its public key and text form, and
@@ -276,14 +299,22 @@ func handshakeVector(t *testing.T) (map[string]string, []byte, [macLen]byte) {
 	ini, res := testIdentity(t, 0x10), testIdentity(t, 0x40)
 	ts := tai64n(time.Date(2026, 1, 2, 3, 4, 5, 600000000, time.UTC))
 	iEph, rEph := seqBytes(0x70, 32), seqBytes(0xa0, 32)
+	secret, err := ini.staticSecret(res.public())
+	if err != nil {
+		t.Fatal(err)
+	}
+	i2r := derivePairKeys(&secret, ini.public(), res.public()).send
+	r2i := derivePairKeys(&secret, res.public(), ini.public()).send
 	var hi, hr handshake
 	init, err := hi.createInitiation(ini, res.public(), 0x11223344, ts, &fixedReader{[][]byte{bytes.Clone(iEph)}}, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
+	epoch, _ := tai64nEpoch(ts)
+	i2r.sealOuter(&init, ts)
+	pad := maskStamp(&i2r.stamp, init.ephemeral, [timestampLen]byte{})
 	initBytes := init.appendTo(nil)
-	rk := mac1Key(res.public())
-	mac1 := keyedMAC(rk[:], initBytes[:initiationOffMAC1])
+	mac1 := keyedMAC(i2r.mac1[:], initBytes[:initiationOffMAC1])
 	copy(initBytes[initiationOffMAC1:], mac1[:])
 	if err := hr.consumeInitiation(res, &init, nil); err != nil {
 		t.Fatal(err)
@@ -293,8 +324,7 @@ func handshakeVector(t *testing.T) (map[string]string, []byte, [macLen]byte) {
 		t.Fatal(err)
 	}
 	respBytes := resp.appendTo(nil)
-	ik := mac1Key(ini.public())
-	rmac1 := keyedMAC(ik[:], respBytes[:responseOffMAC1])
+	rmac1 := keyedMAC(r2i.mac1[:], respBytes[:responseOffMAC1])
 	copy(respBytes[responseOffMAC1:], rmac1[:])
 	if err := hi.consumeResponse(&resp); err != nil {
 		t.Fatal(err)
@@ -309,6 +339,7 @@ func handshakeVector(t *testing.T) (map[string]string, []byte, [macLen]byte) {
 	}
 	kp := newKeypair(send, recv, 0x11223344, 0x55667788, true, time.Time{})
 	first, _ := kp.seal(nil, []byte("hello"))
+	goodbye, _ := kp.seal(nil, []byte{sessionControl})
 	return map[string]string{
 		"protocol_name":         hx([]byte(noiseProtocolName(&patternIKpsk2))),
 		"prologue":              hx([]byte(sessionPrologue)),
@@ -317,62 +348,71 @@ func handshakeVector(t *testing.T) (map[string]string, []byte, [macLen]byte) {
 		"initiator_public":      hx(ini.keys.pub[:]),
 		"responder_static":      hx(seqBytes(0x40, 32)),
 		"responder_public":      hx(res.keys.pub[:]),
+		"static_secret":         hx(secret[:]),
+		"i2r_mac1":              hx(i2r.mac1[:]),
+		"i2r_tag":               hx(i2r.tag[:]),
+		"i2r_stamp":             hx(i2r.stamp[:]),
+		"i2r_cookie":            hx(i2r.cookie[:]),
+		"r2i_mac1":              hx(r2i.mac1[:]),
+		"r2i_tag":               hx(r2i.tag[:]),
+		"r2i_stamp":             hx(r2i.stamp[:]),
+		"r2i_cookie":            hx(r2i.cookie[:]),
 		"initiator_ephemeral":   hx(iEph),
 		"responder_ephemeral":   hx(rEph),
 		"timestamp":             hx(ts[:]),
+		"epoch":                 hx(binary.BigEndian.AppendUint64(nil, epoch)),
+		"tag":                   hx(init.tag[:]),
+		"stamp_pad":             hx(pad[:]),
+		"stamp":                 hx(init.stamp[:]),
+		"initiation_mac1":       hx(mac1[:]),
 		"initiator_index":       hx(binary.LittleEndian.AppendUint32(nil, 0x11223344)),
 		"responder_index":       hx(binary.LittleEndian.AppendUint32(nil, 0x55667788)),
-		"mac1_key_responder":    hx(rk[:]),
-		"mac1_key_initiator":    hx(ik[:]),
 		"initiation":            hx(initBytes),
+		"response_mac1":         hx(rmac1[:]),
 		"response":              hx(respBytes),
 		"handshake_hash":        hx(h[:]),
 		"initiator_send_key":    hx(send[:]),
 		"initiator_receive_key": hx(recv[:]),
 		"transport_payload":     hx([]byte("hello")),
 		"transport_0":           hx(first),
+		"goodbye_payload":       hx([]byte{sessionControl}),
+		"goodbye":               hx(goodbye),
 	}, initBytes, mac1
 }
 
-// cookieVector: a loaded responder with secret R answers the initiation
-// from 192.0.2.1:4242; the initiator's next initiation carries mac2.
+// cookieVector: a loaded responder with secret R answers that initiation,
+// from 192.0.2.1:4242, with a cookie reply sealed under the r2i cookie key;
+// the initiator's next initiation carries mac2.
 func cookieVector(t *testing.T, initBytes []byte, mac1 [macLen]byte) map[string]string {
 	hx := hex.EncodeToString
-	res := testIdentity(t, 0x40)
-	secret, nonce := seqBytes(0xc0, 32), seqBytes(0xe0, xNonceLen)
+	ini, res := testIdentity(t, 0x10), testIdentity(t, 0x40)
+	secret, err := res.staticSecret(ini.public())
+	if err != nil {
+		t.Fatal(err)
+	}
+	ck := derivePairKeys(&secret, res.public(), ini.public()).send.cookie
+	cookieSecret, nonce := seqBytes(0xc0, 32), seqBytes(0xe0, xNonceLen)
 	src := netip.MustParseAddrPort("192.0.2.1:4242")
-	cookie := keyedMAC(secret, addrBytes(src))
-	ck := cookieKeyOf(res.public())
-	reply := cookieReplyMsg{receiver: 0x11223344}
-	copy(reply.nonce[:], nonce)
-	x, _ := chacha20poly1305.NewX(ck[:])
-	x.Seal(reply.cookie[:0], nonce, cookie[:], mac1[:])
+	cookie := keyedMAC(cookieSecret, addrBytes(src))
+	c := newCookieChecker(1, &fixedReader{[][]byte{nonce}})
+	reply, err := c.createReply(&ck, 0x11223344, mac1, cookie)
+	if err != nil {
+		t.Fatal(err)
+	}
 	mac2 := keyedMAC(cookie[:], initBytes[:initiationOffMAC2])
 	return map[string]string{
-		"secret": hx(secret), "source": hx(addrBytes(src)), "cookie": hx(cookie[:]),
+		"secret": hx(cookieSecret), "source": hx(addrBytes(src)), "cookie": hx(cookie[:]),
 		"cookie_key": hx(ck[:]), "nonce": hx(nonce), "cookie_reply": hx(reply.appendTo(nil)),
 		"mac2_of_initiation": hx(mac2[:]),
 	}
 }
 
-// parseSpecVectors reads the session-vector blocks of SPEC.md.
-func parseSpecVectors(t *testing.T) map[string]map[string]string {
-	return specVectorMap(t, "session-vector")
-}
-
 func TestSpecVectors(t *testing.T) {
 	want := specVectors(t)
-	got := parseSpecVectors(t)
-	if os.Getenv("KADCHAT_PRINT_VECTORS") != "" {
-		for name, kv := range want {
-			fmt.Printf("```session-vector name=%s\n", name)
-			keys := slices.Sorted(maps.Keys(kv))
-			for _, k := range keys {
-				fmt.Printf("%s = %s\n", k, kv[k])
-			}
-			fmt.Println("```")
-		}
+	for name, kv := range want {
+		updateSpecBlock(t, "session-vector", name, slices.Sorted(maps.Keys(kv)), kv)
 	}
+	got := specVectorMap(t, "session-vector")
 	for name, kv := range want {
 		if got[name] == nil {
 			t.Errorf("SPEC.md has no session-vector %s", name)
@@ -456,7 +496,7 @@ func TestHandshakeStepsInOrder(t *testing.T) {
 // must not move the session (SPEC 6.1).
 func TestDroppedInitiationCannotBeReplayed(t *testing.T) {
 	var n fakeNet
-	clock := newTestClock()
+	clock := newFakeClock()
 	a, b := newTestPair(t, &n, clock, nil) // a's key is lower: a's initiation wins
 	a.m.setEndpoint(b.id.public(), b.addr)
 	b.m.setEndpoint(a.id.public(), a.addr)

@@ -1,23 +1,22 @@
-// Invitations: a short code read aloud becomes a contact (SPEC.md 7.1,
-// 7.2, 7.4-7.8: the code, rendezvous, messages, key schedule, processing,
-// retransmission, limits, outcomes). CPace (7.3) is in cpace.go, the word
-// lists (7.1) in invite_words.go. Packet type 5 on the shared socket.
+// Invitations (SPEC.md 7.2, 7.4-7.8): a short code read aloud becomes a
+// contact. Rendezvous, messages, key schedule, processing, limits and
+// outcomes, and the inviter's side, are here; the acceptor's side is in
+// invite_accept.go, the code and its words (7.1) in invite_words.go,
+// CPace (7.3) in cpace.go. Packet type 5 on the shared socket.
 //
-// Flow: invite draws a code NNNN-even-odd and announces the nameplate's
-// infohash. The acceptor looks it up, sends msg1 (sid, Ya) to each address
-// found and announces itself at the acceptors' infohash; the inviter finds
-// it there and punches its NAT open. The inviter answers msg1 with msg2
-// (Yb, tag_b, its sealed key); the acceptor checks it and answers msg3
-// (tag_a, its sealed key) or an abort, and returns the inviter's key; the
-// inviter checks msg3 and delivers the acceptor's key on done. msg1 and
-// msg2 repeat every tick, and a repeat gets the stored answer. Every table
-// is bounded; everything expires.
+// Flow: invite draws a code NNNNNN-even-odd, announces the nameplate's
+// infohash and punches towards acceptors found at theirs. An acceptor
+// runs one CPace run with each address at the nameplate. The inviter
+// answers msg1 (sid, Ya) with msg2 (Yb) and keeps nothing: yb comes from
+// the invitation's secret, sid and Ya. msg3 (Ya again, tag_a, the sealed
+// key) is one password guess: the inviter checks it, counts it if wrong
+// (the third closes the code) and answers msg4 (tag_b, its sealed key) or
+// a refuse. Every table is bounded; everything expires.
 package main
 
 import (
 	"context"
 	"crypto/hmac"
-	cryptorand "crypto/rand"
 	"crypto/sha256"
 	"crypto/sha512"
 	"encoding/binary"
@@ -26,8 +25,7 @@ import (
 	"io"
 	"log/slog"
 	"net/netip"
-	"strconv"
-	"strings"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -37,126 +35,28 @@ import (
 )
 
 // ---------------------------------------------------------------------------
-// The code (SPEC.md 7.1): NNNN-even-odd. The nameplate is public (a
-// rendezvous channel, 7.2); the two words are the password, 8 bits each.
+// Rendezvous (SPEC.md 7.2).
 
 const (
-	inviteNameplates   = 10000                        // 0000..9999
-	inviteNameplateLen = 4                            // digits
-	inviteCodeParts    = 3                            // nameplate, even word, odd word
-	inviteRendezvousV1 = "kadchat invite v1"          // the inviters' infohash
-	inviteAcceptorsV1  = "kadchat invite v1 acceptor" // the acceptors' infohash
-	inviteCI           = "kadchat invite v1"          // the CPace channel identifier
+	inviteRendezvousV2 = "kadchat invite v2"          // the inviters' infohash
+	inviteAcceptorsV2  = "kadchat invite v2 acceptor" // the acceptors' infohash
+	inviteCI           = "kadchat invite v2"          // the CPace channel identifier
 )
-
-// Errors of parseInviteCode; each says what a person should fix.
-var (
-	errInviteCodeForm      = errors.New("invite: the code has the form 1234-word-word")
-	errInviteCodeNameplate = errors.New("invite: the code must start with 4 digits")
-	errInviteCodeWord      = errors.New("invite: unknown word")
-)
-
-// parseInviteCode reads what a person typed: case, surrounding spaces and
-// any run of spaces and dashes between the parts are forgiven; unknown
-// words get a suggestion.
-// password is the canonical "even-odd" in lowercase.
-func parseInviteCode(s string) (nameplate uint16, password string, err error) {
-	parts := strings.FieldsFunc(strings.ToLower(strings.TrimSpace(s)), func(r rune) bool { return r == '-' || r == ' ' })
-	if len(parts) != inviteCodeParts {
-		return 0, "", fmt.Errorf("%w: %q has %d parts, want 3", errInviteCodeForm, s, len(parts))
-	}
-	np := parts[0]
-	if len(np) != inviteNameplateLen || strings.Trim(np, "0123456789") != "" {
-		return 0, "", fmt.Errorf("%w, not %q", errInviteCodeNameplate, parts[0])
-	}
-	n, _ := strconv.Atoi(np)
-	if _, err := wordIndex(&pgpEven, &pgpOdd, parts[1], "first"); err != nil {
-		return 0, "", err
-	}
-	if _, err := wordIndex(&pgpOdd, &pgpEven, parts[2], "second"); err != nil {
-		return 0, "", err
-	}
-	return uint16(n), parts[1] + "-" + parts[2], nil
-}
-
-// wordIndex finds w in list; otherwise the error names the closest word,
-// or says that w belongs to the other position.
-func wordIndex(list, other *[256]string, w, pos string) (int, error) {
-	for i, x := range list {
-		if x == w {
-			return i, nil
-		}
-	}
-	for _, x := range other {
-		if x == w {
-			return -1, fmt.Errorf("%w %q as the %s word: it is a word for the other position (swapped?)", errInviteCodeWord, w, pos)
-		}
-	}
-	best, bestD := "", -1
-	for _, x := range list {
-		if d := editDistance(w, x); bestD < 0 || d < bestD {
-			best, bestD = x, d
-		}
-	}
-	return -1, fmt.Errorf("%w %q as the %s word (did you mean %q?)", errInviteCodeWord, w, pos, best)
-}
-
-// editDistance is the Levenshtein distance; words are short.
-func editDistance(a, b string) int {
-	prev := make([]int, len(b)+1)
-	cur := make([]int, len(b)+1)
-	for j := range prev {
-		prev[j] = j
-	}
-	for i := 1; i <= len(a); i++ {
-		cur[0] = i
-		for j := 1; j <= len(b); j++ {
-			cost := 1
-			if a[i-1] == b[j-1] {
-				cost = 0
-			}
-			cur[j] = min(prev[j]+1, cur[j-1]+1, prev[j-1]+cost)
-		}
-		prev, cur = cur, prev
-	}
-	return prev[len(b)]
-}
-
-// formatInviteCode is the canonical code text; it is also CPace's PRS.
-func formatInviteCode(nameplate uint16, password string) string {
-	return fmt.Sprintf("%04d-%s", nameplate, password)
-}
-
-// newInviteCode draws a nameplate uniformly from 0..9999 (rejection
-// sampling, bounded: 60000/65536 of the draws succeed) and two words.
-func newInviteCode(rand io.Reader) (uint16, string, error) {
-	var b [4]byte
-	for range 64 {
-		if _, err := io.ReadFull(rand, b[:]); err != nil {
-			return 0, "", fmt.Errorf("invite: random code: %w", err)
-		}
-		n := binary.BigEndian.Uint16(b[:2])
-		if n < 6*inviteNameplates {
-			return n % inviteNameplates, pgpEven[b[2]] + "-" + pgpOdd[b[3]], nil
-		}
-	}
-	return 0, "", errors.New("invite: random code: the random source is biased")
-}
 
 // inviteInfohash is the rendezvous where inviters announce: SHA-256("kadchat
-// invite v1" || nameplate as 4 ASCII digits), first 20 bytes.
-func inviteInfohash(nameplate uint16) nodeID { return nameplateHash(inviteRendezvousV1, nameplate) }
+// invite v2" || nameplate as 6 ASCII digits), first 20 bytes.
+func inviteInfohash(nameplate uint32) nodeID { return nameplateHash(inviteRendezvousV2, nameplate) }
 
 // inviteAcceptorInfohash is where acceptors announce, so that an inviter
 // behind a NAT can open it towards them. Acceptors have their own
 // infohash because an acceptor must not take another acceptor for an
 // inviter (it would wait for an answer that never comes).
-func inviteAcceptorInfohash(nameplate uint16) nodeID {
-	return nameplateHash(inviteAcceptorsV1, nameplate)
+func inviteAcceptorInfohash(nameplate uint32) nodeID {
+	return nameplateHash(inviteAcceptorsV2, nameplate)
 }
 
-func nameplateHash(label string, nameplate uint16) nodeID {
-	h := sha256.Sum256([]byte(fmt.Sprintf("%s%04d", label, nameplate)))
+func nameplateHash(label string, nameplate uint32) nodeID {
+	h := sha256.Sum256([]byte(fmt.Sprintf("%s%06d", label, nameplate)))
 	var id nodeID
 	copy(id[:], h[:])
 	return id
@@ -164,38 +64,47 @@ func nameplateHash(label string, nameplate uint16) nodeID {
 
 // ---------------------------------------------------------------------------
 // Wire format (SPEC.md 7.4). Every message starts with the packet type,
-// the sub-type and the acceptor's session id.
+// the sub-type and the session id of one acceptor's run.
 
 const (
 	packetInvite = 5
 
-	inviteSubMsg1  = 1
-	inviteSubMsg2  = 2
-	inviteSubMsg3  = 3
-	inviteSubAbort = 4
-	inviteSubPunch = 5 // inviter to acceptor: opens the inviter's NAT; ignored
+	inviteSubMsg1   = 1 // acceptor to inviter: sid, nameplate, Ya
+	inviteSubMsg2   = 2 // inviter to acceptor: sid, Yb
+	inviteSubMsg3   = 3 // acceptor to inviter: sid, nameplate, Ya, tag_a, sealed key
+	inviteSubMsg4   = 4 // inviter to acceptor: sid, wrong, tag_b, sealed key
+	inviteSubPunch  = 5 // inviter to acceptor: opens the inviter's NAT; ignored
+	inviteSubRefuse = 6 // inviter to acceptor: sid, reason
+
+	inviteRefuseWrong  = 1 // msg3's tag did not verify: a wrong code
+	inviteRefuseClosed = 2 // the code takes no more tries
 
 	inviteSIDLen       = 8
 	inviteHeaderLen    = 2 + inviteSIDLen // type, sub-type, sid
-	inviteNameplateOff = inviteHeaderLen  // msg1 only, uint16 big-endian
+	inviteNameplateOff = inviteHeaderLen  // msg1 and msg3, uint32 big-endian
+	inviteNameplateLen = 4                // bytes on the wire
 	inviteYLen         = cpaceFieldBytes
 	inviteTagLen       = sha512.Size
 	inviteSealedLen    = len(publicKey{}) + chacha20poly1305.Overhead // 48
 
-	inviteMsg1Len  = inviteHeaderLen + 2 + inviteYLen                              // 44
-	inviteMsg2Len  = inviteHeaderLen + inviteYLen + inviteTagLen + inviteSealedLen // 154
-	inviteMsg3Len  = inviteHeaderLen + inviteTagLen + inviteSealedLen              // 122
-	inviteAbortLen = inviteHeaderLen                                               // 10
-	invitePunchLen = inviteHeaderLen                                               // 10, sid all zero
+	inviteMsg1Len   = inviteHeaderLen + inviteNameplateLen + inviteYLen                                  // 46
+	inviteMsg2Len   = inviteHeaderLen + inviteYLen                                                       // 42
+	inviteMsg3Len   = inviteHeaderLen + inviteNameplateLen + inviteYLen + inviteTagLen + inviteSealedLen // 158
+	inviteMsg4Len   = inviteHeaderLen + 1 + inviteTagLen + inviteSealedLen                               // 123
+	invitePunchLen  = inviteHeaderLen                                                                    // 10, sid all zero
+	inviteRefuseLen = inviteHeaderLen + 1                                                                // 11
 )
 
 // inviteMsg is one parsed invitation packet; which fields are set depends
-// on Sub (msg1: Nameplate, Y; msg2: Y, Tag, Sealed; msg3: Tag, Sealed).
+// on Sub (msg1: Nameplate, Y = Ya; msg2: Y = Yb; msg3: Nameplate, Y = Ya,
+// Tag, Sealed; msg4: Wrong, Tag, Sealed; refuse: Reason).
 type inviteMsg struct {
 	Sub       byte
 	SID       [inviteSIDLen]byte
-	Nameplate uint16
+	Nameplate uint32
 	Y         [inviteYLen]byte
+	Wrong     byte // wrong tries the invitation counted before this run
+	Reason    byte
 	Tag       [inviteTagLen]byte
 	Sealed    [inviteSealedLen]byte
 }
@@ -211,16 +120,18 @@ func inviteLen(sub byte) int {
 		return inviteMsg2Len
 	case inviteSubMsg3:
 		return inviteMsg3Len
-	case inviteSubAbort:
-		return inviteAbortLen
+	case inviteSubMsg4:
+		return inviteMsg4Len
 	case inviteSubPunch:
 		return invitePunchLen
+	case inviteSubRefuse:
+		return inviteRefuseLen
 	}
 	return 0
 }
 
-// parseInvite parses strictly: known sub-type, exact length, nameplate in
-// range. It has no side effects.
+// parseInvite parses strictly: known sub-type, exact length, every field
+// in range. It has no side effects.
 func parseInvite(b []byte) (inviteMsg, error) {
 	if len(b) < inviteHeaderLen || b[0] != packetInvite {
 		return inviteMsg{}, fmt.Errorf("%w: short or not type %d", errInvitePacket, packetInvite)
@@ -233,25 +144,42 @@ func parseInvite(b []byte) (inviteMsg, error) {
 	copy(m.SID[:], b[2:inviteHeaderLen])
 	rest := b[inviteHeaderLen:]
 	switch m.Sub {
-	case inviteSubMsg1:
-		m.Nameplate = binary.BigEndian.Uint16(rest)
-		if m.Nameplate >= inviteNameplates {
-			return inviteMsg{}, fmt.Errorf("%w: nameplate %d", errInvitePacket, m.Nameplate)
+	case inviteSubMsg1, inviteSubMsg3:
+		m.Nameplate = binary.BigEndian.Uint32(rest)
+		rest = rest[inviteNameplateLen:]
+		copy(m.Y[:], rest)
+		if m.Sub == inviteSubMsg3 {
+			copy(m.Tag[:], rest[inviteYLen:])
+			copy(m.Sealed[:], rest[inviteYLen+inviteTagLen:])
 		}
-		copy(m.Y[:], rest[2:])
 	case inviteSubMsg2:
 		copy(m.Y[:], rest)
-		copy(m.Tag[:], rest[inviteYLen:])
-		copy(m.Sealed[:], rest[inviteYLen+inviteTagLen:])
-	case inviteSubMsg3:
-		copy(m.Tag[:], rest)
-		copy(m.Sealed[:], rest[inviteTagLen:])
-	case inviteSubPunch:
-		if m.SID != ([inviteSIDLen]byte{}) {
-			return inviteMsg{}, fmt.Errorf("%w: punch with a session id", errInvitePacket)
-		}
+	case inviteSubMsg4:
+		m.Wrong = rest[0]
+		copy(m.Tag[:], rest[1:])
+		copy(m.Sealed[:], rest[1+inviteTagLen:])
+	case inviteSubRefuse:
+		m.Reason = rest[0]
+	}
+	if err := checkInviteFields(&m); err != nil {
+		return inviteMsg{}, err
 	}
 	return m, nil
+}
+
+// checkInviteFields rejects values no honest sender writes.
+func checkInviteFields(m *inviteMsg) error {
+	switch {
+	case (m.Sub == inviteSubMsg1 || m.Sub == inviteSubMsg3) && m.Nameplate >= inviteNameplates:
+		return fmt.Errorf("%w: nameplate %d", errInvitePacket, m.Nameplate)
+	case m.Sub == inviteSubMsg4 && m.Wrong >= inviteMaxTries:
+		return fmt.Errorf("%w: %d wrong tries before success", errInvitePacket, m.Wrong)
+	case m.Sub == inviteSubRefuse && m.Reason != inviteRefuseWrong && m.Reason != inviteRefuseClosed:
+		return fmt.Errorf("%w: refuse reason %d", errInvitePacket, m.Reason)
+	case m.Sub == inviteSubPunch && m.SID != ([inviteSIDLen]byte{}):
+		return fmt.Errorf("%w: punch with a session id", errInvitePacket)
+	}
+	return nil
 }
 
 // header is the 10 bytes every message starts with.
@@ -262,10 +190,11 @@ func (m *inviteMsg) header() []byte {
 // sealedAD is what the AEAD authenticates: every byte before Sealed.
 func (m *inviteMsg) sealedAD() []byte {
 	switch m.Sub {
-	case inviteSubMsg2:
-		return append(append(m.header(), m.Y[:]...), m.Tag[:]...)
 	case inviteSubMsg3:
-		return append(m.header(), m.Tag[:]...)
+		b := binary.BigEndian.AppendUint32(m.header(), m.Nameplate)
+		return append(append(b, m.Y[:]...), m.Tag[:]...)
+	case inviteSubMsg4:
+		return append(append(m.header(), m.Wrong), m.Tag[:]...)
 	}
 	return nil
 }
@@ -275,12 +204,21 @@ func (m *inviteMsg) encode() []byte {
 	b := m.header()
 	switch m.Sub {
 	case inviteSubMsg1:
-		b = binary.BigEndian.AppendUint16(b, m.Nameplate)
+		b = binary.BigEndian.AppendUint32(b, m.Nameplate)
 		b = append(b, m.Y[:]...)
-	case inviteSubMsg2, inviteSubMsg3:
+	case inviteSubMsg2:
+		b = append(b, m.Y[:]...)
+	case inviteSubMsg3, inviteSubMsg4:
 		b = append(m.sealedAD(), m.Sealed[:]...)
+	case inviteSubRefuse:
+		b = append(b, m.Reason)
 	}
 	return b
+}
+
+func refuseMsg(sid [inviteSIDLen]byte, reason byte) []byte {
+	m := inviteMsg{Sub: inviteSubRefuse, SID: sid, Reason: reason}
+	return m.encode()
 }
 
 // ---------------------------------------------------------------------------
@@ -288,8 +226,10 @@ func (m *inviteMsg) encode() []byte {
 // the two confirmation tags and HKDF-SHA-512 for the two sealing keys.
 
 const (
-	inviteLabelSealInviter  = "kadchat invite v1 inviter key"
-	inviteLabelSealAcceptor = "kadchat invite v1 acceptor key"
+	inviteLabelSealInviter  = "kadchat invite v2 inviter key"
+	inviteLabelSealAcceptor = "kadchat invite v2 acceptor key"
+	inviteLabelScalar       = "kadchat invite v2 yb"
+	inviteSecretLen         = 32
 )
 
 // The CPace associated data: the roles, so a tag cannot be reflected.
@@ -317,14 +257,46 @@ func deriveInviteKeys(sid []byte, isk [cpaceISKLen]byte, ya, yb []byte) inviteKe
 	return k
 }
 
+// runKeys is both parties' last step: K = y * Y' (G.I aborts), ISK, the
+// keys. ya and yb are the shares as sent.
+func runKeys(sid []byte, y, peer [cpaceFieldBytes]byte, ya, yb []byte) (inviteKeys, error) {
+	k, err := cpaceScalarMultVfy(y, peer)
+	if err != nil {
+		return inviteKeys{}, err
+	}
+	isk := cpaceISK(sid, k[:], ya, inviteADa, yb, inviteADb)
+	wipe(k[:])
+	keys := deriveInviteKeys(sid, isk, ya, yb)
+	wipe(isk[:])
+	return keys, nil
+}
+
 func hkdfExpand(secret, salt []byte, label string, out []byte) {
 	// HKDF-SHA-512 cannot fail for 32 bytes of output.
 	io.ReadFull(hkdf.New(sha512.New, secret, salt, []byte(label)), out)
 }
 
 func (k *inviteKeys) wipe() {
+	wipe(k.tagA[:])
+	wipe(k.tagB[:])
 	wipe(k.sealInviter[:])
 	wipe(k.sealAcc[:])
+}
+
+// inviterScalar is yb = HMAC-SHA-512(secret, label || sid || Ya), first 32
+// bytes: as random as a fresh draw to anyone without the secret, and the
+// same for a repeated msg1, so the inviter needs no state per run.
+func inviterScalar(secret *[inviteSecretLen]byte, sid, ya []byte) [cpaceFieldBytes]byte {
+	m := hmac.New(sha512.New, secret[:])
+	m.Write([]byte(inviteLabelScalar))
+	m.Write(sid)
+	m.Write(ya)
+	var sum [sha512.Size]byte
+	m.Sum(sum[:0])
+	var y [cpaceFieldBytes]byte
+	copy(y[:], sum[:])
+	wipe(sum[:])
+	return y
 }
 
 // seal encrypts a public key; each key seals exactly one plaintext, so
@@ -352,33 +324,41 @@ func openKey(key [chacha20poly1305.KeySize]byte, ad []byte, sealed [inviteSealed
 
 // ---------------------------------------------------------------------------
 // The protocol state (SPEC.md 7.7): timers and limits, the inviter's
-// invitations and sessions, the acceptor's runs.
+// invitations, the acceptor's runs.
 
 const (
-	inviteLifetime       = 10 * time.Minute // a code is dead after this
-	inviteMaxAttempts    = 3                // PAKE runs (msg1 with a new sid) per code
-	inviteMaxSessions    = 8                // inviter sessions in flight, all codes together
-	inviteMaxActive      = 4                // open invitations per inviter
-	inviteMaxAccepts     = 4                // acceptor runs, lingering ones included
-	inviteMaxCandidates  = 4                // addresses an acceptor sends msg1 to: each one a guess (SPEC 7.9)
-	inviteRetry          = time.Second      // retransmission tick
-	inviteSessionTimeout = 30 * time.Second // the inviter waits this long for msg3
-	inviteAcceptTimeout  = 30 * time.Second // the acceptor waits this long for msg2
-	inviteLinger         = 30 * time.Second // a finished run still answers repeats
-	inviteLookupTicks    = 5                // get_peers again every 5 ticks
-	inviteAnnounceTicks  = 5                // announce again every 5 ticks until stored
-	invitePunchTicks     = 10               // the inviter looks for acceptors every 10 ticks
-	inviteMaxPunched     = 16               // acceptor addresses an invitation punches towards
+	inviteLifetime      = 10 * time.Minute // a code is dead after this
+	inviteMaxTries      = 3                // wrong codes (msg3s that fail) that close an invitation
+	inviteMaxActive     = 4                // open invitations per inviter
+	inviteMaxEnded      = 16               // ended invitations kept until their lifetime ends, to answer latecomers
+	inviteMaxAnswers    = 100              // runs the inviter computes per tick (msg1 and msg3), all invitations together
+	inviteMaxAccepts    = 4                // acceptor runs at once
+	inviteMaxCandidates = 16               // addresses one acceptor run tries: each one a possible guess (SPEC 7.9)
+	inviteMaxPerGroup   = 2                // of them in one IPv4 address or IPv6 /64
+	inviteRetry         = time.Second      // retransmission tick
+	inviteAcceptTimeout = 30 * time.Second // the acceptor gives up after this
+	inviteLookupTicks   = 5                // get_peers again every 5 ticks
+	inviteAnnounceTicks = 5                // announce again every 5 ticks until stored
+	invitePunchTicks    = 10               // the inviter looks for acceptors every 10 ticks
+	inviteMaxPunched    = 16               // acceptor addresses an invitation punches towards
 )
 
 // Errors the caller can branch on; each says what a person should do.
 var (
 	errInviteBusy      = errors.New("invite: too many invitations in progress")
-	errInviteWrongCode = errors.New("invite: wrong code: the other side has a different code (check it and try again)")
+	errInviteWrongCode = errors.New("invite: wrong code: the inviter's kadchat refused it and was told that a wrong code was tried (check the code with them)")
+	errInviteClosed    = errors.New("invite: the code is used up: wrong codes were tried against it, so someone may have tried to guess it (ask for a new invitation)")
 	errInviteNoAnswer  = errors.New("invite: nobody answered at this code's nameplate (is the inviter online and the code fresh?)")
 	errInviteExpired   = errors.New("invite: the code expired; make a new invitation")
-	errInviteUsedUp    = errors.New("invite: the code was tried 3 times without success; make a new invitation")
+	errInviteUsedUp    = errors.New("invite: a wrong code was tried 3 times, so someone may have tried to guess it: the code is closed; make a new invitation")
 )
+
+// errInviteUnfinished is the acceptor's timeout when some address at the
+// nameplate took a guess and never answered it.
+func errInviteUnfinished(n int) error {
+	return fmt.Errorf("invite: no answer from the inviter, and %d other %s at the code's nameplate answered but never finished: someone may have tried the code (ask for a new invitation)",
+		n, plural(n, "address", "addresses"))
+}
 
 // inviteConfig is what an inviter needs from the Node and the DHT.
 type inviteConfig struct {
@@ -392,77 +372,77 @@ type inviteConfig struct {
 	Tick     time.Duration // retransmission tick; 0 means inviteRetry (tests shorten it)
 }
 
-// inviteResult is what an invitation ends with: the acceptor's key or why not.
-type inviteResult struct {
-	Key publicKey
-	Err error
+// inviteEvent is what an invitation reports: a wrong try (Wrong, with the
+// tries left), then once the end: the acceptor's key or why not.
+type inviteEvent struct {
+	Wrong     bool
+	TriesLeft int
+	Key       publicKey
+	Err       error
 }
 
-// inviter runs both roles of the invitation protocol for one Node. It is
-// safe for concurrent use; handlePacket never blocks on the network.
-type inviter struct {
-	cfg inviteConfig
-
-	// dropped counts packets dropped because they did not parse or did
-	// not authenticate (SPEC.md 7.4, 7.5); the drop itself is silent.
+// inviteIO is what both roles share: the configuration and the count of
+// packets dropped because they did not parse or did not authenticate
+// (SPEC.md 7.4, 7.5); the drop itself is silent.
+type inviteIO struct {
+	cfg     inviteConfig
 	dropped atomic.Uint64
-
-	mu       sync.Mutex
-	invites  map[uint16]*invitation                // inviter role, by nameplate
-	sessions map[[inviteSIDLen]byte]*inviteSession // inviter role, by sid
-	accepts  map[[inviteSIDLen]byte]*acceptRun     // acceptor role, by sid
 }
 
-// invitation is one code the user handed out.
+func (x *inviteIO) send(to netip.AddrPort, b []byte) {
+	if err := x.cfg.Send(to, b); err != nil {
+		x.cfg.Log.Debug("invite: send", "to", to, "err", err)
+	}
+}
+
+// drop counts and logs a packet that is ignored on purpose.
+func (x *inviteIO) drop(from netip.AddrPort, why string, err error) {
+	x.dropped.Add(1)
+	x.cfg.Log.Debug("invite: drop", "from", from, "why", why, "err", err)
+}
+
+// inviter runs the invitation protocol for one Node: the inviter role
+// here, the acceptor role in its acceptor (invite_accept.go). The two
+// share no state. It is safe for concurrent use; handlePacket never
+// blocks on the network.
+type inviter struct {
+	*inviteIO
+	acceptor *acceptor
+
+	mu      sync.Mutex
+	invites map[uint32]*invitation // by nameplate
+	budget  struct {
+		start time.Time
+		used  int
+	}
+}
+
+type inviteState uint8
+
+const (
+	inviteOpen   inviteState = iota // answers msg1, checks msg3
+	inviteDone                      // a msg3 verified; repeats of it get msg4
+	inviteClosed                    // 3 wrong tries; refuses everyone
+)
+
+// invitation is one code the user handed out. It stays after it ends,
+// until its lifetime is over, to answer repeats and tell latecomers.
 type invitation struct {
-	nameplate uint16
-	prs       []byte // the canonical code text: CPace's PRS
+	nameplate uint32
+	prs       []byte                // the canonical code text: CPace's PRS
+	secret    [inviteSecretLen]byte // yb of each run derives from it
 	expires   time.Time
-	attempts  int // msg1s with a new sid, each one password guess
-	failures  int // sessions that ended without success
-	done      chan inviteResult
-	over      bool
-}
-
-// inviteSession is the inviter's side of one PAKE run, after msg2.
-type inviteSession struct {
-	inv     *invitation
-	peer    netip.AddrPort
-	ya      [inviteYLen]byte // as received, to recognise a repeated msg1
-	msg2    []byte
-	keys    inviteKeys
-	started time.Time
-}
-
-// acceptRun is the acceptor's side: one sid and one ya for every inviter
-// found at the nameplate.
-type acceptRun struct {
-	sid       [inviteSIDLen]byte
-	nameplate uint16
-	prs       []byte
-	y         [cpaceFieldBytes]byte // the scalar ya
-	ya        [inviteYLen]byte      // the share Ya
-	msg1      []byte
-	cands     map[netip.AddrPort]bool // address -> failed
-	result    chan inviteResult
-	msg3      []byte
-	msg3To    netip.AddrPort
-	over      bool
-	lingerTo  time.Time
+	state     inviteState
+	failed    [][inviteSIDLen]byte // sids of the wrong msg3s, at most inviteMaxTries
+	okMsg3    [sha256.Size]byte    // the msg3 that succeeded
+	msg4      []byte               // its answer, for repeats
+	events    chan inviteEvent
 }
 
 // newInviter makes an inviter; nil Now, Rand and Log get the defaults,
 // and nil Announce and GetPeers do nothing.
 func newInviter(cfg inviteConfig) *inviter {
-	if cfg.Now == nil {
-		cfg.Now = time.Now
-	}
-	if cfg.Rand == nil {
-		cfg.Rand = cryptorand.Reader
-	}
-	if cfg.Log == nil {
-		cfg.Log = slog.New(slog.DiscardHandler)
-	}
+	defaultNowRandLog(&cfg.Now, &cfg.Rand, &cfg.Log)
 	if cfg.Tick <= 0 {
 		cfg.Tick = inviteRetry
 	}
@@ -472,18 +452,26 @@ func newInviter(cfg inviteConfig) *inviter {
 	if cfg.GetPeers == nil { // no DHT: nobody is found
 		cfg.GetPeers = func(context.Context, nodeID) ([]netip.AddrPort, error) { return nil, nil }
 	}
+	shared := &inviteIO{cfg: cfg}
 	return &inviter{
-		cfg:      cfg,
-		invites:  map[uint16]*invitation{},
-		sessions: map[[inviteSIDLen]byte]*inviteSession{},
-		accepts:  map[[inviteSIDLen]byte]*acceptRun{},
+		inviteIO: shared,
+		acceptor: &acceptor{inviteIO: shared, cands: map[[inviteSIDLen]byte]*acceptCand{}},
+		invites:  map[uint32]*invitation{},
 	}
 }
 
-func (v *inviter) send(to netip.AddrPort, b []byte) {
-	if err := v.cfg.Send(to, b); err != nil {
-		v.cfg.Log.Debug("invite: send", "to", to, "err", err)
+// spend takes one CPace computation from this tick's budget: a flood of
+// msg1s costs the node at most inviteMaxAnswers computations a tick.
+func (v *inviter) spend() bool {
+	now := v.cfg.Now()
+	if now.Sub(v.budget.start) >= v.cfg.Tick || now.Before(v.budget.start) {
+		v.budget.start, v.budget.used = now, 0
 	}
+	if v.budget.used >= inviteMaxAnswers {
+		return false
+	}
+	v.budget.used++
+	return true
 }
 
 // handlePacket takes one datagram whose first byte is packetInvite.
@@ -491,40 +479,46 @@ func (v *inviter) send(to netip.AddrPort, b []byte) {
 func (v *inviter) handlePacket(from netip.AddrPort, b []byte) {
 	m, err := parseInvite(b)
 	if err != nil {
-		v.dropped.Add(1)
-		v.cfg.Log.Debug("invite: drop", "from", from, "err", err)
+		v.drop(from, "parse", err)
 		return
 	}
-	v.mu.Lock()
-	defer v.mu.Unlock()
 	switch m.Sub {
-	case inviteSubMsg1:
-		v.onMsg1(from, &m)
-	case inviteSubMsg2:
-		v.onMsg2(from, &m)
-	case inviteSubMsg3:
-		v.onMsg3(from, &m)
-	case inviteSubAbort:
-		v.onAbort(from, &m)
+	case inviteSubMsg1, inviteSubMsg3:
+		v.mu.Lock()
+		defer v.mu.Unlock()
+		if m.Sub == inviteSubMsg1 {
+			v.onMsg1(from, &m)
+		} else {
+			v.onMsg3(from, &m, b)
+		}
+	case inviteSubMsg2, inviteSubMsg4, inviteSubRefuse:
+		v.acceptor.handle(from, &m)
 	case inviteSubPunch:
 		// Its only job was to open the sender's NAT towards us.
 	}
 }
 
+// accept runs the acceptor side with a code the user typed; it blocks
+// until success, failure or the end of ctx.
+func (v *inviter) accept(ctx context.Context, code string) (acceptResult, error) {
+	return v.acceptor.accept(ctx, code)
+}
+
 // ---------------------------------------------------------------------------
 // Inviter role (SPEC.md 7.5, 7.6).
 
-// invite starts an invitation and returns the code at once; the peer's
-// key (or the reason there is none) arrives on done, once.
-func (v *inviter) invite(ctx context.Context) (code string, done <-chan inviteResult, err error) {
+// invite starts an invitation and returns the code at once; its events
+// (wrong tries, then the end) arrive on events, which is closed after
+// the end.
+func (v *inviter) invite(ctx context.Context) (code string, events <-chan inviteEvent, err error) {
 	for range 16 { // a nameplate this inviter already uses is drawn again
 		np, pw, err := newInviteCode(v.cfg.Rand)
 		if err != nil {
 			return "", nil, err
 		}
-		code, done, err = v.inviteWith(ctx, np, pw)
-		if err == nil || errors.Is(err, errInviteBusy) {
-			return code, done, err
+		code, events, err = v.inviteWith(ctx, np, pw)
+		if !errors.Is(err, errInviteNameplateTaken) {
+			return code, events, err
 		}
 	}
 	return "", nil, errors.New("invite: no free nameplate")
@@ -534,24 +528,69 @@ var errInviteNameplateTaken = errors.New("invite: nameplate in use")
 
 // inviteWith starts an invitation with a given code (tests use it to put
 // two invitations on one nameplate).
-func (v *inviter) inviteWith(ctx context.Context, np uint16, password string) (string, <-chan inviteResult, error) {
+func (v *inviter) inviteWith(ctx context.Context, np uint32, password string) (string, <-chan inviteEvent, error) {
 	v.mu.Lock()
 	defer v.mu.Unlock()
-	if len(v.invites) >= inviteMaxActive {
+	v.pruneInvites()
+	open := 0
+	for _, inv := range v.invites {
+		if inv.state == inviteOpen {
+			open++
+		}
+	}
+	if open >= inviteMaxActive {
 		return "", nil, errInviteBusy
 	}
 	if v.invites[np] != nil {
 		return "", nil, errInviteNameplateTaken
 	}
 	code := formatInviteCode(np, password)
-	inv := &invitation{nameplate: np, prs: []byte(code), expires: v.cfg.Now().Add(inviteLifetime), done: make(chan inviteResult, 1)}
+	inv := &invitation{nameplate: np, prs: []byte(code), expires: v.cfg.Now().Add(inviteLifetime),
+		events: make(chan inviteEvent, inviteMaxTries)}
+	if _, err := io.ReadFull(v.cfg.Rand, inv.secret[:]); err != nil {
+		return "", nil, fmt.Errorf("invite: random secret: %w", err)
+	}
 	v.invites[np] = inv
 	go v.runInvite(ctx, inv)
-	return code, inv.done, nil
+	return code, inv.events, nil
 }
 
-// runInvite announces the nameplate and drives the invitation's timers
-// until it is over.
+// pruneInvites forgets ended invitations whose lifetime is over and, past
+// inviteMaxEnded, the ones that would expire first.
+func (v *inviter) pruneInvites() {
+	now := v.cfg.Now()
+	var ended []*invitation
+	for np, inv := range v.invites {
+		switch {
+		case inv.state == inviteOpen:
+		case !now.Before(inv.expires):
+			delete(v.invites, np)
+		default:
+			ended = append(ended, inv)
+		}
+	}
+	if len(ended) < inviteMaxEnded {
+		return
+	}
+	slices.SortFunc(ended, func(a, b *invitation) int { return a.expires.Compare(b.expires) })
+	for _, inv := range ended[:len(ended)-inviteMaxEnded+1] {
+		delete(v.invites, inv.nameplate)
+	}
+}
+
+// invitation is the invitation with this nameplate, nil if none or if
+// it ended and its lifetime is over.
+func (v *inviter) invitation(np uint32) *invitation {
+	inv := v.invites[np]
+	if inv != nil && inv.state != inviteOpen && !v.cfg.Now().Before(inv.expires) {
+		delete(v.invites, np)
+		return nil
+	}
+	return inv
+}
+
+// runInvite announces the nameplate and looks for acceptors to punch
+// towards until the invitation ends, expires or ctx ends.
 func (v *inviter) runInvite(ctx context.Context, inv *invitation) {
 	actx, cancel := context.WithCancel(ctx)
 	var wg sync.WaitGroup
@@ -565,12 +604,18 @@ func (v *inviter) runInvite(ctx context.Context, inv *invitation) {
 		select {
 		case <-ctx.Done():
 			v.mu.Lock()
-			v.finish(inv, inviteResult{Err: fmt.Errorf("invite: %w", ctx.Err())})
+			v.forget(inv, fmt.Errorf("invite: %w", ctx.Err()))
 			v.mu.Unlock()
 			return
 		case <-tick.C:
 		}
-		if v.tickInvite(inv) {
+		v.mu.Lock()
+		if inv.state == inviteOpen && !v.cfg.Now().Before(inv.expires) {
+			v.forget(inv, errInviteExpired)
+		}
+		over := inv.state != inviteOpen
+		v.mu.Unlock()
+		if over {
 			return
 		}
 	}
@@ -594,7 +639,7 @@ func (v *inviter) announceLoop(ctx context.Context, ih nodeID) {
 
 // punchLoop looks up the acceptors' infohash and sends each new address
 // one punch: if we are behind a NAT, the acceptor's next msg1 gets in.
-func (v *inviter) punchLoop(ctx context.Context, np uint16) {
+func (v *inviter) punchLoop(ctx context.Context, np uint32) {
 	ih := inviteAcceptorInfohash(np)
 	punched := map[netip.AddrPort]bool{}
 	punch := (&inviteMsg{Sub: inviteSubPunch}).encode()
@@ -617,362 +662,133 @@ func (v *inviter) punchLoop(ctx context.Context, np uint16) {
 	}
 }
 
-// tickInvite expires the invitation and its sessions, and repeats msg2
-// to sessions still waiting for msg3 (the acceptor may have lost it, or
-// we may have lost msg3). It reports whether the invitation is over.
-func (v *inviter) tickInvite(inv *invitation) bool {
-	v.mu.Lock()
-	defer v.mu.Unlock()
-	now := v.cfg.Now()
-	if !inv.over && !now.Before(inv.expires) {
-		v.finish(inv, inviteResult{Err: errInviteExpired})
-	}
-	if inv.over {
-		return true
-	}
-	for sid, s := range v.sessions {
-		switch {
-		case s.inv != inv:
-		case now.Sub(s.started) >= inviteSessionTimeout:
-			v.failSession(sid, s, "no msg3")
-		default:
-			v.send(s.peer, s.msg2)
-		}
-	}
-	return inv.over
-}
-
-// onMsg1 answers a new PAKE run with msg2, or repeats msg2 for a known one.
+// onMsg1 answers a run with msg2. Nothing is kept: the same msg1 gets the
+// same msg2, and msg3 brings everything needed to check it.
 func (v *inviter) onMsg1(from netip.AddrPort, m *inviteMsg) {
-	if s := v.sessions[m.SID]; s != nil {
-		if s.peer == from && s.ya == m.Y {
-			v.send(from, s.msg2)
-		}
-		return
-	}
-	inv := v.invites[m.Nameplate]
+	inv := v.invitation(m.Nameplate)
 	switch {
-	case inv == nil || inv.over:
+	case inv == nil:
 		return
-	case inv.attempts >= inviteMaxAttempts:
-		v.cfg.Log.Debug("invite: attempt cap", "nameplate", m.Nameplate, "from", from)
+	case inv.state != inviteOpen:
+		v.send(from, refuseMsg(m.SID, inviteRefuseClosed))
 		return
-	case len(v.sessions) >= inviteMaxSessions:
-		v.cfg.Log.Debug("invite: session cap", "from", from)
+	case !v.spend():
+		v.drop(from, "msg1 budget", nil)
 		return
-	}
-	s, err := v.respond(inv, from, m)
-	if err != nil { // a low-order Ya: nothing computed, no guess spent
-		v.cfg.Log.Debug("invite: msg1", "from", from, "err", err)
+	case isLowOrder(publicKey(m.Y)):
+		v.drop(from, "msg1 share", errCPaceIdentity) // no run: no guess
 		return
 	}
-	inv.attempts++
-	v.sessions[m.SID] = s
-	v.send(from, s.msg2)
-}
-
-// respond is CPace's party B: Yb = yb*g, K = yb*Ya, ISK, then msg2.
-func (v *inviter) respond(inv *invitation, from netip.AddrPort, m *inviteMsg) (*inviteSession, error) {
-	var yb [cpaceFieldBytes]byte
-	defer wipe(yb[:])
-	if _, err := io.ReadFull(v.cfg.Rand, yb[:]); err != nil {
-		return nil, fmt.Errorf("invite: random scalar: %w", err)
-	}
-	g := cpaceCalculateGenerator(inv.prs, []byte(inviteCI), m.SID[:])
-	Yb, err := cpaceScalarMultVfy(yb, g)
+	yb, Yb, err := inv.share(m.SID[:], m.Y[:])
+	wipe(yb[:])
 	if err != nil {
-		return nil, err
-	}
-	k, err := cpaceScalarMultVfy(yb, m.Y)
-	if err != nil {
-		return nil, err
-	}
-	isk := cpaceISK(m.SID[:], k[:], m.Y[:], inviteADa, Yb[:], inviteADb)
-	wipe(k[:])
-	keys := deriveInviteKeys(m.SID[:], isk, m.Y[:], Yb[:])
-	wipe(isk[:])
-	r := inviteMsg{Sub: inviteSubMsg2, SID: m.SID, Y: Yb, Tag: keys.tagB}
-	r.Sealed = sealKey(keys.sealInviter, r.sealedAD(), v.cfg.Self)
-	return &inviteSession{inv: inv, peer: from, ya: m.Y, msg2: r.encode(), keys: keys, started: v.cfg.Now()}, nil
-}
-
-// onMsg3 ends the invitation with the acceptor's key. A msg3 that does
-// not authenticate is dropped, not counted: a repeat may still come.
-func (v *inviter) onMsg3(from netip.AddrPort, m *inviteMsg) {
-	s := v.sessions[m.SID]
-	if s == nil || s.peer != from {
+		v.drop(from, "msg1 generator", err)
 		return
 	}
-	if !hmac.Equal(s.keys.tagA[:], m.Tag[:]) {
-		v.dropped.Add(1)
-		v.cfg.Log.Debug("invite: msg3 tag", "from", from)
+	r := inviteMsg{Sub: inviteSubMsg2, SID: m.SID, Y: Yb}
+	v.send(from, r.encode())
+}
+
+// onMsg3 checks one password guess. A repeat gets the answer it got
+// before; a new wrong one counts, and the third closes the code. An
+// acceptor sends one msg3 per run, so any msg3 in a run that failed is
+// refused unchecked: it can be nothing but a repeat, a forgery or
+// tampering, and it tests no password.
+func (v *inviter) onMsg3(from netip.AddrPort, m *inviteMsg, raw []byte) {
+	inv := v.invitation(m.Nameplate)
+	if inv == nil {
 		return
 	}
-	pk, err := openKey(s.keys.sealAcc, m.sealedAD(), m.Sealed)
-	if err != nil {
-		v.dropped.Add(1)
-		v.cfg.Log.Debug("invite: msg3", "from", from, "err", err)
-		return
-	}
-	v.finish(s.inv, inviteResult{Key: pk})
-}
-
-// onAbort ends a session whose acceptor found our msg2 wrong.
-func (v *inviter) onAbort(from netip.AddrPort, m *inviteMsg) {
-	if s := v.sessions[m.SID]; s != nil && s.peer == from {
-		v.failSession(m.SID, s, "aborted by the acceptor")
-	}
-}
-
-// failSession ends one PAKE run; the third failure kills the code.
-func (v *inviter) failSession(sid [inviteSIDLen]byte, s *inviteSession, why string) {
-	v.cfg.Log.Debug("invite: session failed", "peer", s.peer, "why", why)
-	delete(v.sessions, sid)
-	s.keys.wipe()
-	s.inv.failures++
-	if s.inv.failures >= inviteMaxAttempts {
-		v.finish(s.inv, inviteResult{Err: errInviteUsedUp})
-	}
-}
-
-// finish ends an invitation once: its sessions go, the result is sent.
-func (v *inviter) finish(inv *invitation, res inviteResult) {
-	if inv.over {
-		return
-	}
-	inv.over = true
-	wipe(inv.prs)
-	delete(v.invites, inv.nameplate)
-	for sid, s := range v.sessions {
-		if s.inv == inv {
-			delete(v.sessions, sid)
-			s.keys.wipe()
-		}
-	}
-	inv.done <- res
-	close(inv.done)
-}
-
-// ---------------------------------------------------------------------------
-// Acceptor role (SPEC.md 7.5, 7.6).
-
-// accept runs the acceptor side with a code the user typed; it blocks
-// until success, failure or the end of ctx.
-func (v *inviter) accept(ctx context.Context, code string) (publicKey, error) {
-	np, pw, err := parseInviteCode(code)
-	if err != nil {
-		return publicKey{}, err
-	}
-	r, err := v.newAcceptRun(np, pw)
-	if err != nil {
-		return publicKey{}, err
-	}
-	lctx, cancel := context.WithCancel(ctx)
-	var wg sync.WaitGroup
-	wg.Go(func() { v.lookupLoop(lctx, r) })
-	defer wg.Wait()
-	defer cancel()
-	res := v.waitAccept(ctx, r)
-	v.endRun(r)
-	return res.Key, res.Err
-}
-
-// waitAccept repeats msg1 every tick until a result, the timeout or ctx.
-func (v *inviter) waitAccept(ctx context.Context, r *acceptRun) inviteResult {
-	deadline := v.cfg.Now().Add(inviteAcceptTimeout)
-	tick := time.NewTicker(v.cfg.Tick)
-	defer tick.Stop()
-	for {
-		select {
-		case res := <-r.result:
-			return res
-		case <-ctx.Done():
-			return inviteResult{Err: fmt.Errorf("invite: %w", ctx.Err())}
-		case <-tick.C:
-		}
-		v.mu.Lock()
-		for a, failed := range r.cands {
-			if !failed {
-				v.send(a, r.msg1)
-			}
-		}
-		v.mu.Unlock()
-		if !v.cfg.Now().Before(deadline) {
-			return inviteResult{Err: errInviteNoAnswer}
-		}
-	}
-}
-
-// newAcceptRun draws sid and ya, computes Ya and registers the run.
-func (v *inviter) newAcceptRun(np uint16, password string) (*acceptRun, error) {
-	r := &acceptRun{nameplate: np, prs: []byte(formatInviteCode(np, password)),
-		cands: map[netip.AddrPort]bool{}, result: make(chan inviteResult, 1)}
-	if _, err := io.ReadFull(v.cfg.Rand, r.sid[:]); err != nil {
-		return nil, fmt.Errorf("invite: random sid: %w", err)
-	}
-	if _, err := io.ReadFull(v.cfg.Rand, r.y[:]); err != nil {
-		return nil, fmt.Errorf("invite: random scalar: %w", err)
-	}
-	g := cpaceCalculateGenerator(r.prs, []byte(inviteCI), r.sid[:])
-	ya, err := cpaceScalarMultVfy(r.y, g)
-	if err != nil {
-		return nil, err
-	}
-	r.ya = ya
-	m := inviteMsg{Sub: inviteSubMsg1, SID: r.sid, Nameplate: np, Y: ya}
-	r.msg1 = m.encode()
-	v.mu.Lock()
-	defer v.mu.Unlock()
-	v.pruneAccepts()
-	if len(v.accepts) >= inviteMaxAccepts {
-		return nil, errInviteBusy
-	}
-	v.accepts[r.sid] = r
-	return r, nil
-}
-
-// pruneAccepts drops finished runs whose linger time is over and, if the
-// table is still full, the finished run that would linger least: lingering
-// only answers repeats, and a new run the user started matters more.
-func (v *inviter) pruneAccepts() {
-	now := v.cfg.Now()
-	var oldest *acceptRun
-	for sid, r := range v.accepts {
-		switch {
-		case !r.over:
-		case !now.Before(r.lingerTo):
-			delete(v.accepts, sid)
-		case oldest == nil || r.lingerTo.Before(oldest.lingerTo):
-			oldest = r
-		}
-	}
-	if len(v.accepts) >= inviteMaxAccepts && oldest != nil {
-		delete(v.accepts, oldest.sid)
-	}
-}
-
-// lookupLoop asks the DHT for the nameplate's inviters now and every few
-// ticks, and sends msg1 to each new one. After the first lookup it
-// announces itself once at the acceptors' infohash, for the inviter's
-// punch.
-func (v *inviter) lookupLoop(ctx context.Context, r *acceptRun) {
-	ih := inviteInfohash(r.nameplate)
-	for i := 0; ; i++ {
-		peers, err := v.cfg.GetPeers(ctx, ih)
-		if err != nil {
-			v.cfg.Log.Debug("invite: get_peers", "err", err)
-		}
-		v.addCandidates(r, peers)
-		if i == 0 {
-			if _, err := v.cfg.Announce(ctx, inviteAcceptorInfohash(r.nameplate)); err != nil {
-				v.cfg.Log.Debug("invite: announce acceptor", "err", err)
-			}
-		}
-		select {
-		case <-ctx.Done():
-			return
-		case <-time.After(inviteLookupTicks * v.cfg.Tick):
-		}
-	}
-}
-
-func (v *inviter) addCandidates(r *acceptRun, peers []netip.AddrPort) {
-	v.mu.Lock()
-	defer v.mu.Unlock()
-	for _, a := range peers {
-		if _, known := r.cands[a]; known || !a.IsValid() || r.over || len(r.cands) >= inviteMaxCandidates {
-			continue
-		}
-		r.cands[a] = false
-		v.send(a, r.msg1)
-	}
-}
-
-// endRun keeps a finished run for inviteLinger, so that a repeated msg2
-// still gets msg3 (or the abort) and nothing else; the scalar and the
-// code go.
-func (v *inviter) endRun(r *acceptRun) {
-	v.mu.Lock()
-	defer v.mu.Unlock()
-	r.over = true
-	r.lingerTo = v.cfg.Now().Add(inviteLinger)
-	wipe(r.y[:])
-	wipe(r.prs)
-}
-
-// onMsg2 is CPace's party A receiving Yb: check the inviter's tag, open
-// its key, answer msg3. A wrong tag gets an abort; when every inviter
-// found at the nameplate has answered wrongly, the code is wrong.
-func (v *inviter) onMsg2(from netip.AddrPort, m *inviteMsg) {
-	r := v.accepts[m.SID]
-	if r == nil {
-		return
-	}
-	failed, known := r.cands[from]
+	h := sha256.Sum256(raw)
 	switch {
-	case r.msg3 != nil:
-		if from == r.msg3To {
-			v.send(from, r.msg3) // the inviter lost our msg3
-		}
+	case inv.state == inviteDone && h == inv.okMsg3:
+		v.send(from, inv.msg4) // the acceptor lost msg4
 		return
-	case !known:
+	case slices.Contains(inv.failed, m.SID): // a repeat, or another msg3 in a failed run
+		v.send(from, refuseMsg(m.SID, inviteRefuseWrong))
 		return
-	case failed:
-		v.send(from, abortMsg(r.sid))
+	case inv.state != inviteOpen:
+		v.send(from, refuseMsg(m.SID, inviteRefuseClosed))
 		return
-	case r.over:
+	case !v.spend():
+		v.drop(from, "msg3 budget", nil)
+		return
+	case isLowOrder(publicKey(m.Y)):
+		v.drop(from, "msg3 share", errCPaceIdentity) // no run: no guess
 		return
 	}
-	pk, msg3, err := r.answer(m, v.cfg.Self)
+	keys, err := inv.keysFor(m.SID, m.Y)
 	if err != nil {
-		v.cfg.Log.Debug("invite: msg2", "from", from, "err", err)
-		r.cands[from] = true
-		v.send(from, abortMsg(r.sid))
-		if r.allFailed() {
-			r.result <- inviteResult{Err: errInviteWrongCode}
-			r.over = true
-		}
+		v.drop(from, "msg3", err)
 		return
 	}
-	r.msg3, r.msg3To = msg3, from
-	v.send(from, msg3)
-	r.result <- inviteResult{Key: pk}
-	r.over = true
-}
-
-func (r *acceptRun) allFailed() bool {
-	for _, failed := range r.cands {
-		if !failed {
-			return false
-		}
-	}
-	return true
-}
-
-func abortMsg(sid [inviteSIDLen]byte) []byte {
-	m := inviteMsg{Sub: inviteSubAbort, SID: sid}
-	return m.encode()
-}
-
-// answer computes K = ya*Yb and ISK, checks the tag and opens the key.
-func (r *acceptRun) answer(m *inviteMsg, self publicKey) (publicKey, []byte, error) {
-	k, err := cpaceScalarMultVfy(r.y, m.Y)
-	if err != nil {
-		return publicKey{}, nil, err
-	}
-	isk := cpaceISK(r.sid[:], k[:], r.ya[:], inviteADa, m.Y[:], inviteADb)
-	wipe(k[:])
-	keys := deriveInviteKeys(r.sid[:], isk, r.ya[:], m.Y[:])
-	wipe(isk[:])
 	defer keys.wipe()
-	if !hmac.Equal(keys.tagB[:], m.Tag[:]) {
-		return publicKey{}, nil, fmt.Errorf("%w: msg2 tag", errInviteAuth)
+	if !hmac.Equal(keys.tagA[:], m.Tag[:]) {
+		v.wrongTry(from, inv, m.SID)
+		return
 	}
-	pk, err := openKey(keys.sealInviter, m.sealedAD(), m.Sealed)
+	pk, err := openKey(keys.sealAcc, m.sealedAD(), m.Sealed)
+	if err != nil { // the code was right: tampering, not a guess
+		v.drop(from, "msg3 key", err)
+		return
+	}
+	r := inviteMsg{Sub: inviteSubMsg4, SID: m.SID, Wrong: byte(len(inv.failed)), Tag: keys.tagB}
+	r.Sealed = sealKey(keys.sealInviter, r.sealedAD(), v.cfg.Self)
+	inv.okMsg3, inv.msg4 = h, r.encode()
+	v.send(from, inv.msg4)
+	v.end(inv, inviteDone, inviteEvent{Key: pk})
+}
+
+// share is the inviter's yb and Yb for the run (sid, Ya).
+func (inv *invitation) share(sid, ya []byte) (yb, Yb [cpaceFieldBytes]byte, err error) {
+	yb = inviterScalar(&inv.secret, sid, ya)
+	g := cpaceCalculateGenerator(inv.prs, []byte(inviteCI), sid)
+	Yb, err = cpaceScalarMultVfy(yb, g)
+	return yb, Yb, err
+}
+
+// keysFor recomputes the inviter's side of the run (sid, Ya): yb, Yb, K
+// and the keys.
+func (inv *invitation) keysFor(sid [inviteSIDLen]byte, ya [inviteYLen]byte) (inviteKeys, error) {
+	yb, Yb, err := inv.share(sid[:], ya[:])
+	defer wipe(yb[:])
 	if err != nil {
-		return publicKey{}, nil, err
+		return inviteKeys{}, err
 	}
-	out := inviteMsg{Sub: inviteSubMsg3, SID: r.sid, Tag: keys.tagA}
-	out.Sealed = sealKey(keys.sealAcc, out.sealedAD(), self)
-	return pk, out.encode(), nil
+	return runKeys(sid[:], yb, ya, ya[:], Yb[:])
+}
+
+// wrongTry counts a wrong code, tells the acceptor and the user, and
+// closes the invitation at the last try.
+func (v *inviter) wrongTry(from netip.AddrPort, inv *invitation, sid [inviteSIDLen]byte) {
+	inv.failed = append(inv.failed, sid)
+	v.cfg.Log.Debug("invite: wrong code", "nameplate", inv.nameplate, "from", from, "tries", len(inv.failed))
+	v.send(from, refuseMsg(sid, inviteRefuseWrong))
+	if len(inv.failed) >= inviteMaxTries {
+		v.end(inv, inviteClosed, inviteEvent{Err: errInviteUsedUp})
+		return
+	}
+	inv.events <- inviteEvent{Wrong: true, TriesLeft: inviteMaxTries - len(inv.failed)}
+}
+
+// end ends an open invitation once and reports ev, its last event; the
+// invitation stays to answer repeats until its lifetime is over.
+func (v *inviter) end(inv *invitation, state inviteState, ev inviteEvent) {
+	if inv.state != inviteOpen {
+		return
+	}
+	inv.state = state
+	wipe(inv.prs)
+	wipe(inv.secret[:])
+	inv.events <- ev
+	close(inv.events)
+}
+
+// forget ends an invitation that expired or whose context ended: nothing
+// of it stays.
+func (v *inviter) forget(inv *invitation, err error) {
+	v.end(inv, inviteClosed, inviteEvent{Err: err})
+	if v.invites[inv.nameplate] == inv {
+		delete(v.invites, inv.nameplate)
+	}
 }

@@ -7,6 +7,7 @@ import (
 	"bytes"
 	"context"
 	cryptorand "crypto/rand"
+	"encoding/binary"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -27,22 +28,23 @@ import (
 func TestParseInviteCode(t *testing.T) {
 	tests := []struct {
 		in      string
-		wantNP  uint16
+		wantNP  uint32
 		wantPW  string
 		wantErr string // substring
 	}{
-		{in: "4821-tumor-unicorn", wantNP: 4821, wantPW: "tumor-unicorn"},
-		{in: "  0007-Aardvark-ADROITNESS ", wantNP: 7, wantPW: "aardvark-adroitness"},
-		{in: "9999 zulu yucatan", wantNP: 9999, wantPW: "zulu-yucatan"},
-		{in: "0000 - zulu -- yucatan", wantNP: 0, wantPW: "zulu-yucatan"},
-		{in: "4821-tumor-unicorn-x", wantErr: "has 4 parts"},
-		{in: "4821_tumor_unicorn", wantErr: "has 1 parts"},
-		{in: "4821-tumor", wantErr: "has 2 parts"},
-		{in: "482-tumor-unicorn", wantErr: "4 digits"},
-		{in: "48a1-tumor-unicorn", wantErr: "4 digits"},
-		{in: "4821-tumor-uproar", wantErr: `did you mean`},
-		{in: "4821-tumr-unicorn", wantErr: `did you mean "tumor"`},
-		{in: "4821-unicorn-tumor", wantErr: "other position"},
+		{in: "482193-tumor-unicorn", wantNP: 482193, wantPW: "tumor-unicorn"},
+		{in: "  000007-Aardvark-ADROITNESS ", wantNP: 7, wantPW: "aardvark-adroitness"},
+		{in: "999999 zulu yucatan", wantNP: 999999, wantPW: "zulu-yucatan"},
+		{in: "000000 - zulu -- yucatan", wantNP: 0, wantPW: "zulu-yucatan"},
+		{in: "482193-tumor-unicorn-x", wantErr: "has 4 parts"},
+		{in: "482193_tumor_unicorn", wantErr: "has 1 parts"},
+		{in: "482193-tumor", wantErr: "has 2 parts"},
+		{in: "4821-tumor-unicorn", wantErr: "6 digits"}, // the old form
+		{in: "4821937-tumor-unicorn", wantErr: "6 digits"},
+		{in: "48a193-tumor-unicorn", wantErr: "6 digits"},
+		{in: "482193-tumor-uproar", wantErr: `did you mean`},
+		{in: "482193-tumr-unicorn", wantErr: `did you mean "tumor"`},
+		{in: "482193-unicorn-tumor", wantErr: "other position"},
 		{in: "", wantErr: "has 0 parts"},
 	}
 	for _, tt := range tests {
@@ -60,21 +62,36 @@ func TestParseInviteCode(t *testing.T) {
 }
 
 func TestNewInviteCode(t *testing.T) {
-	// 0xffff is rejected (>= 60000), then 0x1234 = 4660 is kept.
-	r := bytes.NewReader([]byte{0xff, 0xff, 0, 0, 0x12, 0x34, 0xec, 0xec})
+	// 0xffffffff is rejected (>= 4,294,000,000), then 0x00075b91 = 482193 is kept.
+	r := bytes.NewReader([]byte{0xff, 0xff, 0xff, 0xff, 0, 0, 0x00, 0x07, 0x5b, 0x91, 0xec, 0xec})
 	np, pw, err := newInviteCode(r)
-	if err != nil || np != 4660 || pw != "tumor-unicorn" {
+	if err != nil || np != 482193 || pw != "tumor-unicorn" {
 		t.Fatalf("newInviteCode = %d, %q, %v", np, pw, err)
 	}
-	if got := formatInviteCode(np, pw); got != "4660-tumor-unicorn" {
+	if got := formatInviteCode(np, pw); got != "482193-tumor-unicorn" {
+		t.Errorf("formatInviteCode = %q", got)
+	}
+	if got := formatInviteCode(42, pw); got != "000042-tumor-unicorn" {
 		t.Errorf("formatInviteCode = %q", got)
 	}
 	if _, _, err := newInviteCode(bytes.NewReader(nil)); err == nil {
 		t.Error("newInviteCode with no randomness succeeded")
 	}
+	// The largest kept draw and the smallest rejected one.
+	for _, tc := range []struct {
+		draw uint32
+		ok   bool
+	}{{inviteNameplateDraws - 1, true}, {inviteNameplateDraws, false}} {
+		b := binary.BigEndian.AppendUint32(nil, tc.draw)
+		np, _, err := newInviteCode(bytes.NewReader(append(b, 0, 0)))
+		if got := err == nil && np == tc.draw%inviteNameplates; got != tc.ok {
+			t.Errorf("draw %d: %d, %v; want kept %v", tc.draw, np, err, tc.ok)
+		}
+	}
 	for i := range 256 {
-		np, pw, err := parseInviteCode(formatInviteCode(uint16(i*39), pgpEven[i]+"-"+pgpOdd[255-i]))
-		if err != nil || np != uint16(i*39) || pw != pgpEven[i]+"-"+pgpOdd[255-i] {
+		np := uint32(i * 3907)
+		np2, pw, err := parseInviteCode(formatInviteCode(np, pgpEven[i]+"-"+pgpOdd[255-i]))
+		if err != nil || np2 != np || pw != pgpEven[i]+"-"+pgpOdd[255-i] {
 			t.Fatalf("word pair %d does not round-trip: %v", i, err)
 		}
 	}
@@ -90,11 +107,12 @@ func sampleInviteMsgs() [][]byte {
 	var sealed [inviteSealedLen]byte
 	sealed[0] = 0x55
 	ms := []inviteMsg{
-		{Sub: inviteSubMsg1, SID: sid, Nameplate: 4821, Y: y},
-		{Sub: inviteSubMsg2, SID: sid, Y: y, Tag: tag, Sealed: sealed},
-		{Sub: inviteSubMsg3, SID: sid, Tag: tag, Sealed: sealed},
-		{Sub: inviteSubAbort, SID: sid},
+		{Sub: inviteSubMsg1, SID: sid, Nameplate: 482193, Y: y},
+		{Sub: inviteSubMsg2, SID: sid, Y: y},
+		{Sub: inviteSubMsg3, SID: sid, Nameplate: 999999, Y: y, Tag: tag, Sealed: sealed},
+		{Sub: inviteSubMsg4, SID: sid, Wrong: 2, Tag: tag, Sealed: sealed},
 		{Sub: inviteSubPunch},
+		{Sub: inviteSubRefuse, SID: sid, Reason: inviteRefuseClosed},
 	}
 	var out [][]byte
 	for _, m := range ms {
@@ -104,9 +122,9 @@ func sampleInviteMsgs() [][]byte {
 }
 
 func TestParseInvite(t *testing.T) {
-	wantLen := []int{inviteMsg1Len, inviteMsg2Len, inviteMsg3Len, inviteAbortLen, invitePunchLen}
+	wantLen := []int{46, 42, 158, 123, 10, 11}
 	for i, b := range sampleInviteMsgs() {
-		if len(b) != wantLen[i] {
+		if len(b) != wantLen[i] || len(b) != inviteLen(b[1]) {
 			t.Errorf("sub-type %d: %d bytes, want %d", i+1, len(b), wantLen[i])
 		}
 		m, err := parseInvite(b)
@@ -122,17 +140,22 @@ func TestParseInvite(t *testing.T) {
 			t.Errorf("sub-type %d with a trailing byte parsed", i+1)
 		}
 	}
+	msg1 := sampleInviteMsgs()[0]
 	bad := []struct {
 		name string
 		b    []byte
 	}{
 		{"empty", nil},
 		{"krpc", []byte("d1:ad2:id20:aaaaaaaaaaaaaaaaaaaae1:q4:ping1:t2:aa1:y1:qe")},
-		{"session type", append([]byte{packetInitiation, 1}, make([]byte, 42)...)},
+		{"session type", append([]byte{packetInitiation, 1}, make([]byte, 44)...)},
 		{"sub-type 0", append([]byte{packetInvite, 0}, make([]byte, 8)...)},
-		{"sub-type 6", append([]byte{packetInvite, 6}, make([]byte, 8)...)},
+		{"sub-type 7", append([]byte{packetInvite, 7}, make([]byte, 8)...)},
 		{"punch with a sid", []byte{packetInvite, inviteSubPunch, 0, 0, 0, 0, 0, 0, 0, 1}},
-		{"nameplate 10000", append(append([]byte{packetInvite, 1}, make([]byte, 8)...), append([]byte{0x27, 0x10}, make([]byte, 32)...)...)},
+		{"nameplate 1000000", append(append(bytes.Clone(msg1[:10]), 0x00, 0x0f, 0x42, 0x40), msg1[14:]...)},
+		{"msg3 nameplate 2^32-1", append(append(bytes.Clone(sampleInviteMsgs()[2][:10]), 0xff, 0xff, 0xff, 0xff), sampleInviteMsgs()[2][14:]...)},
+		{"msg4 with 3 wrong tries", append(append(bytes.Clone(sampleInviteMsgs()[3][:10]), 3), sampleInviteMsgs()[3][11:]...)},
+		{"refuse reason 0", []byte{packetInvite, inviteSubRefuse, 1, 2, 3, 4, 5, 6, 7, 8, 0}},
+		{"refuse reason 3", []byte{packetInvite, inviteSubRefuse, 1, 2, 3, 4, 5, 6, 7, 8, 3}},
 	}
 	for _, tt := range bad {
 		if m, err := parseInvite(tt.b); err == nil || m != (inviteMsg{}) {
@@ -291,15 +314,15 @@ func (p *invitePeer) leaked(keys ...publicKey) bool {
 	return false
 }
 
-// state reads an invitation's counters under the lock.
-func (v *inviter) testState(np uint16) (attempts, failures int, open bool) {
+// testState reads an invitation's wrong tries and whether it is open.
+func (v *inviter) testState(np uint32) (wrong int, open bool) {
 	v.mu.Lock()
 	defer v.mu.Unlock()
 	inv := v.invites[np]
 	if inv == nil {
-		return 0, 0, false
+		return 0, false
 	}
-	return inv.attempts, inv.failures, true
+	return len(inv.failed), inv.state == inviteOpen
 }
 
 func invCtx(t *testing.T, d time.Duration) context.Context {
@@ -308,20 +331,46 @@ func invCtx(t *testing.T, d time.Duration) context.Context {
 	return ctx
 }
 
-func recvResult(t *testing.T, done <-chan inviteResult) inviteResult {
+// recvEvent is an invitation's next event.
+func recvEvent(t *testing.T, events <-chan inviteEvent) inviteEvent {
 	t.Helper()
 	select {
-	case r := <-done:
-		return r
+	case ev, ok := <-events:
+		if !ok {
+			t.Fatal("the invitation's events ended")
+		}
+		return ev
 	case <-time.After(2 * time.Second):
-		t.Fatal("no invitation result in 2 s")
+		t.Fatal("no invitation event in 2 s")
 	}
-	return inviteResult{}
+	return inviteEvent{}
+}
+
+// recvEnd is an invitation's last event; wrong tries before it are
+// skipped and counted.
+func recvEnd(t *testing.T, events <-chan inviteEvent) (end inviteEvent, wrong int) {
+	t.Helper()
+	for {
+		ev := recvEvent(t, events)
+		if !ev.Wrong {
+			return ev, wrong
+		}
+		wrong++
+	}
+}
+
+// wrongPassword is a password other than pw.
+func wrongPassword(pw string) string {
+	if w := "zulu-" + pgpOdd[0]; w != pw {
+		return w
+	}
+	return "aardvark-" + pgpOdd[1]
 }
 
 // TestInviteEndToEnd runs two pairs at once on one nameplate over real
 // UDP: each acceptor also reaches the other pair's inviter, with the
-// wrong password, and neither pair is disturbed.
+// wrong password, which that inviter counts as a wrong try; neither pair
+// is kept from finishing, and each acceptor hears of the other address.
 func TestInviteEndToEnd(t *testing.T) {
 	d := newMapDHT()
 	a, b := newInvitePeer(t, d, nil, nil), newInvitePeer(t, d, nil, nil)
@@ -331,17 +380,17 @@ func TestInviteEndToEnd(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	np, _, err := parseInviteCode(codeA)
+	np, pw, err := parseInviteCode(codeA)
 	if err != nil {
 		t.Fatalf("invite made an unparsable code %q: %v", codeA, err)
 	}
-	codeC, doneC, err := c.v.inviteWith(ctx, np, "zulu-yucatan")
+	codeC, doneC, err := c.v.inviteWith(ctx, np, wrongPassword(pw))
 	if err != nil {
 		t.Fatal(err)
 	}
 	waitFor(t, "both announces", func() bool { p, _ := d.getPeers(ctx, inviteInfohash(np)); return len(p) == 2 })
 	type res struct {
-		k   publicKey
+		r   acceptResult
 		err error
 	}
 	got := make(chan res, 2)
@@ -349,18 +398,21 @@ func TestInviteEndToEnd(t *testing.T) {
 		p    *invitePeer
 		code string
 	}{{b, codeA}, {e, codeC}} {
-		go func() { k, err := x.p.v.accept(ctx, x.code); got <- res{k, err} }()
+		go func() { r, err := x.p.v.accept(ctx, x.code); got <- res{r, err} }()
 	}
 	for range 2 {
 		r := <-got
-		if r.err != nil || (r.k != a.key && r.k != c.key) {
-			t.Fatalf("accept = %v, %v", r.k, r.err)
+		if r.err != nil || (r.r.Key != a.key && r.r.Key != c.key) {
+			t.Fatalf("accept = %+v, %v", r.r, r.err)
+		}
+		if r.r.warning() == "" && r.r.Others == 0 && r.r.WrongTries == 0 {
+			t.Logf("accept without a warning: the other inviter had not answered yet (%+v)", r.r)
 		}
 	}
-	if r := recvResult(t, doneA); r.Err != nil || r.Key != b.key {
+	if r, _ := recvEnd(t, doneA); r.Err != nil || r.Key != b.key {
 		t.Errorf("inviter A got %v, %v; want B's key", r.Key, r.Err)
 	}
-	if r := recvResult(t, doneC); r.Err != nil || r.Key != e.key {
+	if r, _ := recvEnd(t, doneC); r.Err != nil || r.Key != e.key {
 		t.Errorf("inviter C got %v, %v; want E's key", r.Key, r.Err)
 	}
 	for _, p := range []*invitePeer{a, b, c, e} {
@@ -370,74 +422,86 @@ func TestInviteEndToEnd(t *testing.T) {
 	}
 }
 
-// TestInviteWrongCode: a wrong password fails at once on the acceptor and
-// costs the inviter one of its 3 attempts; the third kills the code.
+// TestInviteWrongCode: a wrong code is refused at once; the inviter is
+// told of each wrong try with the tries left, and the acceptor that a
+// wrong code was refused. The third closes the code, and the right code
+// after it is told that the code is used up.
 func TestInviteWrongCode(t *testing.T) {
 	d := newMapDHT()
 	a, b := newInvitePeer(t, d, nil, nil), newInvitePeer(t, d, nil, nil)
-	ctx := invCtx(t, 5*time.Second)
-	code, done, err := a.v.invite(ctx)
+	ctx := invCtx(t, 10*time.Second)
+	code, events, err := a.v.invite(ctx)
 	if err != nil {
 		t.Fatal(err)
 	}
 	np, pw, _ := parseInviteCode(code)
-	wrong := formatInviteCode(np, "zulu-"+pgpOdd[0])
-	if pw == "zulu-"+pgpOdd[0] {
-		wrong = formatInviteCode(np, "aardvark-"+pgpOdd[1])
-	}
+	wrong := formatInviteCode(np, wrongPassword(pw))
 	waitFor(t, "announce", func() bool { p, _ := d.getPeers(ctx, inviteInfohash(np)); return len(p) == 1 })
-	for i := 1; i <= inviteMaxAttempts; i++ {
-		k, err := b.v.accept(ctx, wrong)
-		if !errors.Is(err, errInviteWrongCode) || k != (publicKey{}) {
-			t.Fatalf("attempt %d: accept = %v, %v; want %v", i, k, err, errInviteWrongCode)
+	for i := 1; i <= inviteMaxTries; i++ {
+		r, err := b.v.accept(ctx, wrong)
+		if !errors.Is(err, errInviteWrongCode) || r.Key != (publicKey{}) {
+			t.Fatalf("try %d: accept = %v, %v; want %v", i, r.Key, err, errInviteWrongCode)
 		}
-		if i < inviteMaxAttempts {
-			waitFor(t, "the abort", func() bool { _, f, open := a.v.testState(np); return f == i && open })
+		if i == inviteMaxTries {
+			break
+		}
+		if ev := recvEvent(t, events); !ev.Wrong || ev.TriesLeft != inviteMaxTries-i {
+			t.Fatalf("try %d: inviter event %+v, want a wrong try with %d left", i, ev, inviteMaxTries-i)
 		}
 	}
-	if r := recvResult(t, done); !errors.Is(r.Err, errInviteUsedUp) || r.Key != (publicKey{}) {
-		t.Fatalf("inviter got %v, %v; want %v", r.Key, r.Err, errInviteUsedUp)
+	if ev := recvEvent(t, events); !errors.Is(ev.Err, errInviteUsedUp) || ev.Key != (publicKey{}) {
+		t.Fatalf("inviter got %+v; want %v", ev, errInviteUsedUp)
 	}
-	// The dead code stays dead, even with the right password.
-	if _, err := b.v.accept(invCtx(t, 100*time.Millisecond), code); !errors.Is(err, context.DeadlineExceeded) {
-		t.Errorf("accept on a dead code = %v, want a timeout", err)
+	if _, ok := <-events; ok {
+		t.Fatal("events after the end")
+	}
+	// The closed code stays closed, even with the right password, and the
+	// acceptor is told why.
+	if _, err := b.v.accept(ctx, code); !errors.Is(err, errInviteClosed) {
+		t.Errorf("accept on a closed code = %v, want %v", err, errInviteClosed)
 	}
 	if a.leaked(a.key, b.key) || b.leaked(a.key, b.key) {
 		t.Error("a public key was sent in the clear")
 	}
 }
 
-// TestInviteTamper flips each byte of the first msg1, msg2 or msg3 of a
-// run. A flip in the header or the nameplate makes the packet unknown, so
-// the retransmission completes the run; a flip in msg1's Ya or in msg2's
-// Yb, tag or sealed key makes the code look wrong to the acceptor (it
-// cannot tell tampering from a typo); a bad msg3 is dropped and its
-// repeat completes the run. No flip ever yields a wrong key.
+// TestInviteTamper flips one bit of the first msg1, msg2, msg3 or msg4 of
+// a run. A flip that makes the packet unknown, or names a run nobody
+// has, is healed by the retransmission; a flip in a share or a tag makes
+// the code look wrong to the inviter (it cannot tell tampering from a
+// typo); a flip in a sealed key or in msg4 is dropped and its repeat
+// completes the run. No flip ever yields a wrong key.
 func TestInviteTamper(t *testing.T) {
 	type tcase struct {
 		sub   byte
 		i     int
 		wrong bool // want errInviteWrongCode
 	}
-	// Every header and nameplate byte, every 7th byte after it, and the
-	// last byte of each field (under -race a case costs ~20 ms).
-	picked := func(i, body int, ends ...int) bool {
-		return i < body || (i-body)%7 == 0 || slices.Contains(ends, i+1)
+	// Every header and nameplate byte, every 7th byte after them, and the
+	// first and last byte of each field (under -race a case costs ~20 ms).
+	picked := func(i, body int, edges ...int) bool {
+		return i < body || (i-body)%7 == 0 || slices.Contains(edges, i) || slices.Contains(edges, i+1)
 	}
 	var cases []tcase
+	ya, tagA, sealA := inviteNameplateOff+inviteNameplateLen, inviteNameplateOff+inviteNameplateLen+inviteYLen, inviteMsg3Len-inviteSealedLen
 	for i := range inviteMsg1Len {
-		if picked(i, inviteNameplateOff+2, inviteMsg1Len) {
-			cases = append(cases, tcase{inviteSubMsg1, i, i >= inviteNameplateOff+2})
+		if picked(i, ya, ya, inviteMsg1Len) {
+			cases = append(cases, tcase{inviteSubMsg1, i, i >= ya})
 		}
 	}
 	for i := range inviteMsg2Len {
-		if picked(i, inviteHeaderLen, inviteHeaderLen+inviteYLen, inviteMsg2Len-inviteSealedLen, inviteMsg2Len) {
+		if picked(i, inviteHeaderLen, inviteMsg2Len) {
 			cases = append(cases, tcase{inviteSubMsg2, i, i >= inviteHeaderLen})
 		}
 	}
 	for i := range inviteMsg3Len {
-		if picked(i, inviteHeaderLen, inviteHeaderLen+inviteTagLen, inviteMsg3Len) {
-			cases = append(cases, tcase{inviteSubMsg3, i, false})
+		if picked(i, ya, ya, tagA, sealA, inviteMsg3Len) {
+			cases = append(cases, tcase{inviteSubMsg3, i, i >= ya && i < sealA})
+		}
+	}
+	for i := range inviteMsg4Len {
+		if picked(i, inviteHeaderLen+1, inviteMsg4Len-inviteSealedLen, inviteMsg4Len) {
+			cases = append(cases, tcase{inviteSubMsg4, i, false})
 		}
 	}
 	for _, tc := range cases {
@@ -455,21 +519,21 @@ func TestInviteTamper(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		k, err := b.v.accept(ctx, code)
+		r, err := b.v.accept(ctx, code)
 		switch {
-		case tc.wrong && (!errors.Is(err, errInviteWrongCode) || k != publicKey{}):
-			t.Errorf("msg%d byte %d flipped: accept = %v, %v; want %v", tc.sub, tc.i, k, err, errInviteWrongCode)
-		case !tc.wrong && (err != nil || k != a.key):
-			t.Errorf("msg%d byte %d flipped: accept = %v, %v; want A's key", tc.sub, tc.i, k, err)
+		case tc.wrong && (!errors.Is(err, errInviteWrongCode) || r.Key != publicKey{}):
+			t.Errorf("msg%d byte %d flipped: accept = %v, %v; want %v", tc.sub, tc.i, r.Key, err, errInviteWrongCode)
+		case !tc.wrong && (err != nil || r.Key != a.key):
+			t.Errorf("msg%d byte %d flipped: accept = %v, %v; want A's key", tc.sub, tc.i, r.Key, err)
 		}
 		if tc.wrong {
 			cancel()
 		}
-		r := recvResult(t, done)
-		if tc.wrong && r.Key != (publicKey{}) || !tc.wrong && (r.Err != nil || r.Key != b.key) {
-			t.Errorf("msg%d byte %d flipped: inviter got %v, %v", tc.sub, tc.i, r.Key, r.Err)
+		end, _ := recvEnd(t, done)
+		if tc.wrong && end.Key != (publicKey{}) || !tc.wrong && (end.Err != nil || end.Key != b.key) {
+			t.Errorf("msg%d byte %d flipped: inviter got %v, %v", tc.sub, tc.i, end.Key, end.Err)
 		}
-		if tc.sub == inviteSubMsg3 && tc.i >= inviteHeaderLen && a.v.dropped.Load() == 0 {
+		if tc.sub == inviteSubMsg3 && tc.i >= sealA && a.v.dropped.Load() == 0 {
 			t.Errorf("msg3 byte %d flipped: the inviter did not count the drop", tc.i)
 		}
 		cancel()
@@ -478,25 +542,6 @@ func TestInviteTamper(t *testing.T) {
 
 // ---------------------------------------------------------------------------
 // Limits, with an injected clock and packets fed by hand.
-
-type invClock struct {
-	mu sync.Mutex
-	t  time.Time
-}
-
-func newInvClock() *invClock { return &invClock{t: time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)} }
-
-func (c *invClock) now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.t
-}
-
-func (c *invClock) advance(d time.Duration) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.t = c.t.Add(d)
-}
 
 // sendLog records what an inviter sends instead of sending it.
 type sendLog struct {
@@ -524,7 +569,16 @@ func (l *sendLog) count(sub byte) int {
 	return n
 }
 
-func newBareInviter(clock *invClock, log *sendLog, tick time.Duration) *inviter {
+func (l *sendLog) last() []byte {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if len(l.msg) == 0 {
+		return nil
+	}
+	return l.msg[len(l.msg)-1]
+}
+
+func newBareInviter(clock *fakeClock, log *sendLog, tick time.Duration) *inviter {
 	return newInviter(inviteConfig{
 		Send:     log.send,
 		Announce: func(context.Context, nodeID) (int, error) { return 1, nil },
@@ -534,10 +588,22 @@ func newBareInviter(clock *invClock, log *sendLog, tick time.Duration) *inviter 
 	})
 }
 
-// testMsg1 is a msg1 for nameplate np with session id sid and Ya = 9
-// (the base point: any point will do for an inviter that only answers).
-func testMsg1(np uint16, sid byte) []byte {
-	m := inviteMsg{Sub: inviteSubMsg1, Nameplate: np, SID: [inviteSIDLen]byte{sid}, Y: [inviteYLen]byte{9}}
+// testShare is a valid share that is not the run's: any point will do
+// for an inviter that only answers.
+var testShare = func() [inviteYLen]byte {
+	kp, _ := newDHKeys(seqBytes(0x40, 32))
+	return [inviteYLen]byte(kp.pub)
+}()
+
+// testMsg1 is a msg1 for nameplate np with session id sid.
+func testMsg1(np uint32, sid byte) []byte {
+	m := inviteMsg{Sub: inviteSubMsg1, Nameplate: np, SID: [inviteSIDLen]byte{sid}, Y: testShare}
+	return m.encode()
+}
+
+// testMsg3 is a msg3 with a tag that cannot verify: one wrong guess.
+func testMsg3(np uint32, sid byte) []byte {
+	m := inviteMsg{Sub: inviteSubMsg3, Nameplate: np, SID: [inviteSIDLen]byte{sid}, Y: testShare, Tag: [inviteTagLen]byte{sid}}
 	return m.encode()
 }
 
@@ -545,74 +611,101 @@ func testAddr(port uint16) netip.AddrPort {
 	return netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), port)
 }
 
-func TestInviteAttemptCap(t *testing.T) {
-	clock, log := newInvClock(), &sendLog{}
+// TestInviteStateless: msg1s cost the inviter no state and no tries, a
+// repeat gets the same msg2, and a tick answers at most inviteMaxAnswers.
+func TestInviteStateless(t *testing.T) {
+	clock, log := newFakeClock(), &sendLog{}
 	v := newBareInviter(clock, log, time.Hour)
 	ctx := invCtx(t, 2*time.Second)
-	if _, _, err := v.inviteWith(ctx, 1234, "tumor-unicorn"); err != nil {
+	if _, _, err := v.inviteWith(ctx, 123456, "tumor-unicorn"); err != nil {
 		t.Fatal(err)
 	}
-	low := inviteMsg{Sub: inviteSubMsg1, Nameplate: 1234, SID: [inviteSIDLen]byte{99}} // Ya = 0: low order
+	low := inviteMsg{Sub: inviteSubMsg1, Nameplate: 123456, SID: [inviteSIDLen]byte{99}} // Ya = 0: low order
 	v.handlePacket(testAddr(1), low.encode())
-	if n, _, _ := v.testState(1234); n != 0 || log.count(inviteSubMsg2) != 0 {
-		t.Fatalf("a low-order Ya was answered or counted (%d attempts)", n)
+	if log.count(inviteSubMsg2) != 0 {
+		t.Fatal("a low-order Ya was answered")
 	}
-	for i := range inviteMaxAttempts + 1 {
-		v.handlePacket(testAddr(uint16(10+i)), testMsg1(1234, byte(i)))
+	v.handlePacket(testAddr(10), testMsg1(123456, 1))
+	v.handlePacket(testAddr(11), testMsg1(123456, 1)) // a repeat, from anywhere
+	if log.count(inviteSubMsg2) != 2 || !bytes.Equal(log.msg[0], log.msg[1]) {
+		t.Fatalf("a repeated msg1 got %d msg2, equal %v", log.count(inviteSubMsg2), bytes.Equal(log.msg[0], log.msg[1]))
 	}
-	if n, _, _ := v.testState(1234); n != inviteMaxAttempts || log.count(inviteSubMsg2) != inviteMaxAttempts {
-		t.Fatalf("%d attempts, %d msg2 sent; want %d", n, log.count(inviteSubMsg2), inviteMaxAttempts)
+	for i := range inviteMaxAnswers + 10 {
+		v.handlePacket(testAddr(uint16(100+i)), testMsg1(123456, byte(i)))
 	}
-	// A repeat of msg1 gets the same msg2 again; from elsewhere, nothing.
-	v.handlePacket(testAddr(10), testMsg1(1234, 0))
-	v.handlePacket(testAddr(11), testMsg1(1234, 0))
-	if got := log.count(inviteSubMsg2); got != inviteMaxAttempts+1 || !bytes.Equal(log.msg[0], log.msg[len(log.msg)-1]) {
-		t.Fatalf("after repeats: %d msg2 sent, last equal to first: %v", got, bytes.Equal(log.msg[0], log.msg[len(log.msg)-1]))
+	// The low-order msg1 took from the budget too: its check is a
+	// scalar multiplication.
+	if got := log.count(inviteSubMsg2); got != inviteMaxAnswers-1 {
+		t.Fatalf("%d msg2 sent in one tick, want the budget %d less the low-order msg1", got, inviteMaxAnswers)
 	}
-	// Garbage is counted and dropped.
+	clock.advance(time.Hour)
+	v.handlePacket(testAddr(1), testMsg1(123456, 200))
+	if got := log.count(inviteSubMsg2); got != inviteMaxAnswers {
+		t.Fatalf("after a tick: %d msg2, want %d", got, inviteMaxAnswers)
+	}
+	if wrong, open := v.testState(123456); wrong != 0 || !open {
+		t.Fatalf("after %d msg1s: %d wrong tries, open %v", inviteMaxAnswers+13, wrong, open)
+	}
+	// Garbage is counted and dropped; an unknown nameplate gets nothing.
+	before := v.dropped.Load()
 	v.handlePacket(testAddr(1), []byte{packetInvite, 9})
-	if got := v.dropped.Load(); got != 1 {
-		t.Errorf("dropped = %d, want 1", got)
+	if got := v.dropped.Load(); got != before+1 {
+		t.Errorf("dropped = %d, want %d", got, before+1)
 	}
-	// Unknown nameplate: no answer.
-	v.handlePacket(testAddr(20), testMsg1(4321, 7))
-	if got := log.count(inviteSubMsg2); got != inviteMaxAttempts+1 {
-		t.Fatalf("a msg1 for an unknown nameplate was answered")
+	n := len(log.msg)
+	v.handlePacket(testAddr(20), testMsg1(654321, 7))
+	if len(log.msg) != n {
+		t.Fatal("a msg1 for an unknown nameplate was answered")
 	}
 }
 
-func TestInviteSessionCap(t *testing.T) {
-	clock, log := newInvClock(), &sendLog{}
+// TestInviteTries: each new wrong msg3 is a try; a repeat of one is
+// refused again without counting; the third closes the code, which then
+// refuses msg1 and msg3 as closed until its lifetime is over.
+func TestInviteTries(t *testing.T) {
+	clock, log := newFakeClock(), &sendLog{}
 	v := newBareInviter(clock, log, time.Hour)
-	ctx := invCtx(t, 2*time.Second)
-	for np := range uint16(inviteMaxActive) {
-		if _, _, err := v.inviteWith(ctx, np, "tumor-unicorn"); err != nil {
-			t.Fatal(err)
+	_, events, err := v.inviteWith(invCtx(t, 2*time.Second), 42, "tumor-unicorn")
+	if err != nil {
+		t.Fatal(err)
+	}
+	refused := func(reason byte) bool {
+		m, err := parseInvite(log.last())
+		return err == nil && m.Sub == inviteSubRefuse && m.Reason == reason
+	}
+	for i := range byte(inviteMaxTries) {
+		v.handlePacket(testAddr(1), testMsg3(42, i))
+		if !refused(inviteRefuseWrong) {
+			t.Fatalf("wrong msg3 %d: sent %x, want a refuse (wrong)", i, log.last())
+		}
+		v.handlePacket(testAddr(1), testMsg3(42, i)) // its repeat
+		if wrong, _ := v.testState(42); wrong != int(i)+1 || !refused(inviteRefuseWrong) {
+			t.Fatalf("after msg3 %d and its repeat: %d wrong tries", i, wrong)
+		}
+		ev := recvEvent(t, events)
+		if i+1 < inviteMaxTries && (!ev.Wrong || ev.TriesLeft != inviteMaxTries-int(i)-1) {
+			t.Fatalf("event %+v after wrong msg3 %d", ev, i)
+		}
+		if i+1 == inviteMaxTries && !errors.Is(ev.Err, errInviteUsedUp) {
+			t.Fatalf("event %+v after the last try, want %v", ev, errInviteUsedUp)
 		}
 	}
-	if _, _, err := v.invite(ctx); !errors.Is(err, errInviteBusy) {
-		t.Fatalf("invitation %d: %v, want %v", inviteMaxActive+1, err, errInviteBusy)
-	}
-	sid := byte(0)
-	for np := range uint16(inviteMaxActive) {
-		for range inviteMaxAttempts {
-			v.handlePacket(testAddr(100+uint16(sid)), testMsg1(np, sid))
-			sid++
+	for _, b := range [][]byte{testMsg1(42, 50), testMsg3(42, 51)} {
+		v.handlePacket(testAddr(2), b)
+		if !refused(inviteRefuseClosed) {
+			t.Fatalf("a closed code answered %x with %x, want a refuse (closed)", b, log.last())
 		}
 	}
-	if got := log.count(inviteSubMsg2); got != inviteMaxSessions {
-		t.Fatalf("%d sessions answered, want the cap %d", got, inviteMaxSessions)
-	}
-	v.mu.Lock()
-	n := len(v.sessions)
-	v.mu.Unlock()
-	if n != inviteMaxSessions {
-		t.Fatalf("%d sessions kept, want %d", n, inviteMaxSessions)
+	clock.advance(inviteLifetime)
+	n := len(log.msg)
+	v.handlePacket(testAddr(2), testMsg1(42, 52))
+	if len(log.msg) != n {
+		t.Fatal("a closed code answered after its lifetime")
 	}
 }
 
 func TestInviteExpiry(t *testing.T) {
-	clock, log := newInvClock(), &sendLog{}
+	clock, log := newFakeClock(), &sendLog{}
 	v := newBareInviter(clock, log, time.Millisecond)
 	ctx := invCtx(t, 2*time.Second)
 	_, done, err := v.inviteWith(ctx, 42, "tumor-unicorn")
@@ -620,49 +713,95 @@ func TestInviteExpiry(t *testing.T) {
 		t.Fatal(err)
 	}
 	v.handlePacket(testAddr(1), testMsg1(42, 1))
-	// msg2 is repeated every tick while the session waits for msg3.
-	waitFor(t, "msg2 repeats", func() bool { return log.count(inviteSubMsg2) >= 3 })
-	clock.advance(inviteSessionTimeout)
-	waitFor(t, "the session timeout", func() bool { _, f, _ := v.testState(42); return f == 1 })
 	clock.advance(inviteLifetime)
-	if r := recvResult(t, done); !errors.Is(r.Err, errInviteExpired) {
+	if r, _ := recvEnd(t, done); !errors.Is(r.Err, errInviteExpired) {
 		t.Fatalf("result %v, want %v", r.Err, errInviteExpired)
 	}
-	before := log.count(inviteSubMsg2)
+	before := len(log.msg)
 	v.handlePacket(testAddr(2), testMsg1(42, 2))
-	if log.count(inviteSubMsg2) != before {
+	if len(log.msg) != before {
 		t.Fatal("an expired invitation answered")
+	}
+	// Open invitations are capped; ended ones do not count.
+	for np := range uint32(inviteMaxActive) {
+		if _, _, err := v.inviteWith(ctx, 100+np, "tumor-unicorn"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, _, err := v.invite(ctx); !errors.Is(err, errInviteBusy) {
+		t.Fatalf("invitation %d: %v, want %v", inviteMaxActive+1, err, errInviteBusy)
 	}
 }
 
 func TestAcceptTimeout(t *testing.T) {
-	clock, log := newInvClock(), &sendLog{}
+	clock, log := newFakeClock(), &sendLog{}
 	v := newBareInviter(clock, log, time.Millisecond)
 	errc := make(chan error, 1)
-	go func() { _, err := v.accept(invCtx(t, 2*time.Second), "0042-tumor-unicorn"); errc <- err }()
+	go func() { _, err := v.accept(invCtx(t, 2*time.Second), "000042-tumor-unicorn"); errc <- err }()
 	time.Sleep(20 * time.Millisecond)
 	clock.advance(inviteAcceptTimeout)
 	if err := <-errc; !errors.Is(err, errInviteNoAnswer) {
 		t.Fatalf("accept = %v, want %v", err, errInviteNoAnswer)
 	}
-	if _, err := v.accept(invCtx(t, time.Second), "0042-tumor-uproar"); !errors.Is(err, errInviteCodeWord) {
+	if _, err := v.accept(invCtx(t, time.Second), "000042-tumor-uproar"); !errors.Is(err, errInviteCodeWord) {
 		t.Fatalf("accept with a typo = %v, want %v", err, errInviteCodeWord)
 	}
-	// Finished runs linger, bounded: the table never exceeds its cap, and
-	// a finished run makes way for a new one.
-	for i := range inviteMaxAccepts + 2 {
-		ctx, cancel := context.WithCancel(context.Background())
-		cancel()
-		if _, err := v.accept(ctx, "0042-tumor-unicorn"); !errors.Is(err, context.Canceled) {
-			t.Fatalf("run %d: accept = %v, want %v", i, err, context.Canceled)
+	// At most inviteMaxAccepts runs at once; a finished run leaves nothing.
+	ctx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	for range inviteMaxAccepts {
+		wg.Go(func() { v.accept(ctx, "000042-tumor-unicorn") })
+	}
+	waitFor(t, "the runs", func() bool {
+		v.acceptor.mu.Lock()
+		defer v.acceptor.mu.Unlock()
+		return v.acceptor.runs == inviteMaxAccepts
+	})
+	if _, err := v.accept(ctx, "000042-tumor-unicorn"); !errors.Is(err, errInviteBusy) {
+		t.Fatalf("run %d: accept = %v, want %v", inviteMaxAccepts+1, err, errInviteBusy)
+	}
+	cancel()
+	wg.Wait()
+	v.acceptor.mu.Lock()
+	defer v.acceptor.mu.Unlock()
+	if v.acceptor.runs != 0 || len(v.acceptor.cands) != 0 {
+		t.Fatalf("%d runs and %d candidates left", v.acceptor.runs, len(v.acceptor.cands))
+	}
+}
+
+// TestAcceptPick: a run takes at most inviteMaxCandidates addresses, at
+// most inviteMaxPerGroup from one IPv4 address or IPv6 /64.
+func TestAcceptPick(t *testing.T) {
+	v := newInviter(inviteConfig{Send: (&sendLog{}).send})
+	r, err := v.acceptor.newAcceptRun(42, "tumor-unicorn")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var peers []netip.AddrPort
+	for ip := range 12 {
+		for port := range 4 {
+			peers = append(peers, netip.MustParseAddrPort(fmt.Sprintf("10.0.0.%d:%d", ip, 1000+port)))
+			peers = append(peers, netip.MustParseAddrPort(fmt.Sprintf("[2001:db8:0:%x::%x]:%d", ip, port+1, 1000+port)))
 		}
 	}
-	v.mu.Lock()
-	n := len(v.accepts)
-	v.mu.Unlock()
-	if n > inviteMaxAccepts {
-		t.Fatalf("%d acceptor runs kept, cap %d", n, inviteMaxAccepts)
+	peers = append(peers, peers[0], netip.AddrPort{})
+	v.acceptor.addCandidates(r, v.acceptor.pickCandidates(r, peers))
+	groups := map[netip.Prefix]int{}
+	for a := range r.cands {
+		groups[addrGroup(a)]++
 	}
+	if len(r.cands) != inviteMaxCandidates {
+		t.Fatalf("%d candidates, want %d", len(r.cands), inviteMaxCandidates)
+	}
+	for g, n := range groups {
+		if n > inviteMaxPerGroup {
+			t.Errorf("%d candidates in %v, want at most %d", n, g, inviteMaxPerGroup)
+		}
+	}
+	if more := v.acceptor.pickCandidates(r, peers); len(more) != 0 {
+		t.Errorf("a full run picked %v", more)
+	}
+	v.acceptor.endRun(r)
 }
 
 // TestInviteOverDHT uses real DHT nodes for the rendezvous: the inviter
@@ -686,11 +825,11 @@ func TestInviteOverDHT(t *testing.T) {
 	}
 	np, _, _ := parseInviteCode(code)
 	waitFor(t, "the announce", func() bool { p, _ := ds[3].getPeers(ctx, inviteInfohash(np)); return len(p) > 0 })
-	k, err := b.v.accept(ctx, code)
-	if err != nil || k != a.key {
-		t.Fatalf("accept = %v, %v; want A's key", k, err)
+	r, err := b.v.accept(ctx, code)
+	if err != nil || r.Key != a.key || r.warning() != "" {
+		t.Fatalf("accept = %+v, %v; want A's key and no warning", r, err)
 	}
-	if r := recvResult(t, done); r.Err != nil || r.Key != b.key {
+	if r, _ := recvEnd(t, done); r.Err != nil || r.Key != b.key {
 		t.Fatalf("inviter got %v, %v; want B's key", r.Key, r.Err)
 	}
 }
@@ -701,87 +840,98 @@ func TestInviteOverDHT(t *testing.T) {
 // inviteVectorOrder is the order of the fields in the SPEC block.
 var inviteVectorOrder = []string{
 	"code", "nameplate", "infohash", "acceptor_infohash", "prs", "ci", "sid", "generator_string", "g",
-	"ya", "Ya", "yb", "Yb", "K", "ISK", "mac_key", "tag_a", "tag_b",
+	"ya", "Ya", "inviter_secret", "yb", "Yb", "K", "ISK", "mac_key", "tag_a", "tag_b",
 	"seal_key_inviter", "seal_key_acceptor", "inviter_key", "acceptor_key",
-	"msg1", "msg2", "msg3", "abort", "punch",
+	"msg1", "msg2", "msg3", "msg4", "refuse_wrong", "refuse_closed", "punch",
 }
+
+// inviteVectorCode is the vector's code, and README's example.
+const inviteVectorCode = "482193-tumor-unicorn"
 
 func inviteVectorValues(t *testing.T) map[string]string {
 	t.Helper()
-	const code = "4821-tumor-unicorn"
-	np, pw, err := parseInviteCode(code)
+	np, pw, err := parseInviteCode(inviteVectorCode)
 	if err != nil {
 		t.Fatal(err)
 	}
 	v := loadCPaceVectors(t)
 	sid := cpHex(t, "0001020304050607")
-	ya, yb := cpHex32(t, v.G["ya"]), cpHex32(t, v.G["yb"]) // the draft's scalars
+	ya := cpHex32(t, v.G["ya"]) // the draft's scalar
+	secret := seqBytes(0x30, inviteSecretLen)
 	invKP, _ := newDHKeys(seqBytes(0x10, 32))
 	accKP, _ := newDHKeys(seqBytes(0x20, 32))
+	hx := hex.EncodeToString
 	out := map[string]string{
-		"code": code, "nameplate": fmt.Sprint(np), "prs": hex.EncodeToString([]byte(code)),
-		"ci": hex.EncodeToString([]byte(inviteCI)), "sid": hex.EncodeToString(sid),
-		"ya": hex.EncodeToString(ya[:]), "yb": hex.EncodeToString(yb[:]),
-		"inviter_key": hex.EncodeToString(invKP.pub[:]), "acceptor_key": hex.EncodeToString(accKP.pub[:]),
+		"code": inviteVectorCode, "nameplate": fmt.Sprint(np), "prs": hx([]byte(inviteVectorCode)),
+		"ci": hx([]byte(inviteCI)), "sid": hx(sid), "ya": hx(ya[:]), "inviter_secret": hx(secret),
+		"inviter_key": hx(invKP.pub[:]), "acceptor_key": hx(accKP.pub[:]),
 	}
-	ih := inviteInfohash(np)
-	out["infohash"] = hex.EncodeToString(ih[:])
-	aih := inviteAcceptorInfohash(np)
-	out["acceptor_infohash"] = hex.EncodeToString(aih[:])
-	out["generator_string"] = hex.EncodeToString(cpaceGeneratorString([]byte(cpaceDSI), []byte(code), []byte(inviteCI), sid))
-	g := cpaceCalculateGenerator([]byte(code), []byte(inviteCI), sid)
-	out["g"] = hex.EncodeToString(g[:])
+	ih, aih := inviteInfohash(np), inviteAcceptorInfohash(np)
+	out["infohash"], out["acceptor_infohash"] = hx(ih[:]), hx(aih[:])
+	out["generator_string"] = hx(cpaceGeneratorString([]byte(cpaceDSI), []byte(inviteVectorCode), []byte(inviteCI), sid))
+	g := cpaceCalculateGenerator([]byte(inviteVectorCode), []byte(inviteCI), sid)
+	out["g"] = hx(g[:])
 
-	// The acceptor: sid then ya from its random source.
-	acc := newInviter(inviteConfig{Self: accKP.pub, Send: (&sendLog{}).send, Rand: bytes.NewReader(append(bytes.Clone(sid), ya[:]...))})
-	run, err := acc.newAcceptRun(np, pw)
+	// The acceptor: sid then ya from its random source, the inviter at
+	// testAddr(1).
+	accLog := &sendLog{}
+	acc := newInviter(inviteConfig{Self: accKP.pub, Send: accLog.send, Rand: bytes.NewReader(append(bytes.Clone(sid), ya[:]...))})
+	run, err := acc.acceptor.newAcceptRun(np, pw)
 	if err != nil {
 		t.Fatal(err)
 	}
-	out["Ya"], out["msg1"] = hex.EncodeToString(run.ya[:]), hex.EncodeToString(run.msg1)
+	acc.acceptor.addCandidates(run, []netip.AddrPort{testAddr(1)})
+	cand := run.cands[testAddr(1)]
+	out["Ya"], out["msg1"] = hx(cand.ya[:]), hx(cand.msg1)
 
-	// The inviter: yb from its random source; msg2 is what it sends.
-	log := &sendLog{}
-	inv := newInviter(inviteConfig{Self: invKP.pub, Send: log.send, Rand: bytes.NewReader(yb[:]),
+	// The inviter: its secret from its random source.
+	invLog := &sendLog{}
+	inv := newInviter(inviteConfig{Self: invKP.pub, Send: invLog.send, Rand: bytes.NewReader(secret),
 		Announce: func(context.Context, nodeID) (int, error) { return 1, nil }, Tick: time.Hour})
 	if _, _, err := inv.inviteWith(invCtx(t, time.Second), np, pw); err != nil {
 		t.Fatal(err)
 	}
-	inv.handlePacket(testAddr(1), run.msg1)
-	if len(log.msg) != 1 {
-		t.Fatalf("inviter sent %d messages, want msg2", len(log.msg))
-	}
-	msg2 := log.msg[0]
-	out["msg2"] = hex.EncodeToString(msg2)
+	inv.handlePacket(testAddr(2), cand.msg1)
+	msg2 := invLog.last()
+	out["msg2"] = hx(msg2)
 	m2, _ := parseInvite(msg2)
-	out["Yb"] = hex.EncodeToString(m2.Y[:])
+	out["Yb"] = hx(m2.Y[:])
+	yb := inviterScalar((*[inviteSecretLen]byte)(secret), sid, cand.ya[:])
+	out["yb"] = hx(yb[:])
 	k, _ := cpaceScalarMultVfy(ya, m2.Y)
-	out["K"] = hex.EncodeToString(k[:])
-	isk := cpaceISK(sid, k[:], run.ya[:], inviteADa, m2.Y[:], inviteADb)
-	out["ISK"] = hex.EncodeToString(isk[:])
+	out["K"] = hx(k[:])
+	isk := cpaceISK(sid, k[:], cand.ya[:], inviteADa, m2.Y[:], inviteADb)
+	out["ISK"] = hx(isk[:])
 	mk := cpaceMacKey(sid, isk)
-	out["mac_key"] = hex.EncodeToString(mk[:])
-	keys := deriveInviteKeys(sid, isk, run.ya[:], m2.Y[:])
-	out["tag_a"], out["tag_b"] = hex.EncodeToString(keys.tagA[:]), hex.EncodeToString(keys.tagB[:])
-	out["seal_key_inviter"], out["seal_key_acceptor"] = hex.EncodeToString(keys.sealInviter[:]), hex.EncodeToString(keys.sealAcc[:])
+	out["mac_key"] = hx(mk[:])
+	keys := deriveInviteKeys(sid, isk, cand.ya[:], m2.Y[:])
+	out["tag_a"], out["tag_b"] = hx(keys.tagA[:]), hx(keys.tagB[:])
+	out["seal_key_inviter"], out["seal_key_acceptor"] = hx(keys.sealInviter[:]), hx(keys.sealAcc[:])
 
-	pk, msg3, err := run.answer(&m2, accKP.pub)
-	if err != nil || pk != invKP.pub {
-		t.Fatalf("acceptor: %v, %v", pk, err)
+	// msg2 to the acceptor gives msg3; msg3 to the inviter gives msg4.
+	acc.handlePacket(testAddr(1), msg2)
+	msg3 := accLog.last()
+	out["msg3"] = hx(msg3)
+	inv.handlePacket(testAddr(2), msg3)
+	out["msg4"] = hx(invLog.last())
+	acc.handlePacket(testAddr(1), invLog.last())
+	select {
+	case o := <-run.result:
+		if o.err != nil || o.res.Key != invKP.pub {
+			t.Fatalf("acceptor: %+v", o)
+		}
+	default:
+		t.Fatal("msg4 did not end the acceptor's run")
 	}
-	out["msg3"] = hex.EncodeToString(msg3)
-	out["abort"] = hex.EncodeToString(abortMsg(run.sid))
-	out["punch"] = hex.EncodeToString((&inviteMsg{Sub: inviteSubPunch}).encode())
+	out["refuse_wrong"] = hx(refuseMsg(cand.sid, inviteRefuseWrong))
+	out["refuse_closed"] = hx(refuseMsg(cand.sid, inviteRefuseClosed))
+	out["punch"] = hx((&inviteMsg{Sub: inviteSubPunch}).encode())
 	return out
 }
 
 func TestInviteSpecVector(t *testing.T) {
 	want := inviteVectorValues(t)
-	if os.Getenv("KADCHAT_PRINT_INVITE_VECTOR") != "" {
-		for _, k := range inviteVectorOrder {
-			fmt.Printf("%s = %s\n", k, want[k])
-		}
-	}
+	updateSpecBlock(t, "invite-vector", "run", inviteVectorOrder, want)
 	var blk *specBlock
 	for _, b := range specBlocks(t, "invite-vector") {
 		if b.name == "run" {
@@ -806,33 +956,46 @@ func TestInviteSpecVector(t *testing.T) {
 	if hex.EncodeToString(isk[:]) != want["ISK"] {
 		t.Error("ISK mismatch")
 	}
+	// The fuzz corpus holds every message of the vector.
+	for _, name := range []string{"msg1", "msg2", "msg3", "msg4", "refuse_wrong", "refuse_closed", "punch"} {
+		b, err := os.ReadFile("testdata/fuzz/FuzzInvite/spec_" + name)
+		if err != nil || !strings.Contains(string(b), fmt.Sprintf("%q", cpHex(t, want[name]))) {
+			t.Errorf("testdata/fuzz/FuzzInvite/spec_%s does not hold SPEC's %s (%v)", name, name, err)
+		}
+	}
 }
 
 // BenchmarkInviteRun measures the inviter's and the acceptor's CPU for one
-// complete exchange (msg1, msg2, msg3), without the network.
+// complete exchange (msg1 to msg4), without the network.
 func BenchmarkInviteRun(b *testing.B) {
 	b.ReportAllocs()
 	kp, _ := generateDHKeys(cryptorand.Reader)
 	for b.Loop() {
-		acc := newInviter(inviteConfig{Self: kp.pub, Send: (&sendLog{}).send})
-		run, err := acc.newAcceptRun(4821, "tumor-unicorn")
+		accLog, invLog := &sendLog{}, &sendLog{}
+		acc := newInviter(inviteConfig{Self: kp.pub, Send: accLog.send})
+		run, err := acc.acceptor.newAcceptRun(482193, "tumor-unicorn")
 		if err != nil {
 			b.Fatal(err)
 		}
-		log := &sendLog{}
-		inv := newInviter(inviteConfig{Self: kp.pub, Send: log.send})
-		it := &invitation{nameplate: 4821, prs: []byte("4821-tumor-unicorn"), expires: time.Now().Add(time.Hour), done: make(chan inviteResult, 1)}
-		inv.invites[4821] = it
-		inv.handlePacket(testAddr(1), run.msg1)
-		m2, _ := parseInvite(log.msg[0])
-		_, msg3, err := run.answer(&m2, kp.pub)
+		acc.acceptor.addCandidates(run, []netip.AddrPort{testAddr(1)})
+		inv := newInviter(inviteConfig{Self: kp.pub, Send: invLog.send, Tick: time.Hour})
+		ctx, cancel := context.WithCancel(context.Background())
+		_, events, err := inv.inviteWith(ctx, 482193, "tumor-unicorn")
 		if err != nil {
 			b.Fatal(err)
 		}
-		inv.handlePacket(testAddr(1), msg3)
-		if r := <-it.done; r.Err != nil {
-			b.Fatal(r.Err)
+		inv.handlePacket(testAddr(2), accLog.last())
+		acc.handlePacket(testAddr(1), invLog.last())
+		inv.handlePacket(testAddr(2), accLog.last())
+		acc.handlePacket(testAddr(1), invLog.last())
+		if ev := <-events; ev.Err != nil {
+			b.Fatal(ev.Err)
 		}
+		if o := <-run.result; o.err != nil {
+			b.Fatal(o.err)
+		}
+		acc.acceptor.endRun(run)
+		cancel()
 	}
 	b.ReportMetric(float64(b.Elapsed().Microseconds())/float64(b.N), "µs/run")
 }
@@ -861,11 +1024,11 @@ func TestInvitePunch(t *testing.T) {
 		p, _ := d.getPeers(ctx, inviteInfohash(np))
 		return len(p) == 1 && lookups.Load() > 0
 	})
-	k, err := b.v.accept(ctx, code)
-	if err != nil || k != a.key {
-		t.Fatalf("accept = %v, %v; want A's key", k, err)
+	r, err := b.v.accept(ctx, code)
+	if err != nil || r.Key != a.key {
+		t.Fatalf("accept = %v, %v; want A's key", r.Key, err)
 	}
-	if r := recvResult(t, done); r.Err != nil || r.Key != b.key {
+	if r, _ := recvEnd(t, done); r.Err != nil || r.Key != b.key {
 		t.Fatalf("inviter got %v, %v; want B's key", r.Key, r.Err)
 	}
 	if a.natDrops.Load() == 0 {

@@ -1,9 +1,125 @@
-// The invitation word lists, as data (SPEC.md 7.1).
+// The invitation code and its word lists (SPEC.md 7.1).
 //
-// Flow: newInviteCode picks pgpEven[b1] and pgpOdd[b2] from two random
-// bytes; parseInviteCode looks typed words up here. SPEC.md 7.1 prints
-// both lists and their SHA-256, and a test checks they match these.
+// Flow: newInviteCode draws a 6-digit nameplate and two random bytes, which
+// pick pgpEven[b1] and pgpOdd[b2]; parseInviteCode reads what a person
+// typed back into the nameplate and the canonical "even-odd" password,
+// naming the closest word when one is unknown. SPEC.md 7.1 prints both
+// lists and their SHA-256, and a test checks they match these.
 package main
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"strconv"
+	"strings"
+)
+
+// The code (SPEC.md 7.1): NNNNNN-even-odd. The nameplate is public (a
+// rendezvous channel, 7.2); the two words are the password, 8 bits each.
+const (
+	inviteNameplates      = 1000000 // 000000..999999
+	inviteNameplateDigits = 6       // in the code
+	inviteCodeParts       = 3       // nameplate, even word, odd word
+	// inviteNameplateDraws is the largest multiple of inviteNameplates
+	// below 2^32: a uniform uint32 under it, mod inviteNameplates, is
+	// uniform.
+	inviteNameplateDraws = (1 << 32) / inviteNameplates * inviteNameplates
+)
+
+// Errors of parseInviteCode; each says what a person should fix.
+var (
+	errInviteCodeForm      = errors.New("invite: the code has the form 123456-word-word")
+	errInviteCodeNameplate = errors.New("invite: the code must start with 6 digits")
+	errInviteCodeWord      = errors.New("invite: unknown word")
+)
+
+// parseInviteCode reads what a person typed: case, surrounding spaces and
+// any run of spaces and dashes between the parts are forgiven; unknown
+// words get a suggestion.
+// password is the canonical "even-odd" in lowercase.
+func parseInviteCode(s string) (nameplate uint32, password string, err error) {
+	parts := strings.FieldsFunc(strings.ToLower(strings.TrimSpace(s)), func(r rune) bool { return r == '-' || r == ' ' })
+	if len(parts) != inviteCodeParts {
+		return 0, "", fmt.Errorf("%w: %q has %d parts, want 3", errInviteCodeForm, s, len(parts))
+	}
+	np := parts[0]
+	if len(np) != inviteNameplateDigits || strings.Trim(np, "0123456789") != "" {
+		return 0, "", fmt.Errorf("%w, not %q", errInviteCodeNameplate, parts[0])
+	}
+	n, _ := strconv.Atoi(np)
+	if _, err := wordIndex(&pgpEven, &pgpOdd, parts[1], "first"); err != nil {
+		return 0, "", err
+	}
+	if _, err := wordIndex(&pgpOdd, &pgpEven, parts[2], "second"); err != nil {
+		return 0, "", err
+	}
+	return uint32(n), parts[1] + "-" + parts[2], nil
+}
+
+// wordIndex finds w in list; otherwise the error names the closest word,
+// or says that w belongs to the other position.
+func wordIndex(list, other *[256]string, w, pos string) (int, error) {
+	for i, x := range list {
+		if x == w {
+			return i, nil
+		}
+	}
+	for _, x := range other {
+		if x == w {
+			return -1, fmt.Errorf("%w %q as the %s word: it is a word for the other position (swapped?)", errInviteCodeWord, w, pos)
+		}
+	}
+	best, bestD := "", -1
+	for _, x := range list {
+		if d := editDistance(w, x); bestD < 0 || d < bestD {
+			best, bestD = x, d
+		}
+	}
+	return -1, fmt.Errorf("%w %q as the %s word (did you mean %q?)", errInviteCodeWord, w, pos, best)
+}
+
+// editDistance is the Levenshtein distance; words are short.
+func editDistance(a, b string) int {
+	prev := make([]int, len(b)+1)
+	cur := make([]int, len(b)+1)
+	for j := range prev {
+		prev[j] = j
+	}
+	for i := 1; i <= len(a); i++ {
+		cur[0] = i
+		for j := 1; j <= len(b); j++ {
+			cost := 1
+			if a[i-1] == b[j-1] {
+				cost = 0
+			}
+			cur[j] = min(prev[j]+1, cur[j-1]+1, prev[j-1]+cost)
+		}
+		prev, cur = cur, prev
+	}
+	return prev[len(b)]
+}
+
+// formatInviteCode is the canonical code text; it is also CPace's PRS.
+func formatInviteCode(nameplate uint32, password string) string {
+	return fmt.Sprintf("%06d-%s", nameplate, password)
+}
+
+// newInviteCode draws a nameplate uniformly from 0..999999 (rejection
+// sampling, bounded: all but 0.02% of the draws succeed) and two words.
+func newInviteCode(rand io.Reader) (uint32, string, error) {
+	var b [6]byte
+	for range 64 {
+		if _, err := io.ReadFull(rand, b[:]); err != nil {
+			return 0, "", fmt.Errorf("invite: random code: %w", err)
+		}
+		if n := binary.BigEndian.Uint32(b[:4]); n < inviteNameplateDraws {
+			return n % inviteNameplates, pgpEven[b[4]] + "-" + pgpOdd[b[5]], nil
+		}
+	}
+	return 0, "", errors.New("invite: random code: the random source is biased")
+}
 
 // The PGP word list, lowercased (SPEC.md 7.1): pgpEven for the first word,
 // pgpOdd for the second, indexed by a random byte.

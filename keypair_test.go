@@ -14,7 +14,7 @@ import (
 
 func TestTransportReplayAndReorder(t *testing.T) {
 	var n fakeNet
-	a, b := newTestPair(t, &n, newTestClock(), nil)
+	a, b := newTestPair(t, &n, newFakeClock(), nil)
 	establish(t, &n, a, b)
 	var pkts []fakePacket
 	for i := range 5 {
@@ -50,7 +50,7 @@ func TestTransportReplayAndReorder(t *testing.T) {
 
 func TestTransportZeroAllocs(t *testing.T) {
 	var n fakeNet
-	a, b := newTestPair(t, &n, newTestClock(), nil)
+	a, b := newTestPair(t, &n, newFakeClock(), nil)
 	establish(t, &n, a, b)
 	var last []byte
 	a.m.cfg.Send = func(_ netip.AddrPort, p []byte) error { last = append(last[:0], p...); return nil }

@@ -24,9 +24,6 @@ const (
 	krpcErrMethodUnknown = 204
 )
 
-// krpcVersion is our "v": client "KC", version 0.1.
-const krpcVersion = "KC\x00\x01"
-
 // Wire sizes, see SPEC.md 3.2.
 const (
 	minTIDLen       = 1  // "t": at least one byte
@@ -85,7 +82,7 @@ type krpcMsg struct {
 	TID      []byte         // "t", minTIDLen..maxTIDLen bytes
 	Type     byte           // 'q', 'r' or 'e'
 	Method   krpcMethod     // Type 'q' only; methodUnknown for a method we don't implement
-	Version  []byte         // "v", nil if absent
+	Version  []byte         // "v", nil if absent; read, never sent by us (SPEC.md 3.2)
 	IP       netip.AddrPort // "ip" (BEP 42), zero value if absent
 	ReadOnly bool           // "ro" (BEP 43) = 1, queries only
 	Args     krpcArgs       // Type 'q'

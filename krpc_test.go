@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bufio"
 	"bytes"
 	"encoding/hex"
 	"errors"
@@ -24,7 +23,7 @@ func testID(b byte) nodeID {
 }
 
 // benchGetPeersResponse is the typical get_peers response of the benchmark:
-// 8 nodes, 8 peers, a token, our "ip" and "v".
+// 8 nodes, 8 peers, a token and our "ip" (no "v": SPEC.md 3.2).
 func benchGetPeersResponse() krpcMsg {
 	var ns []nodeInfo
 	var peers []netip.AddrPort
@@ -33,10 +32,9 @@ func benchGetPeersResponse() krpcMsg {
 		peers = append(peers, netip.AddrPortFrom(netip.AddrFrom4([4]byte{192, 0, 2, byte(1 + i)}), uint16(51413+i)))
 	}
 	return krpcMsg{
-		TID:     []byte{0x8a, 0x1f},
-		Type:    'r',
-		Version: []byte(krpcVersion),
-		IP:      netip.MustParseAddrPort("203.0.113.7:6881"),
+		TID:  []byte{0x8a, 0x1f},
+		Type: 'r',
+		IP:   netip.MustParseAddrPort("203.0.113.7:6881"),
 		Reply: krpcReply{
 			ID:     testID(0x42),
 			Nodes:  appendCompactNodes(nil, ns),
@@ -47,7 +45,7 @@ func benchGetPeersResponse() krpcMsg {
 }
 
 func benchPingQuery() krpcMsg {
-	return krpcMsg{TID: []byte{0x8a, 0x20}, Type: 'q', Method: methodPing, Version: []byte(krpcVersion), Args: krpcArgs{ID: testID(0x42)}}
+	return krpcMsg{TID: []byte{0x8a, 0x20}, Type: 'q', Method: methodPing, Args: krpcArgs{ID: testID(0x42)}}
 }
 
 // sampleMsgs covers every message kind we send, with optional fields set.
@@ -404,11 +402,7 @@ func TestKRPCBenchInputs(t *testing.T) {
 		"testdata/krpc/ping_query.bin":         benchPingQuery(),
 	} {
 		want := m.appendTo(nil)
-		if os.Getenv("KADCHAT_WRITE_TESTDATA") == "1" {
-			if err := os.WriteFile(file, want, 0o644); err != nil {
-				t.Fatal(err)
-			}
-		}
+		updateFile(t, file, want)
 		got, err := os.ReadFile(file)
 		if err != nil {
 			t.Fatal(err)
@@ -419,88 +413,30 @@ func TestKRPCBenchInputs(t *testing.T) {
 	}
 }
 
-// krpcExample is one ```krpc-example block of SPEC.md.
+// krpcExample is one ```krpc-example block of SPEC.md: a Go-quoted
+// datagram (the body), then the fields it states.
 type krpcExample struct {
-	name   string
-	line   int
-	wire   []byte
-	fields map[string]string
+	specBlock
+	wire []byte
 }
 
-// specKRPCExamples extracts the krpc-example blocks: a Go-quoted string on
-// the first line, then "key = value" lines.
 func specKRPCExamples(t testing.TB) []krpcExample {
-	f, err := os.Open("SPEC.md")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
+	t.Helper()
 	var out []krpcExample
-	var cur *krpcExample
-	sc := bufio.NewScanner(f)
-	for n := 1; sc.Scan(); n++ {
-		line := sc.Text()
-		switch {
-		case cur == nil && strings.HasPrefix(line, "```krpc-example name="):
-			out = append(out, krpcExample{name: strings.TrimPrefix(line, "```krpc-example name="), line: n, fields: map[string]string{}})
-			cur = &out[len(out)-1]
-		case cur == nil:
-		case line == "```":
-			cur = nil
-		case cur.wire == nil:
-			s, err := strconv.Unquote(line)
-			if err != nil {
-				t.Fatalf("SPEC.md:%d: %v", n, err)
-			}
-			cur.wire = []byte(s)
-		default:
-			k, v, ok := strings.Cut(line, " = ")
-			if !ok {
-				t.Fatalf("SPEC.md:%d: want key = value, got %q", n, line)
-			}
-			cur.fields[k] = v
+	for _, b := range specBlocks(t, "krpc-example") {
+		w, err := strconv.Unquote(b.body)
+		if err != nil {
+			t.Fatalf("SPEC.md:%d: %s: %q: %v", b.line, b.name, b.body, err)
 		}
-	}
-	if err := sc.Err(); err != nil {
-		t.Fatal(err)
+		out = append(out, krpcExample{specBlock: b, wire: []byte(w)})
 	}
 	return out
 }
 
-// quoteBytes quotes b as SPEC.md writes wire bytes: a Go string literal with
-// printable ASCII as is and every other byte as \xNN.
-func quoteBytes(b []byte) string {
-	var sb strings.Builder
-	sb.WriteByte('"')
-	for _, c := range b {
-		switch {
-		case c == '"' || c == '\\':
-			sb.WriteByte('\\')
-			sb.WriteByte(c)
-		case c >= 0x20 && c < 0x7f:
-			sb.WriteByte(c)
-		default:
-			fmt.Fprintf(&sb, "\\x%02x", c)
-		}
-	}
-	sb.WriteByte('"')
-	return sb.String()
-}
-
-func TestQuoteBytes(t *testing.T) {
-	in := []byte("a\"\\\x00\xde\xad~")
-	q := quoteBytes(in)
-	if q != `"a\"\\\x00\xde\xad~"` {
-		t.Fatalf("quoteBytes = %s", q)
-	}
-	if s, err := strconv.Unquote(q); err != nil || s != string(in) {
-		t.Fatalf("Unquote(%s) = %q, %v", q, s, err)
-	}
-}
-
-// krpcFieldText renders the fields an example may state, as SPEC.md 3.2 writes them.
+// krpcFieldText renders the fields an example may state, as SPEC.md 3.2
+// writes them; byte strings (which SPEC.md writes Go-quoted) as they are.
 func krpcFieldText(m krpcMsg) map[string]string {
-	f := map[string]string{"type": string(m.Type), "tid": quoteBytes(m.TID)}
+	f := map[string]string{"type": string(m.Type), "tid": string(m.TID)}
 	if m.Type == 'q' {
 		f["method"] = m.Method.String()
 		f["id"] = m.Args.ID.String()
@@ -511,7 +447,7 @@ func krpcFieldText(m krpcMsg) map[string]string {
 		f["implied_port"] = strconv.FormatBool(m.Args.ImpliedPort)
 		f["token"] = hex.EncodeToString(m.Args.Token)
 		f["want"] = fmt.Sprintf("n4=%v n6=%v", m.Args.Want&wantN4 != 0, m.Args.Want&wantN6 != 0)
-		f["v_item"] = quoteBytes(m.Args.V)
+		f["v_item"] = string(m.Args.V)
 		if m.Args.HasSeq {
 			f["seq"] = strconv.FormatInt(m.Args.Seq, 10)
 		}
@@ -532,9 +468,9 @@ func krpcFieldText(m krpcMsg) map[string]string {
 	}
 	if m.Type == 'e' {
 		f["code"] = strconv.Itoa(m.ErrCode)
-		f["message"] = quoteBytes(m.ErrMsg)
+		f["message"] = string(m.ErrMsg)
 	}
-	f["v"] = quoteBytes(m.Version)
+	f["v"] = string(m.Version)
 	if m.IP.IsValid() {
 		f["ip"] = m.IP.String()
 	}
@@ -560,9 +496,16 @@ func TestSpecKRPCExamples(t *testing.T) {
 			}
 		}
 		have := krpcFieldText(m)
-		for k, want := range ex.fields {
+		for k, stated := range ex.fields {
+			want := stated
+			if strings.HasPrefix(stated, `"`) {
+				var err error
+				if want, err = strconv.Unquote(stated); err != nil {
+					t.Fatalf("SPEC.md:%d %s: %s = %s: %v", ex.line, ex.name, k, stated, err)
+				}
+			}
 			if got, ok := have[k]; !ok || got != want {
-				t.Errorf("SPEC.md:%d %s: %s = %s, parsed %q", ex.line, ex.name, k, want, got)
+				t.Errorf("SPEC.md:%d %s: %s = %s, parsed %q", ex.line, ex.name, k, stated, got)
 			}
 		}
 		if got := m.appendTo(nil); !bytes.Equal(got, ex.wire) {
@@ -685,15 +628,15 @@ func BenchmarkCheckBencode(b *testing.B) {
 const maxGetPeersReply = 1280 - 40 - 8
 
 // worstGetPeersReply is the longest get_peers reply we send to a requester
-// of the family of ip with n peers: a 16-byte tid, our "v", both node lists
-// full (want n4 and n6), a token and the BEP 42 "ip".
+// of the family of ip with n peers: a 16-byte tid, both node lists full
+// (want n4 and n6), a token and the BEP 42 "ip" (and no "v", SPEC.md 3.2).
 func worstGetPeersReply(ip netip.Addr, n int) []byte {
 	peers := make([]netip.AddrPort, n)
 	for i := range peers {
 		peers[i] = netip.AddrPortFrom(ip, uint16(i+1))
 	}
 	m := krpcMsg{
-		TID: make([]byte, maxTIDLen), Type: 'r', Version: []byte(krpcVersion), IP: netip.AddrPortFrom(ip, 1),
+		TID: make([]byte, maxTIDLen), Type: 'r', IP: netip.AddrPortFrom(ip, 1),
 		Reply: krpcReply{
 			Nodes: make([]byte, bucketSize*compactNodeLen), Nodes6: make([]byte, bucketSize*compactNode6Len),
 			Token: make([]byte, tokenLen), Values: appendPeerList(nil, peers),
@@ -711,8 +654,8 @@ func TestGetPeersReplyFits(t *testing.T) {
 		ip        netip.Addr
 		max, want int // peers allowed; the worst reply's length
 	}{
-		{"ipv4", netip.MustParseAddr("192.0.2.1"), maxPeersReply, 1045},
-		{"ipv6", netip.MustParseAddr("2001:db8::1"), maxPeersReply6, 1225},
+		{"ipv4", netip.MustParseAddr("192.0.2.1"), maxPeersReply, 1036},
+		{"ipv6", netip.MustParseAddr("2001:db8::1"), maxPeersReply6, 1216},
 	}
 	for _, tt := range tests {
 		got := len(worstGetPeersReply(tt.ip, tt.max))

@@ -68,6 +68,8 @@ type lookupOpts struct {
 	stopOnValue bool       // get: end as soon as an immutable value verified
 	stopOnPeers bool       // get_peers: end once peersQuorum nodes gave peers
 	toStore     bool       // announce, put: a slow node does not hold up the end
+	ownID       bool       // the target derives from our id: end if we move (nodeid.go)
+	epoch       uint64     // with ownID: the moves of d.idAndMoves when the target was derived
 }
 
 type candState uint8
@@ -109,7 +111,8 @@ type lookup struct {
 	item     bep44Item
 	hasItem  bool
 	stop     bool
-	askDead  bool // ask nodes that failed us lately too
+	askDead  bool   // ask nodes that failed us lately too
+	moves    uint64 // with opts.ownID: opts.epoch
 	stats    lookupStats
 
 	mu     sync.Mutex // guards events, filled by transaction callbacks
@@ -122,7 +125,7 @@ type lookup struct {
 func (d *dht) lookup(ctx context.Context, o lookupOpts) (*lookupResult, error) {
 	start := d.now()
 	l := &lookup{d: d, opts: o, self: d.id(), seen: map[netip.AddrPort]*candidate{},
-		peerSeen: map[netip.AddrPort]struct{}{}, wake: make(chan struct{}, 1)}
+		peerSeen: map[netip.AddrPort]struct{}{}, wake: make(chan struct{}, 1), moves: o.epoch}
 	l.ownIPs = []netip.Addr{d.node.LocalAddr().Addr()}
 	if ext, ok := d.external(); ok {
 		l.ownIPs = append(l.ownIPs, ext.Addr())
@@ -140,6 +143,11 @@ func (d *dht) lookup(ctx context.Context, o lookupOpts) (*lookupResult, error) {
 	var err error
 	for {
 		l.handleEvents()
+		if _, moves := d.idAndMoves(); o.ownID && moves != l.moves {
+			// Its target would tie our new address to the old id.
+			err = fmt.Errorf("dht: %v lookup: %w", o.method, errMoved)
+			break
+		}
 		if l.finished() {
 			break
 		}
@@ -401,9 +409,9 @@ func (l *lookup) query(c *candidate) {
 	l.stats.Queried++
 	l.stats.Messages++
 	id := c.info.ID
-	_, err := l.d.tx.send(c.info.Addr, &q, &id,
-		func(n int, resent bool) { l.post(lookupEvent{c: c, timeout: n, resent: resent}) },
-		func(r queryResult) { l.post(lookupEvent{c: c, res: &r}) })
+	o := txOpts{expect: &id, ownID: l.opts.ownID, epoch: l.opts.epoch,
+		onTimeout: func(n int, resent bool) { l.post(lookupEvent{c: c, timeout: n, resent: resent}) }}
+	_, err := l.d.tx.send(c.info.Addr, &q, o, func(r queryResult) { l.post(lookupEvent{c: c, res: &r}) })
 	if err != nil {
 		c.state = candFailed
 		l.inflight--
@@ -489,7 +497,7 @@ func (d *dht) publish(ctx context.Context, o lookupOpts, what string, mk func(to
 		}
 	}
 	ok, refused := 0, error(nil)
-	for _, r := range d.tx.queryAll(ctx, to, func(i int) krpcMsg { return mk(toks[i]) }) {
+	for _, r := range d.tx.queryAll(ctx, to, txOpts{}, func(i int) krpcMsg { return mk(toks[i]) }) {
 		var kerr *krpcError
 		switch {
 		case r.Err == nil:

@@ -6,8 +6,9 @@
 //
 // Flow: main parses flags, opens the data directory and the one UDP socket,
 // then starts the DHT, the session layer and the chat core on it, and reads
-// commands from stdin until /quit, end of input, SIGINT or SIGTERM; then it
-// stops everything and saves state.
+// commands from stdin until /quit, end of input, SIGINT or SIGTERM; then the
+// sessions say goodbye to the contacts, and it stops everything and saves
+// state.
 package main
 
 import (
@@ -41,6 +42,22 @@ var defaultBootstrap = []string{
 
 // defaultListen is the mainline DHT's customary port.
 const defaultListen = ":6881"
+
+// defaultNowRandLog fills in the real clock, crypto/rand and a logger that
+// discards, where a layer's config left them nil. Every layer takes the
+// three from its config so that tests can pass a fake clock and a seeded
+// reader (STYLE 7); the program itself passes nothing or its own logger.
+func defaultNowRandLog(now *func() time.Time, r *io.Reader, log **slog.Logger) {
+	if *now == nil {
+		*now = time.Now
+	}
+	if *r == nil {
+		*r = rand.Reader
+	}
+	if *log == nil {
+		*log = slog.New(slog.DiscardHandler)
+	}
+}
 
 type options struct {
 	dir       string
@@ -144,27 +161,31 @@ func newLogHandler(verbose bool, stderr io.Writer) slog.Handler {
 // can run it in-process. Lines come from src; results and events go to
 // stdout, logs (with -v) to stderr.
 func run(ctx context.Context, o options, src lineSource, stdout, stderr io.Writer) error {
-	hook := newDHTHook(newLogHandler(o.verbose, stderr))
-	a, err := openApp(o, slog.New(hook), stdout)
+	a, err := openApp(o, slog.New(newLogHandler(o.verbose, stderr)), stdout)
 	if err != nil {
 		return err
 	}
 	src.attach(a.ui)
-	ctx, cancel := context.WithCancel(ctx)
+	// A signal ends the commands (ctx) but not the layers: the sessions
+	// must still say goodbye on an open socket before everything stops.
+	cmds, stopCmds := context.WithCancel(ctx)
+	layers, stopLayers := context.WithCancel(context.WithoutCancel(ctx))
 	var wg sync.WaitGroup
-	a.start(ctx, &wg)
+	a.start(layers, &wg)
 	a.watch = &dhtWatch{}
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
-		a.watch.run(ctx, a.dht.goodNodes, hook.failed, func(l string) { a.ui.printf("%s", l) })
+		a.watch.run(layers, a.dht.goodNodes, a.dhtFailed, func(l string) { a.ui.printf("%s", l) })
 	}()
 	if a.busyPort != "" {
 		a.ui.printf("* listening on %s (%s was busy)", a.node.LocalAddr(), a.busyPort)
 	}
 	a.ui.printf("* ready %s %s", a.node.LocalAddr(), a.id.public())
-	err = a.readCommands(ctx, src)
-	cancel()
+	err = a.readCommands(cmds, src)
+	stopCmds()
+	a.sess.sayGoodbye() // /quit, end of input, SIGINT and SIGTERM alike
+	stopLayers()
 	wg.Wait()
 	if cerr := a.close(); err == nil {
 		err = cerr
@@ -261,8 +282,9 @@ type app struct {
 	ui   *ui
 	lock *dirLock
 
-	busyPort string    // the port asked for, when it was busy; "" if we got it
-	watch    *dhtWatch // nil in the demo
+	busyPort  string        // the port asked for, when it was busy; "" if we got it
+	watch     *dhtWatch     // nil in the demo
+	dhtFailed chan struct{} // a bootstrap failed (buffered 1: one pending signal is enough)
 }
 
 // openApp opens the data directory and builds the layers on one socket.
@@ -303,17 +325,30 @@ func (a *app) open(o options) error {
 // build wires the DHT, the sessions and the chat core to each other.
 func (a *app) build(o options) error {
 	var err error
-	a.dht, err = newDHT(a.node, dhtConfig{Bootstrap: o.bootstrap, Dir: o.dir, Now: time.Now, Rand: rand.Reader, Log: a.log})
+	a.dhtFailed = make(chan struct{}, 1)
+	a.dht, err = newDHT(a.node, dhtConfig{Bootstrap: o.bootstrap, Dir: o.dir, Now: time.Now, Rand: rand.Reader, Log: a.log,
+		BootstrapFailed: func(error) {
+			select {
+			case a.dhtFailed <- struct{}{}:
+			default:
+			}
+		},
+	})
+	if err != nil {
+		return err
+	}
+	timestamps, err := loadTimestamps(o.dir)
 	if err != nil {
 		return err
 	}
 	a.sess = newSessionManager(sessionConfig{
 		Identity:       a.id,
+		Dir:            o.dir,
+		Timestamps:     timestamps,
 		Send:           a.node.send,
-		Allowed:        func(k publicKey) bool { return a.chat.isContact(k) },
 		Deliver:        func(k publicKey, from netip.AddrPort, b []byte) { a.chat.handlePayload(k, from, b) },
 		Established:    func(k publicKey, addr netip.AddrPort) { a.chat.setOnline(k, addr) },
-		Ended:          func(k publicKey) { a.chat.setOffline(k) },
+		Ended:          func(k publicKey, seen time.Time) { a.chat.setOffline(k, seen) },
 		RekeyAfterTime: o.rekeyAfter,
 		Now:            time.Now,
 		Rand:           rand.Reader,
@@ -345,6 +380,13 @@ func (a *app) build(o options) error {
 	})
 	if err != nil {
 		return err
+	}
+	// The session layer answers contacts only: it learns them here and
+	// from addContact and removeContact.
+	for _, c := range a.chat.contactList() {
+		if err := a.sess.addContact(c.Key); err != nil {
+			return err
+		}
 	}
 	a.inv = newInviter(inviteConfig{
 		Self:     a.id.public(),
@@ -385,7 +427,22 @@ func (a *app) close() error {
 	return err
 }
 
-func (a *app) addContact(name string, k publicKey) error { return a.chat.addContact(name, k) }
+// addContact adds k to the session layer first, so that neither the
+// rendezvous's first address nor the contact's first initiation finds it
+// missing there.
+func (a *app) addContact(name string, k publicKey) error {
+	_, known := a.chat.contactByKey(k)
+	if err := a.sess.addContact(k); err != nil {
+		return err
+	}
+	if err := a.chat.addContact(name, k); err != nil {
+		if !known {
+			a.sess.forget(k)
+		}
+		return err
+	}
+	return nil
+}
 
 func (a *app) removeContact(name string) error {
 	c, ok := a.chat.contactByName(name)

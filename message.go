@@ -15,7 +15,6 @@ import (
 	"bytes"
 	"cmp"
 	"context"
-	cryptorand "crypto/rand"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -410,15 +409,7 @@ func newChat(cfg chatConfig) (*chat, error) {
 	if cfg.Event == nil {
 		cfg.Event = func(chatEvent) {}
 	}
-	if cfg.Now == nil {
-		cfg.Now = time.Now
-	}
-	if cfg.Rand == nil {
-		cfg.Rand = cryptorand.Reader
-	}
-	if cfg.Log == nil {
-		cfg.Log = slog.New(slog.DiscardHandler)
-	}
+	defaultNowRandLog(&cfg.Now, &cfg.Rand, &cfg.Log)
 	c := &chat{cfg: cfg, peers: map[publicKey]*chatPeer{}, gone: goneStates{}, names: map[string]*chatPeer{},
 		ev: &eventQueue{emit: cfg.Event},
 		sched: newRendezvousScheduler(rendezvousConfig{StaticSecret: cfg.StaticSecret, Announce: cfg.Announce,
@@ -591,9 +582,10 @@ func appendFrames(frames [][]byte, maxPayload int, stream uint64, m *outMsg) [][
 
 // handlePayload takes one decrypted session payload from peer. The session
 // layer calls it with b valid only during the call; an empty payload is a
-// keepalive.
+// keepalive, which only says the contact is there (last seen).
 func (c *chat) handlePayload(key publicKey, from netip.AddrPort, b []byte) {
 	if len(b) == 0 {
+		c.seen(key)
 		return
 	}
 	f, err := parseChatFrame(b)
@@ -827,9 +819,19 @@ func (c *chat) setOnline(key publicKey, addr netip.AddrPort) {
 	c.ev.flush()
 }
 
-// setOffline records that the contact's session ended; rendezvous lookups
-// for it go back to the fast schedule.
-func (c *chat) setOffline(key publicKey) {
+// seen records a keepalive from the contact as its last-seen time.
+func (c *chat) seen(key publicKey) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if p := c.peers[key]; p != nil {
+		p.LastSeen = c.cfg.Now()
+	}
+}
+
+// setOffline records that the contact's session ended, lastSeen being the
+// time of its last packet (not now: silence is noticed DeadAfter late);
+// rendezvous lookups for it go back to the fast schedule.
+func (c *chat) setOffline(key publicKey, lastSeen time.Time) {
 	c.mu.Lock()
 	p := c.peers[key]
 	if p == nil || !p.online {
@@ -837,7 +839,10 @@ func (c *chat) setOffline(key publicKey) {
 		return
 	}
 	now := c.cfg.Now()
-	p.online, p.LastSeen = false, now
+	p.online = false
+	if !lastSeen.IsZero() {
+		p.LastSeen = lastSeen
+	}
 	c.sched.offline(key, now)
 	c.ev.push(chatEvent{Kind: eventOffline, Contact: p.Name, Key: key, Time: now, Addr: p.addr})
 	c.mu.Unlock()

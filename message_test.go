@@ -29,22 +29,6 @@ func chatKey(b byte) publicKey {
 	return k
 }
 
-// chatClock is an injected clock that only moves when told.
-type chatClock struct {
-	mu sync.Mutex
-	t  time.Time
-}
-
-func (c *chatClock) now() time.Time { c.mu.Lock(); defer c.mu.Unlock(); return c.t }
-
-func (c *chatClock) set(t time.Time) { c.mu.Lock(); c.t = t; c.mu.Unlock() }
-
-func (c *chatClock) add(d time.Duration) {
-	c.mu.Lock()
-	c.t = c.t.Add(d)
-	c.mu.Unlock()
-}
-
 // chatEvents collects events and lets a test wait for them.
 type chatEvents struct {
 	mu  sync.Mutex
@@ -482,7 +466,7 @@ func FuzzChatFrame(f *testing.F) {
 }
 
 func TestBackoff(t *testing.T) {
-	clock := &chatClock{t: time.Date(2026, 11, 25, 12, 0, 0, 0, time.UTC)}
+	clock := newFakeClockAt(time.Date(2026, 11, 25, 12, 0, 0, 0, time.UTC))
 	var mu sync.Mutex
 	var sent []chatFrame
 	c, l := testChat(t, t.TempDir(), chatKey(1), func(_ publicKey, b []byte) error {
@@ -506,12 +490,12 @@ func TestBackoff(t *testing.T) {
 	}
 	// 200 ms doubling to 10 s.
 	for _, wait := range []time.Duration{200, 400, 800, 1600, 3200, 6400, 10000, 10000} {
-		clock.add(wait*time.Millisecond - time.Millisecond)
+		clock.advance(wait*time.Millisecond - time.Millisecond)
 		c.retransmit()
 		if n := count(); n != 0 {
 			t.Fatalf("retransmitted before %v ms: %d frames", wait, n)
 		}
-		clock.add(time.Millisecond)
+		clock.advance(time.Millisecond)
 		c.retransmit()
 		if n := count(); n != 1 {
 			t.Fatalf("after %v ms: %d frames, want 1", wait, n)
@@ -520,7 +504,7 @@ func TestBackoff(t *testing.T) {
 	// A new session sends at once and restarts the backoff.
 	c.setOnline(chatKey(2), netip.MustParseAddrPort("192.0.2.1:1"))
 	c.out.wg.Wait()
-	clock.add(200 * time.Millisecond)
+	clock.advance(200 * time.Millisecond)
 	c.retransmit()
 	if n := count(); n != 2 {
 		t.Fatalf("online + 200 ms: %d frames, want 2", n)
@@ -530,7 +514,7 @@ func TestBackoff(t *testing.T) {
 	c.send(context.Background(), "bob", "y")
 	c.send(context.Background(), "bob", "z")
 	count()
-	clock.add(fastRetransmit)
+	clock.advance(fastRetransmit)
 	ack := chatFrame{Type: chatFrameAck, Stream: stream, Seq: 1, Sack: []byte{0x40}}
 	c.handlePayload(chatKey(2), netip.AddrPort{}, ack.appendTo(nil))
 	c.out.wg.Wait()
@@ -544,7 +528,7 @@ func TestBackoff(t *testing.T) {
 	if d := l.of(eventDelivered); len(d) != 1 || d[0].MsgID != 1 {
 		t.Fatalf("delivered events %+v, want msg 1", d)
 	}
-	clock.add(retransmitMin)
+	clock.advance(retransmitMin)
 	c.retransmit()
 	mu.Lock()
 	got = slices.Clone(sent)
@@ -565,7 +549,7 @@ func TestBackoff(t *testing.T) {
 	}
 	ack = chatFrame{Type: chatFrameAck, Stream: stream, Seq: 3}
 	c.handlePayload(chatKey(2), netip.AddrPort{}, ack.appendTo(nil))
-	clock.add(time.Minute)
+	clock.advance(time.Minute)
 	c.retransmit()
 	if ci, _ := c.contactByName("bob"); ci.Outbox != 0 || count() != 0 || len(l.of(eventDelivered)) != 3 {
 		t.Fatalf("after the final ack: outbox %d, delivered %d", ci.Outbox, len(l.of(eventDelivered)))

@@ -1,18 +1,17 @@
-// The outbox log: record format, group commit, loading and compaction
-// (SPEC.md 5.5), and the rule that the chat shows and acknowledges only what
-// is on disk (5.4).
+// The outbox log (SPEC.md 5.4, 5.5): record format, group commit, loading
+// and compaction, and the rule that the chat shows and acknowledges only
+// what is on disk.
 //
-// Every change to what the chat must not forget (a stream started, a message
-// queued, acknowledged or delivered, a contact forgotten) is a record
-// appended to the journal's current batch. One committer goroutine writes
-// and fsyncs each batch, then calls back (chat.afterSync), which releases
-// the deliveries that waited for it. At start the records are parsed
-// (parseOutbox), the state in memory is rebuilt from them (chat.restore),
-// and unless the log is already exactly that state's snapshot it is
-// replaced by it (settle). Later it is replaced by a snapshot of the live
-// state (outboxSnapshot) at most scrubAfter after a message's text left the
-// outbox (noteDropped, scrubIfDue), when the log has grown, and at exit; the
-// replaced file is then overwritten with zeros (wipeFile).
+// Flow: every change the chat must not forget (a stream started, a message
+// queued, acknowledged or delivered, a contact forgotten) is a record in the
+// journal's current batch; one committer goroutine writes and fsyncs each
+// batch, then calls back (chat.afterSync) to release the deliveries waiting
+// for it. At start the records are parsed (parseOutbox), the state is rebuilt
+// from them (chat.restore), and the log is replaced by that state's snapshot
+// unless it is one already (settle). Later a snapshot of the live state
+// (outboxSnapshot) replaces it at most scrubAfter after a message's text left
+// the outbox (noteDropped, scrubIfDue), when the log has grown, and at exit;
+// the replaced file is then overwritten with zeros (wipeFile).
 package main
 
 import (

@@ -1,6 +1,6 @@
 // Private rendezvous (SPEC.md 5.2).
 //
-// Two contacts meet on an infohash only they can compute: an HMAC of their
+// Flow: two contacts meet on an infohash only they can compute: an HMAC of their
 // static-static X25519 secret and the hour (rendezvousInfohash), for each of
 // the epochs within the clock skew (rendezvousEpochs). The scheduler keeps,
 // per contact, when to announce and when to look the contact up; the chat's

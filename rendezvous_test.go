@@ -97,7 +97,7 @@ func (d *chatFakeDHT) counts() (int, int) {
 
 func TestRendezvousSchedule(t *testing.T) {
 	// 12:20:30 UTC: more than 10 minutes from either epoch boundary: one epoch.
-	clock := &chatClock{t: time.Date(2026, 11, 25, 12, 20, 30, 0, time.UTC)}
+	clock := newFakeClockAt(time.Date(2026, 11, 25, 12, 20, 30, 0, time.UTC))
 	self := netip.MustParseAddrPort("198.51.100.1:6881")
 	bob := netip.MustParseAddrPort("203.0.113.9:7000")
 	d := &chatFakeDHT{peers: []netip.AddrPort{self, bob}}
@@ -123,7 +123,7 @@ func TestRendezvousSchedule(t *testing.T) {
 	c.sched.start()
 	ctx := context.Background()
 	step := func(d time.Duration) {
-		clock.add(d)
+		clock.advance(d)
 		c.sched.tick(ctx)
 		c.sched.waitOps()
 	}
@@ -157,7 +157,7 @@ func TestRendezvousSchedule(t *testing.T) {
 	c.setOnline(chatKey(2), bob)
 	step(150 * time.Second) // 300 s after start
 	want("online at 5 min", 2, 14)
-	c.setOffline(chatKey(2))
+	c.setOffline(chatKey(2), time.Time{})
 	step(0)
 	want("offline again: fast lookups", 2, 15)
 	step(5 * time.Second)

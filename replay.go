@@ -1,4 +1,5 @@
-// Replay protection for transport packets: an RFC 6479 sliding window.
+// Replay protection for transport packets (SPEC.md 4.6): an RFC 6479
+// sliding window.
 //
 // Flow: a transport packet's counter is first checked (check, no state
 // change), then the packet is authenticated, and only then is the counter

@@ -1,19 +1,16 @@
 // Routing table (SPEC.md 3.3; BEP 5): 160-bit ids, k-buckets, XOR metric,
 // and the routing file.
 //
-// Flow: the DHT calls heard() for every valid message from a node (a
-// response to our query, or a query of its own) and failed() when one of our
-// queries to it went unanswered. heard() updates a known node, or inserts a
-// new one: into free room, over a bad node, by splitting the bucket that
-// holds our own id, or over an unverified node when the newcomer has a BEP 42
-// id; otherwise the newcomer waits in the bucket's replacement cache and
-// heard() returns the bucket's questionable nodes for the caller to ping
-// (ping-before-evict); a querier that took a slot is returned too, to be
-// pinged once, as replies only pass on nodes that have answered us. A node
-// whose pings keep failing turns bad, and failed() promotes the best
-// replacement into its slot. closest() answers lookups, closestFamily()
-// replies; refreshTargets() names the stale buckets to search again.
-// BEP 42 ids and the external-address voter are in bep42.go.
+// Flow: the DHT calls heard() for every valid message from a node and
+// failed() when one of our queries to it went unanswered. heard() updates a
+// known node or inserts a new one: into free room, over a bad node, by
+// splitting our own id's bucket, or over an unverified node if the newcomer
+// has a BEP 42 id; otherwise the newcomer waits in the replacement cache and
+// heard() returns the questionable nodes to ping (ping-before-evict), and a
+// querier that took a slot, to be pinged once (replies pass on only nodes
+// that answered us). failed() turns a node bad after repeated failures and
+// promotes the best replacement. closest() answers lookups, closestFamily()
+// replies; refreshTargets() names stale buckets. BEP 42 is in bep42.go.
 package main
 
 import (
@@ -277,6 +274,14 @@ func (t *routingTable) verifyNewcomer(id nodeID, ping []nodeInfo, now time.Time)
 	}
 	b.nodes[i].lastPinged = now
 	return append(ping, b.nodes[i].nodeInfo)
+}
+
+// hasAnswered reports whether n, a bucket node, has ever answered one of
+// our queries.
+func (t *routingTable) hasAnswered(n nodeInfo) bool {
+	b := t.buckets[t.bucketIndex(n.ID)]
+	i := findEntry(b.nodes, n.ID)
+	return i >= 0 && b.nodes[i].Addr == unmapAddrPort(n.Addr) && !b.nodes[i].lastResponse.IsZero()
 }
 
 // update records a message from the known node b.nodes[i]. A different
@@ -681,27 +686,32 @@ func setBit(id *nodeID, i int, v bool) {
 	}
 }
 
-// Persistence. The layout is specified byte by byte in SPEC.md 3.3.
+// Persistence. The layout is specified byte by byte in SPEC.md 3.3. The file
+// holds the nodes, not our id: an id kept across restarts would be a
+// long-term pseudonym (SPEC.md 6.2). Version 1 files, which held the id
+// after the version byte, still load; the id in them is skipped.
 
 const (
-	routingMagic      = "kadchat-routing" // 15 bytes
-	routingVersion    = 1
-	routingHeaderLen  = len(routingMagic) + 1 + idLen + 2 // magic, version, self, count
-	routingCRCLen     = 4
-	routingFamily4    = 4
-	routingFamily6    = 6
-	routingEntry4Len  = 1 + idLen + 4 + 2
-	routingEntry6Len  = 1 + idLen + 16 + 2
-	maxSavedNodes     = maxBuckets * bucketSize // 1280: more than a table holds is absurd
-	maxRoutingFileLen = routingHeaderLen + maxSavedNodes*routingEntry6Len + routingCRCLen
-	routingFileMode   = 0o600
+	routingMagic         = "kadchat-routing" // 15 bytes
+	routingVersion       = 2
+	routingVersionWithID = 1                                 // written before the id left the file
+	routingHeaderLen     = len(routingMagic) + 1 + 2         // magic, version, count
+	routingHeaderWithID  = len(routingMagic) + 1 + idLen + 2 // magic, version, old id, count
+	routingCRCLen        = 4
+	routingFamily4       = 4
+	routingFamily6       = 6
+	routingEntry4Len     = 1 + idLen + 4 + 2
+	routingEntry6Len     = 1 + idLen + 16 + 2
+	maxSavedNodes        = maxBuckets * bucketSize // 1280: more than a table holds is absurd
+	maxRoutingFileLen    = routingHeaderWithID + maxSavedNodes*routingEntry6Len + routingCRCLen
+	routingFileMode      = 0o600
 )
 
 var errRoutingFile = errors.New("routing: bad routing file")
 
-// appendRoutingFile encodes self and up to maxSavedNodes of ns. Entries a
-// loader would reject (no usable address) are skipped.
-func appendRoutingFile(dst []byte, self nodeID, ns []nodeInfo) []byte {
+// appendRoutingFile encodes up to maxSavedNodes of ns. Entries a loader
+// would reject (no usable address) are skipped.
+func appendRoutingFile(dst []byte, ns []nodeInfo) []byte {
 	var body []byte
 	count := 0
 	for _, n := range ns {
@@ -725,38 +735,40 @@ func appendRoutingFile(dst []byte, self nodeID, ns []nodeInfo) []byte {
 	start := len(dst)
 	dst = append(dst, routingMagic...)
 	dst = append(dst, routingVersion)
-	dst = append(dst, self[:]...)
 	dst = binary.BigEndian.AppendUint16(dst, uint16(count))
 	dst = append(dst, body...)
 	return binary.BigEndian.AppendUint32(dst, crc32.Checksum(dst[start:], castagnoli))
 }
 
-// parseRoutingFile is the strict, pure inverse of appendRoutingFile.
-func parseRoutingFile(b []byte) (nodeID, []nodeInfo, error) {
+// parseRoutingFile is the strict, pure inverse of appendRoutingFile. It
+// also reads version 1, skipping the id that version stored.
+func parseRoutingFile(b []byte) ([]nodeInfo, error) {
 	if len(b) < routingHeaderLen+routingCRCLen || len(b) > maxRoutingFileLen {
-		return nodeID{}, nil, fmt.Errorf("%w: length %d", errRoutingFile, len(b))
+		return nil, fmt.Errorf("%w: length %d", errRoutingFile, len(b))
 	}
 	if string(b[:len(routingMagic)]) != routingMagic {
-		return nodeID{}, nil, fmt.Errorf("%w: no magic", errRoutingFile)
+		return nil, fmt.Errorf("%w: no magic", errRoutingFile)
 	}
-	if v := b[len(routingMagic)]; v != routingVersion {
-		return nodeID{}, nil, fmt.Errorf("%w: version %d", errRoutingFile, v)
+	hdr := routingHeaderLen
+	switch v := b[len(routingMagic)]; v {
+	case routingVersion:
+	case routingVersionWithID:
+		hdr = routingHeaderWithID
+	default:
+		return nil, fmt.Errorf("%w: version %d", errRoutingFile, v)
+	}
+	if len(b) < hdr+routingCRCLen {
+		return nil, fmt.Errorf("%w: length %d", errRoutingFile, len(b))
 	}
 	body, sum := b[:len(b)-routingCRCLen], binary.BigEndian.Uint32(b[len(b)-routingCRCLen:])
 	if crc32.Checksum(body, castagnoli) != sum {
-		return nodeID{}, nil, fmt.Errorf("%w: checksum mismatch", errRoutingFile)
+		return nil, fmt.Errorf("%w: checksum mismatch", errRoutingFile)
 	}
-	var self nodeID
-	copy(self[:], b[len(routingMagic)+1:])
-	count := int(binary.BigEndian.Uint16(b[routingHeaderLen-2:]))
+	count := int(binary.BigEndian.Uint16(b[hdr-2:]))
 	if count > maxSavedNodes {
-		return nodeID{}, nil, fmt.Errorf("%w: %d nodes", errRoutingFile, count)
+		return nil, fmt.Errorf("%w: %d nodes", errRoutingFile, count)
 	}
-	ns, err := parseRoutingEntries(body[routingHeaderLen:], count)
-	if err != nil {
-		return nodeID{}, nil, err
-	}
-	return self, ns, nil
+	return parseRoutingEntries(body[hdr:], count)
 }
 
 func parseRoutingEntries(b []byte, count int) ([]nodeInfo, error) {
@@ -790,9 +802,9 @@ func parseRoutingEntries(b []byte, count int) ([]nodeInfo, error) {
 	return ns, nil
 }
 
-// saveRoutingTable writes our id and ns to path atomically, mode 0600.
-func saveRoutingTable(path string, self nodeID, ns []nodeInfo) error {
-	if err := writeFileAtomic(path, appendRoutingFile(nil, self, ns), routingFileMode); err != nil {
+// saveRoutingTable writes ns to path atomically, mode 0600.
+func saveRoutingTable(path string, ns []nodeInfo) error {
+	if err := writeFileAtomic(path, appendRoutingFile(nil, ns), routingFileMode); err != nil {
 		return fmt.Errorf("routing: save: %w", err)
 	}
 	return nil
@@ -801,21 +813,21 @@ func saveRoutingTable(path string, self nodeID, ns []nodeInfo) error {
 // loadRoutingTable reads a file written by saveRoutingTable. A missing file
 // is an error satisfying errors.Is(err, os.ErrNotExist); a corrupt one is an
 // error wrapping errRoutingFile, never silently replaced.
-func loadRoutingTable(path string) (self nodeID, ns []nodeInfo, err error) {
+func loadRoutingTable(path string) ([]nodeInfo, error) {
 	f, err := os.Open(path)
 	if err != nil {
-		return nodeID{}, nil, fmt.Errorf("routing: load: %w", err)
+		return nil, fmt.Errorf("routing: load: %w", err)
 	}
 	defer f.Close()
 	// Read one byte past the limit so an oversized file is refused
 	// without reading all of it.
 	b, err := io.ReadAll(io.LimitReader(f, int64(maxRoutingFileLen)+1))
 	if err != nil {
-		return nodeID{}, nil, fmt.Errorf("routing: load: %w", err)
+		return nil, fmt.Errorf("routing: load: %w", err)
 	}
-	self, ns, err = parseRoutingFile(b)
+	ns, err := parseRoutingFile(b)
 	if err != nil {
-		return nodeID{}, nil, fmt.Errorf("routing: load %s: %w", path, err)
+		return nil, fmt.Errorf("routing: load %s: %w", path, err)
 	}
-	return self, ns, nil
+	return ns, nil
 }

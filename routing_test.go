@@ -16,12 +16,6 @@ import (
 	"time"
 )
 
-type fakeClock struct{ t time.Time }
-
-func newFakeClock() *fakeClock               { return &fakeClock{t: time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)} }
-func (c *fakeClock) now() time.Time          { return c.t }
-func (c *fakeClock) advance(d time.Duration) { c.t = c.t.Add(d) }
-
 // idCPL returns an id sharing exactly cpl leading bits with self; n varies
 // the trailing bits so distinct n give distinct ids (cpl < 144).
 func idCPL(self nodeID, cpl int, n int) nodeID {
@@ -743,13 +737,12 @@ func sampleNodes() []nodeInfo {
 
 func TestRoutingFileRoundTrip(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "routing")
-	self := nodeID{0: 0xaa, 19: 0x55}
 	ns := sampleNodes()
 	// Saved but normalised or skipped: a mapped address, an unusable one.
 	in := append(slices.Clone(ns),
 		nodeInfo{ID: nodeID{1: 1}, Addr: netip.MustParseAddrPort("[::ffff:1.2.3.4]:7")},
 		nodeInfo{ID: nodeID{1: 2}, Addr: netip.MustParseAddrPort("1.2.3.4:0")})
-	if err := saveRoutingTable(path, self, in); err != nil {
+	if err := saveRoutingTable(path, in); err != nil {
 		t.Fatal(err)
 	}
 	fi, err := os.Stat(path)
@@ -759,16 +752,16 @@ func TestRoutingFileRoundTrip(t *testing.T) {
 	if fi.Mode().Perm() != 0o600 {
 		t.Fatalf("mode %v, want 0600", fi.Mode().Perm())
 	}
-	gotSelf, got, err := loadRoutingTable(path)
+	got, err := loadRoutingTable(path)
 	want := append(slices.Clone(ns), nodeInfo{ID: nodeID{1: 1}, Addr: netip.MustParseAddrPort("1.2.3.4:7")})
-	if err != nil || gotSelf != self || !slices.Equal(got, want) {
-		t.Fatalf("load = %v, %v, %v; want %v, %v", gotSelf, got, err, self, want)
+	if err != nil || !slices.Equal(got, want) {
+		t.Fatalf("load = %v, %v; want %v", got, err, want)
 	}
 	// Overwriting keeps the file valid; an empty table round-trips too.
-	if err := saveRoutingTable(path, self, nil); err != nil {
+	if err := saveRoutingTable(path, nil); err != nil {
 		t.Fatal(err)
 	}
-	if _, got, err := loadRoutingTable(path); err != nil || len(got) != 0 {
+	if got, err := loadRoutingTable(path); err != nil || len(got) != 0 {
 		t.Fatalf("empty load = %v, %v", got, err)
 	}
 }
@@ -786,14 +779,14 @@ func TestRoutingFileFromTable(t *testing.T) {
 		rt.heard(loopNode(id, 1+i), true)
 	}
 	path := filepath.Join(t.TempDir(), "routing")
-	if err := saveRoutingTable(path, rt.self(), rt.nodes()); err != nil {
+	if err := saveRoutingTable(path, rt.nodes()); err != nil {
 		t.Fatal(err)
 	}
-	s, ns, err := loadRoutingTable(path)
-	if err != nil || s != self || !slices.Equal(ns, rt.nodes()) {
+	ns, err := loadRoutingTable(path)
+	if err != nil || !slices.Equal(ns, rt.nodes()) {
 		t.Fatalf("reload: %v", err)
 	}
-	rt2 := newRoutingTable(s, clk.now)
+	rt2 := newRoutingTable(self, clk.now)
 	for _, n := range ns {
 		rt2.heard(n, false)
 	}
@@ -807,8 +800,8 @@ func TestRoutingFileMaxNodes(t *testing.T) {
 	for i := range many {
 		many[i] = loopNode(nodeID{0: byte(i >> 8), 1: byte(i)}, 1+i)
 	}
-	b := appendRoutingFile(nil, nodeID{}, many)
-	_, ns, err := parseRoutingFile(b)
+	b := appendRoutingFile(nil, many)
+	ns, err := parseRoutingFile(b)
 	if err != nil || len(ns) != maxSavedNodes || len(b) > maxRoutingFileLen {
 		t.Fatalf("full file: %d nodes, %d bytes, %v", len(ns), len(b), err)
 	}
@@ -821,7 +814,7 @@ func withCRC(b []byte) []byte {
 }
 
 func TestRoutingFileCorrupt(t *testing.T) {
-	good := appendRoutingFile(nil, nodeID{0: 1}, sampleNodes())
+	good := appendRoutingFile(nil, sampleNodes())
 	mod := func(f func(b []byte) []byte) []byte { return f(slices.Clone(good)) }
 	hdr := routingHeaderLen
 	tests := []struct {
@@ -830,7 +823,8 @@ func TestRoutingFileCorrupt(t *testing.T) {
 	}{
 		{"empty", nil},
 		{"wrong magic", withCRC(mod(func(b []byte) []byte { b[0] = 'K'; return b }))},
-		{"wrong version", withCRC(mod(func(b []byte) []byte { b[len(routingMagic)] = 2; return b }))},
+		{"wrong version", withCRC(mod(func(b []byte) []byte { b[len(routingMagic)] = 3; return b }))},
+		{"version 1 without its id", withCRC(mod(func(b []byte) []byte { b[len(routingMagic)] = routingVersionWithID; return b }))},
 		{"flipped bit", mod(func(b []byte) []byte { b[hdr+5] ^= 1; return b })},
 		{"bad checksum", mod(func(b []byte) []byte { b[len(b)-1] ^= 1; return b })},
 		{"count too high", withCRC(mod(func(b []byte) []byte { b[hdr-1]++; return b }))},
@@ -850,7 +844,7 @@ func TestRoutingFileCorrupt(t *testing.T) {
 	}
 	dir := t.TempDir()
 	for i, tc := range tests {
-		if _, ns, err := parseRoutingFile(tc.in); err == nil || !errors.Is(err, errRoutingFile) || ns != nil {
+		if ns, err := parseRoutingFile(tc.in); err == nil || !errors.Is(err, errRoutingFile) || ns != nil {
 			t.Errorf("%s (%d bytes): parse = %v, %v; want errRoutingFile and no nodes", tc.name, len(tc.in), ns, err)
 		}
 		// Through the file as well: an error, and the file left as it is.
@@ -858,7 +852,7 @@ func TestRoutingFileCorrupt(t *testing.T) {
 		if err := os.WriteFile(path, tc.in, 0o600); err != nil {
 			t.Fatal(err)
 		}
-		if _, _, err := loadRoutingTable(path); !errors.Is(err, errRoutingFile) {
+		if _, err := loadRoutingTable(path); !errors.Is(err, errRoutingFile) {
 			t.Errorf("%s: load error %v, want errRoutingFile", tc.name, err)
 		}
 		if after, _ := os.ReadFile(path); !bytes.Equal(after, tc.in) {
@@ -868,56 +862,99 @@ func TestRoutingFileCorrupt(t *testing.T) {
 }
 
 func TestRoutingFileMissing(t *testing.T) {
-	_, _, err := loadRoutingTable(filepath.Join(t.TempDir(), "none"))
+	_, err := loadRoutingTable(filepath.Join(t.TempDir(), "none"))
 	if !errors.Is(err, os.ErrNotExist) {
 		t.Fatalf("load missing = %v, want os.ErrNotExist", err)
 	}
 }
 
-// TestRoutingFileSpecExample parses the example in SPEC.md 3.3 so the spec
-// and the code cannot drift apart.
-func TestRoutingFileSpecExample(t *testing.T) {
-	spec, err := os.ReadFile("SPEC.md")
-	if err != nil {
-		t.Fatal(err)
+// specRoutingFile returns the bytes of SPEC.md's routing-file block name
+// ("#" starts a comment).
+func specRoutingFile(t *testing.T, name string) []byte {
+	t.Helper()
+	var blk *specBlock
+	for _, b := range specRawBlocks(t, "routing-file") {
+		if b.name == name {
+			blk = &b
+		}
 	}
-	const marker = "<!-- routing-file-example -->"
-	_, rest, ok := strings.Cut(string(spec), marker)
-	if !ok {
-		t.Fatalf("SPEC.md has no %s", marker)
+	if blk == nil {
+		t.Fatalf("SPEC.md has no routing-file block %q", name)
 	}
-	_, rest, _ = strings.Cut(rest, "```\n")
-	block, _, _ := strings.Cut(rest, "```")
 	var hexText strings.Builder
-	for _, line := range strings.Split(block, "\n") {
+	for _, line := range blk.lines {
 		line, _, _ = strings.Cut(line, "#")
 		hexText.WriteString(strings.Join(strings.Fields(line), ""))
 	}
 	b, err := hex.DecodeString(hexText.String())
 	if err != nil {
-		t.Fatalf("example hex: %v", err)
+		t.Fatalf("routing-file %s: %v", name, err)
 	}
-	self, ns, err := parseRoutingFile(b)
-	if err != nil {
-		t.Fatalf("parse example: %v", err)
-	}
-	wantSelf, _ := parseNodeID("5fbfbff10c5d6a4ec8a88e4c6ab4c28b95eee401")
+	return b
+}
+
+// TestRoutingFileSpecExample parses the examples in SPEC.md 3.3 so the spec
+// and the code cannot drift apart: the file as written today, and the same
+// nodes in a version 1 file, whose id is skipped.
+func TestRoutingFileSpecExample(t *testing.T) {
 	want := []nodeInfo{
 		{ID: nodeID{0: 0x80, 19: 1}, Addr: netip.MustParseAddrPort("127.0.0.1:6881")},
 		{ID: nodeID{0: 0x40, 19: 2}, Addr: netip.MustParseAddrPort("[2001:db8::1]:443")},
 	}
-	if self != wantSelf || !slices.Equal(ns, want) {
-		t.Fatalf("example = %v %v, want %v %v", self, ns, wantSelf, want)
+	b := specRoutingFile(t, "example")
+	ns, err := parseRoutingFile(b)
+	if err != nil || !slices.Equal(ns, want) {
+		t.Fatalf("example = %v, %v; want %v", ns, err, want)
 	}
-	if re := appendRoutingFile(nil, self, ns); !bytes.Equal(re, b) {
+	if re := appendRoutingFile(nil, ns); !bytes.Equal(re, b) {
 		t.Fatalf("example re-encodes to %x", re)
+	}
+	old := specRoutingFile(t, "example-v1")
+	self, _ := parseNodeID("5fbfbff10c5d6a4ec8a88e4c6ab4c28b95eee401")
+	if !bytes.Equal(old, appendRoutingFileWithID(self, want)) {
+		t.Fatalf("version 1 example %x is not the version 1 encoding", old)
+	}
+	if ns, err := parseRoutingFile(old); err != nil || !slices.Equal(ns, want) {
+		t.Fatalf("version 1 example = %v, %v; want %v", ns, err, want)
+	}
+}
+
+// appendRoutingFileWithID encodes ns as version 1 did, with self after the
+// version byte.
+func appendRoutingFileWithID(self nodeID, ns []nodeInfo) []byte {
+	v2 := appendRoutingFile(nil, ns)
+	b := append([]byte(routingMagic), routingVersionWithID)
+	b = append(b, self[:]...)
+	b = append(b, v2[routingHeaderLen-2:]...)
+	return withCRC(b)
+}
+
+// A file written before the id left it still loads, and the next save
+// drops the id.
+func TestRoutingFileVersion1Loads(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "routing")
+	self := nodeID{0: 0xaa, 19: 0x55}
+	if err := os.WriteFile(path, appendRoutingFileWithID(self, sampleNodes()), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	ns, err := loadRoutingTable(path)
+	if err != nil || !slices.Equal(ns, sampleNodes()) {
+		t.Fatalf("load version 1 = %v, %v; want %v", ns, err, sampleNodes())
+	}
+	if err := saveRoutingTable(path, ns); err != nil {
+		t.Fatal(err)
+	}
+	b, _ := os.ReadFile(path)
+	if b[len(routingMagic)] != routingVersion || bytes.Contains(b, self[:]) {
+		t.Fatalf("saved again: %x still holds the id or version 1", b)
 	}
 }
 
 func FuzzRoutingFile(f *testing.F) {
-	f.Add(appendRoutingFile(nil, nodeID{1: 1}, sampleNodes()))
-	f.Add(appendRoutingFile(nil, nodeID{}, nil))
-	f.Add([]byte(routingMagic + "\x01"))
+	f.Add(appendRoutingFile(nil, sampleNodes()))
+	f.Add(appendRoutingFile(nil, nil))
+	f.Add(appendRoutingFileWithID(nodeID{1: 1}, sampleNodes()))
+	f.Add([]byte(routingMagic + "\x02"))
 	f.Fuzz(func(t *testing.T, b []byte) {
 		checkRoutingFileRoundTrip(t, b)
 		// Random bytes almost never carry a valid checksum: also try the
@@ -929,16 +966,29 @@ func FuzzRoutingFile(f *testing.F) {
 }
 
 // checkRoutingFileRoundTrip asserts that whatever parses re-encodes to the
-// same bytes, and that an error comes with zero results.
+// same bytes (a version 1 file: to the same nodes in today's version), and
+// that an error comes with no nodes.
 func checkRoutingFileRoundTrip(t *testing.T, b []byte) {
-	self, ns, err := parseRoutingFile(b)
+	ns, err := parseRoutingFile(b)
 	if err != nil {
-		if self != (nodeID{}) || ns != nil {
-			t.Fatalf("error %v with results %v %v", err, self, ns)
+		if ns != nil {
+			t.Fatalf("error %v with results %v", err, ns)
 		}
 		return
 	}
-	if re := appendRoutingFile(nil, self, ns); !bytes.Equal(re, b) {
+	re := appendRoutingFile(nil, ns)
+	if b[len(routingMagic)] == routingVersionWithID {
+		var self nodeID
+		copy(self[:], b[len(routingMagic)+1:])
+		if !bytes.Equal(appendRoutingFileWithID(self, ns), b) {
+			t.Fatalf("version 1 round trip: %x != %x", appendRoutingFileWithID(self, ns), b)
+		}
+		if again, err := parseRoutingFile(re); err != nil || !slices.Equal(again, ns) {
+			t.Fatalf("version 1 %x re-encoded as %x: %v, %v", b, re, again, err)
+		}
+		return
+	}
+	if !bytes.Equal(re, b) {
 		t.Fatalf("round trip: %x != %x", re, b)
 	}
 }
@@ -1016,8 +1066,7 @@ func TestServeVerifiesQuerier(t *testing.T) {
 
 // A new id (BEP 42) keeps what we know of each node and drops bad ones.
 func TestRebuiltKeepsStates(t *testing.T) {
-	now := time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
-	tb := newRoutingTable(nodeID{0x80}, func() time.Time { return now })
+	tb := newRoutingTable(nodeID{0x80}, newFakeClock().now)
 	good := nodeInfo{ID: nodeID{0x01}, Addr: netip.MustParseAddrPort("10.0.0.1:1")}
 	bad := nodeInfo{ID: nodeID{0x02}, Addr: netip.MustParseAddrPort("10.0.0.2:1")}
 	asked := nodeInfo{ID: nodeID{0x03}, Addr: netip.MustParseAddrPort("10.0.0.3:1")}

@@ -215,12 +215,12 @@ func TestFarNodeNotStarved(t *testing.T) {
 	d.tx.mu.Unlock()
 	slow := slowResponder(t, 120*time.Millisecond)
 	q := krpcMsg{Method: methodPing}
-	first := d.tx.query(testCtx(t), slow, &q, nil)
+	first := d.tx.query(testCtx(t), slow, &q, txOpts{})
 	if first.Err != nil || first.Attempts == 1 {
 		t.Fatalf("first ping: %v after %d attempts, want an answer after retransmissions", first.Err, first.Attempts)
 	}
 	q = krpcMsg{Method: methodPing}
-	second := d.tx.query(testCtx(t), slow, &q, nil)
+	second := d.tx.query(testCtx(t), slow, &q, txOpts{})
 	if second.Err != nil || second.Attempts != 1 {
 		t.Fatalf("second ping: %v after %d attempts, want an answer to the first", second.Err, second.Attempts)
 	}

@@ -1,28 +1,28 @@
 // The session manager (SPEC.md 4.2, 4.6-4.8): dispatch, simultaneous open,
-// rotation, the send queue and a peer's addresses.
+// rotation and sending; what it holds per peer is in peer.go.
 //
 // Flow: Node hands every session packet to handlePacket, which dispatches
-// on the type. An initiation that passes the cookie checker (cookie.go) and
-// the Noise message (handshake.go) is answered with a response, and its new
-// keypair waits as "next" until the initiator's first packet confirms it; a
-// response completes our own initiation and its keypair becomes current at
-// once. Transport packets are opened on the keypair their receiver index
-// names and delivered. send seals on the current keypair, or queues the
-// payload and starts a handshake to the peer's endpoint and candidates;
-// timers.go resends, rekeys and expires.
+// on the type. An initiation whose tag, mac1 and stamp name a contact
+// (pairkeys.go) and that passes the cookie checker (cookie.go) and the
+// Noise message (handshake.go) is answered with a response, and its new
+// keypair waits as "next" until the initiator's first packet confirms it
+// (only then does the contact's endpoint move); a response completes our
+// own initiation and its keypair becomes current at once. Transport
+// packets are opened on the keypair their receiver index names and
+// delivered, except the session layer's own goodbye, which ends the peer's
+// sessions at once. send seals on the current keypair, or queues the
+// payload and starts a handshake; timers.go resends, rekeys and expires.
+// sayGoodbye, on a clean exit, says goodbye and closes the manager.
 package main
 
 import (
-	"bytes"
 	"context"
-	cryptorand "crypto/rand"
 	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
 	"log/slog"
 	"net/netip"
-	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -45,13 +45,23 @@ const (
 	maxQueuedPerPeer          = 128
 )
 
+// The session layer's own payload (SPEC.md 4.6): a transport payload whose
+// first byte is sessionControl is never handed to the chat layer, whose
+// frames start with 01 or 02. The goodbye is that byte alone.
+const (
+	sessionControl = 0x00
+	goodbyeLen     = 1 // the goodbye's plaintext: sessionControl alone
+	goodbyeCopies  = 2 // one lost datagram must not leave the contact waiting DeadAfter
+)
+
 type sessionConfig struct {
 	Identity    *identity
+	Dir         string                           // holds the timestamps file; "" keeps timestamps in memory only
+	Timestamps  map[publicKey][timestampLen]byte // from loadTimestamps; taken as contacts are added
 	Send        func(to netip.AddrPort, b []byte) error
-	Allowed     func(peer publicKey) bool                                   // is peer a contact?
-	Deliver     func(peer publicKey, from netip.AddrPort, plaintext []byte) // plaintext valid only during call
+	Deliver     func(peer publicKey, from netip.AddrPort, plaintext []byte) // every authenticated payload, keepalives (empty) included; valid only during call
 	Established func(peer publicKey, addr netip.AddrPort)                   // a new session (also after rekey/roam: addr may differ)
-	Ended       func(peer publicKey)                                        // the session expired or the peer fell silent for DeadAfter
+	Ended       func(peer publicKey, lastSeen time.Time)                    // the peer said goodbye, its session expired or it fell silent for DeadAfter; lastSeen is its last authenticated packet
 	Now         func() time.Time
 	Rand        io.Reader
 	Log         *slog.Logger
@@ -87,18 +97,7 @@ func (c *sessionConfig) setDefaults() {
 	if c.LoadThreshold == 0 {
 		c.LoadThreshold = defaultLoadThreshold
 	}
-	if c.Now == nil {
-		c.Now = time.Now
-	}
-	if c.Rand == nil {
-		c.Rand = cryptorand.Reader
-	}
-	if c.Log == nil {
-		c.Log = slog.New(slog.DiscardHandler)
-	}
-	if c.Allowed == nil {
-		c.Allowed = func(publicKey) bool { return false }
-	}
+	defaultNowRandLog(&c.Now, &c.Rand, &c.Log)
 	if c.Deliver == nil {
 		c.Deliver = func(publicKey, netip.AddrPort, []byte) {}
 	}
@@ -106,7 +105,7 @@ func (c *sessionConfig) setDefaults() {
 		c.Established = func(publicKey, netip.AddrPort) {}
 	}
 	if c.Ended == nil {
-		c.Ended = func(publicKey) {}
+		c.Ended = func(publicKey, time.Time) {}
 	}
 }
 
@@ -114,11 +113,11 @@ func (c *sessionConfig) setDefaults() {
 // is silent on the wire.
 type sessionStats struct {
 	malformed     atomic.Uint64 // not exactly well-formed
+	stranger      atomic.Uint64 // initiation whose tag names no contact: dropped before any MAC
 	badMAC        atomic.Uint64 // mac1 wrong: dropped before any DH
 	cookiesSent   atomic.Uint64
 	handshakeFail atomic.Uint64 // did not authenticate
-	notAllowed    atomic.Uint64 // initiator is not a contact: no reply
-	staleInit     atomic.Uint64 // replayed or older timestamp
+	staleInit     atomic.Uint64 // replayed, older or mistimed timestamp: dropped before any DH
 	simultaneous  atomic.Uint64 // initiation dropped by the simultaneous-open rule
 	unknownIndex  atomic.Uint64
 	authFail      atomic.Uint64 // transport packet did not authenticate
@@ -126,181 +125,29 @@ type sessionStats struct {
 	expired       atomic.Uint64
 	queueDropped  atomic.Uint64
 	delivered     atomic.Uint64
+	goodbyes      atomic.Uint64 // goodbyes received
+	controlDrops  atomic.Uint64 // session-layer payloads other than the goodbye
 }
 
-// peer is everything we hold about one contact, in one small struct per
-// concern. Guarded by the manager's mu.
-type peer struct {
-	key      publicKey
-	cookies  cookieGenerator // MACs of what we send it, its cookie replies
-	inits    peerInitiations // handshakes: ours pending, timestamps both ways
-	keypairs peerKeypairs
-	addrs    peerAddrs
-	queue    sendQueue
-	timers   peerTimers
-}
-
-// peerInitiations holds our pending initiation to a peer and the
-// timestamps that order initiations in each direction.
-type peerInitiations struct {
-	pending  *handshake // our pending initiation, nil if none
-	started  time.Time  // first attempt of the pending handshake
-	lastSent time.Time  // last (re)send of it
-	packet   []byte     // its bytes, to send to a new candidate at once
-	sentTS   [timestampLen]byte
-	recvTS   [timestampLen]byte // greatest accepted from the peer
-}
-
-// erasePending forgets our pending initiation and its receiver index.
-func (h *peerInitiations) erasePending(index indexTable) {
-	if h.pending != nil {
-		delete(index, h.pending.localIndex)
-		h.pending.erase()
-		h.pending = nil
+// countDrop counts an initiation dropped before any DH, by why.
+func (s *sessionStats) countDrop(err error) {
+	switch {
+	case errors.Is(err, errStranger):
+		s.stranger.Add(1)
+	case errors.Is(err, errBadMAC1):
+		s.badMAC.Add(1)
+	default:
+		s.staleInit.Add(1)
 	}
 }
 
-// abandon erases our pending initiation and ends the attempt.
-func (h *peerInitiations) abandon(index indexTable) {
-	if h.pending == nil {
-		return
-	}
-	h.erasePending(index)
-	h.started = time.Time{}
-}
-
-// peerKeypairs are a peer's transport sessions: at most three.
-type peerKeypairs struct {
-	current  *keypair // sends and receives
-	previous *keypair // receives only, until it expires
-	next     *keypair // responder side, until the initiator's first packet confirms it
-}
-
-// rotate makes kp the current keypair; the old current one is kept to
-// receive what is still in flight, the one before it is erased.
-func (k *peerKeypairs) rotate(index indexTable, kp *keypair) {
-	if k.next != nil && k.next != kp {
-		index.retire(k.next)
-	}
-	k.next = nil
-	index.retire(k.previous)
-	k.previous, k.current = k.current, kp
-}
-
-// usable is the current keypair if it may still send.
-func (k *peerKeypairs) usable(now time.Time, rejectAfterTime time.Duration) *keypair {
-	kp := k.current
-	if kp == nil || now.Sub(kp.created) >= rejectAfterTime || kp.sendCounter.Load() >= rejectAfterMessages {
+// pending returns the peer whose pending initiation index names, or nil.
+func (t indexTable) pending(index uint32) *peer {
+	e, ok := t[index]
+	if !ok || e.kp != nil || e.peer.inits.pending == nil || e.peer.inits.pending.localIndex != index {
 		return nil
 	}
-	return kp
-}
-
-// retireAll erases every keypair.
-func (k *peerKeypairs) retireAll(index indexTable) {
-	index.retire(k.current)
-	index.retire(k.previous)
-	index.retire(k.next)
-}
-
-// peerAddrs is where a peer may be reached.
-type peerAddrs struct {
-	endpoint netip.AddrPort // source of the last authenticated packet, or the first candidate
-	// While there is no session, the rendezvous may report several
-	// addresses (an old announcement outlives a restart): the same
-	// initiation goes to each, and the one that answers wins.
-	candidates []netip.AddrPort
-}
-
-// targets is where an initiation goes: the endpoint and the candidates,
-// each once.
-func (a *peerAddrs) targets() []netip.AddrPort {
-	out := make([]netip.AddrPort, 0, 1+len(a.candidates))
-	if a.endpoint.IsValid() {
-		out = append(out, a.endpoint)
-	}
-	for _, c := range a.candidates {
-		if c != a.endpoint {
-			out = append(out, c)
-		}
-	}
-	return out
-}
-
-// addCandidate records addr as a candidate, newest first, keeping the
-// last maxCandidates, and reports whether it is new.
-func (a *peerAddrs) addCandidate(addr netip.AddrPort) bool {
-	if i := slices.Index(a.candidates, addr); i >= 0 {
-		copy(a.candidates[1:i+1], a.candidates[:i])
-		a.candidates[0] = addr
-		return false
-	}
-	if len(a.candidates) == maxCandidates {
-		a.candidates = a.candidates[:maxCandidates-1]
-	}
-	a.candidates = slices.Insert(a.candidates, 0, addr)
-	return true
-}
-
-// sendQueue keeps payloads until a session is up.
-type sendQueue struct{ payloads [][]byte }
-
-// push keeps a copy of b; the oldest payload makes room when the queue is
-// full. It reports whether one was dropped.
-func (q *sendQueue) push(b []byte) (dropped bool) {
-	if len(q.payloads) >= maxQueuedPerPeer {
-		wipe(q.payloads[0])
-		q.payloads = q.payloads[1:]
-		dropped = true
-	}
-	q.payloads = append(q.payloads, bytes.Clone(b))
-	return dropped
-}
-
-// take empties the queue and returns what it held.
-func (q *sendQueue) take() [][]byte {
-	out := q.payloads
-	q.payloads = nil
-	return out
-}
-
-// drop erases every queued payload and returns how many there were.
-func (q *sendQueue) drop() int {
-	for _, b := range q.payloads {
-		wipe(b)
-	}
-	n := len(q.payloads)
-	q.payloads = nil
-	return n
-}
-
-// peerTimers are the times the timers (timers.go) run from.
-type peerTimers struct {
-	lastSend time.Time // last payload or keepalive sent
-	lastRecv time.Time // last authenticated packet
-	online   bool      // Established reported and Ended not since
-}
-
-// markLive records an authenticated packet from p: it is online, and the
-// candidates from the rendezvous are no longer needed.
-func (p *peer) markLive(now time.Time) {
-	p.timers.lastRecv, p.timers.online = now, true
-	p.addrs.candidates, p.inits.packet = nil, nil
-}
-
-// yields is the simultaneous-open rule (SPEC.md 4.8): when both sides
-// initiate at once, the initiation of the side with the lower static public
-// key wins. It reports whether we (self) should answer p's initiation; if
-// so the caller abandons our own pending one (its queue is kept and goes
-// out on the surviving session). It also refuses an initiation that
-// arrives just after our own initiation succeeded: it was sent before the
-// peer saw ours.
-func (p *peer) yields(self publicKey, now time.Time, rekeyTimeout time.Duration) bool {
-	selfLower := bytes.Compare(self[:], p.key[:]) < 0
-	if c := p.keypairs.current; c != nil && c.initiator && now.Sub(c.created) < rekeyTimeout && selfLower {
-		return false
-	}
-	return p.inits.pending == nil || !selfLower
+	return e.peer
 }
 
 // indexEntry is what a receiver index names: our pending initiation, or a keypair.
@@ -348,18 +195,22 @@ type sessionManager struct {
 	stats   sessionStats
 	bufs    sync.Pool // *[]byte of maxDatagram bytes: zero allocations per packet
 	debugOn bool
+	ts      *timestampStore // the greatest timestamp accepted from each contact
 
-	evMu  sync.Mutex // orders Established and Ended callbacks
-	mu    sync.Mutex
-	peers map[publicKey]*peer
-	index indexTable
+	evMu   sync.Mutex // orders Established and Ended callbacks
+	mu     sync.Mutex
+	peers  map[publicKey]*peer // the contacts, and only them
+	index  indexTable
+	tags   tagTable
+	closed atomic.Bool // set under mu by sayGoodbye: no packet, send or timer does anything after it
 }
 
 func newSessionManager(cfg sessionConfig) *sessionManager {
 	cfg.setDefaults()
 	m := &sessionManager{cfg: cfg, peers: map[publicKey]*peer{}, index: indexTable{}}
+	m.ts = newTimestampStore(cfg.Dir, cfg.Timestamps, cfg.Log)
 	m.pub = cfg.Identity.public()
-	m.cookies = newCookieChecker(m.pub, cfg.LoadThreshold, cfg.Rand)
+	m.cookies = newCookieChecker(cfg.LoadThreshold, cfg.Rand)
 	m.bufs.New = func() any { b := make([]byte, maxDatagram); return &b }
 	m.debugOn = cfg.Log.Enabled(context.Background(), slog.LevelDebug)
 	return m
@@ -374,18 +225,36 @@ func (m *sessionManager) debug(msg string, from netip.AddrPort, err error) {
 	}
 }
 
-// peerLocked returns the peer record for k, creating it.
-func (m *sessionManager) peerLocked(k publicKey) *peer {
-	p := m.peers[k]
-	if p == nil {
-		p = &peer{key: k, cookies: newCookieGenerator(k)}
-		m.peers[k] = p
+// addContact lets k in: only a contact's handshake messages are answered.
+// It derives the pair keys from the static-static secret (one DH, once)
+// and enters k's tags. Adding a contact twice changes nothing.
+func (m *sessionManager) addContact(k publicKey) error {
+	secret, err := m.cfg.Identity.staticSecret(k)
+	if err != nil {
+		return fmt.Errorf("session: contact: %w", err)
 	}
-	return p
+	keys := derivePairKeys(&secret, m.pub, k)
+	wipe(secret[:])
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.peers[k] != nil {
+		keys.wipe()
+		return nil
+	}
+	p := &peer{key: k, keys: keys}
+	m.ts.add(k)
+	m.peers[k] = p
+	if !m.tags.refresh(m.cfg.Now(), m.peers) {
+		m.tags.add(p)
+	}
+	return nil
 }
 
 // handlePacket is Node.onSession: b is valid only during the call.
 func (m *sessionManager) handlePacket(from netip.AddrPort, b []byte) {
+	if m.closed.Load() {
+		return
+	}
 	if len(b) == 0 {
 		m.stats.malformed.Add(1)
 		return
@@ -413,9 +282,10 @@ func (m *sessionManager) sendRaw(b []byte, to ...netip.AddrPort) {
 	}
 }
 
-// handleInitiation: parse, mac1 (and mac2 under load) before any DH, then
-// the Noise message, then the contact and timestamp checks, then the
-// simultaneous-open rule, then the reply.
+// handleInitiation: parse; tag, mac1 and stamp (a stranger or a replay
+// ends there, before any DH); under load mac2; then the Noise message,
+// which must carry the static key of the contact the tag named and the
+// timestamp of the stamp; then the simultaneous-open rule and the reply.
 func (m *sessionManager) handleInitiation(from netip.AddrPort, b []byte) {
 	msg, err := parseInitiation(b)
 	if err != nil {
@@ -423,7 +293,19 @@ func (m *sessionManager) handleInitiation(from netip.AddrPort, b []byte) {
 		m.debug("drop", from, err)
 		return
 	}
-	if !m.checkMACs(from, b, initiationOffMAC1, initiationOffMAC2, msg.sender) {
+	m.mu.Lock()
+	m.tags.refresh(m.cfg.Now(), m.peers)
+	id, err := m.tags.identify(b, &msg)
+	m.mu.Unlock()
+	if err == nil && !m.ts.newer(id.peer.key, id.ts) {
+		err = errStaleInit
+	}
+	if err != nil {
+		m.stats.countDrop(err)
+		m.debug("initiation", from, err)
+		return
+	}
+	if !m.admit(from, b, initiationOffMAC2, msg.sender, id.mac1, id.peer) {
 		return
 	}
 	h := &handshake{}
@@ -432,14 +314,15 @@ func (m *sessionManager) handleInitiation(from netip.AddrPort, b []byte) {
 		m.debug("initiation", from, err)
 		return
 	}
-	if !m.cfg.Allowed(h.peer) {
-		// Stay silent: a stranger learns nothing, not even that we exist.
+	if h.peer != id.peer.key || h.timestamp != id.ts {
+		// Only the contact itself can make mac1, so this is the contact
+		// misbehaving; drop it all the same.
 		h.erase()
-		m.stats.notAllowed.Add(1)
-		m.debug("initiation from a stranger", from, nil)
+		m.stats.handshakeFail.Add(1)
+		m.debug("initiation: static key or timestamp differs from tag and stamp", from, nil)
 		return
 	}
-	reply, err := m.replyToInitiation(from, h)
+	reply, err := m.replyToInitiation(from, h, id.peer)
 	if err != nil {
 		h.erase()
 		m.debug("initiation", from, err)
@@ -449,30 +332,38 @@ func (m *sessionManager) handleInitiation(from netip.AddrPort, b []byte) {
 }
 
 // replyToInitiation applies the per-peer rules to an authenticated
-// initiation and returns the packet to send back to from. That is our
-// response, except when the simultaneous-open rule keeps our own pending
-// initiation and the peer has moved: then it is that initiation, built
-// afresh for the new address.
-func (m *sessionManager) replyToInitiation(from netip.AddrPort, h *handshake) ([]byte, error) {
+// initiation from p and returns the packet to send back to from. That is
+// our response, except when the simultaneous-open rule keeps our own
+// pending initiation and the peer has moved: then it is that initiation,
+// built afresh for the new address. The endpoint does not move here: only
+// a packet that confirms the keys (4.6) moves it, so a replayed
+// initiation could not divert the session even if it got this far.
+func (m *sessionManager) replyToInitiation(from netip.AddrPort, h *handshake, p *peer) ([]byte, error) {
 	now := m.cfg.Now()
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	p := m.peerLocked(h.peer)
-	if bytes.Compare(h.timestamp[:], p.inits.recvTS[:]) <= 0 {
-		m.stats.staleInit.Add(1)
-		return nil, errors.New("session: replayed or old initiation")
+	if m.closed.Load() {
+		return nil, errSessionsClosed
+	}
+	if m.peers[p.key] != p {
+		return nil, errors.New("session: initiation from a removed contact")
 	}
 	// Record the timestamp before anything else uses the initiation, so
-	// that even one we drop below cannot be replayed to move us.
-	p.inits.recvTS = h.timestamp
+	// that even one we drop below cannot be replayed; the store keeps it
+	// on disk so that a restart does not forget it.
+	if !m.ts.accept(p.key, h.timestamp) {
+		m.stats.staleInit.Add(1) // a copy raced the original through the DH
+		return nil, errStaleInit
+	}
 	if !p.yields(m.pub, now, m.cfg.RekeyTimeout) {
 		m.stats.simultaneous.Add(1)
 		h.erase()
 		if p.inits.pending != nil && p.addrs.endpoint != from {
 			// The initiation authenticated, so from is where the peer
 			// is now: aim our own pending initiation there at once
-			// rather than keep sending to an old address.
-			p.addrs.endpoint = from
+			// rather than keep sending to an old address. It is a
+			// candidate; the response from it makes it the endpoint.
+			p.addrs.addCandidate(from)
 			if init := m.initiateLocked(p, now); init != nil {
 				return init, nil
 			}
@@ -480,7 +371,6 @@ func (m *sessionManager) replyToInitiation(from netip.AddrPort, h *handshake) ([
 		return nil, errors.New("session: simultaneous open, keeping ours")
 	}
 	p.inits.abandon(m.index)
-	p.addrs.endpoint = from
 	local, err := m.index.add(m.cfg.Rand, indexEntry{peer: p})
 	if err != nil {
 		return nil, err
@@ -500,7 +390,7 @@ func (m *sessionManager) replyToInitiation(from netip.AddrPort, h *handshake) ([
 	m.index.retire(p.keypairs.next)
 	p.keypairs.next = kp
 	out := resp.appendTo(make([]byte, 0, responseSize))
-	p.cookies.addMACs(out, responseOffMAC1, responseOffMAC2, now, m.cfg.RekeyTimeout)
+	p.cookies.addMACs(out, responseOffMAC1, responseOffMAC2, &p.keys.send.mac1, now, m.cfg.RekeyTimeout)
 	return out, nil
 }
 
@@ -512,10 +402,29 @@ func (m *sessionManager) handleResponse(from netip.AddrPort, b []byte) {
 		m.debug("drop", from, err)
 		return
 	}
-	if !m.checkMACs(from, b, responseOffMAC1, responseOffMAC2, msg.sender) {
+	// Before any DH: the index must name a pending initiation of ours (a
+	// stranger cannot know it) and mac1 must be right under that
+	// contact's key.
+	m.mu.Lock()
+	p := m.index.pending(msg.receiver)
+	var mac1 [macLen]byte
+	ok := p != nil
+	if ok {
+		mac1, ok = checkMAC1(&p.keys.recv.mac1, b, responseOffMAC1)
+	}
+	m.mu.Unlock()
+	switch {
+	case p == nil:
+		m.stats.unknownIndex.Add(1)
+		return
+	case !ok:
+		m.stats.badMAC.Add(1)
+		m.debug("response", from, errBadMAC1)
+		return
+	case !m.admit(from, b, responseOffMAC2, msg.sender, mac1, p):
 		return
 	}
-	p, err := m.completeHandshake(from, &msg)
+	p, err = m.completeHandshake(from, &msg)
 	if err != nil {
 		m.debug("response", from, err)
 		return
@@ -528,14 +437,13 @@ func (m *sessionManager) completeHandshake(from netip.AddrPort, msg *responseMsg
 	now := m.cfg.Now()
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	e, ok := m.index[msg.receiver]
-	if !ok || e.kp != nil || e.peer.inits.pending == nil || e.peer.inits.pending.localIndex != msg.receiver {
+	if m.closed.Load() {
+		return nil, errSessionsClosed
+	}
+	p := m.index.pending(msg.receiver)
+	if p == nil {
 		m.stats.unknownIndex.Add(1)
 		return nil, errors.New("session: response to no pending handshake")
-	}
-	p := e.peer
-	if !m.cfg.Allowed(p.key) {
-		return nil, errors.New("session: response from a removed contact")
 	}
 	h := p.inits.pending
 	if err := h.consumeResponse(msg); err != nil {
@@ -590,13 +498,44 @@ func (m *sessionManager) handleTransport(from netip.AddrPort, b []byte) {
 		m.debug("transport", from, err)
 		return
 	}
+	if len(pt) > 0 && pt[0] == sessionControl {
+		m.handleControl(e.peer, pt, now)
+		return
+	}
 	if m.confirm(e.peer, e.kp, from) {
 		m.established(e.peer.key, from)
 		m.flush(e.peer, false)
 	}
 	if len(pt) > 0 {
 		m.stats.delivered.Add(1)
-		m.cfg.Deliver(e.peer.key, from, pt)
+	}
+	m.cfg.Deliver(e.peer.key, from, pt)
+}
+
+// handleControl takes an authenticated session-layer payload from p. The
+// only one defined is the goodbye; any other is dropped (a later version's).
+func (m *sessionManager) handleControl(p *peer, pt []byte, now time.Time) {
+	if len(pt) != goodbyeLen {
+		m.stats.controlDrops.Add(1)
+		return
+	}
+	m.stats.goodbyes.Add(1)
+	m.mu.Lock()
+	if m.peers[p.key] != p {
+		m.mu.Unlock()
+		return // forgotten meanwhile
+	}
+	// The goodbye is the peer's last packet: it is gone, and so are the
+	// keys of every session with it. Our next send to it starts a new
+	// handshake; what is queued stays queued.
+	p.timers.lastRecv = now
+	p.keypairs.retireAll(m.index)
+	p.inits.abandon(m.index)
+	wasOnline := p.timers.online
+	p.timers.online = false
+	m.mu.Unlock()
+	if wasOnline {
+		m.ended(p.key)
 	}
 }
 
@@ -658,8 +597,9 @@ func (m *sessionManager) sendTransport(kp *keypair, to netip.AddrPort, payload [
 }
 
 var (
-	errPayloadTooBig = fmt.Errorf("session: payload larger than %d bytes", maxTransportPayload)
-	errNoEndpoint    = errors.New("session: no address known for this contact")
+	errPayloadTooBig  = fmt.Errorf("session: payload larger than %d bytes", maxTransportPayload)
+	errNoEndpoint     = errors.New("session: no address known for this contact")
+	errSessionsClosed = errors.New("session: closed: the program is stopping")
 )
 
 // send encrypts payload for peerKey on the current session, or queues it
@@ -670,8 +610,15 @@ func (m *sessionManager) send(peerKey publicKey, payload []byte) error {
 	}
 	now := m.cfg.Now()
 	m.mu.Lock()
+	if m.closed.Load() {
+		m.mu.Unlock()
+		return errSessionsClosed
+	}
 	p := m.peers[peerKey]
-	if p == nil || (!p.addrs.endpoint.IsValid() && p.keypairs.current == nil) {
+	if p == nil || (!p.addrs.endpoint.IsValid() && p.keypairs.current == nil && p.keypairs.next == nil) {
+		// With only a next keypair (we answered the peer, whose
+		// address becomes the endpoint when it confirms), the payload
+		// waits in the queue for that confirmation.
 		m.mu.Unlock()
 		return errNoEndpoint
 	}
@@ -735,8 +682,9 @@ func (m *sessionManager) initiateLocked(p *peer, now time.Time) []byte {
 	if p.inits.started.IsZero() {
 		p.inits.started = now
 	}
+	p.keys.send.sealOuter(&msg, ts)
 	out := msg.appendTo(make([]byte, 0, initiationSize))
-	p.cookies.addMACs(out, initiationOffMAC1, initiationOffMAC2, now, m.cfg.RekeyTimeout)
+	p.cookies.addMACs(out, initiationOffMAC1, initiationOffMAC2, &p.keys.send.mac1, now, m.cfg.RekeyTimeout)
 	p.inits.packet = out
 	return out
 }
@@ -746,12 +694,17 @@ func (m *sessionManager) initiateLocked(p *peer, now time.Time) []byte {
 // address changes only with authenticated packets (roaming), never with
 // what the DHT says: an old announcement must not divert a session.
 func (m *sessionManager) setEndpoint(peerKey publicKey, addr netip.AddrPort) {
-	if !m.cfg.Allowed(peerKey) {
-		return // removed while a lookup ran: no session with a non-contact
-	}
 	now := m.cfg.Now()
 	m.mu.Lock()
-	p := m.peerLocked(peerKey)
+	if m.closed.Load() {
+		m.mu.Unlock()
+		return
+	}
+	p := m.peers[peerKey]
+	if p == nil {
+		m.mu.Unlock()
+		return // removed while a lookup ran: no session with a non-contact
+	}
 	if p.timers.online && p.keypairs.usable(now, m.cfg.RejectAfterTime) != nil {
 		m.mu.Unlock()
 		return
@@ -776,7 +729,8 @@ func (m *sessionManager) setEndpoint(peerKey publicKey, addr netip.AddrPort) {
 	m.sendRaw(init, to...)
 }
 
-// forget erases everything about peer: a removed contact.
+// forget erases everything about peer: a removed contact. Its tags go at
+// once, so from now on it is a stranger: its packets draw nothing.
 func (m *sessionManager) forget(peerKey publicKey) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
@@ -784,8 +738,43 @@ func (m *sessionManager) forget(peerKey publicKey) {
 	if p == nil {
 		return
 	}
+	m.tags.remove(p)
 	p.inits.abandon(m.index)
 	p.keypairs.retireAll(m.index)
 	p.queue.drop()
+	p.keys.wipe()
 	delete(m.peers, peerKey)
+	m.ts.drop(peerKey)
+}
+
+// sayGoodbye ends every session for a clean exit. Each live session gets
+// the goodbye, goodbyeCopies times, so the contact shows us offline at once
+// instead of after DeadAfter; then every key is erased, and the manager
+// stays closed: no packet is answered, no send or timer starts a handshake,
+// so the stopping program does not bring back the sessions it just ended.
+// The socket must still be open.
+func (m *sessionManager) sayGoodbye() {
+	type bye struct {
+		kp *keypair
+		to netip.AddrPort
+	}
+	var byes []bye
+	goodbye := []byte{sessionControl}
+	now := m.cfg.Now()
+	m.mu.Lock()
+	m.closed.Store(true)
+	for _, p := range m.peers {
+		if kp := p.keypairs.usable(now, m.cfg.RejectAfterTime); kp != nil && p.addrs.endpoint.IsValid() {
+			byes = append(byes, bye{kp, p.addrs.endpoint})
+		}
+	}
+	m.mu.Unlock()
+	for _, b := range byes {
+		for range goodbyeCopies {
+			if err := m.sendTransport(b.kp, b.to, goodbye); err != nil {
+				m.debug("goodbye", b.to, err)
+			}
+		}
+	}
+	m.eraseAll()
 }

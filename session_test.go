@@ -18,17 +18,6 @@ import (
 // Session tests: an in-process network with an injected clock for the fast
 // deterministic ones, real UDP sockets on 127.0.0.1 for the end-to-end ones.
 
-type testClock struct {
-	mu sync.Mutex
-	t  time.Time
-}
-
-func newTestClock() *testClock { return &testClock{t: time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)} }
-
-func (c *testClock) now() time.Time { c.mu.Lock(); defer c.mu.Unlock(); return c.t }
-
-func (c *testClock) advance(d time.Duration) { c.mu.Lock(); c.t = c.t.Add(d); c.mu.Unlock() }
-
 type fakePacket struct {
 	from, to netip.AddrPort
 	b        []byte
@@ -95,7 +84,16 @@ type testPeer struct {
 	mu          sync.Mutex
 	got         []string
 	established int
-	contacts    map[publicKey]bool
+}
+
+// deliver records a payload; keepalives (empty) are not messages.
+func (p *testPeer) deliver(b []byte) {
+	if len(b) == 0 {
+		return
+	}
+	p.mu.Lock()
+	p.got = append(p.got, string(b))
+	p.mu.Unlock()
 }
 
 func (p *testPeer) delivered() []string {
@@ -113,17 +111,12 @@ func testIdentity(t testing.TB, seed byte) *identity {
 }
 
 // newTestPeer makes a manager with identity seed on the fake network.
-func newTestPeer(t testing.TB, n *fakeNet, clock *testClock, seed byte, port uint16, tweak func(*sessionConfig)) *testPeer {
-	p := &testPeer{id: testIdentity(t, seed), addr: netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), port), contacts: map[publicKey]bool{}}
+func newTestPeer(t testing.TB, n *fakeNet, clock *fakeClock, seed byte, port uint16, tweak func(*sessionConfig)) *testPeer {
+	p := &testPeer{id: testIdentity(t, seed), addr: netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), port)}
 	cfg := sessionConfig{
-		Identity: p.id,
-		Send:     n.sendFrom(p.addr),
-		Allowed:  func(k publicKey) bool { p.mu.Lock(); defer p.mu.Unlock(); return p.contacts[k] },
-		Deliver: func(_ publicKey, _ netip.AddrPort, b []byte) {
-			p.mu.Lock()
-			p.got = append(p.got, string(b))
-			p.mu.Unlock()
-		},
+		Identity:    p.id,
+		Send:        n.sendFrom(p.addr),
+		Deliver:     func(_ publicKey, _ netip.AddrPort, b []byte) { p.deliver(b) },
 		Established: func(publicKey, netip.AddrPort) { p.mu.Lock(); p.established++; p.mu.Unlock() },
 		Now:         clock.now,
 		Rand:        mrand.NewChaCha8([32]byte{seed}),
@@ -139,18 +132,22 @@ func newTestPeer(t testing.TB, n *fakeNet, clock *testClock, seed byte, port uin
 	return p
 }
 
+// befriend makes a and b each other's contacts.
 func befriend(a, b *testPeer) {
-	a.mu.Lock()
-	a.contacts[b.id.public()] = true
-	a.mu.Unlock()
-	b.mu.Lock()
-	b.contacts[a.id.public()] = true
-	b.mu.Unlock()
+	a.addContact(b)
+	b.addContact(a)
+}
+
+// addContact makes other a contact of p (one way).
+func (p *testPeer) addContact(other *testPeer) {
+	if err := p.m.addContact(other.id.public()); err != nil {
+		panic(err)
+	}
 }
 
 // newTestPair returns two contacts; a's key is lower than b's, so a wins a
 // simultaneous open.
-func newTestPair(t testing.TB, n *fakeNet, clock *testClock, tweak func(*sessionConfig)) (a, b *testPeer) {
+func newTestPair(t testing.TB, n *fakeNet, clock *fakeClock, tweak func(*sessionConfig)) (a, b *testPeer) {
 	a = newTestPeer(t, n, clock, 1, 1001, tweak)
 	b = newTestPeer(t, n, clock, 2, 1002, tweak)
 	if bytes.Compare(a.id.keys.pub[:], b.id.keys.pub[:]) > 0 {
@@ -179,7 +176,7 @@ func sessionCount(m *sessionManager, k publicKey) (current, previous, next, pend
 
 func TestSessionHandshakeAndTransport(t *testing.T) {
 	var n fakeNet
-	clock := newTestClock()
+	clock := newFakeClock()
 	a, b := newTestPair(t, &n, clock, nil)
 	a.m.setEndpoint(b.id.public(), b.addr)
 	if err := a.m.send(b.id.public(), []byte("hello")); err != nil {
@@ -228,10 +225,10 @@ func firstOfType(t testing.TB, n *fakeNet, typ byte) fakePacket {
 
 func TestStrangerGetsNoReply(t *testing.T) {
 	var n fakeNet
-	clock := newTestClock()
+	clock := newFakeClock()
 	a, b := newTestPair(t, &n, clock, nil)
 	c := newTestPeer(t, &n, clock, 3, 1003, nil)
-	c.contacts[b.id.public()] = true // c knows b, b does not know c
+	c.addContact(b) // c knows b, b does not know c
 	c.m.setEndpoint(b.id.public(), b.addr)
 	init := firstOfType(t, &n, packetInitiation)
 	dh := b.m.dh.n.Load()
@@ -239,8 +236,8 @@ func TestStrangerGetsNoReply(t *testing.T) {
 	if q := n.take(); len(q) != 0 {
 		t.Errorf("b answered a stranger: %d packets", len(q))
 	}
-	if b.m.stats.notAllowed.Load() != 1 || b.m.dh.n.Load() == dh {
-		t.Errorf("notAllowed %d, dh ops %d", b.m.stats.notAllowed.Load(), b.m.dh.n.Load()-dh)
+	if b.m.stats.stranger.Load() != 1 || b.m.dh.n.Load() != dh {
+		t.Errorf("strangers %d, dh ops %d", b.m.stats.stranger.Load(), b.m.dh.n.Load()-dh)
 	}
 	_ = a
 }
@@ -259,7 +256,7 @@ func TestSimultaneousOpen(t *testing.T) {
 	for _, order := range []string{"lower first", "higher first", "interleaved"} {
 		t.Run(order, func(t *testing.T) {
 			var n fakeNet
-			a, b := newTestPair(t, &n, newTestClock(), nil) // a is lower
+			a, b := newTestPair(t, &n, newFakeClock(), nil) // a is lower
 			a.m.setEndpoint(b.id.public(), b.addr)
 			b.m.setEndpoint(a.id.public(), a.addr)
 			a.m.send(b.id.public(), []byte("from a"))
@@ -297,16 +294,17 @@ func TestSimultaneousOpen(t *testing.T) {
 type udpPeer struct {
 	*testPeer
 	conn *net.UDPConn
+	stop func() // ends its goroutines, as a quitting program does; idempotent
 }
 
-func newUDPPeer(t *testing.T, seed byte, tweak func(*sessionConfig)) *udpPeer {
+func newUDPPeer(t testing.TB, seed byte, tweak func(*sessionConfig)) *udpPeer {
 	ctx, cancel := context.WithCancel(context.Background())
 	conn, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { conn.Close() })
-	p := &udpPeer{testPeer: &testPeer{id: testIdentity(t, seed), contacts: map[publicKey]bool{}}, conn: conn}
+	p := &udpPeer{testPeer: &testPeer{id: testIdentity(t, seed)}, conn: conn}
 	p.addr = conn.LocalAddr().(*net.UDPAddr).AddrPort()
 	cfg := sessionConfig{
 		Identity: p.id,
@@ -314,12 +312,7 @@ func newUDPPeer(t *testing.T, seed byte, tweak func(*sessionConfig)) *udpPeer {
 			_, err := conn.WriteToUDPAddrPort(b, to)
 			return err
 		},
-		Allowed: func(k publicKey) bool { p.mu.Lock(); defer p.mu.Unlock(); return p.contacts[k] },
-		Deliver: func(_ publicKey, _ netip.AddrPort, b []byte) {
-			p.mu.Lock()
-			p.got = append(p.got, string(b))
-			p.mu.Unlock()
-		},
+		Deliver:      func(_ publicKey, _ netip.AddrPort, b []byte) { p.deliver(b) },
 		Established:  func(publicKey, netip.AddrPort) { p.mu.Lock(); p.established++; p.mu.Unlock() },
 		TickInterval: 10 * time.Millisecond,
 	}
@@ -341,7 +334,8 @@ func newUDPPeer(t *testing.T, seed byte, tweak func(*sessionConfig)) *udpPeer {
 			p.m.handlePacket(netip.AddrPortFrom(from.Addr().Unmap(), from.Port()), buf[:n])
 		}
 	}()
-	t.Cleanup(func() { cancel(); conn.Close(); wg.Wait() })
+	p.stop = sync.OnceFunc(func() { cancel(); conn.Close(); wg.Wait() })
+	t.Cleanup(p.stop)
 	return p
 }
 
@@ -404,7 +398,7 @@ func TestSessionsOverUDP(t *testing.T) {
 // the datagrams of one complete exchange, used as seeds.
 func fuzzPair(t testing.TB) (n *fakeNet, a, b *testPeer, seeds [][]byte) {
 	n = &fakeNet{}
-	clock := newTestClock()
+	clock := newFakeClock()
 	a, b = newTestPair(t, n, clock, nil)
 	a.m.setEndpoint(b.id.public(), b.addr)
 	for _, p := range n.take() {
@@ -419,7 +413,7 @@ func fuzzPair(t testing.TB) (n *fakeNet, a, b *testPeer, seeds [][]byte) {
 
 func FuzzTransport(f *testing.F) {
 	n := &fakeNet{}
-	a, b := newTestPair(f, n, newTestClock(), nil)
+	a, b := newTestPair(f, n, newFakeClock(), nil)
 	establish(f, n, a, b)
 	sealed := map[string]string{}
 	for i := range 4 {
@@ -456,7 +450,7 @@ func FuzzTransport(f *testing.F) {
 
 func TestRoamingUpdatesEndpoint(t *testing.T) {
 	var n fakeNet
-	a, b := newTestPair(t, &n, newTestClock(), nil)
+	a, b := newTestPair(t, &n, newFakeClock(), nil)
 	establish(t, &n, a, b)
 	var seen netip.AddrPort
 	b.m.cfg.Established = func(_ publicKey, addr netip.AddrPort) { seen = addr }
@@ -477,12 +471,9 @@ func TestRoamingUpdatesEndpoint(t *testing.T) {
 
 func TestForgetErasesSessions(t *testing.T) {
 	var n fakeNet
-	a, b := newTestPair(t, &n, newTestClock(), nil)
+	a, b := newTestPair(t, &n, newFakeClock(), nil)
 	establish(t, &n, a, b)
 	kp := b.m.peers[a.id.public()].keypairs.current
-	b.mu.Lock()
-	delete(b.contacts, a.id.public())
-	b.mu.Unlock()
 	b.m.forget(a.id.public())
 	if b.m.hasSession(a.id.public()) || !kp.wiped {
 		t.Fatal("forget kept the session")
@@ -496,10 +487,11 @@ func TestForgetErasesSessions(t *testing.T) {
 		t.Error("b delivered a message from a forgotten contact")
 	}
 	a.m.forget(b.id.public())
+	a.addContact(b) // a still has b, b removed a
 	a.m.setEndpoint(b.id.public(), b.addr)
 	n.pump(t)
-	if a.m.hasSession(b.id.public()) || b.m.stats.notAllowed.Load() != 1 {
-		t.Errorf("handshake with a removed contact: session %v, notAllowed %d", a.m.hasSession(b.id.public()), b.m.stats.notAllowed.Load())
+	if a.m.hasSession(b.id.public()) || b.m.stats.stranger.Load() != 1 {
+		t.Errorf("handshake with a removed contact: session %v, strangers %d", a.m.hasSession(b.id.public()), b.m.stats.stranger.Load())
 	}
 }
 
@@ -508,7 +500,7 @@ func TestForgetErasesSessions(t *testing.T) {
 // where the peer is, and the session comes up without waiting.
 func TestSimultaneousOpenStaleAddress(t *testing.T) {
 	var n fakeNet
-	a, b := newTestPair(t, &n, newTestClock(), nil)                        // a is lower
+	a, b := newTestPair(t, &n, newFakeClock(), nil)                        // a is lower
 	a.m.setEndpoint(b.id.public(), netip.MustParseAddrPort("127.0.0.1:9")) // nobody there
 	b.m.setEndpoint(a.id.public(), a.addr)
 	b.m.send(a.id.public(), []byte("from b"))
@@ -529,7 +521,7 @@ func TestSimultaneousOpenStaleAddress(t *testing.T) {
 // waiting RekeyTimeout for a retransmission.
 func TestSessionCandidateAddresses(t *testing.T) {
 	var n fakeNet
-	clock := newTestClock()
+	clock := newFakeClock()
 	a, b := newTestPair(t, &n, clock, nil)
 	stale := netip.MustParseAddrPort("127.0.0.1:9")
 	a.m.setEndpoint(b.id.public(), stale)
@@ -558,11 +550,9 @@ func TestSessionCandidateAddresses(t *testing.T) {
 // A contact removed while a rendezvous lookup ran gets no initiation.
 func TestSetEndpointIgnoresNonContact(t *testing.T) {
 	var n fakeNet
-	clock := newTestClock()
+	clock := newFakeClock()
 	a, b := newTestPair(t, &n, clock, nil)
-	a.mu.Lock()
-	delete(a.contacts, b.id.public())
-	a.mu.Unlock()
+	a.m.forget(b.id.public())
 	a.m.setEndpoint(b.id.public(), b.addr)
 	if q := n.take(); len(q) != 0 {
 		t.Fatalf("sent %d datagrams to a removed contact", len(q))
@@ -575,4 +565,133 @@ func (m *sessionManager) hasSession(peerKey publicKey) bool {
 	defer m.mu.Unlock()
 	p := m.peers[peerKey]
 	return p != nil && p.keypairs.usable(m.cfg.Now(), m.cfg.RejectAfterTime) != nil
+}
+
+// endedLog records Ended callbacks with their last-seen times.
+type endedLog struct {
+	mu   sync.Mutex
+	seen []time.Time
+}
+
+func (l *endedLog) ended(_ publicKey, seen time.Time) {
+	l.mu.Lock()
+	l.seen = append(l.seen, seen)
+	l.mu.Unlock()
+}
+
+func (l *endedLog) times() []time.Time {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return slices.Clone(l.seen)
+}
+
+// The goodbye (SPEC.md 4.6): the quitting side sends it twice on its live
+// session and then does nothing at all; the other side ends the session at
+// once, with the goodbye's time as last seen, keeps what it queued, and
+// takes neither the second copy nor a replay.
+func TestGoodbye(t *testing.T) {
+	var n fakeNet
+	clock := newFakeClock()
+	var log endedLog
+	a, b := newTestPair(t, &n, clock, func(c *sessionConfig) { c.Ended = log.ended })
+	establish(t, &n, a, b)
+	clock.advance(10 * time.Second)
+	a.m.sayGoodbye()
+	byes := n.take()
+	if len(byes) != goodbyeCopies {
+		t.Fatalf("sayGoodbye sent %d datagrams, want %d", len(byes), goodbyeCopies)
+	}
+	for i, p := range byes {
+		m, err := parseTransport(p.b)
+		if err != nil || len(p.b) != transportMinSize+goodbyeLen || p.to != b.addr || m.counter != uint64(i+1) {
+			t.Fatalf("goodbye %d: %d bytes to %v, counter %d, %v", i, len(p.b), p.to, m.counter, err)
+		}
+	}
+	if c, prev, next, pending := sessionCount(a.m, b.id.public()); c+prev+next+pending != 0 {
+		t.Errorf("a kept keys after its goodbye: %d %d %d %d", c, prev, next, pending)
+	}
+
+	clock.advance(time.Second)
+	byeAt := clock.now()
+	n.deliver(byes[0])
+	if got := log.times(); len(got) != 1 || !got[0].Equal(byeAt) {
+		t.Fatalf("b's Ended calls %v, want one at the goodbye's time %v", got, byeAt)
+	}
+	if c, prev, next, pending := sessionCount(b.m, a.id.public()); c+prev+next+pending != 0 {
+		t.Errorf("b kept keys after the goodbye: %d %d %d %d", c, prev, next, pending)
+	}
+	unknown := b.m.stats.unknownIndex.Load()
+	n.deliver(byes[1])
+	n.deliver(byes[0]) // a replay
+	if got := log.times(); len(got) != 1 || b.m.stats.goodbyes.Load() != 1 || b.m.stats.unknownIndex.Load() != unknown+2 {
+		t.Errorf("second copy and replay: Ended %d times, goodbyes %d, unknown index +%d; want 1, 1, +2",
+			len(got), b.m.stats.goodbyes.Load(), b.m.stats.unknownIndex.Load()-unknown)
+	}
+	if len(b.delivered()) != 0 {
+		t.Errorf("the goodbye reached the layer above: %q", b.delivered())
+	}
+
+	// b's next message starts a new handshake; a, stopping, answers
+	// nothing and starts nothing, and b's message stays queued.
+	if err := b.m.send(a.id.public(), []byte("are you there?")); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.m.send(b.id.public(), []byte("x")); !errors.Is(err, errSessionsClosed) {
+		t.Errorf("send after goodbye: %v, want errSessionsClosed", err)
+	}
+	a.m.setEndpoint(b.id.public(), b.addr)
+	clock.advance(defaultKeepalive) // a keepalive would be due, were a not closed
+	a.m.tick()
+	for _, p := range n.take() {
+		if p.from == a.addr {
+			t.Fatalf("a sent a type %d packet after its goodbye", p.b[0])
+		}
+		n.deliver(p)
+	}
+	if q := n.take(); len(q) != 0 {
+		t.Fatalf("a answered b's initiation after its goodbye: %d packets", len(q))
+	}
+
+	// a runs again: the same key, the same address, a fresh manager. b's
+	// next resend reaches it and the queued message goes out.
+	a2 := newTestPeer(t, &n, clock, seedOf(t, a), a.addr.Port(), nil)
+	befriend(a2, b)
+	clock.advance(defaultRekeyTimeout)
+	b.m.tick()
+	n.pump(t)
+	if got := a2.delivered(); !slices.Equal(got, []string{"are you there?"}) {
+		t.Errorf("after a restarted it got %q", got)
+	}
+}
+
+// seedOf is the seed newTestPair gave p's identity.
+func seedOf(t *testing.T, p *testPeer) byte {
+	for seed := byte(1); seed <= 2; seed++ {
+		if testIdentity(t, seed).public() == p.id.public() {
+			return seed
+		}
+	}
+	t.Fatal("not a newTestPair identity")
+	return 0
+}
+
+// A session-layer payload other than the goodbye is dropped after it
+// authenticated: the session lives on and nothing reaches the chat.
+func TestSessionControlUnknown(t *testing.T) {
+	var n fakeNet
+	var log endedLog
+	a, b := newTestPair(t, &n, newFakeClock(), func(c *sessionConfig) { c.Ended = log.ended })
+	establish(t, &n, a, b)
+	kp := a.m.peers[b.id.public()].keypairs.current
+	for _, pt := range [][]byte{{sessionControl, 0}, {sessionControl, 1, 2, 3}} {
+		pkt, err := kp.seal(nil, pt)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b.m.handlePacket(a.addr, pkt)
+	}
+	if len(log.times()) != 0 || b.m.stats.controlDrops.Load() != 2 || len(b.delivered()) != 0 || !b.m.hasSession(a.id.public()) {
+		t.Errorf("unknown control payloads: Ended %d, dropped %d, delivered %q, session %v",
+			len(log.times()), b.m.stats.controlDrops.Load(), b.delivered(), b.m.hasSession(a.id.public()))
+	}
 }

@@ -3,18 +3,16 @@
 // only with -v: a person without a network should read one sentence, not a
 // screen of records repeated every minute.
 //
-// Flow: run wraps the log handler in a dhtHook, which notices the DHT's
-// reports of a failed bootstrap even when logs are off. dhtWatch polls the
-// routing table's count of good nodes once a second and, with the hook's
-// signal, steps a three-state machine (joining, joined, unreachable); each
-// change prints one line through the UI.
+// Flow: the DHT reports each failed bootstrap (dhtConfig.BootstrapFailed),
+// which the app turns into a signal on a channel. dhtWatch polls the
+// routing table's count of good nodes once a second and, with that signal,
+// steps a three-state machine (joining, joined, unreachable); each change
+// prints one line through the UI.
 package main
 
 import (
 	"context"
 	"fmt"
-	"log/slog"
-	"strings"
 	"sync/atomic"
 	"time"
 )
@@ -44,15 +42,6 @@ const (
 	dhtJoined
 	dhtUnreachable
 )
-
-// goodNodes counts the routing table's good nodes (BEP 5: heard from in
-// the last 15 minutes), the ones a lookup can start from.
-func (d *dht) goodNodes() int {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	good, _, _ := d.table.counts()
-	return good
-}
 
 // dhtWatch turns the node count into state changes. Its state is read by
 // /status on another goroutine, hence atomic.
@@ -108,40 +97,4 @@ func (w *dhtWatch) reach() string {
 		return "reach no: no DHT node answers, so only contacts already online can be reached (retrying; check the network or use -bootstrap)"
 	}
 	return "reach not yet: joining the DHT"
-}
-
-// dhtHook passes log records on to next and signals the DHT's warnings
-// that its bootstrap failed, which it logs whether or not -v is set.
-type dhtHook struct {
-	next   slog.Handler
-	failed chan struct{} // buffered 1: one pending signal is enough
-}
-
-func newDHTHook(next slog.Handler) *dhtHook {
-	return &dhtHook{next: next, failed: make(chan struct{}, 1)}
-}
-
-func (h *dhtHook) Enabled(ctx context.Context, l slog.Level) bool {
-	return l >= slog.LevelWarn || h.next.Enabled(ctx, l)
-}
-
-func (h *dhtHook) Handle(ctx context.Context, r slog.Record) error {
-	if r.Level >= slog.LevelWarn && strings.HasPrefix(r.Message, "dht: bootstrap") {
-		select {
-		case h.failed <- struct{}{}:
-		default:
-		}
-	}
-	if h.next.Enabled(ctx, r.Level) {
-		return h.next.Handle(ctx, r)
-	}
-	return nil
-}
-
-func (h *dhtHook) WithAttrs(as []slog.Attr) slog.Handler {
-	return &dhtHook{next: h.next.WithAttrs(as), failed: h.failed}
-}
-
-func (h *dhtHook) WithGroup(name string) slog.Handler {
-	return &dhtHook{next: h.next.WithGroup(name), failed: h.failed}
 }

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bufio"
 	"bytes"
 	"crypto/ed25519"
 	"encoding/binary"
@@ -11,7 +10,6 @@ import (
 	"io"
 	"math/rand/v2"
 	"net/netip"
-	"os"
 	"reflect"
 	"runtime"
 	"slices"
@@ -21,34 +19,6 @@ import (
 	"testing"
 	"time"
 )
-
-// storeClock is a settable clock for the stores' injected now.
-type storeClock struct {
-	mu sync.Mutex
-	t  time.Time
-}
-
-func newStoreClock() *storeClock {
-	return &storeClock{t: time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)}
-}
-
-func (c *storeClock) now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.t
-}
-
-func (c *storeClock) set(t time.Time) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.t = t
-}
-
-func (c *storeClock) advance(d time.Duration) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.t = c.t.Add(d)
-}
 
 // storeRand is a deterministic stream for the tokens' injected rand.
 func storeRand(seed byte) io.Reader { return rand.NewChaCha8([32]byte{seed}) }
@@ -105,7 +75,7 @@ func TestTokenBoxRotation(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			clk := newStoreClock()
+			clk := newFakeClock()
 			start := clk.now()
 			box := newTokenBox(storeRand(1), clk.now)
 			clk.set(start.Add(tt.issueAt))
@@ -129,7 +99,7 @@ func TestTokenBoxRotation(t *testing.T) {
 }
 
 func TestTokenBoxSecretsDiffer(t *testing.T) {
-	clk := newStoreClock()
+	clk := newFakeClock()
 	ip := netip.MustParseAddr("198.51.100.7")
 	a, b := newTokenBox(storeRand(1), clk.now), newTokenBox(storeRand(2), clk.now)
 	if ta := a.issue(ip); b.valid(ta, ip) {
@@ -140,50 +110,6 @@ func TestTokenBoxSecretsDiffer(t *testing.T) {
 	if t1 := a.issue(ip); bytes.Equal(t0, t1) {
 		t.Errorf("token unchanged across a rotation: %x", t0)
 	}
-}
-
-// storeSpecBlocks returns the fenced blocks of SPEC.md whose info string starts
-// with kind, each as its info string and its "key = value" lines in order.
-// An indented line continues the previous value.
-func storeSpecBlocks(t *testing.T, kind string) (infos []string, blocks [][][2]string) {
-	t.Helper()
-	f, err := os.Open("SPEC.md")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	in := false
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		line := sc.Text()
-		switch {
-		case !in && strings.HasPrefix(line, "```"+kind):
-			in = true
-			infos = append(infos, strings.TrimPrefix(line, "```"))
-			blocks = append(blocks, nil)
-		case in && line == "```":
-			in = false
-		case in && strings.HasPrefix(line, " "):
-			kv := blocks[len(blocks)-1]
-			if len(kv) == 0 {
-				t.Fatalf("SPEC.md: %q continues nothing", line)
-			}
-			kv[len(kv)-1][1] += " " + strings.TrimSpace(line)
-		case in:
-			k, v, ok := strings.Cut(line, " = ")
-			if !ok {
-				t.Fatalf("SPEC.md: %q is not key = value", line)
-			}
-			blocks[len(blocks)-1] = append(blocks[len(blocks)-1], [2]string{k, v})
-		}
-	}
-	if err := sc.Err(); err != nil {
-		t.Fatal(err)
-	}
-	if in || len(blocks) == 0 {
-		t.Fatalf("SPEC.md: no complete %s block", kind)
-	}
-	return infos, blocks
 }
 
 // storeSpecHex decodes hex written with or without spaces.
@@ -206,22 +132,22 @@ func storeSpecQuoted(t *testing.T, s string) []byte {
 }
 
 func TestTokenVectorsFromSpec(t *testing.T) {
-	_, blocks := storeSpecBlocks(t, "token-vector")
-	for _, kv := range blocks {
-		if kv[0][0] != "secret" {
-			t.Fatalf("token-vector must start with secret, got %q", kv[0][0])
+	for _, blk := range specBlocks(t, "token-vector") {
+		if len(blk.keys) == 0 || blk.keys[0] != "secret" || blk.body != "" {
+			t.Fatalf("token-vector must start with secret, got %q", blk.lines)
 		}
-		secret := storeSpecHex(t, kv[0][1])
+		secret := storeSpecHex(t, blk.values[0])
 		// The box draws the current secret first, then the previous one.
-		box := newTokenBox(bytes.NewReader(append(secret, make([]byte, tokenSecretLen)...)), newStoreClock().now)
+		box := newTokenBox(bytes.NewReader(append(secret, make([]byte, tokenSecretLen)...)), newFakeClock().now)
 		var ip netip.Addr
 		n := 0
-		for _, p := range kv[1:] {
-			switch p[0] {
+		for i, k := range blk.keys[1:] {
+			v := blk.values[1+i]
+			switch k {
 			case "ip":
-				ip = netip.MustParseAddr(p[1])
+				ip = netip.MustParseAddr(v)
 			case "token":
-				want := storeSpecHex(t, p[1])
+				want := storeSpecHex(t, v)
 				if got := box.issue(ip); !bytes.Equal(got, want) {
 					t.Errorf("issue(%v) = %x, want %x", ip, got, want)
 				}
@@ -230,7 +156,7 @@ func TestTokenVectorsFromSpec(t *testing.T) {
 				}
 				n++
 			default:
-				t.Fatalf("token-vector: unknown key %q", p[0])
+				t.Fatalf("token-vector: unknown key %q", k)
 			}
 		}
 		if n == 0 {
@@ -248,44 +174,48 @@ type storeBEP44Vector struct {
 	expect            int
 }
 
-func storeParseBEP44Vector(t *testing.T, info string, kv [][2]string) storeBEP44Vector {
+func storeParseBEP44Vector(t *testing.T, blk specBlock) storeBEP44Vector {
 	t.Helper()
-	v := storeBEP44Vector{name: strings.TrimPrefix(info, "bep44-vector name=")}
-	for _, p := range kv {
-		switch p[0] {
+	v := storeBEP44Vector{name: blk.name}
+	if blk.body != "" {
+		t.Fatalf("bep44-vector %s: %q is not key = value", v.name, blk.body)
+	}
+	for i, k := range blk.keys {
+		val := blk.values[i]
+		switch k {
 		case "k":
 			v.item.Mutable = true
-			copy(v.item.K[:], storeSpecHex(t, p[1]))
+			copy(v.item.K[:], storeSpecHex(t, val))
 		case "salt":
-			v.item.Salt = storeSpecQuoted(t, p[1])
+			v.item.Salt = storeSpecQuoted(t, val)
 		case "seq":
-			v.item.Seq, _ = strconv.ParseInt(p[1], 10, 64)
+			v.item.Seq, _ = strconv.ParseInt(val, 10, 64)
 		case "v":
-			v.item.V = storeSpecQuoted(t, p[1])
+			v.item.V = storeSpecQuoted(t, val)
 		case "buffer":
-			v.buffer = storeSpecQuoted(t, p[1])
+			v.buffer = storeSpecQuoted(t, val)
 		case "buffer.hex":
-			v.bufferHex = storeSpecHex(t, p[1])
+			v.bufferHex = storeSpecHex(t, val)
 		case "sig":
-			copy(v.item.Sig[:], storeSpecHex(t, p[1]))
+			copy(v.item.Sig[:], storeSpecHex(t, val))
 		case "target":
-			v.target = storeSpecHex(t, p[1])
+			v.target = storeSpecHex(t, val)
 		case "expect":
-			v.expect, _ = strconv.Atoi(p[1])
+			v.expect, _ = strconv.Atoi(val)
 		default:
-			t.Fatalf("bep44-vector %s: unknown key %q", v.name, p[0])
+			t.Fatalf("bep44-vector %s: unknown key %q", v.name, k)
 		}
 	}
 	return v
 }
 
 func TestBEP44VectorsFromSpec(t *testing.T) {
-	infos, blocks := storeSpecBlocks(t, "bep44-vector")
+	blocks := specBlocks(t, "bep44-vector")
 	if len(blocks) < 3 {
 		t.Fatalf("SPEC.md has %d bep44-vector blocks, want BEP 44's 3 and more", len(blocks))
 	}
-	for i, kv := range blocks {
-		v := storeParseBEP44Vector(t, infos[i], kv)
+	for _, blk := range blocks {
+		v := storeParseBEP44Vector(t, blk)
 		t.Run(v.name, func(t *testing.T) {
 			it := v.item
 			if it.Mutable {
@@ -306,7 +236,7 @@ func TestBEP44VectorsFromSpec(t *testing.T) {
 			if got := storeErrCode(verifyItem(it)); got != v.expect {
 				t.Errorf("verifyItem: code %d, want %d", got, v.expect)
 			}
-			s := newItemStore(newStoreClock().now)
+			s := newItemStore(newFakeClock().now)
 			if got := storeErrCode(s.put(it, 0, false, storeSrc)); got != v.expect {
 				t.Errorf("put: code %d, want %d", got, v.expect)
 			}
@@ -353,7 +283,7 @@ func TestSignItemRoundTrip(t *testing.T) {
 			if tt.want != 0 {
 				return
 			}
-			s := newItemStore(newStoreClock().now)
+			s := newItemStore(newFakeClock().now)
 			if err := s.put(it, 0, false, storeSrc); err != nil {
 				t.Fatal(err)
 			}
@@ -434,7 +364,7 @@ func TestItemStoreUpdateRules(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			s := newItemStore(newStoreClock().now)
+			s := newItemStore(newFakeClock().now)
 			for i, p := range tt.puts {
 				err := s.put(signItem(priv, []byte("salt"), p.seq, []byte(p.v)), p.cas, p.hasCAS, storeSrc)
 				if got := storeErrCode(err); got != p.want {
@@ -451,7 +381,7 @@ func TestItemStoreUpdateRules(t *testing.T) {
 
 func TestItemStoreExpiry(t *testing.T) {
 	priv := ed25519.NewKeyFromSeed(bytes.Repeat([]byte{6}, ed25519.SeedSize))
-	clk := newStoreClock()
+	clk := newFakeClock()
 	s := newItemStore(clk.now)
 	it := signItem(priv, nil, 4, []byte("1:a"))
 	target := it.target()
@@ -483,7 +413,7 @@ func TestItemStoreExpiry(t *testing.T) {
 }
 
 func TestItemStoreOwnsItsCopies(t *testing.T) {
-	s := newItemStore(newStoreClock().now)
+	s := newItemStore(newFakeClock().now)
 	v := []byte("3:abc")
 	if err := s.put(bep44Item{V: v, Seq: 7, Salt: []byte("x")}, 0, false, storeSrc); err != nil {
 		t.Fatal(err)
@@ -502,7 +432,7 @@ func TestItemStoreOwnsItsCopies(t *testing.T) {
 }
 
 func TestItemStoreCapUnderFlood(t *testing.T) {
-	clk := newStoreClock()
+	clk := newFakeClock()
 	s := newItemStore(clk.now)
 	first := []byte("i0e")
 	for i := range 100_000 {
@@ -561,7 +491,7 @@ func TestPeerStore(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			clk := newStoreClock()
+			clk := newFakeClock()
 			start := clk.now()
 			s := newPeerStore(clk.now, storeRand(1))
 			for _, a := range tt.adds {
@@ -605,7 +535,7 @@ func storePublicPeer(i uint32, port uint16) netip.AddrPort {
 }
 
 func TestPeerStoreSwarmCap(t *testing.T) {
-	s := newPeerStore(newStoreClock().now, storeRand(1))
+	s := newPeerStore(newFakeClock().now, storeRand(1))
 	ih := nodeID{2}
 	for i := range uint32(maxSwarmPeers + 50) {
 		s.add(ih, storePeer(i, 6881))
@@ -620,7 +550,7 @@ func TestPeerStoreSwarmCap(t *testing.T) {
 }
 
 func TestPeerStoreRandomSubset(t *testing.T) {
-	s := newPeerStore(newStoreClock().now, storeRand(1))
+	s := newPeerStore(newFakeClock().now, storeRand(1))
 	ih := nodeID{3}
 	all := map[netip.AddrPort]bool{}
 	for i := range uint32(maxSwarmPeers) {
@@ -661,7 +591,7 @@ func TestPeerStoreRandomSubset(t *testing.T) {
 // rand, so the same seed gives the same subsets and another seed others.
 func TestPeerStoreSubsetReproducible(t *testing.T) {
 	draw := func(seed byte) [][]netip.AddrPort {
-		s := newPeerStore(newStoreClock().now, storeRand(seed))
+		s := newPeerStore(newFakeClock().now, storeRand(seed))
 		for i := range uint32(maxSwarmPeers) {
 			s.add(nodeID{3}, storePeer(i, 1))
 		}
@@ -681,7 +611,7 @@ func TestPeerStoreSubsetReproducible(t *testing.T) {
 }
 
 func TestPeerStoreFamilies(t *testing.T) {
-	s := newPeerStore(newStoreClock().now, storeRand(1))
+	s := newPeerStore(newFakeClock().now, storeRand(1))
 	ih := nodeID{5}
 	v4, v6 := storeAP("192.0.2.1:1"), storeAP("[2001:db8::1]:1")
 	s.add(ih, v4)
@@ -724,7 +654,7 @@ func TestServeGetPeersFamily(t *testing.T) {
 }
 
 func TestPeerStoreInfohashEviction(t *testing.T) {
-	clk := newStoreClock()
+	clk := newFakeClock()
 	s := newPeerStore(clk.now, storeRand(1))
 	ihN := func(i int) nodeID { var id nodeID; binary.BigEndian.PutUint32(id[:], uint32(i)); return id }
 	// one public /24 per infohash: the per-source bound stays out of the way
@@ -752,7 +682,7 @@ func TestPeerStoreInfohashEviction(t *testing.T) {
 // maxSourceInfohashes. Its /24 counts as one source; exempt addresses count
 // per address and port.
 func TestPeerStoreSourceBound(t *testing.T) {
-	clk := newStoreClock()
+	clk := newFakeClock()
 	s := newPeerStore(clk.now, storeRand(1))
 	victim, victimIH := storeAP("198.51.100.7:6881"), nodeID{0xee}
 	s.add(victimIH, victim)
@@ -797,7 +727,7 @@ func TestPeerStoreSourceBound(t *testing.T) {
 // One host puts 1,000 items, after replaying a victim's item: the victim's
 // item and everyone else's survive; the host keeps its latest maxSourceItems.
 func TestItemStoreSourceBound(t *testing.T) {
-	clk := newStoreClock()
+	clk := newFakeClock()
 	s := newItemStore(clk.now)
 	priv := ed25519.NewKeyFromSeed(bytes.Repeat([]byte{7}, 32))
 	victim := signItem(priv, []byte("rendezvous"), 3, []byte("5:hello"))
@@ -839,7 +769,7 @@ func TestItemStoreSourceBound(t *testing.T) {
 }
 
 func TestPeerStoreCapsUnderFlood(t *testing.T) {
-	clk := newStoreClock()
+	clk := newFakeClock()
 	s := newPeerStore(clk.now, storeRand(1))
 	rng := rand.New(rand.NewPCG(1, 2))
 	hot := nodeID{0xff}
@@ -882,7 +812,7 @@ func TestPeerStoreCapsUnderFlood(t *testing.T) {
 // TestStoresConcurrent only matters under -race.
 func TestStoresConcurrent(t *testing.T) {
 	const goroutines, rounds, swarmsEach = 4, 200, 4 // 50 peers a swarm: under maxSwarmPeers
-	clk := newStoreClock()
+	clk := newFakeClock()
 	box := newTokenBox(storeRand(9), clk.now)
 	ps := newPeerStore(clk.now, storeRand(1))
 	is := newItemStore(clk.now)
@@ -939,7 +869,7 @@ func TestStoresConcurrent(t *testing.T) {
 }
 
 func BenchmarkTokenIssue(b *testing.B) {
-	box := newTokenBox(storeRand(1), newStoreClock().now)
+	box := newTokenBox(storeRand(1), newFakeClock().now)
 	ip := netip.MustParseAddr("203.0.113.5")
 	b.ReportAllocs()
 	for b.Loop() {
@@ -948,7 +878,7 @@ func BenchmarkTokenIssue(b *testing.B) {
 }
 
 func BenchmarkTokenValid(b *testing.B) {
-	box := newTokenBox(storeRand(1), newStoreClock().now)
+	box := newTokenBox(storeRand(1), newFakeClock().now)
 	ip := netip.MustParseAddr("203.0.113.5")
 	tok := box.issue(ip)
 	b.ReportAllocs()
@@ -962,7 +892,7 @@ func BenchmarkTokenValid(b *testing.B) {
 // BenchmarkPeerStoreAdd announces random peers to 1,000 infohashes, so the
 // swarms fill up to their cap and every add then evicts.
 func BenchmarkPeerStoreAdd(b *testing.B) {
-	s := newPeerStore(newStoreClock().now, storeRand(1))
+	s := newPeerStore(newFakeClock().now, storeRand(1))
 	rng := rand.New(rand.NewPCG(1, 2))
 	b.ReportAllocs()
 	for b.Loop() {
@@ -981,7 +911,7 @@ func BenchmarkStoresFullMemory(b *testing.B) {
 	}
 	for b.Loop() {
 		h0 := heap()
-		ps := newPeerStore(newStoreClock().now, storeRand(1))
+		ps := newPeerStore(newFakeClock().now, storeRand(1))
 		for i := range maxInfohashes {
 			var ih nodeID
 			binary.BigEndian.PutUint32(ih[:], uint32(i))
@@ -990,7 +920,7 @@ func BenchmarkStoresFullMemory(b *testing.B) {
 			}
 		}
 		h1 := heap()
-		is := newItemStore(newStoreClock().now)
+		is := newItemStore(newFakeClock().now)
 		for i := range maxItems {
 			v := storeBencodeString(maxItemValue)
 			binary.BigEndian.PutUint32(v[10:], uint32(i))

@@ -1,12 +1,14 @@
 // Timers (SPEC.md 4.7): retransmission, rekeying, expiry, keepalives and
 // the end of a session.
 //
-// Flow: run calls tick every TickInterval. For each peer, tickPeerLocked
+// Flow: run calls tick every TickInterval (and saves the timestamps file
+// when asked, timestamps.go). For each peer, tickPeerLocked
 // erases keypairs older than RejectAfterTime and stale cookies, resends a
 // pending initiation every RekeyTimeout until RekeyAttemptTime, starts a
 // handshake for queued payloads or a session due for rekeying; then tick
 // sends keepalives to online peers idle for Keepalive and reports peers
-// silent for DeadAfter as ended. The sends happen after mu is released.
+// silent for DeadAfter as ended (a goodbye, session.go, ends them at once).
+// The sends happen after mu is released.
 package main
 
 import (
@@ -15,18 +17,22 @@ import (
 	"time"
 )
 
-// run drives the timers until ctx ends, then erases every session: keys are
-// never written to disk and do not outlive the process.
+// run drives the timers and saves the timestamps file until ctx ends,
+// then saves it a last time and erases every session: keys are never
+// written to disk and do not outlive the process.
 func (m *sessionManager) run(ctx context.Context) {
 	t := time.NewTicker(m.cfg.TickInterval)
 	defer t.Stop()
 	for {
 		select {
 		case <-ctx.Done():
+			m.ts.save()
 			m.eraseAll()
 			return
 		case <-t.C:
 			m.tick()
+		case <-m.ts.dirty:
+			m.ts.save()
 		}
 	}
 }
@@ -46,6 +52,9 @@ func (m *sessionManager) eraseAll() {
 // tick runs the timers once: retransmit or give up pending handshakes,
 // rekey busy sessions, erase expired keys.
 func (m *sessionManager) tick() {
+	if m.closed.Load() {
+		return // sayGoodbye ended everything
+	}
 	now := m.cfg.Now()
 	type out struct {
 		to []netip.AddrPort
@@ -142,7 +151,9 @@ func (p *peer) checkEnded(now time.Time, deadAfter time.Duration) bool {
 
 // established and ended report a peer's session state in the order it
 // changed: evMu orders the callbacks, and ended re-checks under mu, so a
-// packet that revived the peer after tick decided it had ended wins.
+// packet that revived the peer after tick decided it had ended wins. Ended
+// carries the time of the peer's last authenticated packet, not the time
+// its silence was noticed.
 func (m *sessionManager) established(k publicKey, addr netip.AddrPort) {
 	m.evMu.Lock()
 	defer m.evMu.Unlock()
@@ -155,8 +166,12 @@ func (m *sessionManager) ended(k publicKey) {
 	m.mu.Lock()
 	p := m.peers[k]
 	still := p != nil && !p.timers.online
+	var lastSeen time.Time
+	if still {
+		lastSeen = p.timers.lastRecv
+	}
 	m.mu.Unlock()
 	if still {
-		m.cfg.Ended(k)
+		m.cfg.Ended(k, lastSeen)
 	}
 }

@@ -10,7 +10,7 @@ import (
 
 func TestRekeyUnderTrafficWithoutLoss(t *testing.T) {
 	var n fakeNet
-	clock := newTestClock()
+	clock := newFakeClock()
 	short := func(c *sessionConfig) {
 		c.RekeyAfterTime = 2 * time.Second
 		c.RejectAfterTime = 3 * time.Second
@@ -51,7 +51,7 @@ func TestRekeyUnderTrafficWithoutLoss(t *testing.T) {
 
 func TestExpiredKeysRejected(t *testing.T) {
 	var n fakeNet
-	clock := newTestClock()
+	clock := newFakeClock()
 	a, b := newTestPair(t, &n, clock, nil)
 	establish(t, &n, a, b)
 	a.m.send(b.id.public(), []byte("late"))
@@ -105,7 +105,7 @@ func TestRekeyOverUDP(t *testing.T) {
 
 func TestRekeyAfterMessages(t *testing.T) {
 	var n fakeNet
-	a, b := newTestPair(t, &n, newTestClock(), func(c *sessionConfig) { c.RekeyAfterMessages = 10 })
+	a, b := newTestPair(t, &n, newFakeClock(), func(c *sessionConfig) { c.RekeyAfterMessages = 10 })
 	establish(t, &n, a, b)
 	first := a.m.peers[b.id.public()].keypairs.current
 	for i := range 30 {
@@ -119,7 +119,7 @@ func TestRekeyAfterMessages(t *testing.T) {
 
 func TestHandshakeGivesUp(t *testing.T) {
 	var n fakeNet
-	clock := newTestClock()
+	clock := newFakeClock()
 	a, b := newTestPair(t, &n, clock, nil)
 	n.filter = func(fakePacket) bool { return false } // b is unreachable
 	a.m.setEndpoint(b.id.public(), b.addr)
@@ -145,14 +145,16 @@ func TestHandshakeGivesUp(t *testing.T) {
 }
 
 // An idle session sends keepalives, so silence means absence: Ended is
-// reported once after DeadAfter without a packet, and a packet revives it.
+// reported once after DeadAfter without a packet, with the time of the last
+// packet (not of the detection), and a packet revives it.
 func TestSessionKeepaliveAndEnded(t *testing.T) {
 	var n fakeNet
-	clock := newTestClock()
+	clock := newFakeClock()
 	var mu sync.Mutex
 	ended := map[publicKey]int{}
+	var lastSeen time.Time
 	a, b := newTestPair(t, &n, clock, func(c *sessionConfig) {
-		c.Ended = func(k publicKey) { mu.Lock(); ended[k]++; mu.Unlock() }
+		c.Ended = func(k publicKey, seen time.Time) { mu.Lock(); ended[k]++; lastSeen = seen; mu.Unlock() }
 	})
 	a.m.setEndpoint(b.id.public(), b.addr)
 	a.m.send(b.id.public(), []byte("hello"))
@@ -168,6 +170,7 @@ func TestSessionKeepaliveAndEnded(t *testing.T) {
 		t.Fatalf("ended while keepalives flowed: %v", ended)
 	}
 	mu.Unlock()
+	lastFromB := clock.now()                                       // b's keepalive of the last round
 	n.filter = func(p fakePacket) bool { return p.from != b.addr } // b falls silent
 	for range 5 {
 		clock.advance(defaultDeadAfter / 4)
@@ -177,6 +180,9 @@ func TestSessionKeepaliveAndEnded(t *testing.T) {
 	mu.Lock()
 	if got := ended[b.id.public()]; got != 1 {
 		t.Fatalf("Ended(b) reported %d times, want 1", got)
+	}
+	if !lastSeen.Equal(lastFromB) {
+		t.Errorf("Ended(b) last seen %v, want %v (its last keepalive, %v before the detection)", lastSeen, lastFromB, clock.now().Sub(lastFromB))
 	}
 	mu.Unlock()
 	n.filter = nil
@@ -202,7 +208,7 @@ func TestSessionKeepaliveAndEnded(t *testing.T) {
 // after the session is confirmed, and only one.
 func TestResponderKeepaliveAfterConfirm(t *testing.T) {
 	var n fakeNet
-	a, b := newTestPair(t, &n, newTestClock(), nil)
+	a, b := newTestPair(t, &n, newFakeClock(), nil)
 	a.m.setEndpoint(b.id.public(), b.addr)
 	n.pump(t) // initiation, response, a's keepalive confirms the session at b
 	b.m.tick()
@@ -222,11 +228,11 @@ func TestResponderKeepaliveAfterConfirm(t *testing.T) {
 // 210 s, and nothing after.
 func TestSilentPeerTimeline(t *testing.T) {
 	var n fakeNet
-	clock := newTestClock()
+	clock := newFakeClock()
 	start := clock.now()
 	var endedAt []time.Duration
 	a, b := newTestPair(t, &n, clock, func(c *sessionConfig) {
-		c.Ended = func(publicKey) { endedAt = append(endedAt, clock.now().Sub(start)) }
+		c.Ended = func(publicKey, time.Time) { endedAt = append(endedAt, clock.now().Sub(start)) }
 	})
 	a.m.setEndpoint(b.id.public(), b.addr)
 	n.pump(t)

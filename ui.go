@@ -124,7 +124,7 @@ func (u *ui) handleLine(ctx context.Context, line string) error {
 			line = trimmed[1:]
 		}
 		if u.to == "" {
-			u.printf("error no recipient: use /to NAME or /msg NAME TEXT")
+			u.printf("error ui: no recipient: use /to NAME or /msg NAME TEXT")
 			return nil
 		}
 		u.report(ctx, u.sendText(ctx, u.to, line))
@@ -145,7 +145,7 @@ func (u *ui) handleLine(ctx context.Context, line string) error {
 			return nil
 		}
 	}
-	u.printf("error unknown command %q: try /help", name)
+	u.printf("error ui: unknown command %q: try /help", name)
 	return nil
 }
 
@@ -314,7 +314,7 @@ func (u *ui) cmdTo(_ context.Context, rest string) error {
 		return err
 	}
 	if !u.app.hasContact(f[0]) {
-		return fmt.Errorf("ui: no contact %q", f[0])
+		return fmt.Errorf("%w %q", errNoContact, f[0])
 	}
 	u.setTarget(f[0])
 	u.printf("* to %s", f[0])
@@ -355,18 +355,29 @@ func (u *ui) sendText(ctx context.Context, name, text string) error {
 func (u *ui) cmdContacts(_ context.Context, _ string) error {
 	list := u.app.chat.contactList()
 	for _, c := range list {
-		state, addr := "offline", "-"
-		if c.Online {
-			state, addr = "online", c.Addr.String()
-		}
-		seen := "never"
-		if !c.LastSeen.IsZero() {
-			seen = c.LastSeen.Format(time.RFC3339)
-		}
-		u.printf("contact %s %s %s last-seen %s outbox %d key %s", c.Name, state, addr, seen, c.Outbox, c.Key)
+		u.printf("%s", contactLine(c))
 	}
 	u.printf("done %d contacts", len(list))
 	return nil
+}
+
+// contactLine is one line of /contacts. A contact never seen since it was
+// added is "waiting", not "offline": we cannot tell whether it has not
+// added us (its rendezvous is keyed by a secret only the two of us hold,
+// so it announces nothing we could see until it does) or has simply not
+// been online at the same time as us; the line's end says both.
+func contactLine(c contactInfo) string {
+	state, addr, seen, why := "offline", "-", "never", ""
+	switch {
+	case c.Online:
+		state, addr = "online", c.Addr.String()
+	case c.LastSeen.IsZero():
+		state, why = "waiting", fmt.Sprintf(" (waiting for %s to add you, or for you both to be online at once)", c.Name)
+	}
+	if !c.LastSeen.IsZero() {
+		seen = c.LastSeen.Format(time.RFC3339)
+	}
+	return fmt.Sprintf("contact %s %s %s last-seen %s outbox %d key %s%s", c.Name, state, addr, seen, c.Outbox, c.Key, why)
 }
 
 func (u *ui) cmdVerify(_ context.Context, rest string) error {
@@ -436,14 +447,19 @@ func (u *ui) cmdInvite(ctx context.Context, rest string) error {
 	if err := u.app.checkNewContact(f[0]); err != nil {
 		return err
 	}
-	code, done, err := u.app.inv.invite(ctx)
+	code, events, err := u.app.inv.invite(ctx)
 	if err != nil {
 		return err
 	}
 	u.printf("invite %s %s", f[0], code)
 	go func() {
-		r := <-done
-		u.finishInvite(f[0], r.Key, r.Err)
+		for ev := range events {
+			if ev.Wrong {
+				u.printf("* invite %s: a wrong code was tried (%d %s left)", f[0], ev.TriesLeft, plural(ev.TriesLeft, "try", "tries"))
+				continue
+			}
+			u.finishInvite(f[0], ev.Key, ev.Err)
+		}
 	}()
 	return nil
 }
@@ -463,23 +479,27 @@ func (u *ui) cmdAccept(ctx context.Context, rest string) error {
 	}
 	u.printf("* accepting %s", f[0])
 	go func() {
-		key, err := u.app.inv.accept(ctx, f[1])
-		u.finishInvite(f[0], key, err)
+		res, err := u.app.inv.accept(ctx, f[1])
+		if u.finishInvite(f[0], res.Key, err) && res.warning() != "" {
+			u.printf("* invite %s: someone may have tried the code (%s); compare /verify %s", f[0], res.warning(), f[0])
+		}
 	}()
 	return nil
 }
 
-// finishInvite adds the contact an invitation produced, or says why not.
-func (u *ui) finishInvite(name string, key publicKey, err error) {
+// finishInvite adds the contact an invitation produced, or says why not;
+// it reports whether the contact was added.
+func (u *ui) finishInvite(name string, key publicKey, err error) bool {
 	if errors.Is(err, context.Canceled) {
-		return // we are quitting: nobody is waiting for this any more
+		return false // we are quitting: nobody is waiting for this any more
 	}
 	if err == nil {
 		err = u.app.addContact(name, key)
 	}
 	if err != nil {
 		u.printf("error invite %s: %v", name, err)
-		return
+		return false
 	}
 	u.printf("* added %s", name)
+	return true
 }

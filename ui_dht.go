@@ -51,7 +51,7 @@ func (d *dht) command(ctx context.Context, args []string, out io.Writer) {
 	case "mget":
 		err = cmdMget(ctx, d, rest, out)
 	default:
-		err = fmt.Errorf("unknown command %q", args[0])
+		err = fmt.Errorf("dht: unknown command %q", args[0])
 	}
 	if errors.Is(err, errNotFound) {
 		err = errNotFound // print exactly "error not found"

@@ -49,7 +49,7 @@ func TestCommands(t *testing.T) {
 		{other, "mget " + pub, `^value 3 mutable text\n$`},
 		{other, "get " + strings.Repeat("00", 20), `^error not found\n$`},
 		{d, "", `^error usage`},
-		{d, "frobnicate", `^error unknown command`},
+		{d, "frobnicate", `^error dht: unknown command`},
 		{d, "ping", `^error usage`},
 		{d, "find_node 12", `^error `},
 		{d, "announce " + ih + " 0", `^error bad port`},

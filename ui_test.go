@@ -1,10 +1,8 @@
 package main
 
 import (
-	"errors"
 	"fmt"
-	"net"
-	"os/exec"
+	"net/netip"
 	"strings"
 	"syscall"
 	"testing"
@@ -31,8 +29,8 @@ func TestE2ETypedLines(t *testing.T) {
 		{"", "<me> by msg"},
 		{"//etc/passwd is a path", "* queued bob 3"},
 		{"", "<me> /etc/passwd is a path"},
-		{"/Contacts", "contact bob offline"},
-		{"/nope", `error unknown command "/nope"`},
+		{"/Contacts", "contact bob waiting"},
+		{"/nope", `error ui: unknown command "/nope"`},
 	}
 	for _, s := range steps {
 		if s.line != "" {
@@ -106,139 +104,12 @@ func TestE2ERemoveQueued(t *testing.T) {
 	p.quit()
 }
 
-// Issue 8 item 11: -h prints the usage to stdout and exits 0; -version
-// prints one line; a bad flag exits 2; a startup error is said once.
-func TestE2EFlagsAndStartupErrors(t *testing.T) {
-	bin := kadchatBinary(t)
-	run := func(args ...string) (stdout, stderr string, code int) {
-		cmd := exec.Command(bin, args...)
-		cmd.Stdin = strings.NewReader("")
-		var o, e strings.Builder
-		cmd.Stdout, cmd.Stderr = &o, &e
-		err := cmd.Run()
-		var exit *exec.ExitError
-		if errors.As(err, &exit) {
-			code = exit.ExitCode()
-		} else if err != nil {
-			t.Fatal(err)
-		}
-		return o.String(), e.String(), code
-	}
-	if o, e, code := run("-h"); code != 0 || !strings.Contains(o, "-listen") || e != "" {
-		t.Errorf("-h: exit %d, stdout %q, stderr %q", code, o, e)
-	}
-	if o, e, code := run("-version"); code != 0 || !strings.HasPrefix(o, "kadchat ") || strings.Count(o, "\n") != 1 || e != "" {
-		t.Errorf("-version: exit %d, stdout %q, stderr %q", code, o, e)
-	}
-	if o, e, code := run("-nope"); code != 2 || o != "" || !strings.Contains(e, "-nope") {
-		t.Errorf("-nope: exit %d, stdout %q, stderr %q", code, o, e)
-	}
-	// A data directory that is a file: the error is said once, prefixed once.
-	file := t.TempDir() + "/file"
-	if err := writeFileAtomic(file, []byte("x"), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	o, e, code := run("-dir", file, "-listen", "127.0.0.1:0", "-bootstrap", "127.0.0.1:1")
-	if code != 1 || o != "" || strings.Count(e, "\n") != 1 || !strings.HasPrefix(e, "error: ") || strings.Count(e, "kadchat:") > 1 {
-		t.Errorf("bad -dir: exit %d, stdout %q, stderr %q", code, o, e)
-	}
-}
-
-// Issue 8 item 9: without a reachable DHT node, one plain line and no
-// logs; /status says it in words. With a swarm, "joined".
-func TestE2EDHTStateLines(t *testing.T) {
-	u := newUser(t, "nora", "127.0.0.1:1")
-	p := u.start(t)
-	p.expect("* dht: no nodes reachable (retrying; check the network or use -bootstrap)", 40*time.Second)
-	p.send("/status")
-	p.expect("reach no: ", 5*time.Second)
-	p.quit()
-	p.mu.Lock()
-	stderr := p.stderr.String()
-	p.mu.Unlock()
-	if stderr != "" {
-		t.Errorf("stderr without -v: %q", stderr)
-	}
-	boot := testSwarm(t, 8)
-	v := newUser(t, "olga", boot)
-	p = v.start(t)
-	p.expect("* dht: joined, ", 30*time.Second)
-	p.send("/status")
-	p.expect("reach yes: ", 5*time.Second)
-	p.quit()
-}
-
-func TestDHTWatchStep(t *testing.T) {
-	var w dhtWatch
-	steps := []struct {
-		n       int
-		failed  bool
-		elapsed time.Duration
-		want    string
-	}{
-		{0, false, time.Second, ""},
-		{2, false, time.Second, ""}, // still filling
-		{0, true, 2 * time.Second, dhtLineUnreachable},
-		{0, true, 70 * time.Second, ""}, // said once
-		{3, false, 80 * time.Second, "* dht: joined, 3 nodes"},
-		{9, false, 81 * time.Second, ""},
-		{0, false, 99 * time.Minute, dhtLineUnreachable},
-	}
-	for i, s := range steps {
-		if got := w.step(s.n, s.failed, s.elapsed); got != s.want {
-			t.Errorf("step %d (%d nodes, failed %v) = %q, want %q", i, s.n, s.failed, got, s.want)
-		}
-	}
-}
-
-// Issue 8 item 10: when the port asked for is busy, the one used instead
-// is said, remembered, and used again at the next start.
-func TestE2EPortRemembered(t *testing.T) {
-	busy, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer busy.Close()
-	addr := busy.LocalAddr().String()
-	_, busyPort, _ := net.SplitHostPort(addr)
-	u := newUser(t, "pia", "127.0.0.1:1")
-	var first string
-	for i := range 2 {
-		p := startProc(t, u.name, nil, "-listen", addr, "-bootstrap", u.boot, "-dir", u.dir)
-		l := p.expect("* listening on ", 10*time.Second)
-		f := strings.Fields(l)
-		if len(f) != 7 || f[4] != "("+busyPort || f[3] == addr {
-			t.Fatalf("start %d: %q", i, l)
-		}
-		if i == 0 {
-			first = f[3]
-		} else if f[3] != first {
-			t.Fatalf("second start on %s, first on %s: want the same port", f[3], first)
-		}
-		p.expect("* ready "+f[3], 5*time.Second)
-		p.quit()
-	}
-}
-
-func TestParseSavedPort(t *testing.T) {
-	good := savedPort{listen: ":6881", port: 35839}
-	got, err := parseSavedPort(good.format())
-	if err != nil || got != good {
-		t.Fatalf("round trip: %v, %v", got, err)
-	}
-	for _, bad := range []string{"", ":6881", ":6881 0", ":6881 70000", ":6881 x", "a b c"} {
-		if _, err := parseSavedPort([]byte(bad)); err == nil {
-			t.Errorf("parseSavedPort(%q) accepted", bad)
-		}
-	}
-}
-
 // Issue 8 item 11: quitting in the middle of an invitation or a DHT
 // command does not print "context canceled".
 func TestE2EQuitQuietly(t *testing.T) {
 	u := newUser(t, "quin", "127.0.0.1:1")
 	p := u.start(t)
-	p.send("/accept alice 4821-tumor-unicorn")
+	p.send("/accept alice 482193-tumor-unicorn")
 	p.expect("* accepting alice", 5*time.Second)
 	p.send("/dht get_peers 0123456789abcdef0123456789abcdef01234567")
 	time.Sleep(200 * time.Millisecond)
@@ -249,5 +120,96 @@ func TestE2EQuitQuietly(t *testing.T) {
 	<-p.done
 	if out := p.tail(); strings.Contains(out, "context canceled") {
 		t.Errorf("quitting printed context canceled:\n%s", out)
+	}
+}
+
+func TestPrintable(t *testing.T) {
+	tests := []struct{ in, want string }{
+		{"hello", "hello"},
+		{"two\nlines", "two\uFFFDlines"},
+		{"fake\r* delivered bob 1", "fake\uFFFD* delivered bob 1"},
+		{"\x1b[2Jclear", "\uFFFD[2Jclear"},
+		{"abc\u202edcba", "abc\uFFFDdcba"}, // bidi override
+		{"line\u2028sep", "line\uFFFDsep"},
+		{"émoji 🙂", "émoji 🙂"},
+	}
+	for _, tc := range tests {
+		if got := printable(tc.in); got != tc.want {
+			t.Errorf("printable(%q) = %q, want %q", tc.in, got, tc.want)
+		}
+	}
+}
+
+// Issue 8 item 8: a contact who has not added us shows as waiting; a clean
+// exit says goodbye, so the other side shows it offline at once (not after
+// 80 s of silence) with the last packet's time as last seen; a contact who
+// restarts at once, on the same address, comes back online, and what was
+// queued for it meanwhile is delivered; SIGTERM says goodbye as /quit does.
+func TestE2EGoodbye(t *testing.T) {
+	boot := testSwarm(t, 8)
+	alice, bob := newUser(t, "alice", boot), newUser(t, "bob", boot)
+	pa, pb := alice.start(t), bob.start(t)
+	pa.send("/add bob %s", bob.key)
+	pa.expect("* added bob", 5*time.Second)
+	pa.send("/contacts")
+	want := "contact bob waiting - last-seen never outbox 0 key " + bob.key + " (waiting for bob to add you, or for you both to be online at once)"
+	if got := pa.expect("contact bob ", 5*time.Second); got != want {
+		t.Errorf("before bob adds alice:\n got %q\nwant %q", got, want)
+	}
+	pb.send("/add alice %s", alice.key)
+	pa.expect("* online bob", e2eWait)
+	pb.expect("* online alice", e2eWait)
+	pb.send("/status")
+	bobAddr := strings.Fields(pb.expect("status ", 5*time.Second))[3]
+
+	quitAt := time.Now()
+	pb.send("/quit")
+	pa.expect("* offline bob", 3*time.Second)
+	t.Logf("alice saw bob offline %v after his /quit", time.Since(quitAt))
+	pb.wait(t)
+	pa.send("/contacts")
+	f := strings.Fields(pa.expect("contact bob ", 5*time.Second))
+	seen, err := time.Parse(time.RFC3339, f[5])
+	if len(f) != 10 || f[2] != "offline" || err != nil || seen.Before(quitAt.Truncate(time.Second)) || seen.After(time.Now()) {
+		t.Errorf("after bob quit: %q; want offline, last seen at his goodbye (%v)", f, quitAt)
+	}
+
+	pa.send("/msg bob sent while you restarted")
+	pa.expect("* queued bob", 5*time.Second)
+	restartAt := time.Now()
+	pb = startProc(t, bob.name, nil, "-listen", bobAddr, "-bootstrap", bob.boot, "-dir", bob.dir)
+	pb.expect("* ready "+bobAddr, 10*time.Second)
+	pb.expectMessage("<alice> sent while you restarted", e2eWait)
+	pa.expect("* delivered bob", e2eWait)
+	t.Logf("bob back and the queued message delivered %v after his restart", time.Since(restartAt))
+
+	// A signal is a clean exit too: bob still says goodbye.
+	if err := pb.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	pa.expect("* offline bob", 3*time.Second)
+	pb.wait(t)
+	pa.quit()
+}
+
+func TestContactLine(t *testing.T) {
+	k := chatKey(2)
+	seen := time.Date(2026, 11, 25, 12, 0, 30, 0, time.UTC)
+	addr := netip.MustParseAddrPort("192.0.2.1:6881")
+	tests := []struct {
+		in   contactInfo
+		want string
+	}{
+		{contactInfo{Name: "bob", Key: k, Online: true, Addr: addr, LastSeen: seen, Outbox: 1},
+			"contact bob online 192.0.2.1:6881 last-seen 2026-11-25T12:00:30Z outbox 1 key " + k.String()},
+		{contactInfo{Name: "bob", Key: k, LastSeen: seen},
+			"contact bob offline - last-seen 2026-11-25T12:00:30Z outbox 0 key " + k.String()},
+		{contactInfo{Name: "bob", Key: k, Outbox: 2},
+			"contact bob waiting - last-seen never outbox 2 key " + k.String() + " (waiting for bob to add you, or for you both to be online at once)"},
+	}
+	for _, tc := range tests {
+		if got := contactLine(tc.in); got != tc.want {
+			t.Errorf("contactLine(%+v) =\n %q\nwant %q", tc.in, got, tc.want)
+		}
 	}
 }

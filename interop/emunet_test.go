@@ -852,6 +852,9 @@ func (r *emuRun) restarts(ctx context.Context) (emuScenario, error) {
 	sleepCtx(ctx, r.cfg.Away)
 	var mu sync.Mutex
 	var joins []emuSample
+	for _, i := range back { // both DHTs take a fresh id at every start
+		r.ids[i] = emuID(r.cfg.Seed, "restart", i)
+	}
 	r.inParallel(back, len(back), func(i int) {
 		start := time.Now()
 		err := r.startHost(ctx, i, nil, saved[i])

@@ -1,15 +1,18 @@
 // Noise interop: a kadchat peer built on flynn/noise, framed only from
 // SPEC.md sections 4 and 5, completes a session with the running binary and
 // exchanges transport packets both ways; a single changed byte in any packet
-// makes that packet count for nothing.
+// makes that packet count for nothing. The Noise messages are flynn's; the
+// fields around them (tag, stamp, mac1, cookie replies) are keyed by the
+// pair's static-static secret, so a stranger's flood draws nothing.
 //
 // Flow: the test learns the binary's key (/id), adds the client as a contact
 // (/add), then sends an initiation (flynn's IKpsk2 first message inside the
 // SPEC's framing, with mac1), reads the response, and sends one chat data
 // frame in a transport packet; the binary shows the message and answers
-// with an ack frame in a transport packet. Before each genuine packet it
-// sends every one-byte corruption of it and checks the binary stays silent;
-// every corruption of the binary's packets must fail the client's checks.
+// with an ack frame in a transport packet; when it quits it says goodbye in
+// two transport packets. Before each genuine packet it sends every one-byte
+// corruption of it and checks the binary stays silent; every corruption of
+// the binary's packets must fail the client's checks.
 package interop
 
 import (
@@ -21,6 +24,7 @@ import (
 	"io"
 	"net"
 	"net/netip"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -28,13 +32,16 @@ import (
 	"github.com/flynn/noise"
 	"golang.org/x/crypto/blake2s"
 	"golang.org/x/crypto/chacha20poly1305"
+	"golang.org/x/crypto/curve25519"
 )
 
 // Session layer wire constants, SPEC.md section 4.
 const (
 	sessionPrologue = "kadchat session v1"
-	labelMAC1       = "kadchat mac1 v1"
-	labelCookie     = "kadchat cookie v1"
+	labelMAC1       = "kadchat mac1 v2"
+	labelTag        = "kadchat tag v1"
+	labelStamp      = "kadchat stamp v1"
+	labelCookie     = "kadchat cookie v2"
 
 	packetInitiation  = 1
 	packetResponse    = 2
@@ -47,12 +54,15 @@ const (
 	pskLen     = 32
 	tai64nLen  = 12
 	counterLen = 8
+	sessTagLen = 8
 
 	initiationOffSender    = 4
 	initiationOffEphemeral = 8
-	initiationOffMAC1      = 116
-	initiationOffMAC2      = 132
-	initiationSize         = 148
+	initiationOffTag       = 116
+	initiationOffStamp     = 124
+	initiationOffMAC1      = 136
+	initiationOffMAC2      = 152
+	initiationSize         = 168
 	responseOffSender      = 4
 	responseOffReceiver    = 8
 	responseOffEphemeral   = 12
@@ -66,6 +76,10 @@ const (
 	transportOffReceiver   = 4
 	transportOffCounter    = 8
 	transportOffData       = 16
+
+	goodbye       = 0x00 // the session layer's goodbye: this one byte is the whole payload
+	goodbyeSize   = 33   // header 16, the encrypted byte, tag 16
+	goodbyeCopies = 2
 )
 
 // Chat frames, SPEC.md section 5.
@@ -120,17 +134,51 @@ var suite = noise.NewCipherSuite(noise.DH25519, noise.CipherChaChaPoly, noise.Ha
 
 // initiation is a fresh first handshake message to the binary.
 func (c *noiseClient) initiation(now time.Time) []byte {
+	return c.initiationTS(c.local, tai64n(now))
+}
+
+// initiationTS is a fresh first handshake message with the given sender
+// index and timestamp.
+func (c *noiseClient) initiationTS(sender uint32, ts [tai64nLen]byte) []byte {
 	c.t.Helper()
 	hs, err := newHandshake(true, c.static, c.peer, rand.Reader)
 	if err != nil {
 		c.t.Fatal(err)
 	}
 	c.hs = hs
-	b, err := writeInitiation(hs, c.local, tai64n(now), c.peer)
+	b, err := writeInitiation(hs, sender, ts, pairKeys(c.t, c.static, c.peer))
 	if err != nil {
 		c.t.Fatal(err)
 	}
 	return b
+}
+
+// pairDir holds the keys of one direction of a pair, SPEC.md 4.3.
+type pairDir struct{ mac1, tag, stamp, cookie [32]byte }
+
+// pairKeys derives the keys of the direction from self to peer from the
+// static-static secret.
+func pairKeys(t testing.TB, self noise.DHKey, peer []byte) pairDir {
+	s, err := curve25519.X25519(self.Private, peer)
+	if err != nil {
+		t.Fatal(err)
+	}
+	k := func(label string) [32]byte {
+		return blake2s.Sum256(slices.Concat([]byte(label), s, self.Public, peer))
+	}
+	return pairDir{mac1: k(labelMAC1), tag: k(labelTag), stamp: k(labelStamp), cookie: k(labelCookie)}
+}
+
+// peerKeys derives the keys of the direction from peer to self.
+func peerKeys(t testing.TB, self noise.DHKey, peer []byte) pairDir {
+	s, err := curve25519.X25519(self.Private, peer)
+	if err != nil {
+		t.Fatal(err)
+	}
+	k := func(label string) [32]byte {
+		return blake2s.Sum256(slices.Concat([]byte(label), s, peer, self.Public))
+	}
+	return pairDir{mac1: k(labelMAC1), tag: k(labelTag), stamp: k(labelStamp), cookie: k(labelCookie)}
 }
 
 // newHandshake is flynn's IKpsk2 with SPEC.md 4.3's parameters. rng supplies
@@ -144,26 +192,46 @@ func newHandshake(initiator bool, static noise.DHKey, peer []byte, rng io.Reader
 }
 
 // writeInitiation frames Noise message 1 ("-> e, es, s, ss" with the
-// timestamp as payload) as SPEC.md 4.3's initiation, mac2 zero (no cookie).
-func writeInitiation(hs *noise.HandshakeState, sender uint32, ts [tai64nLen]byte, responder []byte) ([]byte, error) {
+// timestamp as payload) as SPEC.md 4.3's initiation, with the tag, stamp
+// and mac1 of the initiator-to-responder keys k, mac2 zero (no cookie).
+func writeInitiation(hs *noise.HandshakeState, sender uint32, ts [tai64nLen]byte, k pairDir) ([]byte, error) {
 	b := []byte{packetInitiation, 0, 0, 0}
 	b = binary.LittleEndian.AppendUint32(b, sender)
 	b, _, _, err := hs.WriteMessage(b, ts[:])
 	if err != nil {
 		return nil, err
 	}
-	if len(b) != initiationOffMAC1 {
-		return nil, fmt.Errorf("initiation body is %d bytes, SPEC says mac1 starts at %d", len(b), initiationOffMAC1)
+	if len(b) != initiationOffTag {
+		return nil, fmt.Errorf("initiation body is %d bytes, SPEC says the tag starts at %d", len(b), initiationOffTag)
 	}
-	mac1 := keyedMAC(mac1Key(responder), b)
+	tag := keyedMAC(k.tag, binary.BigEndian.AppendUint64(nil, tai64nEpoch(ts)))
+	b = append(b, tag[:sessTagLen]...)
+	b = append(b, stampOf(k, b[initiationOffEphemeral:initiationOffEphemeral+32], ts)...)
+	mac1 := keyedMAC(k.mac1, b)
 	b = append(b, mac1[:]...)
 	return append(b, make([]byte, macLen)...), nil
 }
 
+// tai64nEpoch is the hour of a TAI64N label, SPEC.md 4.3.
+func tai64nEpoch(ts [tai64nLen]byte) uint64 {
+	return (binary.BigEndian.Uint64(ts[:8]) - (1<<62 + 10)) / 3600
+}
+
+// stampOf masks ts with the pad of the ephemeral key.
+func stampOf(k pairDir, ephemeral []byte, ts [tai64nLen]byte) []byte {
+	pad := keyedMAC(k.stamp, ephemeral)
+	out := make([]byte, tai64nLen)
+	for i := range out {
+		out[i] = ts[i] ^ pad[i]
+	}
+	return out
+}
+
 // writeResponse is the responder's side, used only to check SPEC.md's
-// vectors: it reads an initiation and frames Noise message 2.
-func writeResponse(hs *noise.HandshakeState, sender uint32, init []byte, initiator []byte) (resp []byte, ts []byte, send, recv *noise.CipherState, err error) {
-	ts, _, _, err = hs.ReadMessage(nil, init[initiationOffEphemeral:initiationOffMAC1])
+// vectors: it reads an initiation and frames Noise message 2, with the
+// mac1 of the responder-to-initiator keys k.
+func writeResponse(hs *noise.HandshakeState, sender uint32, init []byte, k pairDir) (resp []byte, ts []byte, send, recv *noise.CipherState, err error) {
+	ts, _, _, err = hs.ReadMessage(nil, init[initiationOffEphemeral:initiationOffTag])
 	if err != nil {
 		return nil, nil, nil, nil, err
 	}
@@ -174,7 +242,7 @@ func writeResponse(hs *noise.HandshakeState, sender uint32, init []byte, initiat
 	if err != nil || len(b) != responseOffMAC1 {
 		return nil, nil, nil, nil, fmt.Errorf("response body of %d bytes: %v", len(b), err)
 	}
-	mac1 := keyedMAC(mac1Key(initiator), b)
+	mac1 := keyedMAC(k.mac1, b)
 	b = append(b, mac1[:]...)
 	return append(b, make([]byte, macLen)...), ts, send, recv, nil
 }
@@ -189,7 +257,7 @@ func (c *noiseClient) consumeResponse(b []byte) error {
 	if binary.LittleEndian.Uint32(b[responseOffReceiver:]) != c.local {
 		return errors.New("response to another index")
 	}
-	mac1 := keyedMAC(mac1Key(c.static.Public), b[:responseOffMAC1])
+	mac1 := keyedMAC(peerKeys(c.t, c.static, c.peer).mac1, b[:responseOffMAC1])
 	if !bytes.Equal(mac1[:], b[responseOffMAC1:responseOffMAC2]) {
 		return errors.New("bad mac1")
 	}
@@ -302,6 +370,38 @@ func TestNoiseSessionWithFlynn(t *testing.T) {
 	}
 
 	c.messageFromKadchat(k)
+	c.goodbyeFromKadchat(k)
+}
+
+// goodbyeFromKadchat has the binary quit and checks that it says goodbye
+// on the session (SPEC.md 4.6): two 33-byte transport packets with
+// consecutive counters whose payload is the single byte 00.
+func (c *noiseClient) goodbyeFromKadchat(k *kadchat) {
+	c.t.Helper()
+	k.send("/quit")
+	var counters []uint64
+	for range maxTransportReads {
+		pkt := c.read(answerTimeout)
+		if pkt == nil {
+			break
+		}
+		p, err := c.openTransport(pkt)
+		if err != nil {
+			k.fatalf("transport packet % x: %v", pkt, err)
+		}
+		if len(p) > 0 && p[0] == goodbye {
+			if len(p) != 1 || len(pkt) != goodbyeSize {
+				k.fatalf("goodbye % x: payload % x, want the one byte 00 in %d bytes", pkt, p, goodbyeSize)
+			}
+			counters = append(counters, binary.LittleEndian.Uint64(pkt[transportOffCounter:]))
+			if len(counters) == goodbyeCopies {
+				break
+			}
+		}
+	}
+	if len(counters) != goodbyeCopies || counters[1] != counters[0]+1 {
+		k.fatalf("after /quit: goodbyes with counters %v, want %d consecutive ones", counters, goodbyeCopies)
+	}
 }
 
 // handshake sends every corruption of an initiation, then the initiation,
@@ -430,11 +530,6 @@ func keyedMACKey(key []byte, data []byte) [macLen]byte {
 	return out
 }
 
-// mac1Key is HASH(LABEL_MAC1 || the receiver's static public key).
-func mac1Key(pub []byte) [32]byte {
-	return blake2s.Sum256(append([]byte(labelMAC1), pub...))
-}
-
 // tai64n is the TAI64N label of t: big-endian 2^62 + 10 + seconds, then
 // big-endian nanoseconds rounded down to a multiple of 2^24.
 func tai64n(t time.Time) [tai64nLen]byte {
@@ -450,10 +545,54 @@ func (p *kadchat) expectContaining(s string) string {
 	return p.expectFunc(fmt.Sprintf("a line containing %q", s), func(l string) bool { return strings.Contains(l, s) })
 }
 
-// TestNoiseCookieUnderLoad: once a flood of initiations with a valid mac1
-// puts the binary under load (SPEC.md 4.5), a contact's initiation without
-// mac2 gets a cookie reply; the client opens the cookie and its next
-// initiation, with mac2, completes the handshake.
+// TestNoiseStrangerFloodSilent: a stranger who knows the binary's key
+// floods it with initiations, valid in every part a stranger can compute
+// (flynn's Noise message to the binary's key; mac1 keyed by that key, as
+// SPEC version 1 had it; tag, stamp and mac1 from the stranger's own pair
+// keys), and with responses: it gets nothing back, and a contact's
+// initiation during the flood is answered at once, with no cookie round.
+func TestNoiseStrangerFloodSilent(t *testing.T) {
+	k := startKadchat(t)
+	peerKey, err := parseKeyText(k.run("/id", "id")[1])
+	if err != nil {
+		k.fatalf("/id: %v", err)
+	}
+	c := newNoiseClient(t, k.addr, peerKey[:])
+	k.try("/add flynn "+keyText([32]byte(c.static.Public)), "* added")
+
+	stranger := newNoiseClient(t, k.addr, peerKey[:])
+	for i := range loadFlood {
+		init := stranger.initiationTS(uint32(i), tai64n(time.Now()))
+		stranger.write(init)
+		old := bytes.Clone(init)
+		v1 := blake2s.Sum256(append([]byte("kadchat mac1 v1"), peerKey[:]...))
+		mac := keyedMAC(v1, old[:initiationOffMAC1])
+		copy(old[initiationOffMAC1:], mac[:])
+		stranger.write(old)
+		resp := make([]byte, responseSize)
+		resp[0] = packetResponse
+		binary.LittleEndian.PutUint32(resp[responseOffReceiver:], uint32(i))
+		mac = keyedMAC(v1, resp[:responseOffMAC1])
+		copy(resp[responseOffMAC1:], mac[:])
+		stranger.write(resp)
+	}
+	c.write(c.initiation(time.Now()))
+	resp := c.read(answerTimeout)
+	if resp == nil || resp[0] != packetResponse {
+		k.fatalf("a contact's initiation during a stranger's flood drew % x, want a response", resp)
+	}
+	if err := c.consumeResponse(resp); err != nil {
+		k.fatalf("response % x: %v", resp, err)
+	}
+	if got := stranger.read(silence); got != nil {
+		k.fatalf("the stranger's flood drew an answer: % x", got)
+	}
+}
+
+// TestNoiseCookieUnderLoad: once a contact's flood of fresh initiations puts
+// the binary under load (SPEC.md 4.5), the contact's next initiation without
+// mac2 gets a cookie reply; the client opens the cookie with the pair's
+// cookie key, and its next initiation, with mac2, completes the handshake.
 func TestNoiseCookieUnderLoad(t *testing.T) {
 	k := startKadchat(t)
 	peerKey, err := parseKeyText(k.run("/id", "id")[1])
@@ -463,18 +602,29 @@ func TestNoiseCookieUnderLoad(t *testing.T) {
 	c := newNoiseClient(t, k.addr, peerKey[:])
 	k.try("/add flynn "+keyText([32]byte(c.static.Public)), "* added")
 
-	// A stranger's initiation passes mac1 (it only needs the binary's key).
-	stranger := newNoiseClient(t, k.addr, peerKey[:])
-	flood := stranger.initiation(time.Now())
-	for range loadFlood {
-		stranger.write(flood)
+	// Only a contact's messages count towards load, each with a newer
+	// timestamp than the last.
+	ts := tai64n(time.Now())
+	sent := map[uint32][]byte{}
+	for i := range loadFlood {
+		ts = nextTAI64N(ts)
+		init := c.initiationTS(uint32(i), ts)
+		sent[uint32(i)] = init
+		c.write(init)
 	}
-
-	init := c.initiation(time.Now())
-	c.write(init)
-	reply := c.read(answerTimeout)
-	if reply == nil {
-		k.fatalf("no answer to an initiation under load")
+	var reply, init []byte
+	for range 2 * loadFlood { // responses, then cookie replies
+		b := c.read(answerTimeout)
+		if b == nil {
+			k.fatalf("no cookie reply to a flood of %d initiations", loadFlood)
+		}
+		if b[0] == packetCookieReply && len(b) == cookieReplySize {
+			reply, init = b, sent[binary.LittleEndian.Uint32(b[cookieOffReceiver:])]
+			break
+		}
+	}
+	if init == nil {
+		k.fatalf("no cookie reply to a flood of %d initiations", loadFlood)
 	}
 	cookie, err := c.openCookieReply(reply, init)
 	if err != nil {
@@ -485,16 +635,16 @@ func TestNoiseCookieUnderLoad(t *testing.T) {
 		return err
 	})
 
-	init = c.initiation(time.Now())
+	init = c.initiationTS(c.local, nextTAI64N(ts))
 	mac2 := keyedMACKey(cookie, init[:initiationOffMAC2])
 	copy(init[initiationOffMAC2:], mac2[:])
 	c.write(init)
-	for range maxTransportReads { // more cookie replies may be on the way
+	for range 3 * loadFlood { // answers to the flood may still be on the way
 		resp := c.read(answerTimeout)
 		if resp == nil {
 			k.fatalf("no response to the initiation with mac2")
 		}
-		if resp[0] == packetCookieReply {
+		if resp[0] != packetResponse || binary.LittleEndian.Uint32(resp[responseOffReceiver:]) != c.local {
 			continue
 		}
 		if err := c.consumeResponse(resp); err != nil {
@@ -502,7 +652,18 @@ func TestNoiseCookieUnderLoad(t *testing.T) {
 		}
 		return
 	}
-	k.fatalf("only cookie replies after the initiation with mac2")
+	k.fatalf("no response to the initiation with mac2")
+}
+
+// nextTAI64N is ts plus one in its last byte: a newer timestamp.
+func nextTAI64N(ts [tai64nLen]byte) [tai64nLen]byte {
+	for i := tai64nLen - 1; i >= 0; i-- {
+		ts[i]++
+		if ts[i] != 0 {
+			break
+		}
+	}
+	return ts
 }
 
 // loadFlood is more than twice the 64 handshake messages per second that put
@@ -517,7 +678,7 @@ func (c *noiseClient) openCookieReply(b, init []byte) ([]byte, error) {
 	if !bytes.Equal(b[cookieOffReceiver:cookieOffNonce], init[initiationOffSender:initiationOffEphemeral]) {
 		return nil, errors.New("cookie reply to another index")
 	}
-	key := blake2s.Sum256(append([]byte(labelCookie), c.peer...))
+	key := peerKeys(c.t, c.static, c.peer).cookie
 	aead, err := chacha20poly1305.NewX(key[:])
 	if err != nil {
 		return nil, err

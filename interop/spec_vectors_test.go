@@ -16,7 +16,6 @@ import (
 	"time"
 
 	"github.com/flynn/noise"
-	"golang.org/x/crypto/blake2s"
 	"golang.org/x/crypto/chacha20poly1305"
 	"golang.org/x/crypto/curve25519"
 )
@@ -111,11 +110,7 @@ func TestSpecHandshakeVector(t *testing.T) {
 	}
 	ist := keyPair(t, v, "initiator_static", "initiator_public")
 	rst := keyPair(t, v, "responder_static", "responder_public")
-	for _, m := range []struct{ name, key string }{{"mac1_key_initiator", string(ist.Public)}, {"mac1_key_responder", string(rst.Public)}} {
-		if got := mac1Key([]byte(m.key)); !bytes.Equal(got[:], hexField(t, v, m.name)) {
-			t.Errorf("%s = %x, SPEC says %s", m.name, got, v[m.name])
-		}
-	}
+	i2r, r2i := checkPairKeys(t, v, ist, rst)
 	// 2026-01-02T03:04:05.6Z, nanoseconds rounded down to a multiple of 2^24.
 	ts := tai64n(time.Date(2026, 1, 2, 3, 4, 5, 600_000_000, time.UTC))
 	if !bytes.Equal(ts[:], hexField(t, v, "timestamp")) {
@@ -126,19 +121,71 @@ func TestSpecHandshakeVector(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	init, err := writeInitiation(ihs, binary.LittleEndian.Uint32(hexField(t, v, "initiator_index")), ts, rst.Public)
+	init, err := writeInitiation(ihs, binary.LittleEndian.Uint32(hexField(t, v, "initiator_index")), ts, i2r)
 	if err != nil || !bytes.Equal(init, hexField(t, v, "initiation")) {
 		t.Fatalf("initiation (%v):\n got %x\nwant %s", err, init, v["initiation"])
 	}
+	checkOuterFields(t, v, i2r, init, ts)
 	rhs, err := newHandshake(false, rst, nil, bytes.NewReader(hexField(t, v, "responder_ephemeral")))
 	if err != nil {
 		t.Fatal(err)
 	}
-	resp, gotTS, _, rrecv, err := writeResponse(rhs, binary.LittleEndian.Uint32(hexField(t, v, "responder_index")), init, ist.Public)
+	resp, gotTS, _, rrecv, err := writeResponse(rhs, binary.LittleEndian.Uint32(hexField(t, v, "responder_index")), init, r2i)
 	if err != nil || !bytes.Equal(resp, hexField(t, v, "response")) || !bytes.Equal(gotTS, ts[:]) {
 		t.Fatalf("response (%v, timestamp %x):\n got %x\nwant %s", err, gotTS, resp, v["response"])
 	}
+	if !bytes.Equal(resp[responseOffMAC1:responseOffMAC2], hexField(t, v, "response_mac1")) {
+		t.Errorf("response mac1 %x, SPEC says %s", resp[responseOffMAC1:responseOffMAC2], v["response_mac1"])
+	}
 	checkInitiatorSide(t, v, ihs, resp, rrecv)
+}
+
+// checkPairKeys derives the static-static secret and the keys of both
+// directions from the vector's private keys, and checks each against the
+// vector; either side's secret must agree.
+func checkPairKeys(t *testing.T, v map[string]string, ist, rst noise.DHKey) (i2r, r2i pairDir) {
+	t.Helper()
+	s, err := curve25519.X25519(ist.Private, rst.Public)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s2, _ := curve25519.X25519(rst.Private, ist.Public); !bytes.Equal(s, s2) || !bytes.Equal(s, hexField(t, v, "static_secret")) {
+		t.Errorf("static-static secret %x / %x, SPEC says %s", s, s2, v["static_secret"])
+	}
+	i2r, r2i = pairKeys(t, ist, rst.Public), peerKeys(t, ist, rst.Public)
+	if r := pairKeys(t, rst, ist.Public); r != r2i {
+		t.Errorf("the responder's send keys differ from the initiator's receive keys")
+	}
+	for prefix, k := range map[string]pairDir{"i2r_": i2r, "r2i_": r2i} {
+		for name, key := range map[string][32]byte{"mac1": k.mac1, "tag": k.tag, "stamp": k.stamp, "cookie": k.cookie} {
+			if !bytes.Equal(key[:], hexField(t, v, prefix+name)) {
+				t.Errorf("%s%s = %x, SPEC says %s", prefix, name, key, v[prefix+name])
+			}
+		}
+	}
+	return i2r, r2i
+}
+
+// checkOuterFields checks the epoch, tag, stamp pad, stamp and mac1 of the
+// vector's initiation, field by field.
+func checkOuterFields(t *testing.T, v map[string]string, i2r pairDir, init []byte, ts [tai64nLen]byte) {
+	t.Helper()
+	epoch := binary.BigEndian.AppendUint64(nil, tai64nEpoch(ts))
+	tag := keyedMAC(i2r.tag, epoch)
+	pad := keyedMAC(i2r.stamp, init[initiationOffEphemeral:initiationOffEphemeral+32])
+	mac1 := keyedMAC(i2r.mac1, init[:initiationOffMAC1])
+	for _, f := range []struct {
+		name string
+		got  []byte
+	}{
+		{"epoch", epoch}, {"tag", tag[:sessTagLen]}, {"stamp_pad", pad[:tai64nLen]},
+		{"stamp", stampOf(i2r, init[initiationOffEphemeral:initiationOffEphemeral+32], ts)},
+		{"initiation_mac1", mac1[:]},
+	} {
+		if !bytes.Equal(f.got, hexField(t, v, f.name)) {
+			t.Errorf("%s = %x, SPEC says %s", f.name, f.got, v[f.name])
+		}
+	}
 }
 
 // checkInitiatorSide consumes the vector's response with flynn and checks
@@ -170,7 +217,8 @@ func checkInitiatorSide(t *testing.T, v map[string]string, ihs *noise.HandshakeS
 }
 
 // TestSpecCookieVector recomputes SPEC.md 4.5's cookie reply from the
-// handshake vector's initiation, with x/crypto's XChaCha20-Poly1305.
+// handshake vector's initiation, with x/crypto's XChaCha20-Poly1305 under
+// the responder-to-initiator cookie key.
 func TestSpecCookieVector(t *testing.T) {
 	hs, v := specVector(t, "handshake"), specVector(t, "cookie")
 	init := hexField(t, hs, "initiation")
@@ -179,8 +227,10 @@ func TestSpecCookieVector(t *testing.T) {
 	if !bytes.Equal(cookie[:], hexField(t, v, "cookie")) {
 		t.Errorf("cookie = %x, SPEC says %s", cookie, v["cookie"])
 	}
-	key := blake2s.Sum256(append([]byte(labelCookie), hexField(t, hs, "responder_public")...))
-	if !bytes.Equal(key[:], hexField(t, v, "cookie_key")) {
+	ist := keyPair(t, hs, "initiator_static", "initiator_public")
+	rst := keyPair(t, hs, "responder_static", "responder_public")
+	key := pairKeys(t, rst, ist.Public).cookie // the responder replies
+	if !bytes.Equal(key[:], hexField(t, v, "cookie_key")) || !bytes.Equal(key[:], hexField(t, hs, "r2i_cookie")) {
 		t.Errorf("cookie key = %x, SPEC says %s", key, v["cookie_key"])
 	}
 	aead, err := chacha20poly1305.NewX(key[:])
