@@ -32,7 +32,8 @@ const (
 	rttMinSamples   = 8       // before this many, strangers get rtoInitial
 	rttGain         = 1. / 32 // weight of a new round trip in the histogram
 	lossGain        = 1. / 32 // weight of a new query in the loss estimate
-	lossPrior       = 0.1     // the loss estimate before any answer
+	lossPrior       = 0.1     // the loss estimate before any answer,
+	lossPriorWeight = 8       // worth this many transmissions
 )
 
 // rttHistogram is the distribution of recent round trips: log-spaced bins
@@ -108,7 +109,7 @@ type peerTimes struct {
 }
 
 func newPeerTimes() peerTimes {
-	return peerTimes{peers: map[netip.AddrPort]*peerTime{}, sent: 1 / lossGain, lost: lossPrior / lossGain}
+	return peerTimes{peers: map[netip.AddrPort]*peerTime{}, sent: lossPriorWeight, lost: lossPrior * lossPriorWeight}
 }
 
 // strangerRTO is the timeout for a peer we have no estimate of.
@@ -148,24 +149,22 @@ func (p *peerTimes) patience(t *dhtTiming) time.Duration {
 }
 
 // tries is how many transmissions a query gets: enough that a live node
-// misses them all with probability lossTarget at the estimated loss L
-// (L^n ≤ lossTarget), between minAttempts and maxAttempts. A dead node
-// costs that many datagrams, so on a clean network it costs two.
+// misses them all with probability lossTarget, between minAttempts and
+// maxAttempts. A dead node costs that many datagrams, so on a clean
+// network it costs two. The loss L is known only from a few dozen
+// transmissions: taking the expected L^n over what they allow (L ~
+// Beta(lost, sent − lost), so E[L^n] = Π_{i<n} (lost + i)/(sent + i))
+// rather than the estimate's own n-th power keeps a node that drew a
+// lucky few from sending too few.
 func (p *peerTimes) tries() int {
-	return lossTries(p.lost/p.sent, lossTarget)
-}
-
-// lossTries is the smallest n with l^n ≤ target, between minAttempts and
-// maxAttempts.
-func lossTries(l, target float64) int {
-	if l <= 0 {
-		return minAttempts
+	miss := 1.0
+	for n := 1; n <= maxAttempts; n++ {
+		miss *= (p.lost + float64(n-1)) / (p.sent + float64(n-1))
+		if n >= minAttempts && miss <= lossTarget {
+			return n
+		}
 	}
-	if l >= 1 {
-		return maxAttempts
-	}
-	n := int(math.Ceil(math.Log(target) / math.Log(l)))
-	return min(max(n, minAttempts), maxAttempts)
+	return maxAttempts
 }
 
 // answered records an answer from addr after attempts transmissions, r

@@ -102,12 +102,12 @@ func TestAmbiguousAnswers(t *testing.T) {
 
 // Transmissions follow the loss measured on queries to known peers: two on
 // a clean network, more as loss grows, so that a live node misses them all
-// with probability lossTarget.
+// with probability lossTarget. Before any measurement: four.
 func TestTriesFollowLoss(t *testing.T) {
 	for _, tc := range []struct {
-		loss float64
-		want int
-	}{{0, minAttempts}, {0.1, 3}, {0.34, 6}} {
+		loss     float64
+		min, max int
+	}{{0, minAttempts, minAttempts}, {0.1, 3, 4}, {0.34, maxAttempts, maxAttempts}} {
 		p := newPeerTimes()
 		rng := rand.New(rand.NewPCG(1, 2))
 		now := time.Unix(1e9, 0)
@@ -119,8 +119,8 @@ func TestTriesFollowLoss(t *testing.T) {
 			}
 			p.answered(addrA, 10*time.Millisecond, attempts, now)
 		}
-		if got := p.tries(); got != tc.want {
-			t.Errorf("loss %v: tries() = %d (estimate %.3f), want %d", tc.loss, got, p.lost/p.sent, tc.want)
+		if got := p.tries(); got < tc.min || got > tc.max {
+			t.Errorf("loss %v: tries() = %d (estimate %.3f), want %d to %d", tc.loss, got, p.lost/p.sent, tc.min, tc.max)
 		}
 	}
 	// Queries to strangers say nothing about loss: their retransmissions
@@ -129,9 +129,8 @@ func TestTriesFollowLoss(t *testing.T) {
 	for i := range 500 {
 		p.answered(netip.AddrPortFrom(netip.AddrFrom4([4]byte{10, 1, byte(i >> 8), byte(i)}), 1), time.Second, 3, time.Unix(1e9, 0))
 	}
-	prior := newPeerTimes()
-	if got, want := p.tries(), prior.tries(); got != want {
-		t.Errorf("after answers from strangers tries() = %d, want the prior's %d", got, want)
+	if got := p.tries(); got != 4 {
+		t.Errorf("after answers from strangers tries() = %d, want the prior's 4", got)
 	}
 }
 

@@ -230,7 +230,9 @@ func (x *txTable) retry(k txKey) {
 		return
 	}
 	delete(x.txs, k)
-	x.times.failed(k.addr, now)
+	if !t.opts.once { // one lost datagram proves nothing
+		x.times.failed(k.addr, now)
+	}
 	attempts := t.attempts
 	x.mu.Unlock()
 	if t.opts.expect != nil {
