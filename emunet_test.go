@@ -350,8 +350,8 @@ func (c *emuConn) SetWriteDeadline(time.Time) error { return errEmuDeadline }
 
 // opQueries is what an operation sends: get_peers and announce_peer
 // queries, retransmissions included.
-func (c *emuConn) opQueries() int64 {
-	return c.queries[emuGetPeers].Load() + c.queries[emuAnnounce].Load()
+func (c *emuConn) opQueries() (gets, announces int64) {
+	return c.queries[emuGetPeers].Load(), c.queries[emuAnnounce].Load()
 }
 
 // trackRTT starts or stops recording the round trips of c's queries and
@@ -781,10 +781,11 @@ func (r *emuRun) rendezvous(ctx context.Context, a, b int, ih [20]byte) emuSampl
 	side := func(self, other int, ok *bool) {
 		defer wg.Done()
 		c := r.conn(self)
-		before, getsBefore := c.opQueries(), c.queries[emuGetPeers].Load()
+		g0, a0 := c.opQueries()
 		defer func() {
-			msgs.Add(c.opQueries() - before)
-			gets.Add(c.queries[emuGetPeers].Load() - getsBefore)
+			g1, a1 := c.opQueries()
+			msgs.Add(g1 - g0 + a1 - a0)
+			gets.Add(g1 - g0)
 		}()
 		if r.drv.announce(ctx, self, ih) != nil {
 			return
@@ -811,10 +812,12 @@ func (r *emuRun) timed(ctx context.Context, h int, op func(context.Context) bool
 	ctx, cancel := context.WithTimeout(ctx, emuOpTimeout)
 	defer cancel()
 	c := r.conn(h)
-	before, gets := c.opQueries(), c.queries[emuGetPeers].Load()
+	g0, a0 := c.opQueries()
 	start := time.Now()
 	ok := op(ctx)
-	return emuSample{ok: ok, took: time.Since(start), msgs: c.opQueries() - before, gets: c.queries[emuGetPeers].Load() - gets}
+	took := time.Since(start)
+	g1, a1 := c.opQueries()
+	return emuSample{ok: ok, took: took, msgs: g1 - g0 + a1 - a0, gets: g1 - g0}
 }
 
 // closestLive is the k running hosts closest to target by XOR distance.
