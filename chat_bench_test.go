@@ -72,6 +72,10 @@ func startBenchStack(tb testing.TB, o benchStackOpts) *benchStack {
 			tb.Fatal(err)
 		}
 	}
+	pq, err := openPQStore(o.dir)
+	if err != nil {
+		tb.Fatal(err)
+	}
 	var lg *slog.Logger
 	if os.Getenv("BENCHLOG") != "" && o.dht {
 		lg = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug})).With("who", o.listen)
@@ -83,6 +87,7 @@ func startBenchStack(tb testing.TB, o benchStackOpts) *benchStack {
 		Deliver:     func(k publicKey, from netip.AddrPort, b []byte) { s.chat.handlePayload(k, from, b) },
 		Established: func(k publicKey, addr netip.AddrPort) { s.chat.setOnline(k, addr) },
 		Ended:       func(k publicKey, seen time.Time) { s.chat.setOffline(k, seen) },
+		PQ:          pq,
 	})
 	s.node.onSession = s.sess.handlePacket
 	cfg := chatConfig{
@@ -104,6 +109,7 @@ func startBenchStack(tb testing.TB, o benchStackOpts) *benchStack {
 	if s.dht != nil {
 		cfg.Announce = func(ctx context.Context, ih nodeID) (int, error) { return s.dht.announce(ctx, ih, 0, true) }
 		cfg.GetPeers = s.dht.getPeers
+		cfg.PutItem, cfg.GetItem = s.dht.putMutableN, s.dht.getMutable
 	}
 	if s.chat, err = newChat(cfg); err != nil {
 		s.node.Close()

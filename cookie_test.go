@@ -59,16 +59,16 @@ func TestWrongMAC1CostsNoDH(t *testing.T) {
 func TestCookieReplyUnderLoad(t *testing.T) {
 	var n fakeNet
 	clock := newFakeClock()
-	fast := func(c *sessionConfig) { c.LoadThreshold = 1; c.RekeyTimeout = 100 * time.Millisecond }
+	fast := func(c *sessionConfig) { c.LoadThreshold = 2; c.RekeyTimeout = 100 * time.Millisecond }
 	a, b := newTestPair(t, &n, clock, fast)
 	c := newTestPeer(t, &n, clock, 3, 1003, fast)
 	befriend(b, c)
 	c.m.setEndpoint(b.id.public(), b.addr)
-	n.pump(t) // one handshake: b counts it, not yet loaded
+	n.pump(t) // c's classical and post-quantum handshakes: b counts two, not yet loaded
 	a.m.setEndpoint(b.id.public(), b.addr)
 	init := firstOfType(t, &n, packetInitiation)
 	dh := b.m.dh.n.Load()
-	n.deliver(init) // second in this second: loaded, cookie reply
+	n.deliver(init) // third in this second: loaded, cookie reply
 	q := n.take()
 	if len(q) != 1 || q[0].b[0] != packetCookieReply || len(q[0].b) != cookieReplySize {
 		t.Fatalf("loaded responder sent %d packets, want one cookie reply", len(q))

@@ -1,9 +1,11 @@
 // The demo (`kadchat -demo`): one process, no network. It starts a loopback
 // DHT of demoSwarm nodes and two users, alice and bob, with fresh keys and
 // data directories. They add each other through the real line UI, find each
-// other at their rendezvous infohash, shake hands, exchange messages with
-// receipts and rekey once, and bob quits; a trace of their datagrams shows
-// the wire.
+// other at their rendezvous infohash, shake hands, run the post-quantum
+// exchange and shake hands again with its secret, exchange messages with
+// receipts and rekey once, and bob quits; then, never online together
+// again, they pass a message and its receipt through the DHT (SPEC.md 8).
+// A trace of their datagrams shows the wire.
 // The demo is its own file because it is a second program on the same parts.
 package main
 
@@ -25,6 +27,7 @@ import (
 const (
 	demoSwarm      = 30
 	demoRekeyAfter = 3 * time.Second // WireGuard's 120 s, shortened to show a rekey
+	demoDropDelay  = time.Second     // dropDelay's 5 s, shortened
 	demoDeadline   = 25 * time.Second
 	demoStepWait   = 10 * time.Second
 )
@@ -57,7 +60,10 @@ func runDemo(ctx context.Context, out io.Writer) error {
 		return err
 	}
 	defer bob.stop()
-	return demoScript(tr, alice, bob)
+	if err := demoScript(tr, alice, bob); err != nil {
+		return err
+	}
+	return demoDrop(ctx, tr, seed, alice, bob)
 }
 
 // demoScript is what alice and bob type, and what they wait to see.
@@ -77,7 +83,11 @@ func demoScript(tr *demoTranscript, alice, bob *demoUser) error {
 		{bob, "/msg alice hi alice! no server saw this", "* delivered alice"},
 		{alice, "/msg bob let us wait for a rekey", "* delivered bob"},
 	}
-	for _, s := range steps {
+	for i, s := range steps {
+		if i == 4 {
+			tr.say("their first session was classical: it carried only an ML-KEM-768 exchange (a key in two halves, a ciphertext)")
+			tr.say("the handshake after it mixed the exchange's secret as its PSK; messages go only on sessions keyed so")
+		}
 		if s.line != "" {
 			tr.say("%s types: %s", s.who.name, shorten(s.line))
 			if err := s.who.app.ui.handleLine(s.who.ctx, s.line); err != nil {
@@ -117,7 +127,62 @@ func demoScript(tr *demoTranscript, alice, bob *demoUser) error {
 	if _, err := alice.wait("* offline bob", demoStepWait); err != nil {
 		return err
 	}
-	tr.say("done: every message delivered and acknowledged; the session keys are erased")
+	tr.say("every message delivered and acknowledged; the session keys are erased")
+	return nil
+}
+
+// demoDrop: bob is gone, and alice and he are never online together
+// again; a message and its receipt still pass, through the DHT.
+func demoDrop(ctx context.Context, tr *demoTranscript, seed netip.AddrPort, alice, bob *demoUser) error {
+	bob.stop()
+	tr.mu.Lock()
+	tr.showDrops = true
+	tr.mu.Unlock()
+	line := "/msg bob are you there? this waits for you in the DHT"
+	tr.say("alice types: %s", line)
+	if err := alice.app.ui.handleLine(alice.ctx, line); err != nil {
+		return err
+	}
+	if _, err := alice.wait("* dropped bob", demoStepWait); err != nil {
+		return err
+	}
+	tr.say("alice quits; bob starts")
+	alice.stop()
+	b, err := startDemoUser(ctx, tr, "bob", bob.dir, seed)
+	if err != nil {
+		return err
+	}
+	defer b.stop()
+	if _, err := b.wait("[", demoStepWait); err != nil {
+		return err
+	}
+	if err := b.waitAckPut(alice.app.id.public(), demoStepWait); err != nil {
+		return err
+	}
+	tr.say("bob left his receipt in the DHT and quits; alice starts")
+	b.stop()
+	a, err := startDemoUser(ctx, tr, "alice", alice.dir, seed)
+	if err != nil {
+		return err
+	}
+	defer a.stop()
+	if _, err := a.wait("* delivered bob", demoStepWait); err != nil {
+		return err
+	}
+	tr.say("done: a message and its receipt passed between two people who were never online together")
+	return nil
+}
+
+// waitAckPut waits until the user has put its acknowledgement item for
+// the contact: there is no line for that.
+func (u *demoUser) waitAckPut(contact publicKey, d time.Duration) error {
+	deadline := time.Now().Add(d)
+	for !u.app.chat.dropAckPut(contact) {
+		if time.Now().After(deadline) {
+			return fmt.Errorf("demo: %s put no acknowledgement within %v", u.name, d)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
 	return nil
 }
 
@@ -164,15 +229,16 @@ func startDemoSwarm(ctx context.Context, tr *demoTranscript) (netip.AddrPort, fu
 // demoUser is alice or bob: a whole app whose UI output is captured.
 type demoUser struct {
 	name  string
+	dir   string
 	app   *app
 	ctx   context.Context
 	lines *lineWaiter
-	stop  func()
+	stop  func() // idempotent
 }
 
 func startDemoUser(ctx context.Context, tr *demoTranscript, name, dir string, seed netip.AddrPort) (*demoUser, error) {
-	u := &demoUser{name: name, lines: newLineWaiter(tr, name)}
-	o := options{dir: dir, listen: "127.0.0.1:0", bootstrap: []string{seed.String()}, rekeyAfter: demoRekeyAfter}
+	u := &demoUser{name: name, dir: dir, lines: newLineWaiter(tr, name)}
+	o := options{dir: dir, listen: "127.0.0.1:0", bootstrap: []string{seed.String()}, rekeyAfter: demoRekeyAfter, dropDelay: demoDropDelay}
 	a, err := openApp(o, slog.New(slog.DiscardHandler), u.lines)
 	if err != nil {
 		return nil, err
@@ -184,7 +250,8 @@ func startDemoUser(ctx context.Context, tr *demoTranscript, name, dir string, se
 	u.ctx = ctx
 	var wg sync.WaitGroup
 	a.start(ctx, &wg)
-	u.stop = func() { cancel(); wg.Wait(); a.close() }
+	var once sync.Once
+	u.stop = func() { once.Do(func() { cancel(); wg.Wait(); a.close() }) }
 	tr.say("%s is %s, listening on %s", name, shorten(a.id.public().String()), a.node.LocalAddr())
 	return u, nil
 }
@@ -258,9 +325,10 @@ type demoTranscript struct {
 	start time.Time
 	names map[netip.AddrPort]string // written before the users start
 
-	mu      sync.Mutex
-	rekeyed chan struct{} // closed at the next initiation, if set
-	krpc    map[string]int
+	mu        sync.Mutex
+	rekeyed   chan struct{} // closed at the next initiation, if set
+	showDrops bool          // trace BEP 44 puts and gets from now on
+	krpc      map[string]int
 }
 
 func (t *demoTranscript) say(format string, args ...any) {
@@ -303,6 +371,10 @@ func (t *demoTranscript) krpcPacket(who string, out bool, peer netip.AddrPort, b
 	if err != nil || m.Type != 'q' || !out {
 		return
 	}
+	if m.Method == methodPut || m.Method == methodGet {
+		t.bep44Packet(who, m)
+		return
+	}
 	if m.Method != methodGetPeers && m.Method != methodAnnouncePeer {
 		return
 	}
@@ -318,6 +390,30 @@ func (t *demoTranscript) krpcPacket(who string, out bool, peer netip.AddrPort, b
 	if first {
 		t.say("wire: %s -> DHT  %s %s... (rendezvous infohash; further ones not shown)", who, m.Method, ih)
 	}
+}
+
+// bep44Packet shows a user's first BEP 44 put and get once the part of
+// the demo about drops has begun (showDrops).
+func (t *demoTranscript) bep44Packet(who string, m krpcMsg) {
+	key := "drop " + who + " " + m.Method.String()
+	t.mu.Lock()
+	if t.krpc == nil {
+		t.krpc = map[string]int{}
+	}
+	t.krpc[key]++
+	first := t.krpc[key] == 1 && t.showDrops
+	if !t.showDrops {
+		delete(t.krpc, key)
+	}
+	t.mu.Unlock()
+	if !first {
+		return
+	}
+	if m.Method == methodPut {
+		t.say("wire: %s -> DHT  put, a %d-byte sealed item at a location only alice and bob can compute (further ones not shown)", who, len(m.Args.V))
+		return
+	}
+	t.say("wire: %s -> DHT  get %s... (a drop location; further ones not shown)", who, m.Args.Target.String()[:12])
 }
 
 // armRekey makes waitRekey wait for the next initiation: on a live
@@ -343,6 +439,20 @@ func (t *demoTranscript) waitRekey(d time.Duration) error {
 	}
 }
 
+// sizeHint says what a transport packet of n bytes carries, where its
+// size alone tells (SPEC.md 4.6, 4.12).
+func sizeHint(n int) string {
+	switch n {
+	case transportMinSize:
+		return " (a keepalive)"
+	case transportMinSize + pqKeyFrameLen:
+		return " (by its size: half of an ML-KEM-768 key)"
+	case transportMinSize + pqCipherFrameLen:
+		return " (by its size: an ML-KEM-768 ciphertext)"
+	}
+	return ""
+}
+
 // describeSessionPacket names a session packet and its public fields, as a
 // network observer sees them (SPEC.md section 4).
 func describeSessionPacket(b []byte) string {
@@ -359,7 +469,7 @@ func describeSessionPacket(b []byte) string {
 		return fmt.Sprintf("cookie reply, %d bytes", len(b))
 	case packetTransport:
 		if m, err := parseTransport(b); err == nil {
-			return fmt.Sprintf("transport, %d bytes, receiver %08x, counter %d", len(b), m.receiver, m.counter)
+			return fmt.Sprintf("transport, %d bytes, receiver %08x, counter %d%s", len(b), m.receiver, m.counter, sizeHint(len(b)))
 		}
 	}
 	return fmt.Sprintf("malformed, %d bytes", len(b))

@@ -21,8 +21,9 @@ func TestDemo(t *testing.T) {
 	}
 	for _, want := range []string{
 		"alice sees: * online bob", "bob sees: * online alice",
-		"handshake initiation", "handshake response",
-		"bob sees: [", "alice sees: * delivered bob 3", "alice sees: * offline bob", "done:",
+		"handshake initiation", "handshake response", "half of an ML-KEM-768 key", "an ML-KEM-768 ciphertext",
+		"bob sees: [", "alice sees: * delivered bob 3", "alice sees: * offline bob",
+		"alice sees: * dropped bob 4", "alice sees: * delivered bob 4", "done:",
 	} {
 		if !strings.Contains(out.String(), want) {
 			t.Errorf("transcript lacks %q\n%s", want, out.String())

@@ -36,6 +36,8 @@
 //	peer.go        what the manager holds per peer: pending initiation,
 //	               keypairs, addresses, send queue, timers (4.6-4.8)
 //	timers.go      retransmission, rekeying, expiry, keepalives (4.7)
+//	pq.go          the post-quantum exchange, and which PSK a handshake
+//	               mixes (4.12); pqfile.go keeps the PSKs on disk
 package main
 
 import (
@@ -284,9 +286,9 @@ type handshake struct {
 	timestamp   [timestampLen]byte // the initiator's, as received or sent
 }
 
-// sessionPSK is the psk slot: zeros for now (SPEC.md 4.4 says what may go
-// there later without changing the wire format).
-var sessionPSK [noiseKeyLen]byte
+// zeroPSK is the psk slot of a handshake with a contact for whom no
+// post-quantum secret exists yet (SPEC.md 4.3, 4.12).
+var zeroPSK [noiseKeyLen]byte
 
 func (h *handshake) advance(from, to handshakeStage) error {
 	if h.stage != from {
@@ -304,7 +306,7 @@ func (h *handshake) createInitiation(id *identity, peer publicKey, index uint32,
 	}
 	rs := [noiseDHLen]byte(peer)
 	h.noise.initialize(noiseHandshakeParams{pattern: &patternIKpsk2, initiator: true, prologue: []byte(sessionPrologue),
-		s: &id.keys, rs: &rs, psk: sessionPSK, rand: rand, dh: dh})
+		s: &id.keys, rs: &rs, rand: rand, dh: dh})
 	h.peer, h.localIndex, h.timestamp = peer, index, ts
 	var buf [initiationOffTag - initiationOffEphemeral]byte
 	// e, es, s, ss, then the encrypted timestamp.
@@ -326,7 +328,7 @@ func (h *handshake) consumeInitiation(id *identity, m *initiationMsg, dh *dhCoun
 		return err
 	}
 	h.noise.initialize(noiseHandshakeParams{pattern: &patternIKpsk2, prologue: []byte(sessionPrologue),
-		s: &id.keys, psk: sessionPSK, dh: dh})
+		s: &id.keys, dh: dh})
 	var msg [initiationOffTag - initiationOffEphemeral]byte
 	copy(msg[:], m.ephemeral[:])
 	copy(msg[noiseDHLen:], m.static[:])
@@ -340,12 +342,13 @@ func (h *handshake) consumeInitiation(id *identity, m *initiationMsg, dh *dhCoun
 	return nil
 }
 
-// createResponse writes "<- e, ee, se, psk" with an empty payload.
-func (h *handshake) createResponse(index uint32, rand io.Reader) (responseMsg, error) {
+// createResponse writes "<- e, ee, se, psk" with an empty payload; psk is
+// the one the responder chose (SPEC.md 4.12).
+func (h *handshake) createResponse(index uint32, rand io.Reader, psk [noiseKeyLen]byte) (responseMsg, error) {
 	if err := h.advance(stageInitiationConsumed, stageResponseCreated); err != nil {
 		return responseMsg{}, err
 	}
-	h.noise.rand = rand
+	h.noise.rand, h.noise.psk = rand, psk
 	h.localIndex = index
 	var buf [responseOffMAC1 - responseOffEphemeral]byte
 	out, err := h.noise.writeMessage(buf[:0], nil)
@@ -358,10 +361,17 @@ func (h *handshake) createResponse(index uint32, rand io.Reader) (responseMsg, e
 	return m, nil
 }
 
-// consumeResponse reads "<- e, ee, se, psk" and its empty payload.
-func (h *handshake) consumeResponse(m *responseMsg) error {
+// errPSKRefused: a response authenticated only with a PSK we refuse (the
+// zero PSK from a contact with whom a post-quantum secret is in use).
+var errPSKRefused = errors.New("session: response: the contact's PSK is refused (SPEC.md 4.12)")
+
+// consumeResponse reads "<- e, ee, se, psk" and its empty payload, trying
+// each of psks (SPEC.md 4.12) and returning the index of the one the
+// responder used. One of psks[accept:] that authenticates is reported as
+// errPSKRefused and, like any failure, leaves the handshake as it was.
+func (h *handshake) consumeResponse(m *responseMsg, psks [][noiseKeyLen]byte, accept int) (int, error) {
 	if err := h.advance(stageInitiationCreated, stageResponseConsumed); err != nil {
-		return err
+		return -1, err
 	}
 	var msg [responseOffMAC1 - responseOffEphemeral]byte
 	copy(msg[:], m.ephemeral[:])
@@ -370,29 +380,34 @@ func (h *handshake) consumeResponse(m *responseMsg) error {
 	// spoil the pending handshake for the genuine one, so work on a copy.
 	saved := h.noise
 	defer saved.erase()
-	if _, err := h.noise.readMessage(nil, msg[:]); err != nil {
+	_, which, err := h.noise.readMessageTrial(nil, msg[:], psks)
+	if err == nil && which >= accept {
+		err = errPSKRefused
+	}
+	if err != nil {
 		h.noise.erase()
 		h.noise, saved = saved, h.noise
 		h.stage = stageInitiationCreated
-		return fmt.Errorf("session: response: %w", err)
+		return which, fmt.Errorf("session: response: %w", err)
 	}
 	h.remoteIndex = m.sender
-	return nil
+	return which, nil
 }
 
 // beginSession splits and erases the handshake: send and receive keys from
-// this side's point of view.
-func (h *handshake) beginSession() (send, recv [noiseKeyLen]byte, err error) {
+// this side's point of view, and the handshake hash the session's
+// post-quantum exchange is bound to (SPEC.md 4.12).
+func (h *handshake) beginSession() (send, recv [noiseKeyLen]byte, hash [noiseHashLen]byte, err error) {
 	initiator := h.stage == stageResponseConsumed
 	if h.stage != stageResponseConsumed && h.stage != stageResponseCreated {
-		return send, recv, fmt.Errorf("%w: split in stage %v", errNoiseOrder, h.stage)
+		return send, recv, hash, fmt.Errorf("%w: split in stage %v", errNoiseOrder, h.stage)
 	}
 	h.stage = stageDone
-	k1, k2, _ := h.noise.splitAndErase()
+	k1, k2, hash := h.noise.splitAndErase()
 	if initiator {
-		return k1, k2, nil
+		return k1, k2, hash, nil
 	}
-	return k2, k1, nil
+	return k2, k1, hash, nil
 }
 
 func (h *handshake) erase() {

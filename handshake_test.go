@@ -109,17 +109,17 @@ func benchHandshake(b *testing.B, ia, ib *identity) {
 	if err := hr.consumeInitiation(ib, &init, nil); err != nil {
 		b.Fatal(err)
 	}
-	resp, err := hr.createResponse(2, cryptorand.Reader)
+	resp, err := hr.createResponse(2, cryptorand.Reader, zeroPSK)
 	if err != nil {
 		b.Fatal(err)
 	}
-	if _, _, err := hr.beginSession(); err != nil {
+	if _, _, _, err := hr.beginSession(); err != nil {
 		b.Fatal(err)
 	}
-	if err := hi.consumeResponse(&resp); err != nil {
+	if _, err := hi.consumeResponse(&resp, [][noiseKeyLen]byte{zeroPSK}, 1); err != nil {
 		b.Fatal(err)
 	}
-	if _, _, err := hi.beginSession(); err != nil {
+	if _, _, _, err := hi.beginSession(); err != nil {
 		b.Fatal(err)
 	}
 }
@@ -319,22 +319,21 @@ func handshakeVector(t *testing.T) (map[string]string, []byte, [macLen]byte) {
 	if err := hr.consumeInitiation(res, &init, nil); err != nil {
 		t.Fatal(err)
 	}
-	resp, err := hr.createResponse(0x55667788, &fixedReader{[][]byte{bytes.Clone(rEph)}})
+	resp, err := hr.createResponse(0x55667788, &fixedReader{[][]byte{bytes.Clone(rEph)}}, zeroPSK)
 	if err != nil {
 		t.Fatal(err)
 	}
 	respBytes := resp.appendTo(nil)
 	rmac1 := keyedMAC(r2i.mac1[:], respBytes[:responseOffMAC1])
 	copy(respBytes[responseOffMAC1:], rmac1[:])
-	if err := hi.consumeResponse(&resp); err != nil {
+	if _, err := hi.consumeResponse(&resp, [][noiseKeyLen]byte{zeroPSK}, 1); err != nil {
 		t.Fatal(err)
 	}
-	h := hi.noise.ss.h
-	send, recv, err := hi.beginSession()
+	send, recv, h, err := hi.beginSession()
 	if err != nil {
 		t.Fatal(err)
 	}
-	if rsend, rrecv, _ := hr.beginSession(); rsend != recv || rrecv != send {
+	if rsend, rrecv, _, _ := hr.beginSession(); rsend != recv || rrecv != send {
 		t.Fatal("the two sides split differently")
 	}
 	kp := newKeypair(send, recv, 0x11223344, 0x55667788, true, time.Time{})
@@ -343,7 +342,7 @@ func handshakeVector(t *testing.T) (map[string]string, []byte, [macLen]byte) {
 	return map[string]string{
 		"protocol_name":         hx([]byte(noiseProtocolName(&patternIKpsk2))),
 		"prologue":              hx([]byte(sessionPrologue)),
-		"psk":                   hx(sessionPSK[:]),
+		"psk":                   hx(zeroPSK[:]),
 		"initiator_static":      hx(seqBytes(0x10, 32)),
 		"initiator_public":      hx(ini.keys.pub[:]),
 		"responder_static":      hx(seqBytes(0x40, 32)),
@@ -437,13 +436,13 @@ func TestHandshakeStepsInOrder(t *testing.T) {
 	ia, ib := testIdentity(t, 1), testIdentity(t, 2)
 	rnd := mrand.NewChaCha8([32]byte{7})
 	var hi, hr handshake
-	if err := hi.consumeResponse(&responseMsg{}); !errors.Is(err, errNoiseOrder) {
+	if _, err := hi.consumeResponse(&responseMsg{}, nil, 0); !errors.Is(err, errNoiseOrder) {
 		t.Errorf("consumeResponse before createInitiation: %v", err)
 	}
-	if _, err := hr.createResponse(1, rnd); !errors.Is(err, errNoiseOrder) {
+	if _, err := hr.createResponse(1, rnd, zeroPSK); !errors.Is(err, errNoiseOrder) {
 		t.Errorf("createResponse before consumeInitiation: %v", err)
 	}
-	if _, _, err := hi.beginSession(); !errors.Is(err, errNoiseOrder) {
+	if _, _, _, err := hi.beginSession(); !errors.Is(err, errNoiseOrder) {
 		t.Errorf("beginSession in stage %v: %v", hi.stage, err)
 	}
 	init, err := hi.createInitiation(ia, ib.public(), 1, tai64n(time.Unix(1, 0)), rnd, nil)
@@ -459,22 +458,22 @@ func TestHandshakeStepsInOrder(t *testing.T) {
 	if err := hr.consumeInitiation(ib, &init, nil); !errors.Is(err, errNoiseOrder) {
 		t.Errorf("second consumeInitiation: %v", err)
 	}
-	resp, err := hr.createResponse(2, rnd)
+	resp, err := hr.createResponse(2, rnd, zeroPSK)
 	if err != nil {
 		t.Fatal(err)
 	}
 	forged := resp
 	forged.empty[0] ^= 1
-	if err := hi.consumeResponse(&forged); err == nil || hi.stage != stageInitiationCreated {
+	if _, err := hi.consumeResponse(&forged, [][noiseKeyLen]byte{zeroPSK}, 1); err == nil || hi.stage != stageInitiationCreated {
 		t.Errorf("forged response: %v, stage %v", err, hi.stage)
 	}
-	if err := hi.consumeResponse(&resp); err != nil {
+	if _, err := hi.consumeResponse(&resp, [][noiseKeyLen]byte{zeroPSK}, 1); err != nil {
 		t.Fatalf("genuine response after a forged one: %v", err)
 	}
-	if _, _, err := hi.beginSession(); err != nil {
+	if _, _, _, err := hi.beginSession(); err != nil {
 		t.Fatal(err)
 	}
-	if _, _, err := hi.beginSession(); !errors.Is(err, errNoiseOrder) {
+	if _, _, _, err := hi.beginSession(); !errors.Is(err, errNoiseOrder) {
 		t.Errorf("second beginSession: %v", err)
 	}
 	for s, want := range []string{"zeroed", "initiation created", "initiation consumed",

@@ -47,7 +47,15 @@ type keypair struct {
 	remoteIndex uint32
 	created     time.Time
 	initiator   bool
+	// What the session's post-quantum exchange needs (SPEC.md 4.12): the
+	// PSK its handshake mixed (zero: a classical session), kept until the
+	// keypair retires, and the handshake hash the exchange is bound to.
+	psk  [noiseKeyLen]byte
+	hash [noiseHashLen]byte
 }
+
+// pqKeyed reports whether the session's handshake used a post-quantum PSK.
+func (kp *keypair) pqKeyed() bool { return kp.psk != zeroPSK }
 
 func newKeypair(send, recv [noiseKeyLen]byte, local, remote uint32, initiator bool, now time.Time) *keypair {
 	s, _ := chacha20poly1305.New(send[:])
@@ -110,6 +118,7 @@ func (kp *keypair) wipe() {
 		return
 	}
 	kp.wiped = true
+	wipe(kp.psk[:])
 	wipeAEAD(kp.send)
 	wipeAEAD(kp.recv)
 	kp.replay = replayWindow{}

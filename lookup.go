@@ -573,3 +573,29 @@ func (d *dht) get(ctx context.Context, target nodeID) (bep44Item, error) {
 	}
 	return bep44Item{}, fmt.Errorf("dht: get %v: %w", target, errNotFound)
 }
+
+// putMutableN is putMutable without the target: how many nodes stored it.
+func (d *dht) putMutableN(ctx context.Context, priv ed25519.PrivateKey, salt []byte, seq int64, v []byte) (int, error) {
+	_, n, err := d.putMutable(ctx, priv, salt, seq, v)
+	return n, err
+}
+
+// getMutable finds the mutable item of key k and salt (BEP 44), verified:
+// the highest seq among our own store and the nodes near its target.
+// found is false when nobody has it; err is set only when the lookup
+// failed (no node answered).
+func (d *dht) getMutable(ctx context.Context, k [32]byte, salt []byte) (it bep44Item, found bool, err error) {
+	target := mutableTarget(k, salt)
+	local, ok := d.items.get(target)
+	ok = ok && local.Mutable && local.K == k
+	r, err := d.lookup(ctx, lookupOpts{target: target, method: methodGet, salt: salt})
+	switch {
+	case r.HasItem && r.Item.Mutable && (!ok || r.Item.Seq > local.Seq):
+		return r.Item, true, nil
+	case ok:
+		return local, true, nil
+	case err != nil:
+		return bep44Item{}, false, err
+	}
+	return bep44Item{}, false, nil
+}

@@ -67,6 +67,7 @@ type options struct {
 	verbose   bool
 
 	rekeyAfter time.Duration // the demo shortens it; zero: the default
+	dropDelay  time.Duration // the demo shortens it; zero: the default (dropDelay)
 }
 
 func main() {
@@ -337,6 +338,10 @@ func (a *app) build(o options) error {
 	if err != nil {
 		return err
 	}
+	pq, err := openPQStore(o.dir)
+	if err != nil {
+		return err
+	}
 	timestamps, err := loadTimestamps(o.dir)
 	if err != nil {
 		return err
@@ -349,6 +354,8 @@ func (a *app) build(o options) error {
 		Deliver:        func(k publicKey, from netip.AddrPort, b []byte) { a.chat.handlePayload(k, from, b) },
 		Established:    func(k publicKey, addr netip.AddrPort) { a.chat.setOnline(k, addr) },
 		Ended:          func(k publicKey, seen time.Time) { a.chat.setOffline(k, seen) },
+		PQEvent:        a.ui.pqEvent,
+		PQ:             pq,
 		RekeyAfterTime: o.rekeyAfter,
 		Now:            time.Now,
 		Rand:           rand.Reader,
@@ -367,6 +374,8 @@ func (a *app) build(o options) error {
 			return a.dht.announce(ctx, ih, 0, true)
 		},
 		GetPeers:    a.dht.getPeers,
+		PutItem:     a.dht.putMutableN,
+		GetItem:     a.dht.getMutable,
 		SetEndpoint: a.sess.setEndpoint,
 		IsSelf:      a.isSelf,
 		OwnIP:       a.isOwnIP,
@@ -380,6 +389,9 @@ func (a *app) build(o options) error {
 	})
 	if err != nil {
 		return err
+	}
+	if o.dropDelay > 0 {
+		a.chat.drops.delay = o.dropDelay
 	}
 	// The session layer answers contacts only: it learns them here and
 	// from addContact and removeContact.

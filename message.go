@@ -15,6 +15,7 @@ import (
 	"bytes"
 	"cmp"
 	"context"
+	"crypto/ed25519"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -154,6 +155,10 @@ type chatConfig struct {
 	Send         func(peer publicKey, payload []byte) error // one session payload; may fail: we retransmit
 	MaxPayload   int                                        // the session's plaintext limit per packet
 	ScrubAfter   time.Duration                              // dropped text leaves the outbox log this soon; zero: scrubAfter
+	// BEP 44 mutable items with salt, for offline messages (drops,
+	// SPEC.md 8); both nil: no drops are made or collected.
+	PutItem func(ctx context.Context, priv ed25519.PrivateKey, salt []byte, seq int64, v []byte) (int, error)
+	GetItem func(ctx context.Context, k [32]byte, salt []byte) (it bep44Item, found bool, err error)
 	// Event receives events in order, without chat locks held. It may run on
 	// the outbox committer, so it must not block nor call send.
 	Event func(chatEvent)
@@ -172,11 +177,12 @@ const (
 	eventMessage                            // a message from a contact
 	eventOnline
 	eventOffline
-	eventMoved // the contact's session moved to another address
+	eventMoved   // the contact's session moved to another address
+	eventDropped // our message was placed in the DHT for the offline contact (SPEC.md 8)
 )
 
 func (k chatEventKind) String() string {
-	names := [...]string{"", "queued", "delivered", "message", "online", "offline", "moved"}
+	names := [...]string{"", "queued", "delivered", "message", "online", "offline", "moved", "dropped"}
 	if int(k) < len(names) && k != 0 {
 		return names[k]
 	}
@@ -280,6 +286,7 @@ type chat struct {
 	sched *rendezvousScheduler
 	out   *frameSender
 	ev    *eventQueue
+	drops *dropper // offline messages (drops.go)
 
 	saveMu sync.Mutex // serialises contact-file writes; taken before mu
 	mu     sync.Mutex
@@ -441,6 +448,10 @@ func newChat(cfg chatConfig) (*chat, error) {
 		return nil, err
 	}
 	wipeRetired(old, cfg.Log)
+	if c.drops, err = newDropper(c); err != nil {
+		ob.j.f.Close()
+		return nil, err
+	}
 	c.ob = ob
 	ob.start(c.afterSync, c.compactNow)
 	c.out = newFrameSender(cfg.Send, cfg.Log)
@@ -586,6 +597,10 @@ func appendFrames(frames [][]byte, maxPayload int, stream uint64, m *outMsg) [][
 func (c *chat) handlePayload(key publicKey, from netip.AddrPort, b []byte) {
 	if len(b) == 0 {
 		c.seen(key)
+		return
+	}
+	if isPrekeyFrame(b) {
+		c.drops.handleFrame(key, b)
 		return
 	}
 	f, err := parseChatFrame(b)
@@ -866,11 +881,13 @@ func (c *chat) run(ctx context.Context) error {
 		select {
 		case <-ctx.Done():
 			c.sched.waitOps()
+			c.drops.wait()
 			return c.saveContacts(nil, nil)
 		case <-t.C:
 			c.retransmit()
 			c.ob.scrubIfDue(c.cfg.Now())
 			c.sched.tick(ctx)
+			c.drops.tick(ctx)
 		}
 	}
 }
@@ -909,6 +926,9 @@ func (c *chat) close() error {
 	c.compactNow()
 	c.out.stop() // frames still queued are dropped: the peer retransmits
 	err := c.ob.close()
+	if derr := c.drops.close(); err == nil {
+		err = derr
+	}
 	if serr := c.saveContacts(nil, nil); err == nil {
 		err = serr
 	}

@@ -434,6 +434,44 @@ func (hs *noiseHandshakeState) readMessage(dst, msg []byte) ([]byte, error) {
 	return out, nil
 }
 
+// readMessageTrial is readMessage for a message whose last token is "psk",
+// when the reader holds several candidate PSKs (SPEC.md 4.12): the tokens
+// before "psk", with their Diffie-Hellman work, run once; then each
+// candidate in turn costs one HKDF and one AEAD open of the payload, and
+// the first that authenticates wins. It returns the payload and the index
+// of that candidate. On error the state is spent: callers work on a copy.
+func (hs *noiseHandshakeState) readMessageTrial(dst, msg []byte, psks [][noiseKeyLen]byte) ([]byte, int, error) {
+	if hs.finished() || hs.myTurn() {
+		return nil, -1, errNoiseOrder
+	}
+	tokens := hs.pattern.messages[hs.msg]
+	if len(tokens) == 0 || tokens[len(tokens)-1] != tokPSK {
+		return nil, -1, errNoiseOrder
+	}
+	for _, tok := range tokens[:len(tokens)-1] {
+		var err error
+		if msg, err = hs.readToken(msg, tok); err != nil {
+			return nil, -1, err
+		}
+	}
+	for i, psk := range psks {
+		try := *hs
+		try.psk = psk
+		try.ss.mixKeyAndHash(try.psk[:]) // psk
+		out, err := try.ss.decryptAndHash(dst, msg)
+		if err == nil {
+			hs.erase()
+			*hs = try
+			hs.msg++
+			return out, i, nil
+		}
+		wipe(try.ss.ck[:])
+		try.ss.cs.destroy()
+		wipe(try.psk[:])
+	}
+	return nil, -1, errNoiseDecrypt
+}
+
 func (hs *noiseHandshakeState) readToken(msg []byte, tok noiseToken) ([]byte, error) {
 	switch tok {
 	case tokE:

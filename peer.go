@@ -29,6 +29,7 @@ type peer struct {
 	addrs    peerAddrs
 	queue    sendQueue
 	timers   peerTimers
+	pq       peerPQ // post-quantum secrets and the exchange under way (pq.go)
 }
 
 // peerInitiations holds our pending initiation to a peer and the
@@ -177,6 +178,16 @@ type peerTimers struct {
 func (p *peer) markLive(now time.Time) {
 	p.timers.lastRecv, p.timers.online = now, true
 	p.addrs.candidates, p.inits.packet = nil, nil
+}
+
+// erase forgets everything held in memory about p: its handshake, its
+// keys, its post-quantum PSKs and its queue.
+func (p *peer) erase(index indexTable) {
+	p.inits.abandon(index)
+	p.keypairs.retireAll(index)
+	p.dropExchange()
+	p.pq.secrets.wipe()
+	p.queue.drop()
 }
 
 // yields is the simultaneous-open rule (SPEC.md 4.8): when both sides

@@ -3,16 +3,15 @@
 //
 // Flow: Node hands every session packet to handlePacket, which dispatches
 // on the type. An initiation whose tag, mac1 and stamp name a contact
-// (pairkeys.go) and that passes the cookie checker (cookie.go) and the
-// Noise message (handshake.go) is answered with a response, and its new
-// keypair waits as "next" until the initiator's first packet confirms it
-// (only then does the contact's endpoint move); a response completes our
-// own initiation and its keypair becomes current at once. Transport
-// packets are opened on the keypair their receiver index names and
-// delivered, except the session layer's own goodbye, which ends the peer's
-// sessions at once. send seals on the current keypair, or queues the
-// payload and starts a handshake; timers.go resends, rekeys and expires.
-// sayGoodbye, on a clean exit, says goodbye and closes the manager.
+// (pairkeys.go) and that passes the cookie checker (cookie.go) and the Noise
+// message (handshake.go) is answered; its keypair waits as "next" until the
+// initiator's first packet confirms it (only then does the endpoint move).
+// A response makes our initiation's keypair current at once. Transport
+// packets are opened on the keypair their index names and delivered, but
+// for the session layer's own: the goodbye ends the peer's sessions,
+// post-quantum frames go to pq.go. send seals on a current keypair that may
+// carry payloads (SPEC.md 4.12), or queues and starts a handshake; timers.go
+// resends, rekeys and expires. sayGoodbye says goodbye on every session.
 package main
 
 import (
@@ -62,6 +61,8 @@ type sessionConfig struct {
 	Deliver     func(peer publicKey, from netip.AddrPort, plaintext []byte) // every authenticated payload, keepalives (empty) included; valid only during call
 	Established func(peer publicKey, addr netip.AddrPort)                   // a new session (also after rekey/roam: addr may differ)
 	Ended       func(peer publicKey, lastSeen time.Time)                    // the peer said goodbye, its session expired or it fell silent for DeadAfter; lastSeen is its last authenticated packet
+	PQEvent     func(peer publicKey, e pqEvent)                             // the user should know: a classical session, a refused PSK (SPEC.md 4.12)
+	PQ          *pqStore                                                    // where post-quantum secrets are kept; nil: in memory only
 	Now         func() time.Time
 	Rand        io.Reader
 	Log         *slog.Logger
@@ -106,6 +107,9 @@ func (c *sessionConfig) setDefaults() {
 	}
 	if c.Ended == nil {
 		c.Ended = func(publicKey, time.Time) {}
+	}
+	if c.PQEvent == nil {
+		c.PQEvent = func(publicKey, pqEvent) {}
 	}
 }
 
@@ -191,6 +195,7 @@ type sessionManager struct {
 	cfg     sessionConfig
 	pub     publicKey
 	cookies *cookieChecker
+	pq      *pqLayer
 	dh      dhCounter
 	stats   sessionStats
 	bufs    sync.Pool // *[]byte of maxDatagram bytes: zero allocations per packet
@@ -213,6 +218,15 @@ func newSessionManager(cfg sessionConfig) *sessionManager {
 	m.cookies = newCookieChecker(cfg.LoadThreshold, cfg.Rand)
 	m.bufs.New = func() any { b := make([]byte, maxDatagram); return &b }
 	m.debugOn = cfg.Log.Enabled(context.Background(), slog.LevelDebug)
+	m.pq = &pqLayer{m: m, store: cfg.PQ}
+	if cfg.PQ != nil {
+		// The records wait for addContact: only contacts have peers.
+		m.pq.unclaimed = map[publicKey]pqRecord{}
+		for _, r := range cfg.PQ.loaded {
+			m.pq.unclaimed[r.key] = r
+		}
+		cfg.PQ.loaded = nil
+	}
 	return m
 }
 
@@ -243,6 +257,7 @@ func (m *sessionManager) addContact(k publicKey) error {
 	}
 	p := &peer{key: k, keys: keys}
 	m.ts.add(k)
+	m.pq.claimLocked(p)
 	m.peers[k] = p
 	if !m.tags.refresh(m.cfg.Now(), m.peers) {
 		m.tags.add(p)
@@ -375,17 +390,20 @@ func (m *sessionManager) replyToInitiation(from netip.AddrPort, h *handshake, p 
 	if err != nil {
 		return nil, err
 	}
-	resp, err := h.createResponse(local, m.cfg.Rand)
+	psk := p.pq.secrets.forResponse(p.keypairs.next != nil)
+	defer wipe(psk[:])
+	resp, err := h.createResponse(local, m.cfg.Rand, psk)
 	if err != nil {
 		delete(m.index, local)
 		return nil, err
 	}
-	send, recv, err := h.beginSession()
+	send, recv, hash, err := h.beginSession()
 	if err != nil {
 		delete(m.index, local)
 		return nil, err
 	}
 	kp := newKeypair(send, recv, local, h.remoteIndex, false, now)
+	kp.psk, kp.hash = psk, hash // committed once the initiator's first packet confirms it
 	m.index[local] = indexEntry{peer: p, kp: kp}
 	m.index.retire(p.keypairs.next)
 	p.keypairs.next = kp
@@ -424,43 +442,96 @@ func (m *sessionManager) handleResponse(from netip.AddrPort, b []byte) {
 	case !m.admit(from, b, responseOffMAC2, msg.sender, mac1, p):
 		return
 	}
-	p, err = m.completeHandshake(from, &msg)
+	p, out, err := m.completeHandshake(from, &msg)
+	m.sendRaw(out.resend, out.targets...)
+	if out.refused {
+		m.cfg.PQEvent(p.key, pqRefused)
+	}
 	if err != nil {
 		m.debug("response", from, err)
 		return
 	}
-	m.established(p.key, from)
-	m.flush(p, true)
+	m.sessionReady(p, true)
+	for _, f := range out.frames.payloads {
+		m.sendTransport(out.frames.kp, out.frames.to, f)
+	}
 }
 
-func (m *sessionManager) completeHandshake(from netip.AddrPort, msg *responseMsg) (*peer, error) {
+// sessionFrames are payloads to send on one session.
+type sessionFrames struct {
+	kp       *keypair
+	to       netip.AddrPort
+	payloads [][]byte
+}
+
+// handshakeOut is what completeHandshake leaves to send once mu is free.
+type handshakeOut struct {
+	frames  sessionFrames    // the new session's post-quantum key
+	resend  []byte           // or a new initiation at once, to targets
+	targets []netip.AddrPort // where resend goes
+	refused bool             // the user is to hear of a refused PSK
+}
+
+// completeHandshake takes a response to our pending initiation: the PSK the
+// responder used is found by trial (SPEC.md 4.12), the new session becomes
+// current, and its post-quantum exchange starts.
+func (m *sessionManager) completeHandshake(from netip.AddrPort, msg *responseMsg) (*peer, handshakeOut, error) {
 	now := m.cfg.Now()
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	if m.closed.Load() {
-		return nil, errSessionsClosed
+		return nil, handshakeOut{}, errSessionsClosed
 	}
 	p := m.index.pending(msg.receiver)
 	if p == nil {
 		m.stats.unknownIndex.Add(1)
-		return nil, errors.New("session: response to no pending handshake")
+		return nil, handshakeOut{}, errors.New("session: response to no pending handshake")
 	}
 	h := p.inits.pending
-	if err := h.consumeResponse(msg); err != nil {
-		m.stats.handshakeFail.Add(1)
-		return nil, err
+	psks := p.pq.secrets.candidates()
+	defer wipeKeys(psks)
+	accept := len(psks)
+	if p.pq.secrets.used {
+		psks = append(psks, zeroPSK) // only to tell a refusal from a forgery
 	}
-	send, recv, err := h.beginSession()
+	which, err := h.consumeResponse(msg, psks, accept)
+	if errors.Is(err, errPSKRefused) {
+		m.pq.stats.refused.Add(1)
+		report := !p.pq.refused
+		p.pq.refused = true
+		return p, handshakeOut{refused: report}, err
+	}
 	if err != nil {
-		return nil, err
+		m.stats.handshakeFail.Add(1)
+		var out handshakeOut
+		if !p.pq.secrets.retried {
+			// Opened with none of our PSKs: the responder may hold a newer
+			// one we never got (SPEC.md 4.12), and its next response takes
+			// an older one, so initiate again at once rather than after
+			// RekeyTimeout; once, lest forged responses set the pace.
+			p.pq.secrets.retried = true
+			out.resend, out.targets = m.initiateLocked(p, now), p.addrs.targets()
+		}
+		return p, out, err
+	}
+	send, recv, hash, err := h.beginSession()
+	if err != nil {
+		return nil, handshakeOut{}, err
 	}
 	kp := newKeypair(send, recv, h.localIndex, msg.sender, true, now)
+	kp.psk, kp.hash = psks[which], hash
+	p.pq.secrets.commit(kp.psk)
 	m.index[kp.localIndex] = indexEntry{peer: p, kp: kp}
 	p.inits.pending, p.inits.started = nil, time.Time{}
 	p.keypairs.rotate(m.index, kp)
+	p.dropExchange()
 	p.addrs.endpoint = from
 	p.markLive(now)
-	return p, nil
+	frames := m.pq.startLocked(p, kp, now)
+	if frames != nil {
+		p.timers.lastSend = now
+	}
+	return p, handshakeOut{frames: sessionFrames{kp, from, frames}}, nil
 }
 
 // handleTransport authenticates a transport packet and delivers it. It
@@ -499,12 +570,11 @@ func (m *sessionManager) handleTransport(from netip.AddrPort, b []byte) {
 		return
 	}
 	if len(pt) > 0 && pt[0] == sessionControl {
-		m.handleControl(e.peer, pt, now)
+		m.handleControl(e.peer, e.kp, from, pt, now)
 		return
 	}
 	if m.confirm(e.peer, e.kp, from) {
-		m.established(e.peer.key, from)
-		m.flush(e.peer, false)
+		m.sessionReady(e.peer, false)
 	}
 	if len(pt) > 0 {
 		m.stats.delivered.Add(1)
@@ -512,9 +582,17 @@ func (m *sessionManager) handleTransport(from netip.AddrPort, b []byte) {
 	m.cfg.Deliver(e.peer.key, from, pt)
 }
 
-// handleControl takes an authenticated session-layer payload from p. The
-// only one defined is the goodbye; any other is dropped (a later version's).
-func (m *sessionManager) handleControl(p *peer, pt []byte, now time.Time) {
+// handleControl takes an authenticated session-layer payload from p on kp:
+// the goodbye, or a post-quantum frame (which, like a payload, confirms the
+// session); any other is dropped (a later version's).
+func (m *sessionManager) handleControl(p *peer, kp *keypair, from netip.AddrPort, pt []byte, now time.Time) {
+	if len(pt) > 1 && (pt[1] == pqKeyFragment || pt[1] == pqCiphertext) {
+		if m.confirm(p, kp, from) {
+			m.sessionReady(p, false)
+		}
+		m.pq.handle(p, kp, pt, now)
+		return
+	}
 	if len(pt) != goodbyeLen {
 		m.stats.controlDrops.Add(1)
 		return
@@ -530,6 +608,7 @@ func (m *sessionManager) handleControl(p *peer, pt []byte, now time.Time) {
 	// handshake; what is queued stays queued.
 	p.timers.lastRecv = now
 	p.keypairs.retireAll(m.index)
+	p.dropExchange()
 	p.inits.abandon(m.index)
 	wasOnline := p.timers.online
 	p.timers.online = false
@@ -548,6 +627,8 @@ func (m *sessionManager) confirm(p *peer, kp *keypair, from netip.AddrPort) bool
 	changed := false
 	if p.keypairs.next == kp {
 		p.keypairs.rotate(m.index, kp)
+		p.pq.secrets.commit(kp.psk)
+		p.dropExchange()
 		changed = true
 	}
 	if kp == p.keypairs.current && p.addrs.endpoint != from {
@@ -561,9 +642,23 @@ func (m *sessionManager) confirm(p *peer, kp *keypair, from netip.AddrPort) bool
 	return changed
 }
 
-// flush sends the payloads queued for p on its current session. An
-// initiator with nothing queued sends an empty keepalive, which confirms
-// the session to the responder (the responder may not send before that).
+// sessionReady runs when p's current session is new, confirmed or has
+// moved: if it may carry the layer above's payloads (SPEC.md 4.12), the
+// layer above hears of it and what was queued goes out.
+func (m *sessionManager) sessionReady(p *peer, keepalive bool) {
+	m.mu.Lock()
+	ready, to := p.mayCarryChat(p.keypairs.current), p.addrs.endpoint
+	m.mu.Unlock()
+	if ready {
+		m.established(p.key, to)
+	}
+	m.flush(p, keepalive)
+}
+
+// flush sends the payloads queued for p on its current session, if that
+// may carry them. An initiator that sends nothing else sends an empty
+// keepalive, which confirms the session to the responder (the responder
+// may not send before that).
 func (m *sessionManager) flush(p *peer, keepalive bool) {
 	m.mu.Lock()
 	kp, to := p.keypairs.current, p.addrs.endpoint
@@ -571,7 +666,10 @@ func (m *sessionManager) flush(p *peer, keepalive bool) {
 		m.mu.Unlock()
 		return // the queue waits for the next session
 	}
-	q := p.queue.take()
+	var q [][]byte
+	if p.mayCarryChat(kp) {
+		q = p.queue.take() // else it waits for a post-quantum session
+	}
 	if len(q) > 0 || keepalive {
 		p.timers.lastSend = m.cfg.Now()
 	}
@@ -624,12 +722,19 @@ func (m *sessionManager) send(peerKey publicKey, payload []byte) error {
 	}
 	kp, to := p.keypairs.usable(now, m.cfg.RejectAfterTime), p.addrs.endpoint
 	var init []byte
-	if kp == nil {
+	switch {
+	case !p.mayCarryChat(kp):
 		if p.queue.push(payload) {
 			m.stats.queueDropped.Add(1)
 		}
-		init = m.maybeInitiateLocked(p, now)
-	} else {
+		// A classical session whose exchange is under way: the payload
+		// waits for the post-quantum session that follows (timers.go
+		// starts one if it does not come).
+		if kp == nil {
+			init = m.maybeInitiateLocked(p, now)
+		}
+		kp = nil
+	default:
 		p.timers.lastSend = now
 		if p.needsRekey(kp, now, &m.cfg) {
 			init = m.maybeInitiateLocked(p, now)
@@ -729,22 +834,18 @@ func (m *sessionManager) setEndpoint(peerKey publicKey, addr netip.AddrPort) {
 	m.sendRaw(init, to...)
 }
 
-// forget erases everything about peer: a removed contact. Its tags go at
-// once, so from now on it is a stranger: its packets draw nothing.
-func (m *sessionManager) forget(peerKey publicKey) {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	p := m.peers[peerKey]
-	if p == nil {
-		return
-	}
+// forget erases everything about peer, its post-quantum secrets on disk
+// included: a removed contact. Its tags go at once, so from now on it is a
+// stranger: its packets draw nothing.
+func (m *sessionManager) forget(peerKey publicKey) { m.pq.forget(peerKey) }
+
+// forgetLocked is the part of forget under mu.
+func (m *sessionManager) forgetLocked(p *peer) {
 	m.tags.remove(p)
-	p.inits.abandon(m.index)
-	p.keypairs.retireAll(m.index)
-	p.queue.drop()
+	p.erase(m.index)
 	p.keys.wipe()
-	delete(m.peers, peerKey)
-	m.ts.drop(peerKey)
+	delete(m.peers, p.key)
+	m.ts.drop(p.key)
 }
 
 // sayGoodbye ends every session for a clean exit. Each live session gets

@@ -274,10 +274,7 @@ func TestSimultaneousOpen(t *testing.T) {
 			}
 			n.pump(t)
 			for _, x := range []struct{ me, other *testPeer }{{a, b}, {b, a}} {
-				c, p, nx, hs := sessionCount(x.me.m, x.other.id.public())
-				if c != 1 || p != 0 || nx != 0 || hs != 0 {
-					t.Errorf("sessions: current %d previous %d next %d pending %d, want exactly one", c, p, nx, hs)
-				}
+				wantOneSession(t, x.me.m, x.other.id.public())
 			}
 			ak, bk := a.m.peers[b.id.public()].keypairs.current, b.m.peers[a.id.public()].keypairs.current
 			if ak.localIndex != bk.remoteIndex || bk.localIndex != ak.remoteIndex || !ak.initiator || bk.initiator {
@@ -382,10 +379,24 @@ func TestSessionsOverUDP(t *testing.T) {
 		}
 	}
 	for _, x := range [][2]*udpPeer{{a, b}, {b, a}} {
-		c, p, nx, hs := sessionCount(x[0].m, x[1].id.public())
-		if c != 1 || p != 0 || nx != 0 || hs != 0 {
-			t.Errorf("sessions: %d %d %d %d, want exactly one current", c, p, nx, hs)
-		}
+		wantOneSession(t, x[0].m, x[1].id.public())
+	}
+}
+
+// wantOneSession checks that m holds one session with k, keyed with a
+// post-quantum PSK, and nothing pending; the classical first session it
+// replaced (SPEC.md 4.12) may still be there, to receive.
+func wantOneSession(t *testing.T, m *sessionManager, k publicKey) {
+	t.Helper()
+	c, p, nx, hs := sessionCount(m, k)
+	if c != 1 || p > 1 || nx != 0 || hs != 0 {
+		t.Errorf("sessions: current %d previous %d next %d pending %d, want one current (and a previous)", c, p, nx, hs)
+		return
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if !m.peers[k].keypairs.current.pqKeyed() {
+		t.Error("the current session is classical")
 	}
 }
 
@@ -559,12 +570,13 @@ func TestSetEndpointIgnoresNonContact(t *testing.T) {
 	}
 }
 
-// hasSession reports whether peer has a confirmed, unexpired session.
+// hasSession reports whether peer has a confirmed, unexpired session that
+// may carry the layer above's payloads (SPEC.md 4.12).
 func (m *sessionManager) hasSession(peerKey publicKey) bool {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	p := m.peers[peerKey]
-	return p != nil && p.keypairs.usable(m.cfg.Now(), m.cfg.RejectAfterTime) != nil
+	return p != nil && p.mayCarryChat(p.keypairs.usable(m.cfg.Now(), m.cfg.RejectAfterTime))
 }
 
 // endedLog records Ended callbacks with their last-seen times.
@@ -593,7 +605,8 @@ func TestGoodbye(t *testing.T) {
 	var n fakeNet
 	clock := newFakeClock()
 	var log endedLog
-	a, b := newTestPair(t, &n, clock, func(c *sessionConfig) { c.Ended = log.ended })
+	dirs := newPQDirs(t) // a restarts below: its post-quantum secret must outlive it
+	a, b := newTestPair(t, &n, clock, func(c *sessionConfig) { c.Ended = log.ended; dirs.tweak(c) })
 	establish(t, &n, a, b)
 	clock.advance(10 * time.Second)
 	a.m.sayGoodbye()
@@ -601,9 +614,13 @@ func TestGoodbye(t *testing.T) {
 	if len(byes) != goodbyeCopies {
 		t.Fatalf("sayGoodbye sent %d datagrams, want %d", len(byes), goodbyeCopies)
 	}
+	var first uint64
 	for i, p := range byes {
 		m, err := parseTransport(p.b)
-		if err != nil || len(p.b) != transportMinSize+goodbyeLen || p.to != b.addr || m.counter != uint64(i+1) {
+		if i == 0 {
+			first = m.counter
+		}
+		if err != nil || len(p.b) != transportMinSize+goodbyeLen || p.to != b.addr || m.counter != first+uint64(i) {
 			t.Fatalf("goodbye %d: %d bytes to %v, counter %d, %v", i, len(p.b), p.to, m.counter, err)
 		}
 	}
@@ -654,7 +671,7 @@ func TestGoodbye(t *testing.T) {
 
 	// a runs again: the same key, the same address, a fresh manager. b's
 	// next resend reaches it and the queued message goes out.
-	a2 := newTestPeer(t, &n, clock, seedOf(t, a), a.addr.Port(), nil)
+	a2 := newTestPeer(t, &n, clock, seedOf(t, a), a.addr.Port(), dirs.tweak)
 	befriend(a2, b)
 	clock.advance(defaultRekeyTimeout)
 	b.m.tick()
@@ -683,7 +700,7 @@ func TestSessionControlUnknown(t *testing.T) {
 	a, b := newTestPair(t, &n, newFakeClock(), func(c *sessionConfig) { c.Ended = log.ended })
 	establish(t, &n, a, b)
 	kp := a.m.peers[b.id.public()].keypairs.current
-	for _, pt := range [][]byte{{sessionControl, 0}, {sessionControl, 1, 2, 3}} {
+	for _, pt := range [][]byte{{sessionControl, 0}, {sessionControl, 3, 2, 1}} {
 		pkt, err := kp.seal(nil, pt)
 		if err != nil {
 			t.Fatal(err)

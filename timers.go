@@ -37,15 +37,14 @@ func (m *sessionManager) run(ctx context.Context) {
 	}
 }
 
+// eraseAll erases every key in memory; the post-quantum secrets stay on
+// disk for the next run.
 func (m *sessionManager) eraseAll() {
 	m.mu.Lock()
-	keys := make([]publicKey, 0, len(m.peers))
-	for k := range m.peers {
-		keys = append(keys, k)
-	}
-	m.mu.Unlock()
-	for _, k := range keys {
-		m.forget(k)
+	defer m.mu.Unlock()
+	for k, p := range m.peers {
+		p.erase(m.index)
+		delete(m.peers, k)
 	}
 }
 
@@ -61,12 +60,20 @@ func (m *sessionManager) tick() {
 		b  []byte
 	}
 	var sends []out
-	var keepalive []*peer
+	var pqSends []sessionFrames
+	var keepalive, classical []*peer
 	var ended []publicKey
 	m.mu.Lock()
 	for _, p := range m.peers {
 		if b := m.tickPeerLocked(p, now); b != nil {
 			sends = append(sends, out{p.addrs.targets(), b})
+		}
+		frames, fallback := m.pq.tickLocked(p, now)
+		if frames != nil {
+			pqSends = append(pqSends, sessionFrames{p.keypairs.current, p.addrs.endpoint, frames})
+		}
+		if fallback {
+			classical = append(classical, p)
 		}
 		if p.checkEnded(now, m.cfg.DeadAfter) {
 			ended = append(ended, p.key)
@@ -79,6 +86,15 @@ func (m *sessionManager) tick() {
 	m.mu.Unlock()
 	for _, s := range sends {
 		m.sendRaw(s.b, s.to...)
+	}
+	for _, s := range pqSends {
+		for _, f := range s.payloads {
+			m.sendTransport(s.kp, s.to, f)
+		}
+	}
+	for _, p := range classical {
+		m.cfg.PQEvent(p.key, pqClassical)
+		m.sessionReady(p, false)
 	}
 	for _, p := range keepalive {
 		m.flush(p, true)
@@ -103,7 +119,7 @@ func (m *sessionManager) tickPeerLocked(p *peer, now time.Time) []byte {
 		}
 		return nil
 	}
-	if len(p.queue.payloads) > 0 && p.keypairs.usable(now, m.cfg.RejectAfterTime) == nil {
+	if len(p.queue.payloads) > 0 && p.awaitsSession(now, m.cfg.RejectAfterTime) {
 		return m.maybeInitiateLocked(p, now)
 	}
 	// A session in use is rekeyed before it expires, even if only the
@@ -112,6 +128,15 @@ func (m *sessionManager) tickPeerLocked(p *peer, now time.Time) []byte {
 		return m.maybeInitiateLocked(p, now)
 	}
 	return nil
+}
+
+// awaitsSession reports whether p has payloads waiting for want of a
+// session that may carry them: none is usable, or the usable one is
+// classical, a post-quantum PSK exists and the exchange that should have
+// led to a post-quantum session did not within pqWait (SPEC.md 4.12).
+func (p *peer) awaitsSession(now time.Time, rejectAfterTime time.Duration) bool {
+	kp := p.keypairs.usable(now, rejectAfterTime)
+	return kp == nil || (!p.mayCarryChat(kp) && p.pq.secrets.n > 0 && now.Sub(kp.created) >= pqWait)
 }
 
 // expire erases the keypairs older than rejectAfterTime.

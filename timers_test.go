@@ -203,22 +203,29 @@ func TestSessionKeepaliveAndEnded(t *testing.T) {
 	}
 }
 
-// TestResponderKeepaliveAfterConfirm pins SPEC.md 4.6: a responder that has
-// sent nothing to the contact is due a keepalive at its first timer check
-// after the session is confirmed, and only one.
+// TestResponderKeepaliveAfterConfirm pins SPEC.md 4.6: the Keepalive timer
+// runs from the last packet sent. A responder's first packet on a new
+// session is its post-quantum ciphertext (4.12), so no keepalive is due at
+// its first timer check; one is due Keepalive later, and only one.
 func TestResponderKeepaliveAfterConfirm(t *testing.T) {
 	var n fakeNet
-	a, b := newTestPair(t, &n, newFakeClock(), nil)
+	clock := newFakeClock()
+	a, b := newTestPair(t, &n, clock, nil)
 	a.m.setEndpoint(b.id.public(), b.addr)
-	n.pump(t) // initiation, response, a's keepalive confirms the session at b
+	n.pump(t) // the handshakes, and each session's key fragments and ciphertext
+	b.m.tick()
+	if q := n.take(); len(q) != 0 {
+		t.Fatalf("responder's first tick sent %d packets after its ciphertext, want none", len(q))
+	}
+	clock.advance(defaultKeepalive)
 	b.m.tick()
 	q := n.take()
 	if len(q) != 1 || q[0].from != b.addr || q[0].b[0] != packetTransport || len(q[0].b) != transportMinSize {
-		t.Fatalf("responder's first tick sent %d packets, want one keepalive", len(q))
+		t.Fatalf("responder's tick Keepalive later sent %d packets, want one keepalive", len(q))
 	}
 	b.m.tick()
 	if q := n.take(); len(q) != 0 {
-		t.Fatalf("responder's second tick sent %d packets, want none", len(q))
+		t.Fatalf("responder's next tick sent %d packets, want none", len(q))
 	}
 }
 

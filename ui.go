@@ -404,6 +404,9 @@ func (u *ui) cmdStatus(ctx context.Context, _ string) error {
 		}
 	}
 	u.printf("contacts %d online of %d", online, len(list))
+	for _, d := range u.app.chat.dropSummaries() {
+		u.printf("drops %s %d outstanding, %d prekeys left", d.Name, d.Outstanding, d.Prekeys)
+	}
 	if w := u.app.watch; w != nil {
 		u.printf("%s", w.reach())
 	}
@@ -416,12 +419,28 @@ func (u *ui) event(e chatEvent) {
 	switch e.Kind {
 	case eventMessage:
 		u.printf("[%s] <%s> %s", e.Time.Format("15:04"), e.Contact, printable(e.Text))
-	case eventQueued, eventDelivered:
+	case eventQueued, eventDelivered, eventDropped:
 		u.printf("* %s %s %d", e.Kind, e.Contact, e.MsgID)
 	case eventOnline, eventMoved:
 		u.printf("* %s %s %s", e.Kind, e.Contact, e.Addr)
 	case eventOffline:
 		u.printf("* offline %s", e.Contact)
+	}
+}
+
+// pqEvent prints what the session layer says about a contact's
+// post-quantum secret (SPEC.md 4.12). It runs on the session layer's
+// goroutines and must not block.
+func (u *ui) pqEvent(k publicKey, e pqEvent) {
+	name := k.String()
+	if c, ok := u.app.chat.contactByKey(k); ok {
+		name = c.Name
+	}
+	switch e {
+	case pqClassical:
+		u.printf("* classical %s: its kadchat made no post-quantum exchange; this session is not protected against a future quantum computer", name)
+	case pqRefused:
+		u.printf("* refused %s: it answered without your shared post-quantum secret (its data directory was reset, or someone else holds its key)", name)
 	}
 }
 

@@ -36,7 +36,7 @@ import (
 
 const (
 	// settleTimeout bounds waiting for routing tables to fill after start.
-	settleTimeout = 5 * time.Second
+	settleTimeout = 15 * time.Second // a bound, not a wait: generous for a loaded CI machine
 	settlePoll    = 50 * time.Millisecond
 )
 

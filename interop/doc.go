@@ -6,7 +6,10 @@
 // talks to them through its stdin/stdout and through the network: an
 // anacrolix/dht server for the DHT (dht_test.go, anacrolix_test.go) and a
 // flynn/noise client framed only from SPEC.md section 4 for the sessions
-// (noise_test.go). BenchmarkDecodeAnacrolix decodes the same KRPC inputs as
+// (noise_test.go), with the post-quantum exchange of 4.12 from the standard
+// library's ML-KEM (pq_test.go); offline messages (drops_test.go) go through
+// an anacrolix node and a libtorrent-rasterbar node (libtorrent_test.go: its
+// Python binding, in a child process). BenchmarkDecodeAnacrolix decodes the same KRPC inputs as
 // the main module's BenchmarkDecode, for .ci/interop-bench to compare.
 //
 // This is a separate module so that the main module keeps golang.org/x/crypto

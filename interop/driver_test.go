@@ -95,11 +95,18 @@ type kadchat struct {
 // and waits until it is ready and answers `/dht status`.
 func startKadchat(t testing.TB, bootstrap ...netip.AddrPort) *kadchat {
 	t.Helper()
+	return startKadchatDir(t, t.TempDir(), bootstrap...)
+}
+
+// startKadchatDir is startKadchat with a given data directory, to run the
+// same user again.
+func startKadchatDir(t testing.TB, dir string, bootstrap ...netip.AddrPort) *kadchat {
+	t.Helper()
 	bin, err := kadchatBinary()
 	if err != nil {
 		t.Fatalf("building kadchat: %v", err)
 	}
-	p := &kadchat{t: t, dir: t.TempDir(), out: newLineLog(),
+	p := &kadchat{t: t, dir: dir, out: newLineLog(),
 		stderr: &tailBuffer{max: tailBytes}, exited: make(chan struct{})}
 	hosts := make([]string, len(bootstrap))
 	for i, b := range bootstrap {

@@ -1,18 +1,23 @@
 // Noise interop: a kadchat peer built on flynn/noise, framed only from
-// SPEC.md sections 4 and 5, completes a session with the running binary and
-// exchanges transport packets both ways; a single changed byte in any packet
-// makes that packet count for nothing. The Noise messages are flynn's; the
-// fields around them (tag, stamp, mac1, cookie replies) are keyed by the
-// pair's static-static secret, so a stranger's flood draws nothing.
+// SPEC.md sections 4 and 5, completes a session with the running binary,
+// runs the post-quantum exchange of 4.12 in it, completes a second session
+// with the PSK it derived and exchanges transport packets both ways; a
+// single changed byte in any packet makes that packet count for nothing.
+// The Noise messages are flynn's; the fields around them (tag, stamp, mac1,
+// cookie replies) are keyed by the pair's static-static secret, so a
+// stranger's flood draws nothing.
 //
 // Flow: the test learns the binary's key (/id), adds the client as a contact
 // (/add), then sends an initiation (flynn's IKpsk2 first message inside the
-// SPEC's framing, with mac1), reads the response, and sends one chat data
-// frame in a transport packet; the binary shows the message and answers
-// with an ack frame in a transport packet; when it quits it says goodbye in
-// two transport packets. Before each genuine packet it sends every one-byte
+// SPEC's framing, with mac1) and reads the response; it sends an ML-KEM-768
+// key in two transport packets, reads the ciphertext and derives the PSK;
+// it shakes hands again with that PSK and sends one chat data frame in a
+// transport packet; the binary shows the message and answers with an ack
+// frame in a transport packet; when it quits it says goodbye in two
+// transport packets. Before each genuine packet it sends every one-byte
 // corruption of it and checks the binary stays silent; every corruption of
-// the binary's packets must fail the client's checks.
+// the binary's packets must fail the client's checks. A client that skips
+// the exchange (a version-1 client) still gets its messages through.
 package interop
 
 import (
@@ -110,6 +115,7 @@ type noiseClient struct {
 	local, remote uint32       // our index and the binary's
 	send, recv    noise.Cipher // transport keys, nonces managed by hand
 	sendCounter   uint64
+	psk           []byte // the psk slot of our next initiation; nil: zeros
 }
 
 func newNoiseClient(t *testing.T, to netip.AddrPort, peer []byte) *noiseClient {
@@ -141,7 +147,11 @@ func (c *noiseClient) initiation(now time.Time) []byte {
 // index and timestamp.
 func (c *noiseClient) initiationTS(sender uint32, ts [tai64nLen]byte) []byte {
 	c.t.Helper()
-	hs, err := newHandshake(true, c.static, c.peer, rand.Reader)
+	psk := c.psk
+	if psk == nil {
+		psk = make([]byte, pskLen)
+	}
+	hs, err := newHandshakePSK(true, c.static, c.peer, rand.Reader, psk)
 	if err != nil {
 		c.t.Fatal(err)
 	}
@@ -181,12 +191,17 @@ func peerKeys(t testing.TB, self noise.DHKey, peer []byte) pairDir {
 	return pairDir{mac1: k(labelMAC1), tag: k(labelTag), stamp: k(labelStamp), cookie: k(labelCookie)}
 }
 
-// newHandshake is flynn's IKpsk2 with SPEC.md 4.3's parameters. rng supplies
-// the ephemeral private key (32 bytes).
+// newHandshake is flynn's IKpsk2 with SPEC.md 4.3's parameters and the zero
+// PSK. rng supplies the ephemeral private key (32 bytes).
 func newHandshake(initiator bool, static noise.DHKey, peer []byte, rng io.Reader) (*noise.HandshakeState, error) {
+	return newHandshakePSK(initiator, static, peer, rng, make([]byte, pskLen))
+}
+
+// newHandshakePSK is newHandshake with psk in the psk slot (SPEC.md 4.12).
+func newHandshakePSK(initiator bool, static noise.DHKey, peer []byte, rng io.Reader, psk []byte) (*noise.HandshakeState, error) {
 	return noise.NewHandshakeState(noise.Config{
 		CipherSuite: suite, Random: rng, Pattern: noise.HandshakeIK, Initiator: initiator,
-		Prologue: []byte(sessionPrologue), PresharedKey: make([]byte, pskLen), PresharedKeyPlacement: 2,
+		Prologue: []byte(sessionPrologue), PresharedKey: psk, PresharedKeyPlacement: 2,
 		StaticKeypair: static, PeerStatic: peer,
 	})
 }
@@ -271,6 +286,7 @@ func (c *noiseClient) consumeResponse(b []byte) error {
 	// Split: the first key is the initiator's sending key.
 	c.remote = binary.LittleEndian.Uint32(b[responseOffSender:])
 	c.send, c.recv = cs1.Cipher(), cs2.Cipher()
+	c.sendCounter = 0
 	return nil
 }
 
@@ -303,20 +319,45 @@ func (c *noiseClient) write(b []byte) {
 	}
 }
 
-// read returns the next datagram within d, or nil.
+// read returns the next datagram within d, or nil. A transport packet
+// that carries a prekey frame (SPEC.md 8.3: kadchat sends its prekey status,
+// unasked, when a session starts and then every few seconds while it lacks
+// the peer's prekeys) is skipped: it answers nothing the test sent, and a
+// client that does not use drops ignores it as any frame it does not know.
 func (c *noiseClient) read(d time.Duration) []byte {
 	c.t.Helper()
-	buf := make([]byte, 2048)
-	c.conn.SetReadDeadline(time.Now().Add(d))
-	n, _, err := c.conn.ReadFromUDPAddrPort(buf)
-	if err != nil {
-		var ne net.Error
-		if errors.As(err, &ne) && ne.Timeout() {
-			return nil
+	deadline := time.Now().Add(d)
+	for {
+		buf := make([]byte, 2048)
+		c.conn.SetReadDeadline(deadline)
+		n, _, err := c.conn.ReadFromUDPAddrPort(buf)
+		if err != nil {
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() {
+				return nil
+			}
+			c.t.Fatal(err)
 		}
-		c.t.Fatal(err)
+		if !c.isPrekeyFrame(buf[:n]) {
+			return buf[:n]
+		}
 	}
-	return buf[:n]
+}
+
+// Prekey frame types (SPEC.md 8.3).
+const (
+	chatFramePrekeys      = 0x10
+	chatFramePrekeyStatus = 0x11
+)
+
+// isPrekeyFrame reports whether b is a transport packet of our session
+// whose payload is a prekey frame.
+func (c *noiseClient) isPrekeyFrame(b []byte) bool {
+	if c.recv == nil {
+		return false
+	}
+	p, err := c.openTransport(b)
+	return err == nil && len(p) > 0 && (p[0] == chatFramePrekeys || p[0] == chatFramePrekeyStatus)
 }
 
 // sendCorruptions sends b with each byte in [0, upto) changed in turn, then
@@ -359,7 +400,9 @@ func TestNoiseSessionWithFlynn(t *testing.T) {
 		k.fatalf("/add: %s", line)
 	}
 
-	init := c.handshake(k)
+	c.handshake(k)
+	c.pqExchange(k)
+	init := c.handshake(k) // with the PSK: the binary answers with it
 	pkt := c.messageToKadchat(k)
 
 	// Replays are dropped: the same transport packet, the same initiation.
@@ -438,14 +481,7 @@ func (c *noiseClient) messageToKadchat(k *kadchat) []byte {
 	c.write(pkt)
 	c.t.Logf("kadchat shows %q", k.expectContaining(text))
 
-	ackPkt := c.read(answerTimeout)
-	if ackPkt == nil {
-		k.fatalf("no ack for the data frame")
-	}
-	ack, err := c.openTransport(ackPkt)
-	if err != nil {
-		k.fatalf("transport packet % x: %v", ackPkt, err)
-	}
+	ackPkt, ack := c.readPayload(k, answerTimeout, "an ack for the data frame")
 	if len(ack) < chatAckHeaderLen || ack[0] != chatFrameAck || !bytes.Equal(ack[1:9], stream[:]) ||
 		binary.BigEndian.Uint64(ack[9:17]) != 1 {
 		k.fatalf("got frame % x, want an ack of stream % x up to 1", ack, stream)
@@ -498,6 +534,26 @@ func (c *noiseClient) messageFromKadchat(k *kadchat) {
 
 // maxTransportReads bounds the packets read while waiting for a data frame.
 const maxTransportReads = 10
+
+// readPayload reads transport packets from the binary until one carries a
+// payload (an empty one is a keepalive), within d each, and returns it.
+func (c *noiseClient) readPayload(k *kadchat, d time.Duration, what string) (pkt, payload []byte) {
+	c.t.Helper()
+	for range maxTransportReads {
+		if pkt = c.read(d); pkt == nil {
+			break
+		}
+		p, err := c.openTransport(pkt)
+		if err != nil {
+			k.fatalf("transport packet % x: %v", pkt, err)
+		}
+		if len(p) > 0 {
+			return pkt, p
+		}
+	}
+	k.fatalf("no transport packet with %s", what)
+	return nil, nil
+}
 
 func (c *noiseClient) openOnly(b []byte) error {
 	_, err := c.openTransport(b)

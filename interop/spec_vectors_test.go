@@ -24,7 +24,8 @@ import (
 const specPath = "../SPEC.md"
 
 // specVector returns the "key = value" lines of the fenced block
-// "```session-vector name=<name>" in SPEC.md.
+// "```session-vector name=<name>" in SPEC.md; an indented line continues
+// the value above it (long hex wraps so).
 func specVector(t *testing.T, name string) map[string]string {
 	t.Helper()
 	f, err := os.Open(specPath)
@@ -34,20 +35,24 @@ func specVector(t *testing.T, name string) map[string]string {
 	defer f.Close()
 	v := map[string]string{}
 	in := false
+	last := ""
 	sc := bufio.NewScanner(f)
 	for sc.Scan() {
-		line := strings.TrimSpace(sc.Text())
+		raw := sc.Text()
+		line := strings.TrimSpace(raw)
 		switch {
 		case line == "```session-vector name="+name:
 			in = true
 		case in && line == "```":
 			return v
+		case in && last != "" && strings.HasPrefix(raw, " "):
+			v[last] += line
 		case in:
 			k, val, ok := strings.Cut(line, " = ")
 			if !ok {
 				t.Fatalf("%s: vector %s: malformed line %q", specPath, name, line)
 			}
-			v[k] = val
+			v[k], last = val, k
 		}
 	}
 	t.Fatalf("%s: no complete vector block %q", specPath, name)
