@@ -147,9 +147,16 @@ func TestEmunet(t *testing.T) {
 	}
 	dir := t.TempDir()
 	start := time.Now()
-	defer func() { t.Logf("real time: %v", time.Since(start).Round(time.Millisecond)) }()
+	var datagrams int64
+	defer func() {
+		el := time.Since(start)
+		t.Logf("real time: %v for %d datagrams (%.0f/s)", el.Round(time.Millisecond), datagrams, float64(datagrams)/el.Seconds())
+	}()
 	synctest.Test(t, func(t *testing.T) {
 		rep, err := runEmunet(context.Background(), "kadchat", cfg, func() emuDriver { return newKadchatDriver(dir) })
+		if rep != nil {
+			datagrams = rep.Datagrams
+		}
 		if err != nil {
 			t.Fatal(err)
 		}

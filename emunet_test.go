@@ -451,6 +451,10 @@ type emuScenario struct {
 	Rendezvous emuOpStats
 	Join       emuOpStats    // (iv): the restart, from start to joined
 	MedianRTT  time.Duration // of the reachable nodes get_peers lookups queried
+	// What the emulator carried while the operations ran: datagrams and
+	// emulated time, the rate a real-time emulation would have to keep up.
+	Datagrams int64
+	Took      time.Duration
 }
 
 type emuReport struct {
@@ -458,6 +462,7 @@ type emuReport struct {
 	Config      emuConfig
 	Fingerprint string
 	Scenarios   []emuScenario
+	Datagrams   int64 // every datagram of the run, the networks' building included
 }
 
 func (r *emuReport) scenario(name string) *emuScenario {
@@ -473,7 +478,8 @@ func (r *emuReport) String() string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "%s on %d hosts (topology %s)\n", r.Impl, r.Config.Hosts, r.Fingerprint)
 	for _, s := range r.Scenarios {
-		fmt.Fprintf(&b, "  %-10s median RTT of the nodes asked %v\n", s.Name, s.MedianRTT.Round(time.Millisecond))
+		fmt.Fprintf(&b, "  %-10s median RTT of the nodes asked %v; %d datagrams in %v\n", s.Name,
+			s.MedianRTT.Round(time.Millisecond), s.Datagrams, s.Took.Round(time.Second))
 		fmt.Fprintf(&b, "    get_peers   %v\n    announce    %v\n    rendezvous  %v\n", s.GetPeers, s.Announce, s.Rendezvous)
 		if s.Join.N > 0 {
 			fmt.Fprintf(&b, "    restart     %v\n", s.Join)
@@ -542,6 +548,7 @@ func runEmunet(ctx context.Context, name string, cfg emuConfig, newDriver func()
 			ss, err = step(r)
 		}
 		r.stopAll()
+		rep.Datagrams += r.net.sent.Load()
 		if err == nil && len(r.errs) > 0 {
 			err = errors.Join(r.errs...)
 		}
@@ -708,6 +715,7 @@ func (r *emuRun) measure(ctx context.Context, name string) emuScenario {
 	var mu sync.Mutex
 	var ann, gp, rv []emuSample
 	var rtts []time.Duration
+	start, sent := time.Now(), r.net.sent.Load()
 	batch := max(r.cfg.Parallel/2, 1)
 	for k := 0; k < r.cfg.Samples; k += batch {
 		n := min(batch, r.cfg.Samples-k)
@@ -741,7 +749,8 @@ func (r *emuRun) measure(ctx context.Context, name string) emuScenario {
 	}
 	slices.Sort(rtts)
 	return emuScenario{Name: name, Announce: emuSummarise(ann), GetPeers: emuSummarise(gp),
-		Rendezvous: emuSummarise(rv), MedianRTT: emuPercentile(rtts, 50)}
+		Rendezvous: emuSummarise(rv), MedianRTT: emuPercentile(rtts, 50),
+		Datagrams: r.net.sent.Load() - sent, Took: time.Since(start)}
 }
 
 // announceThenLookup has host a announce ih, then host q look it up. The
@@ -887,6 +896,7 @@ func (r *emuRun) measureFrom(ctx context.Context, name string, from []int) emuSc
 	var ann, gp, rv []emuSample
 	var rtts []time.Duration
 	var idx []int
+	start, sent := time.Now(), r.net.sent.Load()
 	for j, h := range from {
 		if r.live[h] && 2*j+1 < len(others) {
 			idx = append(idx, j)
@@ -903,7 +913,8 @@ func (r *emuRun) measureFrom(ctx context.Context, name string, from []int) emuSc
 	})
 	slices.Sort(rtts)
 	return emuScenario{Name: name, Announce: emuSummarise(ann), GetPeers: emuSummarise(gp),
-		Rendezvous: emuSummarise(rv), MedianRTT: emuPercentile(rtts, 50)}
+		Rendezvous: emuSummarise(rv), MedianRTT: emuPercentile(rtts, 50),
+		Datagrams: r.net.sent.Load() - sent, Took: time.Since(start)}
 }
 
 // sleepCtx waits d or until ctx ends.
