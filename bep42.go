@@ -253,3 +253,33 @@ func plurality[T comparable](items []T, current T) (T, int) {
 
 // external returns the voted external address, if any.
 func (v *ipVoter) external() (netip.AddrPort, bool) { return v.current, v.current.IsValid() }
+
+// guess is our external address where no quorum is needed: the voted one,
+// else the latest IPv4 claim, else the latest claim. A contact given a
+// wrong guess (SPEC.md 5.8.2) only sends opening packets to the wrong place.
+func (v *ipVoter) guess() netip.AddrPort {
+	if v.current.IsValid() {
+		return v.current
+	}
+	var best ipVote
+	for _, vt := range v.votes {
+		b4, v4 := best.claimed.Addr().Is4(), vt.claimed.Addr().Is4()
+		if !best.claimed.IsValid() || v4 && !b4 || v4 == b4 && vt.seq > best.seq {
+			best = vt
+		}
+	}
+	return best.claimed
+}
+
+// portsAt lists the distinct ports voters claim we have at ip, in the order
+// of the votes kept. Behind a NAT that maps each destination to its own
+// port, two voters already disagree (SPEC.md 5.8.2, the flag).
+func (v *ipVoter) portsAt(ip netip.Addr) []uint16 {
+	var ports []uint16
+	for _, vt := range v.votes {
+		if vt.claimed.Addr() == ip && !slices.Contains(ports, vt.claimed.Port()) {
+			ports = append(ports, vt.claimed.Port())
+		}
+	}
+	return ports
+}

@@ -395,6 +395,9 @@ func (t *demoTranscript) krpcPacket(who string, out bool, peer netip.AddrPort, b
 // bep44Packet shows a user's first BEP 44 put and get once the part of
 // the demo about drops has begun (showDrops).
 func (t *demoTranscript) bep44Packet(who string, m krpcMsg) {
+	if m.Method == methodPut && len(m.Args.V) != len(dropValuePrefix)+dropItemLen {
+		return // an endpoint record (SPEC.md 5.8.1), not a drop
+	}
 	key := "drop " + who + " " + m.Method.String()
 	t.mu.Lock()
 	if t.krpc == nil {

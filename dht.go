@@ -227,6 +227,15 @@ func (d *dht) external() (netip.AddrPort, bool) {
 	return d.ids.voter.external()
 }
 
+// externalPorts is our external address (voted, else the best guess) and
+// the ports voters saw at its IP (bep42.go guess, portsAt).
+func (d *dht) externalPorts() (netip.AddrPort, []uint16) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	ext := d.ids.voter.guess()
+	return ext, d.ids.voter.portsAt(ext.Addr())
+}
+
 func (d *dht) closest(target nodeID, count int) []nodeInfo {
 	d.mu.Lock()
 	defer d.mu.Unlock()

@@ -31,6 +31,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 )
 
@@ -268,7 +269,10 @@ type emuConn struct {
 	rtts  []time.Duration // base round trips to the reachable hosts queried while tracking
 }
 
-var errEmuDeadline = errors.New("emunet: deadlines are not supported")
+var (
+	errEmuDeadline = errors.New("emunet: deadlines are not supported")
+	errEmuRaw      = errors.New("emunet: no socket options")
+)
 
 func (c *emuConn) ReadFromUDPAddrPort(b []byte) (int, netip.AddrPort, error) {
 	select {
@@ -343,6 +347,10 @@ func (c *emuConn) Close() error {
 	})
 	return nil
 }
+
+// SyscallConn: an emulated socket has no options to set (kadchat's
+// opening packets set the TTL; the DHT scenarios send none).
+func (c *emuConn) SyscallConn() (syscall.RawConn, error) { return nil, errEmuRaw }
 
 func (c *emuConn) SetDeadline(time.Time) error      { return errEmuDeadline }
 func (c *emuConn) SetReadDeadline(time.Time) error  { return errEmuDeadline }

@@ -14,6 +14,7 @@ package main
 import (
 	"bufio"
 	"context"
+	"crypto/ed25519"
 	"crypto/rand"
 	"errors"
 	"flag"
@@ -65,6 +66,8 @@ type options struct {
 	bootstrap []string
 	demo      bool
 	verbose   bool
+	punchTTL  int  // TTL of opening packets (SPEC.md 5.8.3); zero: the default
+	relay     bool // forward between contacts (SPEC.md 5.9)
 
 	rekeyAfter time.Duration // the demo shortens it; zero: the default
 	dropDelay  time.Duration // the demo shortens it; zero: the default (dropDelay)
@@ -109,6 +112,8 @@ func parseFlags(args []string, stdout, stderr io.Writer) (options, error) {
 	boot := fs.String("bootstrap", strings.Join(defaultBootstrap, ","), "DHT bootstrap nodes, HOST:PORT[,HOST:PORT...]")
 	fs.BoolVar(&o.demo, "demo", false, "run a self-contained loopback demo and exit")
 	fs.BoolVar(&o.verbose, "v", false, "debug logs on stderr")
+	fs.BoolVar(&o.relay, "relay", false, "relay for contacts of yours who cannot reach each other directly: their messages stay encrypted end to end, but pass through your connection")
+	fs.IntVar(&o.punchTTL, "punch-ttl", defaultPunchTTL, "TTL of hole-punching packets: enough to cross your own NAT (raise it behind a carrier's NAT), too little to reach a contact's")
 	version := fs.Bool("version", false, "print the version and exit")
 	err := fs.Parse(args)
 	switch {
@@ -123,6 +128,9 @@ func parseFlags(args []string, stdout, stderr io.Writer) (options, error) {
 		return o, flag.ErrHelp
 	case fs.NArg() > 0:
 		fmt.Fprintf(stderr, "kadchat: unexpected argument %q\n", fs.Arg(0))
+		return o, errors.New("usage")
+	case o.punchTTL < 1 || o.punchTTL > 255:
+		fmt.Fprintf(stderr, "kadchat: -punch-ttl %d: want 1 to 255\n", o.punchTTL)
 		return o, errors.New("usage")
 	}
 	for _, b := range strings.Split(*boot, ",") {
@@ -286,6 +294,10 @@ type app struct {
 	busyPort  string        // the port asked for, when it was busy; "" if we got it
 	watch     *dhtWatch     // nil in the demo
 	dhtFailed chan struct{} // a bootstrap failed (buffered 1: one pending signal is enough)
+
+	punch *puncher     // hole punching (punch.go)
+	hosts *hostScanner // our interface addresses
+	relay *relayer     // relaying for and through contacts (relay.go)
 }
 
 // openApp opens the data directory and builds the layers on one socket.
@@ -347,13 +359,26 @@ func (a *app) build(o options) error {
 		return err
 	}
 	a.sess = newSessionManager(sessionConfig{
-		Identity:       a.id,
-		Dir:            o.dir,
-		Timestamps:     timestamps,
-		Send:           a.node.send,
-		Deliver:        func(k publicKey, from netip.AddrPort, b []byte) { a.chat.handlePayload(k, from, b) },
-		Established:    func(k publicKey, addr netip.AddrPort) { a.chat.setOnline(k, addr) },
-		Ended:          func(k publicKey, seen time.Time) { a.chat.setOffline(k, seen) },
+		Identity:   a.id,
+		Dir:        o.dir,
+		Timestamps: timestamps,
+		Send:       a.sendPacket,
+		Deliver: func(k publicKey, from netip.AddrPort, b []byte) {
+			if !a.relay.handle(k, b) {
+				a.chat.handlePayload(k, from, b)
+			}
+		},
+		Established: func(k publicKey, addr netip.AddrPort) {
+			a.chat.setOnline(k, addr)
+			a.punch.online(k, addr)
+			a.relay.online(k)
+		},
+		Ended: func(k publicKey, seen time.Time) {
+			a.chat.setOffline(k, seen)
+			a.punch.offline(k)
+			a.relay.offline(k)
+		},
+		Stalled:        func(k publicKey) { a.punch.stalled(k) },
 		PQEvent:        a.ui.pqEvent,
 		PQ:             pq,
 		RekeyAfterTime: o.rekeyAfter,
@@ -362,6 +387,7 @@ func (a *app) build(o options) error {
 		Log:            a.log,
 	})
 	a.node.onSession = a.sess.handlePacket
+	a.buildPuncher(o)
 	scrub, err := scrubAfterFromEnv()
 	if err != nil {
 		return err
@@ -376,11 +402,13 @@ func (a *app) build(o options) error {
 		GetPeers:    a.dht.getPeers,
 		PutItem:     a.dht.putMutableN,
 		GetItem:     a.dht.getMutable,
-		SetEndpoint: a.sess.setEndpoint,
+		SetEndpoint: a.punch.found,
+		Announced:   a.punch.announced,
+		LookedUp:    a.punch.lookedUp,
 		IsSelf:      a.isSelf,
 		OwnIP:       a.isOwnIP,
 		Send:        a.sess.send,
-		MaxPayload:  maxTransportPayload,
+		MaxPayload:  relayChatPayload, // so that a chat frame also fits a relay frame (SPEC.md 5.9)
 		ScrubAfter:  scrub,
 		Event:       a.ui.event,
 		Now:         time.Now,
@@ -420,6 +448,7 @@ func (a *app) start(ctx context.Context, wg *sync.WaitGroup) {
 		a.dht.run,
 		func(ctx context.Context) error { a.sess.run(ctx); return nil },
 		a.chat.run,
+		a.punch.run,
 	} {
 		wg.Add(1)
 		go func() {
@@ -463,6 +492,7 @@ func (a *app) removeContact(name string) error {
 	}
 	if ok {
 		a.sess.forget(c.Key)
+		a.punch.forget(c.Key)
 	}
 	return nil
 }
@@ -502,4 +532,110 @@ func (a *app) isOwnIP(ip netip.Addr) bool {
 	}
 	ext, ok := a.dht.external()
 	return ok && ip == ext.Addr()
+}
+
+// buildPuncher wires hole punching (punch.go) to the DHT, where endpoint
+// records live, and to the socket and sessions it opens paths for; and the
+// relay (relay.go) to the sessions it carries packets on.
+func (a *app) buildPuncher(o options) {
+	a.relay = newRelayer(relayConfig{
+		Enabled: o.relay,
+		Send:    a.sess.send,
+		Deliver: a.sess.handlePacket,
+		Online: func(k publicKey) bool {
+			c, ok := a.chat.contactByKey(k)
+			return ok && c.Online
+		},
+		Contact: func(k publicKey) bool {
+			_, ok := a.chat.contactByKey(k)
+			return ok
+		},
+		Now: time.Now,
+		Log: a.log,
+	})
+	a.hosts = newHostScanner(a.node.LocalAddr().Addr(), time.Now)
+	// Read-only from the first query when we are surely behind a NAT;
+	// localView corrects it once DHT nodes have told us.
+	a.dht.tx.readOnly.Store(startsBehindNAT(a.hosts.get(), o.bootstrap))
+	a.punch = newPuncher(punchConfig{
+		Self:         a.id.public(),
+		StaticSecret: a.id.staticSecret,
+		Put: func(ctx context.Context, seed [32]byte, seq int64, v []byte) error {
+			_, _, err := a.dht.putMutable(ctx, ed25519.NewKeyFromSeed(seed[:]), nil, seq, v)
+			return err
+		},
+		Get: func(ctx context.Context, k [32]byte) (int64, []byte, error) {
+			it, err := a.dht.get(ctx, mutableTarget(k, nil))
+			return it.Seq, it.V, err
+		},
+		Open:    func(to netip.AddrPort, ttl int) error { return a.node.sendTTL(to, nil, ttl) },
+		Connect: a.sess.setEndpoint,
+		Forget:  a.sess.forgetPath,
+		Local:   a.localView,
+		Relays:  a.relay.relays,
+		Via:     a.relay.pathAddr,
+		TTL:     o.punchTTL,
+		Now:     time.Now,
+		Rand:    rand.Reader,
+		Log:     a.log,
+	})
+}
+
+// localView is what we know of our own addresses now (nat.go). It also
+// keeps the DHT read-only (BEP 43) while we are behind a NAT, as the
+// puncher, which calls it every tick, needs (SPEC.md 3.4.2, 5.8.3).
+func (a *app) localView() localView {
+	v := localView{Hosts: a.hosts.get(), Port: a.node.LocalAddr().Port()}
+	var ports []uint16
+	v.External, ports = a.dht.externalPorts()
+	v.Behaviour = classifyNAT(v.Hosts, v.Port, v.External, ports)
+	if v.Behaviour != natUnknown {
+		a.dht.tx.readOnly.Store(v.Behaviour != natPublic)
+	}
+	return v
+}
+
+// natLine is /status's "nat" line: what DHT nodes tell us about our way to
+// the internet (nat.go), and the external addresses they see.
+func (a *app) natLine() string {
+	v := a.localView()
+	ext, ports := a.dht.externalPorts()
+	seen := make([]string, 0, len(ports))
+	for _, p := range ports {
+		seen = append(seen, netip.AddrPortFrom(ext.Addr(), p).String())
+	}
+	if len(seen) == 0 {
+		seen = append(seen, "-")
+	}
+	return fmt.Sprintf("nat %s %s", v.Behaviour, strings.Join(seen, ","))
+}
+
+// sendPacket is the session layer's Send: a relay path's packets go through
+// the relay (relay.go), the rest out of the socket.
+func (a *app) sendPacket(to netip.AddrPort, b []byte) error {
+	if handled, err := a.relay.sendPacket(to, b); handled {
+		return err
+	}
+	return a.node.send(to, b)
+}
+
+// addrText shows where a contact is: its address, or "via NAME" for a
+// session through the relay NAME.
+func (a *app) addrText(addr netip.AddrPort) string {
+	if p, ok := a.relay.path(addr); ok {
+		if c, ok := a.chat.contactByKey(p.relay); ok {
+			return "via " + c.Name
+		}
+		return "via a former contact"
+	}
+	return addr.String()
+}
+
+// pathText is /status's account of a session's path: "direct|lan|ipv6
+// ADDR" (nat.go pathKind), or "relay NAME".
+func (a *app) pathText(addr netip.AddrPort) string {
+	if t := a.addrText(addr); strings.HasPrefix(t, "via ") {
+		return "relay " + strings.TrimPrefix(t, "via ")
+	}
+	return pathKind(addr) + " " + addr.String()
 }

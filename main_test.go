@@ -253,6 +253,10 @@ func TestE2EMessageAndReceipt(t *testing.T) {
 	id := strings.TrimPrefix(pa.expect("* queued bob ", 5*time.Second), "* queued bob ")
 	pb.expectMessage("<alice> hello bob", e2eWait)
 	pa.expect("* delivered bob "+id, e2eWait)
+	// /status names the path (SPEC.md 5.8): on loopback, a LAN one.
+	pa.send("/status")
+	pa.expect("nat public 127.0.0.1:", 5*time.Second)
+	pa.expect("path bob lan 127.0.0.1:", 5*time.Second)
 	pa.quit()
 	pb.quit()
 }

@@ -166,6 +166,9 @@ type chatConfig struct {
 	Now  func() time.Time
 	Rand io.Reader
 	Log  *slog.Logger
+
+	Announced func(peer publicKey)                         // optional: see rendezvousConfig
+	LookedUp  func(peer publicKey, found []netip.AddrPort) // optional: see rendezvousConfig
 }
 
 // chatEventKind says what a chatEvent reports.
@@ -420,7 +423,8 @@ func newChat(cfg chatConfig) (*chat, error) {
 	c := &chat{cfg: cfg, peers: map[publicKey]*chatPeer{}, gone: goneStates{}, names: map[string]*chatPeer{},
 		ev: &eventQueue{emit: cfg.Event},
 		sched: newRendezvousScheduler(rendezvousConfig{StaticSecret: cfg.StaticSecret, Announce: cfg.Announce,
-			GetPeers: cfg.GetPeers, SetEndpoint: cfg.SetEndpoint, IsSelf: cfg.IsSelf, OwnIP: cfg.OwnIP, Now: cfg.Now, Log: cfg.Log})}
+			GetPeers: cfg.GetPeers, SetEndpoint: cfg.SetEndpoint, IsSelf: cfg.IsSelf, OwnIP: cfg.OwnIP, Now: cfg.Now, Log: cfg.Log,
+			Announced: cfg.Announced, LookedUp: cfg.LookedUp})}
 	b, err := os.ReadFile(filepath.Join(cfg.Dir, contactsFile))
 	if err != nil && !errors.Is(err, os.ErrNotExist) {
 		return nil, fmt.Errorf("chat: contacts: %w", err)

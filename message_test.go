@@ -660,24 +660,24 @@ func TestReassemblyCapKeepsNextInOrder(t *testing.T) {
 	ev.waitFor(t, eventMessage, 1, 3*time.Second)
 }
 
-// SPEC.md 5.3 gives the fragment size as a number: with the session's
-// 1,168-byte payloads, fragments of 1,149 bytes.
+// SPEC.md 5.3 gives the fragment size as a number: with the chat's
+// 1,103-byte payloads (room for a relay frame, 5.9), fragments of 1,084 bytes.
 func TestFragmentSize(t *testing.T) {
-	if maxTransportPayload != 1168 || maxTransportPayload-chatDataHeaderLen != 1149 {
-		t.Fatalf("payload %d, fragment %d; SPEC.md 5.3 says 1168 and 1149", maxTransportPayload, maxTransportPayload-chatDataHeaderLen)
+	if relayChatPayload != 1103 || relayChatPayload-chatDataHeaderLen != 1084 {
+		t.Fatalf("payload %d, fragment %d; SPEC.md 5.3 says 1103 and 1084", relayChatPayload, relayChatPayload-chatDataHeaderLen)
 	}
 	for _, tt := range []struct {
 		textLen int
 		want    []int // frame lengths
 	}{
 		{1, []int{20}},
-		{1149, []int{1168}},
-		{1150, []int{1168, 20}},
-		{maxMessageText, []int{1168, 1168, 1168, 19 + 649}},
+		{1084, []int{1103}},
+		{1085, []int{1103, 20}},
+		{maxMessageText, []int{1103, 1103, 1103, 19 + 844}},
 	} {
 		m := &outMsg{seq: 1, text: strings.Repeat("x", tt.textLen)}
 		var got []int
-		for _, f := range appendFrames(nil, maxTransportPayload, 1, m) {
+		for _, f := range appendFrames(nil, relayChatPayload, 1, m) {
 			got = append(got, len(f))
 		}
 		if !slices.Equal(got, tt.want) {

@@ -4,7 +4,9 @@
 // NAT, built and torn down by the test itself (issue 9).
 //
 // Topology: one "internet" router namespace; ten DHT nodes, each in its own
-// namespace on a /30 of 198.51.100.0/24 (and a /64 of 2001:db8:100::/48);
+// namespace on a /30 of its own /24 of 198.18.0.0/15, RFC 2544's range for
+// test networks (so each counts as a distinct voter on our external
+// address, SPEC.md 3.3), and a /64 of 2001:db8:100::/48;
 // per case, sites on /30s of 203.0.113.0/24 (and 2001:db8:200::/48): a site
 // is either a public host or a home router whose LAN bridge (192.168.1.0/24
 // in every home, as real homes are, and 2001:db8:300:SITE::/64) holds one or
@@ -36,6 +38,8 @@ const (
 	natlabEnv       = "KADCHAT_NATLAB"         // set to 1 to run the lab
 	natlabTrialsEnv = "KADCHAT_NATLAB_N"       // trials per case
 	natlabWaitEnv   = "KADCHAT_NATLAB_TIMEOUT" // bound on one trial's wait, a Go duration
+	natlabCasesEnv  = "KADCHAT_NATLAB_CASES"   // a regular expression: only the cases it matches
+	natlabSlowEnv   = "KADCHAT_NATLAB_SLOW"    // a duration: log the lines of trials slower than it
 	natlabDHTNodes  = 10
 	natlabPort      = 6881 // every kadchat in the lab listens here, as users do
 	natlabCmdWait   = 15 * time.Second
@@ -232,13 +236,13 @@ func (l *natlab) attach(ns, link string, i int, net4 string, net6 string) (wan4,
 // namespace with one IPv4 and one IPv6 address, bootstrapped to each other.
 func (l *natlab) startDHT() {
 	for i := range natlabDHTNodes {
-		wan4, wan6 := fmt.Sprintf("198.51.100.%d", 4*i+2), fmt.Sprintf("2001:db8:100:%x::2", i)
+		wan4, wan6 := fmt.Sprintf("198.18.%d.2", i), fmt.Sprintf("2001:db8:100:%x::2", i)
 		l.dht4 = append(l.dht4, fmt.Sprintf("%s:%d", wan4, natlabPort))
 		l.dht6 = append(l.dht6, fmt.Sprintf("[%s]:%d", wan6, natlabPort))
 	}
 	for i := range natlabDHTNodes {
 		ns := l.addNS(fmt.Sprintf("d%d", i))
-		l.attach(ns, fmt.Sprintf("d%d", i), i, "198.51.100.", "2001:db8:100:")
+		l.attach(ns, fmt.Sprintf("d%d", i), 0, fmt.Sprintf("198.18.%d.", i), fmt.Sprintf("2001:db8:100:%x:", i))
 		boot := strings.Join(append(append([]string{}, l.dht4...), l.dht6...), ",")
 		p := l.start(ns, fmt.Sprintf("dht%d", i), filepath.Join(l.tmp, fmt.Sprintf("dht%d", i)), boot, false)
 		l.t.Cleanup(p.kill)
@@ -293,6 +297,12 @@ func (l *natlab) configureRouter(s *site) {
 	l.t.Helper()
 	ns := s.router
 	l.sysctl(ns, "net.ipv4.ip_forward=1", "net.ipv6.conf.all.forwarding=1")
+	// A home router switches its LAN: two hosts there talk without its
+	// firewall. With br_netfilter loaded, Linux would filter bridged
+	// packets through FORWARD (and drop them there) unless told not to.
+	if _, err := os.Stat("/proc/sys/net/bridge/bridge-nf-call-iptables"); err == nil {
+		l.sysctl(ns, "net.bridge.bridge-nf-call-iptables=0", "net.bridge.bridge-nf-call-ip6tables=0")
+	}
 	// Both families: a stateful FORWARD that lets out what the LAN sends and
 	// in only what answers it. Without IPv6 (or IPv4) service the family's
 	// FORWARD drops everything.
@@ -485,12 +495,13 @@ type labProc struct {
 
 // start runs kadchat in ns with data directory dir. With verbose, the debug
 // log lines that say what the rendezvous found, and the session's, are kept.
-func (l *natlab) start(ns, name, dir, boot string, verbose bool) *labProc {
+func (l *natlab) start(ns, name, dir, boot string, verbose bool, flags ...string) *labProc {
 	l.t.Helper()
 	args := []string{"netns", "exec", ns, l.bin, "-dir", dir, "-listen", fmt.Sprintf(":%d", natlabPort), "-bootstrap", boot}
 	if verbose {
 		args = append(args, "-v")
 	}
+	args = append(args, flags...)
 	p := &labProc{name: name, changed: make(chan struct{})}
 	p.cmd = exec.Command("ip", args...)
 	// ip netns exec becomes kadchat (same pid); the signal reaches it if
@@ -523,6 +534,7 @@ func (p *labProc) read(r io.Reader, log bool) {
 	for sc.Scan() {
 		s := sc.Text()
 		if log && !strings.Contains(s, `msg="chat: rendezvous"`) && !strings.Contains(s, `msg="session:`) &&
+			!strings.Contains(s, `msg="punch:`) &&
 			!strings.Contains(s, "level=WARN") && !strings.Contains(s, "level=ERROR") {
 			continue
 		}

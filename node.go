@@ -22,6 +22,7 @@ import (
 	"strconv"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 )
 
@@ -46,6 +47,7 @@ type datagramConn interface {
 	WriteToUDPAddrPort(b []byte, addr netip.AddrPort) (int, error)
 	LocalAddr() net.Addr
 	Close() error
+	SyscallConn() (syscall.RawConn, error) // socket options: the TTL of opening packets
 }
 
 // Node owns the socket and everything keyed by it: the DHT and the sessions.
@@ -57,6 +59,10 @@ type Node struct {
 	drop float64 // fraction of datagrams to drop (tests only)
 	rmu  sync.Mutex
 	rng  *rand.Rand // for drop decisions only, never for keys
+
+	// ttlMu is held shared by every send and alone by sendTTL, which
+	// changes the socket's TTL for one datagram (ttl_unix.go).
+	ttlMu sync.RWMutex
 
 	dropped   atomic.Uint64 // datagrams not recognised by the demux
 	lossDrops atomic.Uint64 // datagrams dropped by the lossy wrapper
@@ -131,7 +137,10 @@ func (n *Node) send(to netip.AddrPort, b []byte) error {
 	if n.trace != nil {
 		n.trace(true, to, b)
 	}
-	if _, err := n.conn.WriteToUDPAddrPort(b, to); err != nil {
+	n.ttlMu.RLock()
+	_, err := n.conn.WriteToUDPAddrPort(b, to)
+	n.ttlMu.RUnlock()
+	if err != nil {
 		return fmt.Errorf("node: send to %v: %w", to, err)
 	}
 	return nil

@@ -171,12 +171,26 @@ type peerTimers struct {
 	lastSend time.Time // last payload or keepalive sent
 	lastRecv time.Time // last authenticated packet
 	online   bool      // Established reported and Ended not since
+
+	waitSince time.Time // first payload sent since the last packet received; zero: none
+	oweSince  time.Time // first payload received since our last send; zero: none
+}
+
+// sent records that we sent at now, a payload or not: we owe no answer
+// any more, and a payload waits for one (timers.go: stalls, passive
+// keepalives).
+func (t *peerTimers) sent(now time.Time, payload bool) {
+	t.lastSend, t.oweSince = now, time.Time{}
+	if payload && t.waitSince.IsZero() {
+		t.waitSince = now
+	}
 }
 
 // markLive records an authenticated packet from p: it is online, and the
 // candidates from the rendezvous are no longer needed.
 func (p *peer) markLive(now time.Time) {
 	p.timers.lastRecv, p.timers.online = now, true
+	p.timers.waitSince = time.Time{}
 	p.addrs.candidates, p.inits.packet = nil, nil
 }
 

@@ -75,6 +75,11 @@ type rendezvousConfig struct {
 	OwnIP        func(ip netip.Addr) bool       // optional
 	Now          func() time.Time
 	Log          *slog.Logger
+
+	// Optional: told of each announce and each lookup with what it found,
+	// so the endpoint records (punch.go) follow the same schedule.
+	Announced func(peer publicKey)
+	LookedUp  func(peer publicKey, found []netip.AddrPort)
 }
 
 // rendezvousState is one contact's place in the schedule.
@@ -234,6 +239,15 @@ func (s *rendezvousScheduler) run(ctx context.Context, jb rendezvousJob, epochs 
 		cancel()
 	}
 	s.cfg.Log.Debug("chat: rendezvous", "peer", jb.key.String(), "announce", jb.announce, "ok", ok, "found", found)
+	s.mu.Lock()
+	_, still := s.contacts[jb.key] // not removed meanwhile
+	s.mu.Unlock()
+	switch {
+	case still && jb.announce && s.cfg.Announced != nil:
+		s.cfg.Announced(jb.key)
+	case still && !jb.announce && s.cfg.LookedUp != nil:
+		s.cfg.LookedUp(jb.key, found)
+	}
 	if a, ok := s.pickCandidate(jb.key, found); ok {
 		s.cfg.SetEndpoint(jb.key, a)
 	}

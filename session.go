@@ -42,6 +42,8 @@ const (
 	maxCandidates             = 4 // addresses tried at once while there is no session
 	cookieRefreshTime         = 120 * time.Second
 	maxQueuedPerPeer          = 128
+	defaultPassiveKeepalive   = 10 * time.Second // a payload received is answered within this
+	defaultStallTimeout       = 15 * time.Second // a payload sent unanswered this long: the path broke
 )
 
 // The session layer's own payload (SPEC.md 4.6): a transport payload whose
@@ -77,6 +79,12 @@ type sessionConfig struct {
 	TickInterval       time.Duration
 	Keepalive          time.Duration // an idle session sends an empty packet this often
 	DeadAfter          time.Duration // silence after which a session counts as ended
+
+	// Stalled, optional, is told that a session is about to end because a
+	// payload sent on it stayed unanswered for StallTimeout (Ended follows).
+	Stalled          func(peer publicKey)
+	StallTimeout     time.Duration
+	PassiveKeepalive time.Duration // a payload received and nothing sent since: a keepalive
 }
 
 func (c *sessionConfig) setDefaults() {
@@ -92,6 +100,8 @@ func (c *sessionConfig) setDefaults() {
 	setDur(&c.TickInterval, defaultTickInterval)
 	setDur(&c.Keepalive, defaultKeepalive)
 	setDur(&c.DeadAfter, defaultDeadAfter)
+	setDur(&c.StallTimeout, defaultStallTimeout)
+	setDur(&c.PassiveKeepalive, defaultPassiveKeepalive)
 	if c.RekeyAfterMessages == 0 {
 		c.RekeyAfterMessages = defaultRekeyAfterMessages
 	}
@@ -110,6 +120,9 @@ func (c *sessionConfig) setDefaults() {
 	}
 	if c.PQEvent == nil {
 		c.PQEvent = func(publicKey, pqEvent) {}
+	}
+	if c.Stalled == nil {
+		c.Stalled = func(publicKey) {}
 	}
 }
 
@@ -383,6 +396,12 @@ func (m *sessionManager) replyToInitiation(from netip.AddrPort, h *handshake, p 
 				return init, nil
 			}
 		}
+		if p.inits.pending != nil && p.inits.packet != nil {
+			// Ours went there and may have met a stateful firewall
+			// before the peer's initiation opened it: send it again
+			// now (a copy that did arrive is refused by its timestamp).
+			return p.inits.packet, nil
+		}
 		return nil, errors.New("session: simultaneous open, keeping ours")
 	}
 	p.inits.abandon(m.index)
@@ -577,6 +596,11 @@ func (m *sessionManager) handleTransport(from netip.AddrPort, b []byte) {
 		m.sessionReady(e.peer, false)
 	}
 	if len(pt) > 0 {
+		m.mu.Lock()
+		if e.peer.timers.oweSince.IsZero() {
+			e.peer.timers.oweSince = now
+		}
+		m.mu.Unlock()
 		m.stats.delivered.Add(1)
 	}
 	m.cfg.Deliver(e.peer.key, from, pt)
@@ -671,7 +695,7 @@ func (m *sessionManager) flush(p *peer, keepalive bool) {
 		q = p.queue.take() // else it waits for a post-quantum session
 	}
 	if len(q) > 0 || keepalive {
-		p.timers.lastSend = m.cfg.Now()
+		p.timers.sent(m.cfg.Now(), len(q) > 0)
 	}
 	m.mu.Unlock()
 	if len(q) == 0 && keepalive {
@@ -735,7 +759,7 @@ func (m *sessionManager) send(peerKey publicKey, payload []byte) error {
 		}
 		kp = nil
 	default:
-		p.timers.lastSend = now
+		p.timers.sent(now, len(payload) > 0)
 		if p.needsRekey(kp, now, &m.cfg) {
 			init = m.maybeInitiateLocked(p, now)
 		}
@@ -832,6 +856,23 @@ func (m *sessionManager) setEndpoint(peerKey publicKey, addr netip.AddrPort) {
 	}
 	m.mu.Unlock()
 	m.sendRaw(init, to...)
+}
+
+// forgetPath erases peer's keys, its pending handshake and its addresses,
+// and keeps its queue: nothing goes to peer until setEndpoint gives an
+// address again. The puncher calls it when a path through a NAT ended,
+// where packets to the old address would only refresh stale NAT state.
+func (m *sessionManager) forgetPath(peerKey publicKey) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	p := m.peers[peerKey]
+	if p == nil {
+		return
+	}
+	p.inits.abandon(m.index)
+	p.keypairs.retireAll(m.index)
+	p.keypairs, p.addrs, p.inits.packet = peerKeypairs{}, peerAddrs{}, nil
+	p.dropExchange() // it ran on a keypair just erased
 }
 
 // forget erases everything about peer, its post-quantum secrets on disk

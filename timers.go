@@ -6,9 +6,11 @@
 // erases keypairs older than RejectAfterTime and stale cookies, resends a
 // pending initiation every RekeyTimeout until RekeyAttemptTime, starts a
 // handshake for queued payloads or a session due for rekeying; then tick
-// sends keepalives to online peers idle for Keepalive and reports peers
-// silent for DeadAfter as ended (a goodbye, session.go, ends them at once).
-// The sends happen after mu is released.
+// sends keepalives to online peers idle for Keepalive or owing an answer
+// to a payload (PassiveKeepalive), and reports peers whose payload stayed
+// unanswered for StallTimeout, or silent for DeadAfter, as ended (a
+// goodbye, session.go, ends them at once). The sends happen after mu is
+// released.
 package main
 
 import (
@@ -62,7 +64,7 @@ func (m *sessionManager) tick() {
 	var sends []out
 	var pqSends []sessionFrames
 	var keepalive, classical []*peer
-	var ended []publicKey
+	var ended, stalled []publicKey
 	m.mu.Lock()
 	for _, p := range m.peers {
 		if b := m.tickPeerLocked(p, now); b != nil {
@@ -75,9 +77,12 @@ func (m *sessionManager) tick() {
 		if fallback {
 			classical = append(classical, p)
 		}
-		if p.checkEnded(now, m.cfg.DeadAfter) {
+		if p.timers.online && p.timers.stalled(now, m.cfg.StallTimeout) {
+			p.timers.online = false
+			stalled = append(stalled, p.key)
+		} else if p.checkEnded(now, m.cfg.DeadAfter) {
 			ended = append(ended, p.key)
-		} else if p.timers.online && now.Sub(p.timers.lastSend) >= m.cfg.Keepalive {
+		} else if p.timers.online && (now.Sub(p.timers.lastSend) >= m.cfg.Keepalive || p.timers.owesAnswer(now, m.cfg.PassiveKeepalive)) {
 			// A side that has sent nothing to p yet (a responder
 			// whose session was just confirmed) is due at once.
 			keepalive = append(keepalive, p)
@@ -99,9 +104,29 @@ func (m *sessionManager) tick() {
 	for _, p := range keepalive {
 		m.flush(p, true)
 	}
+	for _, k := range stalled {
+		m.cfg.Stalled(k)
+		m.ended(k)
+	}
 	for _, k := range ended {
 		m.ended(k)
 	}
+}
+
+// stalled reports whether a payload sent after the last authenticated
+// packet has stayed unanswered for stallTimeout. The other side answers
+// every payload within PassiveKeepalive, so on a working path this does
+// not happen: the path broke (a NAT mapping expired or changed) or the
+// contact is gone.
+func (t *peerTimers) stalled(now time.Time, stallTimeout time.Duration) bool {
+	return !t.waitSince.IsZero() && now.Sub(t.waitSince) >= stallTimeout
+}
+
+// owesAnswer reports whether a payload that arrived passive ago is still
+// unanswered: then a keepalive answers it (WireGuard's passive keepalive),
+// so that the sender's stall timer does not fire.
+func (t *peerTimers) owesAnswer(now time.Time, passive time.Duration) bool {
+	return !t.oweSince.IsZero() && now.Sub(t.oweSince) >= passive
 }
 
 // tickPeerLocked runs p's timers and returns an initiation to send, if any.

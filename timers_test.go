@@ -159,8 +159,15 @@ func TestSessionKeepaliveAndEnded(t *testing.T) {
 	a.m.setEndpoint(b.id.public(), b.addr)
 	a.m.send(b.id.public(), []byte("hello"))
 	n.pump(t)
-	for range 4 { // keepalives both ways keep both sides alive
-		clock.advance(defaultKeepalive)
+	var lastFromB time.Time // b's last packet: its last keepalive
+	n.filter = func(p fakePacket) bool {
+		if p.from == b.addr {
+			lastFromB = clock.now()
+		}
+		return true
+	}
+	for range 4 * 25 { // keepalives both ways keep both sides alive
+		clock.advance(defaultKeepalive / 25) // ticks often enough for the passive keepalive
 		a.m.tick()
 		b.m.tick()
 		n.pump(t)
@@ -170,7 +177,6 @@ func TestSessionKeepaliveAndEnded(t *testing.T) {
 		t.Fatalf("ended while keepalives flowed: %v", ended)
 	}
 	mu.Unlock()
-	lastFromB := clock.now()                                       // b's keepalive of the last round
 	n.filter = func(p fakePacket) bool { return p.from != b.addr } // b falls silent
 	for range 5 {
 		clock.advance(defaultDeadAfter / 4)

@@ -18,6 +18,7 @@ import (
 	mrand "math/rand/v2"
 	"net/netip"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -122,6 +123,10 @@ type txTable struct {
 	// abortOwn. moves counts such changes.
 	beforeSend func(to netip.AddrPort)
 	moves      func() uint64
+	// readOnly, set by the app, marks our queries ro = 1 (BEP 43):
+	// behind a NAT we cannot serve, and a contact's query reaching our
+	// router unasked would break hole punching (SPEC.md 5.8.3).
+	readOnly atomic.Bool
 
 	mu     sync.Mutex // guards txs, closed, rng, times
 	txs    map[txKey]*transaction
@@ -146,6 +151,7 @@ func (x *txTable) send(to netip.AddrPort, q *krpcMsg, o txOpts, done func(queryR
 		t.expect = *o.expect
 	}
 	q.Args.ID = t.id
+	q.ReadOnly = x.readOnly.Load()
 	var tid [tidLen]byte
 	x.mu.Lock()
 	if x.closed || len(x.txs) >= maxTransactions {

@@ -14,6 +14,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net/netip"
 	"strings"
 	"sync"
 	"time"
@@ -355,7 +356,7 @@ func (u *ui) sendText(ctx context.Context, name, text string) error {
 func (u *ui) cmdContacts(_ context.Context, _ string) error {
 	list := u.app.chat.contactList()
 	for _, c := range list {
-		u.printf("%s", contactLine(c))
+		u.printf("%s", contactLine(c, u.app.addrText))
 	}
 	u.printf("done %d contacts", len(list))
 	return nil
@@ -366,11 +367,12 @@ func (u *ui) cmdContacts(_ context.Context, _ string) error {
 // added us (its rendezvous is keyed by a secret only the two of us hold,
 // so it announces nothing we could see until it does) or has simply not
 // been online at the same time as us; the line's end says both.
-func contactLine(c contactInfo) string {
+func contactLine(c contactInfo, addrText func(netip.AddrPort) string) string {
 	state, addr, seen, why := "offline", "-", "never", ""
 	switch {
 	case c.Online:
-		state, addr = "online", c.Addr.String()
+		// One word, as the line's format wants: "via:NAME" for a relay.
+		state, addr = "online", strings.Replace(addrText(c.Addr), "via ", "via:", 1)
 	case c.LastSeen.IsZero():
 		state, why = "waiting", fmt.Sprintf(" (waiting for %s to add you, or for you both to be online at once)", c.Name)
 	}
@@ -404,6 +406,12 @@ func (u *ui) cmdStatus(ctx context.Context, _ string) error {
 		}
 	}
 	u.printf("contacts %d online of %d", online, len(list))
+	u.printf("%s", u.app.natLine())
+	for _, c := range list {
+		if c.Online {
+			u.printf("path %s %s", c.Name, u.app.pathText(c.Addr))
+		}
+	}
 	for _, d := range u.app.chat.dropSummaries() {
 		u.printf("drops %s %d outstanding, %d prekeys left", d.Name, d.Outstanding, d.Prekeys)
 	}
@@ -422,7 +430,7 @@ func (u *ui) event(e chatEvent) {
 	case eventQueued, eventDelivered, eventDropped:
 		u.printf("* %s %s %d", e.Kind, e.Contact, e.MsgID)
 	case eventOnline, eventMoved:
-		u.printf("* %s %s %s", e.Kind, e.Contact, e.Addr)
+		u.printf("* %s %s %s", e.Kind, e.Contact, u.app.addrText(e.Addr))
 	case eventOffline:
 		u.printf("* offline %s", e.Contact)
 	}

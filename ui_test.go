@@ -208,7 +208,7 @@ func TestContactLine(t *testing.T) {
 			"contact bob waiting - last-seen never outbox 2 key " + k.String() + " (waiting for bob to add you, or for you both to be online at once)"},
 	}
 	for _, tc := range tests {
-		if got := contactLine(tc.in); got != tc.want {
+		if got := contactLine(tc.in, netip.AddrPort.String); got != tc.want {
 			t.Errorf("contactLine(%+v) =\n %q\nwant %q", tc.in, got, tc.want)
 		}
 	}
