@@ -38,13 +38,14 @@ import (
 
 // Limits and defaults of the DHT node; SPEC.md 3.4 lists them.
 const (
-	tidLen          = 4    // bytes in our transaction ids: 32 random bits
-	maxTransactions = 2048 // outstanding queries per node
-	maxAttempts     = 6    // at most one transmission and five retransmissions (rtt.go: tries)
-	maxBackoffShift = 2    // the timeout doubles at most twice: 1, 1, 2, 4, 4, 4 x RTO
-	maxPeersReply   = 50   // IPv4 peers in one get_peers reply: worst reply 1,036 bytes (SPEC.md 3.5.2)
-	maxPeersReply6  = 27   // IPv6 peers (21 bytes each): worst reply 1,216 of 1,232 bytes
-	maxEvictPings   = 64   // ping-before-evict queries in flight at once
+	tidLen          = 4                // bytes in our transaction ids: 32 random bits
+	maxTransactions = 2048             // outstanding queries per node
+	maxAttempts     = 6                // at most one transmission and five retransmissions (rtt.go: tries)
+	maxBackoffShift = 2                // the timeout doubles at most twice: 1, 1, 2, 4, 4, 4 x RTO
+	maxPeersReply   = 50               // IPv4 peers in one get_peers reply: worst reply 1,036 bytes (SPEC.md 3.5.2)
+	maxPeersReply6  = 27               // IPv6 peers (21 bytes each): worst reply 1,216 of 1,232 bytes
+	maxEvictPings   = 64               // ping-before-evict queries in flight at once
+	verifyEvery     = 10 * time.Minute // one ping per unverified source (rateKey) this often, at most
 	routingFile     = "routing"
 
 	rtoInitial     = 500 * time.Millisecond // before the first RTT sample
@@ -84,6 +85,10 @@ type dhtConfig struct {
 	// Nil: routeSource if the socket is bound to a wildcard address, else
 	// none, as the address cannot change under a bound socket.
 	Source func(v6 bool) netip.Addr
+	// ReadOnly is BEP 43's read-only mode, for metered connections: every
+	// query we send carries "ro" 1, so nodes leave us out of their tables,
+	// and we answer no query (SPEC.md 3.4.2).
+	ReadOnly bool
 }
 
 // dhtTiming holds every interval of the node so tests and benchmarks can
@@ -123,11 +128,15 @@ type dht struct {
 	peers  *peerStore
 	items  *itemStore
 
-	mu       sync.Mutex // guards table, ids, saved, evicting
+	mu       sync.Mutex // guards table, ids, saved, evicting, verified
 	table    *routingTable
 	ids      idState    // our external address and what our id is bound to (nodeid.go)
 	saved    []nodeInfo // loaded from disk; pinged by run
 	evicting map[netip.AddrPort]struct{}
+	// verified: when a source (rateKey) that never answered us was last
+	// sent a verification ping; a forged querier whose entry failed and
+	// came back with its next query must not draw a ping each time.
+	verified map[netip.AddrPort]time.Time
 	source   func(v6 bool) netip.Addr // see dhtConfig.Source; nil: no check
 
 	tx  *txTable // our queries
@@ -160,7 +169,7 @@ func newDHT(n *Node, cfg dhtConfig) (*dht, error) {
 		node: n, cfg: cfg, log: cfg.Log, now: cfg.Now,
 		timing: defaultTiming(),
 		tokens: newTokenBox(cfg.Rand, cfg.Now), peers: newPeerStore(cfg.Now, cfg.Rand), items: newItemStore(cfg.Now),
-		table: newRoutingTable(self, cfg.Now), saved: saved, evicting: map[netip.AddrPort]struct{}{},
+		table: newRoutingTable(self, cfg.Now), saved: saved, evicting: map[netip.AddrPort]struct{}{}, verified: map[netip.AddrPort]time.Time{},
 		source: cfg.Source,
 	}
 	if d.source == nil && n.LocalAddr().Addr().IsUnspecified() {
@@ -178,7 +187,7 @@ func newDHT(n *Node, cfg dhtConfig) (*dht, error) {
 			d.table.failed(n)
 			d.mu.Unlock()
 		},
-		txs: map[txKey]*transaction{}, rng: mrand.NewChaCha8(seed), times: newPeerTimes(),
+		txs: map[txKey]*transaction{}, rng: mrand.NewChaCha8(seed), times: newPeerTimes(), metered: cfg.ReadOnly,
 	}
 	for _, sn := range saved { // questionable until they answer run's ping
 		d.table.heard(sn, false)
@@ -250,7 +259,7 @@ func (d *dht) handleKRPC(from netip.AddrPort, b []byte) {
 	m, err := parseKRPC(b)
 	if err != nil {
 		var bq *krpcBadQuery
-		if errors.As(err, &bq) && d.srv.allow(from) {
+		if errors.As(err, &bq) && !d.cfg.ReadOnly && d.srv.allow(from) {
 			d.srv.replyError(from, bq.TID, krpcErrProtocol, "bad query")
 		}
 		d.log.Debug("dht: dropped", "from", from, "err", err)
@@ -258,7 +267,7 @@ func (d *dht) handleKRPC(from netip.AddrPort, b []byte) {
 	}
 	switch m.Type {
 	case 'q':
-		if d.srv.allow(from) {
+		if !d.cfg.ReadOnly && d.srv.allow(from) { // BEP 43: read-only, we answer no query
 			d.srv.handleQuery(from, &m)
 		}
 	case 'r', 'e':
@@ -444,10 +453,14 @@ func (d *dht) heard(n nodeInfo, responded bool) {
 	var ping []nodeInfo
 	var once []bool
 	for _, c := range check {
+		first := !d.table.hasAnswered(c)
+		if first && !d.mayVerifyLocked(c.Addr) {
+			continue
+		}
 		if _, busy := d.evicting[c.Addr]; !busy && len(d.evicting) < maxEvictPings {
 			d.evicting[c.Addr] = struct{}{}
 			ping = append(ping, c)
-			once = append(once, !d.table.hasAnswered(c))
+			once = append(once, first)
 		}
 	}
 	d.mu.Unlock()
@@ -463,6 +476,30 @@ func (d *dht) heard(n nodeInfo, responded bool) {
 			evicted(queryResult{})
 		}
 	}
+}
+
+// mayVerifyLocked reports whether a node that has never answered us may
+// be sent a ping at addr now, and records it: one per source (rateKey)
+// per verifyEvery (SPEC.md 3.4.1). The record is bounded: when it holds
+// maxRateSources sources, the stale ones go; if none is stale, no such
+// ping is sent until one is, as a flood of new sources deserves.
+func (d *dht) mayVerifyLocked(addr netip.AddrPort) bool {
+	now, key := d.now(), rateKey(addr)
+	if t, ok := d.verified[key]; ok && now.Sub(t) < verifyEvery {
+		return false
+	}
+	if len(d.verified) >= maxRateSources {
+		for k, t := range d.verified {
+			if now.Sub(t) >= verifyEvery {
+				delete(d.verified, k)
+			}
+		}
+		if len(d.verified) >= maxRateSources {
+			return false
+		}
+	}
+	d.verified[key] = now
+	return true
 }
 
 // queryableAddr rejects addresses no node can answer from.

@@ -400,6 +400,10 @@ func TestE2ESIGKILLBeforeScrub(t *testing.T) {
 	for i := range markers {
 		pa.expect("* delivered bob "+strconv.Itoa(i+1), e2eWait)
 	}
+	// "* delivered" is printed when the ack arrives; the ack's record
+	// reaches the log a group commit later. Kill only once it is there,
+	// or the restart rightly sees the messages as undelivered.
+	waitAckedOnDisk(t, filepath.Join(alice.dir, outboxFile), uint64(len(markers)))
 	pa.kill()
 	pb.quit()
 	for _, m := range markers {
@@ -498,4 +502,23 @@ func BenchmarkWipeFile(b *testing.B) {
 		}
 	}
 	b.SetBytes(1 << 20)
+}
+
+// waitAckedOnDisk waits, within a bound, until the outbox log at path
+// holds an acked record for seq n or later.
+func waitAckedOnDisk(t *testing.T, path string, n uint64) {
+	t.Helper()
+	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
+		b, err := os.ReadFile(path)
+		if err != nil {
+			continue
+		}
+		recs, _, _ := parseOutbox(b)
+		for _, r := range recs {
+			if r.Type == recAcked && r.Seq >= n {
+				return
+			}
+		}
+	}
+	t.Fatalf("no acked record for seq %d in %s within 10 s", n, path)
 }
