@@ -121,9 +121,9 @@ func (k *kadchatDriver) stop(host int) any {
 	return dir
 }
 
-func (k *kadchatDriver) announce(ctx context.Context, host int, ih [20]byte) error {
-	_, err := k.node(host).announce(ctx, nodeID(ih), 0, true)
-	return err
+func (k *kadchatDriver) announce(ctx context.Context, host int, ih [20]byte) ([]netip.AddrPort, error) {
+	ps, _, err := k.node(host).announcePeers(ctx, nodeID(ih), 0, true)
+	return ps, err
 }
 
 func (k *kadchatDriver) getPeers(ctx context.Context, host int, ih [20]byte, _ netip.AddrPort) ([]netip.AddrPort, error) {
@@ -209,14 +209,14 @@ func TestGetPeersStopsAtQuorum(t *testing.T) {
 		ih := nodeID(emuID(7, "quorum", 0))
 		ctx := context.Background()
 		d := drv.node(2)
-		if err := drv.announce(ctx, 2, ih); err != nil {
+		if _, err := drv.announce(ctx, 2, ih); err != nil {
 			t.Fatal(err)
 		}
 		own, err := d.lookup(ctx, lookupOpts{target: ih, method: methodGetPeers, stopOnPeers: true})
 		if err != nil || own.Stats.Responded < bucketSize {
 			t.Fatalf("with only our own announcement: %d answers, %v; want the whole lookup", own.Stats.Responded, err)
 		}
-		if err := drv.announce(ctx, 1, ih); err != nil {
+		if _, err := drv.announce(ctx, 1, ih); err != nil {
 			t.Fatal(err)
 		}
 		r, err := d.lookup(ctx, lookupOpts{target: ih, method: methodGetPeers, stopOnPeers: true})

@@ -386,8 +386,9 @@ type emuDriver interface {
 	start(ctx context.Context, host int, c *emuConn, id [20]byte, boot []netip.AddrPort, saved any) error
 	// stop ends the node and returns what it saves for a restart.
 	stop(host int) any
-	// announce announces host as a peer for ih on its own port (implied).
-	announce(ctx context.Context, host int, ih [20]byte) error
+	// announce announces host as a peer for ih on its own port (implied),
+	// and returns the peers its lookup came across.
+	announce(ctx context.Context, host int, ih [20]byte) ([]netip.AddrPort, error)
 	// getPeers looks up ih; it may return as soon as it has seen want.
 	getPeers(ctx context.Context, host int, ih [20]byte, want netip.AddrPort) ([]netip.AddrPort, error)
 	// holds reports whether host's store has peer under ih.
@@ -766,7 +767,8 @@ func (r *emuRun) measure(ctx context.Context, name string) emuScenario {
 // a; the lookup, if it found a.
 func (r *emuRun) announceThenLookup(ctx context.Context, a, q int, ih [20]byte) (ann, gp emuSample, rtts []time.Duration) {
 	ann = r.timed(ctx, a, func(ctx context.Context) bool {
-		return r.drv.announce(ctx, a, ih) == nil
+		_, err := r.drv.announce(ctx, a, ih)
+		return err == nil
 	})
 	if ann.ok {
 		ann.ok = slices.ContainsFunc(r.closestLive(ih, 8), func(h int) bool { return r.drv.holds(h, ih, r.net.addr(a)) })
@@ -785,9 +787,11 @@ func (r *emuRun) announceThenLookup(ctx context.Context, a, q int, ih [20]byte) 
 	return ann, gp, rt
 }
 
-// rendezvous: hosts a and b both announce ih, then look it up until each
-// has found the other (what two contacts do when they come online). It
-// took as long as the later of the two.
+// rendezvous: hosts a and b both announce ih, and look it up until each
+// has found the other (what two contacts do when they come online); what
+// an announce's own lookup came across counts, as it does for kadchat's
+// rendezvous (SPEC.md 5.2) and anacrolix's Announce. It took as long as
+// the later of the two.
 func (r *emuRun) rendezvous(ctx context.Context, a, b int, ih [20]byte) emuSample {
 	ctx, cancel := context.WithTimeout(ctx, emuOpTimeout)
 	defer cancel()
@@ -804,18 +808,13 @@ func (r *emuRun) rendezvous(ctx context.Context, a, b int, ih [20]byte) emuSampl
 			msgs.Add(g1 - g0 + a1 - a0)
 			gets.Add(g1 - g0)
 		}()
-		if r.drv.announce(ctx, self, ih) != nil {
-			return
-		}
 		want := r.net.addr(other)
-		for ctx.Err() == nil {
-			ps, _ := r.drv.getPeers(ctx, self, ih, want)
-			if slices.Contains(ps, want) {
-				*ok = true
-				return
-			}
+		ps, err := r.drv.announce(ctx, self, ih)
+		for err == nil && !slices.Contains(ps, want) && ctx.Err() == nil {
 			sleepCtx(ctx, emuRetry)
+			ps, _ = r.drv.getPeers(ctx, self, ih, want)
 		}
+		*ok = err == nil && slices.Contains(ps, want)
 	}
 	wg.Add(2)
 	go side(a, b, &okA)

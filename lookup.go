@@ -29,7 +29,7 @@ import (
 
 // Lookup parameters; SPEC.md 3.4.
 const (
-	dhtAlpha            = 3    // parallel queries per lookup
+	dhtAlpha            = 4    // parallel queries per lookup: Kademlia's 3, and one for the Internet's slow tail
 	maxLookupCandidates = 256  // candidates a lookup remembers
 	maxLookupQueries    = 256  // queries one lookup may send (not counting retransmissions)
 	maxLookupPeers      = 1000 // peers a get_peers lookup collects

@@ -125,23 +125,29 @@ func (a *anacrolixDriver) stop(host int) any {
 	return saved
 }
 
-// announce runs anacrolix's announce: a get_peers traversal, then
-// announce_peer (implied port) to the closest nodes that gave a token.
-func (a *anacrolixDriver) announce(ctx context.Context, host int, ih [20]byte) error {
+// announce runs anacrolix's announce: a get_peers traversal, whose peers
+// it returns, then announce_peer (implied port) to the closest nodes that
+// gave a token.
+func (a *anacrolixDriver) announce(ctx context.Context, host int, ih [20]byte) ([]netip.AddrPort, error) {
 	an, err := a.node(host).s.Announce(ih, 0, true)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	defer an.Close()
+	var peers []netip.AddrPort
 	for {
 		select {
-		case _, ok := <-an.Peers:
+		case v, ok := <-an.Peers:
 			if !ok {
-				return nil
+				return peers, nil
+			}
+			for _, p := range v.Peers {
+				ap := p.ToNodeAddrPort().AddrPort
+				peers = append(peers, netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port()))
 			}
 		case <-ctx.Done():
 			go drainPeers(an)
-			return ctx.Err()
+			return peers, ctx.Err()
 		}
 	}
 }
