@@ -789,9 +789,9 @@ func (r *emuRun) announceThenLookup(ctx context.Context, a, q int, ih [20]byte) 
 
 // rendezvous: hosts a and b both announce ih, and look it up until each
 // has found the other (what two contacts do when they come online); what
-// an announce's own lookup came across counts, as it does for kadchat's
-// rendezvous (SPEC.md 5.2) and anacrolix's Announce. It took as long as
-// the later of the two.
+// an announce's own lookup came across counts, for an implementation
+// whose announce hands it over (anacrolix's streams it). It took as long
+// as the later of the two.
 func (r *emuRun) rendezvous(ctx context.Context, a, b int, ih [20]byte) emuSample {
 	ctx, cancel := context.WithTimeout(ctx, emuOpTimeout)
 	defer cancel()

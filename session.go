@@ -37,7 +37,7 @@ const (
 	defaultRekeyAfterMessages = uint64(1) << 60
 	defaultLoadThreshold      = 64 // handshake messages per second before cookies
 	defaultTickInterval       = 250 * time.Millisecond
-	defaultKeepalive          = 55 * time.Second // two within conntrack's 120 s for an assured UDP flow; shows presence
+	defaultKeepalive          = 25 * time.Second // keeps NAT mappings open; shows presence
 	defaultDeadAfter          = 3*defaultKeepalive + 5*time.Second
 	maxCandidates             = 4 // addresses tried at once while there is no session
 	cookieRefreshTime         = 120 * time.Second

@@ -236,9 +236,9 @@ func TestResponderKeepaliveAfterConfirm(t *testing.T) {
 }
 
 // TestSilentPeerTimeline pins the "silent peer" paragraph of SPEC.md 4.7:
-// with the default timers, keepalives at 55, 110 and 165 s, initiations
-// from 120 s every 5 s until the attempt is abandoned at 210 s, Ended at
-// 170 s, and nothing after.
+// with the default timers, keepalives at 25, 50 and 75 s, Ended at 80 s,
+// then initiations from 120 s every 5 s until the attempt is abandoned at
+// 210 s, and nothing after.
 func TestSilentPeerTimeline(t *testing.T) {
 	var n fakeNet
 	clock := newFakeClock()
@@ -265,10 +265,10 @@ func TestSilentPeerTimeline(t *testing.T) {
 			}
 		}
 	}
-	if want := []time.Duration{55 * time.Second, 110 * time.Second, 165 * time.Second}; !slices.Equal(keepalives, want) {
+	if want := []time.Duration{25 * time.Second, 50 * time.Second, 75 * time.Second}; !slices.Equal(keepalives, want) {
 		t.Errorf("keepalives at %v, want %v", keepalives, want)
 	}
-	if want := []time.Duration{170 * time.Second}; !slices.Equal(endedAt, want) {
+	if want := []time.Duration{80 * time.Second}; !slices.Equal(endedAt, want) {
 		t.Errorf("Ended at %v, want %v", endedAt, want)
 	}
 	var want []time.Duration

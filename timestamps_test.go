@@ -210,14 +210,16 @@ func replayAfterRestart(t *testing.T, keep bool) {
 	mu.Lock()
 	replays := slices.Clone(recorded)
 	mu.Unlock()
-	if len(replays) != 3 {
-		t.Fatalf("recorded %d initiations, want 3", len(replays))
+	// Three rekeys, and under load a resend or two among them: every one
+	// recorded is replayed and must be refused.
+	if len(replays) < 3 {
+		t.Fatalf("recorded %d initiations, want at least 3", len(replays))
 	}
 	dh := b2.m.dh.n.Load()
 	evil.send(b2.addr, replays...)
 	got := evil.received(300 * time.Millisecond)
-	if keep && (got != 0 || b2.m.stats.staleInit.Load() != 3 || b2.m.dh.n.Load() != dh) {
-		t.Errorf("the replayer received %d bytes; stale %d, dh %d; want 0, 3, 0", got, b2.m.stats.staleInit.Load(), b2.m.dh.n.Load()-dh)
+	if keep && (got != 0 || b2.m.stats.staleInit.Load() != uint64(len(replays)) || b2.m.dh.n.Load() != dh) {
+		t.Errorf("the replayer received %d bytes; stale %d, dh %d; want 0, %d, 0", got, b2.m.stats.staleInit.Load(), b2.m.dh.n.Load()-dh, len(replays))
 	}
 	t.Logf("the replayer received %d bytes", got)
 	b2.m.mu.Lock()

@@ -127,7 +127,6 @@ type txTable struct {
 	// behind a NAT we cannot serve, and a contact's query reaching our
 	// router unasked would break hole punching (SPEC.md 5.8.3).
 	readOnly atomic.Bool
-	metered  bool // -metered (BEP 43): "ro" 1 in every query, whatever the NAT
 
 	mu     sync.Mutex // guards txs, closed, rng, times
 	txs    map[txKey]*transaction
@@ -152,7 +151,7 @@ func (x *txTable) send(to netip.AddrPort, q *krpcMsg, o txOpts, done func(queryR
 		t.expect = *o.expect
 	}
 	q.Args.ID = t.id
-	q.ReadOnly = x.metered || x.readOnly.Load()
+	q.ReadOnly = x.readOnly.Load()
 	var tid [tidLen]byte
 	x.mu.Lock()
 	if x.closed || len(x.txs) >= maxTransactions {

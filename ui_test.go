@@ -142,7 +142,7 @@ func TestPrintable(t *testing.T) {
 
 // Issue 8 item 8: a contact who has not added us shows as waiting; a clean
 // exit says goodbye, so the other side shows it offline at once (not after
-// 170 s of silence) with the last packet's time as last seen; a contact who
+// 80 s of silence) with the last packet's time as last seen; a contact who
 // restarts at once, on the same address, comes back online, and what was
 // queued for it meanwhile is delivered; SIGTERM says goodbye as /quit does.
 func TestE2EGoodbye(t *testing.T) {

@@ -26,7 +26,7 @@ import (
 const (
 	// expectTimeout bounds every wait for a result line. Lookups on
 	// loopback finish in well under a second; this only catches hangs.
-	expectTimeout = 15 * time.Second
+	expectTimeout = 45 * time.Second // a bound, not a wait: a loaded CI machine needs it
 	// quitGrace is how long a process may take to save and exit after /quit
 	// before it is killed.
 	quitGrace = 3 * time.Second
