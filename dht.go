@@ -135,8 +135,9 @@ type dht struct {
 	verified map[netip.AddrPort]time.Time
 	source   func(v6 bool) netip.Addr // see dhtConfig.Source; nil: no check
 
-	tx  *txTable // our queries
-	srv *server  // answers theirs
+	tx     *txTable      // our queries
+	srv    *server       // answers theirs
+	recent recentLookups // where lookups of a target ended lately (lookup.go)
 }
 
 // server answers queries. Only the Node's read goroutine calls it: it owns

@@ -272,3 +272,27 @@ func checkEmunetTargets(t *testing.T, rep *emuReport, full bool) {
 		t.Errorf("(ii) rendezvous: p50 %v, want under %v", s.Rendezvous.P50, maxRendezvous)
 	}
 }
+
+// A second lookup of a target starts from where the first ended: it asks
+// the nodes near the target in its first round (the rendezvous looks one
+// infohash up again and again).
+func TestLookupStartsWhereTheLastEnded(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		_, drv, stop := emuSwarm(t, 60)
+		defer stop()
+		d := drv.node(3)
+		target := nodeID(emuID(7, "again", 0))
+		ctx := context.Background()
+		first, err := d.lookup(ctx, lookupOpts{target: target, method: methodFindNode})
+		if err != nil {
+			t.Fatal(err)
+		}
+		second, err := d.lookup(ctx, lookupOpts{target: target, method: methodFindNode})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if first.Stats.Rounds < 2 || second.Stats.Rounds != 1 || second.Stats.Duration >= first.Stats.Duration {
+			t.Errorf("first lookup %+v, second %+v: want the second in one round", first.Stats, second.Stats)
+		}
+	})
+}

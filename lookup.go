@@ -34,6 +34,8 @@ const (
 	maxLookupQueries    = 256  // queries one lookup may send (not counting retransmissions)
 	maxLookupPeers      = 1000 // peers a get_peers lookup collects
 	peersQuorum         = 2    // nodes with peers after which getPeers stops
+	maxRecentLookups    = 64   // targets whose last lookup's closest nodes are kept
+	recentLookupTTL     = 5 * time.Minute
 )
 
 // lookupStats measures one lookup; benchmarks report them.
@@ -131,6 +133,7 @@ func (d *dht) lookup(ctx context.Context, o lookupOpts) (*lookupResult, error) {
 		l.ownIPs = append(l.ownIPs, ext.Addr())
 	}
 	seeds := append(d.closest(o.target, 2*bucketSize), o.seeds...)
+	seeds = append(seeds, d.recent.get(o.target, start)...)
 	l.add(seeds, 1)
 	if len(l.cands) == 0 && len(seeds) > 0 {
 		// Every seed failed us lately: perhaps we were the one cut off.
@@ -166,6 +169,7 @@ func (d *dht) lookup(ctx context.Context, o lookupOpts) (*lookupResult, error) {
 	}
 	l.stats.Duration = d.now().Sub(start)
 	r := l.result()
+	d.recent.put(o.target, r.Closest, d.now())
 	if err == nil && r.Stats.Responded == 0 {
 		err = fmt.Errorf("dht: %v lookup: %w", o.method, errNoneAnswered)
 	}
@@ -427,6 +431,59 @@ func (l *lookup) result() *lookupResult {
 		}
 	}
 	return r
+}
+
+// recentLookups keeps, for the last maxRecentLookups targets, the nodes
+// closest to each that answered its latest lookup, for recentLookupTTL.
+// A node looks one infohash up again and again (the rendezvous announces
+// it, then looks it up, then again every few seconds until the contact
+// comes online): a lookup that starts from where the last one ended asks
+// the nodes near the target in its first round, not its third. They are
+// seeds beside the table's, so a stale one costs only its own query. Safe
+// for concurrent use; the zero value is ready to use.
+type recentLookups struct {
+	mu sync.Mutex
+	m  map[nodeID]recentLookup
+}
+
+type recentLookup struct {
+	closest []nodeInfo
+	at      time.Time
+}
+
+func (r *recentLookups) get(target nodeID, now time.Time) []nodeInfo {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	e, ok := r.m[target]
+	if !ok || now.Sub(e.at) >= recentLookupTTL {
+		return nil
+	}
+	return e.closest
+}
+
+func (r *recentLookups) put(target nodeID, closest []lookupNode, now time.Time) {
+	if len(closest) == 0 {
+		return
+	}
+	ns := make([]nodeInfo, len(closest))
+	for i, c := range closest {
+		ns[i] = c.nodeInfo
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.m == nil {
+		r.m = map[nodeID]recentLookup{}
+	}
+	if _, ok := r.m[target]; !ok && len(r.m) >= maxRecentLookups {
+		oldest := target
+		for t, e := range r.m {
+			if oldest == target || e.at.Before(r.m[oldest].at) {
+				oldest = t
+			}
+		}
+		delete(r.m, oldest)
+	}
+	r.m[target] = recentLookup{closest: ns, at: now}
 }
 
 // --- operations built on lookups

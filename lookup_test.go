@@ -8,6 +8,7 @@ import (
 	"net/netip"
 	"slices"
 	"testing"
+	"time"
 )
 
 // trueClosest is the k closest of the given nodes to target, by brute force.
@@ -282,5 +283,31 @@ func TestLookupSkipsDeadNodes(t *testing.T) {
 	ns, err = d.findNode(testCtx(t), target)
 	if err != nil || len(ns) == 0 || ns[0].ID != target {
 		t.Errorf("with every node remembered as dead: findNode = %v, %v; want %v first", ns, err, target)
+	}
+}
+
+// recentLookups keeps the latest closest nodes per target for
+// recentLookupTTL, at most maxRecentLookups targets, the oldest out first.
+func TestRecentLookups(t *testing.T) {
+	var r recentLookups
+	t0 := time.Unix(1e9, 0)
+	n := func(b byte) lookupNode {
+		return lookupNode{nodeInfo: nodeInfo{ID: nodeID{b}, Addr: netip.AddrPortFrom(netip.AddrFrom4([4]byte{10, 0, 0, b}), 1)}}
+	}
+	if got := r.get(nodeID{1}, t0); got != nil {
+		t.Fatalf("zero value: get = %v", got)
+	}
+	r.put(nodeID{1}, []lookupNode{n(1), n(2)}, t0)
+	if got := r.get(nodeID{1}, t0.Add(recentLookupTTL-time.Second)); len(got) != 2 || got[0].ID != (nodeID{1}) {
+		t.Errorf("get within the TTL = %v", got)
+	}
+	if got := r.get(nodeID{1}, t0.Add(recentLookupTTL)); got != nil {
+		t.Errorf("get after the TTL = %v", got)
+	}
+	for i := range maxRecentLookups {
+		r.put(nodeID{2, byte(i)}, []lookupNode{n(3)}, t0.Add(time.Duration(i+1)*time.Second))
+	}
+	if len(r.m) != maxRecentLookups || r.get(nodeID{1}, t0) != nil {
+		t.Errorf("%d targets kept, the oldest still there: %v", len(r.m), r.get(nodeID{1}, t0))
 	}
 }
