@@ -40,8 +40,8 @@ import (
 const (
 	tidLen          = 4                // bytes in our transaction ids: 32 random bits
 	maxTransactions = 2048             // outstanding queries per node
-	maxAttempts     = 6                // one transmission and five retransmissions
-	maxBackoffShift = 2                // the timeout doubles at most twice: 1, 2, 4, 4, 4, 4 x RTO
+	maxAttempts     = 6                // at most one transmission and five retransmissions (rtt.go: tries)
+	maxBackoffShift = 2                // the timeout doubles at most twice: 1, 1, 2, 4, 4, 4 x RTO
 	maxPeersReply   = 50               // IPv4 peers in one get_peers reply: worst reply 1,036 bytes (SPEC.md 3.5.2)
 	maxPeersReply6  = 27               // IPv6 peers (21 bytes each): worst reply 1,216 of 1,232 bytes
 	maxEvictPings   = 64               // ping-before-evict queries in flight at once
@@ -50,7 +50,7 @@ const (
 
 	rtoInitial     = 500 * time.Millisecond // before the first RTT sample
 	rtoMin         = 10 * time.Millisecond
-	rtoMax         = time.Second
+	rtoMax         = 2 * time.Second      // the slowest round trips on the Internet
 	rtoGranularity = 5 * time.Millisecond // G of RFC 6298
 
 	maintenanceInterval = time.Minute
@@ -135,8 +135,9 @@ type dht struct {
 	verified map[netip.AddrPort]time.Time
 	source   func(v6 bool) netip.Addr // see dhtConfig.Source; nil: no check
 
-	tx  *txTable // our queries
-	srv *server  // answers theirs
+	tx     *txTable      // our queries
+	srv    *server       // answers theirs
+	recent recentLookups // where lookups of a target ended lately (lookup.go)
 }
 
 // server answers queries. Only the Node's read goroutine calls it: it owns
@@ -183,7 +184,7 @@ func newDHT(n *Node, cfg dhtConfig) (*dht, error) {
 			d.table.failed(n)
 			d.mu.Unlock()
 		},
-		txs: map[txKey]*transaction{}, rng: mrand.NewChaCha8(seed),
+		txs: map[txKey]*transaction{}, rng: mrand.NewChaCha8(seed), times: newPeerTimes(),
 	}
 	for _, sn := range saved { // questionable until they answer run's ping
 		d.table.heard(sn, false)

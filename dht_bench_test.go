@@ -130,13 +130,22 @@ func settle(d *dht) {
 // rtoSummary describes the nodes' retransmission timeouts, for the log.
 func rtoSummary(ds []*dht) string {
 	var rtos []time.Duration
+	var tries, losses, weights []int
 	for _, d := range ds {
 		d.tx.mu.Lock()
-		rtos = append(rtos, d.tx.rtt.rto(&d.timing))
+		rtos = append(rtos, d.tx.times.strangerRTO(&d.timing))
+		tries = append(tries, d.tx.times.tries())
+		losses = append(losses, int(1000*d.tx.times.lost/d.tx.times.sent))
+		weights = append(weights, int(d.tx.times.sent))
 		d.tx.mu.Unlock()
 	}
 	slices.Sort(rtos)
-	return fmt.Sprintf("rto p50 %v p90 %v max %v", percentile(rtos, 50), percentile(rtos, 90), rtos[len(rtos)-1])
+	slices.Sort(tries)
+	slices.Sort(losses)
+	slices.Sort(weights)
+	fmt.Println("LOSS", percentile(losses, 10), percentile(losses, 50), percentile(losses, 90), "W", percentile(weights, 10), percentile(weights, 50), percentile(weights, 90))
+	return fmt.Sprintf("rto p50 %v p90 %v max %v; tries p10 %d p50 %d p90 %d", percentile(rtos, 50), percentile(rtos, 90),
+		rtos[len(rtos)-1], percentile(tries, 10), percentile(tries, 50), percentile(tries, 90))
 }
 
 // kill closes the sockets of a fraction of the nodes, telling nobody.

@@ -260,11 +260,15 @@ func TestRTOEstimator(t *testing.T) {
 			t.Errorf("%s: rto = %v, want %v", tc.name, got, tc.want)
 		}
 	}
-	if got := backoff(100*ms, 3, &tm); got != 400*ms {
-		t.Errorf("backoff(100ms, 3) = %v, want 400ms", got)
-	}
-	if got := backoff(600*ms, 2, &tm); got != rtoMax {
-		t.Errorf("backoff(600ms, 2) = %v, want %v", got, rtoMax)
+	for _, tc := range []struct {
+		rto     time.Duration
+		attempt int
+		want    time.Duration
+	}{{100 * ms, 1, 100 * ms}, {100 * ms, 2, 100 * ms}, {100 * ms, 3, 200 * ms}, {100 * ms, 4, 400 * ms},
+		{100 * ms, 6, 400 * ms}, {1500 * ms, 3, rtoMax}} {
+		if got := backoff(tc.rto, tc.attempt, &tm); got != tc.want {
+			t.Errorf("backoff(%v, %d) = %v, want %v", tc.rto, tc.attempt, got, tc.want)
+		}
 	}
 }
 

@@ -6,11 +6,14 @@
 // candidates not yet asked, among the k closest that have not failed. The
 // transaction layer reports back through callbacks that only queue an event
 // and wake the lookup goroutine, which alone touches the candidates. A query
-// whose first timeout expires (the adaptive RTO) stops counting as active —
+// whose first timeout expires (the peer's RTO) stops counting as active —
 // a "soft timeout" — so another query starts while its late answer is still
-// accepted. The lookup ends when the k closest candidates that have not
-// failed have all answered. announce and put then send their store query to
-// the k closest responders that gave a token.
+// accepted; once its last transmission timed out it no longer holds up
+// the end. Nodes that
+// recently failed us are not asked. The lookup ends when the k closest
+// candidates still worth waiting for have all answered, or, for getPeers,
+// once peersQuorum nodes handed over peers. announce and put then send
+// their store query to the k closest responders that gave a token.
 package main
 
 import (
@@ -26,10 +29,13 @@ import (
 
 // Lookup parameters; SPEC.md 3.4.
 const (
-	dhtAlpha            = 3    // parallel queries per lookup
+	dhtAlpha            = 4    // parallel queries per lookup: Kademlia's 3, and one for the Internet's slow tail
 	maxLookupCandidates = 256  // candidates a lookup remembers
 	maxLookupQueries    = 256  // queries one lookup may send (not counting retransmissions)
 	maxLookupPeers      = 1000 // peers a get_peers lookup collects
+	peersQuorum         = 2    // nodes with peers after which getPeers stops
+	maxRecentLookups    = 64   // targets whose last lookup's closest nodes are kept
+	recentLookupTTL     = 5 * time.Minute
 )
 
 // lookupStats measures one lookup; benchmarks report them.
@@ -62,6 +68,8 @@ type lookupOpts struct {
 	seeds       []nodeInfo // extra starting nodes (bootstrap routers' answers)
 	salt        []byte     // get: the salt of a mutable item
 	stopOnValue bool       // get: end as soon as an immutable value verified
+	stopOnPeers bool       // get_peers: end once peersQuorum nodes gave peers
+	toStore     bool       // announce, put: a slow node does not hold up the end
 	ownID       bool       // the target derives from our id: end if we move (nodeid.go)
 	epoch       uint64     // with ownID: the moves of d.idAndMoves when the target was derived
 }
@@ -72,6 +80,7 @@ const (
 	candFresh   candState = iota
 	candWaiting           // queried, within its first timeout
 	candSlow              // queried, first timeout passed: no longer holds an alpha slot
+	candLate              // queried, last transmission timed out: no longer holds up the end
 	candDone              // answered
 	candFailed            // every attempt timed out, or it answered with an error
 )
@@ -84,9 +93,10 @@ type candidate struct {
 }
 
 type lookupEvent struct {
-	c     *candidate
-	retry int          // > 0: a retransmission with this attempt number
-	res   *queryResult // non-nil: the query is over
+	c       *candidate
+	timeout int          // > 0: the query's timeout number timeout expired
+	resent  bool         // and a retransmission followed
+	res     *queryResult // non-nil: the query is over
 }
 
 type lookup struct {
@@ -95,13 +105,15 @@ type lookup struct {
 	self     nodeID
 	cands    []*candidate // sorted by distance to the target
 	seen     map[netip.AddrPort]*candidate
-	active   int // queries holding an alpha slot
 	inflight int // queries not yet over
 	peers    []netip.AddrPort
 	peerSeen map[netip.AddrPort]struct{}
+	givers   int          // nodes that handed over peers other than us
+	ownIPs   []netip.Addr // ours: local, and external if known
 	item     bep44Item
 	hasItem  bool
 	stop     bool
+	askDead  bool   // ask nodes that failed us lately too
 	moves    uint64 // with opts.ownID: opts.epoch
 	stats    lookupStats
 
@@ -116,8 +128,18 @@ func (d *dht) lookup(ctx context.Context, o lookupOpts) (*lookupResult, error) {
 	start := d.now()
 	l := &lookup{d: d, opts: o, self: d.id(), seen: map[netip.AddrPort]*candidate{},
 		peerSeen: map[netip.AddrPort]struct{}{}, wake: make(chan struct{}, 1), moves: o.epoch}
-	l.add(d.closest(o.target, 2*bucketSize), 1)
-	l.add(o.seeds, 1)
+	l.ownIPs = []netip.Addr{d.node.LocalAddr().Addr()}
+	if ext, ok := d.external(); ok {
+		l.ownIPs = append(l.ownIPs, ext.Addr())
+	}
+	seeds := append(d.closest(o.target, 2*bucketSize), o.seeds...)
+	seeds = append(seeds, d.recent.get(o.target, start)...)
+	l.add(seeds, 1)
+	if len(l.cands) == 0 && len(seeds) > 0 {
+		// Every seed failed us lately: perhaps we were the one cut off.
+		l.askDead = true
+		l.add(seeds, 1)
+	}
 	if len(l.cands) == 0 {
 		return &lookupResult{}, fmt.Errorf("dht: %v lookup: %w", o.method, errNoNodes)
 	}
@@ -147,6 +169,7 @@ func (d *dht) lookup(ctx context.Context, o lookupOpts) (*lookupResult, error) {
 	}
 	l.stats.Duration = d.now().Sub(start)
 	r := l.result()
+	d.recent.put(o.target, r.Closest, d.now())
 	if err == nil && r.Stats.Responded == 0 {
 		err = fmt.Errorf("dht: %v lookup: %w", o.method, errNoneAnswered)
 	}
@@ -172,17 +195,10 @@ func (l *lookup) handleEvents() {
 	for _, e := range evs {
 		c := e.c
 		if e.res == nil {
-			l.stats.Messages++
-			if c.state == candWaiting { // soft timeout: free the slot
-				c.state = candSlow
-				l.active--
-			}
+			l.timedOut(c, e.timeout, e.resent)
 			continue
 		}
 		l.inflight--
-		if c.state == candWaiting {
-			l.active--
-		}
 		if e.res.Err != nil {
 			c.state = candFailed
 			l.stats.Failed++
@@ -191,6 +207,22 @@ func (l *lookup) handleEvents() {
 		c.state = candDone
 		l.stats.Responded++
 		l.absorb(c, &e.res.Msg)
+	}
+}
+
+// timedOut moves a candidate on when its query's nth timeout expires.
+func (l *lookup) timedOut(c *candidate, n int, resent bool) {
+	if resent {
+		l.stats.Messages++
+	}
+	switch {
+	case n == 1 && c.state == candWaiting: // soft timeout: free the slot
+		c.state = candSlow
+	case !resent && c.state == candSlow:
+		// Its last transmission timed out: had a live node lost them
+		// all at random, so few would (peerTimes.tries); it is dead, or
+		// far slower than most. Its answer still counts if it comes.
+		c.state = candLate
 	}
 }
 
@@ -218,6 +250,12 @@ func (l *lookup) addPeers(values []byte) {
 	ps, err := parsePeers(values)
 	if err != nil {
 		return
+	}
+	// Our own announcement does not count: two contacts announce and look
+	// up one infohash, and each must find the other, not itself.
+	if slices.ContainsFunc(ps, func(p netip.AddrPort) bool { return !slices.Contains(l.ownIPs, p.Addr()) }) {
+		l.givers++
+		l.stop = l.stop || (l.opts.stopOnPeers && l.givers >= peersQuorum)
 	}
 	for _, p := range ps {
 		if _, dup := l.peerSeen[p]; !dup && len(l.peers) < maxLookupPeers {
@@ -253,11 +291,15 @@ func (l *lookup) considerItem(r *krpcReply) {
 }
 
 // add inserts new candidates in distance order, dropping the farthest
-// unasked ones beyond maxLookupCandidates.
+// unasked ones beyond maxLookupCandidates, and those that recently failed
+// us: other nodes go on handing out a dead node until they find out.
 func (l *lookup) add(ns []nodeInfo, round int) {
 	changed := false
 	for _, n := range ns {
 		if !queryableAddr(n.Addr) || n.ID == l.self {
+			continue
+		}
+		if _, dup := l.seen[n.Addr]; !dup && !l.askDead && l.d.tx.dead(n.Addr) {
 			continue
 		}
 		if c, dup := l.seen[n.Addr]; dup {
@@ -295,18 +337,24 @@ func (l *lookup) sort() {
 	})
 }
 
-// finished: the k closest candidates that have not failed have all answered
-// (classic Kademlia termination), or a get found its immutable value.
+// finished: the k closest candidates that have neither failed nor gone
+// late have all answered (classic Kademlia termination, not held up by a
+// dead node once its last transmission timed out; for a store, its
+// first), or a get found its immutable value, or a getPeers its quorum.
 func (l *lookup) finished() bool {
 	if l.stop {
 		return true
 	}
 	n := 0
 	for _, c := range l.cands {
-		switch c.state {
-		case candFailed:
+		switch {
+		case c.state == candFailed || c.state == candLate:
 			continue
-		case candDone:
+		case c.state == candSlow && l.opts.toStore:
+			// The store goes to the next closest instead, which the
+			// lookups of those who read it ask too.
+			continue
+		case c.state == candDone:
 			n++
 		default:
 			return false
@@ -318,23 +366,36 @@ func (l *lookup) finished() bool {
 	return n > 0
 }
 
-// launch starts queries to the closest unasked candidates among the k
-// closest that have neither failed nor gone slow, while fewer than alpha
-// are active. A slow candidate is probably dead: looking past it now means
-// its replacement has answered by the time it fails, instead of a second
-// wait for every dead node among the k closest.
+// launch starts queries to the closest unasked candidates of the window,
+// the k closest that have neither failed nor gone slow, while fewer than
+// alpha queries to the window are active. A slow candidate is probably
+// dead: looking past it now means its replacement has answered by the time
+// it fails, instead of a second wait for every dead node among the k
+// closest. A query to a node that closer ones pushed out of the window no
+// longer takes a slot either (libtorrent's "aggressive lookups", after
+// Jimenez et al. 2011): the alpha queries stay at the front.
 func (l *lookup) launch() {
-	rank := 0
+	window := make([]*candidate, 0, bucketSize)
+	active := 0
 	for _, c := range l.cands {
-		if l.active >= dhtAlpha || l.stats.Queried >= maxLookupQueries || rank >= bucketSize {
-			return
+		if len(window) == bucketSize {
+			break
 		}
-		if c.state == candFailed || c.state == candSlow {
+		if c.state == candFailed || c.state == candSlow || c.state == candLate {
 			continue
 		}
-		rank++
+		window = append(window, c)
+		if c.state == candWaiting {
+			active++
+		}
+	}
+	for _, c := range window {
+		if active >= dhtAlpha || l.stats.Queried >= maxLookupQueries {
+			return
+		}
 		if c.state == candFresh {
 			l.query(c)
+			active++
 		}
 	}
 }
@@ -348,17 +409,15 @@ func (l *lookup) query(c *candidate) {
 		q.Args.InfoHash = l.opts.target
 	}
 	c.state = candWaiting
-	l.active++
 	l.inflight++
 	l.stats.Queried++
 	l.stats.Messages++
 	id := c.info.ID
 	o := txOpts{expect: &id, ownID: l.opts.ownID, epoch: l.opts.epoch,
-		onRetry: func(attempt int) { l.post(lookupEvent{c: c, retry: attempt}) }}
+		onTimeout: func(n int, resent bool) { l.post(lookupEvent{c: c, timeout: n, resent: resent}) }}
 	_, err := l.d.tx.send(c.info.Addr, &q, o, func(r queryResult) { l.post(lookupEvent{c: c, res: &r}) })
 	if err != nil {
 		c.state = candFailed
-		l.active--
 		l.inflight--
 		l.stats.Failed++
 	}
@@ -372,6 +431,59 @@ func (l *lookup) result() *lookupResult {
 		}
 	}
 	return r
+}
+
+// recentLookups keeps, for the last maxRecentLookups targets, the nodes
+// closest to each that answered its latest lookup, for recentLookupTTL.
+// A node looks one infohash up again and again (the rendezvous announces
+// it, then looks it up, then again every few seconds until the contact
+// comes online): a lookup that starts from where the last one ended asks
+// the nodes near the target in its first round, not its third. They are
+// seeds beside the table's, so a stale one costs only its own query. Safe
+// for concurrent use; the zero value is ready to use.
+type recentLookups struct {
+	mu sync.Mutex
+	m  map[nodeID]recentLookup
+}
+
+type recentLookup struct {
+	closest []nodeInfo
+	at      time.Time
+}
+
+func (r *recentLookups) get(target nodeID, now time.Time) []nodeInfo {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	e, ok := r.m[target]
+	if !ok || now.Sub(e.at) >= recentLookupTTL {
+		return nil
+	}
+	return e.closest
+}
+
+func (r *recentLookups) put(target nodeID, closest []lookupNode, now time.Time) {
+	if len(closest) == 0 {
+		return
+	}
+	ns := make([]nodeInfo, len(closest))
+	for i, c := range closest {
+		ns[i] = c.nodeInfo
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.m == nil {
+		r.m = map[nodeID]recentLookup{}
+	}
+	if _, ok := r.m[target]; !ok && len(r.m) >= maxRecentLookups {
+		oldest := target
+		for t, e := range r.m {
+			if oldest == target || e.at.Before(r.m[oldest].at) {
+				oldest = t
+			}
+		}
+		delete(r.m, oldest)
+	}
+	r.m[target] = recentLookup{closest: ns, at: now}
 }
 
 // --- operations built on lookups
@@ -394,7 +506,7 @@ func (d *dht) findNode(ctx context.Context, target nodeID) ([]nodeInfo, error) {
 // lookup never asks us.
 func (d *dht) getPeers(ctx context.Context, infohash nodeID) ([]netip.AddrPort, error) {
 	local := d.peers.peers(infohash, maxLookupPeers)
-	r, err := d.lookup(ctx, lookupOpts{target: infohash, method: methodGetPeers})
+	r, err := d.lookup(ctx, lookupOpts{target: infohash, method: methodGetPeers, stopOnPeers: true})
 	if err != nil && len(local) == 0 {
 		return nil, err
 	}
@@ -428,6 +540,7 @@ func (d *dht) announce(ctx context.Context, infohash nodeID, port int, implied b
 // token, in parallel. It returns how many accepted; when none did, the
 // first error reply says why (e.g. 302: a newer seq is stored).
 func (d *dht) publish(ctx context.Context, o lookupOpts, what string, mk func(tok []byte) krpcMsg) (int, error) {
+	o.toStore = true
 	r, err := d.lookup(ctx, o)
 	if err != nil {
 		return 0, err

@@ -8,6 +8,7 @@ import (
 	"net/netip"
 	"slices"
 	"testing"
+	"time"
 )
 
 // trueClosest is the k closest of the given nodes to target, by brute force.
@@ -203,6 +204,7 @@ func TestLookupFinished(t *testing.T) {
 		F = candFresh
 		W = candWaiting
 		S = candSlow
+		L = candLate
 		D = candDone
 		X = candFailed
 	)
@@ -215,6 +217,7 @@ func TestLookupFinished(t *testing.T) {
 		{"k answered", []candState{D, D, D, D, D, D, D, D}, false, true},
 		{"one of k waiting", []candState{D, D, D, W, D, D, D, D}, false, false},
 		{"one of k slow", []candState{D, D, D, D, D, D, D, S}, false, false},
+		{"late ones do not hold it up", []candState{L, D, D, D, L, D, D, D, D, D}, false, true},
 		{"one of k not asked", []candState{F, D, D, D, D, D, D, D}, false, false},
 		{"failed ones do not count", []candState{X, D, X, D, D, D, D, D, D, D}, false, true},
 		{"beyond k does not matter", []candState{D, D, D, D, D, D, D, D, F, W}, false, true},
@@ -247,5 +250,64 @@ func TestPutRefusedSaysWhy(t *testing.T) {
 	var kerr *krpcError
 	if !errors.As(err, &kerr) || kerr.Code != bep44ErrSeq {
 		t.Fatalf("put seq 3 after 5: %v, want KRPC error %d", err, bep44ErrSeq)
+	}
+}
+
+// A node that failed us lately is not asked again (others go on handing
+// it out until they notice), unless every node we know failed: then we
+// may be the one who was cut off, and ask them all the same.
+func TestLookupSkipsDeadNodes(t *testing.T) {
+	ds := newSwarm(t, 12, 0)
+	d := ds[0]
+	target := ds[5].id()
+	markDead := func(addrs ...netip.AddrPort) {
+		d.tx.mu.Lock()
+		for _, a := range addrs {
+			d.tx.times.failed(a, d.now())
+		}
+		d.tx.mu.Unlock()
+	}
+	markDead(ds[5].addr())
+	ns, err := d.findNode(testCtx(t), target)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if slices.ContainsFunc(ns, func(n nodeInfo) bool { return n.Addr == ds[5].addr() }) {
+		t.Errorf("findNode asked a node remembered as dead: %v", ns)
+	}
+	var all []netip.AddrPort
+	for _, o := range ds[1:] {
+		all = append(all, o.addr())
+	}
+	markDead(all...)
+	ns, err = d.findNode(testCtx(t), target)
+	if err != nil || len(ns) == 0 || ns[0].ID != target {
+		t.Errorf("with every node remembered as dead: findNode = %v, %v; want %v first", ns, err, target)
+	}
+}
+
+// recentLookups keeps the latest closest nodes per target for
+// recentLookupTTL, at most maxRecentLookups targets, the oldest out first.
+func TestRecentLookups(t *testing.T) {
+	var r recentLookups
+	t0 := time.Unix(1e9, 0)
+	n := func(b byte) lookupNode {
+		return lookupNode{nodeInfo: nodeInfo{ID: nodeID{b}, Addr: netip.AddrPortFrom(netip.AddrFrom4([4]byte{10, 0, 0, b}), 1)}}
+	}
+	if got := r.get(nodeID{1}, t0); got != nil {
+		t.Fatalf("zero value: get = %v", got)
+	}
+	r.put(nodeID{1}, []lookupNode{n(1), n(2)}, t0)
+	if got := r.get(nodeID{1}, t0.Add(recentLookupTTL-time.Second)); len(got) != 2 || got[0].ID != (nodeID{1}) {
+		t.Errorf("get within the TTL = %v", got)
+	}
+	if got := r.get(nodeID{1}, t0.Add(recentLookupTTL)); got != nil {
+		t.Errorf("get after the TTL = %v", got)
+	}
+	for i := range maxRecentLookups {
+		r.put(nodeID{2, byte(i)}, []lookupNode{n(3)}, t0.Add(time.Duration(i+1)*time.Second))
+	}
+	if len(r.m) != maxRecentLookups || r.get(nodeID{1}, t0) != nil {
+		t.Errorf("%d targets kept, the oldest still there: %v", len(r.m), r.get(nodeID{1}, t0))
 	}
 }

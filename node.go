@@ -22,6 +22,7 @@ import (
 	"strconv"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 )
 
@@ -39,9 +40,19 @@ const dropEnv = "KADCHAT_DROP"
 // firstByteKRPC is the first byte of every KRPC message: a bencoded dict.
 const firstByteKRPC = 'd'
 
+// datagramConn is what a Node needs of its socket: *net.UDPConn, or the
+// emulated internet of the DHT benchmarks (emunet_test.go).
+type datagramConn interface {
+	ReadFromUDPAddrPort(b []byte) (int, netip.AddrPort, error)
+	WriteToUDPAddrPort(b []byte, addr netip.AddrPort) (int, error)
+	LocalAddr() net.Addr
+	Close() error
+	SyscallConn() (syscall.RawConn, error) // socket options: the TTL of opening packets
+}
+
 // Node owns the socket and everything keyed by it: the DHT and the sessions.
 type Node struct {
-	conn *net.UDPConn
+	conn datagramConn
 	log  *slog.Logger
 	now  func() time.Time
 

@@ -2,11 +2,11 @@
 // or abort.
 //
 // Flow: txTable.send picks a random tid, registers the transaction, sends
-// and arms a timer; retry retransmits with exponential backoff from the
-// adaptive RTO (one estimator for all peers), with our current id, and after
-// the last attempt reports the node failed() to the routing table.
-// handleResponse (dht.go) takes the transaction by (tid, address) and
-// feeds the RTT estimator. beforeSend lets the DHT check, before each
+// and arms a timer; retry retransmits with backoff from the peer's RTO
+// (rtt.go), with our current id, and once the last attempt timed out and
+// the query's patience ran out reports the node failed() to the routing
+// table. handleResponse (dht.go) takes the transaction by (tid, address),
+// which records the answer's timing. beforeSend lets the DHT check, before each
 // transmission, that our address has not changed (nodeid.go); a move ends
 // the queries that name our old id (abortOwn). query and queryAll wrap send
 // for callers that wait.
@@ -34,8 +34,9 @@ type txOpts struct {
 	// expect is the id we believe the node has; if set, a timeout is
 	// reported to the routing table as a failure of that node.
 	expect *nodeID
-	// onRetry, if set, is called with 2, 3, ... on each retransmission.
-	onRetry func(attempt int)
+	// onTimeout, if set, is called with 1, 2, ... as each timeout
+	// expires, resent saying whether a retransmission followed.
+	onTimeout func(n int, resent bool)
 	// once: no retransmissions, for a node that has never answered us,
 	// whose address may be forged (SPEC.md 3.4.1).
 	once bool
@@ -53,8 +54,9 @@ type transaction struct {
 	opts     txOpts
 	expect   nodeID // *opts.expect, copied
 	sent     time.Time
-	attempts int
-	tries    int // transmissions allowed: maxAttempts, or 1 (once)
+	attempts int // transmissions so far
+	tries    int // transmissions allowed: peerTimes.tries, or 1 (once)
+	timeouts int // timeouts expired so far
 	timer    *time.Timer
 	done     func(queryResult) // called once, never with d.mu or txTable.mu held
 }
@@ -67,8 +69,7 @@ type queryResult struct {
 	Attempts int
 }
 
-// rttEstimator is RFC 6298's smoothed RTT for all peers together: lookups
-// talk to each node once or twice, too few samples for a per-peer estimate.
+// rttEstimator is RFC 6298's smoothed RTT of one peer (rtt.go).
 type rttEstimator struct {
 	srtt, rttvar time.Duration
 	has          bool
@@ -96,15 +97,16 @@ func (e *rttEstimator) rto(t *dhtTiming) time.Duration {
 	return min(max(r, t.rtoMin), t.rtoMax)
 }
 
-// backoff doubles the timeout with each attempt (attempt 1 is the first
-// send) up to 2^maxBackoffShift x RTO, then keeps it there. Why stop
-// doubling: two doublings already cover an RTO estimate that was too short,
-// and the rest is random loss, where waiting longer buys nothing; one query
-// is one small datagram, adding no congestion worth backing off from.
-// Doubling all the way would make a dead node among a lookup's k closest
-// hold it up for 63 RTOs instead of 19.
+// backoff is the timeout after transmission attempt (1 is the first send):
+// 1, 1, 2, 4, 4, 4 x RTO, at most rtoMax. The first retransmission waits
+// one RTO like the first send: a datagram lost at random is answered
+// within it, and a lookup stops waiting for a node whose last transmission
+// timed out. Then the timeout doubles twice, to cover an RTO estimate that
+// was too short, and stops: the rest is random loss, where waiting longer
+// buys nothing, and one query is one small datagram, adding no congestion
+// worth backing off from.
 func backoff(rto time.Duration, attempt int, t *dhtTiming) time.Duration {
-	return min(rto<<min(attempt-1, maxBackoffShift), t.rtoMax)
+	return min(rto<<min(max(attempt-2, 0), maxBackoffShift), t.rtoMax)
 }
 
 // txTable is our queries awaiting an answer: it sends each one,
@@ -126,11 +128,11 @@ type txTable struct {
 	// router unasked would break hole punching (SPEC.md 5.8.3).
 	readOnly atomic.Bool
 
-	mu     sync.Mutex // guards txs, closed, rng, rtt
+	mu     sync.Mutex // guards txs, closed, rng, times
 	txs    map[txKey]*transaction
 	closed bool           // run has ended: no more queries
 	rng    *mrand.ChaCha8 // transaction ids: a CSPRNG seeded from cfg.Rand
-	rtt    rttEstimator
+	times  peerTimes
 }
 
 // send sends q (Method and Args set by the caller; tid and id are filled
@@ -144,10 +146,7 @@ func (x *txTable) send(to netip.AddrPort, q *krpcMsg, o txOpts, done func(queryR
 		return txKey{}, errMoved // q names an id we dropped
 	}
 	q.Type = 'q'
-	t := &transaction{opts: o, done: done, attempts: 1, tries: maxAttempts, id: x.self()}
-	if o.once {
-		t.tries = 1
-	}
+	t := &transaction{opts: o, done: done, attempts: 1, id: x.self()}
 	if o.expect != nil {
 		t.expect = *o.expect
 	}
@@ -175,16 +174,21 @@ func (x *txTable) send(to netip.AddrPort, q *krpcMsg, o txOpts, done func(queryR
 	t.q = *q
 	t.pkt = q.appendTo(make([]byte, 0, 128))
 	t.sent = x.now()
+	t.tries = x.times.tries()
+	if o.once {
+		t.tries = 1
+	}
 	x.txs[k] = t
-	t.timer = time.AfterFunc(x.rtt.rto(x.timing), func() { x.retry(k) })
+	t.timer = time.AfterFunc(x.times.rto(to, t.sent, x.timing), func() { x.retry(k) })
 	x.mu.Unlock()
 	x.write(to, t.pkt)
 	return k, nil
 }
 
-// retry retransmits a query whose timeout expired, or gives up on it. A
-// retransmission carries our current id: the same tid, so an answer to any
-// transmission still completes the query, but never an id we dropped.
+// retry retransmits a query whose timeout expired; after the last
+// transmission's timeout it waits out the query's patience, then gives up.
+// A retransmission carries our current id: the same tid, so an answer to
+// any transmission still completes the query, but never an id we dropped.
 func (x *txTable) retry(k txKey) {
 	if x.beforeSend != nil {
 		x.beforeSend(k.addr) // may end k (abortOwn)
@@ -206,23 +210,35 @@ func (x *txTable) retry(k txKey) {
 		t.done(queryResult{Err: errMoved, Attempts: t.attempts})
 		return
 	}
+	t.timeouts++
+	n, now := t.timeouts, x.now()
 	if t.attempts < t.tries {
 		t.attempts++
-		attempt := t.attempts
 		if t.id != self {
 			t.id, t.q.Args.ID = self, self
 			t.pkt = t.q.appendTo(make([]byte, 0, len(t.pkt)))
 		}
 		pkt := t.pkt
-		t.timer.Reset(backoff(x.rtt.rto(x.timing), attempt, x.timing))
+		t.timer.Reset(backoff(x.times.rto(k.addr, now, x.timing), t.attempts, x.timing))
 		x.mu.Unlock()
 		x.write(k.addr, pkt)
-		if t.opts.onRetry != nil {
-			t.opts.onRetry(attempt)
+		if t.opts.onTimeout != nil {
+			t.opts.onTimeout(n, true)
+		}
+		return
+	}
+	if wait := t.sent.Add(x.times.patience(x.timing)).Sub(now); n == t.attempts && wait > 0 {
+		t.timer.Reset(wait) // a slow node's answer may still come
+		x.mu.Unlock()
+		if t.opts.onTimeout != nil {
+			t.opts.onTimeout(n, false)
 		}
 		return
 	}
 	delete(x.txs, k)
+	if !t.opts.once { // one lost datagram proves nothing
+		x.times.failed(k.addr, now)
+	}
 	attempts := t.attempts
 	x.mu.Unlock()
 	if t.opts.expect != nil {
@@ -242,7 +258,7 @@ func (x *txTable) cancel(k txKey) {
 }
 
 // take removes and returns the transaction a response answers, if any, and
-// samples its RTT.
+// records the answer's timing.
 func (x *txTable) take(k txKey) (*transaction, bool) {
 	x.mu.Lock()
 	defer x.mu.Unlock()
@@ -250,11 +266,18 @@ func (x *txTable) take(k txKey) (*transaction, bool) {
 	if ok {
 		delete(x.txs, k)
 		t.timer.Stop()
-		if t.attempts == 1 { // Karn: a retransmitted query's RTT is ambiguous
-			x.rtt.sample(x.now().Sub(t.sent))
-		}
+		now := x.now()
+		x.times.answered(k.addr, now.Sub(t.sent), t.attempts, now)
 	}
 	return t, ok
+}
+
+// dead reports whether a query to addr recently went unanswered (and none
+// was answered since): lookups skip it.
+func (x *txTable) dead(addr netip.AddrPort) bool {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	return x.times.dead(addr, x.now())
 }
 
 // close ends every open query (its caller learns errClosed) and refuses
