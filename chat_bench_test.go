@@ -107,7 +107,9 @@ func startBenchStack(tb testing.TB, o benchStackOpts) *benchStack {
 		},
 	}
 	if s.dht != nil {
-		cfg.Announce = func(ctx context.Context, ih nodeID) (int, error) { return s.dht.announce(ctx, ih, 0, true) }
+		cfg.Announce = func(ctx context.Context, ih nodeID) ([]netip.AddrPort, int, error) {
+			return s.dht.announcePeers(ctx, ih, 0, true)
+		}
 		cfg.GetPeers = s.dht.getPeers
 		cfg.PutItem, cfg.GetItem = s.dht.putMutableN, s.dht.getMutable
 	}

@@ -85,6 +85,10 @@ type dhtConfig struct {
 	// Nil: routeSource if the socket is bound to a wildcard address, else
 	// none, as the address cannot change under a bound socket.
 	Source func(v6 bool) netip.Addr
+	// ReadOnly is BEP 43's read-only mode, for metered connections: every
+	// query we send carries "ro" 1, so nodes leave us out of their tables,
+	// and we answer no query (SPEC.md 3.4.1).
+	ReadOnly bool
 }
 
 // dhtTiming holds every interval of the node so tests and benchmarks can
@@ -186,6 +190,9 @@ func newDHT(n *Node, cfg dhtConfig) (*dht, error) {
 		},
 		txs: map[txKey]*transaction{}, rng: mrand.NewChaCha8(seed), times: newPeerTimes(),
 	}
+	// -metered: ro = 1 in every query; the app's NAT view (main.go) keeps
+	// it set, as it ORs cfg.ReadOnly into what it stores.
+	d.tx.readOnly.Store(cfg.ReadOnly)
 	for _, sn := range saved { // questionable until they answer run's ping
 		d.table.heard(sn, false)
 	}
@@ -256,7 +263,7 @@ func (d *dht) handleKRPC(from netip.AddrPort, b []byte) {
 	m, err := parseKRPC(b)
 	if err != nil {
 		var bq *krpcBadQuery
-		if errors.As(err, &bq) && d.srv.allow(from) {
+		if errors.As(err, &bq) && !d.cfg.ReadOnly && d.srv.allow(from) {
 			d.srv.replyError(from, bq.TID, krpcErrProtocol, "bad query")
 		}
 		d.log.Debug("dht: dropped", "from", from, "err", err)
@@ -264,7 +271,7 @@ func (d *dht) handleKRPC(from netip.AddrPort, b []byte) {
 	}
 	switch m.Type {
 	case 'q':
-		if d.srv.allow(from) {
+		if !d.cfg.ReadOnly && d.srv.allow(from) { // BEP 43: read-only, we answer no query
 			d.srv.handleQuery(from, &m)
 		}
 	case 'r', 'e':

@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 )
@@ -627,5 +628,56 @@ func TestRepliesLeaveOutRequester(t *testing.T) {
 		if n.Addr == ds[0].addr() {
 			t.Fatalf("find_node reply to %v lists it: %v", ds[0].addr(), got)
 		}
+	}
+}
+
+// TestMeteredReadOnly: with -metered (BEP 43) the node still bootstraps,
+// announces and looks up, every query it sends carries "ro" 1, no node of
+// the swarm adds it to its table, and it answers no one's query.
+func TestMeteredReadOnly(t *testing.T) {
+	s := startSwarm(t, 8, swarmOpts{})
+	ro := newTestDHT(t, dhtConfig{Bootstrap: s.addrs(1), ReadOnly: true}, 0)
+	var sent []krpcMsg
+	var mu sync.Mutex
+	write := ro.tx.write
+	ro.tx.write = func(to netip.AddrPort, b []byte) {
+		if m, err := parseKRPC(b); err == nil {
+			mu.Lock()
+			sent = append(sent, m)
+			mu.Unlock()
+		}
+		write(to, b)
+	}
+	bootstrapRetrying(t, ro)
+	ctx := testCtx(t)
+	ih := nodeID{0x43}
+	if _, n, err := ro.announcePeers(ctx, ih, 0, true); err != nil || n == 0 {
+		t.Fatalf("read-only announce: %d stored, %v", n, err)
+	}
+	if peers, err := s.nodes[3].getPeers(ctx, ih); err != nil || !slices.Contains(peers, ro.addr()) {
+		t.Fatalf("the swarm finds %v (%v), want the read-only node's %v", peers, err, ro.addr())
+	}
+	mu.Lock()
+	for _, m := range sent {
+		if !m.ReadOnly {
+			t.Errorf("a %v query without ro=1", m.Method)
+		}
+	}
+	if len(sent) == 0 {
+		t.Error("no query seen")
+	}
+	mu.Unlock()
+	for i, d := range s.nodes {
+		for _, n := range d.closest(ro.id(), 100) {
+			if n.Addr == ro.addr() {
+				t.Errorf("node %d added the read-only node to its table", i)
+			}
+		}
+	}
+	p := newRawPeer(t)
+	p.send(ro.addr(), rawPing(""))
+	p.send(ro.addr(), []byte("d1:ade1:q4:ping1:t2:bb1:y1:qe")) // a bad query: no error reply either
+	if b, _ := p.recv(time.Second); b != nil {
+		t.Fatalf("a read-only node answered a query: %q", b)
 	}
 }

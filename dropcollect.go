@@ -79,11 +79,25 @@ func (x dropCollector) collect(ctx context.Context, k publicKey) {
 		dp.run.collectAt = dropRetry(&dp.run.collectFails, now)
 		return
 	}
-	dp.run.collectFails, dp.run.collectAt = 0, now.Add(dropCollectEvery)
+	dp.run.collectFails = 0
+	dp.run.scheduleRound(now)
 	if t := plan.start.Unix(); t > dp.collected {
 		dp.collected = t
 		d.gen++
 	}
+}
+
+// scheduleRound sets the round after a complete one: dropCollectEvery
+// later, the gap doubling up to dropCollectMax while the contact stays
+// offline. A contact who stays away drops nothing new; a drop lives about
+// 2 hours after its sender left (SPEC.md 8.5), so a round every
+// dropCollectMax still finds it.
+func (r *dropRun) scheduleRound(now time.Time) {
+	gap := r.collectGap
+	if gap == 0 {
+		gap = dropCollectEvery
+	}
+	r.collectAt, r.collectGap = now.Add(gap), min(2*gap, dropCollectMax)
 }
 
 // planCollect reads what the round needs.

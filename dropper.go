@@ -31,7 +31,8 @@ const (
 	dropRepublish    = time.Hour          // outstanding drops and acknowledgements are put again this often
 	dropRenew        = 6 * 24 * time.Hour // a drop older than this is made anew, at today's locations
 	dropDays         = 7                  // days a collector looks back
-	dropCollectEvery = 3 * time.Minute    // collection while a contact is offline
+	dropCollectEvery = 3 * time.Minute    // the first gap between collection rounds while a contact is offline; it doubles after each
+	dropCollectMax   = 30 * time.Minute   // the longest gap, well within the 2 hours a drop outlives its sender
 	dropRetryMax     = 15 * time.Second   // ceiling of the retry delay of a failed job
 	dropWindow       = 16                 // message seqs a collector fetches at once
 	maxDropOps       = 8                  // DHT operations in flight for drops
@@ -45,6 +46,7 @@ type dropRun struct {
 
 	pending       map[uint64]time.Time // our messages waiting while the contact is offline: since when
 	collectAt     time.Time
+	collectGap    time.Duration // after the next complete round; zero: dropCollectEvery
 	collectBusy   bool
 	collectFails  int
 	collectedOnce bool      // a collection round ended since the start
@@ -333,6 +335,11 @@ func (d *dropper) scheduleLocked(jobs []dropJob, p *chatPeer, dp *dropPeer, now 
 		return jobs
 	}
 	k := p.Key
+	if dp.run.online {
+		// The session just ended: collect at the first gap again, as
+		// the contact may drop for us while it cannot reach us.
+		dp.run.collectGap = 0
+	}
 	if !dp.run.collectBusy && !now.Before(dp.run.collectAt) {
 		dp.run.collectBusy = true
 		jobs = append(jobs, func(ctx context.Context) { d.col.collect(ctx, k) })

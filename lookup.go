@@ -510,41 +510,65 @@ func (d *dht) getPeers(ctx context.Context, infohash nodeID) ([]netip.AddrPort, 
 	if err != nil && len(local) == 0 {
 		return nil, err
 	}
-	for _, p := range r.Peers {
-		if !slices.Contains(local, p) && len(local) < maxLookupPeers {
-			local = append(local, p)
+	return addPeers(local, r.Peers), nil
+}
+
+// addPeers appends the peers of found not in to yet, up to maxLookupPeers.
+func addPeers(to, found []netip.AddrPort) []netip.AddrPort {
+	for _, p := range found {
+		if !slices.Contains(to, p) && len(to) < maxLookupPeers {
+			to = append(to, p)
 		}
 	}
-	return local, nil
+	return to
 }
 
 // announce tells the k closest nodes that gave a token that we are a peer
 // for infohash on port (or on our source port, if implied). It returns how
 // many accepted.
 func (d *dht) announce(ctx context.Context, infohash nodeID, port int, implied bool) (int, error) {
+	_, n, err := d.announcePeers(ctx, infohash, port, implied)
+	return n, err
+}
+
+// announcePeers is announce that also returns the peers its lookup found,
+// as getPeers would: the rendezvous looks up the infohash it announces
+// (SPEC.md 5.2), and one lookup serves both.
+func (d *dht) announcePeers(ctx context.Context, infohash nodeID, port int, implied bool) ([]netip.AddrPort, int, error) {
 	if !implied && (port <= 0 || port > 0xffff) {
-		return 0, fmt.Errorf("dht: announce: bad port %d", port)
+		return nil, 0, fmt.Errorf("dht: announce: bad port %d", port)
 	}
 	if implied {
 		port = int(d.node.LocalAddr().Port()) // BEP 5 keeps "port" even when implied
 	}
 	o := lookupOpts{target: infohash, method: methodGetPeers}
-	return d.publish(ctx, o, "announce", func(tok []byte) krpcMsg {
+	r, err := d.lookup(ctx, o)
+	if err != nil {
+		return nil, 0, err
+	}
+	peers := addPeers(d.peers.peers(infohash, maxLookupPeers), r.Peers)
+	n, err := d.store(ctx, r, "announce", func(tok []byte) krpcMsg {
 		return krpcMsg{Method: methodAnnouncePeer, Args: krpcArgs{
 			InfoHash: infohash, Port: uint16(port), ImpliedPort: implied, Token: tok}}
 	})
+	return peers, n, err
 }
 
-// publish runs the lookup o, then sends a store query (announce_peer or
-// put, built by mk around each token) to the k closest nodes that gave a
-// token, in parallel. It returns how many accepted; when none did, the
-// first error reply says why (e.g. 302: a newer seq is stored).
+// publish runs the lookup o, then stores at the nodes it found (store).
 func (d *dht) publish(ctx context.Context, o lookupOpts, what string, mk func(tok []byte) krpcMsg) (int, error) {
 	o.toStore = true
 	r, err := d.lookup(ctx, o)
 	if err != nil {
 		return 0, err
 	}
+	return d.store(ctx, r, what, mk)
+}
+
+// store sends a store query (announce_peer or put, built by mk around
+// each token) to the k closest nodes of lookup r that gave a token, in
+// parallel. It returns how many accepted; when none did, the first error
+// reply says why (e.g. 302: a newer seq is stored).
+func (d *dht) store(ctx context.Context, r *lookupResult, what string, mk func(tok []byte) krpcMsg) (int, error) {
 	var to []nodeInfo
 	var toks [][]byte
 	for _, n := range r.Closest {

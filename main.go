@@ -68,6 +68,7 @@ type options struct {
 	verbose   bool
 	punchTTL  int  // TTL of opening packets (SPEC.md 5.8.3); zero: the default
 	relay     bool // forward between contacts (SPEC.md 5.9)
+	metered   bool // BEP 43 read-only DHT node
 
 	rekeyAfter time.Duration // the demo shortens it; zero: the default
 	dropDelay  time.Duration // the demo shortens it; zero: the default (dropDelay)
@@ -111,6 +112,7 @@ func parseFlags(args []string, stdout, stderr io.Writer) (options, error) {
 	fs.StringVar(&o.listen, "listen", defaultListen, "UDP address to listen on (if busy: the port used last time, else a free one)")
 	boot := fs.String("bootstrap", strings.Join(defaultBootstrap, ","), "DHT bootstrap nodes, HOST:PORT[,HOST:PORT...]")
 	fs.BoolVar(&o.demo, "demo", false, "run a self-contained loopback demo and exit")
+	fs.BoolVar(&o.metered, "metered", false, "metered connection: a read-only DHT node (BEP 43) that answers no one's queries")
 	fs.BoolVar(&o.verbose, "v", false, "debug logs on stderr")
 	fs.BoolVar(&o.relay, "relay", false, "relay for contacts of yours who cannot reach each other directly: their messages stay encrypted end to end, but pass through your connection")
 	fs.IntVar(&o.punchTTL, "punch-ttl", defaultPunchTTL, "TTL of hole-punching packets: enough to cross your own NAT (raise it behind a carrier's NAT), too little to reach a contact's")
@@ -339,7 +341,7 @@ func (a *app) open(o options) error {
 func (a *app) build(o options) error {
 	var err error
 	a.dhtFailed = make(chan struct{}, 1)
-	a.dht, err = newDHT(a.node, dhtConfig{Bootstrap: o.bootstrap, Dir: o.dir, Now: time.Now, Rand: rand.Reader, Log: a.log,
+	a.dht, err = newDHT(a.node, dhtConfig{Bootstrap: o.bootstrap, Dir: o.dir, Now: time.Now, Rand: rand.Reader, Log: a.log, ReadOnly: o.metered,
 		BootstrapFailed: func(error) {
 			select {
 			case a.dhtFailed <- struct{}{}:
@@ -370,7 +372,8 @@ func (a *app) build(o options) error {
 		},
 		Established: func(k publicKey, addr netip.AddrPort) {
 			a.chat.setOnline(k, addr)
-			a.punch.online(k, addr)
+			every, dead := a.punch.online(k, addr)
+			a.sess.setPathTimers(k, addr, every, dead)
 			a.relay.online(k)
 		},
 		Ended: func(k publicKey, seen time.Time) {
@@ -396,8 +399,8 @@ func (a *app) build(o options) error {
 		Dir:          o.dir,
 		Self:         a.id.public(),
 		StaticSecret: a.id.staticSecret,
-		Announce: func(ctx context.Context, ih nodeID) (int, error) {
-			return a.dht.announce(ctx, ih, 0, true)
+		Announce: func(ctx context.Context, ih nodeID) ([]netip.AddrPort, int, error) {
+			return a.dht.announcePeers(ctx, ih, 0, true)
 		},
 		GetPeers:    a.dht.getPeers,
 		PutItem:     a.dht.putMutableN,
@@ -556,7 +559,7 @@ func (a *app) buildPuncher(o options) {
 	a.hosts = newHostScanner(a.node.LocalAddr().Addr(), time.Now)
 	// Read-only from the first query when we are surely behind a NAT;
 	// localView corrects it once DHT nodes have told us.
-	a.dht.tx.readOnly.Store(startsBehindNAT(a.hosts.get(), o.bootstrap))
+	a.dht.tx.readOnly.Store(o.metered || startsBehindNAT(a.hosts.get(), o.bootstrap))
 	a.punch = newPuncher(punchConfig{
 		Self:         a.id.public(),
 		StaticSecret: a.id.staticSecret,
@@ -590,7 +593,7 @@ func (a *app) localView() localView {
 	v.External, ports = a.dht.externalPorts()
 	v.Behaviour = classifyNAT(v.Hosts, v.Port, v.External, ports)
 	if v.Behaviour != natUnknown {
-		a.dht.tx.readOnly.Store(v.Behaviour != natPublic)
+		a.dht.tx.readOnly.Store(a.dht.cfg.ReadOnly || v.Behaviour != natPublic)
 	}
 	return v
 }

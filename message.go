@@ -146,8 +146,8 @@ type chatConfig struct {
 	Dir  string    // data directory: files "contacts" and "outbox"
 	Self publicKey // our key; adding it as a contact is refused
 
-	StaticSecret func(peer publicKey) ([32]byte, error)                  // X25519(our static, peer static)
-	Announce     func(ctx context.Context, infohash nodeID) (int, error) // announce_peer, implied_port
+	StaticSecret func(peer publicKey) ([32]byte, error)                                    // X25519(our static, peer static)
+	Announce     func(ctx context.Context, infohash nodeID) ([]netip.AddrPort, int, error) // announce_peer, implied_port; the peers its lookup found
 	GetPeers     func(ctx context.Context, infohash nodeID) ([]netip.AddrPort, error)
 	SetEndpoint  func(peer publicKey, addr netip.AddrPort)  // an address found by rendezvous
 	IsSelf       func(addr netip.AddrPort) bool             // optional: our own announced address

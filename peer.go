@@ -172,6 +172,13 @@ type peerTimers struct {
 	lastRecv time.Time // last authenticated packet
 	online   bool      // Established reported and Ended not since
 
+	// The path's own keepalive and DeadAfter (SPEC.md 5.8.4), zero: the
+	// config's; from since (online, or the path's address changed) the
+	// config's Keepalive still applies twice.
+	every, deadAfter time.Duration
+	since            time.Time
+	path             netip.AddrPort
+
 	waitSince time.Time // first payload sent since the last packet received; zero: none
 	oweSince  time.Time // first payload received since our last send; zero: none
 }
@@ -189,6 +196,9 @@ func (t *peerTimers) sent(now time.Time, payload bool) {
 // markLive records an authenticated packet from p: it is online, and the
 // candidates from the rendezvous are no longer needed.
 func (p *peer) markLive(now time.Time) {
+	if !p.timers.online {
+		p.timers.since = now
+	}
 	p.timers.lastRecv, p.timers.online = now, true
 	p.timers.waitSince = time.Time{}
 	p.addrs.candidates, p.inits.packet = nil, nil

@@ -38,7 +38,10 @@ const (
 	punchTimeout    = 10 * time.Second       // both opened, no session yet: the punch failed
 	punchQuiet      = 35 * time.Second       // silence toward the contact after a failure
 	recordWait      = 20 * time.Second       // no record of a contact found this long: try without
-	recordMaxAge    = 20 * time.Minute       // older records are ignored
+	recordMaxAge    = 30 * time.Minute       // older records are ignored; a writer rewrites with each announce (25 min)
+	recordIdle      = 2 * time.Minute        // a record this old, read again unchanged: its writer is not punching now
+	recheckMin      = 90 * time.Second       // the first gap between re-reads of an offline contact's record
+	recheckMax      = 10 * time.Minute       // the gap doubles up to this
 	punchOpTimeout  = 10 * time.Second
 	v6OpenLead      = 200 * time.Millisecond // an IPv6 firewall opened this long before our initiation
 	maxPunchOps     = 4
@@ -76,6 +79,7 @@ type punchPeer struct {
 
 	found   []netip.AddrPort // rendezvous addresses since the last session
 	foundAt time.Time        // first of them
+	began   time.Time        // the attempt's start
 	tried   []netip.AddrPort // handed to the session in this attempt
 	pre6    []netip.AddrPort // IPv6 addresses opened toward, this attempt
 	pre6At  time.Time        // when the last of them was
@@ -84,6 +88,8 @@ type punchPeer struct {
 	handedAt, nextOpen         time.Time
 	quietUntil                 time.Time
 	pollUntil, nextPoll        time.Time
+	nextCheck                  time.Time     // the next re-read while not polling
+	checkGap                   time.Duration // the gap after it; doubles up to recheckMax
 
 	reading, writing, dirty bool
 	wrote                   []byte // the record last written, to see changes
@@ -123,6 +129,7 @@ func (s *puncher) peerLocked(k publicKey, now time.Time) *punchPeer {
 	if p == nil {
 		p = &punchPeer{}
 		s.newAttemptLocked(p, now)
+		p.recheckFrom(now)
 		s.peers[k] = p
 	}
 	return p
@@ -141,6 +148,7 @@ func (s *puncher) newAttemptLocked(p *punchPeer, now time.Time) {
 	}
 	p.nonce = max(p.nonce, 1)
 	p.opened, p.handedAt, p.tried, p.pre6, p.dirty = 0, time.Time{}, nil, nil, true
+	p.began = now
 	p.pollUntil, p.nextPoll = now.Add(punchPeriod), now
 }
 
@@ -201,8 +209,9 @@ func (s *puncher) gatedLocked(p *punchPeer, addr netip.AddrPort, v *localView) b
 		!(p.fresh(s.cfg.Now()) && p.rec.public())
 }
 
-// online: a session with k is up at addr; the attempt is over.
-func (s *puncher) online(k publicKey, addr netip.AddrPort) {
+// online: a session with k is up at addr; the attempt is over. It
+// returns the path's keepalive and DeadAfter for the session (pathTimers).
+func (s *puncher) online(k publicKey, addr netip.AddrPort) (every, deadAfter time.Duration) {
 	v := s.cfg.Local()
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -210,6 +219,26 @@ func (s *puncher) online(k publicKey, addr netip.AddrPort) {
 	p.online, p.stalled = true, false
 	p.gatedPath = s.gatedLocked(p, addr, &v)
 	p.found, p.tried, p.handedAt = nil, nil, time.Time{}
+	return pathTimers(p, addr, &v)
+}
+
+// pathTimers chooses a session's keepalive (SPEC.md 5.8.4), zero meaning
+// the session's default: that (25 s) wherever a NAT may sit on the path, keepaliveNoNAT only when both
+// sides are public (we are, by what DHT nodes report; the contact is, by
+// the last record we read of it) and the path is direct IPv4. DeadAfter
+// must fit the keepalive the contact chooses, which it decides the same
+// way from its own view: 80 s only when we know one side is behind a NAT
+// (so the contact thinks so too), else the longer one.
+func pathTimers(p *punchPeer, addr netip.AddrPort, v *localView) (every, deadAfter time.Duration) {
+	known := p.recSeq != 0 // however old: no record is read while online
+	natHere := v.Behaviour != natPublic || known && !p.rec.public()
+	switch {
+	case natHere:
+		return 0, 0
+	case known && addr.Addr().Unmap().Is4():
+		return keepaliveNoNAT, deadAfterNoNAT
+	}
+	return 0, deadAfterNoNAT
 }
 
 // stalled: k's session is about to end because it stopped answering
@@ -232,6 +261,7 @@ func (s *puncher) offline(k publicKey) {
 	forget := p.online && p.gatedPath
 	p.online = false
 	s.newAttemptLocked(p, now)
+	p.recheckFrom(now)
 	if forget && p.stalled {
 		s.quietLocked(p, now)
 	}
@@ -319,6 +349,27 @@ func (p *punchPeer) fresh(now time.Time) bool {
 	return p.recSeq != 0 && now.Sub(t) <= recordMaxAge && t.Sub(now) <= rendezvousSkew
 }
 
+// readDue reports whether the contact's record is to be read now: every
+// punchPoll while an attempt is under way (pollUntil), else at the
+// re-reads that find a contact who came online while we back off
+// (rendezvous.go does no lookups of its own by then).
+func (p *punchPeer) readDue(now time.Time) bool {
+	if now.Before(p.pollUntil) {
+		return !now.Before(p.nextPoll)
+	}
+	if now.Before(p.nextCheck) {
+		return false
+	}
+	p.nextCheck, p.checkGap = now.Add(p.checkGap), min(2*p.checkGap, recheckMax)
+	return true
+}
+
+// recheckFrom starts the re-reads again at recheckMin from now (start,
+// add, the end of a session).
+func (p *punchPeer) recheckFrom(now time.Time) {
+	p.nextCheck, p.checkGap = now.Add(recheckMin), 2*recheckMin
+}
+
 // once returns the addresses of as not yet handed to the session in this
 // attempt, and records them as handed.
 func (p *punchPeer) once(as ...netip.AddrPort) []netip.AddrPort {
@@ -374,7 +425,7 @@ func (s *puncher) tick(ctx context.Context) {
 			a.key = k
 			acts = append(acts, a)
 		}
-		if !p.online && !p.reading && !now.Before(p.nextPoll) && now.Before(p.pollUntil) {
+		if !p.online && !p.reading && p.readDue(now) {
 			p.reading, p.nextPoll = true, now.Add(punchPoll)
 			reads = append(reads, k)
 		}
@@ -642,6 +693,29 @@ func (s *puncher) read(ctx context.Context, k publicKey) {
 	}
 	if bestSeq != 0 {
 		s.onRecord(k, best, bestSeq)
+	} else {
+		s.noRecord(k)
+	}
+}
+
+// noRecord: a read found no record of k. Once the attempt and the first
+// find are recordWait old, the 250 ms reads end: a contact that writes
+// records has written one by then (at its start), and one that does not
+// is tried without (stepLocked, SPEC.md 5.8.3 step 9). A record we had
+// that is gone ends them once it is recordIdle old, as if read again.
+func (s *puncher) noRecord(k publicKey) {
+	now := s.cfg.Now()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	p := s.peers[k]
+	switch {
+	case p == nil:
+	case p.recSeq != 0:
+		if now.Sub(time.UnixMilli(p.recSeq)) >= recordIdle {
+			p.pollUntil = now
+		}
+	case now.Sub(p.began) >= recordWait && (p.foundAt.IsZero() || now.Sub(p.foundAt) >= recordWait):
+		p.pollUntil = now
 	}
 }
 
@@ -661,7 +735,17 @@ func (s *puncher) onRecord(k publicKey, r endpointRecord, seq int64) {
 	v := s.cfg.Local()
 	s.mu.Lock()
 	p := s.peers[k]
-	if p == nil || seq <= p.recSeq {
+	if p == nil || seq < p.recSeq {
+		s.mu.Unlock()
+		return
+	}
+	if seq == p.recSeq {
+		if now.Sub(time.UnixMilli(seq)) >= recordIdle {
+			// Unchanged for a while: the contact is not punching now (a
+			// writer in an attempt rewrites at least once a minute). It
+			// reads ours when it comes back; polling would find nothing.
+			p.pollUntil = now
+		}
 		s.mu.Unlock()
 		return
 	}

@@ -399,7 +399,7 @@ func TestRendezvousHooks(t *testing.T) {
 	}
 	c.sched.remove(chatKey(2))
 	c.sched.wg.Add(1) // run's own bookkeeping, as tick does
-	c.sched.run(context.Background(), rendezvousJob{key: chatKey(2)}, rendezvousEpochs(clock.now()))
+	c.sched.run(context.Background(), rendezvousJob{key: chatKey(2), epochs: rendezvousEpochs(clock.now())})
 	if len(events) != 0 {
 		t.Fatalf("hooks for a removed contact: %q", events)
 	}

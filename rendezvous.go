@@ -5,8 +5,10 @@
 // the epochs within the clock skew (rendezvousEpochs). The scheduler keeps,
 // per contact, when to announce and when to look the contact up; the chat's
 // tick calls tick, which starts the due DHT operations (at most maxDHTOps at
-// once). A lookup hands one found address, picked by pickCandidate, to the
-// session layer; done schedules the retry of a failed operation.
+// once), for contacts without a session only. An announce (whose lookup is
+// also the contact's) or a lookup hands one found address, picked by
+// pickCandidate, to the session layer; done records the epochs announced
+// and schedules the retry of a failed operation.
 package main
 
 import (
@@ -15,6 +17,7 @@ import (
 	"crypto/sha256"
 	"encoding/binary"
 	"log/slog"
+	"maps"
 	"net/netip"
 	"slices"
 	"sync"
@@ -26,13 +29,13 @@ const (
 	rendezvousLabel    = "kadchat rendezvous v1"
 	rendezvousEpoch    = time.Hour
 	rendezvousSkew     = 10 * time.Minute
-	lookupFastInterval = 5 * time.Second
-	lookupFastPeriod   = 60 * time.Second
-	lookupSlowInterval = 90 * time.Second
-	announceInterval   = 5 * time.Minute
+	lookupFastInterval = 5 * time.Second  // the first gap between lookups; it doubles after each
+	lookupFastPeriod   = 60 * time.Second // lookups of their own only this long after start, add or going offline
+	announceInterval   = 25 * time.Minute // per epoch, well within peerTTL: DHT nodes keep an announce 30 minutes
 	announceRetry      = 15 * time.Second
+	candidateQuiet     = peerTTL // an address that brought no session is not handed over again for this long
 	dhtRetryMin        = 100 * time.Millisecond
-	maxLookupTries     = 64 // rendezvous candidates remembered per contact
+	maxLookupTries     = 64 // quiet candidates remembered per contact
 	dhtOpTimeout       = 30 * time.Second
 	maxDHTOps          = 4
 )
@@ -50,13 +53,18 @@ func rendezvousInfohash(secret [32]byte, epoch uint64) nodeID {
 	return id
 }
 
+// rendezvousEpochOf is epoch(t) of SPEC.md 5.2.
+func rendezvousEpochOf(t time.Time) uint64 {
+	return uint64(t.Unix()) / uint64(rendezvousEpoch/time.Second)
+}
+
 // rendezvousEpochs lists, in order and without repeats, the epochs of t-skew,
 // t and t+skew: two contacts whose clocks differ by less than the skew then
 // always share at least one infohash.
 func rendezvousEpochs(t time.Time) []uint64 {
 	var es []uint64
 	for _, d := range []time.Duration{-rendezvousSkew, 0, rendezvousSkew} {
-		e := uint64(t.Add(d).Unix()) / uint64(rendezvousEpoch/time.Second)
+		e := rendezvousEpochOf(t.Add(d))
 		if len(es) == 0 || es[len(es)-1] != e {
 			es = append(es, e)
 		}
@@ -65,10 +73,12 @@ func rendezvousEpochs(t time.Time) []uint64 {
 }
 
 // rendezvousConfig is what the scheduler needs from the rest of the program
-// (the rendezvous part of chatConfig).
+// (the rendezvous part of chatConfig). Announce returns the peers its
+// get_peers lookup found as well: the same infohash is ours and the
+// contact's, so one lookup serves both.
 type rendezvousConfig struct {
 	StaticSecret func(peer publicKey) ([32]byte, error)
-	Announce     func(ctx context.Context, infohash nodeID) (int, error)
+	Announce     func(ctx context.Context, infohash nodeID) ([]netip.AddrPort, int, error)
 	GetPeers     func(ctx context.Context, infohash nodeID) ([]netip.AddrPort, error)
 	SetEndpoint  func(peer publicKey, addr netip.AddrPort)
 	IsSelf       func(addr netip.AddrPort) bool // optional
@@ -84,11 +94,14 @@ type rendezvousConfig struct {
 
 // rendezvousState is one contact's place in the schedule.
 type rendezvousState struct {
-	online                              bool // a session is up: no lookups
-	fastUntil, nextLookup, nextAnnounce time.Time
-	lookupBusy, announceBusy            bool
-	lookupFails, announceFails          int              // consecutive failed DHT operations
-	tried                               []netip.AddrPort // candidates handed over since the last session
+	online                     bool // a session is up: no lookups, no announces
+	fastUntil, nextLookup      time.Time
+	lookupGap                  time.Duration // before the next lookup of our own; doubles
+	nextAnnounce               time.Time     // no announce before (after a failure)
+	announced                  map[uint64]time.Time
+	lookupBusy, announceBusy   bool
+	lookupFails, announceFails int                          // consecutive failed DHT operations
+	quiet                      map[netip.AddrPort]time.Time // candidates handed over that brought no session, until when they are skipped
 }
 
 // rendezvousScheduler decides when each contact is announced and looked up,
@@ -100,7 +113,6 @@ type rendezvousScheduler struct {
 
 	mu       sync.Mutex
 	contacts map[publicKey]*rendezvousState
-	epochs   []uint64 // of the last tick: a change means announce at once
 
 	sem chan struct{}  // bounds the DHT operations in flight to maxDHTOps
 	wg  sync.WaitGroup // DHT operations in flight
@@ -110,12 +122,13 @@ func newRendezvousScheduler(cfg rendezvousConfig) *rendezvousScheduler {
 	return &rendezvousScheduler{cfg: cfg, contacts: map[publicKey]*rendezvousState{}, sem: make(chan struct{}, maxDHTOps)}
 }
 
-// add schedules a new contact; fastUntil ends its first minute of fast
-// lookups (zero for contacts loaded at start: start sets it).
+// add schedules a new contact; fastUntil ends its lookups of their own
+// (zero for contacts loaded at start: start sets it).
 func (s *rendezvousScheduler) add(key publicKey, fastUntil time.Time) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	s.contacts[key] = &rendezvousState{fastUntil: fastUntil}
+	s.contacts[key] = &rendezvousState{fastUntil: fastUntil, lookupGap: lookupFastInterval,
+		announced: map[uint64]time.Time{}, quiet: map[netip.AddrPort]time.Time{}}
 }
 
 // remove forgets a contact; its operations in flight end without effect.
@@ -125,35 +138,42 @@ func (s *rendezvousScheduler) remove(key publicKey) {
 	delete(s.contacts, key)
 }
 
-// online stops the lookups of a contact with a session and starts a new
-// round of candidates.
+// online stops the lookups and announces of a contact with a session: it
+// knows where we are. Every candidate may be tried again later.
 func (s *rendezvousScheduler) online(key publicKey) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if r := s.contacts[key]; r != nil {
-		r.online, r.tried = true, r.tried[:0]
+		r.online = true
+		clear(r.quiet)
 	}
 }
 
-// offline puts a contact whose session ended back on fast lookups.
+// offline puts a contact whose session ended back on the schedule: an
+// announce (unless a recent one still holds) and lookups from now on.
 func (s *rendezvousScheduler) offline(key publicKey, now time.Time) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if r := s.contacts[key]; r != nil {
 		r.online = false
-		r.fastUntil, r.nextLookup = now.Add(lookupFastPeriod), now
+		r.restart(now)
 	}
 }
 
-// start makes every contact due for an announce and a lookup now, with a
-// minute of fast lookups.
+// start makes every contact due for an announce and a lookup now.
 func (s *rendezvousScheduler) start() {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	now := s.cfg.Now()
 	for _, r := range s.contacts {
-		r.fastUntil, r.nextLookup, r.nextAnnounce = now.Add(lookupFastPeriod), now, now
+		r.restart(now)
 	}
+}
+
+// restart begins the lookups of our own again: now, then after gaps of
+// lookupFastInterval, doubling, until lookupFastPeriod has passed.
+func (r *rendezvousState) restart(now time.Time) {
+	r.fastUntil, r.nextLookup, r.lookupGap = now.Add(lookupFastPeriod), now, lookupFastInterval
 }
 
 // waitOps returns once the DHT operations started so far have ended.
@@ -162,53 +182,90 @@ func (s *rendezvousScheduler) waitOps() { s.wg.Wait() }
 // rendezvousJob is one DHT task for one contact.
 type rendezvousJob struct {
 	key      publicKey
-	announce bool // announce_peer; otherwise get_peers
+	announce bool     // announce_peer (with the lookup before it); otherwise get_peers
+	epochs   []uint64 // the epochs whose infohashes the job uses
 }
 
-// tick starts the announces and lookups that are due: announces every
-// 5 minutes and whenever the set of epochs changes; lookups of an offline
-// contact every 5 s in its first minute (after start, add or going
-// offline), then every 90 s. At most maxDHTOps run at once.
+// tick starts the announces and lookups that are due, for contacts without
+// a session only. An epoch is announced when it enters the set of current
+// epochs and again every announceInterval while it stays there, as DHT
+// nodes forget an announce after peerTTL. A contact is looked up at start,
+// add or going offline, then at 5, 15 and 35 s (the gap doubles) while
+// lookupFastPeriod lasts, on the current epoch only. After that only the
+// lookups that announces make anyway find it, and the puncher re-reads the
+// contact's record (punch.go): a contact who comes online looks us up and
+// initiates, or writes a record we read. At most maxDHTOps run at once.
 func (s *rendezvousScheduler) tick(ctx context.Context) {
 	if s.cfg.Announce == nil || s.cfg.GetPeers == nil || s.cfg.StaticSecret == nil {
 		return
 	}
 	now := s.cfg.Now()
-	epochs := rendezvousEpochs(now)
+	// A lookup needs the current epoch only: with clocks less than
+	// rendezvousSkew apart, it is among the epochs the contact announces.
+	epochs, current := rendezvousEpochs(now), rendezvousEpochOf(now)
 	s.mu.Lock()
-	if !slices.Equal(epochs, s.epochs) {
-		s.epochs = epochs
-		for _, r := range s.contacts {
-			r.nextAnnounce = time.Time{}
-		}
-	}
 	var jobs []rendezvousJob
 	for k, r := range s.contacts {
-		if !r.announceBusy && !now.Before(r.nextAnnounce) {
-			r.announceBusy, r.nextAnnounce = true, now.Add(announceInterval)
-			jobs = append(jobs, rendezvousJob{k, true})
+		if r.online {
+			continue
 		}
-		if !r.online && !r.lookupBusy && !now.Before(r.nextLookup) {
-			every := lookupSlowInterval
-			if now.Before(r.fastUntil) {
-				every = lookupFastInterval
+		lookupDue := !r.lookupBusy && !now.Before(r.nextLookup) && now.Before(r.fastUntil)
+		if due := r.dueEpochs(epochs, now); len(due) > 0 && !r.announceBusy && !now.Before(r.nextAnnounce) {
+			r.announceBusy = true
+			jobs = append(jobs, rendezvousJob{k, true, due})
+			if lookupDue && slices.Contains(due, current) {
+				r.advanceLookup(now) // the announce looks the current epoch up: it is this lookup
+				lookupDue = false
 			}
-			r.lookupBusy, r.nextLookup = true, now.Add(every)
-			jobs = append(jobs, rendezvousJob{k, false})
+		}
+		if lookupDue {
+			r.lookupBusy = true
+			r.advanceLookup(now)
+			jobs = append(jobs, rendezvousJob{k, false, []uint64{current}})
 		}
 	}
 	s.mu.Unlock()
 	for _, jb := range jobs {
 		s.wg.Add(1)
-		go s.run(ctx, jb, epochs)
+		go s.run(ctx, jb)
 	}
 }
 
-// run does one job for every current epoch.
-func (s *rendezvousScheduler) run(ctx context.Context, jb rendezvousJob, epochs []uint64) {
+// dueEpochs lists the current epochs not announced within
+// announceInterval, except those whose last announce lasts (peerTTL) until
+// they stop being current, and forgets epochs no longer current.
+func (r *rendezvousState) dueEpochs(epochs []uint64, now time.Time) []uint64 {
+	var due []uint64
+	for e := range r.announced {
+		if !slices.Contains(epochs, e) {
+			delete(r.announced, e)
+		}
+	}
+	for _, e := range epochs {
+		at, ok := r.announced[e]
+		if !ok || now.Sub(at) >= announceInterval && at.Add(peerTTL).Before(epochUsedUntil(e)) {
+			due = append(due, e)
+		}
+	}
+	return due
+}
+
+// epochUsedUntil is when e leaves rendezvousEpochs: its end plus the skew.
+func epochUsedUntil(e uint64) time.Time {
+	return time.Unix(int64(e+1)*int64(rendezvousEpoch/time.Second), 0).Add(rendezvousSkew)
+}
+
+// advanceLookup schedules the next lookup of our own, a doubled gap later.
+func (r *rendezvousState) advanceLookup(now time.Time) {
+	r.nextLookup = now.Add(r.lookupGap)
+	r.lookupGap *= 2
+}
+
+// run does one job for each of its epochs.
+func (s *rendezvousScheduler) run(ctx context.Context, jb rendezvousJob) {
 	defer s.wg.Done()
-	ok := false
-	defer func() { s.done(jb, ok) }()
+	var done []uint64 // epochs announced, or looked up
+	defer func() { s.done(jb, done) }()
 	select {
 	case s.sem <- struct{}{}:
 		defer func() { <-s.sem }()
@@ -221,31 +278,39 @@ func (s *rendezvousScheduler) run(ctx context.Context, jb rendezvousJob, epochs 
 		return
 	}
 	var found []netip.AddrPort
-	for _, e := range epochs {
+	for _, e := range jb.epochs {
 		octx, cancel := context.WithTimeout(ctx, dhtOpTimeout)
 		ih := rendezvousInfohash(secret, e)
+		var addrs []netip.AddrPort
 		if jb.announce {
-			n, err := s.cfg.Announce(octx, ih)
-			ok = ok || (err == nil && n > 0)
-		} else {
-			addrs, err := s.cfg.GetPeers(octx, ih)
-			ok = ok || err == nil
-			for _, a := range addrs {
-				if !slices.Contains(found, a) && (s.cfg.IsSelf == nil || !s.cfg.IsSelf(a)) {
-					found = append(found, a)
-				}
+			var n int
+			addrs, n, err = s.cfg.Announce(octx, ih)
+			if err == nil && n == 0 {
+				err = errNoneAnswered
 			}
+		} else {
+			addrs, err = s.cfg.GetPeers(octx, ih)
 		}
 		cancel()
+		if err == nil {
+			done = append(done, e)
+		}
+		for _, a := range addrs {
+			if !slices.Contains(found, a) && (s.cfg.IsSelf == nil || !s.cfg.IsSelf(a)) {
+				found = append(found, a)
+			}
+		}
 	}
-	s.cfg.Log.Debug("chat: rendezvous", "peer", jb.key.String(), "announce", jb.announce, "ok", ok, "found", found)
+	s.cfg.Log.Debug("chat: rendezvous", "peer", jb.key.String(), "announce", jb.announce, "done", done, "found", found)
 	s.mu.Lock()
 	_, still := s.contacts[jb.key] // not removed meanwhile
 	s.mu.Unlock()
-	switch {
-	case still && jb.announce && s.cfg.Announced != nil:
+	if still && jb.announce && s.cfg.Announced != nil {
 		s.cfg.Announced(jb.key)
-	case still && !jb.announce && s.cfg.LookedUp != nil:
+	}
+	// An announce starts with a lookup of the same infohash (SPEC.md
+	// 5.2): what it found goes to the puncher as a lookup's would.
+	if still && s.cfg.LookedUp != nil && (!jb.announce || len(found) > 0) {
 		s.cfg.LookedUp(jb.key, found)
 	}
 	if a, ok := s.pickCandidate(jb.key, found); ok {
@@ -255,12 +320,14 @@ func (s *rendezvousScheduler) run(ctx context.Context, jb rendezvousJob, epochs 
 
 // pickCandidate chooses the one address a lookup hands to the session
 // layer. A lookup often finds stale addresses next to the live one: our
-// own or the contact's earlier ports, kept by DHT nodes for 30 minutes. The
-// session layer sends its initiation to the first address it is given and
-// resends it, after RekeyTimeout, to the last one, so each lookup hands
-// over one candidate: one not tried since the last session, in the DHT's
-// order but with addresses on our own IP last (most likely our own earlier
-// announcements); once all were tried, the round starts again.
+// own or the contact's earlier ports, kept by DHT nodes for peerTTL. The
+// session layer sends its initiation to the address it is given and
+// resends it for RekeyAttemptTime, so each lookup hands over one
+// candidate, in the DHT's order but with addresses on our own IP last
+// (most likely our own earlier announcements), and one that brought no
+// session is not handed over again for candidateQuiet: by then a stale
+// announce is gone from the DHT, and one found again is fresh. A contact
+// who is really there initiates to us once it looks us up.
 func (s *rendezvousScheduler) pickCandidate(key publicKey, found []netip.AddrPort) (netip.AddrPort, bool) {
 	if len(found) == 0 {
 		return netip.AddrPort{}, false
@@ -277,28 +344,31 @@ func (s *rendezvousScheduler) pickCandidate(key publicKey, found []netip.AddrPor
 			return 1
 		})
 	}
+	now := s.cfg.Now()
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	r := s.contacts[key]
-	if r == nil {
+	if r == nil || r.online {
 		return netip.AddrPort{}, false
 	}
-	i := slices.IndexFunc(found, func(a netip.AddrPort) bool { return !slices.Contains(r.tried, a) })
+	maps.DeleteFunc(r.quiet, func(_ netip.AddrPort, until time.Time) bool { return !now.Before(until) })
+	i := slices.IndexFunc(found, func(a netip.AddrPort) bool { _, q := r.quiet[a]; return !q })
 	if i < 0 {
-		r.tried, i = r.tried[:0], 0
+		return netip.AddrPort{}, false
 	}
-	if len(r.tried) < maxLookupTries {
-		r.tried = append(r.tried, found[i])
+	if len(r.quiet) < maxLookupTries {
+		r.quiet[found[i]] = now.Add(candidateQuiet)
 	}
 	return found[i], true
 }
 
-// done clears the busy mark. A failed operation is retried soon: after
-// dhtRetryMin, doubling with each further failure up to announceRetry
-// (announce) or the lookup interval. The first ones at start usually fail
-// only because the DHT is still pinging its saved nodes, and a contact
-// waiting for us should not wait a whole interval for that.
-func (s *rendezvousScheduler) done(jb rendezvousJob, ok bool) {
+// done clears the busy mark and records the epochs announced. A failed
+// operation is retried soon: after dhtRetryMin, doubling with each
+// further failure up to announceRetry (announce) or lookupFastInterval.
+// The first ones at start usually fail only because the DHT is still
+// pinging its saved nodes, and a contact waiting for us should not wait a
+// whole interval for that.
+func (s *rendezvousScheduler) done(jb rendezvousJob, done []uint64) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	r := s.contacts[jb.key]
@@ -306,13 +376,34 @@ func (s *rendezvousScheduler) done(jb rendezvousJob, ok bool) {
 		return
 	}
 	now := s.cfg.Now()
+	ok := len(done) > 0
 	if jb.announce {
 		r.announceBusy = false
-		r.nextAnnounce = retryAfter(&r.announceFails, ok, now, announceRetry, r.nextAnnounce)
+		for _, e := range done {
+			r.announced[e] = now
+		}
+		r.nextAnnounce = retryAfter(&r.announceFails, ok, now, announceRetry, now.Add(announceRetry))
+		if ok {
+			r.nextAnnounce = now
+		}
 		return
 	}
 	r.lookupBusy = false
-	r.nextLookup = retryAfter(&r.lookupFails, ok, now, lookupFastInterval, r.nextLookup)
+	if !ok { // a failed lookup does not count: retry it soon, with the same gap after
+		r.lookupGap /= 2
+		r.nextLookup = retryAfter(&r.lookupFails, ok, now, lookupFastInterval, r.nextLookup)
+		r.fastUntil = later(r.fastUntil, r.nextLookup.Add(time.Nanosecond))
+		return
+	}
+	r.lookupFails = 0
+}
+
+// later returns the later of a and b.
+func later(a, b time.Time) time.Time {
+	if a.After(b) {
+		return a
+	}
+	return b
 }
 
 // retryAfter counts consecutive failures and returns when to try again:

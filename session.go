@@ -39,6 +39,8 @@ const (
 	defaultTickInterval       = 250 * time.Millisecond
 	defaultKeepalive          = 25 * time.Second // keeps NAT mappings open; shows presence
 	defaultDeadAfter          = 3*defaultKeepalive + 5*time.Second
+	keepaliveNoNAT            = 55 * time.Second // on a path with no NAT (SPEC.md 5.8.4): two within conntrack's 120 s for a flow seen both ways
+	deadAfterNoNAT            = 3*keepaliveNoNAT + 5*time.Second
 	maxCandidates             = 4 // addresses tried at once while there is no session
 	cookieRefreshTime         = 120 * time.Second
 	maxQueuedPerPeer          = 128

@@ -80,9 +80,9 @@ func (m *sessionManager) tick() {
 		if p.timers.online && p.timers.stalled(now, m.cfg.StallTimeout) {
 			p.timers.online = false
 			stalled = append(stalled, p.key)
-		} else if p.checkEnded(now, m.cfg.DeadAfter) {
+		} else if p.checkEnded(now, p.timers.deadAfterOr(m.cfg.DeadAfter)) {
 			ended = append(ended, p.key)
-		} else if p.timers.online && (now.Sub(p.timers.lastSend) >= m.cfg.Keepalive || p.timers.owesAnswer(now, m.cfg.PassiveKeepalive)) {
+		} else if p.timers.online && (now.Sub(p.timers.lastSend) >= p.timers.keepalive(now, m.cfg.Keepalive) || p.timers.owesAnswer(now, m.cfg.PassiveKeepalive)) {
 			// A side that has sent nothing to p yet (a responder
 			// whose session was just confirmed) is due at once.
 			keepalive = append(keepalive, p)
@@ -111,6 +111,42 @@ func (m *sessionManager) tick() {
 	for _, k := range ended {
 		m.ended(k)
 	}
+}
+
+// setPathTimers sets the keepalive and DeadAfter of k's session on the
+// path through addr (SPEC.md 5.8.4); zero means the config's. A new
+// address starts the path again: its first keepalives come at the
+// config's Keepalive, before a firewall's entry for a flow seen one way
+// only (30 s in Linux) could expire.
+func (m *sessionManager) setPathTimers(k publicKey, addr netip.AddrPort, every, deadAfter time.Duration) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	p := m.peers[k]
+	if p == nil {
+		return
+	}
+	if p.timers.path != addr {
+		p.timers.path, p.timers.since = addr, m.cfg.Now()
+	}
+	p.timers.every, p.timers.deadAfter = every, deadAfter
+}
+
+// keepalive is how long t's session may stay quiet before a keepalive:
+// the path's own interval, once two of the config's have passed since
+// the path began.
+func (t *peerTimers) keepalive(now time.Time, def time.Duration) time.Duration {
+	if t.every <= def || now.Sub(t.since) < 2*def {
+		return def
+	}
+	return t.every
+}
+
+// deadAfterOr is the path's DeadAfter, or def.
+func (t *peerTimers) deadAfterOr(def time.Duration) time.Duration {
+	if t.deadAfter > 0 {
+		return t.deadAfter
+	}
+	return def
 }
 
 // stalled reports whether a payload sent after the last authenticated
