@@ -42,6 +42,7 @@ const (
 	recordIdle      = 2 * time.Minute        // a record this old, read again unchanged: its writer is not punching now
 	recheckMin      = 90 * time.Second       // the first gap between re-reads of an offline contact's record
 	recheckMax      = 10 * time.Minute       // the gap doubles up to this
+	noRecordMaxGap  = 4 * time.Second        // the longest gap between reads that find no record
 	punchOpTimeout  = 10 * time.Second
 	v6OpenLead      = 200 * time.Millisecond // an IPv6 firewall opened this long before our initiation
 	maxPunchOps     = 4
@@ -80,6 +81,7 @@ type punchPeer struct {
 	found   []netip.AddrPort // rendezvous addresses since the last session
 	foundAt time.Time        // first of them
 	began   time.Time        // the attempt's start
+	noRec   time.Duration    // the gap after a read that found no record; doubles
 	tried   []netip.AddrPort // handed to the session in this attempt
 	pre6    []netip.AddrPort // IPv6 addresses opened toward, this attempt
 	pre6At  time.Time        // when the last of them was
@@ -148,7 +150,7 @@ func (s *puncher) newAttemptLocked(p *punchPeer, now time.Time) {
 	}
 	p.nonce = max(p.nonce, 1)
 	p.opened, p.handedAt, p.tried, p.pre6, p.dirty = 0, time.Time{}, nil, nil, true
-	p.began = now
+	p.began, p.noRec = now, punchPoll
 	p.pollUntil, p.nextPoll = now.Add(punchPeriod), now
 }
 
@@ -699,10 +701,12 @@ func (s *puncher) read(ctx context.Context, k publicKey) {
 }
 
 // noRecord: a read found no record of k. Once the attempt and the first
-// find are recordWait old, the 250 ms reads end: a contact that writes
-// records has written one by then (at its start), and one that does not
-// is tried without (stepLocked, SPEC.md 5.8.3 step 9). A record we had
-// that is gone ends them once it is recordIdle old, as if read again.
+// find are recordWait old, the frequent reads end: a live contact has
+// written its record by then (at its start), and one that writes none is
+// tried without (stepLocked, SPEC.md 5.8.3 step 9). Until then the gap
+// between reads doubles from punchPoll up to noRecordMaxGap: a contact
+// starting with us writes its record within a second or two. A record we
+// had that is gone ends them once it is recordIdle old, as if read again.
 func (s *puncher) noRecord(k publicKey) {
 	now := s.cfg.Now()
 	s.mu.Lock()
@@ -716,6 +720,9 @@ func (s *puncher) noRecord(k publicKey) {
 		}
 	case now.Sub(p.began) >= recordWait && (p.foundAt.IsZero() || now.Sub(p.foundAt) >= recordWait):
 		p.pollUntil = now
+	default:
+		p.nextPoll = laterOf(p.nextPoll, now.Add(p.noRec))
+		p.noRec = min(2*p.noRec, noRecordMaxGap)
 	}
 }
 
@@ -750,7 +757,7 @@ func (s *puncher) onRecord(k publicKey, r endpointRecord, seq int64) {
 		return
 	}
 	changed := p.recSeq == 0 || r.Nonce != p.rec.Nonce || r.Ack != p.rec.Ack
-	p.rec, p.recSeq = r, seq
+	p.rec, p.recSeq, p.noRec = r, seq, punchPoll
 	if changed && p.fresh(now) && !p.online {
 		p.pollUntil = laterOf(p.pollUntil, now.Add(punchPeriod))
 	}

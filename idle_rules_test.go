@@ -1,0 +1,225 @@
+package main
+
+// The rules that keep an idle user's traffic low (issue 13 item 8) without
+// taking from hole punching what it needs: per-path keepalives (SPEC.md
+// 5.8.4), the record reads of an offline contact (5.8.3 step 3) and the
+// back-off of drops collection (8.5). TestIdleCost measures the result on
+// the real binary.
+
+import (
+	"context"
+	"net/netip"
+	"slices"
+	"sync"
+	"testing"
+	"time"
+)
+
+// TestPathTimers: 55 s keepalives only when both sides are public and the
+// path is direct IPv4; DeadAfter 80 s only when a NAT is known to be on
+// the path, so that it fits whatever keepalive the contact chose.
+func TestPathTimers(t *testing.T) {
+	public := localView{Hosts: []netip.Prefix{netip.MustParsePrefix("203.0.113.9/30")}, Port: 6881,
+		External: netip.MustParseAddrPort("203.0.113.9:6881"), Behaviour: natPublic}
+	behind := natView("192.168.1.10", "203.0.113.1")
+	unknown := localView{Hosts: behind.Hosts, Port: 6881}
+	recPublic := endpointRecord{Nonce: 1, Cands: []endpointCandidate{
+		{Kind: endpointCandReflexive, Addr: netip.MustParseAddrPort("198.51.100.7:6881")},
+		{Kind: endpointCandHost, Addr: netip.MustParseAddrPort("198.51.100.7:6881")}}}
+	recNAT := endpointRecord{Nonce: 1, Cands: []endpointCandidate{
+		{Kind: endpointCandReflexive, Addr: netip.MustParseAddrPort("198.51.100.7:6881")},
+		{Kind: endpointCandHost, Addr: netip.MustParseAddrPort("10.0.0.7:6881")}}}
+	v4 := netip.MustParseAddrPort("198.51.100.7:6881")
+	v6 := netip.MustParseAddrPort("[2001:db8::7]:6881")
+	for _, tc := range []struct {
+		name                string
+		view                localView
+		rec                 *endpointRecord
+		addr                netip.AddrPort
+		wantEvery, wantDead time.Duration
+	}{
+		{"both public", public, &recPublic, v4, keepaliveNoNAT, deadAfterNoNAT},
+		{"both public, IPv6", public, &recPublic, v6, 0, deadAfterNoNAT},
+		{"contact behind NAT", public, &recNAT, v4, 0, 0},
+		{"we behind NAT", behind, &recPublic, v4, 0, 0},
+		{"our NAT unknown", unknown, &recPublic, v4, 0, 0},
+		{"no record", public, nil, v4, 0, deadAfterNoNAT},
+	} {
+		p := &punchPeer{}
+		if tc.rec != nil {
+			p.rec, p.recSeq = *tc.rec, 1 // however old: read before the session
+		}
+		every, dead := pathTimers(p, tc.addr, &tc.view)
+		if every != tc.wantEvery || dead != tc.wantDead {
+			t.Errorf("%s: pathTimers = %v, %v; want %v, %v", tc.name, every, dead, tc.wantEvery, tc.wantDead)
+		}
+	}
+}
+
+// TestPathKeepaliveTimeline is TestSilentPeerTimeline on a path with no
+// NAT: the first keepalive still after 25 s, then every 55 s; Ended at
+// 170 s. The rekey initiations are as before.
+func TestPathKeepaliveTimeline(t *testing.T) {
+	var n fakeNet
+	clock := newFakeClock()
+	start := clock.now()
+	var endedAt []time.Duration
+	a, b := newTestPair(t, &n, clock, func(c *sessionConfig) {
+		c.Ended = func(publicKey, time.Time) { endedAt = append(endedAt, clock.now().Sub(start)) }
+	})
+	a.m.setEndpoint(b.id.public(), b.addr)
+	n.pump(t)
+	if !a.m.hasSession(b.id.public()) {
+		t.Fatal("no session")
+	}
+	a.m.setPathTimers(b.id.public(), b.addr, keepaliveNoNAT, deadAfterNoNAT)
+	var keepalives, inits []time.Duration
+	for clock.now().Sub(start) < 240*time.Second {
+		clock.advance(defaultTickInterval)
+		a.m.tick() // b is silent
+		for _, p := range n.take() {
+			switch p.b[0] {
+			case packetTransport:
+				keepalives = append(keepalives, clock.now().Sub(start))
+			case packetInitiation:
+				inits = append(inits, clock.now().Sub(start))
+			}
+		}
+	}
+	if want := []time.Duration{25 * time.Second, 80 * time.Second, 135 * time.Second}; !slices.Equal(keepalives, want) {
+		t.Errorf("keepalives at %v, want %v", keepalives, want)
+	}
+	if want := []time.Duration{170 * time.Second}; !slices.Equal(endedAt, want) {
+		t.Errorf("Ended at %v, want %v", endedAt, want)
+	}
+	if len(inits) == 0 || inits[0] != 120*time.Second {
+		t.Errorf("initiations at %v, want the first at 120 s", inits)
+	}
+}
+
+// countingGets wraps a punchDHT's get and counts the reads of records.
+type countingGets struct {
+	d  *punchDHT
+	mu sync.Mutex
+	n  int
+}
+
+func (c *countingGets) get(ctx context.Context, k [32]byte) (int64, []byte, error) {
+	c.mu.Lock()
+	c.n++
+	c.mu.Unlock()
+	return c.d.get(ctx, k)
+}
+
+func (c *countingGets) count() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.n
+}
+
+// readsSide is a puncher behind a NAT whose reads are counted.
+func readsSide(t *testing.T, d *punchDHT, clock *fakeClock) (*punchSide, *countingGets) {
+	a := newPunchSide(t, d, clock, 1, natView("192.168.1.10", "203.0.113.1"))
+	gets := &countingGets{d: d}
+	a.p.cfg.Get = gets.get
+	return a, gets
+}
+
+// TestPunchReadsOfflineContact: a contact who wrote its record and went
+// away. A lookup that finds its stale announce makes two reads, not 120
+// (the second finds the same record, minutes old); then the record is
+// re-read at 90 s, 270 s, 630 s and every 10 minutes after.
+func TestPunchReadsOfflineContact(t *testing.T) {
+	d := &punchDHT{items: map[[32]byte]punchItem{}}
+	clock := newFakeClock()
+	b := newPunchSide(t, d, clock, 2, natView("192.168.2.10", "203.0.113.2"))
+	b.p.announced(testIdentity(t, 1).public())
+	b.tick() // b's record is out; b is gone from now on
+	clock.advance(5 * time.Minute)
+	a, gets := readsSide(t, d, clock)
+	epochs := len(rendezvousEpochs(clock.now()))
+	a.p.lookedUp(b.id.public(), []netip.AddrPort{netip.MustParseAddrPort("203.0.113.2:6881")})
+	for range int(punchPeriod / punchTick) {
+		clock.advance(punchTick)
+		a.tick()
+	}
+	if n := gets.count() / epochs; n != 2 {
+		t.Errorf("a lookup that found a gone contact: %d reads in %v, want 2", n, punchPeriod)
+	}
+	before := gets.count()
+	var at []time.Duration
+	start := clock.now().Add(-punchPeriod)
+	for clock.now().Sub(start) < time.Hour {
+		clock.advance(time.Second)
+		a.tick()
+		if gets.count() != before {
+			at = append(at, clock.now().Sub(start).Round(time.Second))
+			before = gets.count()
+		}
+	}
+	want := []time.Duration{90 * time.Second, 270 * time.Second, 630 * time.Second}
+	for s := 1230; s < 3600; s += 600 {
+		want = append(want, time.Duration(s)*time.Second)
+	}
+	if !slices.Equal(at, want) {
+		t.Errorf("re-reads at %v, want %v", at, want)
+	}
+}
+
+// TestPunchReadsNoRecord: nothing written yet. The reads of an attempt's
+// first recordWait come at gaps doubling from punchPoll (a contact
+// starting with us writes within a second or two), then end.
+func TestPunchReadsNoRecord(t *testing.T) {
+	d := &punchDHT{items: map[[32]byte]punchItem{}}
+	clock := newFakeClock()
+	a, gets := readsSide(t, d, clock)
+	k := testIdentity(t, 2).public()
+	epochs := len(rendezvousEpochs(clock.now()))
+	a.p.lookedUp(k, []netip.AddrPort{netip.MustParseAddrPort("203.0.113.2:6881")})
+	for range int(punchPeriod / punchTick) {
+		clock.advance(punchTick)
+		a.tick()
+	}
+	// 0.25, 0.75, 1.75, 3.75, 7.75, 11.75, 15.75, 19.75 and the one
+	// that ends them: about 10, where every 250 ms made 120.
+	if n := gets.count() / epochs; n < 6 || n > 12 {
+		t.Errorf("%d reads without a record in %v, want about 10", n, punchPeriod)
+	}
+	// A record that appears later is found at the next re-read.
+	b := newPunchSide(t, d, clock, 2, natView("192.168.2.10", "203.0.113.2"))
+	b.p.announced(a.id.public())
+	b.tick()
+	for range int(recheckMin / punchTick) {
+		clock.advance(punchTick)
+		a.tick()
+	}
+	a.p.mu.Lock()
+	got := a.p.peers[k].recSeq
+	a.p.mu.Unlock()
+	if got == 0 {
+		t.Error("the record written later was not read by the first re-read")
+	}
+}
+
+// TestDropCollectBackoff: while a contact stays offline, complete rounds
+// come 3, 6, 12, 24, 30, 30 minutes apart; a session that ends starts the
+// gaps again.
+func TestDropCollectBackoff(t *testing.T) {
+	var r dropRun
+	now := time.Unix(1_800_000_000, 0)
+	var gaps []time.Duration
+	for range 6 {
+		r.scheduleRound(now)
+		gaps = append(gaps, r.collectAt.Sub(now))
+		now = r.collectAt
+	}
+	want := []time.Duration{3 * time.Minute, 6 * time.Minute, 12 * time.Minute, 24 * time.Minute, 30 * time.Minute, 30 * time.Minute}
+	if !slices.Equal(gaps, want) {
+		t.Errorf("gaps %v, want %v", gaps, want)
+	}
+	r.collectGap = 0 // what scheduleLocked does when the session ends
+	r.scheduleRound(now)
+	if g := r.collectAt.Sub(now); g != dropCollectEvery {
+		t.Errorf("after a session: %v, want %v", g, dropCollectEvery)
+	}
+}
