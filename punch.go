@@ -42,7 +42,7 @@ const (
 	recordIdle      = 2 * time.Minute        // a record this old, read again unchanged: its writer is not punching now
 	recheckMin      = 90 * time.Second       // the first gap between re-reads of an offline contact's record
 	recheckMax      = 10 * time.Minute       // the gap doubles up to this
-	noRecordMaxGap  = 4 * time.Second        // the longest gap between reads that find no record
+	idleReadMaxGap  = 4 * time.Second        // the longest gap between reads that find nothing new
 	punchOpTimeout  = 10 * time.Second
 	v6OpenLead      = 200 * time.Millisecond // an IPv6 firewall opened this long before our initiation
 	maxPunchOps     = 4
@@ -81,7 +81,7 @@ type punchPeer struct {
 	found   []netip.AddrPort // rendezvous addresses since the last session
 	foundAt time.Time        // first of them
 	began   time.Time        // the attempt's start
-	noRec   time.Duration    // the gap after a read that found no record; doubles
+	idleGap time.Duration    // the gap after a read that found nothing new; doubles
 	tried   []netip.AddrPort // handed to the session in this attempt
 	pre6    []netip.AddrPort // IPv6 addresses opened toward, this attempt
 	pre6At  time.Time        // when the last of them was
@@ -150,7 +150,7 @@ func (s *puncher) newAttemptLocked(p *punchPeer, now time.Time) {
 	}
 	p.nonce = max(p.nonce, 1)
 	p.opened, p.handedAt, p.tried, p.pre6, p.dirty = 0, time.Time{}, nil, nil, true
-	p.began, p.noRec = now, punchPoll
+	p.began, p.idleGap = now, punchPoll
 	p.pollUntil, p.nextPoll = now.Add(punchPeriod), now
 }
 
@@ -163,7 +163,9 @@ func (s *puncher) announced(k publicKey) {
 }
 
 // lookedUp: a rendezvous lookup of k ended with found. Its record is read
-// now; if k was found, it is read often for punchPeriod.
+// now; if the lookup found an address not found before (since the last
+// session), it is read often for punchPeriod. The same stale announce,
+// found again by each lookup, does not start the frequent reads again.
 func (s *puncher) lookedUp(k publicKey, found []netip.AddrPort) {
 	now := s.cfg.Now()
 	s.mu.Lock()
@@ -172,17 +174,18 @@ func (s *puncher) lookedUp(k publicKey, found []netip.AddrPort) {
 	if p.online {
 		return
 	}
+	newAddr := false
 	for _, a := range found {
 		if !slices.Contains(p.found, a) && len(p.found) < maxFound {
 			if len(p.found) == 0 {
 				p.foundAt = now
 			}
-			p.found = append(p.found, a)
+			p.found, newAddr = append(p.found, a), true
 		}
 	}
 	p.nextPoll = now
-	if len(found) > 0 {
-		p.pollUntil = now.Add(punchPeriod)
+	if newAddr {
+		p.pollUntil, p.idleGap = now.Add(punchPeriod), punchPoll
 	} else if p.pollUntil.Before(now.Add(punchPoll)) {
 		p.pollUntil = now.Add(punchPoll)
 	}
@@ -704,7 +707,7 @@ func (s *puncher) read(ctx context.Context, k publicKey) {
 // find are recordWait old, the frequent reads end: a live contact has
 // written its record by then (at its start), and one that writes none is
 // tried without (stepLocked, SPEC.md 5.8.3 step 9). Until then the gap
-// between reads doubles from punchPoll up to noRecordMaxGap: a contact
+// between reads doubles (slowDown): a contact
 // starting with us writes its record within a second or two. A record we
 // had that is gone ends them once it is recordIdle old, as if read again.
 func (s *puncher) noRecord(k publicKey) {
@@ -715,15 +718,33 @@ func (s *puncher) noRecord(k publicKey) {
 	switch {
 	case p == nil:
 	case p.recSeq != 0:
-		if now.Sub(time.UnixMilli(p.recSeq)) >= recordIdle {
-			p.pollUntil = now
-		}
+		p.nothingNew(now)
 	case now.Sub(p.began) >= recordWait && (p.foundAt.IsZero() || now.Sub(p.foundAt) >= recordWait):
 		p.pollUntil = now
 	default:
-		p.nextPoll = laterOf(p.nextPoll, now.Add(p.noRec))
-		p.noRec = min(2*p.noRec, noRecordMaxGap)
+		p.slowDown(now)
 	}
+}
+
+// nothingNew: a read found the record we had. Written recordIdle ago or
+// more, it ends the frequent reads: its writer is not punching now (one
+// in an attempt rewrites as the attempt moves) and reads ours itself when
+// it comes back. A newer one only slows them (slowDown): what we wait for
+// is the contact's answer to our own record, and when it has acked our
+// nonce the contact connects by itself (SPEC.md 5.8.3 step 6).
+func (p *punchPeer) nothingNew(now time.Time) {
+	if now.Sub(time.UnixMilli(p.recSeq)) >= recordIdle {
+		p.pollUntil = now
+		return
+	}
+	p.slowDown(now)
+}
+
+// slowDown doubles the gap before the next read, from punchPoll up to
+// idleReadMaxGap; a record that changes sets it back to punchPoll.
+func (p *punchPeer) slowDown(now time.Time) {
+	p.nextPoll = laterOf(p.nextPoll, now.Add(p.idleGap))
+	p.idleGap = min(2*p.idleGap, idleReadMaxGap)
 }
 
 // acquire takes a DHT operation slot, or reports that ctx ended.
@@ -747,17 +768,12 @@ func (s *puncher) onRecord(k publicKey, r endpointRecord, seq int64) {
 		return
 	}
 	if seq == p.recSeq {
-		if now.Sub(time.UnixMilli(seq)) >= recordIdle {
-			// Unchanged for a while: the contact is not punching now (a
-			// writer in an attempt rewrites at least once a minute). It
-			// reads ours when it comes back; polling would find nothing.
-			p.pollUntil = now
-		}
+		p.nothingNew(now)
 		s.mu.Unlock()
 		return
 	}
 	changed := p.recSeq == 0 || r.Nonce != p.rec.Nonce || r.Ack != p.rec.Ack
-	p.rec, p.recSeq, p.noRec = r, seq, punchPoll
+	p.rec, p.recSeq, p.idleGap = r, seq, punchPoll
 	if changed && p.fresh(now) && !p.online {
 		p.pollUntil = laterOf(p.pollUntil, now.Add(punchPeriod))
 	}
