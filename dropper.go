@@ -34,6 +34,7 @@ const (
 	dropCollectEvery = 3 * time.Minute    // the first gap between collection rounds while a contact is offline; it doubles after each
 	dropCollectMax   = 30 * time.Minute   // the longest gap, well within the 2 hours a drop outlives its sender
 	dropRetryMax     = 15 * time.Second   // ceiling of the retry delay of a failed job
+	collectRetryMax  = 2 * time.Minute    // ceiling of the retry delay of an incomplete collection round
 	dropWindow       = 16                 // message seqs a collector fetches at once
 	maxDropOps       = 8                  // DHT operations in flight for drops
 	dropMaintEvery   = 10 * time.Second   // prekey expiry checks
