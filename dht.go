@@ -63,6 +63,7 @@ const (
 var (
 	errTimeout      = errors.New("no answer")
 	errTooManyTx    = errors.New("too many queries in flight")
+	errPaced        = errors.New("node already asked all it will answer us") // SPEC.md 3.4.2, "Pacing"
 	errClosed       = errors.New("closed")
 	errNotFound     = errors.New("not found")
 	errNoNodes      = errors.New("routing table is empty")
@@ -185,6 +186,7 @@ func newDHT(n *Node, cfg dhtConfig) (*dht, error) {
 			d.mu.Unlock()
 		},
 		txs: map[txKey]*transaction{}, rng: mrand.NewChaCha8(seed), times: newPeerTimes(),
+		pace: newSourceLimiter(dstQueryRate, dstQueryBurst),
 	}
 	for _, sn := range saved { // questionable until they answer run's ping
 		d.table.heard(sn, false)

@@ -365,8 +365,8 @@ func TestExternalAddressGivesSecureID(t *testing.T) {
 // The transaction table is bounded: past maxTransactions, queries fail at
 // once instead of growing it.
 func TestTransactionTableBounded(t *testing.T) {
-	d := newTestDHT(t, dhtConfig{}, 0)
-	d.timing.rtoInitial = time.Minute // nothing expires during the test
+	d := newTunedTestDHT(t, dhtConfig{}, 0, unlimited) // one address draws them all
+	d.timing.rtoInitial = time.Minute                  // nothing expires during the test
 	defer d.shutdown()
 	blackHole := newRawPeer(t).addr()
 	for i := range maxTransactions + 1 {

@@ -36,6 +36,7 @@ const (
 	peersQuorum         = 2    // nodes with peers after which getPeers stops
 	maxRecentLookups    = 64   // targets whose last lookup's closest nodes are kept
 	recentLookupTTL     = 5 * time.Minute
+	pollLookupEvery     = 5 * time.Second // pollMutable asks single nodes this long after a lookup
 )
 
 // lookupStats measures one lookup; benchmarks report them.
@@ -278,16 +279,20 @@ func (l *lookup) considerItem(r *krpcReply) {
 		}
 		return
 	}
-	if !r.HasSeq || mutableTarget(r.K, l.opts.salt) != l.opts.target {
-		return
-	}
-	it := bep44Item{V: r.V, Mutable: true, K: r.K, Salt: l.opts.salt, Seq: r.Seq, Sig: r.Sig}
-	if verifyItem(it) != nil {
-		return
-	}
-	if !l.hasItem || it.Seq > l.item.Seq {
+	it, ok := mutableItemFrom(r, l.opts.target, l.opts.salt)
+	if ok && (!l.hasItem || it.Seq > l.item.Seq) {
 		l.item, l.hasItem = it, true
 	}
+}
+
+// mutableItemFrom is the mutable item a get reply carries for target, if
+// it has one whose key, salt and signature check out (BEP 44).
+func mutableItemFrom(r *krpcReply, target nodeID, salt []byte) (bep44Item, bool) {
+	if r.V == nil || !r.HasK || !r.HasSeq || mutableTarget(r.K, salt) != target {
+		return bep44Item{}, false
+	}
+	it := bep44Item{V: r.V, Mutable: true, K: r.K, Salt: salt, Seq: r.Seq, Sig: r.Sig}
+	return it, verifyItem(it) == nil
 }
 
 // add inserts new candidates in distance order, dropping the farthest
@@ -449,6 +454,23 @@ type recentLookups struct {
 type recentLookup struct {
 	closest []nodeInfo
 	at      time.Time
+	polled  int // the nodes pollMutable asked since, in turn
+}
+
+// next is the node pollMutable asks next about target: in turn, each of
+// the nodes closest to it that answered its last lookup, if that lookup is
+// under pollLookupEvery old.
+func (r *recentLookups) next(target nodeID, now time.Time) (nodeInfo, bool) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	e, ok := r.m[target]
+	if !ok || now.Sub(e.at) >= pollLookupEvery || len(e.closest) == 0 {
+		return nodeInfo{}, false
+	}
+	n := e.closest[e.polled%len(e.closest)]
+	e.polled++
+	r.m[target] = e
+	return n, true
 }
 
 func (r *recentLookups) get(target nodeID, now time.Time) []nodeInfo {
@@ -629,6 +651,31 @@ func (d *dht) get(ctx context.Context, target nodeID) (bep44Item, error) {
 		return bep44Item{}, err
 	}
 	return bep44Item{}, fmt.Errorf("dht: get %v: %w", target, errNotFound)
+}
+
+// pollMutable reads the mutable item of key k (no salt) the way a record
+// watched several times a second is read (SPEC.md 5.8.3): from one node,
+// the next in turn of those nearest its target that answered a lookup
+// within pollLookupEvery, so that each of them is asked about once every
+// few polls, not at every one; when there is none, by a lookup, which
+// finds them again. found is false when the node asked has no item.
+func (d *dht) pollMutable(ctx context.Context, k [32]byte) (it bep44Item, found bool, err error) {
+	target := mutableTarget(k, nil)
+	n, ok := d.recent.next(target, d.now())
+	if !ok {
+		it, err = d.get(ctx, target)
+		if errors.Is(err, errNotFound) {
+			return bep44Item{}, false, nil
+		}
+		return it, err == nil, err
+	}
+	q := krpcMsg{Method: methodGet, Args: krpcArgs{Target: target}}
+	r := d.tx.query(ctx, n.Addr, &q, txOpts{expect: &n.ID})
+	if r.Err != nil {
+		return bep44Item{}, false, fmt.Errorf("dht: get %v from %v: %w", target, n.Addr, r.Err)
+	}
+	it, found = mutableItemFrom(&r.Msg.Reply, target, nil)
+	return it, found, nil
 }
 
 // putMutableN is putMutable without the target: how many nodes stored it.

@@ -565,7 +565,10 @@ func (a *app) buildPuncher(o options) {
 			return err
 		},
 		Get: func(ctx context.Context, k [32]byte) (int64, []byte, error) {
-			it, err := a.dht.get(ctx, mutableTarget(k, nil))
+			it, found, err := a.dht.pollMutable(ctx, k)
+			if err == nil && !found {
+				err = errNotFound
+			}
 			return it.Seq, it.V, err
 		},
 		Open:    func(to netip.AddrPort, ttl int) error { return a.node.sendTTL(to, nil, ttl) },
