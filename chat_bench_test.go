@@ -136,7 +136,7 @@ func (s *benchStack) run() {
 		s.chat.run,
 	}
 	if s.dht != nil {
-		fs = append(fs, s.dht.run)
+		fs = append(fs, s.dht.maint.run)
 	}
 	for _, f := range fs {
 		s.wg.Add(1)

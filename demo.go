@@ -221,7 +221,7 @@ func startDemoSwarm(ctx context.Context, tr *demoTranscript) (netip.AddrPort, fu
 		tr.names[n.LocalAddr()] = fmt.Sprintf("dht%02d", i)
 		wg.Add(2)
 		go func() { defer wg.Done(); n.run(ctx) }()
-		go func() { defer wg.Done(); d.run(ctx) }()
+		go func() { defer wg.Done(); d.maint.run(ctx) }()
 	}
 	return seed, stop, nil
 }

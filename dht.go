@@ -12,8 +12,9 @@
 // Outbound flow: our queries go through the transaction table
 // (transactions.go), which retransmits them and reports failed nodes to the
 // table. Lookups (lookup.go) and the /dht commands are built on it.
-// Maintenance (run): ping the saved table, bootstrap, then one ticker
-// refreshes stale buckets and saves the table; the table is saved on exit.
+// Maintenance (maintainer.run): ping the saved table, bootstrap, then one
+// ticker refreshes stale buckets and saves the table; the table is saved on
+// exit.
 package main
 
 import (
@@ -124,10 +125,9 @@ type dht struct {
 	peers  *peerStore
 	items  *itemStore
 
-	mu       sync.Mutex // guards table, ids, saved, evicting, verified
+	mu       sync.Mutex // guards table, ids, evicting, verified, maint.saved
 	table    *routingTable
-	ids      idState    // our external address and what our id is bound to (nodeid.go)
-	saved    []nodeInfo // loaded from disk; pinged by run
+	ids      idState // our external address and what our id is bound to (nodeid.go)
 	evicting map[netip.AddrPort]struct{}
 	// verified: when a source (rateKey) that never answered us was last
 	// sent a verification ping; a forged querier whose entry failed and
@@ -137,6 +137,7 @@ type dht struct {
 
 	tx     *txTable      // our queries
 	srv    *server       // answers theirs
+	maint  *maintainer   // keeps us in the network: bootstrap, refresh, save
 	recent recentLookups // where lookups of a target ended lately (lookup.go)
 }
 
@@ -150,7 +151,7 @@ type server struct {
 
 // newDHT creates the node's DHT and installs it as n.onKRPC. Its id is
 // fresh and random; if cfg.Dir holds a saved routing table, its nodes are
-// pinged by run.
+// pinged by maintainer.run.
 func newDHT(n *Node, cfg dhtConfig) (*dht, error) {
 	defaultNowRandLog(&cfg.Now, &cfg.Rand, &cfg.Log)
 	var self nodeID
@@ -166,12 +167,13 @@ func newDHT(n *Node, cfg dhtConfig) (*dht, error) {
 		node: n, cfg: cfg, log: cfg.Log, now: cfg.Now,
 		timing: defaultTiming(),
 		tokens: newTokenBox(cfg.Rand, cfg.Now), peers: newPeerStore(cfg.Now, cfg.Rand), items: newItemStore(cfg.Now),
-		table: newRoutingTable(self, cfg.Now), saved: saved, evicting: map[netip.AddrPort]struct{}{}, verified: map[netip.AddrPort]time.Time{},
+		table: newRoutingTable(self, cfg.Now), evicting: map[netip.AddrPort]struct{}{}, verified: map[netip.AddrPort]time.Time{},
 		source: cfg.Source,
 	}
 	if d.source == nil && n.LocalAddr().Addr().IsUnspecified() {
 		d.source = routeSource
 	}
+	d.maint = &maintainer{d: d, saved: saved}
 	d.srv = &server{d: d, limit: newSourceLimiter(srcQueryRate, srcQueryBurst),
 		sbuf: make([]byte, 0, maxDatagram), nbuf4: make([]byte, 0, 26*bucketSize),
 		nbuf6: make([]byte, 0, 38*bucketSize), vbuf: make([]byte, 0, 20*maxPeersReply),
@@ -550,19 +552,29 @@ func (d *dht) ping(ctx context.Context, addr netip.AddrPort) (nodeID, error) {
 
 // --- maintenance
 
+// maintainer keeps the node in the network, on its own goroutine (run):
+// it bootstraps from the saved table or the routers, refreshes stale
+// buckets, goes back to the routers when the table empties, and saves the
+// table. It owns no lock: what it reads of the dht is under d.mu.
+type maintainer struct {
+	d     *dht
+	saved []nodeInfo // loaded from disk, pinged by the first bootstrap; under d.mu
+}
+
 // run bootstraps, then refreshes stale buckets and saves the table until ctx
 // ends; it saves the table on exit. A failed bootstrap is logged and
 // retried from refresh. It returns nil.
-func (d *dht) run(ctx context.Context) error {
-	defer d.shutdown()
-	if err := d.bootstrap(ctx); err != nil {
+func (m *maintainer) run(ctx context.Context) error {
+	d := m.d
+	defer m.shutdown()
+	if err := m.bootstrap(ctx); err != nil {
 		if ctx.Err() != nil {
 			return nil
 		}
 		// Keep serving and retry from refresh: a node that comes up
 		// before its bootstrap nodes (or offline) must still join later.
 		d.log.Error("dht: bootstrap failed; retrying every maintenance interval", "err", err)
-		d.bootstrapFailed(err)
+		m.bootstrapFailed(err)
 	}
 	tick := time.NewTicker(d.timing.maintenance)
 	defer tick.Stop()
@@ -573,10 +585,10 @@ func (d *dht) run(ctx context.Context) error {
 			return nil
 		case <-tick.C:
 		}
-		d.refresh(ctx)
+		m.refresh(ctx)
 		if d.now().Sub(lastSave) >= d.timing.save {
 			lastSave = d.now()
-			if err := d.save(); err != nil {
+			if err := m.save(); err != nil {
 				d.log.Warn("dht: save routing table", "err", err)
 			}
 		}
@@ -585,7 +597,8 @@ func (d *dht) run(ctx context.Context) error {
 
 // refresh looks up a random id in every bucket left unchanged for
 // bucketRefresh (BEP 5), and retries the bootstrap if the table emptied.
-func (d *dht) refresh(ctx context.Context) {
+func (m *maintainer) refresh(ctx context.Context) {
+	d := m.d
 	// No good node left: ping the best of the rest, and if none answers,
 	// go back to the bootstrap nodes. Dead saved nodes (a node started
 	// offline) must not keep us from them.
@@ -594,10 +607,10 @@ func (d *dht) refresh(ctx context.Context) {
 	probe := d.table.closest(d.table.self(), bucketSize)
 	d.mu.Unlock()
 	if good == 0 && len(d.cfg.Bootstrap) > 0 {
-		if d.pingAll(ctx, probe) == 0 {
-			if err := d.bootstrap(ctx); err != nil {
+		if m.pingAll(ctx, probe) == 0 {
+			if err := m.bootstrap(ctx); err != nil {
 				d.log.Warn("dht: bootstrap", "err", err)
-				d.bootstrapFailed(err)
+				m.bootstrapFailed(err)
 			}
 		}
 		return
@@ -618,14 +631,16 @@ func (d *dht) refresh(ctx context.Context) {
 
 // shutdown ends every open query (its caller learns errClosed), refuses
 // new ones and saves the table.
-func (d *dht) shutdown() {
+func (m *maintainer) shutdown() {
+	d := m.d
 	d.tx.close()
-	if err := d.save(); err != nil {
+	if err := m.save(); err != nil {
 		d.log.Warn("dht: save routing table", "err", err)
 	}
 }
 
-func (d *dht) save() error {
+func (m *maintainer) save() error {
+	d := m.d
 	if d.cfg.Dir == "" {
 		return nil
 	}
@@ -638,17 +653,18 @@ func (d *dht) save() error {
 // bootstrap pings the saved nodes; if none answers it asks the configured
 // routers for the nodes closest to us. Then it looks up our own id, which
 // fills the buckets near us (BEP 5). Every step is bounded by timeouts.
-func (d *dht) bootstrap(ctx context.Context) error {
+func (m *maintainer) bootstrap(ctx context.Context) error {
+	d := m.d
 	d.mu.Lock()
-	saved := d.saved
-	d.saved = nil
+	saved := m.saved
+	m.saved = nil
 	d.mu.Unlock()
-	answered := d.pingAll(ctx, saved)
+	answered := m.pingAll(ctx, saved)
 	var seeds []nodeInfo
 	var problems []string
 	if answered == 0 && len(d.cfg.Bootstrap) > 0 {
 		var routers int
-		seeds, routers, problems = d.askRouters(ctx)
+		seeds, routers, problems = m.askRouters(ctx)
 		answered += routers
 	}
 	for _, p := range problems {
@@ -669,7 +685,8 @@ func (d *dht) bootstrap(ctx context.Context) error {
 }
 
 // bootstrapFailed tells cfg.BootstrapFailed of a bootstrap that failed.
-func (d *dht) bootstrapFailed(err error) {
+func (m *maintainer) bootstrapFailed(err error) {
+	d := m.d
 	if d.cfg.BootstrapFailed != nil {
 		d.cfg.BootstrapFailed(err)
 	}
@@ -677,7 +694,8 @@ func (d *dht) bootstrapFailed(err error) {
 
 // pingAll pings ns in parallel and counts the answers; the routing table
 // records those that do not answer as failed.
-func (d *dht) pingAll(ctx context.Context, ns []nodeInfo) int {
+func (m *maintainer) pingAll(ctx context.Context, ns []nodeInfo) int {
+	d := m.d
 	answered := 0
 	for _, r := range d.tx.queryAll(ctx, ns, txOpts{}, func(int) krpcMsg { return krpcMsg{Method: methodPing} }) {
 		if r.Err == nil {
@@ -690,7 +708,8 @@ func (d *dht) pingAll(ctx context.Context, ns []nodeInfo) int {
 // askRouters resolves every bootstrap HOST:PORT and sends it find_node(our
 // id). It returns the nodes they sent, how many answered and one line per
 // router that failed.
-func (d *dht) askRouters(ctx context.Context) ([]nodeInfo, int, []string) {
+func (m *maintainer) askRouters(ctx context.Context) ([]nodeInfo, int, []string) {
+	d := m.d
 	ctx, cancel := context.WithTimeout(ctx, d.timing.bootstrap)
 	defer cancel()
 	var problems []string

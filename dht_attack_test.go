@@ -134,7 +134,7 @@ func TestRestartTakesFreshID(t *testing.T) {
 		var wg sync.WaitGroup
 		wg.Add(2)
 		go func() { defer wg.Done(); n.run(ctx) }()
-		go func() { defer wg.Done(); d.run(ctx) }()
+		go func() { defer wg.Done(); d.maint.run(ctx) }()
 		return d, func() { cancel(); wg.Wait() }
 	}
 	d1, stop1 := start("127.0.0.1:0")

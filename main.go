@@ -445,7 +445,7 @@ func (a *app) build(o options) error {
 func (a *app) start(ctx context.Context, wg *sync.WaitGroup) {
 	for _, f := range []func(context.Context) error{
 		a.node.run,
-		a.dht.run,
+		a.dht.maint.run,
 		func(ctx context.Context) error { a.sess.run(ctx); return nil },
 		a.chat.run,
 		a.punch.run,
