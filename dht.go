@@ -125,15 +125,14 @@ type dht struct {
 	peers  *peerStore
 	items  *itemStore
 
-	mu       sync.Mutex // guards table, ids, evicting, verified, maint.saved
+	mu       sync.Mutex // guards table, ids.idState, evicting, verified, maint.saved
 	table    *routingTable
-	ids      idState // our external address and what our id is bound to (nodeid.go)
+	ids      *idKeeper // our external address, what our id is bound to, and moves (nodeid.go)
 	evicting map[netip.AddrPort]struct{}
 	// verified: when a source (rateKey) that never answered us was last
 	// sent a verification ping; a forged querier whose entry failed and
 	// came back with its next query must not draw a ping each time.
 	verified map[netip.AddrPort]time.Time
-	source   func(v6 bool) netip.Addr // see dhtConfig.Source; nil: no check
 
 	tx     *txTable      // our queries
 	srv    *server       // answers theirs
@@ -168,10 +167,10 @@ func newDHT(n *Node, cfg dhtConfig) (*dht, error) {
 		timing: defaultTiming(),
 		tokens: newTokenBox(cfg.Rand, cfg.Now), peers: newPeerStore(cfg.Now, cfg.Rand), items: newItemStore(cfg.Now),
 		table: newRoutingTable(self, cfg.Now), evicting: map[netip.AddrPort]struct{}{}, verified: map[netip.AddrPort]time.Time{},
-		source: cfg.Source,
 	}
-	if d.source == nil && n.LocalAddr().Addr().IsUnspecified() {
-		d.source = routeSource
+	d.ids = &idKeeper{d: d, route: cfg.Source}
+	if d.ids.route == nil && n.LocalAddr().Addr().IsUnspecified() {
+		d.ids.route = routeSource
 	}
 	d.maint = &maintainer{d: d, saved: saved}
 	d.srv = &server{d: d, limit: newSourceLimiter(srcQueryRate, srcQueryBurst),
@@ -180,7 +179,7 @@ func newDHT(n *Node, cfg dhtConfig) (*dht, error) {
 	}
 	d.tx = &txTable{
 		write: d.sendRaw, self: d.id, now: cfg.Now, timing: &d.timing,
-		beforeSend: d.checkSource, moves: func() uint64 { _, m := d.idAndMoves(); return m },
+		beforeSend: d.ids.checkSource, moves: func() uint64 { _, m := d.ids.idAndMoves(); return m },
 		failed: func(n nodeInfo) {
 			d.mu.Lock()
 			d.table.failed(n)
@@ -527,7 +526,7 @@ func (d *dht) handleResponse(from netip.AddrPort, m *krpcMsg, b []byte) {
 		t.done(res)
 		return
 	}
-	d.learnExternal(from, m.IP)
+	d.ids.learnExternal(from, m.IP)
 	if t.opts.expect != nil && t.expect != m.Reply.ID {
 		// another node now answers on that address
 		d.mu.Lock()
@@ -620,7 +619,7 @@ func (m *maintainer) refresh(ctx context.Context) {
 	moves := d.ids.moves
 	d.mu.Unlock()
 	for _, t := range targets {
-		if _, now := d.idAndMoves(); ctx.Err() != nil || now != moves {
+		if _, now := d.ids.idAndMoves(); ctx.Err() != nil || now != moves {
 			return // after a move the targets, drawn near the old id, would tie it to us
 		}
 		if _, err := d.lookup(ctx, lookupOpts{target: t, method: methodFindNode, ownID: true, epoch: moves}); err != nil {
@@ -679,7 +678,7 @@ func (m *maintainer) bootstrap(ctx context.Context) error {
 		}
 		return fmt.Errorf("dht: bootstrap: %w: %s", errNoneAnswered, strings.Join(problems, "; "))
 	}
-	self, epoch := d.idAndMoves()
+	self, epoch := d.ids.idAndMoves()
 	_, err := d.lookup(ctx, lookupOpts{target: self, method: methodFindNode, seeds: seeds, ownID: true, epoch: epoch})
 	return err
 }
@@ -724,7 +723,7 @@ func (m *maintainer) askRouters(ctx context.Context) ([]nodeInfo, int, []string)
 		routers = append(routers, nodeInfo{Addr: a})
 		names = append(names, hp)
 	}
-	self, epoch := d.idAndMoves()
+	self, epoch := d.ids.idAndMoves()
 	res := d.tx.queryAll(ctx, routers, txOpts{ownID: true, epoch: epoch}, func(int) krpcMsg {
 		return krpcMsg{Method: methodFindNode, Args: krpcArgs{Target: self}}
 	})

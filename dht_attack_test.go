@@ -287,7 +287,7 @@ func TestMoveEndsLookupOfOwnID(t *testing.T) {
 		n.silent = true
 		n.mu.Unlock()
 	}
-	oldID, epoch := d.idAndMoves()
+	oldID, epoch := d.ids.idAndMoves()
 	errc := make(chan error, 1)
 	go func() {
 		_, err := d.lookup(testCtx(t), lookupOpts{target: oldID, method: methodFindNode, ownID: true, epoch: epoch})

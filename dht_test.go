@@ -348,7 +348,7 @@ func TestExternalAddressGivesSecureID(t *testing.T) {
 		old := d.id()
 		claim := netip.MustParseAddrPort(c)
 		for _, v := range []string{"198.51.100.1:1", "192.0.2.1:1", "8.8.8.8:1"} {
-			d.learnExternal(netip.MustParseAddrPort(v), claim)
+			d.ids.learnExternal(netip.MustParseAddrPort(v), claim)
 		}
 		if ext, ok := d.external(); !ok || ext != claim {
 			t.Fatalf("external() = %v, %v; want %v", ext, ok, claim)
