@@ -123,7 +123,7 @@ func demoScript(tr *demoTranscript, alice, bob *demoUser) error {
 	if err := bob.app.ui.handleLine(bob.ctx, "/quit"); !errors.Is(err, errQuit) {
 		return fmt.Errorf("demo: /quit: %v", err)
 	}
-	bob.app.sess.sayGoodbye()
+	bob.app.sess.goodbye.say()
 	if _, err := alice.wait("* offline bob", demoStepWait); err != nil {
 		return err
 	}

@@ -193,7 +193,7 @@ func run(ctx context.Context, o options, src lineSource, stdout, stderr io.Write
 	a.ui.printf("* ready %s %s", a.node.LocalAddr(), a.id.public())
 	err = a.readCommands(cmds, src)
 	stopCmds()
-	a.sess.sayGoodbye() // /quit, end of input, SIGINT and SIGTERM alike
+	a.sess.goodbye.say() // /quit, end of input, SIGINT and SIGTERM alike
 	stopLayers()
 	wg.Wait()
 	if cerr := a.close(); err == nil {
