@@ -369,12 +369,12 @@ func (a *app) build(o options) error {
 			}
 		},
 		Established: func(k publicKey, addr netip.AddrPort) {
-			a.chat.setOnline(k, addr)
+			a.chat.presence.online(k, addr)
 			a.punch.online(k, addr)
 			a.relay.online(k)
 		},
 		Ended: func(k publicKey, seen time.Time) {
-			a.chat.setOffline(k, seen)
+			a.chat.presence.offline(k, seen)
 			a.punch.offline(k)
 			a.relay.offline(k)
 		},
