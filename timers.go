@@ -1,8 +1,8 @@
 // Timers (SPEC.md 4.7): retransmission, rekeying, expiry, keepalives and
 // the end of a session.
 //
-// Flow: run calls sessionTimers.tick every TickInterval (and saves the timestamps file
-// when asked, timestamps.go). For each peer, tickPeerLocked
+// Flow: run calls sessionTimers.tick every TickInterval (and saves the
+// timestamps file when asked, timestamps.go). For each peer, tickPeerLocked
 // erases keypairs older than RejectAfterTime and stale cookies, resends a
 // pending initiation every RekeyTimeout until RekeyAttemptTime, starts a
 // handshake for queued payloads or a session due for rekeying; then tick
