@@ -221,7 +221,7 @@ const swarmJoinTimeout = 20 * time.Second
 // startTestDHT starts a DHT on its own Node on 127.0.0.1 and returns it with
 // the function that stops it (a second call does nothing). drop is the
 // fraction of datagrams the Node loses in each direction; maintain also
-// runs the DHT's own loop (d.run: bootstrap, refresh, save), as the program
+// runs the DHT's own loop (d.maint.run: bootstrap, refresh, save), as the program
 // does.
 func startTestDHT(tb testing.TB, cfg dhtConfig, drop float64, maintain bool) (*dht, func()) {
 	tb.Helper()
@@ -254,7 +254,7 @@ func startTunedTestDHT(tb testing.TB, cfg dhtConfig, drop float64, maintain bool
 	go func() { defer wg.Done(); n.run(ctx) }()
 	if maintain {
 		wg.Add(1)
-		go func() { defer wg.Done(); d.run(ctx) }()
+		go func() { defer wg.Done(); d.maint.run(ctx) }()
 	}
 	var once sync.Once
 	return d, func() { once.Do(func() { cancel(); wg.Wait() }) }
@@ -294,7 +294,7 @@ type swarmOpts struct {
 	drop     float64    // fraction of datagrams every node loses in each direction
 	seeds    int        // node i bootstraps from the first min(i, seeds) nodes; 0 means 1
 	parallel int        // nodes after the seeds joining at once; 0 means 1
-	maintain bool       // run each node's own loop (d.run), which joins in the background
+	maintain bool       // run each node's own loop (d.maint.run), which joins in the background
 	owner    testing.TB // whose end stops the swarm; nil means the tb given to startSwarm
 }
 
@@ -377,7 +377,7 @@ func joinRetrying(d *dht) error {
 	var err error
 	for range 3 {
 		ctx, cancel := context.WithTimeout(context.Background(), swarmJoinTimeout)
-		err = d.bootstrap(ctx)
+		err = d.maint.bootstrap(ctx)
 		cancel()
 		if err == nil {
 			return nil

@@ -72,7 +72,7 @@ type lookupOpts struct {
 	stopOnPeers bool       // get_peers: end once peersQuorum nodes gave peers
 	toStore     bool       // announce, put: a slow node does not hold up the end
 	ownID       bool       // the target derives from our id: end if we move (nodeid.go)
-	epoch       uint64     // with ownID: the moves of d.idAndMoves when the target was derived
+	epoch       uint64     // with ownID: the moves of d.ids.idAndMoves when the target was derived
 }
 
 type candState uint8
@@ -147,7 +147,7 @@ func (d *dht) lookup(ctx context.Context, o lookupOpts) (*lookupResult, error) {
 	var err error
 	for {
 		l.handleEvents()
-		if _, moves := d.idAndMoves(); o.ownID && moves != l.moves {
+		if _, moves := d.ids.idAndMoves(); o.ownID && moves != l.moves {
 			// Its target would tie our new address to the old id.
 			err = fmt.Errorf("dht: %v lookup: %w", o.method, errMoved)
 			break

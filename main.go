@@ -193,7 +193,7 @@ func run(ctx context.Context, o options, src lineSource, stdout, stderr io.Write
 	a.ui.printf("* ready %s %s", a.node.LocalAddr(), a.id.public())
 	err = a.readCommands(cmds, src)
 	stopCmds()
-	a.sess.sayGoodbye() // /quit, end of input, SIGINT and SIGTERM alike
+	a.sess.goodbye.say() // /quit, end of input, SIGINT and SIGTERM alike
 	stopLayers()
 	wg.Wait()
 	if cerr := a.close(); err == nil {
@@ -369,12 +369,12 @@ func (a *app) build(o options) error {
 			}
 		},
 		Established: func(k publicKey, addr netip.AddrPort) {
-			a.chat.setOnline(k, addr)
+			a.chat.presence.online(k, addr)
 			a.punch.online(k, addr)
 			a.relay.online(k)
 		},
 		Ended: func(k publicKey, seen time.Time) {
-			a.chat.setOffline(k, seen)
+			a.chat.presence.offline(k, seen)
 			a.punch.offline(k)
 			a.relay.offline(k)
 		},
@@ -445,7 +445,7 @@ func (a *app) build(o options) error {
 func (a *app) start(ctx context.Context, wg *sync.WaitGroup) {
 	for _, f := range []func(context.Context) error{
 		a.node.run,
-		a.dht.run,
+		a.dht.maint.run,
 		func(ctx context.Context) error { a.sess.run(ctx); return nil },
 		a.chat.run,
 		a.punch.run,

@@ -154,10 +154,10 @@ func TestRendezvousSchedule(t *testing.T) {
 	want("65 s: slow now", 1, 13)
 	step(85 * time.Second)
 	want("150 s", 1, 14)
-	c.setOnline(chatKey(2), bob)
+	c.presence.online(chatKey(2), bob)
 	step(150 * time.Second) // 300 s after start
 	want("online at 5 min", 2, 14)
-	c.setOffline(chatKey(2), time.Time{})
+	c.presence.offline(chatKey(2), time.Time{})
 	step(0)
 	want("offline again: fast lookups", 2, 15)
 	step(5 * time.Second)
@@ -237,7 +237,7 @@ func TestPickCandidate(t *testing.T) {
 	if want := []netip.AddrPort{old, live, stale, old}; !slices.Equal(got, want) {
 		t.Fatalf("candidates %v, want %v", got, want)
 	}
-	c.setOnline(chatKey(2), live)
+	c.presence.online(chatKey(2), live)
 	if a, _ := c.sched.pickCandidate(chatKey(2), []netip.AddrPort{stale, old, live}); a != old {
 		t.Fatalf("after a session: %v, want the round to start again at %v", a, old)
 	}
