@@ -157,10 +157,13 @@ func updateSpecBlock(t testing.TB, kind, name string, keys []string, fields map[
 	if !ok {
 		t.Fatalf("%s has no %q to update", specFile, strings.TrimSpace(head))
 	}
-	_, after, ok := strings.Cut(rest, "\n```\n")
-	if !ok {
+	// The closing fence is the first line that is only ``` (the block's
+	// first line, if the block is empty).
+	end := strings.Index("\n"+rest, "\n```\n")
+	if end < 0 {
 		t.Fatalf("%s: %q never closed", specFile, strings.TrimSpace(head))
 	}
+	after := rest[end+len("```\n"):]
 	var blk strings.Builder
 	for _, k := range keys {
 		fmt.Fprintf(&blk, "%s = %s\n", k, fields[k])
