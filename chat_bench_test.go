@@ -85,8 +85,8 @@ func startBenchStack(tb testing.TB, o benchStackOpts) *benchStack {
 		Identity:    s.id,
 		Send:        s.node.send,
 		Deliver:     func(k publicKey, from netip.AddrPort, b []byte) { s.chat.handlePayload(k, from, b) },
-		Established: func(k publicKey, addr netip.AddrPort) { s.chat.setOnline(k, addr) },
-		Ended:       func(k publicKey, seen time.Time) { s.chat.setOffline(k, seen) },
+		Established: func(k publicKey, addr netip.AddrPort) { s.chat.presence.online(k, addr) },
+		Ended:       func(k publicKey, seen time.Time) { s.chat.presence.offline(k, seen) },
 		PQ:          pq,
 	})
 	s.node.onSession = s.sess.handlePacket
@@ -108,7 +108,7 @@ func startBenchStack(tb testing.TB, o benchStackOpts) *benchStack {
 	}
 	if s.dht != nil {
 		cfg.Announce = func(ctx context.Context, ih nodeID) ([]netip.AddrPort, int, error) {
-			return s.dht.announcePeers(ctx, ih, 0, true)
+			return s.dht.announce(ctx, ih, 0, true)
 		}
 		cfg.GetPeers = s.dht.getPeers
 		cfg.PutItem, cfg.GetItem = s.dht.putMutableN, s.dht.getMutable
@@ -138,7 +138,7 @@ func (s *benchStack) run() {
 		s.chat.run,
 	}
 	if s.dht != nil {
-		fs = append(fs, s.dht.run)
+		fs = append(fs, s.dht.maint.run)
 	}
 	for _, f := range fs {
 		s.wg.Add(1)

@@ -67,9 +67,9 @@ func TestContactsLastSeen(t *testing.T) {
 		t.Fatal(err)
 	}
 	addr := netip.MustParseAddrPort("192.0.2.1:6881")
-	c.setOnline(chatKey(2), addr)
-	c.setOnline(chatKey(2), addr)
-	c.setOnline(chatKey(2), netip.MustParseAddrPort("192.0.2.2:6881"))
+	c.presence.online(chatKey(2), addr)
+	c.presence.online(chatKey(2), addr)
+	c.presence.online(chatKey(2), netip.MustParseAddrPort("192.0.2.2:6881"))
 	clock.advance(20 * time.Second)
 	c.handlePayload(chatKey(2), addr, nil) // a keepalive is a sign of life
 	if ci, _ := c.contactByKey(chatKey(2)); !ci.LastSeen.Equal(clock.now()) {
@@ -78,7 +78,7 @@ func TestContactsLastSeen(t *testing.T) {
 	clock.advance(40 * time.Second)
 	// Its last packet came half a minute before its silence was noticed:
 	// that is when it was last seen.
-	c.setOffline(chatKey(2), clock.now().Add(-30*time.Second))
+	c.presence.offline(chatKey(2), clock.now().Add(-30*time.Second))
 	var kinds []string
 	for _, e := range l.evs {
 		kinds = append(kinds, e.Kind.String())
@@ -156,7 +156,7 @@ func TestReAddStartsNewStream(t *testing.T) {
 	if err := p.a.addContact("bob", p.kb); err != nil {
 		t.Fatal(err)
 	}
-	p.a.setOnline(p.kb, p.link.addrs[p.kb])
+	p.a.presence.online(p.kb, p.link.addrs[p.kb])
 	id, err := p.a.send(context.Background(), "bob", "two")
 	if err != nil || id != 1 {
 		t.Fatalf("first send after re-adding = %d, %v; want id 1", id, err)

@@ -175,11 +175,21 @@ func (g *cookieGenerator) expire(now time.Time) {
 	}
 }
 
+// cookieLayer runs SPEC.md 4.5 for a session manager, as pqLayer runs
+// 4.12: admit lets a contact's handshake message through, or under load
+// answers it with a cookie reply; handleReply takes the cookie of a reply
+// to ours for the next handshake message we send.
+type cookieLayer struct {
+	m       *sessionManager
+	checker *cookieChecker
+}
+
 // admit counts a handshake message from contact p whose mac1 was right,
 // before any DH work; under load its mac2 must be right too, or the sender
 // gets a cookie reply instead. It reports whether to go on.
-func (m *sessionManager) admit(from netip.AddrPort, b []byte, offMAC2 int, sender uint32, mac1 [macLen]byte, p *peer) bool {
-	cookie, loaded, err := m.cookies.underLoad(m.cfg.Now(), from)
+func (l *cookieLayer) admit(from netip.AddrPort, b []byte, offMAC2 int, sender uint32, mac1 [macLen]byte, p *peer) bool {
+	m := l.m
+	cookie, loaded, err := l.checker.underLoad(m.cfg.Now(), from)
 	if err != nil {
 		m.debug("cookie secret", from, err)
 	}
@@ -192,7 +202,7 @@ func (m *sessionManager) admit(from netip.AddrPort, b []byte, offMAC2 int, sende
 	if !current {
 		return false // removed meanwhile: a stranger now
 	}
-	r, err := m.cookies.createReply(&key, sender, mac1, cookie)
+	r, err := l.checker.createReply(&key, sender, mac1, cookie)
 	wipe(key[:])
 	if err != nil {
 		m.debug("cookie nonce", from, err)
@@ -203,9 +213,10 @@ func (m *sessionManager) admit(from netip.AddrPort, b []byte, offMAC2 int, sende
 	return false
 }
 
-// handleCookieReply stores the cookie for the next handshake message to
+// handleReply stores the cookie for the next handshake message to
 // the peer; it authenticates against the mac1 we last sent it.
-func (m *sessionManager) handleCookieReply(from netip.AddrPort, b []byte) {
+func (l *cookieLayer) handleReply(from netip.AddrPort, b []byte) {
+	m := l.m
 	msg, err := parseCookieReply(b)
 	if err != nil {
 		m.stats.malformed.Add(1)

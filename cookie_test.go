@@ -81,7 +81,7 @@ func TestCookieReplyUnderLoad(t *testing.T) {
 		t.Fatal("a did not accept the cookie")
 	}
 	clock.advance(200 * time.Millisecond)
-	a.m.tick() // retransmission, now with mac2
+	a.m.timers.tick() // retransmission, now with mac2
 	retry := firstOfType(t, &n, packetInitiation)
 	if bytes.Equal(retry.b[initiationOffMAC2:], make([]byte, macLen)) {
 		t.Fatal("retransmission has no mac2")
@@ -100,7 +100,7 @@ func TestCookieReplyForgedIgnored(t *testing.T) {
 	init := firstOfType(t, &n, packetInitiation)
 	sender := binary.LittleEndian.Uint32(init.b[initiationOffSender:])
 	var wrongMAC1 [macLen]byte
-	r, err := b.m.cookies.createReply(&b.m.peers[a.id.public()].keys.send.cookie, sender, wrongMAC1, [cookieLen]byte{1})
+	r, err := b.m.cookies.checker.createReply(&b.m.peers[a.id.public()].keys.send.cookie, sender, wrongMAC1, [cookieLen]byte{1})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -123,7 +123,7 @@ func demoScript(tr *demoTranscript, alice, bob *demoUser) error {
 	if err := bob.app.ui.handleLine(bob.ctx, "/quit"); !errors.Is(err, errQuit) {
 		return fmt.Errorf("demo: /quit: %v", err)
 	}
-	bob.app.sess.sayGoodbye()
+	bob.app.sess.goodbye.say()
 	if _, err := alice.wait("* offline bob", demoStepWait); err != nil {
 		return err
 	}
@@ -221,7 +221,7 @@ func startDemoSwarm(ctx context.Context, tr *demoTranscript) (netip.AddrPort, fu
 		tr.names[n.LocalAddr()] = fmt.Sprintf("dht%02d", i)
 		wg.Add(2)
 		go func() { defer wg.Done(); n.run(ctx) }()
-		go func() { defer wg.Done(); d.run(ctx) }()
+		go func() { defer wg.Done(); d.maint.run(ctx) }()
 	}
 	return seed, stop, nil
 }

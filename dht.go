@@ -12,8 +12,9 @@
 // Outbound flow: our queries go through the transaction table
 // (transactions.go), which retransmits them and reports failed nodes to the
 // table. Lookups (lookup.go) and the /dht commands are built on it.
-// Maintenance (run): ping the saved table, bootstrap, then one ticker
-// refreshes stale buckets and saves the table; the table is saved on exit.
+// Maintenance (maintainer.run): ping the saved table, bootstrap, then one
+// ticker refreshes stale buckets and saves the table; the table is saved on
+// exit.
 package main
 
 import (
@@ -63,6 +64,7 @@ const (
 var (
 	errTimeout      = errors.New("no answer")
 	errTooManyTx    = errors.New("too many queries in flight")
+	errPaced        = errors.New("node already asked all it will answer us") // SPEC.md 3.4.2, "Pacing"
 	errClosed       = errors.New("closed")
 	errNotFound     = errors.New("not found")
 	errNoNodes      = errors.New("routing table is empty")
@@ -128,19 +130,18 @@ type dht struct {
 	peers  *peerStore
 	items  *itemStore
 
-	mu       sync.Mutex // guards table, ids, saved, evicting, verified
+	mu       sync.Mutex // guards table, ids.idState, evicting, verified, maint.saved
 	table    *routingTable
-	ids      idState    // our external address and what our id is bound to (nodeid.go)
-	saved    []nodeInfo // loaded from disk; pinged by run
+	ids      *idKeeper // our external address, what our id is bound to, and moves (nodeid.go)
 	evicting map[netip.AddrPort]struct{}
 	// verified: when a source (rateKey) that never answered us was last
 	// sent a verification ping; a forged querier whose entry failed and
 	// came back with its next query must not draw a ping each time.
 	verified map[netip.AddrPort]time.Time
-	source   func(v6 bool) netip.Addr // see dhtConfig.Source; nil: no check
 
 	tx     *txTable      // our queries
 	srv    *server       // answers theirs
+	maint  *maintainer   // keeps us in the network: bootstrap, refresh, save
 	recent recentLookups // where lookups of a target ended lately (lookup.go)
 }
 
@@ -154,7 +155,7 @@ type server struct {
 
 // newDHT creates the node's DHT and installs it as n.onKRPC. Its id is
 // fresh and random; if cfg.Dir holds a saved routing table, its nodes are
-// pinged by run.
+// pinged by maintainer.run.
 func newDHT(n *Node, cfg dhtConfig) (*dht, error) {
 	defaultNowRandLog(&cfg.Now, &cfg.Rand, &cfg.Log)
 	var self nodeID
@@ -170,25 +171,27 @@ func newDHT(n *Node, cfg dhtConfig) (*dht, error) {
 		node: n, cfg: cfg, log: cfg.Log, now: cfg.Now,
 		timing: defaultTiming(),
 		tokens: newTokenBox(cfg.Rand, cfg.Now), peers: newPeerStore(cfg.Now, cfg.Rand), items: newItemStore(cfg.Now),
-		table: newRoutingTable(self, cfg.Now), saved: saved, evicting: map[netip.AddrPort]struct{}{}, verified: map[netip.AddrPort]time.Time{},
-		source: cfg.Source,
+		table: newRoutingTable(self, cfg.Now), evicting: map[netip.AddrPort]struct{}{}, verified: map[netip.AddrPort]time.Time{},
 	}
-	if d.source == nil && n.LocalAddr().Addr().IsUnspecified() {
-		d.source = routeSource
+	d.ids = &idKeeper{d: d, route: cfg.Source}
+	if d.ids.route == nil && n.LocalAddr().Addr().IsUnspecified() {
+		d.ids.route = routeSource
 	}
+	d.maint = &maintainer{d: d, saved: saved}
 	d.srv = &server{d: d, limit: newSourceLimiter(srcQueryRate, srcQueryBurst),
 		sbuf: make([]byte, 0, maxDatagram), nbuf4: make([]byte, 0, 26*bucketSize),
 		nbuf6: make([]byte, 0, 38*bucketSize), vbuf: make([]byte, 0, 20*maxPeersReply),
 	}
 	d.tx = &txTable{
 		write: d.sendRaw, self: d.id, now: cfg.Now, timing: &d.timing,
-		beforeSend: d.checkSource, moves: func() uint64 { _, m := d.idAndMoves(); return m },
+		beforeSend: d.ids.checkSource, moves: func() uint64 { _, m := d.ids.idAndMoves(); return m },
 		failed: func(n nodeInfo) {
 			d.mu.Lock()
 			d.table.failed(n)
 			d.mu.Unlock()
 		},
 		txs: map[txKey]*transaction{}, rng: mrand.NewChaCha8(seed), times: newPeerTimes(),
+		pace: newSourceLimiter(dstQueryRate, dstQueryBurst),
 	}
 	// -metered: ro = 1 in every query; the app's NAT view (main.go) keeps
 	// it set, as it ORs cfg.ReadOnly into what it stores.
@@ -532,7 +535,7 @@ func (d *dht) handleResponse(from netip.AddrPort, m *krpcMsg, b []byte) {
 		t.done(res)
 		return
 	}
-	d.learnExternal(from, m.IP)
+	d.ids.learnExternal(from, m.IP)
 	if t.opts.expect != nil && t.expect != m.Reply.ID {
 		// another node now answers on that address
 		d.mu.Lock()
@@ -557,19 +560,29 @@ func (d *dht) ping(ctx context.Context, addr netip.AddrPort) (nodeID, error) {
 
 // --- maintenance
 
+// maintainer keeps the node in the network, on its own goroutine (run):
+// it bootstraps from the saved table or the routers, refreshes stale
+// buckets, goes back to the routers when the table empties, and saves the
+// table. It owns no lock: what it reads of the dht is under d.mu.
+type maintainer struct {
+	d     *dht
+	saved []nodeInfo // loaded from disk, pinged by the first bootstrap; under d.mu
+}
+
 // run bootstraps, then refreshes stale buckets and saves the table until ctx
 // ends; it saves the table on exit. A failed bootstrap is logged and
 // retried from refresh. It returns nil.
-func (d *dht) run(ctx context.Context) error {
-	defer d.shutdown()
-	if err := d.bootstrap(ctx); err != nil {
+func (m *maintainer) run(ctx context.Context) error {
+	d := m.d
+	defer m.shutdown()
+	if err := m.bootstrap(ctx); err != nil {
 		if ctx.Err() != nil {
 			return nil
 		}
 		// Keep serving and retry from refresh: a node that comes up
 		// before its bootstrap nodes (or offline) must still join later.
 		d.log.Error("dht: bootstrap failed; retrying every maintenance interval", "err", err)
-		d.bootstrapFailed(err)
+		m.bootstrapFailed(err)
 	}
 	tick := time.NewTicker(d.timing.maintenance)
 	defer tick.Stop()
@@ -580,10 +593,10 @@ func (d *dht) run(ctx context.Context) error {
 			return nil
 		case <-tick.C:
 		}
-		d.refresh(ctx)
+		m.refresh(ctx)
 		if d.now().Sub(lastSave) >= d.timing.save {
 			lastSave = d.now()
-			if err := d.save(); err != nil {
+			if err := m.save(); err != nil {
 				d.log.Warn("dht: save routing table", "err", err)
 			}
 		}
@@ -592,7 +605,8 @@ func (d *dht) run(ctx context.Context) error {
 
 // refresh looks up a random id in every bucket left unchanged for
 // bucketRefresh (BEP 5), and retries the bootstrap if the table emptied.
-func (d *dht) refresh(ctx context.Context) {
+func (m *maintainer) refresh(ctx context.Context) {
+	d := m.d
 	// No good node left: ping the best of the rest, and if none answers,
 	// go back to the bootstrap nodes. Dead saved nodes (a node started
 	// offline) must not keep us from them.
@@ -601,10 +615,10 @@ func (d *dht) refresh(ctx context.Context) {
 	probe := d.table.closest(d.table.self(), bucketSize)
 	d.mu.Unlock()
 	if good == 0 && len(d.cfg.Bootstrap) > 0 {
-		if d.pingAll(ctx, probe) == 0 {
-			if err := d.bootstrap(ctx); err != nil {
+		if m.pingAll(ctx, probe) == 0 {
+			if err := m.bootstrap(ctx); err != nil {
 				d.log.Warn("dht: bootstrap", "err", err)
-				d.bootstrapFailed(err)
+				m.bootstrapFailed(err)
 			}
 		}
 		return
@@ -614,7 +628,7 @@ func (d *dht) refresh(ctx context.Context) {
 	moves := d.ids.moves
 	d.mu.Unlock()
 	for _, t := range targets {
-		if _, now := d.idAndMoves(); ctx.Err() != nil || now != moves {
+		if _, now := d.ids.idAndMoves(); ctx.Err() != nil || now != moves {
 			return // after a move the targets, drawn near the old id, would tie it to us
 		}
 		if _, err := d.lookup(ctx, lookupOpts{target: t, method: methodFindNode, ownID: true, epoch: moves}); err != nil {
@@ -625,14 +639,16 @@ func (d *dht) refresh(ctx context.Context) {
 
 // shutdown ends every open query (its caller learns errClosed), refuses
 // new ones and saves the table.
-func (d *dht) shutdown() {
+func (m *maintainer) shutdown() {
+	d := m.d
 	d.tx.close()
-	if err := d.save(); err != nil {
+	if err := m.save(); err != nil {
 		d.log.Warn("dht: save routing table", "err", err)
 	}
 }
 
-func (d *dht) save() error {
+func (m *maintainer) save() error {
+	d := m.d
 	if d.cfg.Dir == "" {
 		return nil
 	}
@@ -645,17 +661,18 @@ func (d *dht) save() error {
 // bootstrap pings the saved nodes; if none answers it asks the configured
 // routers for the nodes closest to us. Then it looks up our own id, which
 // fills the buckets near us (BEP 5). Every step is bounded by timeouts.
-func (d *dht) bootstrap(ctx context.Context) error {
+func (m *maintainer) bootstrap(ctx context.Context) error {
+	d := m.d
 	d.mu.Lock()
-	saved := d.saved
-	d.saved = nil
+	saved := m.saved
+	m.saved = nil
 	d.mu.Unlock()
-	answered := d.pingAll(ctx, saved)
+	answered := m.pingAll(ctx, saved)
 	var seeds []nodeInfo
 	var problems []string
 	if answered == 0 && len(d.cfg.Bootstrap) > 0 {
 		var routers int
-		seeds, routers, problems = d.askRouters(ctx)
+		seeds, routers, problems = m.askRouters(ctx)
 		answered += routers
 	}
 	for _, p := range problems {
@@ -670,13 +687,14 @@ func (d *dht) bootstrap(ctx context.Context) error {
 		}
 		return fmt.Errorf("dht: bootstrap: %w: %s", errNoneAnswered, strings.Join(problems, "; "))
 	}
-	self, epoch := d.idAndMoves()
+	self, epoch := d.ids.idAndMoves()
 	_, err := d.lookup(ctx, lookupOpts{target: self, method: methodFindNode, seeds: seeds, ownID: true, epoch: epoch})
 	return err
 }
 
 // bootstrapFailed tells cfg.BootstrapFailed of a bootstrap that failed.
-func (d *dht) bootstrapFailed(err error) {
+func (m *maintainer) bootstrapFailed(err error) {
+	d := m.d
 	if d.cfg.BootstrapFailed != nil {
 		d.cfg.BootstrapFailed(err)
 	}
@@ -684,7 +702,8 @@ func (d *dht) bootstrapFailed(err error) {
 
 // pingAll pings ns in parallel and counts the answers; the routing table
 // records those that do not answer as failed.
-func (d *dht) pingAll(ctx context.Context, ns []nodeInfo) int {
+func (m *maintainer) pingAll(ctx context.Context, ns []nodeInfo) int {
+	d := m.d
 	answered := 0
 	for _, r := range d.tx.queryAll(ctx, ns, txOpts{}, func(int) krpcMsg { return krpcMsg{Method: methodPing} }) {
 		if r.Err == nil {
@@ -697,7 +716,8 @@ func (d *dht) pingAll(ctx context.Context, ns []nodeInfo) int {
 // askRouters resolves every bootstrap HOST:PORT and sends it find_node(our
 // id). It returns the nodes they sent, how many answered and one line per
 // router that failed.
-func (d *dht) askRouters(ctx context.Context) ([]nodeInfo, int, []string) {
+func (m *maintainer) askRouters(ctx context.Context) ([]nodeInfo, int, []string) {
+	d := m.d
 	ctx, cancel := context.WithTimeout(ctx, d.timing.bootstrap)
 	defer cancel()
 	var problems []string
@@ -712,7 +732,7 @@ func (d *dht) askRouters(ctx context.Context) ([]nodeInfo, int, []string) {
 		routers = append(routers, nodeInfo{Addr: a})
 		names = append(names, hp)
 	}
-	self, epoch := d.idAndMoves()
+	self, epoch := d.ids.idAndMoves()
 	res := d.tx.queryAll(ctx, routers, txOpts{ownID: true, epoch: epoch}, func(int) krpcMsg {
 		return krpcMsg{Method: methodFindNode, Args: krpcArgs{Target: self}}
 	})

@@ -134,7 +134,7 @@ func TestRestartTakesFreshID(t *testing.T) {
 		var wg sync.WaitGroup
 		wg.Add(2)
 		go func() { defer wg.Done(); n.run(ctx) }()
-		go func() { defer wg.Done(); d.run(ctx) }()
+		go func() { defer wg.Done(); d.maint.run(ctx) }()
 		return d, func() { cancel(); wg.Wait() }
 	}
 	d1, stop1 := start("127.0.0.1:0")
@@ -287,7 +287,7 @@ func TestMoveEndsLookupOfOwnID(t *testing.T) {
 		n.silent = true
 		n.mu.Unlock()
 	}
-	oldID, epoch := d.idAndMoves()
+	oldID, epoch := d.ids.idAndMoves()
 	errc := make(chan error, 1)
 	go func() {
 		_, err := d.lookup(testCtx(t), lookupOpts{target: oldID, method: methodFindNode, ownID: true, epoch: epoch})

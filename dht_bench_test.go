@@ -23,7 +23,6 @@ import (
 	"slices"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"testing"
 	"time"
 )
@@ -44,26 +43,6 @@ const (
 	floodInFlight  = 64
 	loadReadWindow = 200 * time.Millisecond // a lost datagram frees its window slot after this
 )
-
-// raiseFileLimit makes sure the process may open need descriptors, with
-// room to spare for what the test binary already holds.
-func raiseFileLimit(b *testing.B, need uint64) {
-	var lim syscall.Rlimit
-	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &lim); err != nil {
-		b.Fatal(err)
-	}
-	want := need + 256
-	if lim.Cur >= want {
-		return
-	}
-	if want > lim.Max {
-		b.Skipf("need %d file descriptors, hard limit is %d", want, lim.Max)
-	}
-	lim.Cur = want
-	if err := syscall.Setrlimit(syscall.RLIMIT_NOFILE, &lim); err != nil {
-		b.Fatal(err)
-	}
-}
 
 // benchNet is a swarm and the nodes of it still alive.
 type benchNet struct {

@@ -287,7 +287,7 @@ func TestSaveAndRejoinFromSavedTable(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	nodeDone, runErr := make(chan struct{}), make(chan error, 1)
 	go func() { n.run(ctx); close(nodeDone) }()
-	go func() { runErr <- d.run(ctx) }()
+	go func() { runErr <- d.maint.run(ctx) }()
 	waitUntil(t, func() bool { return d.size() >= 4 })
 	id := d.id()
 	cancel()
@@ -303,7 +303,7 @@ func TestSaveAndRejoinFromSavedTable(t *testing.T) {
 	if d2.id() == id {
 		t.Errorf("restarted with the old id %v, want a fresh one", id)
 	}
-	if err := d2.bootstrap(testCtx(t)); err != nil {
+	if err := d2.maint.bootstrap(testCtx(t)); err != nil {
 		t.Fatalf("rejoin: %v", err)
 	}
 	if d2.size() < 4 {
@@ -324,7 +324,7 @@ func TestUnreachableBootstrapFailsFast(t *testing.T) {
 	d := newTestDHT(t, dhtConfig{Bootstrap: []string{"127.0.0.1:1", "127.0.0.1", "127.0.0.1:0"}}, 0)
 	d.timing.rtoInitial = 50 * time.Millisecond
 	start := time.Now()
-	err := d.bootstrap(testCtx(t))
+	err := d.maint.bootstrap(testCtx(t))
 	if err == nil || !errors.Is(err, errNoneAnswered) {
 		t.Fatalf("bootstrap = %v, want %v", err, errNoneAnswered)
 	}
@@ -349,7 +349,7 @@ func TestExternalAddressGivesSecureID(t *testing.T) {
 		old := d.id()
 		claim := netip.MustParseAddrPort(c)
 		for _, v := range []string{"198.51.100.1:1", "192.0.2.1:1", "8.8.8.8:1"} {
-			d.learnExternal(netip.MustParseAddrPort(v), claim)
+			d.ids.learnExternal(netip.MustParseAddrPort(v), claim)
 		}
 		if ext, ok := d.external(); !ok || ext != claim {
 			t.Fatalf("external() = %v, %v; want %v", ext, ok, claim)
@@ -366,9 +366,9 @@ func TestExternalAddressGivesSecureID(t *testing.T) {
 // The transaction table is bounded: past maxTransactions, queries fail at
 // once instead of growing it.
 func TestTransactionTableBounded(t *testing.T) {
-	d := newTestDHT(t, dhtConfig{}, 0)
-	d.timing.rtoInitial = time.Minute // nothing expires during the test
-	defer d.shutdown()
+	d := newTunedTestDHT(t, dhtConfig{}, 0, unlimited) // one address draws them all
+	d.timing.rtoInitial = time.Minute                  // nothing expires during the test
+	defer d.maint.shutdown()
 	blackHole := newRawPeer(t).addr()
 	for i := range maxTransactions + 1 {
 		q := krpcMsg{Method: methodPing}
@@ -503,7 +503,7 @@ func TestPeriodicSave(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() {
-		d.run(ctx)
+		d.maint.run(ctx)
 		close(done)
 	}()
 	defer func() { // before TempDir's cleanup: run saves on exit
@@ -586,7 +586,7 @@ func TestBootstrapRetriedAfterDeadSavedTable(t *testing.T) {
 	d.timing.rtoInitial, d.timing.maintenance = 10*time.Millisecond, 50*time.Millisecond
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
-	go func() { d.run(ctx); close(done) }()
+	go func() { d.maint.run(ctx); close(done) }()
 	t.Cleanup(func() { cancel(); <-done })
 
 	time.Sleep(time.Second) // the saved nodes and the router fail
@@ -651,7 +651,7 @@ func TestMeteredReadOnly(t *testing.T) {
 	bootstrapRetrying(t, ro)
 	ctx := testCtx(t)
 	ih := nodeID{0x43}
-	if _, n, err := ro.announcePeers(ctx, ih, 0, true); err != nil || n == 0 {
+	if _, n, err := ro.announce(ctx, ih, 0, true); err != nil || n == 0 {
 		t.Fatalf("read-only announce: %d stored, %v", n, err)
 	}
 	if peers, err := s.nodes[3].getPeers(ctx, ih); err != nil || !slices.Contains(peers, ro.addr()) {

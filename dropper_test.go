@@ -146,13 +146,13 @@ func newDropPair(t testing.TB) *dropPair {
 	if err := p.bob.c.addContact("alice", p.ida.public()); err != nil {
 		t.Fatal(err)
 	}
-	p.alice.c.setOnline(p.idb.public(), p.link.addrs[p.idb.public()])
-	p.bob.c.setOnline(p.ida.public(), p.link.addrs[p.ida.public()])
+	p.alice.c.presence.online(p.idb.public(), p.link.addrs[p.idb.public()])
+	p.bob.c.presence.online(p.ida.public(), p.link.addrs[p.ida.public()])
 	full := func(dp *dropPeer) bool { return len(dp.theirs) == prekeyTarget }
 	p.alice.waitDrops("full batch of bob's prekeys", p.idb.public(), full)
 	p.bob.waitDrops("full batch of alice's prekeys", p.ida.public(), full)
-	p.alice.c.setOffline(p.idb.public(), time.Now())
-	p.bob.c.setOffline(p.ida.public(), time.Now())
+	p.alice.c.presence.offline(p.idb.public(), time.Now())
+	p.bob.c.presence.offline(p.ida.public(), time.Now())
 	return p
 }
 
@@ -323,8 +323,8 @@ func TestDropRaceSessionWhileCollecting(t *testing.T) {
 	p.bob = startDropNode(t, "bob", p.idb, p.dirB, p.dht, p.link, 1002)
 	p.bob.ev.waitFor(t, eventMessage, 3, 10*time.Second)
 	// Mid-collection, the session comes up: alice sends her window again.
-	p.alice.c.setOnline(kb, p.link.addrs[kb])
-	p.bob.c.setOnline(ka, p.link.addrs[ka])
+	p.alice.c.presence.online(kb, p.link.addrs[kb])
+	p.bob.c.presence.online(ka, p.link.addrs[ka])
 	p.bob.ev.waitFor(t, eventMessage, n, 10*time.Second)
 	p.alice.ev.waitFor(t, eventDelivered, n, 10*time.Second)
 	p.alice.waitDrops("drops retired", kb, func(dp *dropPeer) bool { return len(dp.drops) == 0 })
@@ -413,8 +413,8 @@ func TestDropKeyThief(t *testing.T) {
 func TestDropNoAckItemAfterSession(t *testing.T) {
 	p := newDropPair(t)
 	ka, kb := p.ida.public(), p.idb.public()
-	p.alice.c.setOnline(kb, p.link.addrs[kb])
-	p.bob.c.setOnline(ka, p.link.addrs[ka])
+	p.alice.c.presence.online(kb, p.link.addrs[kb])
+	p.bob.c.presence.online(ka, p.link.addrs[ka])
 	if _, err := p.alice.c.send(context.Background(), "bob", "over the session"); err != nil {
 		t.Fatal(err)
 	}

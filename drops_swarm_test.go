@@ -71,7 +71,7 @@ func newDropSwarm(t testing.TB, size int, loss float64) *dropSwarm {
 		s.stops = append(s.stops, cancel)
 		s.wg.Add(2)
 		go func() { defer s.wg.Done(); n.run(ctx) }()
-		go func() { defer s.wg.Done(); d.run(ctx) }()
+		go func() { defer s.wg.Done(); d.maint.run(ctx) }()
 	}
 	deadline := time.Now().Add(30 * time.Second)
 	for _, d := range ds {

@@ -74,7 +74,7 @@ func (k *kadchatDriver) start(ctx context.Context, host int, c *emuConn, id [20]
 	k.mu.Lock()
 	k.nodes[host] = h
 	k.mu.Unlock()
-	err = d.bootstrap(ctx)
+	err = d.maint.bootstrap(ctx)
 	go func() {
 		defer h.wg.Done()
 		maintain(runCtx, d)
@@ -82,7 +82,7 @@ func (k *kadchatDriver) start(ctx context.Context, host int, c *emuConn, id [20]
 	return err
 }
 
-// maintain is dht.run after its bootstrap: refresh every maintenance
+// maintain is maintainer.run after its bootstrap: refresh every maintenance
 // interval (saving is left out: stop saves).
 func maintain(ctx context.Context, d *dht) {
 	tick := time.NewTicker(d.timing.maintenance)
@@ -93,7 +93,7 @@ func maintain(ctx context.Context, d *dht) {
 			return
 		case <-tick.C:
 		}
-		d.refresh(ctx)
+		d.maint.refresh(ctx)
 	}
 }
 
@@ -124,7 +124,7 @@ func (k *kadchatDriver) stop(host int) any {
 // announce returns no peers: kadchat's announce hands back only how many
 // nodes stored it, and its rendezvous looks the contact up apart.
 func (k *kadchatDriver) announce(ctx context.Context, host int, ih [20]byte) ([]netip.AddrPort, error) {
-	_, err := k.node(host).announce(ctx, nodeID(ih), 0, true)
+	_, _, err := k.node(host).announce(ctx, nodeID(ih), 0, true)
 	return nil, err
 }
 

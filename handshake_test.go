@@ -42,7 +42,7 @@ func TestOlderInitiationDropped(t *testing.T) {
 	a.m.setEndpoint(b.id.public(), b.addr)
 	older := firstOfType(t, &n, packetInitiation)
 	clock.advance(6 * time.Second) // past RekeyTimeout: a retransmits
-	a.m.tick()
+	a.m.timers.tick()
 	newer := firstOfType(t, &n, packetInitiation)
 	if bytes.Equal(older.b[initiationOffEphemeral:initiationOffStatic], newer.b[initiationOffEphemeral:initiationOffStatic]) {
 		t.Fatal("retransmission reused the ephemeral key")

@@ -72,11 +72,11 @@ func TestPathKeepaliveTimeline(t *testing.T) {
 	if !a.m.hasSession(b.id.public()) {
 		t.Fatal("no session")
 	}
-	a.m.setPathTimers(b.id.public(), b.addr, keepaliveNoNAT, deadAfterNoNAT)
+	a.m.timers.setPath(b.id.public(), b.addr, keepaliveNoNAT, deadAfterNoNAT)
 	var keepalives, inits []time.Duration
 	for clock.now().Sub(start) < 240*time.Second {
 		clock.advance(defaultTickInterval)
-		a.m.tick() // b is silent
+		a.m.timers.tick() // b is silent
 		for _, p := range n.take() {
 			switch p.b[0] {
 			case packetTransport:

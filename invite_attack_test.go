@@ -161,11 +161,13 @@ func (s *attackSwarm) pair(t *testing.T) (inv, acc *invitePeer) {
 	inv = newInvitePeer(t, nil, nil, nil)
 	acc = newInvitePeer(t, nil, nil, nil)
 	inv.v.cfg.Announce = func(ctx context.Context, ih nodeID) (int, error) {
-		return s.ds[1].announce(ctx, ih, int(inv.addr.Port()), false)
+		_, n, err := s.ds[1].announce(ctx, ih, int(inv.addr.Port()), false)
+		return n, err
 	}
 	inv.v.cfg.GetPeers = s.ds[1].getPeers
 	acc.v.cfg.Announce = func(ctx context.Context, ih nodeID) (int, error) {
-		return s.ds[2].announce(ctx, ih, int(acc.addr.Port()), false)
+		_, n, err := s.ds[2].announce(ctx, ih, int(acc.addr.Port()), false)
+		return n, err
 	}
 	acc.v.cfg.GetPeers = s.ds[2].getPeers
 	return inv, acc

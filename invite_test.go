@@ -815,7 +815,8 @@ func TestInviteOverDHT(t *testing.T) {
 	a := newInvitePeer(t, nil, nil, nil)
 	b := newInvitePeer(t, nil, nil, nil)
 	a.v.cfg.Announce = func(ctx context.Context, ih nodeID) (int, error) {
-		return ds[1].announce(ctx, ih, int(a.addr.Port()), false)
+		_, n, err := ds[1].announce(ctx, ih, int(a.addr.Port()), false)
+		return n, err
 	}
 	b.v.cfg.GetPeers = ds[2].getPeers
 	ctx := invCtx(t, 5*time.Second)

@@ -16,11 +16,13 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"syscall"
 )
 
 // lockFile is the lock's name in the data directory.
 const lockFile = "lock"
+
+// errLocked: another process holds the lock (lockExclusive, per system).
+var errLocked = errors.New("held by another process")
 
 // dirInUseError says which process holds the data directory.
 type dirInUseError struct {
@@ -47,9 +49,9 @@ func lockDir(dir string) (*dirLock, error) {
 	if err != nil {
 		return nil, fmt.Errorf("lock: %w", err)
 	}
-	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
+	if err := lockExclusive(f); err != nil {
 		f.Close()
-		if errors.Is(err, syscall.EWOULDBLOCK) {
+		if errors.Is(err, errLocked) {
 			return nil, &dirInUseError{dir: dir, pid: readLockPID(filepath.Join(dir, lockFile))}
 		}
 		return nil, fmt.Errorf("lock: %s: %w", dir, err)

@@ -36,6 +36,7 @@ const (
 	peersQuorum         = 2    // nodes with peers after which getPeers stops
 	maxRecentLookups    = 64   // targets whose last lookup's closest nodes are kept
 	recentLookupTTL     = 5 * time.Minute
+	pollLookupEvery     = 5 * time.Second // pollMutable asks single nodes this long after a lookup
 )
 
 // lookupStats measures one lookup; benchmarks report them.
@@ -71,7 +72,7 @@ type lookupOpts struct {
 	stopOnPeers bool       // get_peers: end once peersQuorum nodes gave peers
 	toStore     bool       // announce, put: a slow node does not hold up the end
 	ownID       bool       // the target derives from our id: end if we move (nodeid.go)
-	epoch       uint64     // with ownID: the moves of d.idAndMoves when the target was derived
+	epoch       uint64     // with ownID: the moves of d.ids.idAndMoves when the target was derived
 }
 
 type candState uint8
@@ -146,7 +147,7 @@ func (d *dht) lookup(ctx context.Context, o lookupOpts) (*lookupResult, error) {
 	var err error
 	for {
 		l.handleEvents()
-		if _, moves := d.idAndMoves(); o.ownID && moves != l.moves {
+		if _, moves := d.ids.idAndMoves(); o.ownID && moves != l.moves {
 			// Its target would tie our new address to the old id.
 			err = fmt.Errorf("dht: %v lookup: %w", o.method, errMoved)
 			break
@@ -278,16 +279,20 @@ func (l *lookup) considerItem(r *krpcReply) {
 		}
 		return
 	}
-	if !r.HasSeq || mutableTarget(r.K, l.opts.salt) != l.opts.target {
-		return
-	}
-	it := bep44Item{V: r.V, Mutable: true, K: r.K, Salt: l.opts.salt, Seq: r.Seq, Sig: r.Sig}
-	if verifyItem(it) != nil {
-		return
-	}
-	if !l.hasItem || it.Seq > l.item.Seq {
+	it, ok := mutableItemFrom(r, l.opts.target, l.opts.salt)
+	if ok && (!l.hasItem || it.Seq > l.item.Seq) {
 		l.item, l.hasItem = it, true
 	}
+}
+
+// mutableItemFrom is the mutable item a get reply carries for target, if
+// it has one whose key, salt and signature check out (BEP 44).
+func mutableItemFrom(r *krpcReply, target nodeID, salt []byte) (bep44Item, bool) {
+	if r.V == nil || !r.HasK || !r.HasSeq || mutableTarget(r.K, salt) != target {
+		return bep44Item{}, false
+	}
+	it := bep44Item{V: r.V, Mutable: true, K: r.K, Salt: salt, Seq: r.Seq, Sig: r.Sig}
+	return it, verifyItem(it) == nil
 }
 
 // add inserts new candidates in distance order, dropping the farthest
@@ -449,6 +454,23 @@ type recentLookups struct {
 type recentLookup struct {
 	closest []nodeInfo
 	at      time.Time
+	polled  int // the nodes pollMutable asked since, in turn
+}
+
+// next is the node pollMutable asks next about target: in turn, each of
+// the nodes closest to it that answered its last lookup, if that lookup is
+// under pollLookupEvery old.
+func (r *recentLookups) next(target nodeID, now time.Time) (nodeInfo, bool) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	e, ok := r.m[target]
+	if !ok || now.Sub(e.at) >= pollLookupEvery || len(e.closest) == 0 {
+		return nodeInfo{}, false
+	}
+	n := e.closest[e.polled%len(e.closest)]
+	e.polled++
+	r.m[target] = e
+	return n, true
 }
 
 func (r *recentLookups) get(target nodeID, now time.Time) []nodeInfo {
@@ -524,17 +546,11 @@ func addPeers(to, found []netip.AddrPort) []netip.AddrPort {
 }
 
 // announce tells the k closest nodes that gave a token that we are a peer
-// for infohash on port (or on our source port, if implied). It returns how
-// many accepted.
-func (d *dht) announce(ctx context.Context, infohash nodeID, port int, implied bool) (int, error) {
-	_, n, err := d.announcePeers(ctx, infohash, port, implied)
-	return n, err
-}
-
-// announcePeers is announce that also returns the peers its lookup found,
-// as getPeers would: the rendezvous looks up the infohash it announces
-// (SPEC.md 5.2), and one lookup serves both.
-func (d *dht) announcePeers(ctx context.Context, infohash nodeID, port int, implied bool) ([]netip.AddrPort, int, error) {
+// for infohash on port (or on our source port, if implied). It returns the
+// peers its get_peers lookup found, as getPeers would (the rendezvous looks
+// up the infohash it announces, SPEC.md 5.2: one lookup serves both), and
+// how many nodes accepted.
+func (d *dht) announce(ctx context.Context, infohash nodeID, port int, implied bool) ([]netip.AddrPort, int, error) {
 	if !implied && (port <= 0 || port > 0xffff) {
 		return nil, 0, fmt.Errorf("dht: announce: bad port %d", port)
 	}
@@ -542,33 +558,27 @@ func (d *dht) announcePeers(ctx context.Context, infohash nodeID, port int, impl
 		port = int(d.node.LocalAddr().Port()) // BEP 5 keeps "port" even when implied
 	}
 	o := lookupOpts{target: infohash, method: methodGetPeers}
+	r, n, err := d.publish(ctx, o, "announce", func(tok []byte) krpcMsg {
+		return krpcMsg{Method: methodAnnouncePeer, Args: krpcArgs{
+			InfoHash: infohash, Port: uint16(port), ImpliedPort: implied, Token: tok}}
+	})
+	if r == nil {
+		return nil, n, err
+	}
+	return addPeers(d.peers.peers(infohash, maxLookupPeers), r.Peers), n, err
+}
+
+// publish runs the lookup o, then sends a store query (announce_peer or
+// put, built by mk around each token) to the k closest nodes that gave a
+// token, in parallel. It returns the lookup (nil if it failed) and how
+// many accepted; when none did, the first error reply says why (e.g. 302:
+// a newer seq is stored).
+func (d *dht) publish(ctx context.Context, o lookupOpts, what string, mk func(tok []byte) krpcMsg) (*lookupResult, int, error) {
+	o.toStore = true
 	r, err := d.lookup(ctx, o)
 	if err != nil {
 		return nil, 0, err
 	}
-	peers := addPeers(d.peers.peers(infohash, maxLookupPeers), r.Peers)
-	n, err := d.store(ctx, r, "announce", func(tok []byte) krpcMsg {
-		return krpcMsg{Method: methodAnnouncePeer, Args: krpcArgs{
-			InfoHash: infohash, Port: uint16(port), ImpliedPort: implied, Token: tok}}
-	})
-	return peers, n, err
-}
-
-// publish runs the lookup o, then stores at the nodes it found (store).
-func (d *dht) publish(ctx context.Context, o lookupOpts, what string, mk func(tok []byte) krpcMsg) (int, error) {
-	o.toStore = true
-	r, err := d.lookup(ctx, o)
-	if err != nil {
-		return 0, err
-	}
-	return d.store(ctx, r, what, mk)
-}
-
-// store sends a store query (announce_peer or put, built by mk around
-// each token) to the k closest nodes of lookup r that gave a token, in
-// parallel. It returns how many accepted; when none did, the first error
-// reply says why (e.g. 302: a newer seq is stored).
-func (d *dht) store(ctx context.Context, r *lookupResult, what string, mk func(tok []byte) krpcMsg) (int, error) {
 	var to []nodeInfo
 	var toks [][]byte
 	for _, n := range r.Closest {
@@ -578,24 +588,24 @@ func (d *dht) store(ctx context.Context, r *lookupResult, what string, mk func(t
 		}
 	}
 	ok, refused := 0, error(nil)
-	for _, r := range d.tx.queryAll(ctx, to, txOpts{}, func(i int) krpcMsg { return mk(toks[i]) }) {
+	for _, q := range d.tx.queryAll(ctx, to, txOpts{}, func(i int) krpcMsg { return mk(toks[i]) }) {
 		var kerr *krpcError
 		switch {
-		case r.Err == nil:
+		case q.Err == nil:
 			ok++
-		case errors.As(r.Err, &kerr) && refused == nil:
+		case errors.As(q.Err, &kerr) && refused == nil:
 			refused = kerr
 		default:
-			d.log.Debug("dht: store", "err", r.Err)
+			d.log.Debug("dht: store", "err", q.Err)
 		}
 	}
 	switch {
 	case ok == 0 && refused != nil:
-		return 0, fmt.Errorf("dht: %s refused: %w", what, refused)
+		return r, 0, fmt.Errorf("dht: %s refused: %w", what, refused)
 	case ok == 0:
-		return 0, fmt.Errorf("dht: %s: %w", what, errNoneAnswered)
+		return r, 0, fmt.Errorf("dht: %s: %w", what, errNoneAnswered)
 	}
-	return ok, nil
+	return r, ok, nil
 }
 
 // putImmutable stores v (a bencoded value) under SHA-1(v) at the k closest
@@ -609,7 +619,7 @@ func (d *dht) putImmutable(ctx context.Context, v []byte) (nodeID, int, error) {
 	}
 	target := immutableTarget(v)
 	o := lookupOpts{target: target, method: methodGet}
-	n, err := d.publish(ctx, o, "put", putQuery(krpcArgs{V: v}))
+	_, n, err := d.publish(ctx, o, "put", putQuery(krpcArgs{V: v}))
 	return target, n, err
 }
 
@@ -622,7 +632,7 @@ func (d *dht) putMutable(ctx context.Context, priv ed25519.PrivateKey, salt []by
 	target := mutableTarget(it.K, salt)
 	a := krpcArgs{V: it.V, K: it.K, HasK: true, Sig: it.Sig, Salt: salt, Seq: seq, HasSeq: true}
 	o := lookupOpts{target: target, method: methodGet, salt: salt}
-	n, err := d.publish(ctx, o, "put", putQuery(a))
+	_, n, err := d.publish(ctx, o, "put", putQuery(a))
 	return target, n, err
 }
 
@@ -653,6 +663,31 @@ func (d *dht) get(ctx context.Context, target nodeID) (bep44Item, error) {
 		return bep44Item{}, err
 	}
 	return bep44Item{}, fmt.Errorf("dht: get %v: %w", target, errNotFound)
+}
+
+// pollMutable reads the mutable item of key k (no salt) the way a record
+// watched several times a second is read (SPEC.md 5.8.3): from one node,
+// the next in turn of those nearest its target that answered a lookup
+// within pollLookupEvery, so that each of them is asked about once every
+// few polls, not at every one; when there is none, by a lookup, which
+// finds them again. found is false when the node asked has no item.
+func (d *dht) pollMutable(ctx context.Context, k [32]byte) (it bep44Item, found bool, err error) {
+	target := mutableTarget(k, nil)
+	n, ok := d.recent.next(target, d.now())
+	if !ok {
+		it, err = d.get(ctx, target)
+		if errors.Is(err, errNotFound) {
+			return bep44Item{}, false, nil
+		}
+		return it, err == nil, err
+	}
+	q := krpcMsg{Method: methodGet, Args: krpcArgs{Target: target}}
+	r := d.tx.query(ctx, n.Addr, &q, txOpts{expect: &n.ID})
+	if r.Err != nil {
+		return bep44Item{}, false, fmt.Errorf("dht: get %v from %v: %w", target, n.Addr, r.Err)
+	}
+	it, found = mutableItemFrom(&r.Msg.Reply, target, nil)
+	return it, found, nil
 }
 
 // putMutableN is putMutable without the target: how many nodes stored it.

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"net/netip"
 	"slices"
+	"sync"
 	"testing"
 	"time"
 )
@@ -103,11 +104,11 @@ func TestAnnounceThenGetPeers(t *testing.T) {
 	ds := newSwarm(t, 20, 0)
 	ih := nodeID(sha1.Sum([]byte("infohash")))
 	ctx := testCtx(t)
-	n, err := ds[2].announce(ctx, ih, 0, true)
+	_, n, err := ds[2].announce(ctx, ih, 0, true)
 	if err != nil || n < 1 {
 		t.Fatalf("announce = %d, %v", n, err)
 	}
-	n, err = ds[5].announce(ctx, ih, 6881, false)
+	_, n, err = ds[5].announce(ctx, ih, 6881, false)
 	if err != nil || n < 1 {
 		t.Fatalf("announce = %d, %v", n, err)
 	}
@@ -182,7 +183,7 @@ func TestTwoNodeNetworkUsesOwnStore(t *testing.T) {
 	bootstrapRetrying(t, b)
 	ctx := testCtx(t)
 	ih := nodeID(sha1.Sum([]byte("two")))
-	if n, err := a.announce(ctx, ih, 7000, false); err != nil || n != 1 {
+	if _, n, err := a.announce(ctx, ih, 7000, false); err != nil || n != 1 {
 		t.Fatalf("announce = %d, %v", n, err)
 	}
 	ps, err := b.getPeers(ctx, ih)
@@ -309,5 +310,68 @@ func TestRecentLookups(t *testing.T) {
 	}
 	if len(r.m) != maxRecentLookups || r.get(nodeID{1}, t0) != nil {
 		t.Errorf("%d targets kept, the oldest still there: %v", len(r.m), r.get(nodeID{1}, t0))
+	}
+}
+
+// A watched record is polled one node at a time (SPEC.md 5.8.3, step 3):
+// the first poll looks the record up; the next ones each send one get, to
+// the nodes nearest the target in turn, and see a new seq once it is put.
+func TestPollMutable(t *testing.T) {
+	ds := newSwarm(t, 20, 0)
+	ctx := testCtx(t)
+	var mu sync.Mutex
+	var gets []netip.AddrPort
+	poller := newTunedTestDHT(t, dhtConfig{Bootstrap: []string{ds[0].addr().String()}}, 0, func(d *dht) {
+		d.node.trace = func(out bool, peer netip.AddrPort, b []byte) {
+			if out && bytes.Contains(b, []byte("1:q3:get")) {
+				mu.Lock()
+				gets = append(gets, peer)
+				mu.Unlock()
+			}
+		}
+	})
+	bootstrapRetrying(t, poller)
+	sent := func() []netip.AddrPort {
+		mu.Lock()
+		defer mu.Unlock()
+		g := gets
+		gets = nil
+		return g
+	}
+	priv := ed25519.NewKeyFromSeed(bytes.Repeat([]byte{2}, ed25519.SeedSize))
+	var k [32]byte
+	copy(k[:], priv.Public().(ed25519.PublicKey))
+	// The writer is read-only (BEP 43), so it is never among the nodes
+	// nearest the target, all of which hold the item.
+	putter := newTestDHT(t, dhtConfig{Bootstrap: []string{ds[1].addr().String()}}, 0)
+	putter.tx.readOnly.Store(true)
+	bootstrapRetrying(t, putter)
+	_, stored, err := putter.putMutable(ctx, priv, nil, 1, []byte("5:first"))
+	if err != nil || stored < 1 {
+		t.Fatalf("putMutable = %d, %v", stored, err)
+	}
+	if it, found, err := poller.pollMutable(ctx, k); err != nil || !found || it.Seq != 1 {
+		t.Fatalf("first poll = seq %d, %v, %v; want seq 1", it.Seq, found, err)
+	}
+	if g := sent(); len(g) < 2 {
+		t.Fatalf("first poll sent %d gets, want a lookup", len(g))
+	}
+	asked := map[netip.AddrPort]bool{}
+	for i := range 4 {
+		it, found, err := poller.pollMutable(ctx, k)
+		g := sent()
+		if err != nil || !found || it.Seq != 1 || len(g) != 1 {
+			t.Fatalf("poll %d = seq %d, %v, %v with %d gets; want seq 1 from one get", i+2, it.Seq, found, err, len(g))
+		}
+		asked[g[0]] = true
+	}
+	if len(asked) != 4 {
+		t.Errorf("4 polls asked %d nodes, want 4 in turn", len(asked))
+	}
+	if _, n, err := putter.putMutable(ctx, priv, nil, 2, []byte("6:second")); err != nil || n < 1 {
+		t.Fatalf("putMutable seq 2 = %d, %v", n, err)
+	}
+	if it, found, err := poller.pollMutable(ctx, k); err != nil || !found || it.Seq != 2 {
+		t.Errorf("poll after the new put = seq %d, %v, %v; want seq 2", it.Seq, found, err)
 	}
 }

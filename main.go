@@ -195,7 +195,7 @@ func run(ctx context.Context, o options, src lineSource, stdout, stderr io.Write
 	a.ui.printf("* ready %s %s", a.node.LocalAddr(), a.id.public())
 	err = a.readCommands(cmds, src)
 	stopCmds()
-	a.sess.sayGoodbye() // /quit, end of input, SIGINT and SIGTERM alike
+	a.sess.goodbye.say() // /quit, end of input, SIGINT and SIGTERM alike
 	stopLayers()
 	wg.Wait()
 	if cerr := a.close(); err == nil {
@@ -371,13 +371,13 @@ func (a *app) build(o options) error {
 			}
 		},
 		Established: func(k publicKey, addr netip.AddrPort) {
-			a.chat.setOnline(k, addr)
+			a.chat.presence.online(k, addr)
 			every, dead := a.punch.online(k, addr)
-			a.sess.setPathTimers(k, addr, every, dead)
+			a.sess.timers.setPath(k, addr, every, dead)
 			a.relay.online(k)
 		},
 		Ended: func(k publicKey, seen time.Time) {
-			a.chat.setOffline(k, seen)
+			a.chat.presence.offline(k, seen)
 			a.punch.offline(k)
 			a.relay.offline(k)
 		},
@@ -400,7 +400,7 @@ func (a *app) build(o options) error {
 		Self:         a.id.public(),
 		StaticSecret: a.id.staticSecret,
 		Announce: func(ctx context.Context, ih nodeID) ([]netip.AddrPort, int, error) {
-			return a.dht.announcePeers(ctx, ih, 0, true)
+			return a.dht.announce(ctx, ih, 0, true)
 		},
 		GetPeers:    a.dht.getPeers,
 		PutItem:     a.dht.putMutableN,
@@ -432,9 +432,12 @@ func (a *app) build(o options) error {
 		}
 	}
 	a.inv = newInviter(inviteConfig{
-		Self:     a.id.public(),
-		Send:     a.node.send,
-		Announce: func(ctx context.Context, ih nodeID) (int, error) { return a.dht.announce(ctx, ih, 0, true) },
+		Self: a.id.public(),
+		Send: a.node.send,
+		Announce: func(ctx context.Context, ih nodeID) (int, error) {
+			_, n, err := a.dht.announce(ctx, ih, 0, true)
+			return n, err
+		},
 		GetPeers: a.dht.getPeers,
 		Now:      time.Now,
 		Rand:     rand.Reader,
@@ -448,7 +451,7 @@ func (a *app) build(o options) error {
 func (a *app) start(ctx context.Context, wg *sync.WaitGroup) {
 	for _, f := range []func(context.Context) error{
 		a.node.run,
-		a.dht.run,
+		a.dht.maint.run,
 		func(ctx context.Context) error { a.sess.run(ctx); return nil },
 		a.chat.run,
 		a.punch.run,
@@ -568,7 +571,10 @@ func (a *app) buildPuncher(o options) {
 			return err
 		},
 		Get: func(ctx context.Context, k [32]byte) (int64, []byte, error) {
-			it, err := a.dht.get(ctx, mutableTarget(k, nil))
+			it, found, err := a.dht.pollMutable(ctx, k)
+			if err == nil && !found {
+				err = errNotFound
+			}
 			return it.Seq, it.V, err
 		},
 		Open:    func(to netip.AddrPort, ttl int) error { return a.node.sendTTL(to, nil, ttl) },

@@ -281,7 +281,8 @@ type chatPeer struct {
 }
 
 // chat is the chat core: contacts, delivery, and the parts it drives (the
-// outbox, the rendezvous scheduler, the frame sender and the event queue).
+// outbox, the rendezvous scheduler, the frame sender, the event queue and
+// presence).
 // Safe for concurrent use.
 type chat struct {
 	cfg   chatConfig
@@ -290,6 +291,8 @@ type chat struct {
 	out   *frameSender
 	ev    *eventQueue
 	drops *dropper // offline messages (drops.go)
+
+	presence presence // contacts' sessions coming and going
 
 	saveMu sync.Mutex // serialises contact-file writes; taken before mu
 	mu     sync.Mutex
@@ -333,7 +336,7 @@ func (s *frameSender) sendNow(key publicKey, frames [][]byte) {
 }
 
 // sendLater hands frames to the sender goroutine. handlePayload and
-// setOnline use it because the session layer calls them from its own
+// presence.online use it because the session layer calls them from its own
 // callbacks (Deliver, Established), perhaps holding its locks: sending from
 // there could deadlock. A full queue drops the frames; retransmission and
 // the next ack repair that.
@@ -425,6 +428,7 @@ func newChat(cfg chatConfig) (*chat, error) {
 		sched: newRendezvousScheduler(rendezvousConfig{StaticSecret: cfg.StaticSecret, Announce: cfg.Announce,
 			GetPeers: cfg.GetPeers, SetEndpoint: cfg.SetEndpoint, IsSelf: cfg.IsSelf, OwnIP: cfg.OwnIP, Now: cfg.Now, Log: cfg.Log,
 			Announced: cfg.Announced, LookedUp: cfg.LookedUp})}
+	c.presence.c = c
 	b, err := os.ReadFile(filepath.Join(cfg.Dir, contactsFile))
 	if err != nil && !errors.Is(err, os.ErrNotExist) {
 		return nil, fmt.Errorf("chat: contacts: %w", err)
@@ -600,7 +604,7 @@ func appendFrames(frames [][]byte, maxPayload int, stream uint64, m *outMsg) [][
 // keepalive, which only says the contact is there (last seen).
 func (c *chat) handlePayload(key publicKey, from netip.AddrPort, b []byte) {
 	if len(b) == 0 {
-		c.seen(key)
+		c.presence.seen(key)
 		return
 	}
 	if isPrekeyFrame(b) {
@@ -813,10 +817,17 @@ func (c *chat) compactNow() {
 	wipeRetired(old, c.cfg.Log)
 }
 
-// setOnline records that a session with the contact is up at addr (the UI
+// presence follows each contact's sessions as the session layer reports
+// them (Established, keepalives, Ended): online, moved, last seen and
+// offline, each an event for the UI and a change to the rendezvous
+// schedule. A session that comes up gets the outbox at once.
+type presence struct{ c *chat }
+
+// online records that a session with the contact is up at addr (the UI
 // calls it on the session layer's Established) and sends the outbox to it
 // at once.
-func (c *chat) setOnline(key publicKey, addr netip.AddrPort) {
+func (pr *presence) online(key publicKey, addr netip.AddrPort) {
+	c := pr.c
 	c.mu.Lock()
 	p := c.peers[key]
 	if p == nil {
@@ -839,7 +850,8 @@ func (c *chat) setOnline(key publicKey, addr netip.AddrPort) {
 }
 
 // seen records a keepalive from the contact as its last-seen time.
-func (c *chat) seen(key publicKey) {
+func (pr *presence) seen(key publicKey) {
+	c := pr.c
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if p := c.peers[key]; p != nil {
@@ -847,10 +859,11 @@ func (c *chat) seen(key publicKey) {
 	}
 }
 
-// setOffline records that the contact's session ended, lastSeen being the
+// offline records that the contact's session ended, lastSeen being the
 // time of its last packet (not now: silence is noticed DeadAfter late);
 // rendezvous lookups for it go back to the fast schedule.
-func (c *chat) setOffline(key publicKey, lastSeen time.Time) {
+func (pr *presence) offline(key publicKey, lastSeen time.Time) {
+	c := pr.c
 	c.mu.Lock()
 	p := c.peers[key]
 	if p == nil || !p.online {

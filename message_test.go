@@ -177,8 +177,8 @@ func (p *chatPair) connect() {
 	p.runA, p.runB = make(chan error, 1), make(chan error, 1)
 	go func() { p.runA <- p.a.run(ctx) }()
 	go func() { p.runB <- p.b.run(ctx) }()
-	p.a.setOnline(p.kb, p.link.addrs[p.kb])
-	p.b.setOnline(p.ka, p.link.addrs[p.ka])
+	p.a.presence.online(p.kb, p.link.addrs[p.kb])
+	p.b.presence.online(p.ka, p.link.addrs[p.ka])
 }
 
 func (p *chatPair) close(t testing.TB) {
@@ -502,7 +502,7 @@ func TestBackoff(t *testing.T) {
 		}
 	}
 	// A new session sends at once and restarts the backoff.
-	c.setOnline(chatKey(2), netip.MustParseAddrPort("192.0.2.1:1"))
+	c.presence.online(chatKey(2), netip.MustParseAddrPort("192.0.2.1:1"))
 	c.out.wg.Wait()
 	clock.advance(200 * time.Millisecond)
 	c.retransmit()
@@ -588,8 +588,8 @@ func BenchmarkDeliver(b *testing.B) {
 	for _, c := range []*chat{a, bob} {
 		go func() { c.run(ctx); done <- struct{}{} }()
 	}
-	a.setOnline(kb, addrB)
-	bob.setOnline(ka, addrA)
+	a.presence.online(kb, addrB)
+	bob.presence.online(ka, addrA)
 	text := strings.Repeat("x", 100)
 	b.ReportAllocs()
 	b.SetParallelism(16)

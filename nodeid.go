@@ -35,6 +35,16 @@ var (
 	sourceProbe6 = netip.MustParseAddrPort("[2001:db8::1]:9")
 )
 
+// idKeeper keeps our node id bound to our address (see the flow comment
+// at the top): learnExternal weighs each response's "ip", checkSource the
+// kernel's source address before each query leaves, and a move renews the
+// id. Its idState is under d.mu, as each new id rebuilds the routing table.
+type idKeeper struct {
+	d     *dht
+	route func(v6 bool) netip.Addr // see dhtConfig.Source; nil: no check
+	idState
+}
+
 // idState is what the DHT knows about the address its id belongs to.
 // The dht's mu guards it.
 type idState struct {
@@ -72,15 +82,16 @@ func isMove(prev, next, boundTo netip.Addr) bool {
 // learnExternal votes on our external address with the "ip" a responder
 // saw (BEP 42) and renews our id when that address moved or was first
 // learned (see the flow comment at the top).
-func (d *dht) learnExternal(from netip.AddrPort, seen netip.AddrPort) {
+func (k *idKeeper) learnExternal(from netip.AddrPort, seen netip.AddrPort) {
 	seen = unmapAddrPort(seen)
 	if !usableAddr(seen) {
 		return
 	}
+	d := k.d
 	d.mu.Lock()
-	to, renew, moved := d.ids.weigh(d.table.self(), from, seen, d.now())
+	to, renew, moved := k.weigh(d.table.self(), from, seen, d.now())
 	if renew {
-		d.renewIDLocked(to, moved)
+		k.renewLocked(to, moved)
 	}
 	d.mu.Unlock()
 	if moved {
@@ -121,19 +132,20 @@ func (s *idState) weigh(self nodeID, from, seen netip.AddrPort, now time.Time) (
 	return netip.Addr{}, false, false
 }
 
-// renewIDLocked (d.mu held) takes a new id for the external address ip
+// renewLocked (d.mu held) takes a new id for the external address ip
 // (zero: unknown) and rebuilds the table around it. After a move the
 // caller ends the open queries that name the old id (txTable.abortOwn).
-func (d *dht) renewIDLocked(ip netip.Addr, moved bool) {
+func (k *idKeeper) renewLocked(ip netip.Addr, moved bool) {
+	d := k.d
 	id, err := newNodeID(ip, d.cfg.Rand)
 	if err != nil {
 		d.log.Warn("dht: new id", "err", err)
 		return
 	}
 	d.table = d.table.rebuilt(id)
-	d.ids.boundTo = ip
+	k.boundTo = ip
 	if moved {
-		d.ids.moves++
+		k.moves++
 	}
 	d.log.Info("dht: new node id", "external", ip, "moved", moved, "id", id)
 }
@@ -141,25 +153,26 @@ func (d *dht) renewIDLocked(ip netip.Addr, moved bool) {
 // checkSource runs before each of our queries leaves for to. If the kernel
 // would now send it from another local address than the last one, we
 // moved, and the id changes before any datagram carries it from there.
-func (d *dht) checkSource(to netip.AddrPort) {
-	if d.source == nil {
+func (k *idKeeper) checkSource(to netip.AddrPort) {
+	if k.route == nil {
 		return
 	}
 	fam := 0
 	if to.Addr().Unmap().Is6() {
 		fam = 1
 	}
-	src := d.source(fam == 1)
+	src := k.route(fam == 1)
 	if !src.IsValid() {
 		return // no route: nothing leaves, nothing to compare
 	}
+	d := k.d
 	d.mu.Lock()
-	last := d.ids.source[fam]
-	d.ids.source[fam] = src
+	last := k.source[fam]
+	k.source[fam] = src
 	moved := last.IsValid() && last != src
 	if moved {
-		d.ids.voter = ipVoter{}
-		d.renewIDLocked(netip.Addr{}, true)
+		k.voter = ipVoter{}
+		k.renewLocked(netip.Addr{}, true)
 	}
 	d.mu.Unlock()
 	if moved {
@@ -170,10 +183,10 @@ func (d *dht) checkSource(to netip.AddrPort) {
 // idAndMoves is our id and how many times we moved, read at once: a
 // query that names an id derived from ours carries that count, and is
 // dropped once it changed.
-func (d *dht) idAndMoves() (nodeID, uint64) {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	return d.table.self(), d.ids.moves
+func (k *idKeeper) idAndMoves() (nodeID, uint64) {
+	k.d.mu.Lock()
+	defer k.d.mu.Unlock()
+	return k.d.table.self(), k.moves
 }
 
 // routeSource asks the kernel which local address it would send from to

@@ -100,8 +100,8 @@ func pqChaos(t *testing.T, seed uint64) {
 			}
 		case r < 75:
 			clock.advance(time.Duration(rng.IntN(6000)) * time.Millisecond)
-			a.m.tick()
-			b.m.tick()
+			a.m.timers.tick()
+			b.m.timers.tick()
 		case r < 85:
 			a.m.send(b.id.public(), []byte(fmt.Sprint("a", step)))
 			b.m.send(a.id.public(), []byte(fmt.Sprint("b", step)))
@@ -124,8 +124,8 @@ func pqChaos(t *testing.T, seed uint64) {
 			break
 		}
 		clock.advance(time.Second)
-		a.m.tick()
-		b.m.tick()
+		a.m.timers.tick()
+		b.m.timers.tick()
 		a.m.setEndpoint(b.id.public(), b.addr)
 		b.m.setEndpoint(a.id.public(), a.addr)
 		if i%20 == 0 {
@@ -341,7 +341,7 @@ func TestPQLostCiphertext(t *testing.T) {
 			t.Fatal("delivered without the ciphertext, or b did not answer")
 		}
 		clock.advance(pqRetry)
-		a.m.tick()
+		a.m.timers.tick()
 		n.pump(t)
 		if !slices.Equal(b.delivered(), []string{"waits"}) || b.m.pq.stats.exchanges.Load() != 2 || !pqConnected(a, b) {
 			t.Fatalf("after the resent key: b got %q, answered %d exchanges", b.delivered(), b.m.pq.stats.exchanges.Load())
@@ -366,7 +366,7 @@ func TestPQLostCiphertext(t *testing.T) {
 			t.Fatal("b answered half a key")
 		}
 		clock.advance(pqRetry)
-		a.m.tick()
+		a.m.timers.tick()
 		n.pump(t)
 		if !slices.Equal(b.delivered(), []string{"waits"}) || !pqConnected(a, b) {
 			t.Fatalf("after the resent key: b got %q", b.delivered())
@@ -386,7 +386,7 @@ func TestPQLostCiphertext(t *testing.T) {
 			n.pump(t)
 			for range pqWait / pqRetry {
 				clock.advance(pqRetry)
-				a.m.tick()
+				a.m.timers.tick()
 				n.pump(t)
 			}
 			as, _, _ := pqOf(a.m, b.id.public())
@@ -404,7 +404,7 @@ func TestPQLostCiphertext(t *testing.T) {
 			n.pump(t)
 			for i := 0; !pqConnected(a, b) && i < 3; i++ {
 				clock.advance(defaultRekeyTimeout)
-				x.m.tick()
+				x.m.timers.tick()
 				n.pump(t)
 			}
 			if !pqConnected(a, b) || !slices.Contains(y.delivered(), "again") {
@@ -476,14 +476,14 @@ func TestPQRefusesZeroPSK(t *testing.T) {
 	befriend(impostor, a)
 	delete(n.nodes, b.addr) // the real b is gone
 	clock.advance(defaultRejectAfterTime)
-	a.m.tick()
+	a.m.timers.tick()
 	n.take()
 	a.m.setEndpoint(b.id.public(), impostor.addr)
 	a.m.send(b.id.public(), []byte("for b only"))
 	for range 3 {
 		n.pump(t)
 		clock.advance(defaultRekeyTimeout)
-		a.m.tick()
+		a.m.timers.tick()
 	}
 	impostor.m.setEndpoint(a.id.public(), a.addr)
 	impostor.m.send(a.id.public(), []byte("it is me, b"))
@@ -516,8 +516,8 @@ func TestPQClassicalPeer(t *testing.T) {
 	}
 	for range pqWait/defaultTickInterval + 1 {
 		clock.advance(defaultTickInterval)
-		a.m.tick()
-		b.m.tick()
+		a.m.timers.tick()
+		b.m.timers.tick()
 		n.pump(t)
 	}
 	if !slices.Equal(b.delivered(), []string{"classical"}) || !slices.Equal(ev.list(), []pqEvent{pqClassical, pqClassical}) {
@@ -542,8 +542,8 @@ func TestPQClassicalPeer(t *testing.T) {
 		m.pump(t)
 		for range pqWait / defaultTickInterval {
 			clock.advance(defaultTickInterval)
-			c.m.tick()
-			d.m.tick()
+			c.m.timers.tick()
+			d.m.timers.tick()
 			m.pump(t)
 		}
 		if !pqConnected(c, d) || !slices.Contains(d.delivered(), fmt.Sprint("pq ", i)) {

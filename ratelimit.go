@@ -22,8 +22,17 @@ import (
 const (
 	srcQueryRate   = 5    // queries per second a source is answered at, sustained
 	srcQueryBurst  = 20   // queries a quiet source is answered at once
-	maxRateSources = 1024 // sources tracked at once: 126 KB of heap
+	maxRateSources = 1024 // sources tracked at once: at most 126 KB of heap
 	rateEvictScan  = 8    // buckets a new source looks at for the one to take over
+)
+
+// What we draw from one node (SPEC.md 3.4.2, "Pacing"): below what our
+// own limit answers, and below libtorrent's, which blocks an address that
+// sends more than 5 packets a second (50 in 10 s) for five minutes.
+const (
+	dstQueryRate  = 3               // queries per second we send one node, sustained
+	dstQueryBurst = 16              // queries we send a node we have been quiet to, at once
+	maxPaceWait   = 2 * time.Second // a query that would wait longer fails at once
 )
 
 // rateKey is what one bucket counts (the stores' sourceKey counts writers
@@ -71,8 +80,7 @@ type sourceLimiter struct {
 }
 
 func newSourceLimiter(rate, burst float64) *sourceLimiter {
-	return &sourceLimiter{rate: rate, burst: burst,
-		buckets: make([]srcBucket, 0, maxRateSources), index: make(map[netip.AddrPort]int, maxRateSources)}
+	return &sourceLimiter{rate: rate, burst: burst, index: make(map[netip.AddrPort]int)}
 }
 
 // allow takes a token from from's bucket at now, and reports whether
@@ -91,6 +99,29 @@ func (l *sourceLimiter) allow(from netip.AddrPort, now time.Time) bool {
 	}
 	b.tokens--
 	return true
+}
+
+// reserve takes a token from to's bucket at now, borrowing it from the
+// future if there is none, and returns how long the caller must wait
+// before it is due. A wait over maxWait takes nothing and reports !ok. The
+// DHT client paces its queries with it (SPEC.md 3.4.2): a bucket in debt
+// is the emptiest, so the eviction scan passes it by.
+func (l *sourceLimiter) reserve(to netip.AddrPort, now time.Time, maxWait time.Duration) (wait time.Duration, ok bool) {
+	key := rateKey(to)
+	i, found := l.index[key]
+	if !found {
+		i = l.slot(key, now)
+	}
+	b := &l.buckets[i]
+	lv := b.level(now, l.rate, l.burst)
+	if lv < 1 {
+		wait = time.Duration((1 - lv) / l.rate * float64(time.Second))
+		if wait > maxWait {
+			return wait, false
+		}
+	}
+	b.tokens, b.last = lv-1, now
+	return wait, true
 }
 
 // slot gives key a full bucket: a free one, or the fullest of the next

@@ -110,3 +110,36 @@ func BenchmarkSourceLimiter(b *testing.B) {
 		}
 	})
 }
+
+// reserve hands out the burst at once, then one token per 1/rate, and
+// refuses a wait beyond its bound without taking anything (SPEC.md 3.4.2,
+// "Pacing").
+func TestSourceLimiterReserve(t *testing.T) {
+	l := newSourceLimiter(dstQueryRate, dstQueryBurst)
+	to := netip.MustParseAddrPort("198.51.100.7:6881")
+	now := time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
+	step := time.Second / dstQueryRate
+	for i := range dstQueryBurst + 3 {
+		want := time.Duration(max(i-dstQueryBurst+1, 0)) * step
+		wait, ok := l.reserve(to, now, maxPaceWait)
+		if !ok || (wait-want).Abs() > time.Millisecond {
+			t.Fatalf("query %d: wait %v ok %v, want %v", i+1, wait, ok, want)
+		}
+	}
+	// Three tokens are owed: a fourth would wait 4 steps; refused with a
+	// bound of 3, and then nothing was taken.
+	if wait, ok := l.reserve(to, now, 3*step); ok || (wait-4*step).Abs() > time.Millisecond {
+		t.Fatalf("over the bound: wait %v ok %v, want %v refused", wait, ok, 4*step)
+	}
+	if wait, ok := l.reserve(to, now, maxPaceWait); !ok || (wait-4*step).Abs() > time.Millisecond {
+		t.Fatalf("after a refusal: wait %v ok %v, want %v", wait, ok, 4*step)
+	}
+	// Another port of the same IPv4 address is the same node's budget;
+	// another address has its own.
+	if wait, _ := l.reserve(netip.MustParseAddrPort("198.51.100.7:1"), now, maxPaceWait); wait < 5*step-time.Millisecond {
+		t.Errorf("same address, other port: wait %v, want %v", wait, 5*step)
+	}
+	if wait, _ := l.reserve(netip.MustParseAddrPort("198.51.100.8:6881"), now, maxPaceWait); wait != 0 {
+		t.Errorf("another address: wait %v, want 0", wait)
+	}
+}

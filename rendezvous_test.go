@@ -158,11 +158,11 @@ func TestRendezvousSchedule(t *testing.T) {
 	if !slices.Equal(d.endpoints, []netip.AddrPort{bob}) {
 		t.Fatalf("endpoints %v: bob, handed over and quiet, was handed over again", d.endpoints)
 	}
-	c.setOnline(chatKey(2), bob)
+	c.presence.online(chatKey(2), bob)
 	clock.set(time.Date(2026, 11, 25, 12, 47, 0, 0, time.UTC))
 	step(0)
 	want("12:47 online: no announce", 1, 3)
-	c.setOffline(chatKey(2), time.Time{})
+	c.presence.offline(chatKey(2), time.Time{})
 	step(0)
 	want("offline: announce at once", 2, 3)
 	step(5 * time.Second)
@@ -304,11 +304,11 @@ func TestPickCandidate(t *testing.T) {
 	if want := []netip.AddrPort{old, live, stale}; !slices.Equal(got, want) {
 		t.Fatalf("candidates %v, want %v", got, want)
 	}
-	c.setOnline(chatKey(2), live)
+	c.presence.online(chatKey(2), live)
 	if _, ok := c.sched.pickCandidate(chatKey(2), []netip.AddrPort{stale, old, live}); ok {
 		t.Fatal("a candidate for a contact with a session")
 	}
-	c.setOffline(chatKey(2), time.Time{})
+	c.presence.offline(chatKey(2), time.Time{})
 	if a, _ := c.sched.pickCandidate(chatKey(2), []netip.AddrPort{stale, old, live}); a != old {
 		t.Fatalf("after a session: %v, want the candidates tried again from %v", a, old)
 	}
@@ -352,7 +352,7 @@ func TestStaleCandidateInitiations(t *testing.T) {
 			s.tick(ctx)
 			s.waitOps()
 		}
-		a.m.tick()
+		a.m.timers.tick()
 		for _, p := range n.take() {
 			if p.to == stale && p.b[0] == packetInitiation {
 				inits++

@@ -11,7 +11,7 @@
 // for the session layer's own: the goodbye ends the peer's sessions,
 // post-quantum frames go to pq.go. send seals on a current keypair that may
 // carry payloads (SPEC.md 4.12), or queues and starts a handshake; timers.go
-// resends, rekeys and expires. sayGoodbye says goodbye on every session.
+// resends, rekeys and expires. goodbye.say says goodbye on every session.
 package main
 
 import (
@@ -209,7 +209,7 @@ func (t indexTable) retire(kp *keypair) {
 type sessionManager struct {
 	cfg     sessionConfig
 	pub     publicKey
-	cookies *cookieChecker
+	cookies cookieLayer // SPEC.md 4.5 (cookie.go)
 	pq      *pqLayer
 	dh      dhCounter
 	stats   sessionStats
@@ -217,20 +217,23 @@ type sessionManager struct {
 	debugOn bool
 	ts      *timestampStore // the greatest timestamp accepted from each contact
 
-	evMu   sync.Mutex // orders Established and Ended callbacks
-	mu     sync.Mutex
-	peers  map[publicKey]*peer // the contacts, and only them
-	index  indexTable
-	tags   tagTable
-	closed atomic.Bool // set under mu by sayGoodbye: no packet, send or timer does anything after it
+	timers  sessionTimers // SPEC.md 4.7 (timers.go)
+	goodbye goodbyes      // SPEC.md 4.6
+	events  sessionEvents // orders the Established and Ended callbacks (timers.go)
+	mu      sync.Mutex
+	peers   map[publicKey]*peer // the contacts, and only them
+	index   indexTable
+	tags    tagTable
+	closed  atomic.Bool // set under mu by goodbye.say: no packet, send or timer does anything after it
 }
 
 func newSessionManager(cfg sessionConfig) *sessionManager {
 	cfg.setDefaults()
 	m := &sessionManager{cfg: cfg, peers: map[publicKey]*peer{}, index: indexTable{}}
+	m.timers.m, m.events.m, m.goodbye.m = m, m, m
 	m.ts = newTimestampStore(cfg.Dir, cfg.Timestamps, cfg.Log)
 	m.pub = cfg.Identity.public()
-	m.cookies = newCookieChecker(cfg.LoadThreshold, cfg.Rand)
+	m.cookies = cookieLayer{m: m, checker: newCookieChecker(cfg.LoadThreshold, cfg.Rand)}
 	m.bufs.New = func() any { b := make([]byte, maxDatagram); return &b }
 	m.debugOn = cfg.Log.Enabled(context.Background(), slog.LevelDebug)
 	m.pq = &pqLayer{m: m, store: cfg.PQ}
@@ -295,7 +298,7 @@ func (m *sessionManager) handlePacket(from netip.AddrPort, b []byte) {
 	case packetResponse:
 		m.handleResponse(from, b)
 	case packetCookieReply:
-		m.handleCookieReply(from, b)
+		m.cookies.handleReply(from, b)
 	case packetTransport:
 		m.handleTransport(from, b)
 	default:
@@ -335,7 +338,7 @@ func (m *sessionManager) handleInitiation(from netip.AddrPort, b []byte) {
 		m.debug("initiation", from, err)
 		return
 	}
-	if !m.admit(from, b, initiationOffMAC2, msg.sender, id.mac1, id.peer) {
+	if !m.cookies.admit(from, b, initiationOffMAC2, msg.sender, id.mac1, id.peer) {
 		return
 	}
 	h := &handshake{}
@@ -460,7 +463,7 @@ func (m *sessionManager) handleResponse(from netip.AddrPort, b []byte) {
 		m.stats.badMAC.Add(1)
 		m.debug("response", from, errBadMAC1)
 		return
-	case !m.admit(from, b, responseOffMAC2, msg.sender, mac1, p):
+	case !m.cookies.admit(from, b, responseOffMAC2, msg.sender, mac1, p):
 		return
 	}
 	p, out, err := m.completeHandshake(from, &msg)
@@ -623,25 +626,7 @@ func (m *sessionManager) handleControl(p *peer, kp *keypair, from netip.AddrPort
 		m.stats.controlDrops.Add(1)
 		return
 	}
-	m.stats.goodbyes.Add(1)
-	m.mu.Lock()
-	if m.peers[p.key] != p {
-		m.mu.Unlock()
-		return // forgotten meanwhile
-	}
-	// The goodbye is the peer's last packet: it is gone, and so are the
-	// keys of every session with it. Our next send to it starts a new
-	// handshake; what is queued stays queued.
-	p.timers.lastRecv = now
-	p.keypairs.retireAll(m.index)
-	p.dropExchange()
-	p.inits.abandon(m.index)
-	wasOnline := p.timers.online
-	p.timers.online = false
-	m.mu.Unlock()
-	if wasOnline {
-		m.ended(p.key)
-	}
+	m.goodbye.receive(p, now)
 }
 
 // confirm runs after a packet authenticated on kp: a responder's new
@@ -676,7 +661,7 @@ func (m *sessionManager) sessionReady(p *peer, keepalive bool) {
 	ready, to := p.mayCarryChat(p.keypairs.current), p.addrs.endpoint
 	m.mu.Unlock()
 	if ready {
-		m.established(p.key, to)
+		m.events.established(p.key, to)
 	}
 	m.flush(p, keepalive)
 }
@@ -891,13 +876,18 @@ func (m *sessionManager) forgetLocked(p *peer) {
 	m.ts.drop(p.key)
 }
 
-// sayGoodbye ends every session for a clean exit. Each live session gets
+// goodbyes sends and takes the goodbye (SPEC.md 4.6), the session layer's
+// way to say a peer's sessions end now rather than after DeadAfter.
+type goodbyes struct{ m *sessionManager }
+
+// say ends every session for a clean exit. Each live session gets
 // the goodbye, goodbyeCopies times, so the contact shows us offline at once
 // instead of after DeadAfter; then every key is erased, and the manager
 // stays closed: no packet is answered, no send or timer starts a handshake,
 // so the stopping program does not bring back the sessions it just ended.
 // The socket must still be open.
-func (m *sessionManager) sayGoodbye() {
+func (g *goodbyes) say() {
+	m := g.m
 	type bye struct {
 		kp *keypair
 		to netip.AddrPort
@@ -921,4 +911,28 @@ func (m *sessionManager) sayGoodbye() {
 		}
 	}
 	m.eraseAll()
+}
+
+// receive takes p's goodbye, authenticated at now: p's sessions end.
+func (g *goodbyes) receive(p *peer, now time.Time) {
+	m := g.m
+	m.stats.goodbyes.Add(1)
+	m.mu.Lock()
+	if m.peers[p.key] != p {
+		m.mu.Unlock()
+		return // forgotten meanwhile
+	}
+	// The goodbye is the peer's last packet: it is gone, and so are the
+	// keys of every session with it. Our next send to it starts a new
+	// handshake; what is queued stays queued.
+	p.timers.lastRecv = now
+	p.keypairs.retireAll(m.index)
+	p.dropExchange()
+	p.inits.abandon(m.index)
+	wasOnline := p.timers.online
+	p.timers.online = false
+	m.mu.Unlock()
+	if wasOnline {
+		m.events.ended(p.key)
+	}
 }

@@ -609,10 +609,10 @@ func TestGoodbye(t *testing.T) {
 	a, b := newTestPair(t, &n, clock, func(c *sessionConfig) { c.Ended = log.ended; dirs.tweak(c) })
 	establish(t, &n, a, b)
 	clock.advance(10 * time.Second)
-	a.m.sayGoodbye()
+	a.m.goodbye.say()
 	byes := n.take()
 	if len(byes) != goodbyeCopies {
-		t.Fatalf("sayGoodbye sent %d datagrams, want %d", len(byes), goodbyeCopies)
+		t.Fatalf("goodbye.say sent %d datagrams, want %d", len(byes), goodbyeCopies)
 	}
 	var first uint64
 	for i, p := range byes {
@@ -658,7 +658,7 @@ func TestGoodbye(t *testing.T) {
 	}
 	a.m.setEndpoint(b.id.public(), b.addr)
 	clock.advance(defaultKeepalive) // a keepalive would be due, were a not closed
-	a.m.tick()
+	a.m.timers.tick()
 	for _, p := range n.take() {
 		if p.from == a.addr {
 			t.Fatalf("a sent a type %d packet after its goodbye", p.b[0])
@@ -674,7 +674,7 @@ func TestGoodbye(t *testing.T) {
 	a2 := newTestPeer(t, &n, clock, seedOf(t, a), a.addr.Port(), dirs.tweak)
 	befriend(a2, b)
 	clock.advance(defaultRekeyTimeout)
-	b.m.tick()
+	b.m.timers.tick()
 	n.pump(t)
 	if got := a2.delivered(); !slices.Equal(got, []string{"are you there?"}) {
 		t.Errorf("after a restarted it got %q", got)

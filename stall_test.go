@@ -34,8 +34,8 @@ func TestStallEndsSession(t *testing.T) {
 	n.pump(t)
 	for clock.now().Sub(sent) < 30*time.Second {
 		clock.advance(defaultTickInterval)
-		a.m.tick()
-		b.m.tick()
+		a.m.timers.tick()
+		b.m.timers.tick()
 		n.pump(t)
 	}
 	mu.Lock()
@@ -68,8 +68,8 @@ func TestPassiveKeepaliveAnswers(t *testing.T) {
 	var fromB []time.Duration
 	for clock.now().Sub(start) < 60*time.Second {
 		clock.advance(defaultTickInterval)
-		a.m.tick()
-		b.m.tick()
+		a.m.timers.tick()
+		b.m.timers.tick()
 		for _, p := range n.take() {
 			if p.from == b.addr {
 				fromB = append(fromB, clock.now().Sub(start))
@@ -105,7 +105,7 @@ func TestForgetPath(t *testing.T) {
 	}
 	for range 100 {
 		clock.advance(defaultTickInterval)
-		a.m.tick()
+		a.m.timers.tick()
 	}
 	for _, p := range n.take() {
 		if p.from == a.addr {

@@ -69,7 +69,7 @@ func TestDHTReportsBootstrapFailure(t *testing.T) {
 		d := newTestDHT(t, dhtConfig{Bootstrap: []string{boot}, BootstrapFailed: func(err error) { failed <- err }}, 0)
 		d.timing.bootstrap = 200 * time.Millisecond
 		wg.Add(1)
-		go func() { defer wg.Done(); d.run(ctx) }()
+		go func() { defer wg.Done(); d.maint.run(ctx) }()
 		return d, failed
 	}
 	_, failed := start("127.0.0.1:1")

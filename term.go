@@ -15,10 +15,8 @@ import (
 	"errors"
 	"io"
 	"os"
-	"os/signal"
 	"slices"
 	"strings"
-	"syscall"
 	"unicode/utf8"
 
 	"golang.org/x/term"
@@ -65,11 +63,11 @@ func runStdio(ctx context.Context, o options) error {
 	return err
 }
 
-// followSize tells t the window's size now and at every SIGWINCH.
+// followSize tells t the window's size now and at every change the
+// system signals (resizeSignals).
 func followSize(ctx context.Context, fd int, t *term.Terminal) {
-	winch := make(chan os.Signal, 1)
-	signal.Notify(winch, syscall.SIGWINCH)
-	defer signal.Stop(winch)
+	winch, stop := resizeSignals()
+	defer stop()
 	for {
 		// A pty nobody sized says 0 columns; x/term would then wrap
 		// after every character, so it keeps its default of 80.

@@ -1,8 +1,8 @@
 // Timers (SPEC.md 4.7): retransmission, rekeying, expiry, keepalives and
 // the end of a session.
 //
-// Flow: run calls tick every TickInterval (and saves the timestamps file
-// when asked, timestamps.go). For each peer, tickPeerLocked
+// Flow: run calls sessionTimers.tick every TickInterval (and saves the
+// timestamps file when asked, timestamps.go). For each peer, tickPeerLocked
 // erases keypairs older than RejectAfterTime and stale cookies, resends a
 // pending initiation every RekeyTimeout until RekeyAttemptTime, starts a
 // handshake for queued payloads or a session due for rekeying; then tick
@@ -16,6 +16,7 @@ package main
 import (
 	"context"
 	"net/netip"
+	"sync"
 	"time"
 )
 
@@ -32,7 +33,7 @@ func (m *sessionManager) run(ctx context.Context) {
 			m.eraseAll()
 			return
 		case <-t.C:
-			m.tick()
+			m.timers.tick()
 		case <-m.ts.dirty:
 			m.ts.save()
 		}
@@ -50,11 +51,17 @@ func (m *sessionManager) eraseAll() {
 	}
 }
 
+// sessionTimers runs the timers of a session manager's peers (the flow
+// comment at the top): run calls tick every TickInterval, tests to step
+// their clocks. It holds no state: the timers are in each peer.
+type sessionTimers struct{ m *sessionManager }
+
 // tick runs the timers once: retransmit or give up pending handshakes,
 // rekey busy sessions, erase expired keys.
-func (m *sessionManager) tick() {
+func (t *sessionTimers) tick() {
+	m := t.m
 	if m.closed.Load() {
-		return // sayGoodbye ended everything
+		return // goodbye.say ended everything
 	}
 	now := m.cfg.Now()
 	type out struct {
@@ -67,7 +74,7 @@ func (m *sessionManager) tick() {
 	var ended, stalled []publicKey
 	m.mu.Lock()
 	for _, p := range m.peers {
-		if b := m.tickPeerLocked(p, now); b != nil {
+		if b := t.tickPeerLocked(p, now); b != nil {
 			sends = append(sends, out{p.addrs.targets(), b})
 		}
 		frames, fallback := m.pq.tickLocked(p, now)
@@ -106,19 +113,20 @@ func (m *sessionManager) tick() {
 	}
 	for _, k := range stalled {
 		m.cfg.Stalled(k)
-		m.ended(k)
+		m.events.ended(k)
 	}
 	for _, k := range ended {
-		m.ended(k)
+		m.events.ended(k)
 	}
 }
 
-// setPathTimers sets the keepalive and DeadAfter of k's session on the
+// setPath sets the keepalive and DeadAfter of k's session on the
 // path through addr (SPEC.md 5.8.4); zero means the config's. A new
 // address starts the path again: its first keepalives come at the
 // config's Keepalive, before a firewall's entry for a flow seen one way
 // only (30 s in Linux) could expire.
-func (m *sessionManager) setPathTimers(k publicKey, addr netip.AddrPort, every, deadAfter time.Duration) {
+func (t *sessionTimers) setPath(k publicKey, addr netip.AddrPort, every, deadAfter time.Duration) {
+	m := t.m
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	p := m.peers[k]
@@ -166,7 +174,8 @@ func (t *peerTimers) owesAnswer(now time.Time, passive time.Duration) bool {
 }
 
 // tickPeerLocked runs p's timers and returns an initiation to send, if any.
-func (m *sessionManager) tickPeerLocked(p *peer, now time.Time) []byte {
+func (t *sessionTimers) tickPeerLocked(p *peer, now time.Time) []byte {
+	m := t.m
 	p.keypairs.expire(m.index, now, m.cfg.RejectAfterTime)
 	p.cookies.expire(now)
 	if p.inits.pending != nil {
@@ -235,20 +244,27 @@ func (p *peer) checkEnded(now time.Time, deadAfter time.Duration) bool {
 	return true
 }
 
-// established and ended report a peer's session state in the order it
-// changed: evMu orders the callbacks, and ended re-checks under mu, so a
-// packet that revived the peer after tick decided it had ended wins. Ended
-// carries the time of the peer's last authenticated packet, not the time
-// its silence was noticed.
-func (m *sessionManager) established(k publicKey, addr netip.AddrPort) {
-	m.evMu.Lock()
-	defer m.evMu.Unlock()
-	m.cfg.Established(k, addr)
+// sessionEvents reports each peer's session state to the layer above
+// (sessionConfig.Established and Ended) in the order it changed: mu orders
+// the callbacks, and ended re-checks under the manager's mu, so a packet
+// that revived the peer after tick decided it had ended wins. Ended carries
+// the time of the peer's last authenticated packet, not the time its
+// silence was noticed.
+type sessionEvents struct {
+	m  *sessionManager
+	mu sync.Mutex // taken before, never inside, the manager's mu
 }
 
-func (m *sessionManager) ended(k publicKey) {
-	m.evMu.Lock()
-	defer m.evMu.Unlock()
+func (e *sessionEvents) established(k publicKey, addr netip.AddrPort) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	e.m.cfg.Established(k, addr)
+}
+
+func (e *sessionEvents) ended(k publicKey) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	m := e.m
 	m.mu.Lock()
 	p := m.peers[k]
 	still := p != nil && !p.timers.online

@@ -30,8 +30,8 @@ func TestRekeyUnderTrafficWithoutLoss(t *testing.T) {
 			n.pump(t) // some packets wait a while in flight
 		}
 		clock.advance(100 * time.Millisecond)
-		a.m.tick()
-		b.m.tick()
+		a.m.timers.tick()
+		b.m.timers.tick()
 	}
 	n.pump(t)
 	if got := b.delivered(); !slices.Equal(got, want) {
@@ -66,8 +66,8 @@ func TestExpiredKeysRejected(t *testing.T) {
 	if a.m.hasSession(b.id.public()) {
 		t.Error("a still has a session after RejectAfterTime")
 	}
-	a.m.tick()
-	b.m.tick()
+	a.m.timers.tick()
+	b.m.timers.tick()
 	if c, p, nx, _ := sessionCount(b.m, a.id.public()); c+p+nx != 0 {
 		t.Errorf("b kept expired keypairs: %d %d %d", c, p, nx)
 	}
@@ -127,7 +127,7 @@ func TestHandshakeGivesUp(t *testing.T) {
 	inits := 0
 	for range 100 {
 		clock.advance(time.Second)
-		a.m.tick()
+		a.m.timers.tick()
 		for _, p := range n.take() {
 			if p.b[0] == packetInitiation {
 				inits++
@@ -168,8 +168,8 @@ func TestSessionKeepaliveAndEnded(t *testing.T) {
 	}
 	for range 4 * 25 { // keepalives both ways keep both sides alive
 		clock.advance(defaultKeepalive / 25) // ticks often enough for the passive keepalive
-		a.m.tick()
-		b.m.tick()
+		a.m.timers.tick()
+		b.m.timers.tick()
 		n.pump(t)
 	}
 	mu.Lock()
@@ -180,7 +180,7 @@ func TestSessionKeepaliveAndEnded(t *testing.T) {
 	n.filter = func(p fakePacket) bool { return p.from != b.addr } // b falls silent
 	for range 5 {
 		clock.advance(defaultDeadAfter / 4)
-		a.m.tick()
+		a.m.timers.tick()
 		n.pump(t)
 	}
 	mu.Lock()
@@ -197,8 +197,8 @@ func TestSessionKeepaliveAndEnded(t *testing.T) {
 	for range 3 { // handshakes a or b started in the silence retransmit
 		n.pump(t)
 		clock.advance(defaultRekeyTimeout)
-		a.m.tick()
-		b.m.tick()
+		a.m.timers.tick()
+		b.m.timers.tick()
 	}
 	n.pump(t)
 	if got := a.delivered(); !slices.Equal(got, []string{"back"}) {
@@ -219,17 +219,17 @@ func TestResponderKeepaliveAfterConfirm(t *testing.T) {
 	a, b := newTestPair(t, &n, clock, nil)
 	a.m.setEndpoint(b.id.public(), b.addr)
 	n.pump(t) // the handshakes, and each session's key fragments and ciphertext
-	b.m.tick()
+	b.m.timers.tick()
 	if q := n.take(); len(q) != 0 {
 		t.Fatalf("responder's first tick sent %d packets after its ciphertext, want none", len(q))
 	}
 	clock.advance(defaultKeepalive)
-	b.m.tick()
+	b.m.timers.tick()
 	q := n.take()
 	if len(q) != 1 || q[0].from != b.addr || q[0].b[0] != packetTransport || len(q[0].b) != transportMinSize {
 		t.Fatalf("responder's tick Keepalive later sent %d packets, want one keepalive", len(q))
 	}
-	b.m.tick()
+	b.m.timers.tick()
 	if q := n.take(); len(q) != 0 {
 		t.Fatalf("responder's next tick sent %d packets, want none", len(q))
 	}
@@ -255,7 +255,7 @@ func TestSilentPeerTimeline(t *testing.T) {
 	var keepalives, inits []time.Duration
 	for clock.now().Sub(start) < 240*time.Second {
 		clock.advance(defaultTickInterval)
-		a.m.tick() // b never ticks and never answers: it is silent
+		a.m.timers.tick() // b never ticks and never answers: it is silent
 		for _, p := range n.take() {
 			switch p.b[0] {
 			case packetTransport:

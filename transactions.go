@@ -1,8 +1,9 @@
 // Transactions (SPEC.md 3.4.2): our queries, from send to answer, timeout
 // or abort.
 //
-// Flow: txTable.send picks a random tid, registers the transaction, sends
-// and arms a timer; retry retransmits with backoff from the peer's RTO
+// Flow: txTable.send picks a random tid, registers the transaction, takes
+// the node's pacing token (waiting for it if the node has had its share),
+// sends and arms a timer; retry retransmits with backoff from the peer's RTO
 // (rtt.go), with our current id, and once the last attempt timed out and
 // the query's patience ran out reports the node failed() to the routing
 // table. handleResponse (dht.go) takes the transaction by (tid, address),
@@ -128,11 +129,12 @@ type txTable struct {
 	// router unasked would break hole punching (SPEC.md 5.8.3).
 	readOnly atomic.Bool
 
-	mu     sync.Mutex // guards txs, closed, rng, times
+	mu     sync.Mutex // guards txs, closed, rng, times, pace
 	txs    map[txKey]*transaction
 	closed bool           // run has ended: no more queries
 	rng    *mrand.ChaCha8 // transaction ids: a CSPRNG seeded from cfg.Rand
 	times  peerTimes
+	pace   *sourceLimiter // what we draw from each node (SPEC.md 3.4.2, "Pacing")
 }
 
 // send sends q (Method and Args set by the caller; tid and id are filled
@@ -169,20 +171,52 @@ func (x *txTable) send(to netip.AddrPort, q *krpcMsg, o txOpts, done func(queryR
 			break
 		}
 	}
+	t.sent = x.now()
+	wait, ok := x.pace.reserve(to, t.sent, maxPaceWait)
+	if !ok {
+		x.mu.Unlock()
+		return txKey{}, errPaced
+	}
 	binary.BigEndian.PutUint32(tid[:], k.tid)
 	q.TID = tid[:]
 	t.q = *q
 	t.pkt = q.appendTo(make([]byte, 0, 128))
-	t.sent = x.now()
 	t.tries = x.times.tries()
 	if o.once {
 		t.tries = 1
 	}
 	x.txs[k] = t
+	if wait > 0 {
+		t.timer = time.AfterFunc(wait, func() { x.sendPaced(k) })
+		x.mu.Unlock()
+		return k, nil
+	}
 	t.timer = time.AfterFunc(x.times.rto(to, t.sent, x.timing), func() { x.retry(k) })
 	x.mu.Unlock()
 	x.write(to, t.pkt)
 	return k, nil
+}
+
+// sendPaced makes the first transmission of a query that waited for its
+// node's pacing token (SPEC.md 3.4.2), with our current id; its timeouts
+// count from now.
+func (x *txTable) sendPaced(k txKey) {
+	self := x.self()
+	x.mu.Lock()
+	t, ok := x.txs[k]
+	if !ok {
+		x.mu.Unlock()
+		return // cancelled or aborted meanwhile
+	}
+	if t.id != self {
+		t.id, t.q.Args.ID = self, self
+		t.pkt = t.q.appendTo(make([]byte, 0, len(t.pkt)))
+	}
+	t.sent = x.now()
+	t.timer = time.AfterFunc(x.times.rto(k.addr, t.sent, x.timing), func() { x.retry(k) })
+	pkt := t.pkt
+	x.mu.Unlock()
+	x.write(k.addr, pkt)
 }
 
 // retry retransmits a query whose timeout expired; after the last
@@ -214,6 +248,7 @@ func (x *txTable) retry(k txKey) {
 	n, now := t.timeouts, x.now()
 	if t.attempts < t.tries {
 		t.attempts++
+		x.pace.reserve(k.addr, now, maxPaceWait) // a retransmission counts, but goes now
 		if t.id != self {
 			t.id, t.q.Args.ID = self, self
 			t.pkt = t.q.appendTo(make([]byte, 0, len(t.pkt)))

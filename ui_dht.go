@@ -150,7 +150,7 @@ func cmdAnnounce(ctx context.Context, d *dht, args []string, out io.Writer) erro
 		}
 		port, implied = int(p), false
 	}
-	n, err := d.announce(ctx, ih, port, implied)
+	_, n, err := d.announce(ctx, ih, port, implied)
 	if err != nil {
 		return err
 	}
