@@ -227,13 +227,14 @@ func (s *puncher) online(k publicKey, addr netip.AddrPort) (every, deadAfter tim
 	return pathTimers(p, addr, &v)
 }
 
-// pathTimers chooses a session's keepalive (SPEC.md 5.8.4), zero meaning
-// the session's default: that (25 s) wherever a NAT may sit on the path, keepaliveNoNAT only when both
-// sides are public (we are, by what DHT nodes report; the contact is, by
-// the last record we read of it) and the path is direct IPv4. DeadAfter
-// must fit the keepalive the contact chooses, which it decides the same
-// way from its own view: 80 s only when we know one side is behind a NAT
-// (so the contact thinks so too), else the longer one.
+// pathTimers chooses a session's keepalive and DeadAfter (SPEC.md 5.8.4),
+// zero meaning the session's default. The default (25 s) wherever a NAT
+// may sit on the path; keepaliveNoNAT only when both sides are public (we
+// are, by what DHT nodes report; the contact is, by the last record we
+// read of it) and the path is direct IPv4. DeadAfter must fit the
+// keepalive the contact chooses, which it decides the same way from its
+// own view: 80 s only when we know one side is behind a NAT (so the
+// contact knows it too), else the longer one.
 func pathTimers(p *punchPeer, addr netip.AddrPort, v *localView) (every, deadAfter time.Duration) {
 	known := p.recSeq != 0 // however old: no record is read while online
 	natHere := v.Behaviour != natPublic || known && !p.rec.public()
@@ -707,9 +708,9 @@ func (s *puncher) read(ctx context.Context, k publicKey) {
 // find are recordWait old, the frequent reads end: a live contact has
 // written its record by then (at its start), and one that writes none is
 // tried without (stepLocked, SPEC.md 5.8.3 step 9). Until then the gap
-// between reads doubles (slowDown): a contact
-// starting with us writes its record within a second or two. A record we
-// had that is gone ends them once it is recordIdle old, as if read again.
+// between reads doubles (slowDown): a contact starting with us writes its
+// record within a second or two. A record we had that is gone ends them
+// once it is recordIdle old, as if read again.
 func (s *puncher) noRecord(k publicKey) {
 	now := s.cfg.Now()
 	s.mu.Lock()
