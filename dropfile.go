@@ -266,7 +266,7 @@ func saveDropFile(path string, b []byte) error {
 
 // loadDropFile reads the drops file in dir; a missing file is empty.
 func loadDropFile(path string) (map[publicKey]*dropPeer, error) {
-	b, err := os.ReadFile(path)
+	b, err := readFileMax(path, maxStateFile)
 	if errors.Is(err, os.ErrNotExist) {
 		return map[publicKey]*dropPeer{}, nil
 	}

@@ -13,10 +13,37 @@ package main
 import (
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"strings"
 )
+
+// Bounds on reading the data directory's files (SPEC.md 6.7): a file
+// larger than kadchat ever writes is not one of its own, and reading it
+// whole would let it take any amount of memory.
+const (
+	maxSmallFile = 64 << 10 // the key file, the lock's pid, the remembered port
+	maxStateFile = 64 << 20 // contacts, timestamps, PQ secrets, drops: 400,000 contacts' records
+)
+
+// readFileMax reads path whole, or fails without reading further if it
+// holds more than max bytes. A missing file's error is os.ErrNotExist.
+func readFileMax(path string, max int64) ([]byte, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	b, err := io.ReadAll(io.LimitReader(f, max+1))
+	if err != nil {
+		return nil, err
+	}
+	if int64(len(b)) > max {
+		return nil, fmt.Errorf("%s is over %d bytes: not a file kadchat wrote", path, max)
+	}
+	return b, nil
+}
 
 // writeFileAtomic writes data to a temporary file in the same directory,
 // fsyncs it, renames it over path and fsyncs the directory.

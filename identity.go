@@ -230,7 +230,7 @@ func parseIdentity(b []byte) (*identity, error) {
 // replacing it would silently change who the user is.
 func loadOrCreateIdentity(dir string, rand io.Reader) (*identity, error) {
 	path := filepath.Join(dir, identityFile)
-	b, err := os.ReadFile(path)
+	b, err := readFileMax(path, maxSmallFile)
 	if err == nil {
 		id, err := parseIdentity(b)
 		if err != nil {

@@ -77,7 +77,7 @@ func writeLockPID(f *os.File) error {
 // readLockPID reads the holder's pid; 0 if the file says nothing usable
 // (the holder may be between creating and writing it).
 func readLockPID(path string) int {
-	b, err := os.ReadFile(path)
+	b, err := readFileMax(path, maxSmallFile)
 	if err != nil {
 		return 0
 	}

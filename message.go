@@ -429,7 +429,7 @@ func newChat(cfg chatConfig) (*chat, error) {
 			GetPeers: cfg.GetPeers, SetEndpoint: cfg.SetEndpoint, IsSelf: cfg.IsSelf, OwnIP: cfg.OwnIP, Now: cfg.Now, Log: cfg.Log,
 			Announced: cfg.Announced, LookedUp: cfg.LookedUp})}
 	c.presence.c = c
-	b, err := os.ReadFile(filepath.Join(cfg.Dir, contactsFile))
+	b, err := readFileMax(filepath.Join(cfg.Dir, contactsFile), maxStateFile)
 	if err != nil && !errors.Is(err, os.ErrNotExist) {
 		return nil, fmt.Errorf("chat: contacts: %w", err)
 	}

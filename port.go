@@ -14,7 +14,6 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
-	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -60,7 +59,7 @@ func listenRemembered(dir, listen string, log *slog.Logger) (n *Node, busy strin
 		return nil, "", fmt.Errorf("port: %w", serr)
 	}
 	path := filepath.Join(dir, portFile)
-	if b, rerr := os.ReadFile(path); rerr == nil {
+	if b, rerr := readFileMax(path, maxSmallFile); rerr == nil {
 		if s, perr := parseSavedPort(b); perr == nil && s.listen == listen {
 			if n, err = listenNode(net.JoinHostPort(host, strconv.Itoa(int(s.port))), log); err == nil {
 				return n, port, nil

@@ -129,7 +129,7 @@ func openPQStore(dir string) (*pqStore, error) {
 	if err := removeStaleTemps(s.path); err != nil {
 		return nil, err
 	}
-	b, err := os.ReadFile(s.path)
+	b, err := readFileMax(s.path, maxStateFile)
 	if errors.Is(err, os.ErrNotExist) {
 		return s, nil
 	}

@@ -84,7 +84,7 @@ func formatTimestamps(ts map[publicKey][timestampLen]byte) []byte {
 // not rewritten.
 func loadTimestamps(dir string) (map[publicKey][timestampLen]byte, error) {
 	path := filepath.Join(dir, timestampsFile)
-	b, err := os.ReadFile(path)
+	b, err := readFileMax(path, maxStateFile)
 	if errors.Is(err, os.ErrNotExist) {
 		return nil, nil
 	}
