@@ -31,8 +31,9 @@ const (
 	prekeyMaxMine         = 4 * prekeyTarget   // privates we keep per contact
 	prekeyMaxTheirs       = 2 * prekeyTarget   // a contact's prekeys we keep
 	prekeyKeep            = 8 * 24 * time.Hour // a prekey the holder no longer lists is erased after this
-	prekeySyncEvery       = time.Minute
-	prekeySyncFast        = 5 * time.Second // in a session's first minute, while we hold fewer than prekeyTarget
+	prekeySyncEvery       = 30 * time.Minute   // while a session lasts: no prekey is used meanwhile (issue 13 item 8)
+	prekeySyncFast        = 5 * time.Second    // in a session's first prekeySyncFastFor, while we hold fewer than prekeyTarget
+	prekeySyncFastFor     = time.Minute
 )
 
 var errPrekeyFrame = errors.New("chat: bad prekey frame")
@@ -206,7 +207,7 @@ func (x prekeyExchange) statusDueLocked(p *chatPeer, dp *dropPeer, now time.Time
 		return nil
 	}
 	every := prekeySyncEvery
-	if len(dp.theirs) < prekeyTarget && now.Sub(dp.run.onlineSince) < prekeySyncEvery {
+	if len(dp.theirs) < prekeyTarget && now.Sub(dp.run.onlineSince) < prekeySyncFastFor {
 		every = prekeySyncFast
 	}
 	dp.run.statusAt = now.Add(every)
