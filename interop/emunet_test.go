@@ -423,6 +423,7 @@ const (
 	emuJoinTimeout  = 60 * time.Second
 	emuSettle       = time.Minute            // after stopping every node: timers run out
 	emuRetry        = 100 * time.Millisecond // between a rendezvous' lookups that missed
+	emuFarRTT       = time.Second            // a querier whose median round trip is this or more is far
 )
 
 // emuOpStats summarises one kind of operation in one scenario.
@@ -435,6 +436,13 @@ type emuOpStats struct {
 	// trip to the nodes it asked (get_peers only), so that a querier behind
 	// a slow access link is measured against its own network.
 	RTTs50, RTTs99 float64
+	// Far is how many operations came from a querier whose median round
+	// trip to the nodes it asked is emuFarRTT or more (get_peers only), and
+	// P99Near the p99 of the others: a lookup takes two round trips unless
+	// the querier's own table holds nodes that have the peers, so from a
+	// far querier it takes 2 s whatever the algorithm.
+	Far     int
+	P99Near time.Duration
 }
 
 func (s emuOpStats) Success() float64 { return 100 * float64(s.OK) / float64(max(s.N, 1)) }
@@ -448,7 +456,7 @@ func (s emuOpStats) String() string {
 		t += fmt.Sprintf(" (%.1f get_peers)", s.Lookup)
 	}
 	if s.RTTs50 > 0 {
-		t += fmt.Sprintf("  %.1f/%.1f RTTs", s.RTTs50, s.RTTs99)
+		t += fmt.Sprintf("  %.1f/%.1f RTTs  %d far, p99 of the rest %v", s.RTTs50, s.RTTs99, s.Far, s.P99Near.Round(time.Millisecond))
 	}
 	return t
 }
@@ -686,7 +694,7 @@ type emuSample struct {
 
 func emuSummarise(ss []emuSample) emuOpStats {
 	st := emuOpStats{N: len(ss)}
-	var durs, rtts []time.Duration
+	var durs, near, rtts []time.Duration
 	var msgs, gets int64
 	for _, s := range ss {
 		if s.ok {
@@ -697,10 +705,18 @@ func emuSummarise(ss []emuSample) emuOpStats {
 		if s.rtt > 0 { // in thousandths of a round trip
 			rtts = append(rtts, time.Duration(1000*float64(s.took)/float64(s.rtt)))
 		}
+		switch {
+		case s.rtt >= emuFarRTT:
+			st.Far++
+		case s.rtt > 0:
+			near = append(near, s.took)
+		}
 	}
 	slices.Sort(durs)
+	slices.Sort(near)
 	slices.Sort(rtts)
 	st.P50, st.P99 = emuPercentile(durs, 50), emuPercentile(durs, 99)
+	st.P99Near = emuPercentile(near, 99)
 	st.RTTs50, st.RTTs99 = float64(emuPercentile(rtts, 50))/1000, float64(emuPercentile(rtts, 99))/1000
 	st.Msgs = float64(msgs) / float64(max(len(ss), 1))
 	st.Lookup = float64(gets) / float64(max(len(ss), 1))
