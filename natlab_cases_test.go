@@ -554,7 +554,7 @@ func natlabQuantile(ds []time.Duration, q float64) time.Duration {
 func natlabReport(sums []natlabSummary, trials int, wait, took time.Duration) string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "NAT lab: %d trials per case, %v bound per wait, %v in all\n", trials, wait, took.Round(time.Second))
-	fmt.Fprintf(&b, "%-22s %7s %16s %16s %16s %-7s  %s\n", "case", "ok", "addr->msg p50/99", "start->both p50/99", "again->both p50/99", "target", "issue said")
+	fmt.Fprintf(&b, "%-24s %7s %16s %16s %16s %-7s  %s\n", "case", "ok", "addr->msg p50/99", "start->both p50/99", "again->both p50/99", "target", "issue said")
 	sec := func(d time.Duration) string {
 		if d < 0 {
 			return "-"
@@ -581,7 +581,7 @@ func natlabReport(sums []natlabSummary, trials int, wait, took time.Duration) st
 		case s.missed() != "":
 			target = "MISSED"
 		}
-		fmt.Fprintf(&b, "%-22s %7s %16s %16s %16s %-7s  %s\n", s.c.name, fmt.Sprintf("%d/%d", ok, len(s.results)),
+		fmt.Fprintf(&b, "%-24s %7s %16s %16s %16s %-7s  %s\n", s.c.name, fmt.Sprintf("%d/%d", ok, len(s.results)),
 			sec(natlabQuantile(toMsg, 0.5))+"/"+sec(natlabQuantile(toMsg, 0.99)),
 			sec(natlabQuantile(fromUp, 0.5))+"/"+sec(natlabQuantile(fromUp, 0.99)),
 			sec(natlabQuantile(rec, 0.5))+"/"+sec(natlabQuantile(rec, 0.99)), target, s.note())
