@@ -1,10 +1,12 @@
 // kadchat's DHT on the emulated internet (emunet_test.go): the driver that
-// runs its nodes there, and TestEmunet, which runs the issue 11 scenarios.
+// runs its nodes there, TestEmunet, which runs the issue 11 scenarios, and
+// TestEmunetTail, which measures (iii)'s get_peers p99 on a large sample.
 //
 // Short by default (emuShort: 200 nodes, a few seconds of real time, in
-// every `go test`); KADCHAT_EMUNET=full runs emuFull (1,000 nodes), and
-// KADCHAT_EMUNET_REPORT=FILE writes the report as JSON for the interop
-// module's side-by-side comparison with anacrolix/dht.
+// every `go test`; the tail pass skips); KADCHAT_EMUNET=full runs emuFull
+// (1,000 nodes) and the tail pass, and KADCHAT_EMUNET_REPORT=FILE writes
+// TestEmunet's report as JSON for the interop module's side-by-side
+// comparison with anacrolix/dht.
 package main
 
 import (
@@ -247,10 +249,11 @@ func TestGetPeersStopsAtQuorum(t *testing.T) {
 // median one to the nodes it asked) at the median, at most 40 queries per
 // lookup, retransmissions included, and a rendezvous in under 1 s at the
 // median. The short run, with a tenth of the samples, gets some slack. A
-// p99 over 2 s is only logged: in this model it comes from the few hosts
-// whose own access link adds half a second each way, where every round
-// trip takes a second and a lookup takes two; without them (P99Near) the
-// full run's p99 must be under 2 s.
+// p99 over 2 s is only logged: over 400 lookups it is the 5th slowest, which
+// the few hosts whose own access link adds half a second each way decide
+// (every round trip of theirs takes a second, and a lookup two); without
+// them (P99Near) the full run's p99 must be under 2 s, and TestEmunetTail
+// checks the p99 of all lookups on a sample large enough to tell.
 func checkEmunetTargets(t *testing.T, rep *emuReport, full bool) {
 	minSuccess, maxRTTs, maxRendezvous := 95.0, 3.5, 1500*time.Millisecond
 	if full {
