@@ -472,6 +472,8 @@ type emuScenario struct {
 	// emulated time, the rate a real-time emulation would have to keep up.
 	Datagrams int64
 	Took      time.Duration
+
+	gp []emuSample // each get_peers, for a pass that looks at the tail (not in the report)
 }
 
 type emuReport struct {
@@ -535,24 +537,37 @@ func emuID(seed uint64, what string, i int) [20]byte {
 // scenario's repairs do not help the next, except that (ii) follows (i)
 // on the same network, which (i)'s lookups do not change.
 func runEmunet(ctx context.Context, name string, cfg emuConfig, newDriver func() emuDriver) (*emuReport, error) {
+	return runEmunetSteps(ctx, name, cfg, newDriver, emuCleanThenDead, emuDeadAndLossy, emuRestart)
+}
+
+// An emuStep breaks a freshly built network as its scenarios say and
+// measures them.
+type emuStep func(context.Context, *emuRun) ([]emuScenario, error)
+
+// emuCleanThenDead is (i), then (ii) on the same network.
+func emuCleanThenDead(ctx context.Context, r *emuRun) ([]emuScenario, error) {
+	clean := r.measure(ctx, "(i) clean")
+	r.kill(emuDeadShare, 'k')
+	dead := r.measure(ctx, "(ii) dead")
+	return []emuScenario{clean, dead}, nil
+}
+
+// emuDeadAndLossy is (iii): the nodes (ii) kills, and loss.
+func emuDeadAndLossy(ctx context.Context, r *emuRun) ([]emuScenario, error) {
+	r.kill(emuDeadShare, 'k')
+	r.net.setLoss(emuLoss)
+	return []emuScenario{r.measure(ctx, "(iii) loss")}, nil
+}
+
+// emuRestart is (iv).
+func emuRestart(ctx context.Context, r *emuRun) ([]emuScenario, error) {
+	s, err := r.restarts(ctx)
+	return []emuScenario{s}, err
+}
+
+// runEmunetSteps runs the steps given, each on a network of its own.
+func runEmunetSteps(ctx context.Context, name string, cfg emuConfig, newDriver func() emuDriver, steps ...emuStep) (*emuReport, error) {
 	rep := &emuReport{Impl: name, Config: cfg}
-	steps := []func(*emuRun) ([]emuScenario, error){
-		func(r *emuRun) ([]emuScenario, error) {
-			clean := r.measure(ctx, "(i) clean")
-			r.kill(emuDeadShare, 'k')
-			dead := r.measure(ctx, "(ii) dead")
-			return []emuScenario{clean, dead}, nil
-		},
-		func(r *emuRun) ([]emuScenario, error) {
-			r.kill(emuDeadShare, 'k')
-			r.net.setLoss(emuLoss)
-			return []emuScenario{r.measure(ctx, "(iii) loss")}, nil
-		},
-		func(r *emuRun) ([]emuScenario, error) {
-			s, err := r.restarts(ctx)
-			return []emuScenario{s}, err
-		},
-	}
 	for _, step := range steps {
 		r := &emuRun{cfg: cfg, drv: newDriver(), net: newEmuNet(cfg.Hosts, cfg.Seed)}
 		for i := range cfg.Hosts {
@@ -562,7 +577,7 @@ func runEmunet(ctx context.Context, name string, cfg emuConfig, newDriver func()
 		err := r.build(ctx)
 		var ss []emuScenario
 		if err == nil {
-			ss, err = step(r)
+			ss, err = step(ctx, r)
 		}
 		r.stopAll()
 		rep.Datagrams += r.net.sent.Load()
@@ -775,7 +790,7 @@ func (r *emuRun) measure(ctx context.Context, name string) emuScenario {
 	slices.Sort(rtts)
 	return emuScenario{Name: name, Announce: emuSummarise(ann), GetPeers: emuSummarise(gp),
 		Rendezvous: emuSummarise(rv), MedianRTT: emuPercentile(rtts, 50),
-		Datagrams: r.net.sent.Load() - sent, Took: time.Since(start)}
+		Datagrams: r.net.sent.Load() - sent, Took: time.Since(start), gp: gp}
 }
 
 // announceThenLookup has host a announce ih, then host q look it up. The
@@ -937,7 +952,7 @@ func (r *emuRun) measureFrom(ctx context.Context, name string, from []int) emuSc
 	slices.Sort(rtts)
 	return emuScenario{Name: name, Announce: emuSummarise(ann), GetPeers: emuSummarise(gp),
 		Rendezvous: emuSummarise(rv), MedianRTT: emuPercentile(rtts, 50),
-		Datagrams: r.net.sent.Load() - sent, Took: time.Since(start)}
+		Datagrams: r.net.sent.Load() - sent, Took: time.Since(start), gp: gp}
 }
 
 // sleepCtx waits d or until ctx ends.
