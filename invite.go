@@ -648,10 +648,10 @@ func (v *inviter) runInvite(ctx context.Context, inv *invitation) {
 func (v *inviter) announceLoop(ctx context.Context, ih nodeID) {
 	for {
 		n, err := v.cfg.Announce(ctx, ih)
+		v.cfg.Log.Debug("invite: announce", "stored", n, "err", err)
 		if err == nil && n > 0 {
 			return
 		}
-		v.cfg.Log.Debug("invite: announce", "stored", n, "err", err)
 		select {
 		case <-ctx.Done():
 			return

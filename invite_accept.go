@@ -230,9 +230,7 @@ func (v *acceptor) lookupLoop(ctx context.Context, r *acceptRun) {
 	announced := false
 	for i := 0; ; i++ {
 		peers, err := v.cfg.GetPeers(ctx, ih)
-		if err != nil {
-			v.cfg.Log.Debug("invite: get_peers", "err", err)
-		}
+		v.cfg.Log.Debug("invite: get_peers", "found", peers, "err", err)
 		v.addCandidates(r, v.pickCandidates(r, peers))
 		if i > 0 {
 			v.checkRefused(r)
