@@ -433,6 +433,7 @@ func (a *app) build(o options) error {
 		Send:     a.node.send,
 		Announce: func(ctx context.Context, ih nodeID) (int, error) { return a.dht.announce(ctx, ih, 0, true) },
 		GetPeers: a.dht.getPeers,
+		Open:     func(to netip.AddrPort) error { return a.node.sendTTL(to, nil, o.punchTTL) },
 		Now:      time.Now,
 		Rand:     rand.Reader,
 		Log:      a.log,

@@ -600,7 +600,7 @@ func (p *labProc) read(r io.Reader, log bool) {
 	for sc.Scan() {
 		s := sc.Text()
 		if log && !strings.Contains(s, `msg="chat: rendezvous"`) && !strings.Contains(s, `msg="session:`) &&
-			!strings.Contains(s, `msg="punch:`) &&
+			!strings.Contains(s, `msg="punch:`) && !strings.Contains(s, `msg="invite:`) &&
 			!strings.Contains(s, "level=WARN") && !strings.Contains(s, "level=ERROR") {
 			continue
 		}
