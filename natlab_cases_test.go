@@ -366,8 +366,12 @@ func (e *caseEnv) trial(t *testing.T, i int, wait time.Duration) trialResult {
 	// The last trial's final packets may still be in the delay line; one
 	// that reached a router after the flush would leave a half-open entry
 	// there (SPEC.md 5.8), and this trial's users, at the same addresses,
-	// would start against it.
-	time.Sleep(2*e.c.delay + 100*time.Millisecond)
+	// would start against it. And the lab's DHT nodes answer each address
+	// srcQueryRate queries a second after a burst (SPEC.md 3.4.1): the
+	// last trial's users, at the same addresses, may have drawn it all.
+	// Users on the Internet do not restart at one address every few
+	// seconds; wait until every node's bucket for these addresses is full.
+	time.Sleep(2*e.c.delay + srcQueryBurst*time.Second/srcQueryRate + time.Second)
 	for _, s := range e.sites {
 		l.flush(s)
 	}
