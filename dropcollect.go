@@ -76,7 +76,11 @@ func (x dropCollector) collect(ctx context.Context, k publicKey) {
 	dp.run.collectBusy, dp.run.collectedOnce = false, true
 	now := c.cfg.Now()
 	if !complete {
-		dp.run.collectAt = dropRetry(&dp.run.collectFails, now)
+		// A round repeats every lookup it made: retried as fast as
+		// other jobs, a DHT that drops our queries (rate limits) would
+		// see the whole round every 15 s.
+		dp.run.collectAt = now.Add(min(dhtRetryMin<<min(dp.run.collectFails, 16), collectRetryMax))
+		dp.run.collectFails++
 		return
 	}
 	dp.run.collectFails, dp.run.collectAt = 0, now.Add(dropCollectEvery)

@@ -33,6 +33,7 @@ const (
 	dropDays         = 7                  // days a collector looks back
 	dropCollectEvery = 3 * time.Minute    // collection while a contact is offline
 	dropRetryMax     = 15 * time.Second   // ceiling of the retry delay of a failed job
+	collectRetryMax  = 2 * time.Minute    // ceiling of the retry delay of an incomplete collection round
 	dropWindow       = 16                 // message seqs a collector fetches at once
 	maxDropOps       = 8                  // DHT operations in flight for drops
 	dropMaintEvery   = 10 * time.Second   // prekey expiry checks
