@@ -37,7 +37,7 @@ const (
 	maxRecentLookups    = 64   // targets whose last lookup's closest nodes are kept
 	recentLookupTTL     = 5 * time.Minute
 	pollLookupEvery     = 5 * time.Second // pollMutable asks single holders this long after a lookup
-	pollMissEvery       = time.Second     // and looks up at most this often while nobody holds the item
+	pollMissEvery       = time.Second     // and the closest this long, while none of them held the item
 )
 
 // lookupStats measures one lookup; benchmarks report them.
@@ -467,24 +467,26 @@ type recentLookup struct {
 	polled  int // the holders pollMutable asked since, in turn
 }
 
-// nextHolder is the node pollMutable asks next about target: in turn,
-// each of those that sent the item in the last lookup of target, if that
-// lookup is under pollLookupEvery old. Without one, wait says that the
-// last lookup, which found no holder, is under pollMissEvery old.
-func (r *recentLookups) nextHolder(target nodeID, now time.Time) (n nodeInfo, ok, wait bool) {
+// nextPoll is the node pollMutable asks next about target, in turn: each
+// of those that sent the item in the last lookup of target, if that
+// lookup is under pollLookupEvery old; if none did, each of the closest
+// that answered it, if it is under pollMissEvery old (the item may have
+// been put since). ok is false when a lookup is due.
+func (r *recentLookups) nextPoll(target nodeID, now time.Time) (n nodeInfo, ok bool) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	e, found := r.m[target]
-	switch {
-	case !found || now.Sub(e.at) >= pollLookupEvery:
-		return nodeInfo{}, false, false
-	case len(e.holders) == 0:
-		return nodeInfo{}, false, now.Sub(e.at) < pollMissEvery
+	from, fresh := e.holders, pollLookupEvery
+	if len(from) == 0 {
+		from, fresh = e.closest, pollMissEvery
 	}
-	n = e.holders[e.polled%len(e.holders)]
+	if !found || now.Sub(e.at) >= fresh || len(from) == 0 {
+		return nodeInfo{}, false
+	}
+	n = from[e.polled%len(from)]
 	e.polled++
 	r.m[target] = e
-	return n, true, false
+	return n, true
 }
 
 func (r *recentLookups) get(target nodeID, now time.Time) []nodeInfo {
@@ -671,15 +673,12 @@ func (d *dht) get(ctx context.Context, target nodeID) (bep44Item, error) {
 // watched several times a second is read (SPEC.md 5.8.3): from one node,
 // the next in turn of those that sent it in a lookup within
 // pollLookupEvery, so that each of them is asked about once every few
-// polls, not at every one; when none did, by a lookup, at most one per
-// pollMissEvery (found is then false in between). found is false when the
-// node asked has no item.
+// polls, not at every one; while none did, of the nodes closest to it
+// that answered a lookup within pollMissEvery; else by a lookup. found is
+// false when the node asked has no item.
 func (d *dht) pollMutable(ctx context.Context, k [32]byte) (it bep44Item, found bool, err error) {
 	target := mutableTarget(k, nil)
-	n, ok, wait := d.recent.nextHolder(target, d.now())
-	if wait {
-		return bep44Item{}, false, nil
-	}
+	n, ok := d.recent.nextPoll(target, d.now())
 	if !ok {
 		it, err = d.get(ctx, target)
 		if errors.Is(err, errNotFound) {
