@@ -1,10 +1,12 @@
 // kadchat's DHT on the emulated internet (emunet_test.go): the driver that
-// runs its nodes there, and TestEmunet, which runs the issue 11 scenarios.
+// runs its nodes there, TestEmunet, which runs the issue 11 scenarios, and
+// TestEmunetTail, which measures (iii)'s get_peers p99 on a large sample.
 //
 // Short by default (emuShort: 200 nodes, a few seconds of real time, in
-// every `go test`); KADCHAT_EMUNET=full runs emuFull (1,000 nodes), and
-// KADCHAT_EMUNET_REPORT=FILE writes the report as JSON for the interop
-// module's side-by-side comparison with anacrolix/dht.
+// every `go test`; the tail pass skips); KADCHAT_EMUNET=full runs emuFull
+// (1,000 nodes) and the tail pass, and KADCHAT_EMUNET_REPORT=FILE writes
+// TestEmunet's report as JSON for the interop module's side-by-side
+// comparison with anacrolix/dht.
 package main
 
 import (
@@ -12,12 +14,18 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/json"
+	"fmt"
 	"io"
 	"log/slog"
+	"math"
+	mrand "math/rand/v2"
 	"net/netip"
 	"os"
 	"path/filepath"
 	"slices"
+	"sort"
+	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"testing/synctest"
@@ -241,9 +249,11 @@ func TestGetPeersStopsAtQuorum(t *testing.T) {
 // median one to the nodes it asked) at the median, at most 40 queries per
 // lookup, retransmissions included, and a rendezvous in under 1 s at the
 // median. The short run, with a tenth of the samples, gets some slack. A
-// p99 over 2 s is only logged: in this model it comes from the few hosts
-// whose own access link adds half a second each way, and there every round
-// trip takes a second.
+// p99 over 2 s is only logged: over 400 lookups it is the 5th slowest, which
+// the few hosts whose own access link adds half a second each way decide
+// (every round trip of theirs takes a second, and a lookup two); without
+// them (P99Near) the full run's p99 must be under 2 s, and TestEmunetTail
+// checks the p99 of all lookups on a sample large enough to tell.
 func checkEmunetTargets(t *testing.T, rep *emuReport, full bool) {
 	minSuccess, maxRTTs, maxRendezvous := 95.0, 3.5, 1500*time.Millisecond
 	if full {
@@ -265,7 +275,12 @@ func checkEmunetTargets(t *testing.T, rep *emuReport, full bool) {
 			t.Errorf("%s get_peers: %.1f round trips at the median, want under %.1f", s.Name, s.GetPeers.RTTs50, maxRTTs)
 		}
 		if s.GetPeers.P99 >= 2*time.Second {
-			t.Logf("%s get_peers: p99 %v (%.1f round trips)", s.Name, s.GetPeers.P99, s.GetPeers.RTTs99)
+			t.Logf("%s get_peers: p99 %v (%.1f round trips), %v without the %d from far queriers",
+				s.Name, s.GetPeers.P99, s.GetPeers.RTTs99, s.GetPeers.P99Near, s.GetPeers.Far)
+		}
+		if full && s.GetPeers.P99Near >= 2*time.Second {
+			t.Errorf("%s get_peers: p99 %v from queriers whose median round trip is under %v, want under 2 s",
+				s.Name, s.GetPeers.P99Near, emuFarRTT)
 		}
 	}
 	if s := rep.scenario("(ii) dead"); s != nil && s.Rendezvous.P50 >= maxRendezvous {
@@ -295,4 +310,209 @@ func TestLookupStartsWhereTheLastEnded(t *testing.T) {
 			t.Errorf("first lookup %+v, second %+v: want the second in one round", first.Stats, second.Stats)
 		}
 	})
+}
+
+// The tail pass of the full run. Issue 11's target of a get_peers p99
+// under 2 s in (iii) is about lookups from any querier, and TestEmunet's
+// p99 over 400 lookups is their 5th slowest, which a handful of lookups
+// from the hosts behind a slow access link decide: the share of such hosts
+// differs from one topology to the next (seed 11's has 7 of its 700 live
+// hosts with a median round trip over 1 s, the model 0.4%), and every run
+// draws the same queriers, since the seed is fixed. So this pass runs (iii)
+// alone, kadchat alone, with emuTailSamples announce-then-get_peers pairs
+// drawn as TestEmunet draws them (uniformly over the running hosts), on
+// each topology of emuTailSeeds (KADCHAT_EMUNET_SEEDS=11,12 picks others),
+// and reports the p99 of all the lookups with a bootstrap interval that
+// resamples topologies, not lookups: lookups on one topology share its
+// slow hosts.
+const (
+	emuTailSamples    = 4000
+	emunetSeedsEnv    = "KADCHAT_EMUNET_SEEDS"
+	emuTailSlowRTT    = 500 * time.Millisecond // a querier this slow or slower, for the log
+	emuTailZ95        = 1.96
+	emuTailResamples  = 2000
+	emuTailTarget     = 2 * time.Second
+	emuTailMinSuccess = 99.5
+)
+
+var emuTailSeeds = []uint64{11, 12, 13, 14, 15, 16, 17, 18, 19, 20}
+
+func TestEmunetTail(t *testing.T) {
+	if os.Getenv(emunetEnv) != "full" {
+		t.Skipf("the tail pass runs with %s=full", emunetEnv)
+	}
+	seeds := emuTailSeeds
+	if s := os.Getenv(emunetSeedsEnv); s != "" {
+		seeds = nil
+		for _, f := range strings.Split(s, ",") {
+			v, err := strconv.ParseUint(strings.TrimSpace(f), 10, 64)
+			if err != nil {
+				t.Fatalf("%s: %v", emunetSeedsEnv, err)
+			}
+			seeds = append(seeds, v)
+		}
+	}
+	var groups [][]time.Duration
+	for _, seed := range seeds {
+		durs := emuTailRun(t, seed)
+		if durs == nil {
+			return
+		}
+		groups = append(groups, durs)
+	}
+	lo, p99, hi := emuClusterBootstrap(groups, 99, emuTailResamples)
+	ps := make([]time.Duration, len(groups))
+	n := 0
+	for i, g := range groups {
+		ps[i], n = emuPercentile(g, 99), n+len(g)
+	}
+	t.Logf("(iii) get_peers over %d topologies: p99 %v of %d lookups (95%% bootstrap interval over topologies %v to %v); p99 of one topology %v to %v",
+		len(groups), p99, n, lo, hi, slices.Min(ps), slices.Max(ps))
+	if p99 >= emuTailTarget {
+		t.Errorf("(iii) get_peers: p99 %v over %d lookups, want under %v", p99, n, emuTailTarget)
+	}
+}
+
+// emuTailRun runs (iii) on seed's topology and returns the lookups' times,
+// sorted (nil if it failed).
+func emuTailRun(t *testing.T, seed uint64) []time.Duration {
+	cfg := emuFull
+	cfg.Seed, cfg.Samples, cfg.Rendezvous = seed, emuTailSamples, 0
+	start := time.Now()
+	var gp []emuSample
+	ok := t.Run(fmt.Sprintf("seed=%d", seed), func(t *testing.T) {
+		synctest.Test(t, func(t *testing.T) {
+			dir := t.TempDir()
+			rep, err := runEmunetSteps(context.Background(), "kadchat", cfg,
+				func() emuDriver { return newKadchatDriver(dir) }, emuDeadAndLossy)
+			if err != nil {
+				t.Fatal(err)
+			}
+			s := rep.Scenarios[0]
+			gp = s.gp
+			t.Logf("topology %s: %v", rep.Fingerprint, s.GetPeers)
+			if s.GetPeers.Success() < emuTailMinSuccess {
+				t.Errorf("get_peers success %.2f%%, want at least %.1f%%", s.GetPeers.Success(), emuTailMinSuccess)
+			}
+		})
+		lo, p99, hi := emuPercentileCI(emuTailTimes(gp), 99, emuTailZ95)
+		t.Logf("get_peers p99 %v (95%% interval %v to %v); %s; real time %v",
+			p99, lo, hi, emuTailSlow(gp, p99), time.Since(start).Round(time.Second))
+	})
+	if !ok {
+		return nil
+	}
+	return emuTailTimes(gp)
+}
+
+// emuTailTimes is each lookup's time, sorted.
+func emuTailTimes(gp []emuSample) []time.Duration {
+	var durs []time.Duration
+	for _, s := range gp {
+		durs = append(durs, s.took)
+	}
+	slices.Sort(durs)
+	return durs
+}
+
+// emuTailSlow says how many of the lookups at or over the p99 came from a
+// querier whose median round trip was emuTailSlowRTT or more.
+func emuTailSlow(gp []emuSample, p99 time.Duration) string {
+	var tail, slow, slowAll int
+	for _, s := range gp {
+		if s.rtt >= emuTailSlowRTT {
+			slowAll++
+		}
+		if s.took >= p99 {
+			tail++
+			if s.rtt >= emuTailSlowRTT {
+				slow++
+			}
+		}
+	}
+	return fmt.Sprintf("%d of the %d at or over it, and %d of all, from queriers whose median round trip is %v or more",
+		slow, tail, slowAll, emuTailSlowRTT)
+}
+
+// emuPercentileCI is the p-th percentile of sorted (nearest rank) with a
+// distribution-free confidence interval: the order statistics whose ranks
+// lie z binomial standard deviations either side of n·p/100 (z = 1.96 for
+// 95%), as for any quantile of an i.i.d. sample.
+func emuPercentileCI(sorted []time.Duration, p int, z float64) (lo, q, hi time.Duration) {
+	n := len(sorted)
+	if n == 0 {
+		return 0, 0, 0
+	}
+	f := float64(p) / 100
+	sd := math.Sqrt(float64(n) * f * (1 - f))
+	at := func(rank float64) time.Duration { // 1-based rank, clamped
+		return sorted[max(0, min(int(math.Ceil(rank))-1, n-1))]
+	}
+	return at(float64(n)*f - z*sd), emuPercentile(sorted, p), at(float64(n)*f + z*sd)
+}
+
+// emuClusterBootstrap is the p-th percentile of all the groups' samples
+// together, with the 2.5th and 97.5th percentiles of that figure over
+// resamples that draw whole groups with replacement (a cluster bootstrap:
+// samples within a group are not independent). Each group is sorted.
+func emuClusterBootstrap(groups [][]time.Duration, p, resamples int) (lo, q, hi time.Duration) {
+	var all []time.Duration
+	every := make([]int, len(groups))
+	for i, g := range groups {
+		all, every[i] = append(all, g...), i
+	}
+	slices.Sort(all)
+	rng := mrand.New(mrand.NewPCG(1, 2))
+	qs := make([]time.Duration, resamples)
+	pick := make([]int, len(groups))
+	for r := range qs {
+		for i := range pick {
+			pick[i] = rng.IntN(len(groups))
+		}
+		qs[r] = emuPooledPercentile(all, groups, pick, p)
+	}
+	slices.Sort(qs)
+	return qs[resamples*25/1000], emuPooledPercentile(all, groups, every, p), qs[resamples*975/1000]
+}
+
+// emuPooledPercentile is the p-th percentile (nearest rank, as
+// emuPercentile) of the groups picked, each as often as it is picked; all
+// is every group's samples, sorted.
+func emuPooledPercentile(all []time.Duration, groups [][]time.Duration, pick []int, p int) time.Duration {
+	n := 0
+	for _, g := range pick {
+		n += len(groups[g])
+	}
+	rank := (n*p + 99) / 100
+	atMost := func(v time.Duration) int {
+		c := 0
+		for _, g := range pick {
+			c += sort.Search(len(groups[g]), func(j int) bool { return groups[g][j] > v })
+		}
+		return c
+	}
+	i := sort.Search(len(all), func(i int) bool { return atMost(all[i]) >= rank })
+	return all[min(i, len(all)-1)]
+}
+
+// The percentile helpers of the tail pass agree with emuPercentile.
+func TestEmunetTailPercentiles(t *testing.T) {
+	a := []time.Duration{1, 2, 3, 4, 5, 6, 7, 8, 9, 10}
+	b := []time.Duration{5, 15, 25, 35}
+	all := slices.Sorted(slices.Values(append(slices.Clone(a), b...)))
+	for _, p := range []int{1, 50, 90, 99} {
+		if got, want := emuPooledPercentile(all, [][]time.Duration{a, b}, []int{0, 1}, p), emuPercentile(all, p); got != want {
+			t.Errorf("emuPooledPercentile(a+b, %d) = %v, want %v", p, got, want)
+		}
+		twice := slices.Sorted(slices.Values(append(slices.Clone(b), b...)))
+		if got, want := emuPooledPercentile(all, [][]time.Duration{a, b}, []int{1, 1}, p), emuPercentile(twice, p); got != want {
+			t.Errorf("emuPooledPercentile(b+b, %d) = %v, want %v", p, got, want)
+		}
+	}
+	if lo, q, hi := emuPercentileCI(a, 50, emuTailZ95); lo > q || q > hi || q != emuPercentile(a, 50) {
+		t.Errorf("emuPercentileCI(1..10, 50) = %v, %v, %v", lo, q, hi)
+	}
+	if lo, q, hi := emuClusterBootstrap([][]time.Duration{a, a}, 50, 100); lo != q || q != hi {
+		t.Errorf("emuClusterBootstrap of equal groups = %v, %v, %v, want one value", lo, q, hi)
+	}
 }

@@ -6,7 +6,8 @@
 //
 // Flow: invite draws a code NNNNNN-even-odd, announces the nameplate's
 // infohash and punches towards acceptors found at theirs. An acceptor
-// runs one CPace run with each address at the nameplate. The inviter
+// runs one CPace run with each address at the nameplate, behind a NAT
+// only once that address's punch came (SPEC 5.8's rule). The inviter
 // answers msg1 (sid, Ya) with msg2 (Yb) and keeps nothing: yb comes from
 // the invitation's secret, sid and Ya. msg3 (Ya again, tag_a, the sealed
 // key) is one password guess: the inviter checks it, counts it if wrong
@@ -55,6 +56,15 @@ func inviteAcceptorInfohash(nameplate uint32) nodeID {
 	return nameplateHash(inviteAcceptorsV2, nameplate)
 }
 
+// inviteGated reports whether an inviter's address may sit behind a NAT
+// that a msg1 arriving before the inviter's punch would break (SPEC.md
+// 5.8, 7.2): an IPv4 address beyond every LAN. An IPv6 firewall keeps no
+// state for a packet it drops, and a LAN address has no NAT in the way.
+func inviteGated(a netip.AddrPort) bool {
+	ip := a.Addr().Unmap()
+	return ip.Is4() && !isExemptBEP42(ip)
+}
+
 func nameplateHash(label string, nameplate uint32) nodeID {
 	h := sha256.Sum256([]byte(fmt.Sprintf("%s%06d", label, nameplate)))
 	var id nodeID
@@ -73,7 +83,7 @@ const (
 	inviteSubMsg2   = 2 // inviter to acceptor: sid, Yb
 	inviteSubMsg3   = 3 // acceptor to inviter: sid, nameplate, Ya, tag_a, sealed key
 	inviteSubMsg4   = 4 // inviter to acceptor: sid, wrong, tag_b, sealed key
-	inviteSubPunch  = 5 // inviter to acceptor: opens the inviter's NAT; ignored
+	inviteSubPunch  = 5 // inviter to acceptor: opens the inviter's NAT; the acceptor's msg1 may follow
 	inviteSubRefuse = 6 // inviter to acceptor: sid, reason
 
 	inviteRefuseWrong  = 1 // msg3's tag did not verify: a wrong code
@@ -339,8 +349,10 @@ const (
 	inviteAcceptTimeout = 30 * time.Second // the acceptor gives up after this
 	inviteLookupTicks   = 5                // get_peers again every 5 ticks
 	inviteAnnounceTicks = 5                // announce again every 5 ticks until stored
-	invitePunchTicks    = 10               // the inviter looks for acceptors every 10 ticks
+	invitePunchTicks    = 2                // the inviter looks for acceptors every 2 ticks
 	inviteMaxPunched    = 16               // acceptor addresses an invitation punches towards
+	invitePunches       = 3                // punches per acceptor address, one per lookup that finds it
+	inviteOpenTicks     = 12               // an acceptor waits this long for the punch before msg1 anyway
 )
 
 // Errors the caller can branch on; each says what a person should do.
@@ -366,10 +378,15 @@ type inviteConfig struct {
 	Send     func(to netip.AddrPort, b []byte) error
 	Announce func(ctx context.Context, ih nodeID) (int, error)
 	GetPeers func(ctx context.Context, ih nodeID) ([]netip.AddrPort, error)
-	Now      func() time.Time
-	Rand     io.Reader
-	Log      *slog.Logger
-	Tick     time.Duration // retransmission tick; 0 means inviteRetry (tests shorten it)
+	// Open sends one opening packet (SPEC.md 5.8.3: empty, small TTL) to
+	// an address Gated reports; nil: nothing is gated, msg1 goes at once.
+	// Gated nil means inviteGated.
+	Open  func(to netip.AddrPort) error
+	Gated func(to netip.AddrPort) bool
+	Now   func() time.Time
+	Rand  io.Reader
+	Log   *slog.Logger
+	Tick  time.Duration // retransmission tick; 0 means inviteRetry (tests shorten it)
 }
 
 // inviteEvent is what an invitation reports: a wrong try (Wrong, with the
@@ -452,6 +469,12 @@ func newInviter(cfg inviteConfig) *inviter {
 	if cfg.GetPeers == nil { // no DHT: nobody is found
 		cfg.GetPeers = func(context.Context, nodeID) ([]netip.AddrPort, error) { return nil, nil }
 	}
+	switch {
+	case cfg.Open == nil: // no way to open our NAT: msg1 at once, as to a public inviter
+		cfg.Gated = func(netip.AddrPort) bool { return false }
+	case cfg.Gated == nil:
+		cfg.Gated = inviteGated
+	}
 	shared := &inviteIO{cfg: cfg}
 	return &inviter{
 		inviteIO: shared,
@@ -494,7 +517,7 @@ func (v *inviter) handlePacket(from netip.AddrPort, b []byte) {
 	case inviteSubMsg2, inviteSubMsg4, inviteSubRefuse:
 		v.acceptor.handle(from, &m)
 	case inviteSubPunch:
-		// Its only job was to open the sender's NAT towards us.
+		v.acceptor.onPunch(from)
 	}
 }
 
@@ -625,10 +648,10 @@ func (v *inviter) runInvite(ctx context.Context, inv *invitation) {
 func (v *inviter) announceLoop(ctx context.Context, ih nodeID) {
 	for {
 		n, err := v.cfg.Announce(ctx, ih)
+		v.cfg.Log.Debug("invite: announce", "stored", n, "err", err)
 		if err == nil && n > 0 {
 			return
 		}
-		v.cfg.Log.Debug("invite: announce", "stored", n, "err", err)
 		select {
 		case <-ctx.Done():
 			return
@@ -637,11 +660,13 @@ func (v *inviter) announceLoop(ctx context.Context, ih nodeID) {
 	}
 }
 
-// punchLoop looks up the acceptors' infohash and sends each new address
-// one punch: if we are behind a NAT, the acceptor's next msg1 gets in.
+// punchLoop looks up the acceptors' infohash and sends each address one
+// punch per lookup that finds it, a few in all: it opens our NAT, if any,
+// towards the acceptor, and tells an acceptor behind a NAT that its msg1
+// may now come (SPEC.md 7.2). A repeat covers a lost punch.
 func (v *inviter) punchLoop(ctx context.Context, np uint32) {
 	ih := inviteAcceptorInfohash(np)
-	punched := map[netip.AddrPort]bool{}
+	punched := map[netip.AddrPort]int{}
 	punch := (&inviteMsg{Sub: inviteSubPunch}).encode()
 	for {
 		peers, err := v.cfg.GetPeers(ctx, ih)
@@ -649,8 +674,9 @@ func (v *inviter) punchLoop(ctx context.Context, np uint32) {
 			v.cfg.Log.Debug("invite: get_peers acceptors", "err", err)
 		}
 		for _, a := range peers {
-			if a.IsValid() && !punched[a] && len(punched) < inviteMaxPunched {
-				punched[a] = true
+			n, ok := punched[a]
+			if a.IsValid() && n < invitePunches && (ok || len(punched) < inviteMaxPunched) {
+				punched[a] = n + 1
 				v.send(a, punch)
 			}
 		}

@@ -3,7 +3,10 @@
 //
 // Flow: accept parses the code and looks up the nameplate every few
 // ticks; each new address (at most 16, 2 per host, in random order)
-// gets its own sid and scalar and a msg1. A msg2 from it gives the keys
+// gets its own sid and scalar and a msg1, or, if a NAT may sit in front
+// of it, opening packets until its punch (or a timeout) lets msg1 go;
+// the first lookup that found anyone announces us to the inviters'
+// punches. A msg2 from an address gives the keys
 // and our msg3 (a guess handed to that address); a msg4 that verifies
 // ends the run with the inviter's key, a refuse ends that address's run
 // only. msg1 and msg3 repeat every tick; the run ends early when a lookup
@@ -71,7 +74,8 @@ type acceptOutcome struct {
 type acceptState uint8
 
 const (
-	acceptProbing    acceptState = iota // msg1 sent, waiting for msg2
+	acceptOpening    acceptState = iota // opening packets sent, waiting for the inviter's punch
+	acceptProbing                       // msg1 sent, waiting for msg2
 	acceptConfirming                    // msg3 sent (a guess handed over), waiting for msg4
 	acceptRefused                       // the address refused: wrong code or closed
 	acceptFailed                        // its Yb was a low-order point: no guess given
@@ -88,7 +92,8 @@ type acceptCand struct {
 	msg3   []byte
 	keys   inviteKeys // once msg2 came: to check msg4
 	state  acceptState
-	reason byte // why it refused
+	reason byte      // why it refused
+	since  time.Time // when the first opening packet went
 }
 
 // accept runs a run with a code the user typed; it blocks until success,
@@ -153,10 +158,19 @@ func (v *acceptor) waitAccept(ctx context.Context, r *acceptRun) acceptOutcome {
 }
 
 // retransmit repeats msg1 to candidates that have not answered and msg3
-// to those that have not confirmed.
+// to those that have not confirmed. One still waiting for its punch gets
+// another opening packet, which keeps our mapping, or, after
+// inviteOpenTicks, its msg1 anyway: the inviter may be one that never
+// punches us (its punch lost, or it cannot find us at ACCEPTORS).
 func (v *acceptor) retransmit(r *acceptRun) {
 	for _, c := range r.cands {
 		switch c.state {
+		case acceptOpening:
+			if v.cfg.Now().Sub(c.since) >= inviteOpenTicks*v.cfg.Tick {
+				v.probe(c)
+			} else {
+				v.open(c)
+			}
 		case acceptProbing:
 			v.send(c.addr, c.msg1)
 		case acceptConfirming:
@@ -208,20 +222,24 @@ func (v *acceptor) endRun(r *acceptRun) {
 
 // lookupLoop asks the DHT for the nameplate's inviters now and every few
 // ticks, and starts a run with each new address. After the first lookup
-// it announces itself once at the acceptors' infohash, for the inviter's
-// punch.
+// that found anyone, it announces itself once at the acceptors'
+// infohash, for the inviter's punch: only then, so that our NAT has
+// opened towards the inviter before the punch can come (SPEC.md 7.2).
 func (v *acceptor) lookupLoop(ctx context.Context, r *acceptRun) {
 	ih := inviteInfohash(r.nameplate)
+	announced := false
 	for i := 0; ; i++ {
 		peers, err := v.cfg.GetPeers(ctx, ih)
-		if err != nil {
-			v.cfg.Log.Debug("invite: get_peers", "err", err)
-		}
+		v.cfg.Log.Debug("invite: get_peers", "found", peers, "err", err)
 		v.addCandidates(r, v.pickCandidates(r, peers))
 		if i > 0 {
 			v.checkRefused(r)
 		}
-		if i == 0 {
+		v.mu.Lock()
+		found := len(r.cands) > 0
+		v.mu.Unlock()
+		if found && !announced {
+			announced = true
 			if _, err := v.cfg.Announce(ctx, inviteAcceptorInfohash(r.nameplate)); err != nil {
 				v.cfg.Log.Debug("invite: announce acceptor", "err", err)
 			}
@@ -269,8 +287,9 @@ func (v *acceptor) pickCandidates(r *acceptRun, peers []netip.AddrPort) []netip.
 	return out
 }
 
-// addCandidates starts a run with each address and sends its msg1. The
-// CPace work is done without the lock.
+// addCandidates starts a run with each address and sends its msg1, or
+// its first opening packet if the address is gated. The CPace work is
+// done without the lock.
 func (v *acceptor) addCandidates(r *acceptRun, addrs []netip.AddrPort) {
 	for _, a := range addrs {
 		c, err := newAcceptCand(r, a, v.cfg.Rand)
@@ -283,9 +302,43 @@ func (v *acceptor) addCandidates(r *acceptRun, addrs []netip.AddrPort) {
 			r.cands[a] = c
 			r.groups[addrGroup(a)]++
 			v.cands[c.sid] = c
-			v.send(a, c.msg1)
+			if v.cfg.Gated(a) {
+				c.state, c.since = acceptOpening, v.cfg.Now()
+				v.open(c)
+			} else {
+				v.probe(c)
+			}
 		}
 		v.mu.Unlock()
+	}
+}
+
+// open sends c's address an opening packet; where none can be sent, its
+// msg1 goes at once, as it did before punches were awaited.
+func (v *acceptor) open(c *acceptCand) {
+	if err := v.cfg.Open(c.addr); err != nil {
+		v.cfg.Log.Debug("invite: open", "to", c.addr, "err", err)
+		v.probe(c)
+	}
+}
+
+// probe starts c's CPace run proper: msg1, repeated every tick.
+func (v *acceptor) probe(c *acceptCand) {
+	c.state = acceptProbing
+	v.send(c.addr, c.msg1)
+}
+
+// onPunch: the inviter at from has opened its NAT towards us, and ours is
+// open towards it (we announced only after opening): every run waiting
+// for that address sends its msg1 now. A forged punch only makes msg1 go
+// early, as it would to a public inviter.
+func (v *acceptor) onPunch(from netip.AddrPort) {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	for _, c := range v.cands {
+		if c.addr == from && c.state == acceptOpening && !c.run.over {
+			v.probe(c)
+		}
 	}
 }
 
@@ -386,7 +439,7 @@ func (v *acceptor) checkRefused(r *acceptRun) {
 	refused := false
 	for _, c := range r.cands {
 		switch c.state {
-		case acceptProbing, acceptConfirming:
+		case acceptOpening, acceptProbing, acceptConfirming:
 			return
 		case acceptRefused:
 			refused = true

@@ -1041,3 +1041,104 @@ func TestInvitePunch(t *testing.T) {
 		t.Errorf("the inviter's first datagram is %x, want a punch", a.sent[0])
 	}
 }
+
+// TestInviteAcceptorAwaitsPunch: with the inviter's address gated (a NAT
+// may be in front of it, SPEC.md 7.2), the acceptor sends opening packets
+// and no msg1 until the inviter's punch came, so the inviter's NAT never
+// sees a packet from the acceptor before its own went out.
+func TestInviteAcceptorAwaitsPunch(t *testing.T) {
+	d := newMapDHT()
+	var opens atomic.Int64
+	a := newInvitePeer(t, d, nil, nil)
+	b := newInvitePeer(t, d, nil, func(c *inviteConfig) {
+		c.Open = func(netip.AddrPort) error { opens.Add(1); return nil }
+		c.Gated = func(netip.AddrPort) bool { return true }
+	})
+	a.nat.Store(true)
+	ctx := invCtx(t, 5*time.Second)
+	code, done, err := a.v.invite(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	np, _, _ := parseInviteCode(code)
+	waitFor(t, "announce", func() bool { p, _ := d.getPeers(ctx, inviteInfohash(np)); return len(p) == 1 })
+	r, err := b.v.accept(ctx, code)
+	if err != nil || r.Key != a.key {
+		t.Fatalf("accept = %v, %v; want A's key", r.Key, err)
+	}
+	if r, _ := recvEnd(t, done); r.Err != nil || r.Key != b.key {
+		t.Fatalf("inviter got %v, %v; want B's key", r.Key, r.Err)
+	}
+	if n := a.natDrops.Load(); n != 0 {
+		t.Errorf("the inviter's NAT dropped %d datagrams: a msg1 came before the punch", n)
+	}
+	if opens.Load() == 0 {
+		t.Error("the acceptor sent no opening packet")
+	}
+}
+
+// TestInviteAcceptorOpenFallback: an inviter that never punches (its
+// punches are lost here) still gets msg1, inviteOpenTicks after the first
+// opening packet; where no opening packet can be sent, msg1 goes at once.
+func TestInviteAcceptorOpenFallback(t *testing.T) {
+	dropPunch := func(b []byte) []byte {
+		if b[1] == inviteSubPunch {
+			return nil
+		}
+		return b
+	}
+	for _, openFails := range []bool{false, true} {
+		d := newMapDHT()
+		var opens atomic.Int64
+		var mu sync.Mutex
+		var firstOpen, firstMsg1 time.Time
+		noteMsg1 := func(b []byte) []byte {
+			mu.Lock()
+			defer mu.Unlock()
+			if b[1] == inviteSubMsg1 && firstMsg1.IsZero() {
+				firstMsg1 = time.Now()
+			}
+			return b
+		}
+		a := newInvitePeer(t, d, dropPunch, nil)
+		b := newInvitePeer(t, d, noteMsg1, func(c *inviteConfig) {
+			c.Open = func(netip.AddrPort) error {
+				mu.Lock()
+				if firstOpen.IsZero() {
+					firstOpen = time.Now()
+				}
+				mu.Unlock()
+				opens.Add(1)
+				if openFails {
+					return errors.New("no ttl here")
+				}
+				return nil
+			}
+			c.Gated = func(netip.AddrPort) bool { return true }
+		})
+		ctx := invCtx(t, 5*time.Second)
+		code, done, err := a.v.invite(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		np, _, _ := parseInviteCode(code)
+		waitFor(t, "announce", func() bool { p, _ := d.getPeers(ctx, inviteInfohash(np)); return len(p) == 1 })
+		r, err := b.v.accept(ctx, code)
+		if err != nil || r.Key != a.key {
+			t.Fatalf("open fails %v: accept = %v, %v; want A's key", openFails, r.Key, err)
+		}
+		if r, _ := recvEnd(t, done); r.Err != nil || r.Key != b.key {
+			t.Fatalf("open fails %v: inviter got %v, %v; want B's key", openFails, r.Key, r.Err)
+		}
+		mu.Lock()
+		gap := firstMsg1.Sub(firstOpen)
+		mu.Unlock()
+		switch n := opens.Load(); {
+		case openFails && n != 1:
+			t.Errorf("open fails: %d opening attempts, want 1 (then msg1 at once)", n)
+		case !openFails && (n < 2 || gap < inviteOpenTicks*testInviteTick):
+			t.Errorf("%d opening packets, msg1 %v after the first; want repeats and at least %v",
+				n, gap, inviteOpenTicks*testInviteTick)
+		}
+	}
+}

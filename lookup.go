@@ -36,7 +36,8 @@ const (
 	peersQuorum         = 2    // nodes with peers after which getPeers stops
 	maxRecentLookups    = 64   // targets whose last lookup's closest nodes are kept
 	recentLookupTTL     = 5 * time.Minute
-	pollLookupEvery     = 5 * time.Second // pollMutable asks single nodes this long after a lookup
+	pollLookupEvery     = 5 * time.Second // pollMutable asks single holders this long after a lookup
+	pollMissEvery       = time.Second     // and the closest this long, while none of them held the item
 )
 
 // lookupStats measures one lookup; benchmarks report them.
@@ -60,6 +61,7 @@ type lookupResult struct {
 	Peers   []netip.AddrPort
 	Item    bep44Item
 	HasItem bool
+	Holders []nodeInfo // the responders that sent Item
 	Stats   lookupStats
 }
 
@@ -113,6 +115,7 @@ type lookup struct {
 	ownIPs   []netip.Addr // ours: local, and external if known
 	item     bep44Item
 	hasItem  bool
+	holders  []nodeInfo // the responders that sent item
 	stop     bool
 	askDead  bool   // ask nodes that failed us lately too
 	moves    uint64 // with opts.ownID: opts.epoch
@@ -170,7 +173,7 @@ func (d *dht) lookup(ctx context.Context, o lookupOpts) (*lookupResult, error) {
 	}
 	l.stats.Duration = d.now().Sub(start)
 	r := l.result()
-	d.recent.put(o.target, r.Closest, d.now())
+	d.recent.put(o.target, r.Closest, r.Holders, d.now())
 	if err == nil && r.Stats.Responded == 0 {
 		err = fmt.Errorf("dht: %v lookup: %w", o.method, errNoneAnswered)
 	}
@@ -240,7 +243,7 @@ func (l *lookup) absorb(c *candidate, m *krpcMsg) {
 	case methodGetPeers:
 		l.addPeers(m.Reply.Values)
 	case methodGet:
-		l.considerItem(&m.Reply)
+		l.considerItem(c, &m.Reply)
 	}
 }
 
@@ -267,21 +270,27 @@ func (l *lookup) addPeers(values []byte) {
 }
 
 // considerItem keeps a verified BEP 44 item: an immutable value whose SHA-1
-// is the target, or the signed mutable value with the highest seq.
-func (l *lookup) considerItem(r *krpcReply) {
+// is the target, or the signed mutable value with the highest seq; and
+// which of the responders sent it.
+func (l *lookup) considerItem(c *candidate, r *krpcReply) {
 	if r.V == nil {
 		return
 	}
 	if !r.HasK {
 		if immutableTarget(r.V) == l.opts.target {
 			l.item, l.hasItem = bep44Item{V: r.V}, true
+			l.holders = append(l.holders, c.info)
 			l.stop = l.opts.stopOnValue
 		}
 		return
 	}
 	it, ok := mutableItemFrom(r, l.opts.target, l.opts.salt)
-	if ok && (!l.hasItem || it.Seq > l.item.Seq) {
-		l.item, l.hasItem = it, true
+	switch {
+	case !ok:
+	case !l.hasItem || it.Seq > l.item.Seq:
+		l.item, l.hasItem, l.holders = it, true, []nodeInfo{c.info}
+	case it.Seq == l.item.Seq:
+		l.holders = append(l.holders, c.info)
 	}
 }
 
@@ -429,7 +438,7 @@ func (l *lookup) query(c *candidate) {
 }
 
 func (l *lookup) result() *lookupResult {
-	r := &lookupResult{Peers: l.peers, Item: l.item, HasItem: l.hasItem, Stats: l.stats}
+	r := &lookupResult{Peers: l.peers, Item: l.item, HasItem: l.hasItem, Holders: l.holders, Stats: l.stats}
 	for _, c := range l.cands {
 		if c.state == candDone && len(r.Closest) < bucketSize {
 			r.Closest = append(r.Closest, lookupNode{nodeInfo: c.info, Token: c.token})
@@ -453,21 +462,28 @@ type recentLookups struct {
 
 type recentLookup struct {
 	closest []nodeInfo
+	holders []nodeInfo // those that sent the item the lookup found
 	at      time.Time
-	polled  int // the nodes pollMutable asked since, in turn
+	polled  int // the holders pollMutable asked since, in turn
 }
 
-// next is the node pollMutable asks next about target: in turn, each of
-// the nodes closest to it that answered its last lookup, if that lookup is
-// under pollLookupEvery old.
-func (r *recentLookups) next(target nodeID, now time.Time) (nodeInfo, bool) {
+// nextPoll is the node pollMutable asks next about target, in turn: each
+// of those that sent the item in the last lookup of target, if that
+// lookup is under pollLookupEvery old; if none did, each of the closest
+// that answered it, if it is under pollMissEvery old (the item may have
+// been put since). ok is false when a lookup is due.
+func (r *recentLookups) nextPoll(target nodeID, now time.Time) (n nodeInfo, ok bool) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	e, ok := r.m[target]
-	if !ok || now.Sub(e.at) >= pollLookupEvery || len(e.closest) == 0 {
+	e, found := r.m[target]
+	from, fresh := e.holders, pollLookupEvery
+	if len(from) == 0 {
+		from, fresh = e.closest, pollMissEvery
+	}
+	if !found || now.Sub(e.at) >= fresh || len(from) == 0 {
 		return nodeInfo{}, false
 	}
-	n := e.closest[e.polled%len(e.closest)]
+	n = from[e.polled%len(from)]
 	e.polled++
 	r.m[target] = e
 	return n, true
@@ -483,7 +499,7 @@ func (r *recentLookups) get(target nodeID, now time.Time) []nodeInfo {
 	return e.closest
 }
 
-func (r *recentLookups) put(target nodeID, closest []lookupNode, now time.Time) {
+func (r *recentLookups) put(target nodeID, closest []lookupNode, holders []nodeInfo, now time.Time) {
 	if len(closest) == 0 {
 		return
 	}
@@ -505,7 +521,7 @@ func (r *recentLookups) put(target nodeID, closest []lookupNode, now time.Time) 
 		}
 		delete(r.m, oldest)
 	}
-	r.m[target] = recentLookup{closest: ns, at: now}
+	r.m[target] = recentLookup{closest: ns, holders: holders, at: now}
 }
 
 // --- operations built on lookups
@@ -667,13 +683,14 @@ func (d *dht) get(ctx context.Context, target nodeID) (bep44Item, error) {
 
 // pollMutable reads the mutable item of key k (no salt) the way a record
 // watched several times a second is read (SPEC.md 5.8.3): from one node,
-// the next in turn of those nearest its target that answered a lookup
-// within pollLookupEvery, so that each of them is asked about once every
-// few polls, not at every one; when there is none, by a lookup, which
-// finds them again. found is false when the node asked has no item.
+// the next in turn of those that sent it in a lookup within
+// pollLookupEvery, so that each of them is asked about once every few
+// polls, not at every one; while none did, of the nodes closest to it
+// that answered a lookup within pollMissEvery; else by a lookup. found is
+// false when the node asked has no item.
 func (d *dht) pollMutable(ctx context.Context, k [32]byte) (it bep44Item, found bool, err error) {
 	target := mutableTarget(k, nil)
-	n, ok := d.recent.next(target, d.now())
+	n, ok := d.recent.nextPoll(target, d.now())
 	if !ok {
 		it, err = d.get(ctx, target)
 		if errors.Is(err, errNotFound) {

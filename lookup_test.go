@@ -298,7 +298,7 @@ func TestRecentLookups(t *testing.T) {
 	if got := r.get(nodeID{1}, t0); got != nil {
 		t.Fatalf("zero value: get = %v", got)
 	}
-	r.put(nodeID{1}, []lookupNode{n(1), n(2)}, t0)
+	r.put(nodeID{1}, []lookupNode{n(1), n(2)}, nil, t0)
 	if got := r.get(nodeID{1}, t0.Add(recentLookupTTL-time.Second)); len(got) != 2 || got[0].ID != (nodeID{1}) {
 		t.Errorf("get within the TTL = %v", got)
 	}
@@ -306,7 +306,7 @@ func TestRecentLookups(t *testing.T) {
 		t.Errorf("get after the TTL = %v", got)
 	}
 	for i := range maxRecentLookups {
-		r.put(nodeID{2, byte(i)}, []lookupNode{n(3)}, t0.Add(time.Duration(i+1)*time.Second))
+		r.put(nodeID{2, byte(i)}, []lookupNode{n(3)}, nil, t0.Add(time.Duration(i+1)*time.Second))
 	}
 	if len(r.m) != maxRecentLookups || r.get(nodeID{1}, t0) != nil {
 		t.Errorf("%d targets kept, the oldest still there: %v", len(r.m), r.get(nodeID{1}, t0))
@@ -314,8 +314,9 @@ func TestRecentLookups(t *testing.T) {
 }
 
 // A watched record is polled one node at a time (SPEC.md 5.8.3, step 3):
-// the first poll looks the record up; the next ones each send one get, to
-// the nodes nearest the target in turn, and see a new seq once it is put.
+// while nobody holds it, the closest nodes in turn and a lookup every
+// pollMissEvery; once a lookup found it, each poll sends one get, to the
+// nodes that sent it in turn, and sees a new seq once it is put.
 func TestPollMutable(t *testing.T) {
 	ds := newSwarm(t, 20, 0)
 	ctx := testCtx(t)
@@ -341,6 +342,15 @@ func TestPollMutable(t *testing.T) {
 	priv := ed25519.NewKeyFromSeed(bytes.Repeat([]byte{2}, ed25519.SeedSize))
 	var k [32]byte
 	copy(k[:], priv.Public().(ed25519.PublicKey))
+	// Before anyone wrote it: a lookup, then one get to one of the
+	// closest, until pollMissEvery has passed.
+	for i, one := range []bool{false, true} {
+		_, found, err := poller.pollMutable(ctx, k)
+		if g := sent(); found || err != nil || one != (len(g) == 1) || len(g) == 0 {
+			t.Fatalf("poll %d of a missing item: found %v, %v, %d gets; want one get: %v", i+1, found, err, len(g), one)
+		}
+	}
+	time.Sleep(pollMissEvery)
 	// The writer is read-only (BEP 43), so it is never among the nodes
 	// nearest the target, all of which hold the item.
 	putter := newTestDHT(t, dhtConfig{Bootstrap: []string{ds[1].addr().String()}}, 0)
@@ -351,10 +361,10 @@ func TestPollMutable(t *testing.T) {
 		t.Fatalf("putMutable = %d, %v", stored, err)
 	}
 	if it, found, err := poller.pollMutable(ctx, k); err != nil || !found || it.Seq != 1 {
-		t.Fatalf("first poll = seq %d, %v, %v; want seq 1", it.Seq, found, err)
+		t.Fatalf("first poll after the put = seq %d, %v, %v; want seq 1", it.Seq, found, err)
 	}
 	if g := sent(); len(g) < 2 {
-		t.Fatalf("first poll sent %d gets, want a lookup", len(g))
+		t.Fatalf("first poll after the put sent %d gets, want a lookup", len(g))
 	}
 	asked := map[netip.AddrPort]bool{}
 	for i := range 4 {

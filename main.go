@@ -439,6 +439,7 @@ func (a *app) build(o options) error {
 			return n, err
 		},
 		GetPeers: a.dht.getPeers,
+		Open:     func(to netip.AddrPort) error { return a.node.sendTTL(to, nil, o.punchTTL) },
 		Now:      time.Now,
 		Rand:     rand.Reader,
 		Log:      a.log,

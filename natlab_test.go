@@ -7,7 +7,9 @@
 // namespace on a /30 of its own /24 of 198.18.0.0/15, RFC 2544's range for
 // test networks (so each counts as a distinct voter on our external
 // address, SPEC.md 3.3), and a /64 of 2001:db8:100::/48;
-// per case, sites on /30s of 203.0.113.0/24 (and 2001:db8:200::/48): a site
+// per case, sites on /30s of 203.0.113.0/24 (and 2001:db8:200::/48; a
+// site whose WAN address changes mid-case moves to its /30 of
+// 198.51.100.0/24 and back): a site
 // is either a public host or a home router whose LAN bridge (192.168.1.0/24
 // in every home, as real homes are, and 2001:db8:300:SITE::/64) holds one or
 // two hosts. The lab has no link to the machine's own network: every packet
@@ -94,6 +96,7 @@ type site struct {
 	link   string   // the internet router's interface toward this site
 	wan4   string   // the site's address on the internet
 	wan6   string
+	moved  bool // the host (moveHost) or the WAN (moveWAN) is on its other address
 }
 
 // newNATLab checks the tools, sweeps stale namespaces and builds the
@@ -349,6 +352,69 @@ func (l *natlab) flush(s *site) {
 	}
 }
 
+// Where a moving site's addresses go (natlabCase.move): the host's other
+// LAN address, and the router's other WAN /30, numbered as in attach but
+// in RFC 5737's TEST-NET-2 (an ISP's new lease from another pool).
+const (
+	natlabMovedHost = natlabHostBase + 5
+	natlabAltWAN    = "198.51.100."
+)
+
+// moveHost moves the site's first host to its other LAN address, as a new
+// DHCP lease does: the old address goes, the new one comes, the default
+// route is restored. The host's socket (bound to the wildcard) stays.
+func (l *natlab) moveHost(s *site) error {
+	from, to := natlabHostBase, natlabMovedHost
+	if s.moved {
+		from, to = to, from
+	}
+	ns := s.hosts[0]
+	for _, cmd := range [][]string{
+		{"ip", "addr", "del", fmt.Sprintf("%s%d/24", natlabLANPrefix, from), "dev", "eth0"},
+		{"ip", "addr", "add", fmt.Sprintf("%s%d/24", natlabLANPrefix, to), "dev", "eth0"},
+		{"ip", "route", "replace", "default", "via", natlabLANPrefix + "1"},
+	} {
+		if err := l.run(ns, cmd...); err != nil {
+			return err
+		}
+	}
+	s.moved = !s.moved
+	return nil
+}
+
+// addAltWAN gives the internet router a gateway on the site's other WAN
+// /30, so that moveWAN can put the router there.
+func (l *natlab) addAltWAN(s *site) {
+	l.t.Helper()
+	l.must(l.inet, "ip", "addr", "add", fmt.Sprintf("%s%d/30", natlabAltWAN, 4*s.index+1), "dev", s.link)
+}
+
+// moveWAN moves the site's router (or public host) to its other WAN
+// address, as an ISP's new lease does: Linux MASQUERADE then drops every
+// mapping it made on the old address, and new flows leave from the new one.
+func (l *natlab) moveWAN(s *site) error {
+	ns := s.router
+	if ns == "" {
+		ns = s.hosts[0]
+	}
+	net4 := [2]string{"203.0.113.", natlabAltWAN}
+	if s.moved {
+		net4[0], net4[1] = net4[1], net4[0]
+	}
+	from, to, gw := fmt.Sprintf("%s%d/30", net4[0], 4*s.index+2), fmt.Sprintf("%s%d", net4[1], 4*s.index+2), fmt.Sprintf("%s%d", net4[1], 4*s.index+1)
+	for _, cmd := range [][]string{
+		{"ip", "addr", "del", from, "dev", "wan"},
+		{"ip", "addr", "add", to + "/30", "dev", "wan"},
+		{"ip", "route", "replace", "default", "via", gw},
+	} {
+		if err := l.run(ns, cmd...); err != nil {
+			return err
+		}
+	}
+	s.moved, s.wan4 = !s.moved, to
+	return nil
+}
+
 // delayBetween sends the packets between sites a and b through a user-space
 // forwarder in the internet namespace that holds each for d: policy routes
 // steer them into a TUN device, whose reader writes them back after d, and
@@ -534,7 +600,7 @@ func (p *labProc) read(r io.Reader, log bool) {
 	for sc.Scan() {
 		s := sc.Text()
 		if log && !strings.Contains(s, `msg="chat: rendezvous"`) && !strings.Contains(s, `msg="session:`) &&
-			!strings.Contains(s, `msg="punch:`) &&
+			!strings.Contains(s, `msg="punch:`) && !strings.Contains(s, `msg="invite:`) &&
 			!strings.Contains(s, "level=WARN") && !strings.Contains(s, "level=ERROR") {
 			continue
 		}

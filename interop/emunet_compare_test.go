@@ -133,23 +133,7 @@ func (a *anacrolixDriver) announce(ctx context.Context, host int, ih [20]byte) (
 	if err != nil {
 		return nil, err
 	}
-	defer an.Close()
-	var peers []netip.AddrPort
-	for {
-		select {
-		case v, ok := <-an.Peers:
-			if !ok {
-				return peers, nil
-			}
-			for _, p := range v.Peers {
-				ap := p.ToNodeAddrPort().AddrPort
-				peers = append(peers, netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port()))
-			}
-		case <-ctx.Done():
-			go drainPeers(an)
-			return peers, ctx.Err()
-		}
-	}
+	return collectPeers(ctx, an, netip.AddrPort{})
 }
 
 // getPeers runs a get_peers traversal and returns as soon as want arrives:
@@ -160,6 +144,12 @@ func (a *anacrolixDriver) getPeers(ctx context.Context, host int, ih [20]byte, w
 	if err != nil {
 		return nil, err
 	}
+	return collectPeers(ctx, an, want)
+}
+
+// collectPeers gathers the peers a traversal hands over until it ends,
+// ctx ends, or want (if valid) arrives; then it closes the traversal.
+func collectPeers(ctx context.Context, an *dht.Announce, want netip.AddrPort) ([]netip.AddrPort, error) {
 	defer an.Close()
 	var peers []netip.AddrPort
 	for {
@@ -171,7 +161,7 @@ func (a *anacrolixDriver) getPeers(ctx context.Context, host int, ih [20]byte, w
 			for _, p := range v.Peers {
 				ap := p.ToNodeAddrPort().AddrPort
 				peers = append(peers, netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port()))
-				if peers[len(peers)-1] == want {
+				if want.IsValid() && peers[len(peers)-1] == want {
 					go drainPeers(an)
 					return peers, nil
 				}

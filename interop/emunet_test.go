@@ -423,6 +423,7 @@ const (
 	emuJoinTimeout  = 60 * time.Second
 	emuSettle       = time.Minute            // after stopping every node: timers run out
 	emuRetry        = 100 * time.Millisecond // between a rendezvous' lookups that missed
+	emuFarRTT       = time.Second            // a querier whose median round trip is this or more is far
 )
 
 // emuOpStats summarises one kind of operation in one scenario.
@@ -435,6 +436,13 @@ type emuOpStats struct {
 	// trip to the nodes it asked (get_peers only), so that a querier behind
 	// a slow access link is measured against its own network.
 	RTTs50, RTTs99 float64
+	// Far is how many operations came from a querier whose median round
+	// trip to the nodes it asked is emuFarRTT or more (get_peers only), and
+	// P99Near the p99 of the others: a lookup takes two round trips unless
+	// the querier's own table holds nodes that have the peers, so from a
+	// far querier it takes 2 s whatever the algorithm.
+	Far     int
+	P99Near time.Duration
 }
 
 func (s emuOpStats) Success() float64 { return 100 * float64(s.OK) / float64(max(s.N, 1)) }
@@ -448,7 +456,7 @@ func (s emuOpStats) String() string {
 		t += fmt.Sprintf(" (%.1f get_peers)", s.Lookup)
 	}
 	if s.RTTs50 > 0 {
-		t += fmt.Sprintf("  %.1f/%.1f RTTs", s.RTTs50, s.RTTs99)
+		t += fmt.Sprintf("  %.1f/%.1f RTTs  %d far, p99 of the rest %v", s.RTTs50, s.RTTs99, s.Far, s.P99Near.Round(time.Millisecond))
 	}
 	return t
 }
@@ -464,6 +472,8 @@ type emuScenario struct {
 	// emulated time, the rate a real-time emulation would have to keep up.
 	Datagrams int64
 	Took      time.Duration
+
+	gp []emuSample // each get_peers, for a pass that looks at the tail (not in the report)
 }
 
 type emuReport struct {
@@ -527,24 +537,37 @@ func emuID(seed uint64, what string, i int) [20]byte {
 // scenario's repairs do not help the next, except that (ii) follows (i)
 // on the same network, which (i)'s lookups do not change.
 func runEmunet(ctx context.Context, name string, cfg emuConfig, newDriver func() emuDriver) (*emuReport, error) {
+	return runEmunetSteps(ctx, name, cfg, newDriver, emuCleanThenDead, emuDeadAndLossy, emuRestart)
+}
+
+// An emuStep breaks a freshly built network as its scenarios say and
+// measures them.
+type emuStep func(context.Context, *emuRun) ([]emuScenario, error)
+
+// emuCleanThenDead is (i), then (ii) on the same network.
+func emuCleanThenDead(ctx context.Context, r *emuRun) ([]emuScenario, error) {
+	clean := r.measure(ctx, "(i) clean")
+	r.kill(emuDeadShare, 'k')
+	dead := r.measure(ctx, "(ii) dead")
+	return []emuScenario{clean, dead}, nil
+}
+
+// emuDeadAndLossy is (iii): the nodes (ii) kills, and loss.
+func emuDeadAndLossy(ctx context.Context, r *emuRun) ([]emuScenario, error) {
+	r.kill(emuDeadShare, 'k')
+	r.net.setLoss(emuLoss)
+	return []emuScenario{r.measure(ctx, "(iii) loss")}, nil
+}
+
+// emuRestart is (iv).
+func emuRestart(ctx context.Context, r *emuRun) ([]emuScenario, error) {
+	s, err := r.restarts(ctx)
+	return []emuScenario{s}, err
+}
+
+// runEmunetSteps runs the steps given, each on a network of its own.
+func runEmunetSteps(ctx context.Context, name string, cfg emuConfig, newDriver func() emuDriver, steps ...emuStep) (*emuReport, error) {
 	rep := &emuReport{Impl: name, Config: cfg}
-	steps := []func(*emuRun) ([]emuScenario, error){
-		func(r *emuRun) ([]emuScenario, error) {
-			clean := r.measure(ctx, "(i) clean")
-			r.kill(emuDeadShare, 'k')
-			dead := r.measure(ctx, "(ii) dead")
-			return []emuScenario{clean, dead}, nil
-		},
-		func(r *emuRun) ([]emuScenario, error) {
-			r.kill(emuDeadShare, 'k')
-			r.net.setLoss(emuLoss)
-			return []emuScenario{r.measure(ctx, "(iii) loss")}, nil
-		},
-		func(r *emuRun) ([]emuScenario, error) {
-			s, err := r.restarts(ctx)
-			return []emuScenario{s}, err
-		},
-	}
 	for _, step := range steps {
 		r := &emuRun{cfg: cfg, drv: newDriver(), net: newEmuNet(cfg.Hosts, cfg.Seed)}
 		for i := range cfg.Hosts {
@@ -554,7 +577,7 @@ func runEmunet(ctx context.Context, name string, cfg emuConfig, newDriver func()
 		err := r.build(ctx)
 		var ss []emuScenario
 		if err == nil {
-			ss, err = step(r)
+			ss, err = step(ctx, r)
 		}
 		r.stopAll()
 		rep.Datagrams += r.net.sent.Load()
@@ -686,7 +709,7 @@ type emuSample struct {
 
 func emuSummarise(ss []emuSample) emuOpStats {
 	st := emuOpStats{N: len(ss)}
-	var durs, rtts []time.Duration
+	var durs, near, rtts []time.Duration
 	var msgs, gets int64
 	for _, s := range ss {
 		if s.ok {
@@ -697,10 +720,18 @@ func emuSummarise(ss []emuSample) emuOpStats {
 		if s.rtt > 0 { // in thousandths of a round trip
 			rtts = append(rtts, time.Duration(1000*float64(s.took)/float64(s.rtt)))
 		}
+		switch {
+		case s.rtt >= emuFarRTT:
+			st.Far++
+		case s.rtt > 0:
+			near = append(near, s.took)
+		}
 	}
 	slices.Sort(durs)
+	slices.Sort(near)
 	slices.Sort(rtts)
 	st.P50, st.P99 = emuPercentile(durs, 50), emuPercentile(durs, 99)
+	st.P99Near = emuPercentile(near, 99)
 	st.RTTs50, st.RTTs99 = float64(emuPercentile(rtts, 50))/1000, float64(emuPercentile(rtts, 99))/1000
 	st.Msgs = float64(msgs) / float64(max(len(ss), 1))
 	st.Lookup = float64(gets) / float64(max(len(ss), 1))
@@ -759,7 +790,7 @@ func (r *emuRun) measure(ctx context.Context, name string) emuScenario {
 	slices.Sort(rtts)
 	return emuScenario{Name: name, Announce: emuSummarise(ann), GetPeers: emuSummarise(gp),
 		Rendezvous: emuSummarise(rv), MedianRTT: emuPercentile(rtts, 50),
-		Datagrams: r.net.sent.Load() - sent, Took: time.Since(start)}
+		Datagrams: r.net.sent.Load() - sent, Took: time.Since(start), gp: gp}
 }
 
 // announceThenLookup has host a announce ih, then host q look it up. The
@@ -921,7 +952,7 @@ func (r *emuRun) measureFrom(ctx context.Context, name string, from []int) emuSc
 	slices.Sort(rtts)
 	return emuScenario{Name: name, Announce: emuSummarise(ann), GetPeers: emuSummarise(gp),
 		Rendezvous: emuSummarise(rv), MedianRTT: emuPercentile(rtts, 50),
-		Datagrams: r.net.sent.Load() - sent, Took: time.Since(start)}
+		Datagrams: r.net.sent.Load() - sent, Took: time.Since(start), gp: gp}
 }
 
 // sleepCtx waits d or until ctx ends.
