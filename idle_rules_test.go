@@ -99,16 +99,20 @@ func TestPathKeepaliveTimeline(t *testing.T) {
 
 // countingGets wraps a punchDHT's get and counts the reads of records.
 type countingGets struct {
-	d  *punchDHT
-	mu sync.Mutex
-	n  int
+	d      *punchDHT
+	mu     sync.Mutex
+	n      int
+	checks int // re-reads (checkMutable)
 }
 
-func (c *countingGets) get(ctx context.Context, k [32]byte) (int64, []byte, error) {
+func (c *countingGets) get(ctx context.Context, k [32]byte, check bool) (int64, []byte, error) {
 	c.mu.Lock()
 	c.n++
+	if check {
+		c.checks++
+	}
 	c.mu.Unlock()
-	return c.d.get(ctx, k)
+	return c.d.get(ctx, k, check)
 }
 
 func (c *countingGets) count() int {
@@ -128,7 +132,8 @@ func readsSide(t *testing.T, d *punchDHT, clock *fakeClock) (*punchSide, *counti
 // TestPunchReadsOfflineContact: a contact who wrote its record and went
 // away. A lookup that finds its stale announce makes two reads, not 120
 // (the second finds the same record, minutes old); then the record is
-// re-read at 90 s, 270 s, 630 s and every 10 minutes after.
+// re-read at 90 s, 270 s, 570 s and every 5 minutes after, each re-read a
+// check (one node asked, checkMutable).
 func TestPunchReadsOfflineContact(t *testing.T) {
 	d := &punchDHT{items: map[[32]byte]punchItem{}}
 	clock := newFakeClock()
@@ -137,13 +142,12 @@ func TestPunchReadsOfflineContact(t *testing.T) {
 	b.tick() // b's record is out; b is gone from now on
 	clock.advance(5 * time.Minute)
 	a, gets := readsSide(t, d, clock)
-	epochs := len(rendezvousEpochs(clock.now()))
 	a.p.lookedUp(b.id.public(), []netip.AddrPort{netip.MustParseAddrPort("203.0.113.2:6881")})
 	for range int(punchPeriod / punchTick) {
 		clock.advance(punchTick)
 		a.tick()
 	}
-	if n := gets.count() / epochs; n != 2 {
+	if n := gets.count(); n != 2 || gets.checks != 0 {
 		t.Errorf("a lookup that found a gone contact: %d reads in %v, want 2", n, punchPeriod)
 	}
 	before := gets.count()
@@ -157,12 +161,15 @@ func TestPunchReadsOfflineContact(t *testing.T) {
 			before = gets.count()
 		}
 	}
-	want := []time.Duration{90 * time.Second, 270 * time.Second, 630 * time.Second}
-	for s := 1230; s < 3600; s += 600 {
+	want := []time.Duration{90 * time.Second, 270 * time.Second}
+	for s := 570; s < 3600; s += 300 {
 		want = append(want, time.Duration(s)*time.Second)
 	}
 	if !slices.Equal(at, want) {
 		t.Errorf("re-reads at %v, want %v", at, want)
+	}
+	if gets.checks != len(want) {
+		t.Errorf("%d of the %d re-reads were checks, want all", gets.checks, len(want))
 	}
 }
 
@@ -174,7 +181,6 @@ func TestPunchReadsNoRecord(t *testing.T) {
 	clock := newFakeClock()
 	a, gets := readsSide(t, d, clock)
 	k := testIdentity(t, 2).public()
-	epochs := len(rendezvousEpochs(clock.now()))
 	a.p.lookedUp(k, []netip.AddrPort{netip.MustParseAddrPort("203.0.113.2:6881")})
 	for range int(punchPeriod / punchTick) {
 		clock.advance(punchTick)
@@ -182,7 +188,7 @@ func TestPunchReadsNoRecord(t *testing.T) {
 	}
 	// 0.25, 0.75, 1.75, 3.75, 7.75, 11.75, 15.75, 19.75 and the one
 	// that ends them: about 10, where every 250 ms made 120.
-	if n := gets.count() / epochs; n < 6 || n > 12 {
+	if n := gets.count(); n < 6 || n > 12 {
 		t.Errorf("%d reads without a record in %v, want about 10", n, punchPeriod)
 	}
 	// A record that appears later is found at the next re-read.
@@ -202,8 +208,8 @@ func TestPunchReadsNoRecord(t *testing.T) {
 }
 
 // TestDropCollectBackoff: while a contact stays offline, complete rounds
-// come 3, 6, 12, 24, 30, 30 minutes apart; a session that ends starts the
-// gaps again.
+// come 3, then every 6 minutes (each a check of one node per location,
+// checkMutable); a session that ends starts the gaps again.
 func TestDropCollectBackoff(t *testing.T) {
 	var r dropRun
 	now := time.Unix(1_800_000_000, 0)
@@ -213,7 +219,7 @@ func TestDropCollectBackoff(t *testing.T) {
 		gaps = append(gaps, r.collectAt.Sub(now))
 		now = r.collectAt
 	}
-	want := []time.Duration{3 * time.Minute, 6 * time.Minute, 12 * time.Minute, 24 * time.Minute, 30 * time.Minute, 30 * time.Minute}
+	want := []time.Duration{3 * time.Minute, 6 * time.Minute, 6 * time.Minute, 6 * time.Minute, 6 * time.Minute, 6 * time.Minute}
 	if !slices.Equal(gaps, want) {
 		t.Errorf("gaps %v, want %v", gaps, want)
 	}

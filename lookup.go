@@ -34,10 +34,12 @@ const (
 	maxLookupQueries    = 256  // queries one lookup may send (not counting retransmissions)
 	maxLookupPeers      = 1000 // peers a get_peers lookup collects
 	peersQuorum         = 2    // nodes with peers after which getPeers stops
-	maxRecentLookups    = 64   // targets whose last lookup's closest nodes are kept
+	maxRecentLookups    = 256  // targets whose last lookup's closest nodes are kept
 	recentLookupTTL     = 5 * time.Minute
-	pollLookupEvery     = 5 * time.Second // pollMutable asks single holders this long after a lookup
-	pollMissEvery       = time.Second     // and the closest this long, while none of them held the item
+	pollLookupEvery     = 5 * time.Second  // pollMutable asks single holders this long after a lookup
+	pollMissEvery       = 15 * time.Second // and the closest this long, while none of them held the item
+	checkLookupEvery    = 30 * time.Minute // checkMutable asks single nodes this long after a lookup
+	checkSpread         = 4                // of the closest, in turn
 )
 
 // lookupStats measures one lookup; benchmarks report them.
@@ -489,6 +491,23 @@ func (r *recentLookups) nextPoll(target nodeID, now time.Time) (n nodeInfo, ok b
 	return n, true
 }
 
+// nextCheck is the node checkMutable asks next about target: each of the
+// checkSpread closest that answered the last lookup of target, in turn,
+// while that lookup is under checkLookupEvery old. ok is false when a
+// lookup is due.
+func (r *recentLookups) nextCheck(target nodeID, now time.Time) (n nodeInfo, ok bool) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	e, found := r.m[target]
+	if !found || now.Sub(e.at) >= checkLookupEvery || len(e.closest) == 0 {
+		return nodeInfo{}, false
+	}
+	n = e.closest[e.polled%min(len(e.closest), checkSpread)]
+	e.polled++
+	r.m[target] = e
+	return n, true
+}
+
 func (r *recentLookups) get(target nodeID, now time.Time) []nodeInfo {
 	r.mu.Lock()
 	defer r.mu.Unlock()
@@ -552,6 +571,26 @@ func (d *dht) getPeers(ctx context.Context, infohash nodeID) ([]netip.AddrPort, 
 }
 
 // addPeers appends the peers of found not in to yet, up to maxLookupPeers.
+// checkPeers is getPeers for an infohash looked at again and again (the
+// rendezvous of a contact, SPEC.md 3.4.3 "Checks"): one node, the next in
+// turn of the closest that answered a lookup of it within
+// checkLookupEvery, which holds what a peer announced at the nodes nearest
+// it; without such a lookup, or if that node does not answer, a lookup.
+func (d *dht) checkPeers(ctx context.Context, infohash nodeID) ([]netip.AddrPort, error) {
+	if n, ok := d.recent.nextCheck(infohash, d.now()); ok {
+		q := krpcMsg{Method: methodGetPeers, Args: krpcArgs{InfoHash: infohash}}
+		r := d.tx.query(ctx, n.Addr, &q, txOpts{expect: &n.ID})
+		if r.Err == nil {
+			var found []netip.AddrPort
+			if r.Msg.Reply.Values != nil {
+				found, _ = parsePeers(r.Msg.Reply.Values)
+			}
+			return addPeers(d.peers.peers(infohash, maxLookupPeers), found), nil
+		}
+	}
+	return d.getPeers(ctx, infohash)
+}
+
 func addPeers(to, found []netip.AddrPort) []netip.AddrPort {
 	for _, p := range found {
 		if !slices.Contains(to, p) && len(to) < maxLookupPeers {
@@ -705,6 +744,28 @@ func (d *dht) pollMutable(ctx context.Context, k [32]byte) (it bep44Item, found 
 	}
 	it, found = mutableItemFrom(&r.Msg.Reply, target, nil)
 	return it, found, nil
+}
+
+// checkMutable reads the mutable item of key k and salt where it is looked
+// for again and again while mostly absent (an offline contact's record and
+// drops, SPEC.md 3.4.3 "Checks"): from one node, the next in turn of the
+// closest that answered a lookup of the target within checkLookupEvery,
+// which holds what a writer stored at the nodes nearest it; without such a
+// lookup, or if that node does not answer, by a lookup (getMutable).
+func (d *dht) checkMutable(ctx context.Context, k [32]byte, salt []byte) (it bep44Item, found bool, err error) {
+	target := mutableTarget(k, salt)
+	if n, ok := d.recent.nextCheck(target, d.now()); ok {
+		q := krpcMsg{Method: methodGet, Args: krpcArgs{Target: target}}
+		r := d.tx.query(ctx, n.Addr, &q, txOpts{expect: &n.ID})
+		if r.Err == nil {
+			it, found = mutableItemFrom(&r.Msg.Reply, target, salt)
+			if local, ok := d.items.get(target); ok && local.Mutable && local.K == k && (!found || local.Seq > it.Seq) {
+				return local, true, nil
+			}
+			return it, found, nil
+		}
+	}
+	return d.getMutable(ctx, k, salt)
 }
 
 // putMutableN is putMutable without the target: how many nodes stored it.

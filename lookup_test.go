@@ -350,7 +350,13 @@ func TestPollMutable(t *testing.T) {
 			t.Fatalf("poll %d of a missing item: found %v, %v, %d gets; want one get: %v", i+1, found, err, len(g), one)
 		}
 	}
-	time.Sleep(pollMissEvery)
+	// pollMissEvery passes (the entry ages instead of the test sleeping).
+	target := mutableTarget(k, nil)
+	poller.recent.mu.Lock()
+	e := poller.recent.m[target]
+	e.at = e.at.Add(-pollMissEvery)
+	poller.recent.m[target] = e
+	poller.recent.mu.Unlock()
 	// The writer is read-only (BEP 43), so it is never among the nodes
 	// nearest the target, all of which hold the item.
 	putter := newTestDHT(t, dhtConfig{Bootstrap: []string{ds[1].addr().String()}}, 0)
@@ -383,5 +389,81 @@ func TestPollMutable(t *testing.T) {
 	}
 	if it, found, err := poller.pollMutable(ctx, k); err != nil || !found || it.Seq != 2 {
 		t.Errorf("poll after the new put = seq %d, %v, %v; want seq 2", it.Seq, found, err)
+	}
+}
+
+// A location checked again and again (SPEC.md 3.4.3, "Checks"): the first
+// check is a lookup, each later one a single get, to the checkSpread
+// closest in turn; an item put since is found by the next check; a node
+// that does not answer makes the check a lookup again.
+func TestCheckMutable(t *testing.T) {
+	ds := newSwarm(t, 20, 0)
+	ctx := testCtx(t)
+	var mu sync.Mutex
+	var gets []netip.AddrPort
+	checker := newTunedTestDHT(t, dhtConfig{Bootstrap: []string{ds[0].addr().String()}}, 0, func(d *dht) {
+		d.node.trace = func(out bool, peer netip.AddrPort, b []byte) {
+			if out && bytes.Contains(b, []byte("1:q3:get")) {
+				mu.Lock()
+				gets = append(gets, peer)
+				mu.Unlock()
+			}
+		}
+	})
+	bootstrapRetrying(t, checker)
+	sent := func() []netip.AddrPort {
+		mu.Lock()
+		defer mu.Unlock()
+		g := gets
+		gets = nil
+		return g
+	}
+	priv := ed25519.NewKeyFromSeed(bytes.Repeat([]byte{3}, ed25519.SeedSize))
+	var k [32]byte
+	copy(k[:], priv.Public().(ed25519.PublicKey))
+	salt := []byte("drop")
+	if _, found, err := checker.checkMutable(ctx, k, salt); found || err != nil {
+		t.Fatalf("first check of a missing item: found %v, %v", found, err)
+	}
+	if g := sent(); len(g) < bucketSize {
+		t.Fatalf("first check sent %d gets, want a lookup", len(g))
+	}
+	asked := map[netip.AddrPort]bool{}
+	for i := range 2 * checkSpread {
+		_, found, err := checker.checkMutable(ctx, k, salt)
+		g := sent()
+		if found || err != nil || len(g) != 1 {
+			t.Fatalf("check %d = %v, %v with %d gets; want one get", i+2, found, err, len(g))
+		}
+		asked[g[0]] = true
+	}
+	if len(asked) != checkSpread {
+		t.Errorf("%d checks asked %d nodes, want the %d closest in turn", 2*checkSpread, len(asked), checkSpread)
+	}
+	putter := newTestDHT(t, dhtConfig{Bootstrap: []string{ds[1].addr().String()}}, 0)
+	putter.tx.readOnly.Store(true)
+	bootstrapRetrying(t, putter)
+	if _, n, err := putter.putMutable(ctx, priv, salt, 7, []byte("4:drop")); err != nil || n < 1 {
+		t.Fatalf("putMutable = %d, %v", n, err)
+	}
+	it, found, err := checker.checkMutable(ctx, k, salt)
+	if g := sent(); err != nil || !found || it.Seq != 7 || len(g) != 1 {
+		t.Fatalf("check after the put = seq %d, %v, %v with %d gets; want seq 7 from one get", it.Seq, found, err, len(g))
+	}
+	// The next node in turn stops answering: that check is a lookup.
+	next, _ := checker.recent.nextCheck(mutableTarget(k, salt), time.Now())
+	checker.recent.mu.Lock()
+	e := checker.recent.m[mutableTarget(k, salt)]
+	e.polled--
+	checker.recent.m[mutableTarget(k, salt)] = e
+	checker.recent.mu.Unlock()
+	for _, d := range ds {
+		if d.addr() == next.Addr {
+			d.node.Close()
+		}
+	}
+	it, found, err = checker.checkMutable(ctx, k, salt)
+	if g := sent(); err != nil || !found || it.Seq != 7 || len(g) < 2 {
+		t.Errorf("check with its node gone = seq %d, %v, %v with %d gets; want seq 7 from a lookup", it.Seq, found, err, len(g))
 	}
 }

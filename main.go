@@ -402,9 +402,9 @@ func (a *app) build(o options) error {
 		Announce: func(ctx context.Context, ih nodeID) ([]netip.AddrPort, int, error) {
 			return a.dht.announce(ctx, ih, 0, true)
 		},
-		GetPeers:    a.dht.getPeers,
+		GetPeers:    a.dht.checkPeers,
 		PutItem:     a.dht.putMutableN,
-		GetItem:     a.dht.getMutable,
+		GetItem:     a.dht.checkMutable,
 		SetEndpoint: a.punch.found,
 		Announced:   a.punch.announced,
 		LookedUp:    a.punch.lookedUp,
@@ -571,8 +571,12 @@ func (a *app) buildPuncher(o options) {
 			_, _, err := a.dht.putMutable(ctx, ed25519.NewKeyFromSeed(seed[:]), nil, seq, v)
 			return err
 		},
-		Get: func(ctx context.Context, k [32]byte) (int64, []byte, error) {
-			it, found, err := a.dht.pollMutable(ctx, k)
+		Get: func(ctx context.Context, k [32]byte, check bool) (int64, []byte, error) {
+			read := a.dht.pollMutable
+			if check {
+				read = func(ctx context.Context, k [32]byte) (bep44Item, bool, error) { return a.dht.checkMutable(ctx, k, nil) }
+			}
+			it, found, err := read(ctx, k)
 			if err == nil && !found {
 				err = errNotFound
 			}

@@ -45,6 +45,10 @@ const (
 	pqKept  = 2
 	pqRetry = time.Second     // the key is sent again this often until the ciphertext comes
 	pqWait  = 5 * time.Second // then the exchange is given up for this session
+	// pqIdleEvery: a session that follows only idle ones (no payload of
+	// the layer above either way since the last exchange) runs the
+	// exchange only if the last one is this old (SPEC.md 4.12, "When").
+	pqIdleEvery = 30 * time.Minute
 	labelPQ = "kadchat pq v1"
 )
 
@@ -208,6 +212,22 @@ type peerPQ struct {
 	// (a version-1 client). Not kept across restarts.
 	classical bool
 	refused   bool // the refusal was reported (once per run)
+	// last is when our latest exchange with the contact ended (zero: none
+	// since we started), carried whether a payload of the layer above went
+	// either way (or was queued) since.
+	last    time.Time
+	carried bool
+}
+
+// exchangeDue reports whether the initiator runs the exchange on kp, a
+// session that has just become current: on a classical one, when a
+// payload of the layer above went either way or was queued since the last
+// exchange, and
+// when that exchange is pqIdleEvery old or was before our start. An idle session carries nothing the PSK
+// protects, so its PSK may key the next one too (SPEC.md 4.12, "When").
+func (p *peer) exchangeDue(kp *keypair, now time.Time) bool {
+	x := &p.pq
+	return !kp.pqKeyed() || x.carried || x.last.IsZero() || now.Sub(x.last) >= pqIdleEvery
 }
 
 // dropExchange forgets the exchange unless it runs on the current session;
@@ -449,6 +469,7 @@ func (l *pqLayer) install(p *peer, kp *keypair, psk [noiseKeyLen]byte, then func
 		return false
 	}
 	p.pq.secrets.add(psk, kp.psk)
+	p.pq.last, p.pq.carried = m.cfg.Now(), len(p.queue.payloads) > 0 // what waits goes under this PSK
 	if then != nil {
 		then(&p.pq.ex)
 	}

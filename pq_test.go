@@ -275,10 +275,22 @@ func TestPQExchange(t *testing.T) {
 }
 
 // establishPQ connects a and b until both hold the same two PSKs and a
-// session keyed with the older one.
-func establishPQ(t *testing.T, n *fakeNet, a, b *testPeer) {
+// session keyed with the older one: the first session's exchange makes the
+// next session post-quantum; a payload on that one makes the rekey after it
+// run an exchange too (the payloads are then forgotten).
+func establishPQ(t *testing.T, n *fakeNet, clock *fakeClock, a, b *testPeer) {
 	t.Helper()
 	establish(t, n, a, b)
+	a.m.send(b.id.public(), []byte("pq"))
+	n.pump(t)
+	clock.advance(defaultRekeyAfterTime)
+	a.m.send(b.id.public(), []byte("pq"))
+	n.pump(t)
+	for _, p := range []*testPeer{a, b} {
+		p.mu.Lock()
+		p.got = nil
+		p.mu.Unlock()
+	}
 	as, _, _ := pqOf(a.m, b.id.public())
 	bs, _, _ := pqOf(b.m, a.id.public())
 	if !pqConnected(a, b) || as.n != 2 || as.psks != bs.psks {
@@ -292,7 +304,7 @@ func TestPQRekey(t *testing.T) {
 	var n fakeNet
 	clock := newFakeClock()
 	a, b := newTestPair(t, &n, clock, nil)
-	establishPQ(t, &n, a, b)
+	establishPQ(t, &n, clock, a, b)
 	before, _, _ := pqOf(a.m, b.id.public())
 	clock.advance(defaultRekeyAfterTime)
 	a.m.send(b.id.public(), []byte("rekey"))
@@ -307,6 +319,59 @@ func TestPQRekey(t *testing.T) {
 	}
 	if !slices.Equal(b.delivered(), []string{"rekey"}) {
 		t.Errorf("b got %q", b.delivered())
+	}
+}
+
+// TestPQIdleSessions: while no payload of the layer above goes either way,
+// the sessions that keepalives rekey every RekeyAfterTime run no exchange
+// until the last one is pqIdleEvery old; the session after one that
+// carried a payload runs it at once (SPEC.md 4.12, "When").
+func TestPQIdleSessions(t *testing.T) {
+	var n fakeNet
+	clock := newFakeClock()
+	a, b := newTestPair(t, &n, clock, nil)
+	establishPQ(t, &n, clock, a, b)
+	inits, keys := 0, 0
+	n.filter = func(p fakePacket) bool {
+		switch len(p.b) {
+		case initiationSize:
+			inits++
+		case pqKeyDatagram:
+			keys++
+		}
+		return true
+	}
+	// idle runs both sides' timers for d, a second at a time.
+	idle := func(d time.Duration) {
+		for range int(d / time.Second) {
+			clock.advance(time.Second)
+			a.m.timers.tick()
+			b.m.timers.tick()
+			n.pump(t)
+		}
+	}
+	idle(pqIdleEvery - time.Minute)
+	if !pqConnected(a, b) {
+		t.Fatal("the idle session did not last")
+	}
+	if min := int((pqIdleEvery - time.Minute) / defaultRekeyAfterTime); inits < min-1 || keys != 0 {
+		t.Fatalf("idle for %v: %d initiations (want about %d), %d key fragments (want 0)", pqIdleEvery-time.Minute, inits, min, keys)
+	}
+	idle(2*time.Minute + defaultRekeyAfterTime)
+	if keys != pqFragments {
+		t.Fatalf("past pqIdleEvery: %d key fragments sent, want one exchange (%d)", keys, pqFragments)
+	}
+	keys = 0
+	a.m.send(b.id.public(), []byte("hello"))
+	n.pump(t)
+	idle(defaultRekeyAfterTime + 10*time.Second)
+	if keys != pqFragments || !slices.Equal(b.delivered(), []string{"hello"}) {
+		t.Fatalf("after a payload: %d key fragments in the next session, want %d; b got %q", keys, pqFragments, b.delivered())
+	}
+	keys = 0
+	idle(2 * defaultRekeyAfterTime)
+	if keys != 0 {
+		t.Fatalf("idle again: %d key fragments, want 0", keys)
 	}
 }
 
@@ -377,7 +442,7 @@ func TestPQLostCiphertext(t *testing.T) {
 			var n fakeNet
 			clock := newFakeClock()
 			a, b := newTestPair(t, &n, clock, nil)
-			establishPQ(t, &n, a, b)
+			establishPQ(t, &n, clock, a, b)
 			// The next session's ciphertext never arrives: b holds a
 			// newer PSK than a.
 			n.filter = func(p fakePacket) bool { return len(p.b) != pqCipherDatagram }
@@ -427,7 +492,7 @@ func TestPQRestart(t *testing.T) {
 	clock := newFakeClock()
 	dirs := newPQDirs(t)
 	a, b := newTestPair(t, &n, clock, dirs.tweak)
-	establishPQ(t, &n, a, b)
+	establishPQ(t, &n, clock, a, b)
 	for _, dir := range dirs.dirs {
 		fi, err := os.Stat(filepath.Join(dir, pqFileName))
 		if err != nil || fi.Mode().Perm() != 0o600 {
@@ -470,7 +535,7 @@ func TestPQRefusesZeroPSK(t *testing.T) {
 	clock := newFakeClock()
 	var ev pqEvents
 	a, b := newTestPair(t, &n, clock, func(c *sessionConfig) { c.PQEvent = ev.add })
-	establishPQ(t, &n, a, b)
+	establishPQ(t, &n, clock, a, b)
 	// b's key, no PSKs, another address; b's sessions have expired.
 	impostor := newTestPeer(t, &n, clock, seedOf(t, b), 1666, nil)
 	befriend(impostor, a)
@@ -534,7 +599,7 @@ func TestPQClassicalPeer(t *testing.T) {
 	// drops every exchange frame.
 	var m fakeNet
 	c, d := newTestPair(t, &m, clock, func(c *sessionConfig) { c.PQEvent = ev.add })
-	establishPQ(t, &m, c, d)
+	establishPQ(t, &m, clock, c, d)
 	m.filter = func(p fakePacket) bool { return !isPQDatagram(p) }
 	for i := range 3 {
 		clock.advance(defaultRekeyAfterTime)
@@ -858,8 +923,9 @@ func TestPQFile(t *testing.T) {
 func TestPQForget(t *testing.T) {
 	var n fakeNet
 	dirs := newPQDirs(t)
-	a, b := newTestPair(t, &n, newFakeClock(), dirs.tweak)
-	establishPQ(t, &n, a, b)
+	clock := newFakeClock()
+	a, b := newTestPair(t, &n, clock, dirs.tweak)
+	establishPQ(t, &n, clock, a, b)
 	path := filepath.Join(dirs.dirs[a.id.public()], pqFileName)
 	if f, _ := os.ReadFile(path); !strings.Contains(string(f), b.id.public().String()) {
 		t.Fatalf("the file does not name b:\n%s", f)
@@ -882,8 +948,9 @@ func TestPQForget(t *testing.T) {
 // session gets the same ciphertext without a second encapsulation.
 func TestPQFramesOutOfPlace(t *testing.T) {
 	var n fakeNet
-	a, b := newTestPair(t, &n, newFakeClock(), nil)
-	establishPQ(t, &n, a, b) // a initiated the current session
+	clock := newFakeClock()
+	a, b := newTestPair(t, &n, clock, nil)
+	establishPQ(t, &n, clock, a, b) // a initiated the current session
 	if bad := a.m.pq.stats.bad.Load() + b.m.pq.stats.bad.Load(); bad != 0 {
 		t.Fatalf("%d frames counted bad in a clean exchange", bad)
 	}

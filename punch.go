@@ -41,7 +41,7 @@ const (
 	recordMaxAge    = 30 * time.Minute       // older records are ignored; a writer rewrites with each announce (25 min)
 	recordIdle      = 2 * time.Minute        // a record this old, read again unchanged: its writer is not punching now
 	recheckMin      = 90 * time.Second       // the first gap between re-reads of an offline contact's record
-	recheckMax      = 10 * time.Minute       // the gap doubles up to this
+	recheckMax      = 5 * time.Minute        // the gap doubles up to this
 	idleReadMaxGap  = 4 * time.Second        // the longest gap between reads that find nothing new
 	punchOpTimeout  = 10 * time.Second
 	v6OpenLead      = 200 * time.Millisecond // an IPv6 firewall opened this long before our initiation
@@ -54,7 +54,10 @@ type punchConfig struct {
 	Self         publicKey
 	StaticSecret func(peer publicKey) ([32]byte, error)
 	Put          func(ctx context.Context, seed [32]byte, seq int64, v []byte) error // a BEP 44 mutable put, no salt
-	Get          func(ctx context.Context, key [32]byte) (seq int64, v []byte, err error)
+	// Get reads a record (BEP 44 mutable, no salt): while punching, polled
+	// often (pollMutable); with check, a re-read of a contact who is likely
+	// away (checkMutable).
+	Get func(ctx context.Context, key [32]byte, check bool) (seq int64, v []byte, err error)
 	Open         func(to netip.AddrPort, ttl int) error    // one opening packet
 	Connect      func(peer publicKey, addr netip.AddrPort) // the session tries addr
 	Forget       func(peer publicKey)                      // the session forgets the peer's path
@@ -163,9 +166,10 @@ func (s *puncher) announced(k publicKey) {
 }
 
 // lookedUp: a rendezvous lookup of k ended with found. Its record is read
-// now; if the lookup found an address not found before (since the last
-// session), it is read often for punchPeriod. The same stale announce,
-// found again by each lookup, does not start the frequent reads again.
+// now: if the lookup found an address not found before (since the last
+// session), often for punchPeriod; else once, as a re-read (a check). The
+// same stale announce, found again by each lookup, does not start the
+// frequent reads again.
 func (s *puncher) lookedUp(k publicKey, found []netip.AddrPort) {
 	now := s.cfg.Now()
 	s.mu.Lock()
@@ -186,8 +190,8 @@ func (s *puncher) lookedUp(k publicKey, found []netip.AddrPort) {
 	p.nextPoll = now
 	if newAddr {
 		p.pollUntil, p.idleGap = now.Add(punchPeriod), punchPoll
-	} else if p.pollUntil.Before(now.Add(punchPoll)) {
-		p.pollUntil = now.Add(punchPoll)
+	} else if p.pollUntil.Before(now) {
+		p.nextCheck = now // one re-read (a check): nothing new was found
 	}
 }
 
@@ -357,17 +361,17 @@ func (p *punchPeer) fresh(now time.Time) bool {
 
 // readDue reports whether the contact's record is to be read now: every
 // punchPoll while an attempt is under way (pollUntil), else at the
-// re-reads that find a contact who came online while we back off
+// re-reads (check) that find a contact who came online while we back off
 // (rendezvous.go does no lookups of its own by then).
-func (p *punchPeer) readDue(now time.Time) bool {
+func (p *punchPeer) readDue(now time.Time) (due, check bool) {
 	if now.Before(p.pollUntil) {
-		return !now.Before(p.nextPoll)
+		return !now.Before(p.nextPoll), false
 	}
 	if now.Before(p.nextCheck) {
-		return false
+		return false, false
 	}
 	p.nextCheck, p.checkGap = now.Add(p.checkGap), min(2*p.checkGap, recheckMax)
-	return true
+	return true, true
 }
 
 // recheckFrom starts the re-reads again at recheckMin from now (start,
@@ -424,16 +428,22 @@ func (s *puncher) tick(ctx context.Context) {
 	now := s.cfg.Now()
 	v := s.cfg.Local()
 	var acts []punchActions
-	var reads, writes []publicKey
+	var reads, checks, writes []publicKey
 	s.mu.Lock()
 	for k, p := range s.peers {
 		if a := s.stepLocked(k, p, now, &v); a.open != nil || a.connect != nil || a.forget {
 			a.key = k
 			acts = append(acts, a)
 		}
-		if !p.online && !p.reading && p.readDue(now) {
+		if p.online || p.reading {
+			// no read
+		} else if due, check := p.readDue(now); due {
 			p.reading, p.nextPoll = true, now.Add(punchPoll)
-			reads = append(reads, k)
+			if check {
+				checks = append(checks, k)
+			} else {
+				reads = append(reads, k)
+			}
 		}
 		rec := s.recordLocked(k, p, &v)
 		if !bytes.Equal(rec, p.wrote) {
@@ -450,7 +460,11 @@ func (s *puncher) tick(ctx context.Context) {
 	}
 	for _, k := range reads {
 		s.wg.Add(1)
-		go s.read(ctx, k)
+		go s.read(ctx, k, false)
+	}
+	for _, k := range checks {
+		s.wg.Add(1)
+		go s.read(ctx, k, true)
 	}
 	for _, k := range writes {
 		s.wg.Add(1)
@@ -663,8 +677,10 @@ func (s *puncher) wrote(k publicKey, ok bool) {
 	}
 }
 
-// read gets k's record in every current epoch and keeps the newest.
-func (s *puncher) read(ctx context.Context, k publicKey) {
+// read gets k's record in the current epoch: the contact writes it in
+// every epoch of rendezvousEpochs, one of which is ours with clocks under
+// rendezvousSkew apart (SPEC.md 5.2). check: a re-read (readDue).
+func (s *puncher) read(ctx context.Context, k publicKey, check bool) {
 	defer s.wg.Done()
 	defer func() {
 		s.mu.Lock()
@@ -683,14 +699,11 @@ func (s *puncher) read(ctx context.Context, k publicKey) {
 	}
 	var best endpointRecord
 	var bestSeq int64
-	for _, e := range rendezvousEpochs(s.cfg.Now()) {
-		seed, seal := endpointKeys(secret, k, e)
-		octx, cancel := context.WithTimeout(ctx, punchOpTimeout)
-		seq, v, err := s.cfg.Get(octx, endpointItemKey(seed))
-		cancel()
-		if err != nil || seq <= bestSeq {
-			continue
-		}
+	seed, seal := endpointKeys(secret, k, rendezvousEpochOf(s.cfg.Now()))
+	octx, cancel := context.WithTimeout(ctx, punchOpTimeout)
+	seq, v, err := s.cfg.Get(octx, endpointItemKey(seed), check)
+	cancel()
+	if err == nil {
 		if r, err := openEndpointValue(seal, seq, v); err == nil {
 			best, bestSeq = r, seq
 		} else {

@@ -37,7 +37,7 @@ func (d *punchDHT) put(_ context.Context, seed [32]byte, seq int64, v []byte) er
 	return nil
 }
 
-func (d *punchDHT) get(_ context.Context, k [32]byte) (int64, []byte, error) {
+func (d *punchDHT) get(_ context.Context, k [32]byte, _ bool) (int64, []byte, error) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	it, ok := d.items[k]

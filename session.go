@@ -551,7 +551,10 @@ func (m *sessionManager) completeHandshake(from netip.AddrPort, msg *responseMsg
 	p.dropExchange()
 	p.addrs.endpoint = from
 	p.markLive(now)
-	frames := m.pq.startLocked(p, kp, now)
+	var frames [][]byte
+	if p.exchangeDue(kp, now) {
+		frames = m.pq.startLocked(p, kp, now)
+	}
 	if frames != nil {
 		p.timers.lastSend = now
 	}
@@ -605,6 +608,7 @@ func (m *sessionManager) handleTransport(from netip.AddrPort, b []byte) {
 		if e.peer.timers.oweSince.IsZero() {
 			e.peer.timers.oweSince = now
 		}
+		e.peer.pq.carried = true
 		m.mu.Unlock()
 		m.stats.delivered.Add(1)
 	}
@@ -684,6 +688,7 @@ func (m *sessionManager) flush(p *peer, keepalive bool) {
 	if len(q) > 0 || keepalive {
 		p.timers.sent(m.cfg.Now(), len(q) > 0)
 	}
+	p.pq.carried = p.pq.carried || len(q) > 0
 	m.mu.Unlock()
 	if len(q) == 0 && keepalive {
 		m.sendTransport(kp, to, nil)
@@ -738,6 +743,7 @@ func (m *sessionManager) send(peerKey publicKey, payload []byte) error {
 		if p.queue.push(payload) {
 			m.stats.queueDropped.Add(1)
 		}
+		p.pq.carried = p.pq.carried || len(payload) > 0
 		// A classical session whose exchange is under way: the payload
 		// waits for the post-quantum session that follows (timers.go
 		// starts one if it does not come).
@@ -747,6 +753,7 @@ func (m *sessionManager) send(peerKey publicKey, payload []byte) error {
 		kp = nil
 	default:
 		p.timers.sent(now, len(payload) > 0)
+		p.pq.carried = p.pq.carried || len(payload) > 0
 		if p.needsRekey(kp, now, &m.cfg) {
 			init = m.maybeInitiateLocked(p, now)
 		}
