@@ -49,7 +49,7 @@ const (
 	// the layer above either way since the last exchange) runs the
 	// exchange only if the last one is this old (SPEC.md 4.12, "When").
 	pqIdleEvery = 30 * time.Minute
-	labelPQ = "kadchat pq v1"
+	labelPQ     = "kadchat pq v1"
 )
 
 // Both frames fit a transport payload.

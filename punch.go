@@ -57,11 +57,11 @@ type punchConfig struct {
 	// Get reads a record (BEP 44 mutable, no salt): while punching, polled
 	// often (pollMutable); with check, a re-read of a contact who is likely
 	// away (checkMutable).
-	Get func(ctx context.Context, key [32]byte, check bool) (seq int64, v []byte, err error)
-	Open         func(to netip.AddrPort, ttl int) error    // one opening packet
-	Connect      func(peer publicKey, addr netip.AddrPort) // the session tries addr
-	Forget       func(peer publicKey)                      // the session forgets the peer's path
-	Local        func() localView
+	Get     func(ctx context.Context, key [32]byte, check bool) (seq int64, v []byte, err error)
+	Open    func(to netip.AddrPort, ttl int) error    // one opening packet
+	Connect func(peer publicKey, addr netip.AddrPort) // the session tries addr
+	Forget  func(peer publicKey)                      // the session forgets the peer's path
+	Local   func() localView
 	// Optional: our contacts online with us that relay (SPEC.md 5.9), and
 	// the session address of a path to peer through one of them.
 	Relays func() []publicKey
