@@ -229,3 +229,45 @@ func TestDropCollectBackoff(t *testing.T) {
 		t.Errorf("after a session: %v, want %v", g, dropCollectEvery)
 	}
 }
+
+// TestRecordWritesPerEpoch: the record goes out with each announce (:40,
+// :50, :15 of the next hour), in every current epoch, except an epoch that
+// got the same record under recordRewrite ago: at :50 only the next hour's
+// epoch is written, the current one having it from :40. A changed record
+// goes to every current epoch at once.
+func TestRecordWritesPerEpoch(t *testing.T) {
+	d := &punchDHT{items: map[[32]byte]punchItem{}}
+	clock := newFakeClockAt(time.Date(2026, 1, 2, 3, 40, 0, 0, time.UTC))
+	a := newPunchSide(t, d, clock, 1, natView("192.168.1.10", "203.0.113.1"))
+	k := testIdentity(t, 2).public()
+	step := func(at time.Time) int {
+		clock.set(at)
+		before := d.puts
+		a.p.announced(k)
+		a.tick()
+		return d.puts - before
+	}
+	for _, c := range []struct {
+		at   time.Time
+		want int
+	}{
+		{time.Date(2026, 1, 2, 3, 40, 0, 0, time.UTC), 1}, // epoch 3 alone
+		{time.Date(2026, 1, 2, 3, 50, 0, 0, time.UTC), 1}, // 3 and 4 current: 4 alone
+		{time.Date(2026, 1, 2, 3, 55, 0, 0, time.UTC), 0}, // 3 and 4, both written under 20 minutes ago
+		{time.Date(2026, 1, 2, 4, 15, 0, 0, time.UTC), 1}, // 4, 25 minutes on
+	} {
+		if got := step(c.at); got != c.want {
+			t.Errorf("announce at %s: %d records written, want %d", c.at.Format("15:04"), got, c.want)
+		}
+	}
+	// A new attempt changes the record (its nonce): both epochs at once.
+	clock.set(time.Date(2026, 1, 2, 4, 55, 0, 0, time.UTC))
+	a.p.mu.Lock()
+	a.p.newAttemptLocked(a.p.peers[k], clock.now())
+	a.p.mu.Unlock()
+	before := d.puts
+	a.tick()
+	if got := d.puts - before; got != 2 {
+		t.Errorf("a changed record at 04:55: %d written, want 2 (epochs 4 and 5)", got)
+	}
+}

@@ -38,7 +38,7 @@ const (
 	recentLookupTTL     = 5 * time.Minute
 	pollLookupEvery     = 5 * time.Second  // pollMutable asks single holders this long after a lookup
 	pollMissEvery       = 15 * time.Second // and the closest this long, while none of them held the item
-	checkLookupEvery    = 30 * time.Minute // checkMutable asks single nodes this long after a lookup
+	checkLookupEvery    = time.Hour        // checkMutable asks single nodes this long after a lookup
 	checkSpread         = 4                // of the closest, in turn
 )
 

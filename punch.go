@@ -42,6 +42,7 @@ const (
 	recordIdle      = 2 * time.Minute        // a record this old, read again unchanged: its writer is not punching now
 	recheckMin      = 90 * time.Second       // the first gap between re-reads of an offline contact's record
 	recheckMax      = 5 * time.Minute        // the gap doubles up to this
+	recordRewrite   = 20 * time.Minute       // an epoch's record, unchanged, is not written again sooner
 	idleReadMaxGap  = 4 * time.Second        // the longest gap between reads that find nothing new
 	punchOpTimeout  = 10 * time.Second
 	v6OpenLead      = 200 * time.Millisecond // an IPv6 firewall opened this long before our initiation
@@ -97,7 +98,9 @@ type punchPeer struct {
 	checkGap                   time.Duration // the gap after it; doubles up to recheckMax
 
 	reading, writing, dirty bool
-	wrote                   []byte // the record last written, to see changes
+	wrote                   []byte               // the record last written, to see changes
+	epochRec                []byte               // the record of the writes in epochAt
+	epochAt                 map[uint64]time.Time // when each epoch last got epochRec
 	lastSeq                 int64
 	writeFails              int
 	nextWrite               time.Time
@@ -643,8 +646,18 @@ func (s *puncher) write(ctx context.Context, k publicKey) {
 	rec := p.wrote
 	seq := max(p.lastSeq+1, now.UnixMilli())
 	p.lastSeq = seq
-	s.mu.Unlock()
+	if !bytes.Equal(rec, p.epochRec) {
+		p.epochRec, p.epochAt = rec, map[uint64]time.Time{}
+	}
+	var epochs []uint64
 	for _, e := range rendezvousEpochs(now) {
+		if t, ok := p.epochAt[e]; !ok || now.Sub(t) >= recordRewrite {
+			epochs = append(epochs, e)
+		}
+	}
+	ok = len(epochs) == 0
+	s.mu.Unlock()
+	for _, e := range epochs {
 		seed, seal := endpointKeys(secret, s.cfg.Self, e)
 		var nonce [chacha20poly1305.NonceSizeX]byte
 		if _, err := io.ReadFull(s.cfg.Rand, nonce[:]); err != nil {
@@ -654,6 +667,13 @@ func (s *puncher) write(ctx context.Context, k publicKey) {
 		err := s.cfg.Put(octx, seed, seq, sealEndpointValue(seal, seq, rec, nonce))
 		cancel()
 		ok = ok || err == nil
+		if err == nil {
+			s.mu.Lock()
+			if p := s.peers[k]; p != nil && bytes.Equal(rec, p.epochRec) {
+				p.epochAt[e] = now
+			}
+			s.mu.Unlock()
+		}
 	}
 	s.cfg.Log.Debug("punch: wrote", "peer", k.String(), "ok", ok, "seq", seq)
 }
