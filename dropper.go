@@ -32,7 +32,7 @@ const (
 	dropRenew        = 6 * 24 * time.Hour // a drop older than this is made anew, at today's locations
 	dropDays         = 7                  // days a collector looks back
 	dropCollectEvery = 3 * time.Minute    // the first gap between collection rounds while a contact is offline; it doubles after each
-	dropCollectMax   = 6 * time.Minute    // the longest gap: a round after the first asks one node per location (checkMutable)
+	dropCollectMax   = 6 * time.Minute    // the longest gap: a round after the first asks one node per location (watcher.mutable)
 	dropRetryMax     = 15 * time.Second   // ceiling of the retry delay of a failed job
 	collectRetryMax  = 2 * time.Minute    // ceiling of the retry delay of an incomplete collection round
 	dropWindow       = 16                 // message seqs a collector fetches at once

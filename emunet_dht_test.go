@@ -129,8 +129,8 @@ func (k *kadchatDriver) stop(host int) any {
 	return dir
 }
 
-// announce returns no peers: kadchat's announce hands back only how many
-// nodes stored it, and its rendezvous looks the contact up apart.
+// announce returns no peers: the scenarios time announces and lookups
+// apart (kadchat's announce does hand back what its lookup found, 5.2).
 func (k *kadchatDriver) announce(ctx context.Context, host int, ih [20]byte) ([]netip.AddrPort, error) {
 	_, _, err := k.node(host).announce(ctx, nodeID(ih), 0, true)
 	return nil, err

@@ -36,9 +36,9 @@ const (
 	peersQuorum         = 2    // nodes with peers after which getPeers stops
 	maxRecentLookups    = 256  // targets whose last lookup's closest nodes are kept
 	recentLookupTTL     = 5 * time.Minute
-	pollLookupEvery     = 5 * time.Second  // pollMutable asks single holders this long after a lookup
+	pollLookupEvery     = 5 * time.Second  // watcher.poll asks single holders this long after a lookup
 	pollMissEvery       = 15 * time.Second // and the closest this long, while none of them held the item
-	checkLookupEvery    = time.Hour        // checkMutable asks single nodes this long after a lookup
+	checkLookupEvery    = time.Hour        // a check (watcher) asks single nodes this long after a lookup
 	checkSpread         = 4                // of the closest, in turn
 )
 
@@ -175,7 +175,7 @@ func (d *dht) lookup(ctx context.Context, o lookupOpts) (*lookupResult, error) {
 	}
 	l.stats.Duration = d.now().Sub(start)
 	r := l.result()
-	d.recent.put(o.target, r.Closest, r.Holders, d.now())
+	d.recent.put(o.target, r.Closest, r.Holders, err == nil && !l.stop, d.now())
 	if err == nil && r.Stats.Responded == 0 {
 		err = fmt.Errorf("dht: %v lookup: %w", o.method, errNoneAnswered)
 	}
@@ -463,13 +463,15 @@ type recentLookups struct {
 }
 
 type recentLookup struct {
-	closest []nodeInfo
-	holders []nodeInfo // those that sent the item the lookup found
-	at      time.Time
-	polled  int // the holders pollMutable asked since, in turn
+	closest  []nodeInfo
+	holders  []nodeInfo // those that sent the item the lookup found
+	at       time.Time
+	complete bool      // the lookup ran to its end (3.4.3 step 5), not stopped early
+	used     time.Time // the last time the entry served; the least recently used goes first
+	polled   int       // the nodes watcher asked since, in turn
 }
 
-// nextPoll is the node pollMutable asks next about target, in turn: each
+// nextPoll is the node watcher.poll asks next about target, in turn: each
 // of those that sent the item in the last lookup of target, if that
 // lookup is under pollLookupEvery old; if none did, each of the closest
 // that answered it, if it is under pollMissEvery old (the item may have
@@ -487,23 +489,26 @@ func (r *recentLookups) nextPoll(target nodeID, now time.Time) (n nodeInfo, ok b
 	}
 	n = from[e.polled%len(from)]
 	e.polled++
+	e.used = now
 	r.m[target] = e
 	return n, true
 }
 
-// nextCheck is the node checkMutable asks next about target: each of the
+// nextCheck is the node a check asks next about target: each of the
 // checkSpread closest that answered the last lookup of target, in turn,
-// while that lookup is under checkLookupEvery old. ok is false when a
-// lookup is due.
+// while that lookup is under checkLookupEvery old and ran to its end (one
+// cut short may not have reached the nodes nearest target). ok is false
+// when a lookup is due.
 func (r *recentLookups) nextCheck(target nodeID, now time.Time) (n nodeInfo, ok bool) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	e, found := r.m[target]
-	if !found || now.Sub(e.at) >= checkLookupEvery || len(e.closest) == 0 {
+	if !found || !e.complete || now.Sub(e.at) >= checkLookupEvery || len(e.closest) == 0 {
 		return nodeInfo{}, false
 	}
 	n = e.closest[e.polled%min(len(e.closest), checkSpread)]
 	e.polled++
+	e.used = now
 	r.m[target] = e
 	return n, true
 }
@@ -518,7 +523,9 @@ func (r *recentLookups) get(target nodeID, now time.Time) []nodeInfo {
 	return e.closest
 }
 
-func (r *recentLookups) put(target nodeID, closest []lookupNode, holders []nodeInfo, now time.Time) {
+// put keeps the result of a lookup of target that ended at now; complete:
+// it ran to its end.
+func (r *recentLookups) put(target nodeID, closest []lookupNode, holders []nodeInfo, complete bool, now time.Time) {
 	if len(closest) == 0 {
 		return
 	}
@@ -534,13 +541,13 @@ func (r *recentLookups) put(target nodeID, closest []lookupNode, holders []nodeI
 	if _, ok := r.m[target]; !ok && len(r.m) >= maxRecentLookups {
 		oldest := target
 		for t, e := range r.m {
-			if oldest == target || e.at.Before(r.m[oldest].at) {
+			if oldest == target || e.used.Before(r.m[oldest].used) {
 				oldest = t
 			}
 		}
 		delete(r.m, oldest)
 	}
-	r.m[target] = recentLookup{closest: ns, holders: holders, at: now}
+	r.m[target] = recentLookup{closest: ns, holders: holders, at: now, complete: complete, used: now}
 }
 
 // --- operations built on lookups
@@ -571,26 +578,6 @@ func (d *dht) getPeers(ctx context.Context, infohash nodeID) ([]netip.AddrPort, 
 }
 
 // addPeers appends the peers of found not in to yet, up to maxLookupPeers.
-// checkPeers is getPeers for an infohash looked at again and again (the
-// rendezvous of a contact, SPEC.md 3.4.3 "Checks"): one node, the next in
-// turn of the closest that answered a lookup of it within
-// checkLookupEvery, which holds what a peer announced at the nodes nearest
-// it; without such a lookup, or if that node does not answer, a lookup.
-func (d *dht) checkPeers(ctx context.Context, infohash nodeID) ([]netip.AddrPort, error) {
-	if n, ok := d.recent.nextCheck(infohash, d.now()); ok {
-		q := krpcMsg{Method: methodGetPeers, Args: krpcArgs{InfoHash: infohash}}
-		r := d.tx.query(ctx, n.Addr, &q, txOpts{expect: &n.ID})
-		if r.Err == nil {
-			var found []netip.AddrPort
-			if r.Msg.Reply.Values != nil {
-				found, _ = parsePeers(r.Msg.Reply.Values)
-			}
-			return addPeers(d.peers.peers(infohash, maxLookupPeers), found), nil
-		}
-	}
-	return d.getPeers(ctx, infohash)
-}
-
 func addPeers(to, found []netip.AddrPort) []netip.AddrPort {
 	for _, p := range found {
 		if !slices.Contains(to, p) && len(to) < maxLookupPeers {
@@ -718,54 +705,6 @@ func (d *dht) get(ctx context.Context, target nodeID) (bep44Item, error) {
 		return bep44Item{}, err
 	}
 	return bep44Item{}, fmt.Errorf("dht: get %v: %w", target, errNotFound)
-}
-
-// pollMutable reads the mutable item of key k (no salt) the way a record
-// watched several times a second is read (SPEC.md 5.8.3): from one node,
-// the next in turn of those that sent it in a lookup within
-// pollLookupEvery, so that each of them is asked about once every few
-// polls, not at every one; while none did, of the nodes closest to it
-// that answered a lookup within pollMissEvery; else by a lookup. found is
-// false when the node asked has no item.
-func (d *dht) pollMutable(ctx context.Context, k [32]byte) (it bep44Item, found bool, err error) {
-	target := mutableTarget(k, nil)
-	n, ok := d.recent.nextPoll(target, d.now())
-	if !ok {
-		it, err = d.get(ctx, target)
-		if errors.Is(err, errNotFound) {
-			return bep44Item{}, false, nil
-		}
-		return it, err == nil, err
-	}
-	q := krpcMsg{Method: methodGet, Args: krpcArgs{Target: target}}
-	r := d.tx.query(ctx, n.Addr, &q, txOpts{expect: &n.ID})
-	if r.Err != nil {
-		return bep44Item{}, false, fmt.Errorf("dht: get %v from %v: %w", target, n.Addr, r.Err)
-	}
-	it, found = mutableItemFrom(&r.Msg.Reply, target, nil)
-	return it, found, nil
-}
-
-// checkMutable reads the mutable item of key k and salt where it is looked
-// for again and again while mostly absent (an offline contact's record and
-// drops, SPEC.md 3.4.3 "Checks"): from one node, the next in turn of the
-// closest that answered a lookup of the target within checkLookupEvery,
-// which holds what a writer stored at the nodes nearest it; without such a
-// lookup, or if that node does not answer, by a lookup (getMutable).
-func (d *dht) checkMutable(ctx context.Context, k [32]byte, salt []byte) (it bep44Item, found bool, err error) {
-	target := mutableTarget(k, salt)
-	if n, ok := d.recent.nextCheck(target, d.now()); ok {
-		q := krpcMsg{Method: methodGet, Args: krpcArgs{Target: target}}
-		r := d.tx.query(ctx, n.Addr, &q, txOpts{expect: &n.ID})
-		if r.Err == nil {
-			it, found = mutableItemFrom(&r.Msg.Reply, target, salt)
-			if local, ok := d.items.get(target); ok && local.Mutable && local.K == k && (!found || local.Seq > it.Seq) {
-				return local, true, nil
-			}
-			return it, found, nil
-		}
-	}
-	return d.getMutable(ctx, k, salt)
 }
 
 // putMutableN is putMutable without the target: how many nodes stored it.

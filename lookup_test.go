@@ -7,7 +7,6 @@ import (
 	"errors"
 	"net/netip"
 	"slices"
-	"sync"
 	"testing"
 	"time"
 )
@@ -298,7 +297,7 @@ func TestRecentLookups(t *testing.T) {
 	if got := r.get(nodeID{1}, t0); got != nil {
 		t.Fatalf("zero value: get = %v", got)
 	}
-	r.put(nodeID{1}, []lookupNode{n(1), n(2)}, nil, t0)
+	r.put(nodeID{1}, []lookupNode{n(1), n(2)}, nil, true, t0)
 	if got := r.get(nodeID{1}, t0.Add(recentLookupTTL-time.Second)); len(got) != 2 || got[0].ID != (nodeID{1}) {
 		t.Errorf("get within the TTL = %v", got)
 	}
@@ -306,164 +305,9 @@ func TestRecentLookups(t *testing.T) {
 		t.Errorf("get after the TTL = %v", got)
 	}
 	for i := range maxRecentLookups {
-		r.put(nodeID{2, byte(i)}, []lookupNode{n(3)}, nil, t0.Add(time.Duration(i+1)*time.Second))
+		r.put(nodeID{2, byte(i)}, []lookupNode{n(3)}, nil, true, t0.Add(time.Duration(i+1)*time.Second))
 	}
 	if len(r.m) != maxRecentLookups || r.get(nodeID{1}, t0) != nil {
 		t.Errorf("%d targets kept, the oldest still there: %v", len(r.m), r.get(nodeID{1}, t0))
-	}
-}
-
-// A watched record is polled one node at a time (SPEC.md 5.8.3, step 3):
-// while nobody holds it, the closest nodes in turn and a lookup every
-// pollMissEvery; once a lookup found it, each poll sends one get, to the
-// nodes that sent it in turn, and sees a new seq once it is put.
-func TestPollMutable(t *testing.T) {
-	ds := newSwarm(t, 20, 0)
-	ctx := testCtx(t)
-	var mu sync.Mutex
-	var gets []netip.AddrPort
-	poller := newTunedTestDHT(t, dhtConfig{Bootstrap: []string{ds[0].addr().String()}}, 0, func(d *dht) {
-		d.node.trace = func(out bool, peer netip.AddrPort, b []byte) {
-			if out && bytes.Contains(b, []byte("1:q3:get")) {
-				mu.Lock()
-				gets = append(gets, peer)
-				mu.Unlock()
-			}
-		}
-	})
-	bootstrapRetrying(t, poller)
-	sent := func() []netip.AddrPort {
-		mu.Lock()
-		defer mu.Unlock()
-		g := gets
-		gets = nil
-		return g
-	}
-	priv := ed25519.NewKeyFromSeed(bytes.Repeat([]byte{2}, ed25519.SeedSize))
-	var k [32]byte
-	copy(k[:], priv.Public().(ed25519.PublicKey))
-	// Before anyone wrote it: a lookup, then one get to one of the
-	// closest, until pollMissEvery has passed.
-	for i, one := range []bool{false, true} {
-		_, found, err := poller.pollMutable(ctx, k)
-		if g := sent(); found || err != nil || one != (len(g) == 1) || len(g) == 0 {
-			t.Fatalf("poll %d of a missing item: found %v, %v, %d gets; want one get: %v", i+1, found, err, len(g), one)
-		}
-	}
-	// pollMissEvery passes (the entry ages instead of the test sleeping).
-	target := mutableTarget(k, nil)
-	poller.recent.mu.Lock()
-	e := poller.recent.m[target]
-	e.at = e.at.Add(-pollMissEvery)
-	poller.recent.m[target] = e
-	poller.recent.mu.Unlock()
-	// The writer is read-only (BEP 43), so it is never among the nodes
-	// nearest the target, all of which hold the item.
-	putter := newTestDHT(t, dhtConfig{Bootstrap: []string{ds[1].addr().String()}}, 0)
-	putter.tx.readOnly.Store(true)
-	bootstrapRetrying(t, putter)
-	_, stored, err := putter.putMutable(ctx, priv, nil, 1, []byte("5:first"))
-	if err != nil || stored < 1 {
-		t.Fatalf("putMutable = %d, %v", stored, err)
-	}
-	if it, found, err := poller.pollMutable(ctx, k); err != nil || !found || it.Seq != 1 {
-		t.Fatalf("first poll after the put = seq %d, %v, %v; want seq 1", it.Seq, found, err)
-	}
-	if g := sent(); len(g) < 2 {
-		t.Fatalf("first poll after the put sent %d gets, want a lookup", len(g))
-	}
-	asked := map[netip.AddrPort]bool{}
-	for i := range 4 {
-		it, found, err := poller.pollMutable(ctx, k)
-		g := sent()
-		if err != nil || !found || it.Seq != 1 || len(g) != 1 {
-			t.Fatalf("poll %d = seq %d, %v, %v with %d gets; want seq 1 from one get", i+2, it.Seq, found, err, len(g))
-		}
-		asked[g[0]] = true
-	}
-	if len(asked) != 4 {
-		t.Errorf("4 polls asked %d nodes, want 4 in turn", len(asked))
-	}
-	if _, n, err := putter.putMutable(ctx, priv, nil, 2, []byte("6:second")); err != nil || n < 1 {
-		t.Fatalf("putMutable seq 2 = %d, %v", n, err)
-	}
-	if it, found, err := poller.pollMutable(ctx, k); err != nil || !found || it.Seq != 2 {
-		t.Errorf("poll after the new put = seq %d, %v, %v; want seq 2", it.Seq, found, err)
-	}
-}
-
-// A location checked again and again (SPEC.md 3.4.3, "Checks"): the first
-// check is a lookup, each later one a single get, to the checkSpread
-// closest in turn; an item put since is found by the next check; a node
-// that does not answer makes the check a lookup again.
-func TestCheckMutable(t *testing.T) {
-	ds := newSwarm(t, 20, 0)
-	ctx := testCtx(t)
-	var mu sync.Mutex
-	var gets []netip.AddrPort
-	checker := newTunedTestDHT(t, dhtConfig{Bootstrap: []string{ds[0].addr().String()}}, 0, func(d *dht) {
-		d.node.trace = func(out bool, peer netip.AddrPort, b []byte) {
-			if out && bytes.Contains(b, []byte("1:q3:get")) {
-				mu.Lock()
-				gets = append(gets, peer)
-				mu.Unlock()
-			}
-		}
-	})
-	bootstrapRetrying(t, checker)
-	sent := func() []netip.AddrPort {
-		mu.Lock()
-		defer mu.Unlock()
-		g := gets
-		gets = nil
-		return g
-	}
-	priv := ed25519.NewKeyFromSeed(bytes.Repeat([]byte{3}, ed25519.SeedSize))
-	var k [32]byte
-	copy(k[:], priv.Public().(ed25519.PublicKey))
-	salt := []byte("drop")
-	if _, found, err := checker.checkMutable(ctx, k, salt); found || err != nil {
-		t.Fatalf("first check of a missing item: found %v, %v", found, err)
-	}
-	if g := sent(); len(g) < bucketSize {
-		t.Fatalf("first check sent %d gets, want a lookup", len(g))
-	}
-	asked := map[netip.AddrPort]bool{}
-	for i := range 2 * checkSpread {
-		_, found, err := checker.checkMutable(ctx, k, salt)
-		g := sent()
-		if found || err != nil || len(g) != 1 {
-			t.Fatalf("check %d = %v, %v with %d gets; want one get", i+2, found, err, len(g))
-		}
-		asked[g[0]] = true
-	}
-	if len(asked) != checkSpread {
-		t.Errorf("%d checks asked %d nodes, want the %d closest in turn", 2*checkSpread, len(asked), checkSpread)
-	}
-	putter := newTestDHT(t, dhtConfig{Bootstrap: []string{ds[1].addr().String()}}, 0)
-	putter.tx.readOnly.Store(true)
-	bootstrapRetrying(t, putter)
-	if _, n, err := putter.putMutable(ctx, priv, salt, 7, []byte("4:drop")); err != nil || n < 1 {
-		t.Fatalf("putMutable = %d, %v", n, err)
-	}
-	it, found, err := checker.checkMutable(ctx, k, salt)
-	if g := sent(); err != nil || !found || it.Seq != 7 || len(g) != 1 {
-		t.Fatalf("check after the put = seq %d, %v, %v with %d gets; want seq 7 from one get", it.Seq, found, err, len(g))
-	}
-	// The next node in turn stops answering: that check is a lookup.
-	next, _ := checker.recent.nextCheck(mutableTarget(k, salt), time.Now())
-	checker.recent.mu.Lock()
-	e := checker.recent.m[mutableTarget(k, salt)]
-	e.polled--
-	checker.recent.m[mutableTarget(k, salt)] = e
-	checker.recent.mu.Unlock()
-	for _, d := range ds {
-		if d.addr() == next.Addr {
-			d.node.Close()
-		}
-	}
-	it, found, err = checker.checkMutable(ctx, k, salt)
-	if g := sent(); err != nil || !found || it.Seq != 7 || len(g) < 2 {
-		t.Errorf("check with its node gone = seq %d, %v, %v with %d gets; want seq 7 from a lookup", it.Seq, found, err, len(g))
 	}
 }

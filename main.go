@@ -402,9 +402,9 @@ func (a *app) build(o options) error {
 		Announce: func(ctx context.Context, ih nodeID) ([]netip.AddrPort, int, error) {
 			return a.dht.announce(ctx, ih, 0, true)
 		},
-		GetPeers:    a.dht.checkPeers,
+		GetPeers:    watcher{a.dht}.peers,
 		PutItem:     a.dht.putMutableN,
-		GetItem:     a.dht.checkMutable,
+		GetItem:     watcher{a.dht}.mutable,
 		SetEndpoint: a.punch.found,
 		Announced:   a.punch.announced,
 		LookedUp:    a.punch.lookedUp,
@@ -572,9 +572,10 @@ func (a *app) buildPuncher(o options) {
 			return err
 		},
 		Get: func(ctx context.Context, k [32]byte, check bool) (int64, []byte, error) {
-			read := a.dht.pollMutable
+			w := watcher{a.dht}
+			read := w.poll
 			if check {
-				read = func(ctx context.Context, k [32]byte) (bep44Item, bool, error) { return a.dht.checkMutable(ctx, k, nil) }
+				read = func(ctx context.Context, k [32]byte) (bep44Item, bool, error) { return w.mutable(ctx, k, nil) }
 			}
 			it, found, err := read(ctx, k)
 			if err == nil && !found {

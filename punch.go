@@ -38,7 +38,7 @@ const (
 	punchTimeout    = 10 * time.Second       // both opened, no session yet: the punch failed
 	punchQuiet      = 35 * time.Second       // silence toward the contact after a failure
 	recordWait      = 20 * time.Second       // no record of a contact found this long: try without
-	recordMaxAge    = 30 * time.Minute       // older records are ignored; a writer rewrites with each announce (25 min)
+	recordMaxAge    = 40 * time.Minute       // older records are ignored; a writer rewrites with each announce (25 min), clocks 10 min apart
 	recordIdle      = 2 * time.Minute        // a record this old, read again unchanged: its writer is not punching now
 	recheckMin      = 90 * time.Second       // the first gap between re-reads of an offline contact's record
 	recheckMax      = 5 * time.Minute        // the gap doubles up to this
@@ -50,14 +50,19 @@ const (
 	maxFound        = 8 // rendezvous addresses kept per contact
 )
 
+// A writer's record, rewritten every announceInterval, stays usable to a
+// reader whose clock is rendezvousSkew ahead (a negative constant does not
+// convert to uint).
+const _ = uint(recordMaxAge - announceInterval - rendezvousSkew)
+
 // punchConfig is what the puncher needs from the rest of the program.
 type punchConfig struct {
 	Self         publicKey
 	StaticSecret func(peer publicKey) ([32]byte, error)
 	Put          func(ctx context.Context, seed [32]byte, seq int64, v []byte) error // a BEP 44 mutable put, no salt
 	// Get reads a record (BEP 44 mutable, no salt): while punching, polled
-	// often (pollMutable); with check, a re-read of a contact who is likely
-	// away (checkMutable).
+	// often (watcher.poll); with check, a re-read of a contact who is likely
+	// away (watcher.mutable, a check).
 	Get     func(ctx context.Context, key [32]byte, check bool) (seq int64, v []byte, err error)
 	Open    func(to netip.AddrPort, ttl int) error    // one opening packet
 	Connect func(peer publicKey, addr netip.AddrPort) // the session tries addr
@@ -239,15 +244,17 @@ func (s *puncher) online(k publicKey, addr netip.AddrPort) (every, deadAfter tim
 // may sit on the path; keepaliveNoNAT only when both sides are public (we
 // are, by what DHT nodes report; the contact is, by the last record we
 // read of it) and the path is direct IPv4. DeadAfter must fit the
-// keepalive the contact chooses, which it decides the same way from its
-// own view: 80 s only when we know one side is behind a NAT (so the
-// contact knows it too), else the longer one.
+// keepalive the contact chooses from its own view, which may be older
+// than ours (our record it read before we moved, or none yet): 80 s only
+// when the contact's record says it is behind a NAT, so that it keeps
+// 25 s whatever it knows of us; else the longer one.
 func pathTimers(p *punchPeer, addr netip.AddrPort, v *localView) (every, deadAfter time.Duration) {
 	known := p.recSeq != 0 // however old: no record is read while online
-	natHere := v.Behaviour != natPublic || known && !p.rec.public()
 	switch {
-	case natHere:
+	case known && !p.rec.public():
 		return 0, 0
+	case v.Behaviour != natPublic:
+		return 0, deadAfterNoNAT
 	case known && addr.Addr().Unmap().Is4():
 		return keepaliveNoNAT, deadAfterNoNAT
 	}
@@ -650,23 +657,32 @@ func (s *puncher) write(ctx context.Context, k publicKey) {
 		p.epochRec, p.epochAt = rec, map[uint64]time.Time{}
 	}
 	var epochs []uint64
-	for _, e := range rendezvousEpochs(now) {
-		if t, ok := p.epochAt[e]; !ok || now.Sub(t) >= recordRewrite {
+	current := rendezvousEpochs(now)
+	for e, t := range p.epochAt {
+		if !slices.Contains(current, e) || now.Sub(t) >= recordRewrite {
+			delete(p.epochAt, e)
+		}
+	}
+	for _, e := range current {
+		if _, ok := p.epochAt[e]; !ok {
 			epochs = append(epochs, e)
 		}
 	}
-	ok = len(epochs) == 0
 	s.mu.Unlock()
+	// Done only when every epoch has it: a reader reads its epoch(now)
+	// alone (read), so a write that failed in one epoch is retried there.
+	ok = true
 	for _, e := range epochs {
 		seed, seal := endpointKeys(secret, s.cfg.Self, e)
 		var nonce [chacha20poly1305.NonceSizeX]byte
 		if _, err := io.ReadFull(s.cfg.Rand, nonce[:]); err != nil {
+			ok = false
 			return
 		}
 		octx, cancel := context.WithTimeout(ctx, punchOpTimeout)
 		err := s.cfg.Put(octx, seed, seq, sealEndpointValue(seal, seq, rec, nonce))
 		cancel()
-		ok = ok || err == nil
+		ok = ok && err == nil
 		if err == nil {
 			s.mu.Lock()
 			if p := s.peers[k]; p != nil && bytes.Equal(rec, p.epochRec) {

@@ -18,6 +18,8 @@ type punchDHT struct {
 	mu    sync.Mutex
 	items map[[32]byte]punchItem
 	puts  int
+	// failPuts: this many puts fail next (no node stored them).
+	failPuts int
 }
 
 type punchItem struct {
@@ -29,6 +31,10 @@ func (d *punchDHT) put(_ context.Context, seed [32]byte, seq int64, v []byte) er
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	k := endpointItemKey(seed)
+	if d.failPuts > 0 {
+		d.failPuts--
+		return errors.New("no node stored it")
+	}
 	if old, ok := d.items[k]; ok && old.seq >= seq {
 		return errors.New("302")
 	}
