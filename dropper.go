@@ -35,6 +35,7 @@ const (
 	dropCollectMax   = 6 * time.Minute    // the longest gap: a round after the first asks one node per location (watcher.mutable)
 	dropRetryMax     = 15 * time.Second   // ceiling of the retry delay of a failed job
 	collectRetryMax  = 2 * time.Minute    // ceiling of the retry delay of an incomplete collection round
+	sessionCovers    = 10 * time.Second   // a session this long delivered what was dropped before it
 	dropWindow       = 16                 // message seqs a collector fetches at once
 	maxDropOps       = 8                  // DHT operations in flight for drops
 	dropMaintEvery   = 10 * time.Second   // prekey expiry checks
@@ -340,6 +341,7 @@ func (d *dropper) scheduleLocked(jobs []dropJob, p *chatPeer, dp *dropPeer, now 
 		// The session just ended: collect at the first gap again, as
 		// the contact may drop for us while it cannot reach us.
 		dp.run.collectGap = 0
+		d.sessionCoveredLocked(dp, now)
 	}
 	if !dp.run.collectBusy && !now.Before(dp.run.collectAt) {
 		dp.run.collectBusy = true
@@ -599,11 +601,30 @@ func (d *dropper) saveInBackground() {
 	}
 }
 
+// sessionCoveredLocked runs when dp's session ends (or we exit during
+// it). A session that lasted carried whatever the contact had dropped for
+// us before it began (its outbox sends every message we lack within the
+// window on the session, SPEC.md 5.4), so later rounds need not look
+// before its start: a restart then looks back to the last session, not 8
+// days.
+func (d *dropper) sessionCoveredLocked(dp *dropPeer, now time.Time) {
+	if since := dp.run.onlineSince; !since.IsZero() && now.Sub(since) >= sessionCovers && since.Unix() > dp.collected {
+		dp.collected = since.Unix()
+		d.gen++
+	}
+}
+
 // close saves the state at exit, with what only an exit saves.
 func (d *dropper) close() error {
 	d.c.mu.Lock()
 	if d.sessionAcked {
 		d.gen++
+	}
+	now := d.c.cfg.Now()
+	for _, dp := range d.peers {
+		if dp.run.online {
+			d.sessionCoveredLocked(dp, now)
+		}
 	}
 	d.c.mu.Unlock()
 	return d.save()

@@ -283,3 +283,56 @@ func TestRecordWritesPerEpoch(t *testing.T) {
 		t.Errorf("10 s after the failed put: %d written in all, want 2 (the failed epoch again, alone)", got)
 	}
 }
+
+// TestPunchReadsUngated: after the start's attempt, a lookup that finds
+// an address needing no punch (here we are public) reads the record once,
+// as a check; the 250 ms reads are for gated addresses alone.
+func TestPunchReadsUngated(t *testing.T) {
+	d := &punchDHT{items: map[[32]byte]punchItem{}}
+	clock := newFakeClock()
+	public := localView{Hosts: []netip.Prefix{netip.MustParsePrefix("203.0.113.9/30")}, Port: 6881,
+		External: netip.MustParseAddrPort("203.0.113.9:6881"), Behaviour: natPublic}
+	a := newPunchSide(t, d, clock, 1, public)
+	k := testIdentity(t, 2).public()
+	a.p.announced(k) // the start's attempt, and its reads, end
+	for range int(2 * punchPeriod / punchTick) {
+		clock.advance(punchTick)
+		a.tick()
+	}
+	gets := &countingGets{d: d}
+	a.p.cfg.Get = gets.get
+	a.p.lookedUp(k, []netip.AddrPort{netip.MustParseAddrPort("198.51.100.2:6881")})
+	for range int(punchPeriod / punchTick) {
+		clock.advance(punchTick)
+		a.tick()
+	}
+	if gets.count() != 1 || gets.checks != 1 {
+		t.Errorf("an ungated address found: %d reads (%d checks) in %v, want one check", gets.count(), gets.checks, punchPeriod)
+	}
+}
+
+// TestDropSessionCoversCollection: a session of sessionCovers or more
+// moves the start of the next collection to its start (it carried what the
+// contact had dropped before), so a later round, or a restart, does not
+// look back 8 days; a shorter session does not.
+func TestDropSessionCoversCollection(t *testing.T) {
+	for _, tc := range []struct {
+		lasted time.Duration
+		moved  bool
+	}{{sessionCovers, true}, {sessionCovers - time.Second, false}} {
+		d := &dropper{peers: map[publicKey]*dropPeer{}}
+		dp := newDropPeer()
+		p := &chatPeer{contactEntry: contactEntry{Key: chatKey(1)}, online: true}
+		start := time.Unix(1_800_000_000, 0)
+		run := func(now time.Time) {
+			d.scheduleLocked(nil, p, dp, now)
+			dp.run.online = p.online // as tick does
+		}
+		run(start)
+		p.online = false
+		run(start.Add(tc.lasted))
+		if moved := dp.collected == start.Unix(); moved != tc.moved {
+			t.Errorf("a session of %v: collected %d, moved to its start %v, want %v", tc.lasted, dp.collected, moved, tc.moved)
+		}
+	}
+}

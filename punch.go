@@ -174,12 +174,13 @@ func (s *puncher) announced(k publicKey) {
 }
 
 // lookedUp: a rendezvous lookup of k ended with found. Its record is read
-// now: if the lookup found an address not found before (since the last
-// session), often for punchPeriod; else once, as a re-read (a check). The
-// same stale announce, found again by each lookup, does not start the
-// frequent reads again.
+// now: if the lookup found a gated address (one the punch must open) not
+// found before (since the last session), often for punchPeriod; else
+// once, as a re-read (a check). The same stale announce, found again by
+// each lookup, does not start the frequent reads again.
 func (s *puncher) lookedUp(k publicKey, found []netip.AddrPort) {
 	now := s.cfg.Now()
+	v := s.cfg.Local()
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	p := s.peerLocked(k, now)
@@ -192,7 +193,10 @@ func (s *puncher) lookedUp(k publicKey, found []netip.AddrPort) {
 			if len(p.found) == 0 {
 				p.foundAt = now
 			}
-			p.found, newAddr = append(p.found, a), true
+			p.found = append(p.found, a)
+			// Only an address behind a NAT needs the punch; the session
+			// tries any other at once (found).
+			newAddr = newAddr || s.gatedLocked(p, a, &v)
 		}
 	}
 	p.nextPoll = now
