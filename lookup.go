@@ -72,6 +72,8 @@ type lookupOpts struct {
 	method      krpcMethod // methodFindNode, methodGetPeers or methodGet
 	seeds       []nodeInfo // extra starting nodes (bootstrap routers' answers)
 	salt        []byte     // get: the salt of a mutable item
+	seq         int64      // get with hasSeq: BEP 44's seq, nodes leave out an item not newer
+	hasSeq      bool
 	stopOnValue bool       // get: end as soon as an immutable value verified
 	stopOnPeers bool       // get_peers: end once peersQuorum nodes gave peers
 	toStore     bool       // announce, put: a slow node does not hold up the end
@@ -421,6 +423,7 @@ func (l *lookup) query(c *candidate) {
 	switch l.opts.method {
 	case methodFindNode, methodGet:
 		q.Args.Target = l.opts.target
+		q.Args.Seq, q.Args.HasSeq = l.opts.seq, l.opts.hasSeq
 	case methodGetPeers:
 		q.Args.InfoHash = l.opts.target
 	}
@@ -673,7 +676,10 @@ func (d *dht) putMutable(ctx context.Context, priv ed25519.PrivateKey, salt []by
 	}
 	target := mutableTarget(it.K, salt)
 	a := krpcArgs{V: it.V, K: it.K, HasK: true, Sig: it.Sig, Salt: salt, Seq: seq, HasSeq: true}
-	o := lookupOpts{target: target, method: methodGet, salt: salt}
+	// The lookup wants tokens, not the item: with our seq in the get, a
+	// node leaves out one that is not newer (BEP 44), such as our own
+	// earlier write or this very item put again.
+	o := lookupOpts{target: target, method: methodGet, salt: salt, seq: seq, hasSeq: true}
 	_, n, err := d.publish(ctx, o, "put", putQuery(a))
 	return target, n, err
 }

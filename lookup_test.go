@@ -7,6 +7,7 @@ import (
 	"errors"
 	"net/netip"
 	"slices"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -309,5 +310,39 @@ func TestRecentLookups(t *testing.T) {
 	}
 	if len(r.m) != maxRecentLookups || r.get(nodeID{1}, t0) != nil {
 		t.Errorf("%d targets kept, the oldest still there: %v", len(r.m), r.get(nodeID{1}, t0))
+	}
+}
+
+// A mutable put's lookup carries its seq in the get (BEP 44): nodes that
+// hold an item no newer leave it out of their answers, so writing a record
+// again does not fetch the old one from k nodes; one newer is still sent.
+func TestPutMutableLookupLeavesOutOlder(t *testing.T) {
+	ds := newSwarm(t, 20, 0)
+	ctx := testCtx(t)
+	var withV atomic.Int64
+	putter := newTunedTestDHT(t, dhtConfig{Bootstrap: []string{ds[0].addr().String()}}, 0, func(d *dht) {
+		d.node.trace = func(out bool, _ netip.AddrPort, b []byte) {
+			if !out && bytes.Contains(b, []byte("1:y1:r")) && bytes.Contains(b, []byte("1:v")) {
+				withV.Add(1)
+			}
+		}
+	})
+	bootstrapRetrying(t, putter)
+	priv := ed25519.NewKeyFromSeed(bytes.Repeat([]byte{4}, ed25519.SeedSize))
+	if _, n, err := putter.putMutable(ctx, priv, nil, 1, []byte("5:first")); err != nil || n < 1 {
+		t.Fatalf("putMutable seq 1 = %d, %v", n, err)
+	}
+	withV.Store(0)
+	if _, n, err := putter.putMutable(ctx, priv, nil, 2, []byte("6:second")); err != nil || n < 1 {
+		t.Fatalf("putMutable seq 2 = %d, %v", n, err)
+	}
+	if got := withV.Load(); got != 0 {
+		t.Errorf("the put of seq 2 fetched the old item from %d nodes, want none", got)
+	}
+	if _, _, err := putter.putMutable(ctx, priv, nil, 1, []byte("3:old")); err == nil {
+		t.Error("a put of seq 1 over seq 2 succeeded")
+	}
+	if withV.Load() == 0 {
+		t.Error("the lookup of a put older than what nodes hold got no item back")
 	}
 }
