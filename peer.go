@@ -40,6 +40,19 @@ type peerInitiations struct {
 	lastSent time.Time  // last (re)send of it
 	packet   []byte     // its bytes, to send to a new candidate at once
 	sentTS   [timestampLen]byte
+	// failures counts the handshakes abandoned in a row; until quietUntil
+	// only a new address starts another (initiationQuiet).
+	failures   int
+	quietUntil time.Time
+}
+
+// failed notes an abandoned handshake: the next one that is not for a new
+// address waits RekeyAttemptTime, doubling with each failure in a row up to
+// maxInitiationQuiet, so that a contact who is away does not draw an
+// initiation every RekeyTimeout for as long as a payload waits for it.
+func (h *peerInitiations) failed(now time.Time, attempt time.Duration) {
+	h.failures++
+	h.quietUntil = now.Add(min(attempt<<min(h.failures-1, 16), maxInitiationQuiet))
 }
 
 // erasePending forgets our pending initiation and its receiver index.
@@ -202,6 +215,7 @@ func (p *peer) markLive(now time.Time) {
 	p.timers.lastRecv, p.timers.online = now, true
 	p.timers.waitSince = time.Time{}
 	p.addrs.candidates, p.inits.packet = nil, nil
+	p.inits.failures, p.inits.quietUntil = 0, time.Time{}
 }
 
 // erase forgets everything held in memory about p: its handshake, its

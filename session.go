@@ -34,6 +34,7 @@ const (
 	defaultRejectAfterTime    = 180 * time.Second
 	defaultRekeyTimeout       = 5 * time.Second
 	defaultRekeyAttemptTime   = 90 * time.Second
+	maxInitiationQuiet        = 30 * time.Minute // the longest wait after abandoned handshakes (peerInitiations.failed)
 	defaultRekeyAfterMessages = uint64(1) << 60
 	defaultLoadThreshold      = 64 // handshake messages per second before cookies
 	defaultTickInterval       = 250 * time.Millisecond
@@ -773,7 +774,7 @@ func (m *sessionManager) send(peerKey publicKey, payload []byte) error {
 // maybeInitiateLocked starts a handshake unless one is pending, or we
 // answered p's initiation recently and wait for its first packet.
 func (m *sessionManager) maybeInitiateLocked(p *peer, now time.Time) []byte {
-	if p.inits.pending != nil || !p.addrs.endpoint.IsValid() {
+	if p.inits.pending != nil || !p.addrs.endpoint.IsValid() || now.Before(p.inits.quietUntil) {
 		return nil
 	}
 	if next := p.keypairs.next; next != nil && now.Sub(next.created) < m.cfg.RekeyTimeout {
@@ -840,6 +841,7 @@ func (m *sessionManager) setEndpoint(peerKey publicKey, addr netip.AddrPort) {
 	var to []netip.AddrPort
 	switch {
 	case p.inits.pending == nil:
+		p.inits.quietUntil = time.Time{} // an address is news: try at once
 		if init = m.maybeInitiateLocked(p, now); init != nil {
 			to = p.addrs.targets()
 		}

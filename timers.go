@@ -181,6 +181,7 @@ func (t *sessionTimers) tickPeerLocked(p *peer, now time.Time) []byte {
 	if p.inits.pending != nil {
 		if now.Sub(p.inits.started) >= m.cfg.RekeyAttemptTime {
 			p.inits.abandon(m.index)
+			p.inits.failed(now, m.cfg.RekeyAttemptTime)
 			m.stats.queueDropped.Add(uint64(p.queue.drop()))
 			return nil
 		}

@@ -282,3 +282,47 @@ func TestSilentPeerTimeline(t *testing.T) {
 		t.Errorf("after the attempt: %d current, %d previous, %d next, %d pending", c, prev, next, pending)
 	}
 }
+
+// TestInitiationBackoff: a contact who is away, with a payload waiting for
+// it that the layer above sends again and again (its outbox), draws one
+// handshake (RekeyAttemptTime of initiations) and then waits that long,
+// doubling with each abandoned handshake; an address given meanwhile
+// (the rendezvous, the puncher) starts one at once.
+func TestInitiationBackoff(t *testing.T) {
+	var n fakeNet
+	clock := newFakeClock()
+	start := clock.now()
+	a, b := newTestPair(t, &n, clock, nil)
+	n.filter = func(p fakePacket) bool { return false } // b is gone
+	a.m.setEndpoint(b.id.public(), b.addr)
+	var starts []time.Duration // the first initiation of each handshake
+	last := time.Duration(-time.Hour)
+	inits := 0
+	for clock.now().Sub(start) < 20*time.Minute {
+		clock.advance(defaultTickInterval)
+		if clock.now().Sub(start)%(10*time.Second) == 0 {
+			a.m.send(b.id.public(), []byte("waits")) // the outbox resends
+		}
+		a.m.timers.tick()
+		for _, p := range n.take() {
+			if p.b[0] != packetInitiation {
+				continue
+			}
+			inits++
+			if at := clock.now().Sub(start); at-last > defaultRekeyTimeout+time.Second {
+				starts = append(starts, at.Round(10*time.Second))
+			}
+			last = clock.now().Sub(start)
+		}
+	}
+	// Handshakes at 0, 180 (90 s quiet), 450 (180 s), 900 s (360 s).
+	want := []time.Duration{0, 180 * time.Second, 450 * time.Second, 900 * time.Second}
+	if !slices.Equal(starts, want) || inits > 4*19 {
+		t.Errorf("handshakes began at %v (%d initiations in 20 minutes), want %v", starts, inits, want)
+	}
+	clock.advance(time.Second)
+	a.m.setEndpoint(b.id.public(), b.addr)
+	if got := n.take(); len(got) != 1 || got[0].b[0] != packetInitiation {
+		t.Errorf("an address given while quiet sent %d packets, want the initiation at once", len(got))
+	}
+}
