@@ -74,11 +74,11 @@ type lookupOpts struct {
 	salt        []byte     // get: the salt of a mutable item
 	seq         int64      // get with hasSeq: BEP 44's seq, nodes leave out an item not newer
 	hasSeq      bool
-	stopOnValue bool       // get: end as soon as an immutable value verified
-	stopOnPeers bool       // get_peers: end once peersQuorum nodes gave peers
-	toStore     bool       // announce, put: a slow node does not hold up the end
-	ownID       bool       // the target derives from our id: end if we move (nodeid.go)
-	epoch       uint64     // with ownID: the moves of d.ids.idAndMoves when the target was derived
+	stopOnValue bool   // get: end as soon as an immutable value verified
+	stopOnPeers bool   // get_peers: end once peersQuorum nodes gave peers
+	toStore     bool   // announce, put: a slow node does not hold up the end
+	ownID       bool   // the target derives from our id: end if we move (nodeid.go)
+	epoch       uint64 // with ownID: the moves of d.ids.idAndMoves when the target was derived
 }
 
 type candState uint8
