@@ -35,7 +35,7 @@ const (
 	dropCollectMax   = 6 * time.Minute    // the longest gap: a round after the first asks one node per location (watcher.mutable)
 	dropRetryMax     = 15 * time.Second   // ceiling of the retry delay of a failed job
 	collectRetryMax  = 2 * time.Minute    // ceiling of the retry delay of an incomplete collection round
-	sessionCovers    = 10 * time.Second   // a session this long delivered what was dropped before it
+	sessionCovers    = 2 * time.Second    // a session this long delivered what was dropped before it: sent at once, resent from 200 ms
 	dropWindow       = 16                 // message seqs a collector fetches at once
 	maxDropOps       = 8                  // DHT operations in flight for drops
 	dropMaintEvery   = 10 * time.Second   // prekey expiry checks
