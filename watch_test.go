@@ -17,25 +17,7 @@ import (
 func TestPollMutable(t *testing.T) {
 	ds := newSwarm(t, 20, 0)
 	ctx := testCtx(t)
-	var mu sync.Mutex
-	var gets []netip.AddrPort
-	poller := newTunedTestDHT(t, dhtConfig{Bootstrap: []string{ds[0].addr().String()}}, 0, func(d *dht) {
-		d.node.trace = func(out bool, peer netip.AddrPort, b []byte) {
-			if out && bytes.Contains(b, []byte("1:q3:get")) {
-				mu.Lock()
-				gets = append(gets, peer)
-				mu.Unlock()
-			}
-		}
-	})
-	bootstrapRetrying(t, poller)
-	sent := func() []netip.AddrPort {
-		mu.Lock()
-		defer mu.Unlock()
-		g := gets
-		gets = nil
-		return g
-	}
+	poller, sent := getCounting(t, ds[0])
 	priv := ed25519.NewKeyFromSeed(bytes.Repeat([]byte{2}, ed25519.SeedSize))
 	var k [32]byte
 	copy(k[:], priv.Public().(ed25519.PublicKey))
@@ -96,25 +78,7 @@ func TestPollMutable(t *testing.T) {
 func TestCheckMutable(t *testing.T) {
 	ds := newSwarm(t, 20, 0)
 	ctx := testCtx(t)
-	var mu sync.Mutex
-	var gets []netip.AddrPort
-	checker := newTunedTestDHT(t, dhtConfig{Bootstrap: []string{ds[0].addr().String()}}, 0, func(d *dht) {
-		d.node.trace = func(out bool, peer netip.AddrPort, b []byte) {
-			if out && bytes.Contains(b, []byte("1:q3:get")) {
-				mu.Lock()
-				gets = append(gets, peer)
-				mu.Unlock()
-			}
-		}
-	})
-	bootstrapRetrying(t, checker)
-	sent := func() []netip.AddrPort {
-		mu.Lock()
-		defer mu.Unlock()
-		g := gets
-		gets = nil
-		return g
-	}
+	checker, sent := getCounting(t, ds[0])
 	priv := ed25519.NewKeyFromSeed(bytes.Repeat([]byte{3}, ed25519.SeedSize))
 	var k [32]byte
 	copy(k[:], priv.Public().(ed25519.PublicKey))
@@ -221,5 +185,29 @@ func TestCheckPeers(t *testing.T) {
 	r.put(ih, []lookupNode{{nodeInfo: nodeInfo{ID: ih, Addr: other.addr()}}}, nil, true, now)
 	if _, ok := r.nextCheck(ih, now.Add(checkLookupEvery)); ok {
 		t.Error("a check rests on a lookup checkLookupEvery old")
+	}
+}
+
+// getCounting starts a DHT node that joins through boot and records where
+// it sends each BEP 44 get; sent returns those since its last call.
+func getCounting(t *testing.T, boot *dht) (d *dht, sent func() []netip.AddrPort) {
+	var mu sync.Mutex
+	var gets []netip.AddrPort
+	d = newTunedTestDHT(t, dhtConfig{Bootstrap: []string{boot.addr().String()}}, 0, func(d *dht) {
+		d.node.trace = func(out bool, peer netip.AddrPort, b []byte) {
+			if out && bytes.Contains(b, []byte("1:q3:get")) {
+				mu.Lock()
+				gets = append(gets, peer)
+				mu.Unlock()
+			}
+		}
+	})
+	bootstrapRetrying(t, d)
+	return d, func() []netip.AddrPort {
+		mu.Lock()
+		defer mu.Unlock()
+		g := gets
+		gets = nil
+		return g
 	}
 }
