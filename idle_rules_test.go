@@ -74,19 +74,7 @@ func TestPathKeepaliveTimeline(t *testing.T) {
 		t.Fatal("no session")
 	}
 	a.m.timers.setPath(b.id.public(), b.addr, keepaliveNoNAT, deadAfterNoNAT)
-	var keepalives, inits []time.Duration
-	for clock.now().Sub(start) < 240*time.Second {
-		clock.advance(defaultTickInterval)
-		a.m.timers.tick() // b is silent
-		for _, p := range n.take() {
-			switch p.b[0] {
-			case packetTransport:
-				keepalives = append(keepalives, clock.now().Sub(start))
-			case packetInitiation:
-				inits = append(inits, clock.now().Sub(start))
-			}
-		}
-	}
+	keepalives, inits := silentTimeline(&n, clock, a, start) // b is silent
 	if want := []time.Duration{25 * time.Second, 80 * time.Second, 135 * time.Second}; !slices.Equal(keepalives, want) {
 		t.Errorf("keepalives at %v, want %v", keepalives, want)
 	}

@@ -725,16 +725,20 @@ func (d *dht) putMutableN(ctx context.Context, priv ed25519.PrivateKey, salt []b
 // failed (no node answered).
 func (d *dht) getMutable(ctx context.Context, k [32]byte, salt []byte) (it bep44Item, found bool, err error) {
 	target := mutableTarget(k, salt)
-	local, ok := d.items.get(target)
-	ok = ok && local.Mutable && local.K == k
 	r, err := d.lookup(ctx, lookupOpts{target: target, method: methodGet, salt: salt})
-	switch {
-	case r.HasItem && r.Item.Mutable && (!ok || r.Item.Seq > local.Seq):
-		return r.Item, true, nil
-	case ok:
-		return local, true, nil
-	case err != nil:
+	it, found = d.newerMutable(target, k, r.Item, r.HasItem && r.Item.Mutable)
+	if !found && err != nil {
 		return bep44Item{}, false, err
 	}
-	return bep44Item{}, false, nil
+	return it, found, nil
+}
+
+// newerMutable is the mutable item of key k at target with the higher seq
+// of it (if found, from the network) and our own store's.
+func (d *dht) newerMutable(target nodeID, k [32]byte, it bep44Item, found bool) (bep44Item, bool) {
+	local, ok := d.items.get(target)
+	if ok && local.Mutable && local.K == k && (!found || local.Seq >= it.Seq) {
+		return local, true
+	}
+	return it, found
 }

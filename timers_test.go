@@ -252,19 +252,7 @@ func TestSilentPeerTimeline(t *testing.T) {
 	if !a.m.hasSession(b.id.public()) {
 		t.Fatal("no session")
 	}
-	var keepalives, inits []time.Duration
-	for clock.now().Sub(start) < 240*time.Second {
-		clock.advance(defaultTickInterval)
-		a.m.timers.tick() // b never ticks and never answers: it is silent
-		for _, p := range n.take() {
-			switch p.b[0] {
-			case packetTransport:
-				keepalives = append(keepalives, clock.now().Sub(start))
-			case packetInitiation:
-				inits = append(inits, clock.now().Sub(start))
-			}
-		}
-	}
+	keepalives, inits := silentTimeline(&n, clock, a, start) // b never ticks and never answers
 	if want := []time.Duration{25 * time.Second, 50 * time.Second, 75 * time.Second}; !slices.Equal(keepalives, want) {
 		t.Errorf("keepalives at %v, want %v", keepalives, want)
 	}
@@ -325,4 +313,22 @@ func TestInitiationBackoff(t *testing.T) {
 	if got := n.take(); len(got) != 1 || got[0].b[0] != packetInitiation {
 		t.Errorf("an address given while quiet sent %d packets, want the initiation at once", len(got))
 	}
+}
+
+// silentTimeline ticks a's timers for 240 s from start while its peer
+// stays silent, and returns when a sent keepalives and initiations.
+func silentTimeline(n *fakeNet, clock *fakeClock, a *testPeer, start time.Time) (keepalives, inits []time.Duration) {
+	for clock.now().Sub(start) < 240*time.Second {
+		clock.advance(defaultTickInterval)
+		a.m.timers.tick()
+		for _, p := range n.take() {
+			switch p.b[0] {
+			case packetTransport:
+				keepalives = append(keepalives, clock.now().Sub(start))
+			case packetInitiation:
+				inits = append(inits, clock.now().Sub(start))
+			}
+		}
+	}
+	return keepalives, inits
 }

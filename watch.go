@@ -57,9 +57,7 @@ func (w watcher) mutable(ctx context.Context, k [32]byte, salt []byte) (it bep44
 		return d.getMutable(ctx, k, salt)
 	}
 	it, found = mutableItemFrom(r, target, salt)
-	if local, ok := d.items.get(target); ok && local.Mutable && local.K == k && (!found || local.Seq > it.Seq) {
-		return local, true, nil
-	}
+	it, found = d.newerMutable(target, k, it, found)
 	return it, found, nil
 }
 
